@@ -1,0 +1,402 @@
+//! The side-by-side benchmark harness: `cargo run --release -p greenhub-bench`.
+//!
+//! Every figure is measured in a fresh child process (this binary, run with `--child`), so that
+//! each runtime gets its own configuration and none inherits another's threads or memory. The
+//! runtimes of a suite take turns within each round, so that a noisy moment of the shared
+//! machine hits all of them alike. After a warm-up round that is thrown away, each figure is
+//! the median of the rounds, shown with its min and max. The harness writes `BENCHMARKS.md`
+//! and `bench/results.json` at the workspace root.
+
+mod runtimes;
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::process::Command;
+
+use serde::Serialize;
+
+/// One benchmark: the same work on several runtimes.
+struct Suite {
+    id: &'static str,
+    title: &'static str,
+    unit: &'static str,
+    what: &'static str,
+    workers: usize,
+    cases: &'static [(&'static str, u64)],
+    /// Divide the raw figure by this for display (bytes to KiB, ...).
+    scale: f64,
+}
+
+const SUITES: &[Suite] = &[
+    Suite {
+        id: "spawn_join",
+        title: "Spawn + join",
+        unit: "ns per task",
+        what: "spawn N tasks that return their index from the main thread, then join them all \
+               (2 workers; greenhub with its registry on)",
+        workers: 2,
+        cases: &[
+            ("greenhub", 100_000),
+            ("may", 100_000),
+            ("tokio", 100_000),
+            ("std::thread", 5_000),
+        ],
+        scale: 1.0,
+    },
+    Suite {
+        id: "ping_pong_1",
+        title: "Ping-pong switch, one worker",
+        unit: "ns per round trip",
+        what: "two tasks hand a turn back and forth, each parking until its turn (two waits and \
+               two wake-ups per round trip); greenhub through its wait primitive with registry \
+               bookkeeping, may through coroutine park/unpark, tokio through Notify on a \
+               current-thread runtime",
+        workers: 1,
+        cases: &[("greenhub", 200_000), ("may", 200_000), ("tokio", 200_000)],
+        scale: 1.0,
+    },
+    Suite {
+        id: "ping_pong_2",
+        title: "Ping-pong switch, two workers",
+        unit: "ns per round trip",
+        what: "as above with 2 workers (the two tasks may sit on different workers); \
+               std::thread uses two OS threads with park/unpark",
+        workers: 2,
+        cases: &[
+            ("greenhub", 100_000),
+            ("may", 100_000),
+            ("tokio", 100_000),
+            ("std::thread", 20_000),
+        ],
+        scale: 1.0,
+    },
+    Suite {
+        id: "idle_memory",
+        title: "Memory per idle task",
+        unit: "KiB resident per task",
+        what: "resident memory added by N tasks that all wait (sleep or park), divided by N",
+        workers: 2,
+        cases: &[
+            ("greenhub", 20_000),
+            ("greenhub (16 KiB stack)", 20_000),
+            ("may", 20_000),
+            ("tokio", 20_000),
+            ("std::thread (64 KiB stack)", 2_000),
+        ],
+        scale: 1024.0,
+    },
+];
+
+#[derive(Serialize)]
+struct CaseResult {
+    runtime: String,
+    n: u64,
+    samples: Vec<f64>,
+    median: f64,
+    min: f64,
+    max: f64,
+}
+
+#[derive(Serialize)]
+struct SuiteResult {
+    id: String,
+    title: String,
+    unit: String,
+    what: String,
+    cases: Vec<CaseResult>,
+}
+
+#[derive(Serialize)]
+struct Report {
+    date: String,
+    machine: BTreeMap<String, String>,
+    rounds: usize,
+    suites: Vec<SuiteResult>,
+}
+
+fn child(args: &[String]) {
+    let [suite, runtime, workers, n] = args else {
+        eprintln!("usage: --child SUITE RUNTIME WORKERS N");
+        std::process::exit(2);
+    };
+    let workers: usize = workers.parse().expect("workers");
+    let n: u64 = n.parse().expect("n");
+    let figure = match suite.as_str() {
+        "spawn_join" => runtimes::spawn_join(runtime, workers, n),
+        "ping_pong_1" | "ping_pong_2" => runtimes::ping_pong(runtime, workers, n),
+        "idle_memory" => runtimes::idle_memory(runtime, n),
+        other => panic!("unknown suite {other}"),
+    };
+    println!("{figure}");
+    // Leave without tearing down thousands of parked tasks.
+    std::process::exit(0);
+}
+
+fn measure(suite: &Suite, runtime: &str, n: u64) -> Result<f64, String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let out = Command::new(exe)
+        .args([
+            "--child",
+            suite.id,
+            runtime,
+            &suite.workers.to_string(),
+            &n.to_string(),
+        ])
+        .env_remove("GREENHUB_WORKERS")
+        .env_remove("GREENHUB_STACK_SIZE")
+        .output()
+        .map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(format!(
+            "{} / {runtime} failed: {}",
+            suite.id,
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .lines()
+        .last()
+        .and_then(|l| l.parse::<f64>().ok())
+        .ok_or_else(|| format!("{} / {runtime}: no figure in the output", suite.id))
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    let m = s.len() / 2;
+    if !s.len().is_multiple_of(2) {
+        s[m]
+    } else {
+        (s[m - 1] + s[m]) / 2.0
+    }
+}
+
+fn command_output(cmd: &str, args: &[&str]) -> String {
+    Command::new(cmd)
+        .args(args)
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+fn machine() -> BTreeMap<String, String> {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|l| l.trim_start_matches([' ', '\t', ':']).to_string())
+        .unwrap_or_else(|| "unknown".into());
+    let mut m = BTreeMap::new();
+    m.insert("cpu".into(), model);
+    m.insert(
+        "cores".into(),
+        std::thread::available_parallelism()
+            .map(|n| n.get().to_string())
+            .unwrap_or_else(|_| "?".into()),
+    );
+    m.insert("kernel".into(), command_output("uname", &["-r"]));
+    m.insert("rustc".into(), command_output("rustc", &["--version"]));
+    m.insert(
+        "vm.max_map_count".into(),
+        std::fs::read_to_string("/proc/sys/vm/max_map_count")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default(),
+    );
+    m
+}
+
+fn fmt_figure(v: f64) -> String {
+    if v >= 100.0 {
+        format!("{v:.0}")
+    } else if v >= 10.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+fn markdown(report: &Report) -> String {
+    let mut md = String::new();
+    let _ = writeln!(md, "# Benchmarks\n");
+    let _ = writeln!(
+        md,
+        "Produced by `cargo run --release -p greenhub-bench` on {}; do not edit by hand. \
+         Each figure is measured in a fresh process; the runtimes of a table take turns in \
+         each of {} rounds (after a warm-up round), and the table shows the median with the \
+         min and max. Lower is better everywhere. Raw samples: `bench/results.json`.\n",
+        report.date, report.rounds
+    );
+    let _ = writeln!(
+        md,
+        "Machine (shared, so expect noise; compare within a table):\n"
+    );
+    for (k, v) in &report.machine {
+        let _ = writeln!(md, "- {k}: {v}");
+    }
+    for suite in &report.suites {
+        let _ = writeln!(md, "\n## {}\n\n{}.\n", suite.title, suite.what);
+        let base = suite
+            .cases
+            .iter()
+            .find(|c| c.runtime == "greenhub")
+            .map(|c| c.median);
+        let _ = writeln!(
+            md,
+            "| runtime | N | median ({}) | min | max | relative to greenhub |",
+            suite.unit
+        );
+        let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|");
+        let scale = SUITES
+            .iter()
+            .find(|s| s.id == suite.id)
+            .map_or(1.0, |s| s.scale);
+        for c in &suite.cases {
+            let rel = base
+                .filter(|b| *b > 0.0)
+                .map(|b| format!("{:.2}x", c.median / b))
+                .unwrap_or_default();
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {} | {} |",
+                c.runtime,
+                c.n,
+                fmt_figure(c.median / scale),
+                fmt_figure(c.min / scale),
+                fmt_figure(c.max / scale),
+                rel
+            );
+        }
+        if let (Some(g), Some(m)) = (
+            base,
+            suite
+                .cases
+                .iter()
+                .find(|c| c.runtime == "may")
+                .map(|c| c.median),
+        ) {
+            if suite.unit.starts_with("ns") {
+                let _ = writeln!(
+                    md,
+                    "\ngreenhub / bare may: **{:.2}** (the cost of greenhub's bookkeeping; the aim is at most 1.05).",
+                    g / m
+                );
+            }
+        }
+    }
+    md
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("--child") {
+        child(&args[1..]);
+        return;
+    }
+    let mut rounds = 7;
+    let mut only: Option<String> = None;
+    let mut write = true;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--quick" => rounds = 3,
+            "--rounds" => rounds = it.next().and_then(|v| v.parse().ok()).unwrap_or(rounds),
+            "--suite" => only = it.next().cloned(),
+            "--no-write" => write = false,
+            "-h" | "--help" => {
+                println!(
+                    "usage: greenhub-bench [--quick | --rounds N] [--suite ID] [--no-write]\n\
+                     suites: {}",
+                    SUITES.iter().map(|s| s.id).collect::<Vec<_>>().join(", ")
+                );
+                return;
+            }
+            other => {
+                eprintln!("unknown argument {other:?}; try --help");
+                std::process::exit(2);
+            }
+        }
+    }
+    let suites: Vec<&Suite> = SUITES
+        .iter()
+        .filter(|s| only.as_deref().is_none_or(|o| o == s.id))
+        .collect();
+    if suites.is_empty() {
+        eprintln!("no suite named {only:?}");
+        std::process::exit(2);
+    }
+    let mut results = Vec::new();
+    for suite in suites {
+        eprintln!("{}: warm-up", suite.id);
+        for (runtime, n) in suite.cases {
+            if let Err(e) = measure(suite, runtime, *n) {
+                eprintln!("{e}");
+                std::process::exit(1);
+            }
+        }
+        let mut samples: Vec<Vec<f64>> = vec![Vec::new(); suite.cases.len()];
+        for round in 0..rounds {
+            for (i, (runtime, n)) in suite.cases.iter().enumerate() {
+                match measure(suite, runtime, *n) {
+                    Ok(v) => samples[i].push(v),
+                    Err(e) => {
+                        eprintln!("{e}");
+                        std::process::exit(1);
+                    }
+                }
+            }
+            eprintln!("{}: round {}/{rounds}", suite.id, round + 1);
+        }
+        let cases = suite
+            .cases
+            .iter()
+            .zip(samples)
+            .map(|((runtime, n), s)| CaseResult {
+                runtime: runtime.to_string(),
+                n: *n,
+                median: median(&s),
+                min: s.iter().copied().fold(f64::INFINITY, f64::min),
+                max: s.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+                samples: s,
+            })
+            .collect();
+        results.push(SuiteResult {
+            id: suite.id.into(),
+            title: suite.title.into(),
+            unit: suite.unit.into(),
+            what: suite.what.into(),
+            cases,
+        });
+    }
+    let report = Report {
+        date: command_output("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
+        machine: machine(),
+        rounds,
+        suites: results,
+    };
+    let md = markdown(&report);
+    println!("{md}");
+    if write {
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .expect("bench/ sits in the workspace")
+            .to_path_buf();
+        let only_some = only.is_some();
+        if only_some {
+            eprintln!(
+                "(one suite only: BENCHMARKS.md is not rewritten; use --no-write to silence this)"
+            );
+        } else {
+            std::fs::write(root.join("BENCHMARKS.md"), md).expect("write BENCHMARKS.md");
+            std::fs::write(
+                root.join("bench/results.json"),
+                serde_json::to_string_pretty(&report).expect("serialize"),
+            )
+            .expect("write bench/results.json");
+            eprintln!("wrote BENCHMARKS.md and bench/results.json");
+        }
+    }
+}

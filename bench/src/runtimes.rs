@@ -1,0 +1,363 @@
+//! The measurements, one function per (suite, runtime). Each runs inside its own child process
+//! (see main.rs), so every runtime starts fresh with its own worker count.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use greenhub::wait::{ObjectKind, Token, WaitOn, Waiter};
+use parking_lot::Mutex;
+
+/// Resident set size of this process, in bytes.
+pub fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    pages * 4096
+}
+
+pub fn start_greenhub(workers: usize, stack: Option<usize>) {
+    let mut config = greenhub::Config::new().workers(workers);
+    if let Some(bytes) = stack {
+        config = config.stack_size(bytes);
+    }
+    config.init().expect("configure greenhub");
+}
+
+pub fn start_may(workers: usize) {
+    may::config().set_workers(workers).set_worker_pin(false);
+}
+
+fn tokio_rt(workers: usize) -> tokio::runtime::Runtime {
+    if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .build()
+            .unwrap()
+    }
+}
+
+// ---------------------------------------------------------------- spawn + join
+
+/// Spawns `n` tasks that return their index, then joins them all; ns per task.
+pub fn spawn_join(runtime: &str, workers: usize, n: u64) -> f64 {
+    let t0;
+    let sum: u64 = match runtime {
+        "greenhub" => {
+            start_greenhub(workers, None);
+            greenhub::spawn(|| ()).wait().unwrap();
+            t0 = Instant::now();
+            let hs: Vec<_> = (0..n).map(|i| greenhub::spawn(move || i)).collect();
+            hs.into_iter().map(|h| h.wait().unwrap()).sum()
+        }
+        "may" => {
+            start_may(workers);
+            // SAFETY: the closures touch no thread-locals.
+            unsafe { may::coroutine::spawn(|| ()) }.join().unwrap();
+            t0 = Instant::now();
+            let hs: Vec<_> = (0..n)
+                .map(|i| unsafe { may::coroutine::spawn(move || i) })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).sum()
+        }
+        "tokio" => {
+            let rt = tokio_rt(workers);
+            rt.block_on(async { tokio::spawn(async {}).await.unwrap() });
+            t0 = Instant::now();
+            rt.block_on(async move {
+                let hs: Vec<_> = (0..n).map(|i| tokio::spawn(async move { i })).collect();
+                let mut s = 0;
+                for h in hs {
+                    s += h.await.unwrap();
+                }
+                s
+            })
+        }
+        "std::thread" => {
+            t0 = Instant::now();
+            let hs: Vec<_> = (0..n)
+                .map(|i| {
+                    std::thread::Builder::new()
+                        .stack_size(64 * 1024)
+                        .spawn(move || i)
+                        .unwrap()
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).sum()
+        }
+        other => panic!("unknown runtime {other}"),
+    };
+    let elapsed = t0.elapsed();
+    assert_eq!(sum, n * (n - 1) / 2, "lost or duplicated results");
+    elapsed.as_nanos() as f64 / n as f64
+}
+
+// ---------------------------------------------------------------- ping-pong
+
+/// Two parties hand a turn back and forth; each waits (parks) until it is its turn.
+/// The same protocol for every runtime, on each runtime's own park/unpark primitive.
+trait Parking: Send + Sync + 'static {
+    type Handle: Send;
+    fn park_slot(slot: &Mutex<Option<Self::Handle>>, turn: &AtomicU64, expect: u64);
+    fn wake(handle: Self::Handle);
+}
+
+struct Baton<P: Parking> {
+    turn: AtomicU64,
+    slots: [Mutex<Option<P::Handle>>; 2],
+}
+
+impl<P: Parking> Baton<P> {
+    fn new() -> Arc<Self> {
+        Arc::new(Baton {
+            turn: AtomicU64::new(0),
+            slots: [Mutex::new(None), Mutex::new(None)],
+        })
+    }
+
+    fn play(&self, me: usize, rounds: u64) {
+        for r in 0..rounds {
+            let expect = 2 * r + me as u64;
+            P::park_slot(&self.slots[me], &self.turn, expect);
+            self.turn.store(expect + 1, Ordering::Release);
+            if let Some(h) = self.slots[1 - me].lock().take() {
+                P::wake(h);
+            }
+        }
+    }
+}
+
+struct GreenhubParking;
+
+impl Parking for GreenhubParking {
+    type Handle = Arc<Token>;
+    fn park_slot(slot: &Mutex<Option<Arc<Token>>>, turn: &AtomicU64, expect: u64) {
+        while turn.load(Ordering::Acquire) != expect {
+            let w = Waiter::new(
+                WaitOn::Object {
+                    object: ObjectKind::Other,
+                    id: 0,
+                },
+                None,
+            );
+            *slot.lock() = Some(w.token().clone());
+            if turn.load(Ordering::Acquire) == expect {
+                break;
+            }
+            w.wait().unwrap();
+        }
+    }
+    fn wake(h: Arc<Token>) {
+        h.wake();
+    }
+}
+
+struct MayParking;
+
+impl Parking for MayParking {
+    type Handle = may::coroutine::Coroutine;
+    fn park_slot(slot: &Mutex<Option<Self::Handle>>, turn: &AtomicU64, expect: u64) {
+        while turn.load(Ordering::Acquire) != expect {
+            *slot.lock() = Some(may::coroutine::current());
+            if turn.load(Ordering::Acquire) == expect {
+                break;
+            }
+            may::coroutine::park();
+        }
+    }
+    fn wake(h: Self::Handle) {
+        h.unpark();
+    }
+}
+
+struct StdParking;
+
+impl Parking for StdParking {
+    type Handle = std::thread::Thread;
+    fn park_slot(slot: &Mutex<Option<Self::Handle>>, turn: &AtomicU64, expect: u64) {
+        while turn.load(Ordering::Acquire) != expect {
+            *slot.lock() = Some(std::thread::current());
+            if turn.load(Ordering::Acquire) == expect {
+                break;
+            }
+            std::thread::park();
+        }
+    }
+    fn wake(h: Self::Handle) {
+        h.unpark();
+    }
+}
+
+/// Round trips between two tasks; ns per round trip (two wake-ups and two waits).
+pub fn ping_pong(runtime: &str, workers: usize, rounds: u64) -> f64 {
+    let elapsed: Duration = match runtime {
+        "greenhub" => {
+            start_greenhub(workers, None);
+            let b = Baton::<GreenhubParking>::new();
+            let b2 = b.clone();
+            let t0 = Instant::now();
+            let other = greenhub::spawn(move || b2.play(1, rounds));
+            let b3 = b.clone();
+            greenhub::spawn(move || b3.play(0, rounds)).wait().unwrap();
+            other.wait().unwrap();
+            t0.elapsed()
+        }
+        "may" => {
+            start_may(workers);
+            let b = Baton::<MayParking>::new();
+            let (b2, b3) = (b.clone(), b.clone());
+            let t0 = Instant::now();
+            // SAFETY: the closures touch no thread-locals.
+            let other = unsafe { may::coroutine::spawn(move || b2.play(1, rounds)) };
+            unsafe { may::coroutine::spawn(move || b3.play(0, rounds)) }
+                .join()
+                .unwrap();
+            other.join().unwrap();
+            t0.elapsed()
+        }
+        "tokio" => {
+            let rt = tokio_rt(workers);
+            rt.block_on(async move {
+                let ping = Arc::new(tokio::sync::Notify::new());
+                let pong = Arc::new(tokio::sync::Notify::new());
+                let (ping2, pong2) = (ping.clone(), pong.clone());
+                let t0 = Instant::now();
+                let other = tokio::spawn(async move {
+                    for _ in 0..rounds {
+                        ping2.notified().await;
+                        pong2.notify_one();
+                    }
+                });
+                let me = tokio::spawn(async move {
+                    for _ in 0..rounds {
+                        ping.notify_one();
+                        pong.notified().await;
+                    }
+                });
+                me.await.unwrap();
+                other.await.unwrap();
+                t0.elapsed()
+            })
+        }
+        "std::thread" => {
+            let b = Baton::<StdParking>::new();
+            let (b2, b3) = (b.clone(), b.clone());
+            let t0 = Instant::now();
+            let other = std::thread::spawn(move || b2.play(1, rounds));
+            std::thread::spawn(move || b3.play(0, rounds))
+                .join()
+                .unwrap();
+            other.join().unwrap();
+            t0.elapsed()
+        }
+        other => panic!("unknown runtime {other}"),
+    };
+    elapsed.as_nanos() as f64 / rounds as f64
+}
+
+// ---------------------------------------------------------------- memory
+
+/// Resident bytes per idle task: `n` tasks that all wait, RSS measured before and after.
+pub fn idle_memory(runtime: &str, n: u64) -> f64 {
+    let workers = 2;
+    let (before, after) = match runtime {
+        "greenhub" | "greenhub (16 KiB stack)" => {
+            let stack = (runtime != "greenhub").then_some(16 * 1024);
+            start_greenhub(workers, stack);
+            greenhub::spawn(|| ()).wait().unwrap();
+            let before = rss_bytes();
+            let hs: Vec<_> = (0..n)
+                .map(|_| greenhub::spawn(|| greenhub::sleep(Duration::from_secs(3600))))
+                .collect();
+            settle(|| greenhub::inspect::snapshot().totals.waiting as u64 >= n);
+            let after = rss_bytes();
+            for h in &hs {
+                h.kill();
+            }
+            (before, after)
+        }
+        "may" => {
+            start_may(workers);
+            // SAFETY: the closures touch no thread-locals.
+            unsafe { may::coroutine::spawn(|| ()) }.join().unwrap();
+            let parked = Arc::new(AtomicU64::new(0));
+            let before = rss_bytes();
+            let hs: Vec<_> = (0..n)
+                .map(|_| {
+                    let p = parked.clone();
+                    unsafe {
+                        may::coroutine::spawn(move || {
+                            p.fetch_add(1, Ordering::Relaxed);
+                            may::coroutine::sleep(Duration::from_secs(3600))
+                        })
+                    }
+                })
+                .collect();
+            settle(|| parked.load(Ordering::Relaxed) >= n);
+            std::thread::sleep(Duration::from_millis(50));
+            let after = rss_bytes();
+            std::mem::forget(hs);
+            (before, after)
+        }
+        "tokio" => {
+            let rt = tokio_rt(workers);
+            rt.block_on(async { tokio::spawn(async {}).await.unwrap() });
+            let parked = Arc::new(AtomicU64::new(0));
+            let before = rss_bytes();
+            let hs: Vec<_> = (0..n)
+                .map(|_| {
+                    let p = parked.clone();
+                    rt.spawn(async move {
+                        p.fetch_add(1, Ordering::Relaxed);
+                        tokio::time::sleep(Duration::from_secs(3600)).await
+                    })
+                })
+                .collect();
+            settle(|| parked.load(Ordering::Relaxed) >= n);
+            let after = rss_bytes();
+            for h in hs {
+                h.abort();
+            }
+            (before, after)
+        }
+        "std::thread (64 KiB stack)" => {
+            let parked = Arc::new(AtomicU64::new(0));
+            let before = rss_bytes();
+            let hs: Vec<_> = (0..n)
+                .map(|_| {
+                    let p = parked.clone();
+                    std::thread::Builder::new()
+                        .stack_size(64 * 1024)
+                        .spawn(move || {
+                            p.fetch_add(1, Ordering::Relaxed);
+                            std::thread::park();
+                        })
+                        .unwrap()
+                })
+                .collect();
+            settle(|| parked.load(Ordering::Relaxed) >= n);
+            let after = rss_bytes();
+            for h in &hs {
+                h.thread().unpark();
+            }
+            (before, after)
+        }
+        other => panic!("unknown runtime {other}"),
+    };
+    after.saturating_sub(before) as f64 / n as f64
+}
+
+fn settle(done: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !done() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(done(), "tasks did not all reach their wait");
+}

@@ -1,0 +1,81 @@
+//! Per-green-thread context: which registry record the running code belongs to, the deadline
+//! scopes it runs in, and the last panic it raised.
+//!
+//! It lives in `may`'s coroutine-local storage, never in a `thread_local!`: green threads migrate
+//! between OS threads at every wait, so a thread-local read before a wait and after it can
+//! belong to two different OS threads. On a plain OS thread the same storage falls back to a
+//! thread-local, which is sound there because an OS thread does not migrate.
+
+use std::cell::{Cell, OnceCell, RefCell};
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::registry::ThreadRecord;
+
+/// A panic caught by greenhub's hook, kept until the thread's outcome is built.
+#[derive(Clone, Debug)]
+pub(crate) struct PanicReport {
+    pub message: String,
+    pub location: String,
+    pub backtrace: Option<Arc<std::backtrace::Backtrace>>,
+}
+
+#[derive(Default)]
+pub(crate) struct Context {
+    /// Set once by the spawn wrapper; empty on OS threads and raw `may` coroutines.
+    pub record: OnceCell<Arc<ThreadRecord>>,
+    /// The effective (earliest) deadline of the scopes the code runs in.
+    pub deadline: Cell<Option<Instant>>,
+    /// The panic hook stores here instead of printing, for code greenhub reports itself.
+    pub panic: RefCell<Option<PanicReport>>,
+    /// Non-zero while greenhub itself catches panics outside a green thread's body
+    /// (a stack allocation failure inside `may`).
+    pub capture_depth: Cell<u32>,
+}
+
+impl Context {
+    pub(crate) fn record(&self) -> Option<&Arc<ThreadRecord>> {
+        self.record.get()
+    }
+
+    /// Whether the panic hook should hand panics to greenhub instead of printing them.
+    pub(crate) fn captures_panics(&self) -> bool {
+        self.record.get().is_some() || self.capture_depth.get() > 0
+    }
+}
+
+may::coroutine_local!(static CONTEXT: Context = Context::default());
+
+/// Runs `f` with the current green thread's (or OS thread's) context.
+#[inline]
+pub(crate) fn with<R>(f: impl FnOnce(&Context) -> R) -> R {
+    CONTEXT.with(f)
+}
+
+/// The current green thread's record, if the code runs in a greenhub green thread.
+pub(crate) fn current_record() -> Option<Arc<ThreadRecord>> {
+    with(|c| c.record().cloned())
+}
+
+/// The id of the current green thread, if any.
+pub(crate) fn current_id() -> Option<u64> {
+    with(|c| c.record().map(|r| r.id))
+}
+
+/// Runs `f` with panics captured into the context instead of printed.
+pub(crate) fn capturing_panics<R>(f: impl FnOnce() -> R) -> R {
+    struct Depth;
+    impl Drop for Depth {
+        fn drop(&mut self) {
+            with(|c| c.capture_depth.set(c.capture_depth.get() - 1));
+        }
+    }
+    with(|c| c.capture_depth.set(c.capture_depth.get() + 1));
+    let _depth = Depth;
+    f()
+}
+
+/// Takes the panic the hook stored, if any.
+pub(crate) fn take_panic() -> Option<PanicReport> {
+    with(|c| c.panic.try_borrow_mut().ok().and_then(|mut p| p.take()))
+}

@@ -1,0 +1,77 @@
+//! How greenhub reports panics and warnings.
+//!
+//! A panic inside a green thread is part of that thread's outcome: [`crate::GreenThread::wait`]
+//! returns it. So greenhub's panic hook does not print panics raised in green threads; it keeps
+//! the message, location and (when `RUST_BACKTRACE` asks for one) backtrace for the outcome.
+//! If nobody ever waits for the thread, the panic is reported exactly once through `log`
+//! when the last handle is gone. Panics elsewhere go to the hook that was installed before.
+
+use std::sync::Arc;
+
+use crate::context::{self, PanicReport};
+
+/// Installs greenhub's hook in front of the current one. Called once, at the runtime's start.
+pub(crate) fn install_hook() {
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        // A kill unwinds with may's Cancel payload: an expected ending, not an error.
+        if matches!(
+            info.payload().downcast_ref::<generator::Error>(),
+            Some(generator::Error::Cancel | generator::Error::Done)
+        ) {
+            return;
+        }
+        let captured = context::with(|ctx| {
+            if !ctx.captures_panics() {
+                return false;
+            }
+            let Ok(mut slot) = ctx.panic.try_borrow_mut() else {
+                return false;
+            };
+            let backtrace = std::backtrace::Backtrace::capture();
+            let backtrace = (backtrace.status() == std::backtrace::BacktraceStatus::Captured)
+                .then(|| Arc::new(backtrace));
+            *slot = Some(PanicReport {
+                message: payload_message(info.payload()),
+                location: info
+                    .location()
+                    .map(|l| l.to_string())
+                    .unwrap_or_else(|| "<unknown>".into()),
+                backtrace,
+            });
+            true
+        });
+        if !captured {
+            previous(info);
+        }
+    }));
+}
+
+/// The text of a panic payload (`&str` and `String` payloads; others are named as such).
+pub(crate) fn payload_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&'static str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "<non-string panic payload>".to_string()
+    }
+}
+
+/// Logs a warning; when no logger is installed, prints it so that it is never lost.
+pub(crate) fn warn(message: &str) {
+    if log::max_level() >= log::LevelFilter::Warn {
+        log::warn!("{message}");
+    } else {
+        eprintln!("{message}");
+    }
+}
+
+/// Logs an error; when no logger is installed, prints it so that it is never lost.
+pub(crate) fn error(message: &str) {
+    if log::max_level() >= log::LevelFilter::Error {
+        log::error!("{message}");
+    } else {
+        eprintln!("{message}");
+    }
+}

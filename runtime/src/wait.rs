@@ -1,0 +1,448 @@
+//! The one way greenhub waits: a [`Waiter`] parks the current green thread (or OS thread) until
+//! its [`Token`] is woken, its deadline passes, or the thread is killed.
+//!
+//! Every blocking-looking call in greenhub and in the crates built on it (events, queues,
+//! joins, sockets, tpool calls, pool checkouts) is a loop around a `Waiter`, so each of them:
+//!
+//! - shows in the registry as waiting on a [`WaitOn`], since when and until which deadline;
+//! - honours the deadline scopes of [`crate::with_timeout`] (the earliest one wins);
+//! - unwinds at once when the thread is [killed](crate::GreenThread::kill);
+//! - parks a green thread cooperatively and a plain OS thread with `std::thread::park`, so the
+//!   same object can be shared by both.
+//!
+//! A wake-up is a hand-off: [`Token::wake`] succeeds only while the waiter still waits, so an
+//! object that hands something to a waiter (a permit, an item) learns whether it was taken or
+//! must go to the next waiter. A waiter that gives up (deadline, kill) marks its token
+//! abandoned first, so no hand-off is ever lost to a departed waiter.
+//!
+//! ```
+//! use greenhub::wait::{ObjectKind, WaitOn, Waiter};
+//! use std::time::Duration;
+//!
+//! let waiter = Waiter::new(WaitOn::Object { object: ObjectKind::Event, id: 7 }, None);
+//! let token = waiter.token().clone();
+//! let waker = greenhub::spawn(move || {
+//!     greenhub::sleep(Duration::from_millis(5)).unwrap();
+//!     token.wake()
+//! });
+//! assert_eq!(waiter.wait(), Ok(()));
+//! assert!(waker.wait().unwrap());
+//! ```
+
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::context;
+use crate::monitor;
+use crate::registry::ThreadRecord;
+use crate::runtime;
+use crate::TimedOut;
+
+/// What a waiting green thread waits on, as the registry and the inspector show it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum WaitOn {
+    /// A timer: [`crate::sleep`].
+    Sleep,
+    /// The end of another green thread: [`crate::GreenThread::wait`].
+    Join {
+        /// The id of the awaited green thread.
+        thread: u64,
+    },
+    /// A synchronization object, pool or call, identified by kind and id.
+    Object {
+        /// The kind of object.
+        object: ObjectKind,
+        /// The object's id (unique among all ids greenhub hands out).
+        id: u64,
+    },
+    /// A file descriptor becoming readable or writable.
+    Fd {
+        /// The raw descriptor.
+        fd: i32,
+        /// Readable, writable or both.
+        interest: Interest,
+    },
+}
+
+/// Kinds of objects a green thread can wait on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+#[repr(u8)]
+pub enum ObjectKind {
+    /// An event or async result.
+    Event = 1,
+    /// A queue or channel.
+    Queue = 2,
+    /// A semaphore.
+    Semaphore = 3,
+    /// A green mutex.
+    Mutex = 4,
+    /// A green thread pool (waiting for a free slot).
+    GreenPool = 5,
+    /// A call running on the tpool (waiting for its result).
+    TpoolCall = 6,
+    /// The tpool's request queue (waiting for room).
+    TpoolQueue = 7,
+    /// A database connection pool (waiting for a connection).
+    DbPool = 8,
+    /// A server (waiting for its connections to finish).
+    Server = 9,
+    /// Anything else.
+    Other = 255,
+}
+
+impl ObjectKind {
+    fn from_u8(v: u8) -> ObjectKind {
+        match v {
+            1 => ObjectKind::Event,
+            2 => ObjectKind::Queue,
+            3 => ObjectKind::Semaphore,
+            4 => ObjectKind::Mutex,
+            5 => ObjectKind::GreenPool,
+            6 => ObjectKind::TpoolCall,
+            7 => ObjectKind::TpoolQueue,
+            8 => ObjectKind::DbPool,
+            9 => ObjectKind::Server,
+            _ => ObjectKind::Other,
+        }
+    }
+
+    /// A short lowercase name ("event", "queue", ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            ObjectKind::Event => "event",
+            ObjectKind::Queue => "queue",
+            ObjectKind::Semaphore => "semaphore",
+            ObjectKind::Mutex => "mutex",
+            ObjectKind::GreenPool => "greenpool",
+            ObjectKind::TpoolCall => "tpool call",
+            ObjectKind::TpoolQueue => "tpool queue",
+            ObjectKind::DbPool => "dbpool",
+            ObjectKind::Server => "server",
+            ObjectKind::Other => "object",
+        }
+    }
+}
+
+/// Readiness a descriptor wait is interested in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Interest {
+    /// Readable.
+    Read = 1,
+    /// Writable.
+    Write = 2,
+    /// Readable or writable.
+    ReadWrite = 3,
+}
+
+impl Interest {
+    fn from_u64(v: u64) -> Interest {
+        match v {
+            1 => Interest::Read,
+            2 => Interest::Write,
+            _ => Interest::ReadWrite,
+        }
+    }
+
+    /// "read", "write" or "read/write".
+    pub fn name(self) -> &'static str {
+        match self {
+            Interest::Read => "read",
+            Interest::Write => "write",
+            Interest::ReadWrite => "read/write",
+        }
+    }
+}
+
+impl WaitOn {
+    pub(crate) fn encode(self) -> (u8, u64, u64) {
+        match self {
+            WaitOn::Sleep => (1, 0, 0),
+            WaitOn::Join { thread } => (2, thread, 0),
+            WaitOn::Object { object, id } => (3, id, object as u64),
+            WaitOn::Fd { fd, interest } => (4, fd as u32 as u64, interest as u64),
+        }
+    }
+
+    pub(crate) fn decode(kind: u8, a: u64, b: u64) -> Option<WaitOn> {
+        Some(match kind {
+            1 => WaitOn::Sleep,
+            2 => WaitOn::Join { thread: a },
+            3 => WaitOn::Object {
+                object: ObjectKind::from_u8(b as u8),
+                id: a,
+            },
+            4 => WaitOn::Fd {
+                fd: a as u32 as i32,
+                interest: Interest::from_u64(b),
+            },
+            _ => return None,
+        })
+    }
+}
+
+impl std::fmt::Display for WaitOn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WaitOn::Sleep => write!(f, "sleep"),
+            WaitOn::Join { thread } => write!(f, "join #{thread}"),
+            WaitOn::Object { object, id } => write!(f, "{} #{id}", object.name()),
+            WaitOn::Fd { fd, interest } => write!(f, "fd {fd} ({})", interest.name()),
+        }
+    }
+}
+
+const WAITING: u8 = 0;
+const WOKEN: u8 = 1;
+const ABANDONED: u8 = 2;
+
+enum Parker {
+    Green(may::coroutine::Coroutine),
+    Os(std::thread::Thread),
+}
+
+/// The wake-up side of a [`Waiter`]: objects keep tokens in their waiter lists.
+///
+/// Cheap to clone (an `Arc`), `Send` and `Sync`; waking from a plain OS thread is fine.
+pub struct Token {
+    state: AtomicU8,
+    parker: Parker,
+}
+
+impl Token {
+    /// Wakes the waiter. Returns `false` if it had already given up (deadline passed, killed)
+    /// or was already woken: whatever was being handed to it must go elsewhere.
+    pub fn wake(&self) -> bool {
+        if self
+            .state
+            .compare_exchange(WAITING, WOKEN, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            match &self.parker {
+                Parker::Green(co) => co.unpark(),
+                Parker::Os(t) => t.unpark(),
+            }
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Whether the waiter still waits (neither woken nor gone).
+    pub fn is_waiting(&self) -> bool {
+        self.state.load(Ordering::Acquire) == WAITING
+    }
+
+    /// Whether a [`Token::wake`] reached the waiter.
+    pub fn is_woken(&self) -> bool {
+        self.state.load(Ordering::Acquire) == WOKEN
+    }
+
+    fn abandon(&self) -> bool {
+        self.state
+            .compare_exchange(WAITING, ABANDONED, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = match self.state.load(Ordering::Relaxed) {
+            WAITING => "waiting",
+            WOKEN => "woken",
+            _ => "abandoned",
+        };
+        f.debug_struct("Token").field("state", &state).finish()
+    }
+}
+
+/// One wait of the current green thread (or OS thread). See the [module docs](self).
+#[derive(Debug)]
+pub struct Waiter {
+    token: Arc<Token>,
+    on: WaitOn,
+    deadline: Option<Instant>,
+}
+
+impl Waiter {
+    /// Prepares a wait on `on`, bounded by `timeout` (if any) and by the enclosing deadline
+    /// scopes. Register [`Waiter::token`] where the waker will find it, then call
+    /// [`Waiter::wait`].
+    pub fn new(on: WaitOn, timeout: Option<Duration>) -> Waiter {
+        Waiter::until(on, timeout.and_then(|t| Instant::now().checked_add(t)))
+    }
+
+    /// Like [`Waiter::new`] with an absolute deadline.
+    pub fn until(on: WaitOn, deadline: Option<Instant>) -> Waiter {
+        let scope = crate::deadline();
+        let deadline = match (deadline, scope) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let parker = if may::coroutine::is_coroutine() {
+            Parker::Green(may::coroutine::current())
+        } else {
+            Parker::Os(std::thread::current())
+        };
+        Waiter {
+            token: Arc::new(Token {
+                state: AtomicU8::new(WAITING),
+                parker,
+            }),
+            on,
+            deadline,
+        }
+    }
+
+    /// The token to hand to the waker.
+    pub fn token(&self) -> &Arc<Token> {
+        &self.token
+    }
+
+    /// The effective deadline: the earlier of the wait's own and the enclosing scopes'.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    /// Parks until the token is woken (`Ok`) or the deadline passes (`Err(TimedOut)`).
+    ///
+    /// A killed green thread unwinds from here. While a killed thread unwinds (its destructors
+    /// run), waits cannot park: they return `Err(TimedOut)` at once.
+    pub fn wait(self) -> Result<(), TimedOut> {
+        if self.token.is_woken() {
+            return Ok(());
+        }
+        context::with(|ctx| match ctx.record() {
+            Some(record) => self.wait_green(record),
+            None if may::coroutine::is_coroutine() => {
+                // A raw `may` coroutine: the runtime must know the timer thread it may wake on.
+                let _ = runtime::get();
+                self.park_loop(true)
+            }
+            None => self.park_loop(false),
+        })
+    }
+
+    fn wait_green(&self, record: &ThreadRecord) -> Result<(), TimedOut> {
+        check_kill(record);
+        record.begin_wait(self.on, self.deadline.map(crate::clock::instant_ns));
+        monitor::mark_idle();
+        let _resume = Resume(record);
+        self.park_loop(true)
+    }
+
+    fn park_loop(&self, green: bool) -> Result<(), TimedOut> {
+        loop {
+            if self.token.is_woken() {
+                return Ok(());
+            }
+            if green && std::thread::panicking() && killed() {
+                // Parking is impossible while a cancelled coroutine unwinds.
+                return self.give_up();
+            }
+            match self.deadline {
+                None if green => may::coroutine::park(),
+                None => std::thread::park(),
+                Some(deadline) => {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        return self.give_up();
+                    }
+                    if green {
+                        may::coroutine::park_timeout(whole_millis(deadline - now));
+                    } else {
+                        std::thread::park_timeout(deadline - now);
+                    }
+                }
+            }
+            if green {
+                runtime::leave_timer_thread();
+            }
+        }
+    }
+
+    fn give_up(&self) -> Result<(), TimedOut> {
+        if self.token.abandon() {
+            Err(TimedOut)
+        } else {
+            // The wake raced the deadline and won: the hand-off is ours.
+            Ok(())
+        }
+    }
+}
+
+impl Drop for Waiter {
+    fn drop(&mut self) {
+        // Reached with the token still waiting only when the wait unwinds (kill) or was
+        // never entered: either way nobody may hand anything to it any more.
+        self.token.abandon();
+    }
+}
+
+/// Shows in the registry that the current green thread waits on a descriptor, for as long as
+/// the value lives. I/O waits create one around each wait for readiness.
+#[derive(Debug)]
+pub struct FdWatch {
+    id: u64,
+}
+
+impl FdWatch {
+    /// Registers a wait of the current green thread (or OS thread) on `fd`.
+    pub fn new(fd: i32, interest: Interest) -> FdWatch {
+        let reg = crate::registry::registry();
+        let id = reg.next_id();
+        reg.insert_fd(
+            id,
+            crate::registry::FdEntry {
+                fd,
+                interest,
+                owner: context::current_id(),
+                since_ns: crate::clock::coarse_ns(),
+            },
+        );
+        FdWatch { id }
+    }
+}
+
+impl Drop for FdWatch {
+    fn drop(&mut self) {
+        crate::registry::registry().remove_fd(self.id);
+    }
+}
+
+/// Marks the thread running again however the wait ends, unwinding included.
+struct Resume<'a>(&'a ThreadRecord);
+
+impl Drop for Resume<'_> {
+    fn drop(&mut self) {
+        self.0.set_running();
+        monitor::mark_running(self.0.id);
+    }
+}
+
+/// `may` keeps a park's timeout in whole milliseconds and reads zero as "no timeout": a park
+/// of 0.9 ms would never end. Round up, so a timed park always wakes (at most 1 ms late).
+fn whole_millis(d: Duration) -> Duration {
+    Duration::from_millis((d.as_nanos().div_ceil(1_000_000) as u64).max(1))
+}
+
+fn killed() -> bool {
+    context::with(|c| {
+        c.record()
+            .is_some_and(|r| r.kill_requested.load(Ordering::Acquire))
+    })
+}
+
+/// Unwinds the current green thread if a kill was requested (and it is not unwinding already).
+#[inline]
+pub(crate) fn check_kill(record: &ThreadRecord) {
+    if record.kill_requested.load(Ordering::Acquire) && !std::thread::panicking() {
+        may::coroutine::trigger_cancel_panic();
+    }
+}

@@ -1,0 +1,162 @@
+//! The monitor: blocked-worker reports and sampled run time. Its own process, so that it can
+//! set the threshold.
+
+use std::sync::{Mutex, Once};
+use std::time::{Duration, Instant};
+
+use greenhub::inspect::snapshot;
+use greenhub::{sleep, Builder, Config};
+
+static LOGS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+struct Capture;
+
+impl log::Log for Capture {
+    fn enabled(&self, _: &log::Metadata) -> bool {
+        true
+    }
+    fn log(&self, record: &log::Record) {
+        LOGS.lock()
+            .unwrap()
+            .push(format!("{} {}", record.level(), record.args()));
+    }
+    fn flush(&self) {}
+}
+
+fn setup() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        log::set_logger(&Capture).unwrap();
+        log::set_max_level(log::LevelFilter::Info);
+        Config::new()
+            .workers(2)
+            .max_blocking_time(Some(Duration::from_millis(50)))
+            .init()
+            .unwrap();
+    });
+}
+
+#[test]
+fn a_thread_that_blocks_its_worker_is_reported_with_name_site_and_duration() {
+    setup();
+    let line = line!() + 3;
+    let t = Builder::new()
+        .name("hog")
+        .spawn(|| std::thread::sleep(Duration::from_millis(400)))
+        .unwrap();
+    let id = t.id();
+    // While it blocks: an ongoing report.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let ongoing = loop {
+        let s = snapshot();
+        if let Some(b) = s.blocked.iter().find(|b| b.thread == id) {
+            break b.clone();
+        }
+        assert!(Instant::now() < deadline, "no report while blocked");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(ongoing.ongoing);
+    assert_eq!(ongoing.name.as_deref(), Some("hog"));
+    assert!(ongoing
+        .spawn_site
+        .as_deref()
+        .unwrap()
+        .contains(&format!("monitor.rs:{line}")));
+    assert!(ongoing.duration_us >= 50_000, "{}", ongoing.duration_us);
+    t.wait().unwrap();
+    // After: closed, with about the full length.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let closed = loop {
+        let s = snapshot();
+        let b = s.blocked.iter().find(|b| b.thread == id).unwrap().clone();
+        if !b.ongoing {
+            break b;
+        }
+        assert!(Instant::now() < deadline, "the report never closed");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(closed.duration_us >= 300_000, "{}", closed.duration_us);
+    let logs = LOGS.lock().unwrap();
+    let reported: Vec<_> = logs
+        .iter()
+        .filter(|l| l.contains(&format!("#{id} \"hog\"")))
+        .collect();
+    assert!(
+        reported
+            .iter()
+            .any(|l| l.starts_with("WARN") && l.contains("busy")),
+        "{reported:?}"
+    );
+    assert!(
+        reported.iter().any(|l| l.contains("released worker")),
+        "{reported:?}"
+    );
+    assert_eq!(
+        reported.iter().filter(|l| l.contains("busy")).count(),
+        1,
+        "reported once, not at every tick: {reported:?}"
+    );
+}
+
+#[test]
+fn waiting_threads_are_never_reported() {
+    setup();
+    let threads: Vec<_> = (0..300)
+        .map(|i| {
+            Builder::new()
+                .name(format!("napper-{i}"))
+                .spawn(|| {
+                    for _ in 0..5 {
+                        sleep(Duration::from_millis(60)).unwrap();
+                    }
+                })
+                .unwrap()
+        })
+        .collect();
+    let ids: Vec<u64> = threads.iter().map(|t| t.id()).collect();
+    for t in threads {
+        t.wait().unwrap();
+    }
+    let s = snapshot();
+    assert!(
+        s.blocked.iter().all(|b| !ids.contains(&b.thread)),
+        "{:?}",
+        s.blocked
+    );
+}
+
+#[test]
+fn run_time_is_sampled_for_busy_threads_only() {
+    setup();
+    let busy = spawn_named("spinner", || {
+        let t0 = Instant::now();
+        let mut x = 0u64;
+        while t0.elapsed() < Duration::from_millis(300) {
+            x = x.wrapping_add(1);
+            // Yield now and then: busy, but cooperative (not a blocked worker).
+            if x.is_multiple_of(100_000) {
+                greenhub::yield_now();
+            }
+        }
+        x
+    });
+    let idle = spawn_named("idler", || {
+        sleep(Duration::from_millis(300)).unwrap();
+        0
+    });
+    let (busy_id, idle_id) = (busy.id(), idle.id());
+    busy.wait().unwrap();
+    idle.wait().unwrap();
+    let s = snapshot();
+    let run = |id| s.finished.iter().find(|f| f.id == id).unwrap().run_time_us;
+    assert!(
+        run(busy_id) >= 100_000,
+        "busy thread ran {}us",
+        run(busy_id)
+    );
+    assert!(run(idle_id) <= 50_000, "idle thread ran {}us", run(idle_id));
+}
+
+fn spawn_named(name: &str, f: impl FnOnce() -> u64 + Send + 'static) -> greenhub::GreenThread<u64> {
+    Builder::new().name(name).spawn(f).unwrap()
+}

@@ -1,0 +1,321 @@
+//! The live registry: what a snapshot shows, and that it stays bounded.
+
+use std::time::{Duration, Instant};
+
+use greenhub::inspect::{snapshot, Outcome, Snapshot, ThreadState, TimerKindInfo};
+use greenhub::wait::{FdWatch, Interest, ObjectKind, WaitOn, Waiter};
+use greenhub::{sleep, spawn, spawn_after, with_timeout, Builder};
+
+/// Polls snapshots until `check` accepts one (the registry is eventually consistent with
+/// threads that are still on their way to a wait).
+fn snapshot_where(check: impl Fn(&Snapshot) -> bool) -> Snapshot {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = snapshot();
+        if check(&s) || Instant::now() > deadline {
+            return s;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn a_waiting_thread_shows_what_it_waits_on_since_when_and_until_when() {
+    let line = line!() + 3;
+    let t = Builder::new()
+        .name("sleeper")
+        .spawn(|| sleep(Duration::from_secs(30)))
+        .unwrap();
+    let id = t.id();
+    let s = snapshot_where(|s| {
+        s.threads
+            .iter()
+            .any(|th| th.id == id && th.state == ThreadState::Waiting)
+    });
+    let th = s.threads.iter().find(|th| th.id == id).unwrap();
+    assert_eq!(th.name.as_deref(), Some("sleeper"));
+    assert_eq!(th.waiting_on, Some(WaitOn::Sleep));
+    assert!(
+        th.spawn_site.contains(&format!("registry.rs:{line}")),
+        "{}",
+        th.spawn_site
+    );
+    let remaining = th.deadline_in_us.expect("a sleep has a deadline");
+    assert!(
+        remaining > 20_000_000 && remaining <= 30_000_000,
+        "{remaining}"
+    );
+    assert!(th.switches >= 1);
+    // Its sleep is a pending timer owned by it.
+    let timer = s.timers.iter().find(|tm| tm.owner == Some(id)).unwrap();
+    assert_eq!(timer.kind, TimerKindInfo::Sleep);
+    assert!(timer.due_in_us > 20_000_000);
+    t.kill();
+    assert!(t.wait().is_err());
+    let s = snapshot();
+    assert!(
+        s.threads.iter().all(|th| th.id != id),
+        "a killed thread leaves the live table"
+    );
+    assert!(
+        s.timers.iter().all(|tm| tm.owner != Some(id)),
+        "and its timer goes with it"
+    );
+}
+
+#[test]
+fn waits_on_objects_joins_and_descriptors_are_named() {
+    let object = spawn(|| {
+        Waiter::new(
+            WaitOn::Object {
+                object: ObjectKind::Queue,
+                id: 4242,
+            },
+            Some(Duration::from_secs(30)),
+        )
+        .wait()
+    });
+    let object_id = object.id();
+    let fd = spawn(|| {
+        let _watch = FdWatch::new(0, Interest::Read);
+        Waiter::new(
+            WaitOn::Fd {
+                fd: 0,
+                interest: Interest::Read,
+            },
+            Some(Duration::from_secs(30)),
+        )
+        .wait()
+    });
+    let fd_id = fd.id();
+    let target = spawn(|| sleep(Duration::from_secs(30)));
+    let target_id = target.id();
+    let joiner = spawn(move || target.wait().is_ok());
+    let joiner_id = joiner.id();
+
+    let s = snapshot_where(|s| {
+        [object_id, fd_id, joiner_id].iter().all(|id| {
+            s.threads
+                .iter()
+                .any(|t| t.id == *id && t.state == ThreadState::Waiting)
+        })
+    });
+    let find = |id| s.threads.iter().find(|t| t.id == id).unwrap();
+    assert_eq!(
+        find(object_id).waiting_on,
+        Some(WaitOn::Object {
+            object: ObjectKind::Queue,
+            id: 4242
+        })
+    );
+    assert_eq!(
+        find(fd_id).waiting_on,
+        Some(WaitOn::Fd {
+            fd: 0,
+            interest: Interest::Read
+        })
+    );
+    assert_eq!(
+        find(joiner_id).waiting_on,
+        Some(WaitOn::Join { thread: target_id })
+    );
+    let d = s
+        .descriptors
+        .iter()
+        .find(|d| d.owner == Some(fd_id))
+        .expect("the descriptor wait is registered");
+    assert_eq!((d.fd, d.interest), (0, Interest::Read));
+
+    for t in [object, fd] {
+        t.kill();
+        assert!(t.wait().is_err());
+    }
+    joiner.kill();
+    assert!(joiner.wait().is_err());
+    assert!(snapshot()
+        .descriptors
+        .iter()
+        .all(|d| d.owner != Some(fd_id)));
+}
+
+#[test]
+fn every_kind_of_timer_is_listed_with_owner_and_site() {
+    let call = greenhub::call_after(Duration::from_secs(30), || {});
+    let later = spawn_after(Duration::from_secs(30), || 1);
+    let later_id = later.id();
+    let scoped = spawn(|| with_timeout(Duration::from_secs(30), || sleep(Duration::from_secs(60))));
+    let scoped_id = scoped.id();
+    let s = snapshot_where(|s| {
+        s.timers
+            .iter()
+            .any(|t| t.kind == TimerKindInfo::Deadline && t.owner == Some(scoped_id))
+    });
+    let call_timer = s.timers.iter().find(|t| t.id == call.id()).unwrap();
+    assert_eq!(call_timer.kind, TimerKindInfo::CallAfter);
+    assert!(
+        call_timer.site.contains("registry.rs"),
+        "{}",
+        call_timer.site
+    );
+    let spawn_timer = s
+        .timers
+        .iter()
+        .find(|t| t.kind == TimerKindInfo::SpawnAfter && t.owner == Some(later_id))
+        .unwrap();
+    assert!(spawn_timer.due_in_us > 20_000_000);
+    let th = s.threads.iter().find(|t| t.id == later_id).unwrap();
+    assert_eq!(
+        th.state,
+        ThreadState::Scheduled,
+        "not started yet, but alive"
+    );
+    let deadline = s
+        .timers
+        .iter()
+        .find(|t| t.kind == TimerKindInfo::Deadline && t.owner == Some(scoped_id))
+        .unwrap();
+    assert!(deadline.due_in_us > 20_000_000);
+    // The scoped thread's sleep shows the scope's (earlier) deadline.
+    let sth = s.threads.iter().find(|t| t.id == scoped_id).unwrap();
+    let until = sth.deadline_in_us.unwrap();
+    assert!(until <= 30_000_000, "{until}");
+
+    assert!(call.cancel());
+    later.kill();
+    scoped.kill();
+    let _ = later.wait();
+    let _ = scoped.wait();
+    let s = snapshot();
+    assert!(s.timers.iter().all(|t| t.id != call.id()));
+    assert!(s
+        .timers
+        .iter()
+        .all(|t| t.owner != Some(later_id) && t.owner != Some(scoped_id)));
+}
+
+#[test]
+fn finished_threads_keep_their_outcome_for_a_while() {
+    let ok = spawn(|| 1);
+    let ok_id = ok.id();
+    ok.wait().unwrap();
+    let bad = spawn(|| -> u8 { panic!("kaboom") });
+    let bad_id = bad.id();
+    let _ = bad.wait();
+    let dead = spawn(|| sleep(Duration::from_secs(30)));
+    let dead_id = dead.id();
+    dead.kill();
+    let _ = dead.wait();
+    let s = snapshot();
+    let outcome = |id| {
+        s.finished
+            .iter()
+            .find(|f| f.id == id)
+            .map(|f| f.outcome.clone())
+    };
+    assert_eq!(outcome(ok_id), Some(Outcome::Returned));
+    assert_eq!(
+        outcome(bad_id),
+        Some(Outcome::Panicked {
+            message: "kaboom".into()
+        })
+    );
+    assert_eq!(outcome(dead_id), Some(Outcome::Killed));
+}
+
+#[test]
+fn the_registry_stays_bounded_however_many_threads_come_and_go() {
+    let before = snapshot();
+    for _ in 0..5 {
+        let ts: Vec<_> = (0..10_000).map(|i| spawn(move || i)).collect();
+        for t in ts {
+            t.wait().unwrap();
+        }
+    }
+    let after = snapshot();
+    // Default history: 1024 entries (64 shards of 16).
+    assert!(after.finished.len() <= 1024, "{}", after.finished.len());
+    assert!(after.totals.spawned >= before.totals.spawned + 50_000);
+    // None of the 50,000 is still listed as live (other tests' threads may be).
+    let max_id = after.threads.iter().map(|t| t.id).max().unwrap_or(0);
+    let ours_alive = after
+        .threads
+        .iter()
+        .filter(|t| t.spawn_site.contains("registry.rs") && t.id > max_id.saturating_sub(50_000))
+        .count();
+    assert!(ours_alive <= 20, "{ours_alive} short threads still live");
+}
+
+#[test]
+fn switches_are_counted() {
+    let t = spawn(|| {
+        for _ in 0..100 {
+            greenhub::yield_now();
+        }
+        sleep(Duration::from_secs(30)).ok();
+    });
+    let id = t.id();
+    let s = snapshot_where(|s| {
+        s.threads
+            .iter()
+            .any(|th| th.id == id && th.state == ThreadState::Waiting)
+    });
+    let th = s.threads.iter().find(|th| th.id == id).unwrap();
+    assert!(th.switches >= 101, "{}", th.switches);
+    t.kill();
+    let _ = t.wait();
+}
+
+#[test]
+fn run_info_is_a_tree_by_parent() {
+    let parent = Builder::new()
+        .name("tree-parent")
+        .spawn(|| {
+            let child = Builder::new()
+                .name("tree-child")
+                .spawn(|| sleep(Duration::from_secs(30)))
+                .unwrap();
+            let _ = child.wait();
+        })
+        .unwrap();
+    let pid = parent.id();
+    let s = snapshot_where(|s| {
+        s.threads
+            .iter()
+            .any(|t| t.parent == Some(pid) && t.state == ThreadState::Waiting)
+    });
+    let dump = s.format_run_info();
+    let lines: Vec<&str> = dump.lines().collect();
+    let p = lines
+        .iter()
+        .position(|l| l.contains("\"tree-parent\""))
+        .unwrap_or_else(|| panic!("{dump}"));
+    let c = lines
+        .iter()
+        .position(|l| l.contains("\"tree-child\""))
+        .unwrap_or_else(|| panic!("{dump}"));
+    assert_eq!(
+        c,
+        p + 1,
+        "the child is listed right under its parent:\n{dump}"
+    );
+    let indent = |l: &str| l.len() - l.trim_start().len();
+    assert_eq!(indent(lines[c]), indent(lines[p]) + 2, "{dump}");
+    assert!(lines[p].contains("waiting on join #"), "{}", lines[p]);
+    assert!(lines[c].contains("waiting on sleep"), "{}", lines[c]);
+    parent.kill();
+    let _ = parent.wait();
+}
+
+#[test]
+fn snapshots_round_trip_through_json_with_a_schema_version() {
+    let t = spawn(|| sleep(Duration::from_secs(30)));
+    let s = snapshot();
+    let json = serde_json::to_string(&s).unwrap();
+    let value: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(value["schema_version"], greenhub::inspect::SCHEMA_VERSION);
+    assert!(value["threads"].is_array());
+    let back: Snapshot = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, s);
+    t.kill();
+    let _ = t.wait();
+}

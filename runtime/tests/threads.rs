@@ -1,0 +1,426 @@
+//! Green threads: spawn, wait, kill, link, panics, names and parents.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use greenhub::{sleep, spawn, spawn_after, Builder, JoinError};
+
+/// Counts drops, to prove destructors ran.
+struct DropCounter(Arc<AtomicUsize>);
+
+impl Drop for DropCounter {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn every_value_comes_back_to_its_waiter_exactly_once() {
+    for round in 0..5 {
+        let n = 20_000u64;
+        let handles: Vec<_> = (0..n)
+            .map(|i| {
+                spawn(move || {
+                    if i % 7 == 0 {
+                        greenhub::yield_now();
+                    }
+                    i * 3 + round
+                })
+            })
+            .collect();
+        let mut seen = HashSet::new();
+        for (i, h) in handles.into_iter().enumerate() {
+            let v = h.wait().unwrap();
+            assert_eq!(v, i as u64 * 3 + round);
+            assert!(seen.insert(v), "value {v} delivered twice");
+        }
+        assert_eq!(seen.len(), n as usize);
+    }
+}
+
+#[test]
+fn green_threads_wait_for_each_other_across_workers() {
+    // Waits from green threads on green threads, nested two deep, many at once.
+    let outer: Vec<_> = (0..200u64)
+        .map(|i| {
+            spawn(move || {
+                let inner: Vec<_> = (0..10u64)
+                    .map(|j| {
+                        spawn(move || {
+                            sleep(Duration::from_millis(j % 3)).unwrap();
+                            i * 100 + j
+                        })
+                    })
+                    .collect();
+                inner.into_iter().map(|t| t.wait().unwrap()).sum::<u64>()
+            })
+        })
+        .collect();
+    let total: u64 = outer.into_iter().map(|t| t.wait().unwrap()).sum();
+    let expected: u64 = (0..200u64)
+        .flat_map(|i| (0..10u64).map(move |j| i * 100 + j))
+        .sum();
+    assert_eq!(total, expected);
+}
+
+#[test]
+fn builder_sets_name_and_stack_and_current_knows_parent() {
+    let parent = Builder::new()
+        .name("parent")
+        .stack_size(128 * 1024)
+        .spawn(|| {
+            let me = greenhub::current().unwrap();
+            let child = Builder::new()
+                .name("child")
+                .spawn(|| {
+                    let c = greenhub::current().unwrap();
+                    (c.id(), c.name().map(String::from), c.parent())
+                })
+                .unwrap();
+            let child_id = child.id();
+            let (id, name, parent) = child.wait().unwrap();
+            assert_eq!(id, child_id);
+            assert_eq!(name.as_deref(), Some("child"));
+            (me.id(), me.name().map(String::from), parent, me.parent())
+        })
+        .unwrap();
+    let parent_id = parent.id();
+    assert_eq!(parent.name(), Some("parent"));
+    let (id, name, childs_parent, own_parent) = parent.wait().unwrap();
+    assert_eq!(id, parent_id);
+    assert_eq!(name.as_deref(), Some("parent"));
+    assert_eq!(childs_parent, Some(parent_id));
+    assert_eq!(own_parent, None, "spawned from the test's OS thread");
+    assert!(greenhub::current().is_none());
+}
+
+#[test]
+fn spawn_site_is_the_callers_line() {
+    let line = line!() + 1;
+    let t = spawn(|| greenhub::current().unwrap().spawn_site().line());
+    assert_eq!(t.wait().unwrap(), line);
+}
+
+#[test]
+fn stack_size_out_of_range_is_an_error_not_a_panic() {
+    let err = Builder::new().stack_size(100).spawn(|| ()).unwrap_err();
+    assert!(matches!(err, greenhub::SpawnError::InvalidStackSize(100)));
+    assert!(err.to_string().contains("16384"), "{err}");
+}
+
+#[test]
+fn a_panic_reaches_wait_with_its_message_and_the_process_lives() {
+    for i in 0..50 {
+        let t = spawn(move || -> u32 { panic!("broken {i}") });
+        match t.wait() {
+            Err(JoinError::Panicked {
+                message, location, ..
+            }) => {
+                assert_eq!(message, format!("broken {i}"));
+                assert!(location.contains("threads.rs"), "{location}");
+            }
+            other => panic!("expected a panic, got {other:?}"),
+        }
+    }
+    // Still usable afterwards.
+    assert_eq!(spawn(|| 1).wait().unwrap(), 1);
+}
+
+#[test]
+fn kill_unwinds_a_sleeping_thread_and_runs_its_destructors() {
+    let drops = Arc::new(AtomicUsize::new(0));
+    let n = 500;
+    let threads: Vec<_> = (0..n)
+        .map(|_| {
+            let guard = DropCounter(drops.clone());
+            spawn(move || {
+                let _held = guard;
+                sleep(Duration::from_secs(60)).unwrap();
+                "finished"
+            })
+        })
+        .collect();
+    // Let them all reach their sleep.
+    sleep(Duration::from_millis(50)).unwrap();
+    let t0 = Instant::now();
+    for t in &threads {
+        t.kill();
+    }
+    for t in threads {
+        assert!(matches!(t.wait(), Err(JoinError::Killed { .. })));
+    }
+    assert!(
+        t0.elapsed() < Duration::from_secs(30),
+        "kill must not wait for the sleeps"
+    );
+    assert_eq!(
+        drops.load(Ordering::SeqCst),
+        n,
+        "every destructor ran exactly once"
+    );
+}
+
+#[test]
+fn kill_before_start_means_the_body_never_runs() {
+    let ran = Arc::new(AtomicUsize::new(0));
+    let drops = Arc::new(AtomicUsize::new(0));
+    for _ in 0..200 {
+        let ran2 = ran.clone();
+        let guard = DropCounter(drops.clone());
+        let t = spawn_after(Duration::from_millis(200), move || {
+            let _g = guard;
+            ran2.fetch_add(1, Ordering::SeqCst);
+        });
+        t.kill();
+        assert!(matches!(t.wait(), Err(JoinError::Killed { .. })));
+    }
+    sleep(Duration::from_millis(300)).unwrap();
+    assert_eq!(ran.load(Ordering::SeqCst), 0);
+    assert_eq!(
+        drops.load(Ordering::SeqCst),
+        200,
+        "the unrun closures were dropped"
+    );
+}
+
+#[test]
+fn kill_from_an_os_thread_and_of_a_thread_waiting_on_a_join() {
+    let sleeper = spawn(|| sleep(Duration::from_secs(60)));
+    let sleeper_id = sleeper.id();
+    let joiner = spawn(move || sleeper.wait().map(|_| ()).map_err(|e| e.to_string()));
+    std::thread::sleep(Duration::from_millis(30));
+    let snap = greenhub::inspect::snapshot();
+    let j = snap.threads.iter().find(|t| t.id == joiner.id()).unwrap();
+    assert_eq!(
+        j.waiting_on,
+        Some(greenhub::wait::WaitOn::Join { thread: sleeper_id })
+    );
+    let os = std::thread::spawn(move || {
+        joiner.kill();
+        joiner.wait()
+    });
+    assert!(matches!(os.join().unwrap(), Err(JoinError::Killed { .. })));
+}
+
+#[test]
+fn a_killed_thread_that_catches_the_unwind_dies_at_its_next_wait() {
+    let t = spawn(|| {
+        let first = std::panic::catch_unwind(|| sleep(Duration::from_secs(60)));
+        assert!(first.is_err(), "the kill unwinds through the sleep");
+        // Still killed: the next wait unwinds again.
+        let _ = sleep(Duration::from_secs(60));
+        "survived"
+    });
+    std::thread::sleep(Duration::from_millis(20));
+    t.kill();
+    assert!(matches!(t.wait(), Err(JoinError::Killed { .. })));
+}
+
+#[test]
+fn kill_after_the_end_changes_nothing() {
+    let t = spawn(|| 9);
+    t.wait_timeout(Duration::from_secs(5)).unwrap();
+    t.kill();
+    assert_eq!(t.wait().unwrap(), 9);
+}
+
+#[test]
+fn wait_timeout_times_out_then_the_thread_finishes() {
+    let t = spawn(|| {
+        sleep(Duration::from_millis(80)).unwrap();
+        5
+    });
+    assert!(!t.is_done());
+    assert_eq!(
+        t.wait_timeout(Duration::from_millis(10)),
+        Err(greenhub::TimedOut)
+    );
+    assert!(!t.is_done());
+    t.wait_timeout(Duration::from_secs(10)).unwrap();
+    assert!(t.is_done());
+    assert_eq!(t.wait().unwrap(), 5);
+}
+
+#[test]
+fn link_runs_once_for_every_outcome() {
+    let (tx, rx) = mpsc::channel::<String>();
+    let ok = spawn(|| 1);
+    let tx1 = tx.clone();
+    ok.link(move |r| tx1.send(format!("ok:{}", r.unwrap())).unwrap());
+
+    let panicked = spawn(|| -> u32 { panic!("p") });
+    let tx2 = tx.clone();
+    panicked.link(move |r| tx2.send(format!("panic:{}", r.is_err())).unwrap());
+
+    let killed = spawn(|| sleep(Duration::from_secs(60)));
+    let tx3 = tx.clone();
+    killed.link(move |r| {
+        // A link may wait, even for a killed thread.
+        sleep(Duration::from_millis(1)).unwrap();
+        let killed = matches!(r, Err(JoinError::Killed { .. }));
+        tx3.send(format!("killed:{killed}")).unwrap()
+    });
+    std::thread::sleep(Duration::from_millis(20));
+    killed.kill();
+
+    let mut got: Vec<String> = (0..3)
+        .map(|_| rx.recv_timeout(Duration::from_secs(10)).unwrap())
+        .collect();
+    got.sort();
+    assert_eq!(got, vec!["killed:true", "ok:1", "panic:true"]);
+    // The panic was seen by a link, not by wait: wait still returns it.
+    assert!(matches!(panicked.wait(), Err(JoinError::Panicked { .. })));
+    assert_eq!(ok.wait().unwrap(), 1);
+    // And nothing runs twice.
+    assert!(rx.recv_timeout(Duration::from_millis(50)).is_err());
+}
+
+#[test]
+fn link_after_the_end_runs_at_once_and_may_wait() {
+    let t = spawn(|| 7u32);
+    t.wait_timeout(Duration::from_secs(5)).unwrap();
+    let counter = Arc::new(AtomicUsize::new(0));
+    for _ in 0..3 {
+        let c = counter.clone();
+        t.link(move |r| {
+            assert_eq!(r.ok(), Some(&7));
+            c.fetch_add(1, Ordering::SeqCst);
+        });
+    }
+    assert_eq!(counter.load(Ordering::SeqCst), 3);
+    assert_eq!(t.wait().unwrap(), 7);
+}
+
+#[test]
+fn a_panicking_link_does_not_disturb_the_outcome() {
+    let t = spawn(|| 3u8);
+    t.link(|_| panic!("bad callback"));
+    t.wait_timeout(Duration::from_secs(5)).unwrap();
+    assert_eq!(t.wait().unwrap(), 3);
+}
+
+#[test]
+fn links_stress_every_callback_exactly_once() {
+    let count = Arc::new(AtomicUsize::new(0));
+    let n = 2000;
+    let threads: Vec<_> = (0..n)
+        .map(|i| {
+            let t = spawn(move || {
+                if i % 2 == 0 {
+                    greenhub::yield_now();
+                }
+                i
+            });
+            let c = count.clone();
+            t.link(move |r| {
+                assert_eq!(r.ok(), Some(&i));
+                c.fetch_add(1, Ordering::SeqCst);
+            });
+            t
+        })
+        .collect();
+    for t in threads {
+        t.wait().unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while count.load(Ordering::SeqCst) < n && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(count.load(Ordering::SeqCst), n);
+}
+
+#[test]
+fn spawn_after_waits_its_delay() {
+    let t0 = Instant::now();
+    let threads: Vec<_> = (0..100)
+        .map(|i| spawn_after(Duration::from_millis(30 + i % 5), move || (i, t0.elapsed())))
+        .collect();
+    for t in threads {
+        let (i, at) = t.wait().unwrap();
+        assert!(
+            at >= Duration::from_millis(30 + i % 5),
+            "{i} started at {at:?}"
+        );
+    }
+}
+
+#[test]
+fn sleep_zero_and_yield_let_others_run() {
+    // Two threads that only yield still both make progress.
+    let turns = Arc::new(AtomicUsize::new(0));
+    let a = {
+        let turns = turns.clone();
+        spawn(move || {
+            for _ in 0..1000 {
+                turns.fetch_add(1, Ordering::SeqCst);
+                sleep(Duration::ZERO).unwrap();
+            }
+        })
+    };
+    let b = {
+        let turns = turns.clone();
+        spawn(move || {
+            for _ in 0..1000 {
+                turns.fetch_add(1, Ordering::SeqCst);
+                greenhub::yield_now();
+            }
+        })
+    };
+    a.wait().unwrap();
+    b.wait().unwrap();
+    assert_eq!(turns.load(Ordering::SeqCst), 2000);
+}
+
+#[test]
+fn call_after_fires_once_and_cancel_prevents_it() {
+    let fired = Arc::new(AtomicUsize::new(0));
+    let mut timers = Vec::new();
+    for i in 0..300 {
+        let f = fired.clone();
+        let timer = greenhub::call_after(Duration::from_millis(20 + i % 10), move || {
+            // The function runs in a green thread and may wait.
+            sleep(Duration::from_millis(1)).unwrap();
+            f.fetch_add(1, Ordering::SeqCst);
+        });
+        timers.push(timer);
+    }
+    let mut cancelled = 0;
+    for t in timers.iter().step_by(3) {
+        assert!(t.is_pending());
+        assert!(t.cancel());
+        assert!(!t.cancel(), "a second cancel finds nothing");
+        cancelled += 1;
+    }
+    let expected = 300 - cancelled;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while fired.load(Ordering::SeqCst) < expected && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // The cancelled ones were due long ago; give them a chance to misfire.
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(fired.load(Ordering::SeqCst), expected);
+    for t in &timers {
+        assert!(!t.is_pending());
+        assert!(!t.cancel(), "fired or cancelled timers cannot be cancelled");
+    }
+}
+
+#[test]
+fn os_threads_and_green_threads_interoperate() {
+    // OS threads spawn green threads and wait for them; green threads wait for each other.
+    let os: Vec<_> = (0..8)
+        .map(|k| {
+            std::thread::spawn(move || {
+                let ts: Vec<_> = (0..100u64).map(|i| spawn(move || i + k)).collect();
+                ts.into_iter().map(|t| t.wait().unwrap()).sum::<u64>()
+            })
+        })
+        .collect();
+    let total: u64 = os.into_iter().map(|t| t.join().unwrap()).sum();
+    let expected: u64 = (0..8u64)
+        .map(|k| (0..100u64).map(|i| i + k).sum::<u64>())
+        .sum();
+    assert_eq!(total, expected);
+}
