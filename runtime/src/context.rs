@@ -28,9 +28,15 @@ pub(crate) struct Context {
     pub deadline: Cell<Option<Instant>>,
     /// The panic hook stores here instead of printing, for code greenhub reports itself.
     pub panic: RefCell<Option<PanicReport>>,
-    /// Non-zero while greenhub itself catches panics outside a green thread's body
-    /// (a stack allocation failure inside `may`).
-    pub capture_depth: Cell<u32>,
+    /// The token of this thread's last wait, reused while nobody else holds it.
+    pub token: RefCell<Option<Arc<crate::wait::Token>>>,
+}
+
+thread_local! {
+    /// Non-zero while greenhub catches panics of its own call into `may` (a stack that cannot be
+    /// mapped). A thread-local is sound here: that call never waits, so the green thread cannot
+    /// move to another OS thread between setting and clearing it.
+    static CAPTURE: Cell<u32> = const { Cell::new(0) };
 }
 
 impl Context {
@@ -40,7 +46,7 @@ impl Context {
 
     /// Whether the panic hook should hand panics to greenhub instead of printing them.
     pub(crate) fn captures_panics(&self) -> bool {
-        self.record.get().is_some() || self.capture_depth.get() > 0
+        self.record.get().is_some() || CAPTURE.with(|c| c.get()) > 0
     }
 }
 
@@ -54,11 +60,18 @@ pub(crate) fn with<R>(f: impl FnOnce(&Context) -> R) -> R {
 
 /// The current green thread's record, if the code runs in a greenhub green thread.
 pub(crate) fn current_record() -> Option<Arc<ThreadRecord>> {
+    // An OS thread has no record: skip the lookup in its thread-local map.
+    if !may::coroutine::is_coroutine() {
+        return None;
+    }
     with(|c| c.record().cloned())
 }
 
 /// The id of the current green thread, if any.
 pub(crate) fn current_id() -> Option<u64> {
+    if !may::coroutine::is_coroutine() {
+        return None;
+    }
     with(|c| c.record().map(|r| r.id))
 }
 
@@ -67,10 +80,10 @@ pub(crate) fn capturing_panics<R>(f: impl FnOnce() -> R) -> R {
     struct Depth;
     impl Drop for Depth {
         fn drop(&mut self) {
-            with(|c| c.capture_depth.set(c.capture_depth.get() - 1));
+            CAPTURE.with(|c| c.set(c.get() - 1));
         }
     }
-    with(|c| c.capture_depth.set(c.capture_depth.get() + 1));
+    CAPTURE.with(|c| c.set(c.get() + 1));
     let _depth = Depth;
     f()
 }

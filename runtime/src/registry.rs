@@ -238,15 +238,28 @@ struct ThreadShard {
     finished: VecDeque<Finished>,
 }
 
+/// An atomic counter on a cache line of its own: spawners and exiting threads on different
+/// workers update these, and must not slow each other down by sharing a line.
+#[derive(Default)]
+#[repr(align(128))]
+pub(crate) struct Padded(pub AtomicU64);
+
+impl std::ops::Deref for Padded {
+    type Target = AtomicU64;
+    fn deref(&self) -> &AtomicU64 {
+        &self.0
+    }
+}
+
 /// Process-wide counters.
 #[derive(Default)]
 pub(crate) struct Counters {
-    pub spawned: AtomicU64,
-    pub finished: AtomicU64,
+    pub spawned: Padded,
+    pub finished: Padded,
     pub panicked: AtomicU64,
     pub killed: AtomicU64,
     /// Switches of threads that have ended (live ones are summed from their records).
-    pub finished_switches: AtomicU64,
+    pub finished_switches: Padded,
 }
 
 pub(crate) struct Registry {
@@ -254,7 +267,7 @@ pub(crate) struct Registry {
     timers: Box<[Mutex<IdMap<TimerEntry>>]>,
     fds: Box<[Mutex<IdMap<FdEntry>>]>,
     finished_per_shard: usize,
-    next_id: AtomicU64,
+    next_id: Padded,
     pub counters: Counters,
 }
 
@@ -280,7 +293,7 @@ impl Registry {
             timers: shards(),
             fds: shards(),
             finished_per_shard: finished_history.div_ceil(SHARDS),
-            next_id: AtomicU64::new(1),
+            next_id: Padded(AtomicU64::new(1)),
             counters: Counters::default(),
         }
     }

@@ -107,11 +107,39 @@ pub enum JoinError {
 
 type Link<T> = Box<dyn FnOnce(Result<&T, &JoinError>) + Send>;
 
+/// The tokens of the threads waiting for the end. Almost always one, kept inline so that a
+/// join does not allocate.
+#[derive(Default)]
+struct Waiters {
+    first: Option<Arc<Token>>,
+    more: Vec<Arc<Token>>,
+}
+
+impl Waiters {
+    fn push(&mut self, token: Arc<Token>) {
+        // Tokens of waits that timed out are dropped here, so the list stays short.
+        if self.first.as_ref().is_some_and(|t| !t.is_waiting()) {
+            self.first = None;
+        }
+        self.more.retain(|t| t.is_waiting());
+        match self.first {
+            None => self.first = Some(token),
+            Some(_) => self.more.push(token),
+        }
+    }
+
+    fn wake_all(self) {
+        for t in self.first.into_iter().chain(self.more) {
+            t.wake();
+        }
+    }
+}
+
 struct JoinState<T> {
     /// `Some` once the thread has ended, until `wait` takes it.
     result: Option<Result<T, JoinError>>,
     finished: bool,
-    waiters: Vec<Arc<Token>>,
+    waiters: Waiters,
     links: Vec<Link<T>>,
     handle_alive: bool,
 }
@@ -269,7 +297,7 @@ impl Builder {
             join: Mutex::new(JoinState {
                 result: None,
                 finished: false,
-                waiters: Vec::new(),
+                waiters: Waiters::default(),
                 links: Vec::new(),
                 handle_alive: true,
             }),
@@ -449,9 +477,7 @@ impl<T: Send + 'static> Shared<T> {
                 }
             }
         };
-        for w in waiters {
-            w.wake();
-        }
+        waiters.wake_all();
         if let Some(err) = report {
             report_unobserved(&self.record, &err);
         }
@@ -574,7 +600,6 @@ impl<T: Send + 'static> GreenThread<T> {
                     return st.result.take().unwrap_or(Err(JoinError::Killed { id }));
                 }
                 let waiter = Waiter::new(WaitOn::Join { thread: id }, None);
-                st.waiters.retain(|t| t.is_waiting());
                 st.waiters.push(waiter.token().clone());
                 waiter
             };
@@ -604,7 +629,6 @@ impl<T: Send + 'static> GreenThread<T> {
                     return Ok(());
                 }
                 let waiter = Waiter::new(WaitOn::Join { thread: id }, Some(timeout));
-                st.waiters.retain(|t| t.is_waiting());
                 st.waiters.push(waiter.token().clone());
                 waiter
             };

@@ -29,6 +29,7 @@
 //! assert!(waker.wait().unwrap());
 //! ```
 
+use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -245,6 +246,10 @@ impl Token {
     }
 
     fn abandon(&self) -> bool {
+        // The common case, a woken token, needs no read-modify-write.
+        if self.state.load(Ordering::Acquire) != WAITING {
+            return false;
+        }
         self.state
             .compare_exchange(WAITING, ABANDONED, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
@@ -262,12 +267,39 @@ impl std::fmt::Debug for Token {
     }
 }
 
+/// A token for a new wait of the current thread: the previous one when nobody else holds it any
+/// more (saving an allocation per wait), a new one otherwise.
+fn fresh_token(ctx: &context::Context) -> Arc<Token> {
+    let mut slot = ctx.token.borrow_mut();
+    if let Some(token) = slot.as_mut() {
+        if let Some(exclusive) = Arc::get_mut(token) {
+            *exclusive.state.get_mut() = WAITING;
+            return token.clone();
+        }
+    }
+    let parker = if may::coroutine::is_coroutine() {
+        Parker::Green(may::coroutine::current())
+    } else {
+        Parker::Os(std::thread::current())
+    };
+    let token = Arc::new(Token {
+        state: AtomicU8::new(WAITING),
+        parker,
+    });
+    *slot = Some(token.clone());
+    token
+}
+
 /// One wait of the current green thread (or OS thread). See the [module docs](self).
+///
+/// A `Waiter` belongs to the thread that created it (its token wakes that thread), so it is
+/// neither `Send` nor `Sync`; hand its [`Token`] to other threads instead.
 #[derive(Debug)]
 pub struct Waiter {
     token: Arc<Token>,
     on: WaitOn,
     deadline: Option<Instant>,
+    _not_send: PhantomData<*const ()>,
 }
 
 impl Waiter {
@@ -280,23 +312,16 @@ impl Waiter {
 
     /// Like [`Waiter::new`] with an absolute deadline.
     pub fn until(on: WaitOn, deadline: Option<Instant>) -> Waiter {
-        let scope = crate::deadline();
+        let (token, scope) = context::with(|c| (fresh_token(c), c.deadline.get()));
         let deadline = match (deadline, scope) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        let parker = if may::coroutine::is_coroutine() {
-            Parker::Green(may::coroutine::current())
-        } else {
-            Parker::Os(std::thread::current())
-        };
         Waiter {
-            token: Arc::new(Token {
-                state: AtomicU8::new(WAITING),
-                parker,
-            }),
+            token,
             on,
             deadline,
+            _not_send: PhantomData,
         }
     }
 
