@@ -28,7 +28,7 @@ use std::sync::atomic::Ordering;
 use serde::{Deserialize, Serialize};
 
 use crate::registry::{registry, Ending, Phase, TimerKind};
-use crate::wait::{Interest, WaitOn};
+use crate::wait::{Interest, ObjectKind, WaitOn};
 use crate::{clock, monitor, runtime};
 
 /// The version of the snapshot's JSON schema.
@@ -61,6 +61,10 @@ pub struct Snapshot {
     pub workers: Vec<WorkerInfo>,
     /// Reports of green threads that kept a worker busy (a bounded history, ongoing included).
     pub blocked: Vec<BlockedInfo>,
+    /// Live synchronization objects and pools (events, queues, semaphores, mutexes, green
+    /// pools, and what other crates register), by id.
+    #[serde(default)]
+    pub objects: Vec<ObjectInfo>,
 }
 
 /// The runtime's settings and limits.
@@ -111,6 +115,9 @@ pub struct Totals {
     pub descriptors: usize,
     /// Blocked-worker reports still ongoing.
     pub blocked_now: usize,
+    /// Live registered objects.
+    #[serde(default)]
+    pub objects: usize,
 }
 
 /// A live green thread's state.
@@ -319,6 +326,10 @@ pub fn snapshot() -> Snapshot {
     let timers = reg.timers();
     let fds = reg.fds();
     let reports = monitor::reports();
+    // Objects are inspected outside the table's locks: an inspection takes the object's own
+    // lock, and an object dropped meanwhile takes the table's.
+    let mut objects: Vec<ObjectInfo> = reg.objects().iter().map(|o| o.inspect()).collect();
+    objects.sort_by_key(|o| o.id);
     let now = clock::coarse_ns();
     let precise = clock::precise_ns();
 
@@ -444,6 +455,7 @@ pub fn snapshot() -> Snapshot {
     totals.timers = timers.len();
     totals.descriptors = descriptors.len();
     totals.blocked_now = blocked.iter().filter(|b| b.ongoing).count();
+    totals.objects = objects.len();
 
     Snapshot {
         schema_version: SCHEMA_VERSION,
@@ -482,6 +494,112 @@ pub fn snapshot() -> Snapshot {
         descriptors,
         workers,
         blocked,
+        objects,
+    }
+}
+
+/// A synchronization object, pool or other thing green threads wait on, as the snapshot shows
+/// it. A green thread waiting on it shows [`WaitOn::Object`] with the same kind and id.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectInfo {
+    /// What it is.
+    pub kind: ObjectKind,
+    /// Its id (unique among all ids the registry hands out).
+    pub id: u64,
+    /// The name given at construction, if any.
+    pub name: Option<String>,
+    /// Green threads (and OS threads) waiting on it now.
+    pub waiters: usize,
+    /// The object's own counts, by name: `len` and `capacity` for a queue, `permits` for a
+    /// semaphore, `running` and `size` for a pool, and so on (each type documents its own).
+    pub counts: BTreeMap<String, u64>,
+}
+
+impl ObjectInfo {
+    /// An entry with no counts yet.
+    pub fn new(kind: ObjectKind, id: u64, name: Option<&str>, waiters: usize) -> ObjectInfo {
+        ObjectInfo {
+            kind,
+            id,
+            name: name.map(String::from),
+            waiters,
+            counts: BTreeMap::new(),
+        }
+    }
+
+    /// Adds a count.
+    pub fn count(mut self, name: &str, value: u64) -> ObjectInfo {
+        self.counts.insert(name.to_string(), value);
+        self
+    }
+
+    /// One line: kind, id, name, waiters and counts.
+    pub fn describe(&self) -> String {
+        let mut s = format!("{} #{}", self.kind.name(), self.id);
+        if let Some(name) = &self.name {
+            let _ = write!(s, " \"{name}\"");
+        }
+        let _ = write!(s, ": {} waiting", self.waiters);
+        for (k, v) in &self.counts {
+            let _ = write!(s, ", {k} {v}");
+        }
+        s
+    }
+}
+
+/// An object that shows in the [`snapshot`]: implemented by greenhub's synchronization types,
+/// and by other crates' pools through [`Registration`].
+pub trait Inspect: Send + Sync {
+    /// The object's current state. Called from the thread taking a snapshot; keep it short
+    /// (take the object's lock once, copy the counts).
+    fn inspect(&self) -> ObjectInfo;
+}
+
+/// Keeps an object listed in the [`snapshot`] while the registration lives.
+///
+/// The registry holds only a weak reference, so the usual pattern is to build the object with
+/// [`std::sync::Arc::new_cyclic`] and keep its registration inside it:
+///
+/// ```
+/// use std::sync::{Arc, Weak};
+/// use greenhub::inspect::{Inspect, ObjectInfo, Registration};
+/// use greenhub::wait::ObjectKind;
+///
+/// struct Gauge { reg: Registration }
+/// impl Inspect for Gauge {
+///     fn inspect(&self) -> ObjectInfo {
+///         ObjectInfo::new(ObjectKind::Other, self.reg.id(), Some("gauge"), 0).count("level", 3)
+///     }
+/// }
+///
+/// let gauge = Arc::new_cyclic(|weak: &Weak<Gauge>| Gauge { reg: Registration::new(weak.clone()) });
+/// let snap = greenhub::inspect::snapshot();
+/// let seen = snap.objects.iter().find(|o| o.id == gauge.reg.id()).unwrap();
+/// assert_eq!(seen.counts["level"], 3);
+/// ```
+#[derive(Debug)]
+pub struct Registration {
+    id: u64,
+}
+
+impl Registration {
+    /// Lists `object` under a fresh id until the registration is dropped.
+    pub fn new<O: Inspect + 'static>(object: std::sync::Weak<O>) -> Registration {
+        let reg = registry();
+        let id = reg.next_id();
+        reg.insert_object(id, object);
+        Registration { id }
+    }
+
+    /// The object's id: use it in [`WaitOn::Object`].
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        registry().remove_object(self.id);
     }
 }
 
@@ -548,7 +666,7 @@ impl Snapshot {
             "greenhub run info: pid {} ({}), up {}, {} workers\n\
              green threads: {} live ({} running, {} waiting, {} scheduled), {} spawned, \
              {} finished ({} panicked, {} killed), {} switches\n\
-             timers: {}, descriptors: {}, blocked workers now: {}\n",
+             timers: {}, descriptors: {}, objects: {}, blocked workers now: {}\n",
             self.pid,
             self.process,
             format_us(self.uptime_us),
@@ -564,6 +682,7 @@ impl Snapshot {
             t.switches,
             t.timers,
             t.descriptors,
+            t.objects,
             t.blocked_now,
         );
 
@@ -614,6 +733,12 @@ impl Snapshot {
                     d.interest.name(),
                     format_us(d.waiting_us)
                 );
+            }
+        }
+        if !self.objects.is_empty() {
+            out.push_str("\nobjects:\n");
+            for o in &self.objects {
+                let _ = writeln!(out, "  {}", o.describe());
             }
         }
         if !self.blocked.is_empty() {

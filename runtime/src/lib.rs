@@ -20,6 +20,14 @@
 //! assert!(slow.is_err());
 //! ```
 //!
+//! Green threads talk through the objects of eventlet's and gevent's `event`, `queue`,
+//! `semaphore` and `greenpool` modules: [`Event`] (a value or error set once; gevent's
+//! `AsyncResult`), [`Queue`] (FIFO, LIFO or priority; unbounded, bounded or rendezvous, with
+//! `task_done`/`join` and `close`), [`Semaphore`], [`Mutex`], [`GreenPool`] and [`GreenPile`].
+//! Each serves its waiters in arrival order by handing the item or permit to the first of them,
+//! so a timeout or a kill in the middle of a wait loses nothing; each works from plain OS
+//! threads too, and shows in the snapshot with its waiters and counts.
+//!
 //! # Deadline scopes
 //!
 //! eventlet's `Timeout` raises an exception into the green thread from a timer, wherever the
@@ -92,21 +100,32 @@
 
 #![warn(missing_docs)]
 
+mod alarm;
 mod clock;
 pub mod config;
 mod context;
+pub mod event;
+mod graveyard;
 pub mod inspect;
 mod limits;
 mod monitor;
 mod panic;
+pub mod pool;
+pub mod queue;
 mod registry;
 mod runtime;
+pub mod semaphore;
 mod thread;
 mod time;
 mod timer;
 pub mod wait;
+mod waitlist;
 
 pub use config::{Config, ConfigError};
+pub use event::{AlreadySet, Event, EventError};
+pub use pool::{GreenPile, GreenPool, PoolError};
+pub use queue::{GetError, PutError, Queue, QueueBuilder, TaskDoneError};
+pub use semaphore::{Mutex, MutexGuard, OverRelease, Permit, Semaphore};
 pub use thread::{
     current, spawn, spawn_after, Builder, Current, GreenThread, JoinError, SpawnError,
 };

@@ -11,7 +11,7 @@ use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::panic::Location;
 use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, Weak};
 
 use parking_lot::Mutex;
 
@@ -262,10 +262,14 @@ pub(crate) struct Counters {
     pub finished_switches: Padded,
 }
 
+/// An inspectable object, held weakly: the registry never keeps an object alive.
+type ObjectRef = Weak<dyn crate::inspect::Inspect>;
+
 pub(crate) struct Registry {
     threads: Box<[Mutex<ThreadShard>]>,
     timers: Box<[Mutex<IdMap<TimerEntry>>]>,
     fds: Box<[Mutex<IdMap<FdEntry>>]>,
+    objects: Box<[Mutex<IdMap<ObjectRef>>]>,
     finished_per_shard: usize,
     next_id: Padded,
     pub counters: Counters,
@@ -292,6 +296,7 @@ impl Registry {
             threads: shards(),
             timers: shards(),
             fds: shards(),
+            objects: shards(),
             finished_per_shard: finished_history.div_ceil(SHARDS),
             next_id: Padded(AtomicU64::new(1)),
             counters: Counters::default(),
@@ -416,6 +421,23 @@ impl Registry {
             );
         }
         out.sort_by_key(|f| (f.0, f.3));
+        out
+    }
+
+    pub(crate) fn insert_object(&self, id: u64, object: ObjectRef) {
+        self.objects[Self::shard(id)].lock().insert(id, object);
+    }
+
+    pub(crate) fn remove_object(&self, id: u64) {
+        self.objects[Self::shard(id)].lock().remove(&id);
+    }
+
+    /// The live objects. The caller inspects them outside the table's locks.
+    pub(crate) fn objects(&self) -> Vec<Arc<dyn crate::inspect::Inspect>> {
+        let mut out = Vec::new();
+        for shard in self.objects.iter() {
+            out.extend(shard.lock().values().filter_map(Weak::upgrade));
+        }
         out
     }
 }

@@ -13,7 +13,7 @@ use crate::context::{self, PanicReport};
 use crate::limits::StackPermit;
 use crate::registry::{registry, Ending, Phase, ThreadRecord, TimerKind};
 use crate::wait::{Token, WaitOn, Waiter};
-use crate::{monitor, panic, runtime, timer, TimedOut};
+use crate::{graveyard, monitor, panic, runtime, timer, TimedOut};
 
 /// Why a green thread could not be created.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -364,6 +364,7 @@ impl<T: Send + 'static> Shared<T> {
         F: FnOnce() -> T + Send + 'static,
     {
         let rt = runtime::get()?;
+        graveyard::sweep_if_large();
         let permit = rt.budget.acquire(stack)?;
         let shared = self.clone();
         let body = move || shared.run(f, permit);
@@ -426,6 +427,7 @@ impl<T: Send + 'static> Shared<T> {
         self.finish(result);
         monitor::mark_idle();
         drop(permit);
+        graveyard::bury_current();
     }
 
     fn cancel_coroutine(&self) {

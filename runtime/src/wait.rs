@@ -36,10 +36,10 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use crate::alarm;
 use crate::context;
 use crate::monitor;
 use crate::registry::ThreadRecord;
-use crate::runtime;
 use crate::TimedOut;
 
 /// What a waiting green thread waits on, as the registry and the inspector show it.
@@ -235,6 +235,17 @@ impl Token {
         }
     }
 
+    /// Unparks the waiter without waking it (its token stays waiting), so that it looks at
+    /// its deadline again: what the alarm thread does when a timed wait expires.
+    pub(crate) fn poke(&self) {
+        if self.is_waiting() {
+            match &self.parker {
+                Parker::Green(co) => co.unpark(),
+                Parker::Os(t) => t.unpark(),
+            }
+        }
+    }
+
     /// Whether the waiter still waits (neither woken nor gone).
     pub fn is_waiting(&self) -> bool {
         self.state.load(Ordering::Acquire) == WAITING
@@ -345,11 +356,7 @@ impl Waiter {
         }
         context::with(|ctx| match ctx.record() {
             Some(record) => self.wait_green(record),
-            None if may::coroutine::is_coroutine() => {
-                // A raw `may` coroutine: the runtime must know the timer thread it may wake on.
-                let _ = runtime::get();
-                self.park_loop(true)
-            }
+            None if may::coroutine::is_coroutine() => self.park_loop(true),
             None => self.park_loop(false),
         })
     }
@@ -363,6 +370,7 @@ impl Waiter {
     }
 
     fn park_loop(&self, green: bool) -> Result<(), TimedOut> {
+        let mut alarm_set = false;
         loop {
             if self.token.is_woken() {
                 return Ok(());
@@ -379,15 +387,18 @@ impl Waiter {
                     if now >= deadline {
                         return self.give_up();
                     }
-                    if green {
-                        may::coroutine::park_timeout(whole_millis(deadline - now));
-                    } else {
+                    if !green {
                         std::thread::park_timeout(deadline - now);
+                    } else {
+                        // Parks untimed; the alarm thread unparks it at the deadline (see
+                        // alarm.rs for why not `may`'s timed park). Spurious returns loop.
+                        if !alarm_set {
+                            alarm::set(deadline, self.token.clone());
+                            alarm_set = true;
+                        }
+                        may::coroutine::park();
                     }
                 }
-            }
-            if green {
-                runtime::leave_timer_thread();
             }
         }
     }
@@ -449,12 +460,6 @@ impl Drop for Resume<'_> {
         self.0.set_running();
         monitor::mark_running(self.0.id);
     }
-}
-
-/// `may` keeps a park's timeout in whole milliseconds and reads zero as "no timeout": a park
-/// of 0.9 ms would never end. Round up, so a timed park always wakes (at most 1 ms late).
-fn whole_millis(d: Duration) -> Duration {
-    Duration::from_millis((d.as_nanos().div_ceil(1_000_000) as u64).max(1))
 }
 
 fn killed() -> bool {

@@ -1,5 +1,7 @@
 //! `workers = 1`: eventlet's single hub, where green threads run one at a time in order.
 
+mod common;
+
 use std::sync::{Arc, Mutex, Once};
 use std::time::Duration;
 
@@ -44,6 +46,7 @@ fn yields_interleave_in_spawn_order_every_time() {
 #[test]
 fn green_threads_never_run_in_parallel() {
     setup();
+    let _watchdog = common::watchdog(Duration::from_secs(30));
     let inside = Arc::new(Mutex::new(0u32));
     let max_seen = Arc::new(Mutex::new(0u32));
     let ts: Vec<_> = (0..100)

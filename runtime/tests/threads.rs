@@ -1,5 +1,7 @@
 //! Green threads: spawn, wait, kill, link, panics, names and parents.
 
+mod common;
+
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
@@ -423,4 +425,49 @@ fn os_threads_and_green_threads_interoperate() {
         .map(|k| (0..100u64).map(|i| i + k).sum::<u64>())
         .sum();
     assert_eq!(total, expected);
+}
+
+#[test]
+fn detached_threads_woken_as_they_park_finish_without_hanging_a_worker() {
+    // A green thread whose handle is gone, woken in the instant it parks, resumes inside its
+    // own park's bookkeeping; when it then finishes, dropping the last handle to itself there
+    // used to spin its worker forever. Many detached threads woken from OS threads and from
+    // each other make that instant likely; the count proves every one of them finished.
+    let _watchdog = common::watchdog(Duration::from_secs(60));
+    const ROUNDS: usize = 200;
+    const PER: usize = 100;
+    let finished = Arc::new(AtomicUsize::new(0));
+    for _ in 0..ROUNDS {
+        let q: greenhub::Queue<()> = greenhub::Queue::unbounded();
+        for _ in 0..PER {
+            let (q, finished) = (q.clone(), finished.clone());
+            drop(spawn(move || {
+                let _ = q.get();
+                finished.fetch_add(1, Ordering::SeqCst);
+            }));
+        }
+        let feeders: Vec<_> = (0..2)
+            .map(|_| {
+                let q = q.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..PER / 2 {
+                        q.put(()).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for f in feeders {
+            f.join().unwrap();
+        }
+    }
+    let t0 = Instant::now();
+    while finished.load(Ordering::SeqCst) < ROUNDS * PER {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "{} of {} detached threads finished",
+            finished.load(Ordering::SeqCst),
+            ROUNDS * PER
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
 }

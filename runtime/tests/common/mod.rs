@@ -54,3 +54,60 @@ pub fn text(out: &Output) -> String {
         String::from_utf8_lossy(&out.stderr)
     )
 }
+
+/// The snapshot's entry for object `id`.
+pub fn object(id: u64) -> greenhub::inspect::ObjectInfo {
+    greenhub::inspect::snapshot()
+        .objects
+        .into_iter()
+        .find(|o| o.id == id)
+        .unwrap_or_else(|| panic!("object #{id} is not in the snapshot"))
+}
+
+/// Waits (polling, up to 10 s) until object `id` has `n` live waiters.
+pub fn await_waiters(id: u64, n: usize) {
+    let t0 = Instant::now();
+    loop {
+        let w = object(id).waiters;
+        if w == n {
+            return;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "object #{id}: {w} waiters, want {n}"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// What green thread `id` waits on, per the snapshot.
+pub fn waiting_on(id: u64) -> Option<greenhub::wait::WaitOn> {
+    greenhub::inspect::snapshot()
+        .threads
+        .into_iter()
+        .find(|t| t.id == id)
+        .and_then(|t| t.waiting_on)
+}
+
+/// Dumps the run info and aborts the process if the returned guard is still alive after
+/// `limit`: a stress test that hangs shows what every green thread waits on instead of
+/// hanging the suite silently.
+pub fn watchdog(limit: Duration) -> Watchdog {
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(limit) {
+            // Straight to the stream: the test harness's capture would swallow `eprintln!`.
+            use std::io::Write;
+            let info = greenhub::inspect::format_run_info();
+            let _ = writeln!(
+                std::io::stderr(),
+                "watchdog: still running after {limit:?}\n{info}"
+            );
+            std::process::abort();
+        }
+    });
+    Watchdog(tx)
+}
+
+/// Disarms the watchdog when dropped.
+pub struct Watchdog(std::sync::mpsc::Sender<()>);

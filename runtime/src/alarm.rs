@@ -1,0 +1,126 @@
+//! The alarm thread: wakes green threads whose timed waits have expired.
+//!
+//! A timed green wait parks *untimed* and sets an alarm here; at the deadline this OS thread
+//! (`greenhub-alarm`) unparks the waiter through the same path as any other wake, and the
+//! waiter decides by its token whether it was woken or timed out. `may`'s own timed park is not
+//! used: it is resumed by `may`'s timer thread, which runs the coroutine on that thread, and
+//! under load a sleeper was seen never to come back from it.
+//!
+//! Alarms are not removed when the wait ends early; they are skipped when they come up, and
+//! swept out when they pile up, so a stream of waits answered long before their timeouts keeps
+//! memory bounded.
+
+use std::cmp::Ordering;
+use std::collections::BinaryHeap;
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use parking_lot::{Condvar, Mutex};
+
+use crate::panic;
+use crate::wait::Token;
+
+struct Alarm {
+    at: Instant,
+    token: Arc<Token>,
+}
+
+// Ordered so that the max-heap's top is the earliest alarm.
+impl Ord for Alarm {
+    fn cmp(&self, other: &Self) -> Ordering {
+        other.at.cmp(&self.at)
+    }
+}
+impl PartialOrd for Alarm {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl PartialEq for Alarm {
+    fn eq(&self, other: &Self) -> bool {
+        self.at == other.at
+    }
+}
+impl Eq for Alarm {}
+
+const MIN_SWEEP: usize = 1024;
+
+struct Heap {
+    alarms: BinaryHeap<Alarm>,
+    sweep_at: usize,
+}
+
+struct Alarms {
+    heap: Mutex<Heap>,
+    wake: Condvar,
+}
+
+static ALARMS: OnceLock<Alarms> = OnceLock::new();
+
+fn alarms() -> &'static Alarms {
+    ALARMS.get_or_init(|| {
+        let spawned = std::thread::Builder::new()
+            .name("greenhub-alarm".into())
+            .spawn(run);
+        if let Err(e) = spawned {
+            panic::error(&format!(
+                "greenhub: cannot start the alarm thread ({e}); timed green waits will not time out"
+            ));
+        }
+        Alarms {
+            heap: Mutex::new(Heap {
+                alarms: BinaryHeap::new(),
+                sweep_at: MIN_SWEEP,
+            }),
+            wake: Condvar::new(),
+        }
+    })
+}
+
+/// Unparks the waiter of `token` at `at` if it still waits then.
+pub(crate) fn set(at: Instant, token: Arc<Token>) {
+    let a = alarms();
+    let mut h = a.heap.lock();
+    if h.alarms.len() >= h.sweep_at {
+        h.alarms.retain(|alarm| alarm.token.is_waiting());
+        h.sweep_at = (h.alarms.len() * 2).max(MIN_SWEEP);
+    }
+    let earliest = h.alarms.peek().is_none_or(|first| at < first.at);
+    h.alarms.push(Alarm { at, token });
+    drop(h);
+    if earliest {
+        a.wake.notify_one();
+    }
+}
+
+fn run() {
+    let a = alarms();
+    let mut due: Vec<Arc<Token>> = Vec::new();
+    loop {
+        {
+            let mut h = a.heap.lock();
+            loop {
+                let now = Instant::now();
+                while h.alarms.peek().is_some_and(|first| first.at <= now) {
+                    if let Some(alarm) = h.alarms.pop() {
+                        due.push(alarm.token);
+                    }
+                }
+                if !due.is_empty() {
+                    break;
+                }
+                match h.alarms.peek().map(|first| first.at) {
+                    Some(at) => {
+                        a.wake.wait_until(&mut h, at);
+                    }
+                    None => a.wake.wait(&mut h),
+                }
+            }
+        }
+        // Outside the lock: unparking schedules coroutines, and the last handle to a finished
+        // one may be dropped here.
+        for token in due.drain(..) {
+            token.poke();
+        }
+    }
+}
