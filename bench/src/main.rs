@@ -86,6 +86,36 @@ const SUITES: &[Suite] = &[
         ],
         scale: 1024.0,
     },
+    Suite {
+        id: "queue_4to1",
+        title: "Queue: four producers, one consumer",
+        unit: "ns per item",
+        what: "four producer tasks put N items in all into one channel that one consumer task \
+               drains (2 workers); greenhub's Queue, may's mpsc channel, tokio's mpsc, and \
+               crossbeam-channel between OS threads; bounded variants hold 1024 items",
+        workers: 2,
+        cases: &[
+            ("greenhub", 1_000_000),
+            ("greenhub bounded", 1_000_000),
+            ("may", 1_000_000),
+            ("tokio", 1_000_000),
+            ("tokio bounded", 1_000_000),
+            ("crossbeam (OS threads)", 1_000_000),
+            ("crossbeam bounded (OS threads)", 1_000_000),
+        ],
+        scale: 1.0,
+    },
+    Suite {
+        id: "semaphore",
+        title: "Semaphore under contention",
+        unit: "ns per acquisition",
+        what: "64 tasks share 4 permits; each takes a permit, yields while holding it, and gives \
+               it back, N acquisitions in all (2 workers); greenhub's Semaphore, may's Semphore, \
+               tokio's Semaphore",
+        workers: 2,
+        cases: &[("greenhub", 200_000), ("may", 200_000), ("tokio", 200_000)],
+        scale: 1.0,
+    },
 ];
 
 #[derive(Serialize)]
@@ -126,6 +156,8 @@ fn child(args: &[String]) {
         "spawn_join" => runtimes::spawn_join(runtime, workers, n),
         "ping_pong_1" | "ping_pong_2" => runtimes::ping_pong(runtime, workers, n),
         "idle_memory" => runtimes::idle_memory(runtime, n),
+        "queue_4to1" => runtimes::queue_4to1(runtime, workers, n),
+        "semaphore" => runtimes::semaphore(runtime, workers, n),
         other => panic!("unknown suite {other}"),
     };
     println!("{figure}");

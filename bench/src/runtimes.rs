@@ -361,3 +361,252 @@ fn settle(done: impl Fn() -> bool) {
     }
     assert!(done(), "tasks did not all reach their wait");
 }
+
+// ---------------------------------------------------------------- sync primitives
+
+const PRODUCERS: u64 = 4;
+
+/// Producer `p`'s share of the items.
+fn produce(p: u64, per: u64, mut send: impl FnMut(u64)) {
+    (p * per..(p + 1) * per).for_each(&mut send);
+}
+
+/// The count and sum of what a consumer received.
+fn tally(items: impl Iterator<Item = u64>) -> (u64, u64) {
+    items.fold((0, 0), |(c, s), v| (c + 1, s + v))
+}
+
+/// Four producers put `n` items in all into one channel; one consumer takes them. Checks that
+/// every item arrived exactly once (by sum and count); ns per item.
+pub fn queue_4to1(runtime: &str, workers: usize, n: u64) -> f64 {
+    let per = n / PRODUCERS;
+    let n = per * PRODUCERS;
+    let expect_sum = n * (n - 1) / 2;
+    let t0;
+    let (count, sum) = match runtime {
+        "greenhub" | "greenhub bounded" => {
+            start_greenhub(workers, None);
+            let q: greenhub::Queue<u64> = if runtime == "greenhub" {
+                greenhub::Queue::unbounded()
+            } else {
+                greenhub::Queue::bounded(1024)
+            };
+            greenhub::spawn(|| ()).wait().unwrap();
+            t0 = Instant::now();
+            let consumer = {
+                let q = q.clone();
+                greenhub::spawn(move || tally(std::iter::from_fn(|| q.get().ok())))
+            };
+            let producers: Vec<_> = (0..PRODUCERS)
+                .map(|p| {
+                    let q = q.clone();
+                    greenhub::spawn(move || produce(p, per, |i| q.put(i).unwrap()))
+                })
+                .collect();
+            for p in producers {
+                p.wait().unwrap();
+            }
+            q.close();
+            consumer.wait().unwrap()
+        }
+        "may" => {
+            start_may(workers);
+            let (tx, rx) = may::sync::mpsc::channel::<u64>();
+            // SAFETY (all spawns here): the closures touch no thread-locals.
+            unsafe { may::coroutine::spawn(|| ()) }.join().unwrap();
+            t0 = Instant::now();
+            let consumer = unsafe {
+                may::coroutine::spawn(move || tally(std::iter::from_fn(|| rx.recv().ok())))
+            };
+            let producers: Vec<_> = (0..PRODUCERS)
+                .map(|p| {
+                    let tx = tx.clone();
+                    unsafe {
+                        may::coroutine::spawn(move || produce(p, per, |i| tx.send(i).unwrap()))
+                    }
+                })
+                .collect();
+            drop(tx);
+            for p in producers {
+                p.join().unwrap();
+            }
+            consumer.join().unwrap()
+        }
+        "tokio" | "tokio bounded" => {
+            let rt = tokio_rt(workers);
+            rt.block_on(async { tokio::spawn(async {}).await.unwrap() });
+            t0 = Instant::now();
+            let bounded = runtime == "tokio bounded";
+            rt.block_on(async move {
+                let (utx, mut urx) = tokio::sync::mpsc::unbounded_channel::<u64>();
+                let (btx, mut brx) = tokio::sync::mpsc::channel::<u64>(1024);
+                let consumer = tokio::spawn(async move {
+                    let (mut c, mut s) = (0u64, 0u64);
+                    loop {
+                        let v = if bounded {
+                            brx.recv().await
+                        } else {
+                            urx.recv().await
+                        };
+                        let Some(v) = v else { break };
+                        c += 1;
+                        s += v;
+                    }
+                    (c, s)
+                });
+                let producers: Vec<_> = (0..PRODUCERS)
+                    .map(|p| {
+                        let (utx, btx) = (utx.clone(), btx.clone());
+                        tokio::spawn(async move {
+                            for i in p * per..(p + 1) * per {
+                                if bounded {
+                                    btx.send(i).await.unwrap();
+                                } else {
+                                    utx.send(i).unwrap();
+                                }
+                            }
+                        })
+                    })
+                    .collect();
+                drop((utx, btx));
+                for p in producers {
+                    p.await.unwrap();
+                }
+                consumer.await.unwrap()
+            })
+        }
+        "crossbeam (OS threads)" | "crossbeam bounded (OS threads)" => {
+            let (tx, rx) = if runtime.contains("bounded") {
+                crossbeam_channel::bounded::<u64>(1024)
+            } else {
+                crossbeam_channel::unbounded::<u64>()
+            };
+            t0 = Instant::now();
+            let consumer = std::thread::spawn(move || tally(rx.iter()));
+            let producers: Vec<_> = (0..PRODUCERS)
+                .map(|p| {
+                    let tx = tx.clone();
+                    std::thread::spawn(move || produce(p, per, |i| tx.send(i).unwrap()))
+                })
+                .collect();
+            drop(tx);
+            for p in producers {
+                p.join().unwrap();
+            }
+            consumer.join().unwrap()
+        }
+        other => panic!("unknown runtime {other}"),
+    };
+    let elapsed = t0.elapsed();
+    assert_eq!((count, sum), (n, expect_sum), "lost or duplicated items");
+    elapsed.as_nanos() as f64 / n as f64
+}
+
+const CONTENDERS: u64 = 64;
+const PERMITS: usize = 4;
+
+/// 64 tasks share 4 permits; each acquisition is held across a yield. Checks that the permits
+/// were never exceeded and the count is exact; ns per acquisition.
+pub fn semaphore(runtime: &str, workers: usize, n: u64) -> f64 {
+    let per = n / CONTENDERS;
+    let n = per * CONTENDERS;
+    let inside = Arc::new(AtomicU64::new(0));
+    let peak = Arc::new(AtomicU64::new(0));
+    let enter = {
+        let (inside, peak) = (inside.clone(), peak.clone());
+        move || {
+            let now = inside.fetch_add(1, Ordering::Relaxed) + 1;
+            peak.fetch_max(now, Ordering::Relaxed);
+        }
+    };
+    let leave = {
+        let inside = inside.clone();
+        move || {
+            inside.fetch_sub(1, Ordering::Relaxed);
+        }
+    };
+    let t0;
+    let total: u64 = match runtime {
+        "greenhub" => {
+            start_greenhub(workers, None);
+            let sem = greenhub::Semaphore::new(PERMITS);
+            greenhub::spawn(|| ()).wait().unwrap();
+            t0 = Instant::now();
+            let hs: Vec<_> = (0..CONTENDERS)
+                .map(|_| {
+                    let (sem, enter, leave) = (sem.clone(), enter.clone(), leave.clone());
+                    greenhub::spawn(move || {
+                        for _ in 0..per {
+                            let _p = sem.acquire().unwrap();
+                            enter();
+                            greenhub::yield_now();
+                            leave();
+                        }
+                        per
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.wait().unwrap()).sum()
+        }
+        "may" => {
+            start_may(workers);
+            let sem = Arc::new(may::sync::Semphore::new(PERMITS));
+            unsafe { may::coroutine::spawn(|| ()) }.join().unwrap();
+            t0 = Instant::now();
+            let hs: Vec<_> = (0..CONTENDERS)
+                .map(|_| {
+                    let (sem, enter, leave) = (sem.clone(), enter.clone(), leave.clone());
+                    // SAFETY: the closure touches no thread-locals.
+                    unsafe {
+                        may::coroutine::spawn(move || {
+                            for _ in 0..per {
+                                sem.wait();
+                                enter();
+                                may::coroutine::yield_now();
+                                leave();
+                                sem.post();
+                            }
+                            per
+                        })
+                    }
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).sum()
+        }
+        "tokio" => {
+            let rt = tokio_rt(workers);
+            rt.block_on(async { tokio::spawn(async {}).await.unwrap() });
+            t0 = Instant::now();
+            rt.block_on(async move {
+                let sem = Arc::new(tokio::sync::Semaphore::new(PERMITS));
+                let hs: Vec<_> = (0..CONTENDERS)
+                    .map(|_| {
+                        let (sem, enter, leave) = (sem.clone(), enter.clone(), leave.clone());
+                        tokio::spawn(async move {
+                            for _ in 0..per {
+                                let _p = sem.acquire().await.unwrap();
+                                enter();
+                                tokio::task::yield_now().await;
+                                leave();
+                            }
+                            per
+                        })
+                    })
+                    .collect();
+                let mut total = 0;
+                for h in hs {
+                    total += h.await.unwrap();
+                }
+                total
+            })
+        }
+        other => panic!("unknown runtime {other}"),
+    };
+    let elapsed = t0.elapsed();
+    assert_eq!(total, n, "acquisitions lost");
+    assert!(
+        peak.load(Ordering::Relaxed) <= PERMITS as u64,
+        "permits exceeded"
+    );
+    elapsed.as_nanos() as f64 / n as f64
+}
