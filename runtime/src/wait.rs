@@ -387,9 +387,7 @@ impl Waiter {
                     if now >= deadline {
                         return self.give_up();
                     }
-                    if !green {
-                        std::thread::park_timeout(deadline - now);
-                    } else {
+                    if green {
                         // Parks untimed; the alarm thread unparks it at the deadline (see
                         // alarm.rs for why not `may`'s timed park). Spurious returns loop.
                         if !alarm_set {
@@ -397,6 +395,8 @@ impl Waiter {
                             alarm_set = true;
                         }
                         may::coroutine::park();
+                    } else {
+                        std::thread::park_timeout(deadline - now);
                     }
                 }
             }
