@@ -9,6 +9,9 @@
 //! Alarms are not removed when the wait ends early; they are skipped when they come up, and
 //! swept out when they pile up, so a stream of waits answered long before their timeouts keeps
 //! memory bounded.
+//!
+//! The thread also runs short jobs handed to [`soon`]: anything that must happen off the
+//! workers, such as scheduling a coroutine on a global queue (`budget.rs`).
 
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
@@ -45,9 +48,12 @@ impl Eq for Alarm {}
 
 const MIN_SWEEP: usize = 1024;
 
+type Job = Box<dyn FnOnce() + Send>;
+
 struct Heap {
     alarms: BinaryHeap<Alarm>,
     sweep_at: usize,
+    jobs: Vec<Job>,
 }
 
 struct Alarms {
@@ -71,6 +77,7 @@ fn alarms() -> &'static Alarms {
             heap: Mutex::new(Heap {
                 alarms: BinaryHeap::new(),
                 sweep_at: MIN_SWEEP,
+                jobs: Vec::new(),
             }),
             wake: Condvar::new(),
         }
@@ -93,9 +100,23 @@ pub(crate) fn set(at: Instant, token: Arc<Token>) {
     }
 }
 
+/// Runs `job` on the alarm thread as soon as it is free. Jobs must be short and must not block.
+pub(crate) fn soon(job: Job) {
+    let a = alarms();
+    let mut h = a.heap.lock();
+    h.jobs.push(job);
+    let first = h.jobs.len() == 1;
+    drop(h);
+    // A later job finds the thread already notified by the first one.
+    if first {
+        a.wake.notify_one();
+    }
+}
+
 fn run() {
     let a = alarms();
     let mut due: Vec<Arc<Token>> = Vec::new();
+    let mut jobs: Vec<Job> = Vec::new();
     loop {
         {
             let mut h = a.heap.lock();
@@ -106,7 +127,8 @@ fn run() {
                         due.push(alarm.token);
                     }
                 }
-                if !due.is_empty() {
+                std::mem::swap(&mut jobs, &mut h.jobs);
+                if !due.is_empty() || !jobs.is_empty() {
                     break;
                 }
                 match h.alarms.peek().map(|first| first.at) {
@@ -121,6 +143,9 @@ fn run() {
         // one may be dropped here.
         for token in due.drain(..) {
             token.poke();
+        }
+        for job in jobs.drain(..) {
+            job();
         }
     }
 }

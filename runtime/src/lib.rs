@@ -101,6 +101,7 @@
 #![warn(missing_docs)]
 
 mod alarm;
+mod budget;
 mod clock;
 pub mod config;
 mod context;

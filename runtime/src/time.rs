@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
+use crate::budget;
 use crate::clock;
 use crate::context;
 use crate::monitor;
@@ -149,7 +150,14 @@ pub fn yield_now() {
             check_kill(record);
             record.count_switch();
             monitor::mark_idle();
-            may::coroutine::yield_now();
+            let deferred = budget::switch()
+                .is_some_and(|drain| drain.defer(may::coroutine::current()).is_ok());
+            if deferred {
+                // The drain's finisher unparks it, after what waited outside this worker.
+                may::coroutine::park();
+            } else {
+                may::coroutine::yield_now();
+            }
             monitor::mark_running(record.id);
         }
         None => may::coroutine::yield_now(),

@@ -30,13 +30,14 @@
 //! ```
 
 use std::marker::PhantomData;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
 use crate::alarm;
+use crate::budget;
 use crate::context;
 use crate::monitor;
 use crate::registry::ThreadRecord;
@@ -213,6 +214,9 @@ enum Parker {
 /// Cheap to clone (an `Arc`), `Send` and `Sync`; waking from a plain OS thread is fine.
 pub struct Token {
     state: AtomicU8,
+    /// Set when the unpark came from outside the worker's local queue (an OS thread, the
+    /// alarm thread, a relay): the worker that resumes the waiter had emptied its local queue.
+    via_global: AtomicBool,
     parker: Parker,
 }
 
@@ -226,7 +230,7 @@ impl Token {
             .is_ok()
         {
             match &self.parker {
-                Parker::Green(co) => co.unpark(),
+                Parker::Green(co) => self.unpark_green(co),
                 Parker::Os(t) => t.unpark(),
             }
             true
@@ -235,12 +239,29 @@ impl Token {
         }
     }
 
+    #[inline]
+    fn unpark_green(&self, co: &may::coroutine::Coroutine) {
+        if !may::coroutine::is_coroutine() {
+            self.via_global.store(true, Ordering::Relaxed);
+            co.unpark();
+        } else if let Some(drain) = budget::switch() {
+            if let Err(co) = drain.defer(co.clone()) {
+                co.unpark();
+            }
+        } else {
+            co.unpark();
+        }
+    }
+
     /// Unparks the waiter without waking it (its token stays waiting), so that it looks at
     /// its deadline again: what the alarm thread does when a timed wait expires.
     pub(crate) fn poke(&self) {
         if self.is_waiting() {
             match &self.parker {
-                Parker::Green(co) => co.unpark(),
+                Parker::Green(co) => {
+                    self.via_global.store(true, Ordering::Relaxed);
+                    co.unpark();
+                }
                 Parker::Os(t) => t.unpark(),
             }
         }
@@ -285,6 +306,7 @@ fn fresh_token(ctx: &context::Context) -> Arc<Token> {
     if let Some(token) = slot.as_mut() {
         if let Some(exclusive) = Arc::get_mut(token) {
             *exclusive.state.get_mut() = WAITING;
+            *exclusive.via_global.get_mut() = false;
             return token.clone();
         }
     }
@@ -295,6 +317,7 @@ fn fresh_token(ctx: &context::Context) -> Arc<Token> {
     };
     let token = Arc::new(Token {
         state: AtomicU8::new(WAITING),
+        via_global: AtomicBool::new(false),
         parker,
     });
     *slot = Some(token.clone());
@@ -380,7 +403,7 @@ impl Waiter {
                 return self.give_up();
             }
             match self.deadline {
-                None if green => may::coroutine::park(),
+                None if green => self.park_green(),
                 None => std::thread::park(),
                 Some(deadline) => {
                     let now = Instant::now();
@@ -394,12 +417,20 @@ impl Waiter {
                             alarm::set(deadline, self.token.clone());
                             alarm_set = true;
                         }
-                        may::coroutine::park();
+                        self.park_green();
                     } else {
                         std::thread::park_timeout(deadline - now);
                     }
                 }
             }
+        }
+    }
+
+    fn park_green(&self) {
+        may::coroutine::park();
+        if self.token.via_global.load(Ordering::Relaxed) {
+            self.token.via_global.store(false, Ordering::Relaxed);
+            budget::came_back();
         }
     }
 
