@@ -86,6 +86,9 @@ pub struct RuntimeInfo {
     pub map_limit: Option<usize>,
     /// Green threads holding a stack now.
     pub live_stacks: usize,
+    /// The hub that batches wakes from OS threads (tpool completions).
+    #[serde(default)]
+    pub hub: crate::hub::HubStats,
 }
 
 /// Counts at a glance.
@@ -475,6 +478,7 @@ pub fn snapshot() -> Snapshot {
                 max_map_count: rt.budget.max_map_count,
                 map_limit: rt.budget.map_limit,
                 live_stacks: rt.budget.live(),
+                hub: crate::hub::stats(),
             },
             None => RuntimeInfo {
                 started: false,
@@ -485,6 +489,7 @@ pub fn snapshot() -> Snapshot {
                 max_map_count: None,
                 map_limit: None,
                 live_stacks: 0,
+                hub: crate::hub::stats(),
             },
         },
         totals,
@@ -513,6 +518,11 @@ pub struct ObjectInfo {
     /// The object's own counts, by name: `len` and `capacity` for a queue, `permits` for a
     /// semaphore, `running` and `size` for a pool, and so on (each type documents its own).
     pub counts: BTreeMap<String, u64>,
+    /// Structured state that counts cannot hold (histograms, running calls, checkouts), as
+    /// JSON in a shape the object's crate documents and can read back (the tpool's
+    /// `PoolStats`, say).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<serde_json::Value>,
 }
 
 impl ObjectInfo {
@@ -524,7 +534,14 @@ impl ObjectInfo {
             name: name.map(String::from),
             waiters,
             counts: BTreeMap::new(),
+            detail: None,
         }
+    }
+
+    /// Attaches structured state (see [`ObjectInfo::detail`]).
+    pub fn with_detail(mut self, detail: serde_json::Value) -> ObjectInfo {
+        self.detail = Some(detail);
+        self
     }
 
     /// Adds a count.

@@ -107,6 +107,7 @@ pub mod config;
 mod context;
 pub mod event;
 mod graveyard;
+pub mod hub;
 pub mod inspect;
 mod limits;
 mod monitor;
@@ -124,6 +125,7 @@ mod waitlist;
 
 pub use config::{Config, ConfigError};
 pub use event::{AlreadySet, Event, EventError};
+pub use panic::{catch_panic, CaughtPanic};
 pub use pool::{GreenPile, GreenPool, PoolError};
 pub use queue::{GetError, PutError, Queue, QueueBuilder, TaskDoneError};
 pub use semaphore::{Mutex, MutexGuard, OverRelease, Permit, Semaphore};

@@ -75,3 +75,56 @@ pub(crate) fn error(message: &str) {
         eprintln!("{message}");
     }
 }
+
+/// A panic caught by [`catch_panic`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CaughtPanic {
+    /// The panic's message.
+    pub message: String,
+    /// Where it was raised (`file:line:column`), when known.
+    pub location: Option<String>,
+}
+
+impl std::fmt::Display for CaughtPanic {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.location {
+            Some(at) => write!(f, "{} (at {at})", self.message),
+            None => f.write_str(&self.message),
+        }
+    }
+}
+
+/// Runs `f` and returns its panic as a value instead of printing it: for code that reports
+/// the panic itself, such as a thread pool handing it back to its caller.
+///
+/// ```
+/// let caught = greenhub::catch_panic(|| -> u32 { panic!("no such row") }).unwrap_err();
+/// assert_eq!(caught.message, "no such row");
+/// assert_eq!(greenhub::catch_panic(|| 7), Ok(7));
+/// ```
+pub fn catch_panic<T>(f: impl FnOnce() -> T) -> Result<T, CaughtPanic> {
+    // Installing the hook is part of starting the runtime.
+    let _ = crate::runtime::get();
+    let outcome =
+        context::capturing_panics(|| std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)));
+    outcome.map_err(|payload| {
+        // A kill is not a panic to report: let it go on unwinding the green thread.
+        if payload.downcast_ref::<generator::Error>().is_some() {
+            std::panic::resume_unwind(payload);
+        }
+        caught(payload)
+    })
+}
+
+fn caught(payload: Box<dyn std::any::Any + Send>) -> CaughtPanic {
+    match context::take_panic() {
+        Some(report) => CaughtPanic {
+            message: report.message,
+            location: Some(report.location),
+        },
+        None => CaughtPanic {
+            message: payload_message(&*payload),
+            location: None,
+        },
+    }
+}

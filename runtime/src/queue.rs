@@ -174,6 +174,7 @@ pub struct Queue<T> {
 struct Inner<T> {
     reg: Registration,
     name: OnceLock<String>,
+    kind: ObjectKind,
     capacity: Option<usize>,
     state: Mutex<State<T>>,
 }
@@ -252,7 +253,7 @@ impl<T: Send> Inspect for Inner<T> {
         let st = self.state.lock();
         let (getters, putters, joiners) = (st.getters.live(), st.putters.live(), st.joiners.live());
         let mut info = ObjectInfo::new(
-            ObjectKind::Queue,
+            self.kind,
             self.reg.id(),
             self.name.get().map(String::as_str),
             getters + putters + joiners,
@@ -289,6 +290,7 @@ impl<T: Send> Inspect for Inner<T> {
 pub struct QueueBuilder<T> {
     capacity: Option<usize>,
     name: Option<String>,
+    kind: ObjectKind,
     make: fn() -> Box<dyn Buffer<T>>,
 }
 
@@ -329,11 +331,19 @@ impl<T: Send + 'static> QueueBuilder<T> {
         self
     }
 
+    /// The kind the queue shows as in the snapshot and in its waiters' [`WaitOn`] (`queue`
+    /// unless set): a crate that builds, say, a thread pool's request queue on it sets its own.
+    pub fn kind(mut self, kind: ObjectKind) -> Self {
+        self.kind = kind;
+        self
+    }
+
     /// The queue.
     pub fn build(self) -> Queue<T> {
         let inner = Arc::new_cyclic(|weak: &Weak<Inner<T>>| Inner {
             reg: Registration::new(weak.clone()),
             name: OnceLock::new(),
+            kind: self.kind,
             capacity: self.capacity,
             state: Mutex::new(State {
                 buf: (self.make)(),
@@ -359,6 +369,7 @@ impl<T: Send + 'static> Queue<T> {
         QueueBuilder {
             capacity: None,
             name: None,
+            kind: ObjectKind::Queue,
             make: || Box::new(Fifo(VecDeque::new())),
         }
     }
@@ -398,6 +409,16 @@ impl<T: Send + 'static> Queue<T> {
         self.inner.state.lock().closed
     }
 
+    /// Threads (green or OS) waiting in `get` now.
+    pub fn waiting_getters(&self) -> usize {
+        self.inner.state.lock().getters.live()
+    }
+
+    /// Threads (green or OS) waiting in `put` for room now.
+    pub fn waiting_putters(&self) -> usize {
+        self.inner.state.lock().putters.live()
+    }
+
     /// Items put and not yet marked done with [`Queue::task_done`].
     pub fn unfinished(&self) -> usize {
         self.inner.state.lock().unfinished
@@ -405,7 +426,7 @@ impl<T: Send + 'static> Queue<T> {
 
     fn on(&self) -> WaitOn {
         WaitOn::Object {
-            object: ObjectKind::Queue,
+            object: self.inner.kind,
             id: self.inner.reg.id(),
         }
     }

@@ -1,0 +1,162 @@
+//! One call handed to the pool: the slot its result lands in, and the caller's side of it.
+//!
+//! The result is handed over under the slot's lock, so exactly one side owns it: the caller
+//! takes a finished result, or marks the call abandoned (deadline, kill, dropped handle) and
+//! the pool thread drops the result itself when the call ends. A result is therefore never
+//! lost, never delivered twice, and never dropped on a worker unless the caller took it.
+
+use std::panic::Location;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use greenhub::wait::{ObjectKind, Token, WaitOn, Waiter};
+use parking_lot::Mutex;
+
+use crate::pool::Shared;
+use crate::Error;
+
+enum Slot<T> {
+    /// Queued or running; the caller may be waiting with this token.
+    Pending(Option<Arc<Token>>),
+    Done(Result<T, Error>),
+    Taken,
+    Abandoned,
+}
+
+pub(crate) struct CallState<T> {
+    slot: Mutex<Slot<T>>,
+}
+
+impl<T> CallState<T> {
+    pub(crate) fn new() -> Arc<CallState<T>> {
+        Arc::new(CallState {
+            slot: Mutex::new(Slot::Pending(None)),
+        })
+    }
+
+    /// From the pool thread (or a shutdown): delivers the outcome, or drops it here if the
+    /// caller has gone. Returns whether the caller was still there.
+    pub(crate) fn complete(&self, outcome: Result<T, Error>) -> bool {
+        let mut slot = self.slot.lock();
+        match std::mem::replace(&mut *slot, Slot::Taken) {
+            Slot::Pending(token) => {
+                *slot = Slot::Done(outcome);
+                drop(slot);
+                if let Some(token) = token {
+                    greenhub::hub::wake_batched(token);
+                }
+                true
+            }
+            other => {
+                *slot = other;
+                drop(slot);
+                // Dropped on this thread, outside the lock: the caller gave up.
+                drop(outcome);
+                false
+            }
+        }
+    }
+}
+
+/// A call running (or queued) on a pool: wait for its result with [`Call::wait`].
+///
+/// Dropping a `Call` before it finishes abandons it: the function still runs to completion on
+/// its pool thread, and its result is dropped there.
+///
+/// ```
+/// let pool = greenhub_tpool::Pool::builder().name("files").threads(2).build().unwrap();
+/// let value = greenhub::spawn(move || {
+///     let mut call = pool.submit(|| std::fs::read_to_string("/proc/self/stat").is_ok()).unwrap();
+///     call.wait()
+/// });
+/// assert_eq!(value.wait().unwrap(), Ok(true));
+/// ```
+pub struct Call<T> {
+    state: Arc<CallState<T>>,
+    pool: Arc<Shared>,
+    site: &'static Location<'static>,
+}
+
+impl<T> std::fmt::Debug for Call<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Call")
+            .field("pool", &self.pool.name)
+            .field("site", &self.site.to_string())
+            .field("done", &self.is_done())
+            .finish()
+    }
+}
+
+impl<T> Call<T> {
+    pub(crate) fn new(
+        state: Arc<CallState<T>>,
+        pool: Arc<Shared>,
+        site: &'static Location<'static>,
+    ) -> Call<T> {
+        Call { state, pool, site }
+    }
+
+    /// Whether the result is there (the call ended).
+    pub fn is_done(&self) -> bool {
+        matches!(*self.state.slot.lock(), Slot::Done(_) | Slot::Taken)
+    }
+
+    /// Waits cooperatively for the result, bounded by the enclosing deadline scopes.
+    ///
+    /// Returns [`Error::TimedOut`] when a deadline passes first; the call goes on running and
+    /// can be waited for again. After the result has been returned once, waiting again
+    /// returns [`Error::AlreadyTaken`].
+    pub fn wait(&mut self) -> Result<T, Error> {
+        self.wait_until(None)
+    }
+
+    /// Like [`Call::wait`], giving up after `timeout`.
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Result<T, Error> {
+        self.wait_until(Instant::now().checked_add(timeout))
+    }
+
+    fn wait_until(&mut self, deadline: Option<Instant>) -> Result<T, Error> {
+        let on = WaitOn::Object {
+            object: ObjectKind::TpoolCall,
+            id: self.pool.id(),
+        };
+        loop {
+            let waiter = {
+                let mut slot = self.state.slot.lock();
+                match &mut *slot {
+                    Slot::Done(_) => {
+                        let Slot::Done(outcome) = std::mem::replace(&mut *slot, Slot::Taken) else {
+                            unreachable!("matched Done above")
+                        };
+                        return outcome;
+                    }
+                    Slot::Taken | Slot::Abandoned => return Err(Error::AlreadyTaken),
+                    Slot::Pending(token) => {
+                        let waiter = Waiter::until(on, deadline);
+                        *token = Some(waiter.token().clone());
+                        waiter
+                    }
+                }
+            };
+            if waiter.wait().is_err() {
+                let mut slot = self.state.slot.lock();
+                if let Slot::Pending(token) = &mut *slot {
+                    *token = None;
+                    drop(slot);
+                    self.pool.count_timed_out();
+                    return Err(Error::TimedOut);
+                }
+                // The result arrived as the deadline passed: it is ours after all.
+            }
+        }
+    }
+}
+
+impl<T> Drop for Call<T> {
+    fn drop(&mut self) {
+        let mut slot = self.state.slot.lock();
+        if matches!(*slot, Slot::Pending(_)) {
+            *slot = Slot::Abandoned;
+        }
+    }
+}
