@@ -116,6 +116,48 @@ const SUITES: &[Suite] = &[
         cases: &[("greenhub", 200_000), ("may", 200_000), ("tokio", 200_000)],
         scale: 1.0,
     },
+    Suite {
+        id: "tpool_rtt_p50",
+        title: "Thread pool round trip, median",
+        unit: "ns per call (p50)",
+        what: "one task calls a trivial function through the thread pool N times in a row (2 \
+               workers), after 1,000 warm-up calls; the median of the N latencies. greenhub's \
+               tpool::execute, tokio's spawn_blocking, the blocking crate's unblock (driven by \
+               tokio)",
+        workers: 2,
+        cases: &[
+            ("greenhub tpool", 20_000),
+            ("tokio spawn_blocking", 20_000),
+            ("blocking crate", 20_000),
+        ],
+        scale: 1.0,
+    },
+    Suite {
+        id: "tpool_rtt_p99",
+        title: "Thread pool round trip, 99th percentile",
+        unit: "ns per call (p99)",
+        what: "the same runs, the 99th percentile of the N latencies",
+        workers: 2,
+        cases: &[
+            ("greenhub tpool", 20_000),
+            ("tokio spawn_blocking", 20_000),
+            ("blocking crate", 20_000),
+        ],
+        scale: 1.0,
+    },
+    Suite {
+        id: "tpool_throughput",
+        title: "Thread pool throughput, 1,000 concurrent callers",
+        unit: "ns per call",
+        what: "1,000 tasks make N trivial pool calls in all (2 workers); wall time divided by N",
+        workers: 2,
+        cases: &[
+            ("greenhub tpool", 200_000),
+            ("tokio spawn_blocking", 200_000),
+            ("blocking crate", 200_000),
+        ],
+        scale: 1.0,
+    },
 ];
 
 #[derive(Serialize)]
@@ -158,6 +200,9 @@ fn child(args: &[String]) {
         "idle_memory" => runtimes::idle_memory(runtime, n),
         "queue_4to1" => runtimes::queue_4to1(runtime, workers, n),
         "semaphore" => runtimes::semaphore(runtime, workers, n),
+        "tpool_rtt_p50" => runtimes::tpool_rtt(runtime, workers, n, 0.5),
+        "tpool_rtt_p99" => runtimes::tpool_rtt(runtime, workers, n, 0.99),
+        "tpool_throughput" => runtimes::tpool_throughput(runtime, workers, n, 1000),
         other => panic!("unknown suite {other}"),
     };
     println!("{figure}");

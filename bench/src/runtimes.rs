@@ -610,3 +610,123 @@ pub fn semaphore(runtime: &str, workers: usize, n: u64) -> f64 {
     );
     elapsed.as_nanos() as f64 / n as f64
 }
+
+/// Sequential round trips of a trivial call through a thread pool, from one task: returns the
+/// `quantile` of the per-call latencies in ns.
+pub fn tpool_rtt(runtime: &str, workers: usize, n: u64, quantile: f64) -> f64 {
+    let mut samples: Vec<u64> = Vec::with_capacity(n as usize);
+    match runtime {
+        "greenhub tpool" => {
+            start_greenhub(workers, None);
+            samples = greenhub::spawn(move || {
+                // Warm-up: threads started, hub running.
+                for _ in 0..1000 {
+                    greenhub_tpool::execute(|| ()).unwrap();
+                }
+                for _ in 0..n {
+                    let t = Instant::now();
+                    greenhub_tpool::execute(|| std::hint::black_box(1)).unwrap();
+                    samples.push(t.elapsed().as_nanos() as u64);
+                }
+                samples
+            })
+            .wait()
+            .unwrap();
+        }
+        "tokio spawn_blocking" => {
+            samples = tokio_rt(workers).block_on(async move {
+                for _ in 0..1000 {
+                    tokio::task::spawn_blocking(|| ()).await.unwrap();
+                }
+                for _ in 0..n {
+                    let t = Instant::now();
+                    tokio::task::spawn_blocking(|| std::hint::black_box(1))
+                        .await
+                        .unwrap();
+                    samples.push(t.elapsed().as_nanos() as u64);
+                }
+                samples
+            });
+        }
+        "blocking crate" => {
+            // Driven by tokio's scheduler: the pool and the wake path are the blocking crate's.
+            samples = tokio_rt(workers).block_on(async move {
+                for _ in 0..1000 {
+                    blocking::unblock(|| ()).await;
+                }
+                for _ in 0..n {
+                    let t = Instant::now();
+                    blocking::unblock(|| std::hint::black_box(1)).await;
+                    samples.push(t.elapsed().as_nanos() as u64);
+                }
+                samples
+            });
+        }
+        other => panic!("unknown runtime {other}"),
+    }
+    samples.sort_unstable();
+    let i = ((samples.len() as f64 - 1.0) * quantile).round() as usize;
+    samples[i] as f64
+}
+
+/// `callers` tasks make `n` trivial pool calls in all: ns per call.
+pub fn tpool_throughput(runtime: &str, workers: usize, n: u64, callers: u64) -> f64 {
+    let per = n / callers;
+    let n = per * callers;
+    let t0;
+    let total: u64 = match runtime {
+        "greenhub tpool" => {
+            start_greenhub(workers, None);
+            greenhub::spawn(|| greenhub_tpool::execute(|| ()).unwrap())
+                .wait()
+                .unwrap();
+            t0 = Instant::now();
+            let hs: Vec<_> = (0..callers)
+                .map(|_| {
+                    greenhub::spawn(move || {
+                        let mut sum = 0;
+                        for _ in 0..per {
+                            sum += greenhub_tpool::execute(|| std::hint::black_box(1u64)).unwrap();
+                        }
+                        sum
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.wait().unwrap()).sum()
+        }
+        "tokio spawn_blocking" | "blocking crate" => {
+            let rt = tokio_rt(workers);
+            let tokio_pool = runtime == "tokio spawn_blocking";
+            let (start, sum) = rt.block_on(async move {
+                let start = Instant::now();
+                let hs: Vec<_> = (0..callers)
+                    .map(|_| {
+                        tokio::spawn(async move {
+                            let mut sum = 0;
+                            for _ in 0..per {
+                                sum += if tokio_pool {
+                                    tokio::task::spawn_blocking(|| std::hint::black_box(1u64))
+                                        .await
+                                        .unwrap()
+                                } else {
+                                    blocking::unblock(|| std::hint::black_box(1u64)).await
+                                };
+                            }
+                            sum
+                        })
+                    })
+                    .collect();
+                let mut sum = 0;
+                for h in hs {
+                    sum += h.await.unwrap();
+                }
+                (start, sum)
+            });
+            t0 = start;
+            sum
+        }
+        other => panic!("unknown runtime {other}"),
+    };
+    assert_eq!(total, n, "lost calls");
+    t0.elapsed().as_nanos() as f64 / n as f64
+}

@@ -6,6 +6,7 @@
 //! lost, never delivered twice, and never dropped on a worker unless the caller took it.
 
 use std::panic::Location;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,12 +26,15 @@ enum Slot<T> {
 
 pub(crate) struct CallState<T> {
     slot: Mutex<Slot<T>>,
+    /// Set once the outcome is in the slot: polled without the lock by a spinning caller.
+    done: AtomicBool,
 }
 
 impl<T> CallState<T> {
     pub(crate) fn new() -> Arc<CallState<T>> {
         Arc::new(CallState {
             slot: Mutex::new(Slot::Pending(None)),
+            done: AtomicBool::new(false),
         })
     }
 
@@ -41,6 +45,7 @@ impl<T> CallState<T> {
         match std::mem::replace(&mut *slot, Slot::Taken) {
             Slot::Pending(token) => {
                 *slot = Slot::Done(outcome);
+                self.done.store(true, Ordering::Release);
                 drop(slot);
                 if let Some(token) = token {
                     greenhub::hub::wake_batched(token);
@@ -120,6 +125,9 @@ impl<T> Call<T> {
             object: ObjectKind::TpoolCall,
             id: self.pool.id(),
         };
+        if self.pool.worth_spinning() {
+            self.spin(deadline);
+        }
         loop {
             let waiter = {
                 let mut slot = self.state.slot.lock();
@@ -151,6 +159,20 @@ impl<T> Call<T> {
         }
     }
 }
+
+impl<T> Call<T> {
+    /// Polls for the result for a few microseconds, yielding to the other green threads
+    /// between looks: a short call then comes back without parking and waking.
+    fn spin(&self, deadline: Option<Instant>) {
+        let until = Instant::now() + SPIN;
+        let until = deadline.map_or(until, |d| d.min(until));
+        while !self.state.done.load(Ordering::Acquire) && Instant::now() < until {
+            greenhub::yield_now();
+        }
+    }
+}
+
+const SPIN: Duration = Duration::from_micros(30);
 
 impl<T> Drop for Call<T> {
     fn drop(&mut self) {

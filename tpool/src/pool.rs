@@ -28,6 +28,9 @@ pub const DEFAULT_THREADS: usize = 20;
 /// The most threads one pool may have.
 pub const MAX_THREADS: usize = 4096;
 
+/// How long an idle pool thread, and a caller, poll before parking.
+const SPIN: Duration = Duration::from_micros(30);
+
 /// Default bound of the request queue.
 pub const DEFAULT_QUEUE_CAPACITY: usize = 4096;
 
@@ -124,11 +127,24 @@ pub(crate) struct Shared {
     shut: AtomicBool,
     generation: u64,
     books: Mutex<Books>,
+    /// Calls submitted and not yet completed (or cancelled).
+    in_flight: AtomicUsize,
+    /// Calls in the queue, as a hint read without the queue's lock.
+    queued: AtomicUsize,
+    /// Whether a thread is spinning for work (at most one does).
+    spinning: AtomicBool,
+    submitted: AtomicU64,
 }
 
 impl Shared {
     pub(crate) fn id(&self) -> u64 {
         self.reg.id()
+    }
+
+    /// Whether so few calls are in flight that a caller should poll for its result briefly
+    /// instead of parking at once.
+    pub(crate) fn worth_spinning(&self) -> bool {
+        self.in_flight.load(Ordering::Relaxed) <= 2
     }
 
     pub(crate) fn count_timed_out(&self) {
@@ -141,7 +157,10 @@ impl Shared {
 
     fn begin(&self, site: &'static Location<'static>, caller: Option<u64>, at: Instant) -> u64 {
         let id = self.next_call.fetch_add(1, Ordering::Relaxed);
-        let thread = std::thread::current().name().unwrap_or("?").to_string();
+        thread_local! {
+            static NAME: String = std::thread::current().name().unwrap_or("?").to_string();
+        }
+        let thread = NAME.with(Clone::clone);
         self.books.lock().running.insert(
             id,
             Running {
@@ -211,19 +230,28 @@ impl Shared {
             if self.retire_if_too_many() {
                 return;
             }
-            self.idle.fetch_add(1, Ordering::AcqRel);
-            let work = self.queue.get();
-            self.idle.fetch_sub(1, Ordering::AcqRel);
+            let work = match self.spin_for_work() {
+                Some(work) => Ok(work),
+                None => {
+                    self.idle.fetch_add(1, Ordering::AcqRel);
+                    let work = self.queue.get();
+                    self.idle.fetch_sub(1, Ordering::AcqRel);
+                    work
+                }
+            };
             match work {
                 Ok(Work::Call(job)) => {
+                    self.queued.fetch_sub(1, Ordering::AcqRel);
                     if self.shut.load(Ordering::Acquire) {
                         self.books.lock().book.cancelled += 1;
+                        self.in_flight.fetch_sub(1, Ordering::AcqRel);
                         job.cancel(Error::ShutDown);
                         continue;
                     }
                     self.busy.fetch_add(1, Ordering::AcqRel);
                     job.run(&self);
                     self.busy.fetch_sub(1, Ordering::AcqRel);
+                    self.in_flight.fetch_sub(1, Ordering::AcqRel);
                 }
                 Ok(Work::Retire) => {}
                 Err(_) => {
@@ -233,6 +261,29 @@ impl Shared {
                 }
             }
         }
+    }
+
+    /// One thread at a time polls the queue for a short while before parking: a call that
+    /// comes soon after the last one then starts without a futex wake-up.
+    fn spin_for_work(&self) -> Option<Work> {
+        if self.spinning.swap(true, Ordering::AcqRel) {
+            return None;
+        }
+        let until = Instant::now() + SPIN;
+        let mut found = None;
+        'spin: while Instant::now() < until {
+            for _ in 0..64 {
+                if self.queued.load(Ordering::Acquire) > 0 {
+                    if let Ok(work) = self.queue.try_get() {
+                        found = Some(work);
+                        break 'spin;
+                    }
+                }
+                std::hint::spin_loop();
+            }
+        }
+        self.spinning.store(false, Ordering::Release);
+        found
     }
 
     fn retire_if_too_many(&self) -> bool {
@@ -270,7 +321,7 @@ impl Shared {
         stats.timed_out = self.timed_out.load(Ordering::Relaxed);
         let books = self.books.lock();
         let b = &books.book;
-        stats.submitted = b.submitted;
+        stats.submitted = self.submitted.load(Ordering::Relaxed);
         stats.completed = b.completed;
         stats.panicked = b.panicked;
         stats.cancelled = b.cancelled;
@@ -412,6 +463,10 @@ impl Builder {
             timed_out: AtomicU64::new(0),
             inline: AtomicU64::new(0),
             shut: AtomicBool::new(false),
+            in_flight: AtomicUsize::new(0),
+            queued: AtomicUsize::new(0),
+            spinning: AtomicBool::new(false),
+            submitted: AtomicU64::new(0),
             generation: FORK_GENERATION.load(Ordering::SeqCst),
             books: Mutex::new(Books {
                 book: Book::new(),
@@ -545,16 +600,24 @@ impl Pool {
             caller: greenhub::current().map(|c| c.id()),
             queued_at: Instant::now(),
         };
+        shared.queued.fetch_add(1, Ordering::AcqRel);
+        shared.in_flight.fetch_add(1, Ordering::AcqRel);
         match shared.queue.put(Work::Call(Box::new(task))) {
             Ok(()) => {
-                shared.books.lock().book.submitted += 1;
+                shared.submitted.fetch_add(1, Ordering::Relaxed);
                 Ok(Call::new(state, shared.clone(), site))
             }
             Err(PutError::TimedOut(_)) => {
+                shared.queued.fetch_sub(1, Ordering::AcqRel);
+                shared.in_flight.fetch_sub(1, Ordering::AcqRel);
                 shared.count_timed_out();
                 Err(Error::TimedOut)
             }
-            Err(_) => Err(Error::ShutDown),
+            Err(_) => {
+                shared.queued.fetch_sub(1, Ordering::AcqRel);
+                shared.in_flight.fetch_sub(1, Ordering::AcqRel);
+                Err(Error::ShutDown)
+            }
         }
     }
 
@@ -600,6 +663,8 @@ impl Pool {
         let mut cancelled = 0u64;
         while let Ok(work) = shared.queue.try_get() {
             if let Work::Call(job) = work {
+                shared.queued.fetch_sub(1, Ordering::AcqRel);
+                shared.in_flight.fetch_sub(1, Ordering::AcqRel);
                 job.cancel(Error::ShutDown);
                 cancelled += 1;
             }

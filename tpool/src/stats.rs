@@ -131,7 +131,6 @@ pub(crate) struct Site {
 
 /// The counters and histograms behind the pool's lock.
 pub(crate) struct Book {
-    pub submitted: u64,
     pub completed: u64,
     pub panicked: u64,
     pub cancelled: u64,
@@ -147,7 +146,6 @@ const MAX_SITES: usize = 1000;
 impl Book {
     pub(crate) fn new() -> Book {
         Book {
-            submitted: 0,
             completed: 0,
             panicked: 0,
             cancelled: 0,
