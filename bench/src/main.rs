@@ -28,6 +28,13 @@ struct Suite {
     scale: f64,
 }
 
+/// Cases of the two round-trip suites (median and 99th percentile).
+const TPOOL_RTT_CASES: &[(&str, u64)] = &[
+    ("greenhub tpool", 20_000),
+    ("tokio spawn_blocking", 20_000),
+    ("blocking crate", 20_000),
+];
+
 const SUITES: &[Suite] = &[
     Suite {
         id: "spawn_join",
@@ -125,11 +132,7 @@ const SUITES: &[Suite] = &[
                tpool::execute, tokio's spawn_blocking, the blocking crate's unblock (driven by \
                tokio)",
         workers: 2,
-        cases: &[
-            ("greenhub tpool", 20_000),
-            ("tokio spawn_blocking", 20_000),
-            ("blocking crate", 20_000),
-        ],
+        cases: TPOOL_RTT_CASES,
         scale: 1.0,
     },
     Suite {
@@ -138,11 +141,7 @@ const SUITES: &[Suite] = &[
         unit: "ns per call (p99)",
         what: "the same runs, the 99th percentile of the N latencies",
         workers: 2,
-        cases: &[
-            ("greenhub tpool", 20_000),
-            ("tokio spawn_blocking", 20_000),
-            ("blocking crate", 20_000),
-        ],
+        cases: TPOOL_RTT_CASES,
         scale: 1.0,
     },
     Suite {
@@ -319,7 +318,7 @@ fn markdown(report: &Report) -> String {
         let base = suite
             .cases
             .iter()
-            .find(|c| c.runtime == "greenhub")
+            .find(|c| c.runtime.starts_with("greenhub"))
             .map(|c| c.median);
         let _ = writeln!(
             md,
