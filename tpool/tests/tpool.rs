@@ -390,7 +390,8 @@ fn a_forked_child_runs_calls_inline_and_the_parent_keeps_working() {
     assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
     let p2 = p.clone();
     assert_eq!(spawn(move || p2.execute(|| 2)).wait().unwrap(), Ok(2));
-    assert_eq!(p.stats().threads, p.stats().threads.min(2));
+    // The parent's pool is intact: its threads (at most its size) still serve calls.
+    assert!((1..=2).contains(&p.stats().threads));
 }
 
 #[test]
