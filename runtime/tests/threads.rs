@@ -192,13 +192,22 @@ fn kill_from_an_os_thread_and_of_a_thread_waiting_on_a_join() {
     let sleeper = spawn(|| sleep(Duration::from_secs(60)));
     let sleeper_id = sleeper.id();
     let joiner = spawn(move || sleeper.wait().map(|_| ()).map_err(|e| e.to_string()));
-    std::thread::sleep(Duration::from_millis(30));
-    let snap = greenhub::inspect::snapshot();
-    let j = snap.threads.iter().find(|t| t.id == joiner.id()).unwrap();
-    assert_eq!(
-        j.waiting_on,
-        Some(greenhub::wait::WaitOn::Join { thread: sleeper_id })
-    );
+    // Poll (not a fixed sleep: a loaded machine may start the joiner late).
+    let expected = Some(greenhub::wait::WaitOn::Join { thread: sleeper_id });
+    let mut seen = None;
+    for _ in 0..1000 {
+        let snap = greenhub::inspect::snapshot();
+        seen = snap
+            .threads
+            .iter()
+            .find(|t| t.id == joiner.id())
+            .and_then(|t| t.waiting_on);
+        if seen == expected {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(seen, expected);
     let os = std::thread::spawn(move || {
         joiner.kill();
         joiner.wait()

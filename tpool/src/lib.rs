@@ -55,7 +55,7 @@ use thiserror::Error;
 pub use call::Call;
 pub use pool::{Builder, Pool, Shutdown, DEFAULT_QUEUE_CAPACITY, DEFAULT_THREADS, MAX_THREADS};
 pub use proxy::Proxy;
-pub use stats::{PoolStats, RunningCall, SiteStats, Summary};
+pub use stats::{Durations, PoolStats, RunningCall, SiteStats, Summary};
 pub use unblock::Unblock;
 
 /// What can go wrong with a call.

@@ -95,22 +95,40 @@ pub struct RunningCall {
     pub thread: String,
 }
 
-/// A histogram of durations in microseconds, from 1 µs to an hour, two significant digits.
-pub(crate) struct Durations(Histogram<u64>);
+/// A histogram of durations in microseconds, from 1 µs to an hour, two significant digits
+/// (hdrhistogram): what the pools of greenhub's crates record waits and run times in.
+///
+/// ```
+/// use std::time::Duration;
+///
+/// let mut d = greenhub_tpool::Durations::new();
+/// d.record(Duration::from_micros(250));
+/// assert_eq!(d.summary().count, 1);
+/// ```
+pub struct Durations(Histogram<u64>);
+
+impl Default for Durations {
+    fn default() -> Durations {
+        Durations::new()
+    }
+}
 
 impl Durations {
-    pub(crate) fn new() -> Durations {
+    /// An empty histogram.
+    pub fn new() -> Durations {
         // Bounds are valid constants: construction cannot fail.
         Durations(Histogram::new_with_bounds(1, 3_600_000_000, 2).expect("valid bounds"))
     }
 
-    pub(crate) fn record(&mut self, d: Duration) {
+    /// Records one duration (clamped to 1 µs .. 1 hour).
+    pub fn record(&mut self, d: Duration) {
         let us = (d.as_micros() as u64).clamp(1, 3_600_000_000);
         // Clamped into the bounds: recording cannot fail.
         let _ = self.0.record(us);
     }
 
-    pub(crate) fn summary(&self) -> Summary {
+    /// Count, percentiles and maximum.
+    pub fn summary(&self) -> Summary {
         let h = &self.0;
         Summary {
             count: h.len(),

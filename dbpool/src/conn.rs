@@ -1,0 +1,187 @@
+//! A checked-out connection: the [`Lease`] that owns it (and returns it, from wherever it is
+//! dropped) and the [`Conn`] guard green threads hold.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use r2d2::PooledConnection;
+
+use crate::managed::{CloseReason, Managed, Tracked};
+use crate::pool::Permit;
+use crate::{Backend, Error};
+
+/// One connection out of the pool, with the permit it holds. Dropping it returns both: the
+/// connection rolled back if it may be inside a transaction, then booked in, then the permit
+/// handed to the next waiter. It travels into every call on the connection, so a call that
+/// its caller abandoned returns the connection from the pool thread when it ends.
+pub(crate) struct Lease<M: Backend> {
+    pooled: Option<PooledConnection<Managed<M>>>,
+    permit: Option<Permit<M>>,
+    id: u64,
+    leak_timer: Option<greenhub::Timer>,
+    /// Set on a lease handed to a pool thread to be returned there: never hand it on again.
+    on_pool_thread: bool,
+}
+
+impl<M: Backend> Lease<M> {
+    pub(crate) fn new(
+        pooled: PooledConnection<Managed<M>>,
+        permit: Permit<M>,
+        id: u64,
+        leak_timer: Option<greenhub::Timer>,
+    ) -> Lease<M> {
+        Lease {
+            pooled: Some(pooled),
+            permit: Some(permit),
+            id,
+            leak_timer,
+            on_pool_thread: false,
+        }
+    }
+
+    fn tracked(&mut self) -> Option<&mut Tracked<M::Connection>> {
+        self.pooled.as_deref_mut()
+    }
+
+    fn tpool(&self) -> Option<greenhub_tpool::Pool> {
+        self.permit.as_ref().map(|p| p.0.tpool.clone())
+    }
+}
+
+impl<M: Backend> Drop for Lease<M> {
+    fn drop(&mut self) {
+        let (Some(mut pooled), Some(permit)) = (self.pooled.take(), self.permit.take()) else {
+            return;
+        };
+        let inner = permit.0.clone();
+        let needs_rollback = M::in_transaction(&mut pooled.conn).unwrap_or(pooled.dirty);
+        // Closing a connection talks to the server too.
+        let closing = pooled.close.is_some()
+            || pooled.expired(Instant::now())
+            || inner.manager.has_broken(&mut pooled.conn);
+        if (needs_rollback || closing) && !self.on_pool_thread && may::coroutine::is_coroutine() {
+            // A round trip to the server: not on a worker. The pool's queue always has room
+            // for it (every queued call holds a permit), so this never waits, even while a
+            // killed green thread unwinds.
+            let lease = Lease {
+                pooled: Some(pooled),
+                permit: Some(permit),
+                id: self.id,
+                leak_timer: self.leak_timer.take(),
+                on_pool_thread: true,
+            };
+            // If the pool's threads are shut down the closure is dropped here and the lease
+            // returns inline (`on_pool_thread` stops it from being handed on again).
+            let _abandoned = inner.tpool.submit(move || drop(lease));
+            return;
+        }
+        if needs_rollback && M::rollback(&mut pooled.conn).is_err() {
+            pooled.close = Some(CloseReason::Broken);
+        }
+        pooled.dirty = false;
+        pooled.last_checkin = Instant::now();
+        if let Some(timer) = self.leak_timer.take() {
+            timer.cancel();
+        }
+        drop(pooled); // back to r2d2, which closes it if `has_broken` says so
+        inner.checked_in(self.id);
+        drop(permit);
+    }
+}
+
+/// A connection checked out of a [`Pool`](crate::Pool). It goes back when dropped (see the
+/// [crate rules](crate)); calls on it run on the pool's threads.
+///
+/// ```
+/// use greenhub_dbpool::{Pool, SqliteConnectionManager};
+///
+/// let pool = Pool::builder().max_size(1).build(SqliteConnectionManager::memory()).unwrap();
+/// let t = greenhub::spawn(move || {
+///     let mut conn = pool.get().unwrap();
+///     conn.run(|c| c.execute_batch("BEGIN; CREATE TABLE t(x); INSERT INTO t VALUES (1);"))
+///         .unwrap()
+///         .unwrap();
+///     drop(conn); // returned inside a transaction: rolled back
+///     pool.run(|c| c.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get::<_, i64>(0)))
+/// });
+/// assert_eq!(t.wait().unwrap().unwrap().unwrap(), 0);
+/// ```
+pub struct Conn<M: Backend> {
+    lease: Option<Lease<M>>,
+}
+
+impl<M: Backend> std::fmt::Debug for Conn<M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Conn")
+            .field("checkout", &self.lease.as_ref().map(|l| l.id))
+            .finish()
+    }
+}
+
+impl<M: Backend> Conn<M> {
+    pub(crate) fn new(lease: Lease<M>) -> Conn<M> {
+        Conn { lease: Some(lease) }
+    }
+
+    /// Runs `f` with the raw connection on a pool thread and returns its value; the calling
+    /// green thread waits cooperatively (bounded by the enclosing deadline scope).
+    ///
+    /// If the caller stops waiting (deadline, kill) the call still runs to its end; the
+    /// connection then goes back to the pool from there and this `Conn` is left empty
+    /// ([`Error::Returned`] on later calls). A panic in `f` comes back as
+    /// [`Error::Panicked`] and the connection, rolled back, goes back to the pool.
+    #[track_caller]
+    pub fn run<R, F>(&mut self, f: F) -> Result<R, Error>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut M::Connection) -> R + Send + 'static,
+    {
+        self.call(move |t, _| {
+            // Whatever `f` does, the pool cannot know whether it left a transaction open.
+            t.dirty = true;
+            f(&mut t.conn)
+        })
+    }
+
+    /// Runs `f` on the tracked connection on a pool thread, the lease travelling along. `f`
+    /// is told (through the flag) whether its caller has stopped waiting, so that a helper
+    /// can roll back instead of committing work nobody will hear of.
+    #[track_caller]
+    pub(crate) fn call<R, F>(&mut self, f: F) -> Result<R, Error>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut Tracked<M::Connection>, &AtomicBool) -> R + Send + 'static,
+    {
+        let mut lease = self.lease.take().ok_or(Error::Returned)?;
+        let tpool = lease.tpool().ok_or(Error::Returned)?;
+        let gone = Arc::new(AtomicBool::new(false));
+        let flag = gone.clone();
+        let mut caller = Caller(Some(gone));
+        let outcome = tpool.execute(move || {
+            let value = lease.tracked().map(|t| f(t, &flag));
+            (lease, value)
+        });
+        let (lease, value) = match outcome {
+            Ok(done) => {
+                caller.0 = None;
+                done
+            }
+            Err(e) => return Err(e.into()),
+        };
+        self.lease = Some(lease);
+        value.ok_or(Error::Returned)
+    }
+}
+
+/// Raises the flag when the caller stops waiting for a call: on an error (deadline) or while
+/// unwinding (kill).
+struct Caller(Option<Arc<AtomicBool>>);
+
+impl Drop for Caller {
+    fn drop(&mut self) {
+        if let Some(gone) = &self.0 {
+            gone.store(true, Ordering::Release);
+        }
+    }
+}

@@ -1,0 +1,146 @@
+//! Database connection pools for green threads: eventlet's `db_pool` on r2d2, with what
+//! HikariCP taught since.
+//!
+//! `r2d2::Pool::get` waits on a condvar and database drivers block in their calls: either would
+//! freeze every green thread of a worker. Here, waiting for a free connection is a cooperative,
+//! first-come-first-served green wait, and every call that can block (connecting, validating,
+//! the queries themselves, the rollback of a returned connection) runs on the pool's own
+//! [`greenhub_tpool`] threads.
+//!
+//! ```
+//! use greenhub_dbpool::{Pool, SqliteConnectionManager};
+//!
+//! let pool = Pool::builder().max_size(4).build(SqliteConnectionManager::memory()).unwrap();
+//! let answer = greenhub::spawn(move || {
+//!     pool.run(|c| c.query_row("SELECT 6 * 7", [], |row| row.get::<_, i64>(0)))
+//! });
+//! assert_eq!(answer.wait().unwrap().unwrap().unwrap(), 42);
+//! ```
+//!
+//! The rules:
+//!
+//! - [`Pool::get`] waits up to the pool's `connection_timeout` and never past the enclosing
+//!   [`greenhub::with_timeout`] scope; a killed waiter leaves the queue at once.
+//! - A [`Conn`] goes back to the pool when dropped, also when its holder panics or is killed,
+//!   and also when a call on it is abandoned (deadline, kill): the call finishes on its thread
+//!   and the connection returns from there. A connection left inside a transaction is rolled
+//!   back first; one that fails that, or that the driver reports broken, is closed and replaced.
+//! - Connections live at most `max_lifetime`, minus a random jitter of up to a tenth so that
+//!   they do not all expire together; an idle one is tested before use once it has sat idle
+//!   for `validate_after`.
+//! - A connection held longer than `leak_threshold` is reported (through `log`) with its
+//!   holder and checkout site, and again when it comes back.
+//! - Every pool is in the runtime's snapshot (kind `db pool`) with a [`DbPoolStats`] as detail;
+//!   a green thread waiting for a connection shows as waiting on it.
+//!
+//! SQLite (bundled, embedded: no server) and PostgreSQL work out of the box
+//! ([`SqliteConnectionManager`], [`PgManager`] with helpers such as [`Conn::query`]); any other
+//! `r2d2::ManageConnection` plugs in by implementing [`Backend`].
+
+mod backend;
+mod conn;
+mod managed;
+mod pool;
+mod postgres;
+mod stats;
+
+use thiserror::Error;
+
+pub use backend::Backend;
+pub use conn::Conn;
+pub use pool::{Builder, Pool};
+pub use postgres::{Param, PgManager, PgPool};
+pub use r2d2;
+pub use r2d2_postgres::postgres as pg;
+pub use r2d2_postgres::PostgresConnectionManager;
+pub use r2d2_sqlite::rusqlite;
+pub use r2d2_sqlite::SqliteConnectionManager;
+pub use stats::{CheckoutInfo, Closed, DbPoolStats, PoolState};
+
+/// A pool of SQLite connections.
+pub type SqlitePool = Pool<SqliteConnectionManager>;
+
+/// What can go wrong with a pool or a call on one of its connections.
+#[derive(Debug, Error)]
+pub enum Error {
+    /// The pool could not open a connection within the time it had; the driver's reason.
+    #[error("cannot connect to the database: {reason}")]
+    Connect {
+        /// The driver's last error.
+        reason: String,
+    },
+    /// No connection came free within the pool's `connection_timeout`.
+    #[error(
+        "timed out after {waited_ms} ms waiting for a connection from pool {pool:?} ({state}); \
+         hold connections for less time, or raise max_size or connection_timeout"
+    )]
+    PoolTimeout {
+        /// The pool's name.
+        pool: String,
+        /// How long the caller waited.
+        waited_ms: u64,
+        /// The pool when it gave up.
+        state: PoolState,
+    },
+    /// The enclosing [`greenhub::with_timeout`] scope's deadline passed. A query already sent
+    /// runs to its end on its thread; its connection then goes back to the pool.
+    #[error("the enclosing deadline passed while waiting for the database")]
+    TimedOut,
+    /// The connection broke during the call (the server closed it, or went away). The pool
+    /// closes it; check out another to retry.
+    #[error("the database connection was lost: {reason}; check out another connection to retry")]
+    ConnectionLost {
+        /// The driver's error.
+        reason: String,
+    },
+    /// The database answered with an error (a failed statement, a constraint, ...); downcast
+    /// the source to the driver's error type for details.
+    #[error("database error: {}", chain(&**.0))]
+    Database(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The code run on the connection panicked; the connection was rolled back and returned.
+    #[error("the code run on the database connection panicked: {message}")]
+    Panicked {
+        /// The panic's message.
+        message: String,
+    },
+    /// The [`Conn`] no longer holds its connection: an earlier call on it was abandoned
+    /// (deadline or kill), and the connection went back to the pool when that call ended.
+    #[error("this connection went back to the pool when an earlier call on it was abandoned; check out another")]
+    Returned,
+    /// The pool's threads were shut down.
+    #[error("the pool's thread pool is shut down")]
+    ShutDown,
+    /// A builder setting out of range.
+    #[error("invalid pool setting: {0}")]
+    Config(String),
+}
+
+/// An error and its sources, joined: drivers often say only "db error" at the top.
+pub(crate) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let more = s.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = s.source();
+    }
+    text
+}
+
+impl From<greenhub_tpool::Error> for Error {
+    fn from(e: greenhub_tpool::Error) -> Error {
+        use greenhub_tpool::Error as T;
+        match e {
+            T::TimedOut => Error::TimedOut,
+            T::Panicked { message, .. } => Error::Panicked { message },
+            T::ShutDown | T::AlreadyTaken => Error::ShutDown,
+            T::NoThread { reason } => Error::Connect {
+                reason: format!("no thread to run the call on: {reason}"),
+            },
+            other => Error::Config(other.to_string()),
+        }
+    }
+}

@@ -1,0 +1,156 @@
+//! The manager r2d2 is given: the user's manager, with each connection wrapped in a
+//! [`Tracked`] that knows its age, its expiry (with jitter), when it was last returned, and,
+//! once it is closed, why; the pool's counters see every open and close.
+
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use r2d2::ManageConnection;
+
+use crate::Backend;
+
+/// Why a connection was closed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum CloseReason {
+    /// The driver reported it broken, or a rollback on it failed.
+    Broken,
+    /// It reached its (jittered) lifetime.
+    Lifetime,
+    /// It failed the test before a checkout.
+    Invalid,
+    /// r2d2 closed it: idle too long, or the pool was dropped.
+    Idle,
+}
+
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub created: AtomicU64,
+    pub connect_failures: AtomicU64,
+    pub broken: AtomicU64,
+    pub lifetime: AtomicU64,
+    pub invalid: AtomicU64,
+    pub idle: AtomicU64,
+    pub last_connect_error: Mutex<Option<String>>,
+}
+
+/// A pooled connection and what the pool knows of it.
+pub(crate) struct Tracked<C> {
+    pub conn: C,
+    pub expires: Option<Instant>,
+    pub last_checkin: Instant,
+    /// Whether it may be inside a transaction that the driver cannot report.
+    pub dirty: bool,
+    /// Set when the pool decides to close it: r2d2 then discards it on return.
+    pub close: Option<CloseReason>,
+    counters: Arc<Counters>,
+}
+
+impl<C> Tracked<C> {
+    pub(crate) fn expired(&self, now: Instant) -> bool {
+        self.expires.is_some_and(|at| now >= at)
+    }
+}
+
+impl<C> Drop for Tracked<C> {
+    fn drop(&mut self) {
+        let c = &self.counters;
+        // r2d2's reaper closes idle connections past their lifetime without asking us.
+        let reason = self.close.unwrap_or(if self.expired(Instant::now()) {
+            CloseReason::Lifetime
+        } else {
+            CloseReason::Idle
+        });
+        let counter = match reason {
+            CloseReason::Broken => &c.broken,
+            CloseReason::Lifetime => &c.lifetime,
+            CloseReason::Invalid => &c.invalid,
+            CloseReason::Idle => &c.idle,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+pub(crate) struct Managed<M> {
+    pub manager: Arc<M>,
+    pub counters: Arc<Counters>,
+    pub max_lifetime: Option<Duration>,
+    jitter: RandomState,
+}
+
+impl<M> Managed<M> {
+    pub(crate) fn new(
+        manager: Arc<M>,
+        counters: Arc<Counters>,
+        max_lifetime: Option<Duration>,
+    ) -> Self {
+        Managed {
+            manager,
+            counters,
+            max_lifetime,
+            jitter: RandomState::new(),
+        }
+    }
+
+    /// The lifetime less a pseudo-random tenth at most, different for each connection.
+    fn lifetime(&self, serial: u64) -> Option<Duration> {
+        self.max_lifetime.map(|life| {
+            let spread = life / 10;
+            let nanos = spread.as_nanos() as u64;
+            let cut = if nanos == 0 {
+                0
+            } else {
+                self.jitter.hash_one(serial) % nanos
+            };
+            life - Duration::from_nanos(cut)
+        })
+    }
+}
+
+impl<M: Backend> ManageConnection for Managed<M> {
+    type Connection = Tracked<M::Connection>;
+    type Error = M::Error;
+
+    fn connect(&self) -> Result<Self::Connection, Self::Error> {
+        match self.manager.connect() {
+            Ok(conn) => {
+                let serial = self.counters.created.fetch_add(1, Ordering::Relaxed);
+                let now = Instant::now();
+                Ok(Tracked {
+                    conn,
+                    expires: self.lifetime(serial).map(|l| now + l),
+                    last_checkin: now,
+                    dirty: false,
+                    close: None,
+                    counters: self.counters.clone(),
+                })
+            }
+            Err(e) => {
+                self.counters
+                    .connect_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                *self.counters.last_connect_error.lock() = Some(crate::chain(&e));
+                Err(e)
+            }
+        }
+    }
+
+    fn is_valid(&self, conn: &mut Self::Connection) -> Result<(), Self::Error> {
+        self.manager.is_valid(&mut conn.conn)
+    }
+
+    fn has_broken(&self, conn: &mut Self::Connection) -> bool {
+        if conn.close.is_some() {
+            return true;
+        }
+        if self.manager.has_broken(&mut conn.conn) {
+            conn.close = Some(CloseReason::Broken);
+        } else if conn.expired(Instant::now()) {
+            conn.close = Some(CloseReason::Lifetime);
+        }
+        conn.close.is_some()
+    }
+}

@@ -1,0 +1,630 @@
+//! The pool: permits handed to waiters in arrival order, r2d2 underneath, and the books.
+//!
+//! A checkout is two steps. First the caller takes a *permit* (there are `max_size`), a green
+//! wait on the pool's own FIFO that honours `connection_timeout`, deadline scopes and kill.
+//! Then, holding it, the caller asks r2d2 for a connection on a pool thread: r2d2 has one idle
+//! or room to open one, so that call only ever waits for a connect. The permit travels with
+//! the call: if the caller gives up meanwhile, the call's result (a [`Lease`]) is dropped on
+//! the pool thread, which returns the connection and the permit. A permit therefore always
+//! has exactly one owner, and a waiter is never left behind by a failed connect.
+
+use std::collections::HashMap;
+use std::marker::PhantomData;
+use std::panic::Location;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use greenhub::inspect::{Inspect, ObjectInfo, Registration};
+use greenhub::wait::{ObjectKind, Token, WaitList, WaitOn, Waiter};
+use greenhub_tpool::Durations;
+use parking_lot::Mutex;
+
+use crate::conn::{Conn, Lease};
+use crate::managed::{CloseReason, Counters, Managed};
+use crate::stats::{CheckoutInfo, Closed, DbPoolStats, PoolState};
+use crate::{Backend, Error};
+
+struct Permits {
+    free: u32,
+    /// Each waiter with the time it started waiting.
+    waiters: WaitList<Instant>,
+}
+
+struct Checkout {
+    holder: Option<u64>,
+    holder_name: Option<String>,
+    site: &'static Location<'static>,
+    since: Instant,
+    leaked: bool,
+}
+
+#[derive(Default)]
+struct Book {
+    acquire_wait: Durations,
+    hold_time: Durations,
+    checkouts: u64,
+    timeouts: u64,
+    leaks: u64,
+    current: HashMap<u64, Checkout>,
+}
+
+pub(crate) struct Settings {
+    pub max_size: u32,
+    pub connection_timeout: Duration,
+    pub validate_after: Option<Duration>,
+    pub leak_threshold: Option<Duration>,
+}
+
+pub(crate) struct Inner<M: Backend> {
+    pub name: String,
+    reg: Registration,
+    pub r2d2: r2d2::Pool<Managed<M>>,
+    pub manager: Arc<M>,
+    pub tpool: greenhub_tpool::Pool,
+    permits: Mutex<Permits>,
+    pub settings: Settings,
+    book: Mutex<Book>,
+    counters: Arc<Counters>,
+    next_checkout: AtomicU64,
+}
+
+/// Gives back a permit handed to a waiter that unwinds (killed) before it could take it.
+struct GiveBackIfGranted<'a, M: Backend> {
+    inner: &'a Inner<M>,
+    token: &'a Arc<Token>,
+}
+
+impl<M: Backend> Drop for GiveBackIfGranted<'_, M> {
+    fn drop(&mut self) {
+        if self.token.is_woken() {
+            self.inner.release();
+        }
+    }
+}
+
+/// A permit to hold one connection; given back when dropped, unless a [`Lease`] took it over.
+pub(crate) struct Permit<M: Backend>(pub Arc<Inner<M>>);
+
+impl<M: Backend> Drop for Permit<M> {
+    fn drop(&mut self) {
+        self.0.release();
+    }
+}
+
+impl<M: Backend> Inner<M> {
+    fn id(&self) -> u64 {
+        self.reg.id()
+    }
+
+    /// Takes a permit, waiting in arrival order until `deadline` (or the enclosing scope's).
+    fn acquire(self: &Arc<Self>, deadline: Instant) -> Result<Permit<M>, greenhub::TimedOut> {
+        let (waiter, token) = {
+            let mut p = self.permits.lock();
+            if p.free > 0 {
+                p.free -= 1;
+                return Ok(Permit(self.clone()));
+            }
+            let on = WaitOn::Object {
+                object: ObjectKind::DbPool,
+                id: self.id(),
+            };
+            let waiter = Waiter::until(on, Some(deadline));
+            let token = waiter.token().clone();
+            p.waiters.push(token.clone(), Instant::now());
+            (waiter, token)
+        };
+        let guard = GiveBackIfGranted {
+            inner: self,
+            token: &token,
+        };
+        let outcome = waiter.wait();
+        std::mem::forget(guard);
+        // A deadline that lost the race with the hand-off returns Ok: the permit is ours.
+        outcome.map(|()| Permit(self.clone()))
+    }
+
+    /// Gives a permit back: to the first waiter, or to the free count.
+    fn release(&self) {
+        let mut p = self.permits.lock();
+        if p.waiters.wake_first().is_none() {
+            p.free += 1;
+        }
+    }
+
+    pub(crate) fn state(&self) -> PoolState {
+        let r = self.r2d2.state();
+        let (free, waiting) = {
+            let p = self.permits.lock();
+            (p.free, p.waiters.live() as u32)
+        };
+        PoolState {
+            max_size: self.settings.max_size,
+            size: r.connections,
+            idle: r.idle_connections,
+            in_use: self.settings.max_size.saturating_sub(free),
+            waiting,
+        }
+    }
+
+    /// On a pool thread, holding a permit: a connection from r2d2, tested if it sat idle.
+    fn checkout_blocking(
+        self: &Arc<Self>,
+        permit: Permit<M>,
+        deadline: Instant,
+        site: &'static Location<'static>,
+        holder: Option<(u64, Option<String>)>,
+        asked_at: Instant,
+    ) -> Result<Lease<M>, Error> {
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(self.connect_error("no connection could be opened in time"));
+            }
+            let mut pooled = match self.r2d2.get_timeout(left) {
+                Ok(pooled) => pooled,
+                Err(e) => return Err(self.connect_error(&e.to_string())),
+            };
+            let now = Instant::now();
+            if pooled.expired(now) {
+                pooled.close = Some(CloseReason::Lifetime);
+                continue;
+            }
+            let idle_for = now.saturating_duration_since(pooled.last_checkin);
+            if self.settings.validate_after.is_some_and(|v| idle_for >= v)
+                && self.manager.is_valid(&mut pooled.conn).is_err()
+            {
+                pooled.close = Some(CloseReason::Invalid);
+                continue;
+            }
+            let id = self.next_checkout.fetch_add(1, Ordering::Relaxed);
+            let (holder, holder_name) = holder.map_or((None, None), |(id, n)| (Some(id), n));
+            {
+                let mut book = self.book.lock();
+                book.checkouts += 1;
+                book.acquire_wait
+                    .record(now.saturating_duration_since(asked_at));
+                book.current.insert(
+                    id,
+                    Checkout {
+                        holder,
+                        holder_name,
+                        site,
+                        since: now,
+                        leaked: false,
+                    },
+                );
+            }
+            let leak_timer = self.settings.leak_threshold.map(|threshold| {
+                let weak = Arc::downgrade(self);
+                greenhub::call_after(threshold, move || {
+                    if let Some(inner) = weak.upgrade() {
+                        inner.report_leak(id, threshold);
+                    }
+                })
+            });
+            return Ok(Lease::new(pooled, permit, id, leak_timer));
+        }
+    }
+
+    fn connect_error(&self, fallback: &str) -> Error {
+        let reason = self
+            .counters
+            .last_connect_error
+            .lock()
+            .clone()
+            .unwrap_or_else(|| fallback.to_string());
+        Error::Connect { reason }
+    }
+
+    fn report_leak(&self, id: u64, threshold: Duration) {
+        let mut book = self.book.lock();
+        let Some(c) = book.current.get_mut(&id) else {
+            return;
+        };
+        c.leaked = true;
+        let line = format!(
+            "greenhub-dbpool: pool {:?}: connection held for more than {} ms (leak threshold) by \
+             green thread {} {:?}, checked out at {}",
+            self.name,
+            threshold.as_millis(),
+            c.holder.map_or("-".to_string(), |h| format!("#{h}")),
+            c.holder_name.as_deref().unwrap_or(""),
+            c.site
+        );
+        book.leaks += 1;
+        drop(book);
+        log::warn!("{line}");
+    }
+
+    /// Books a connection back in (the connection itself has gone back to r2d2).
+    pub(crate) fn checked_in(&self, id: u64) {
+        let mut book = self.book.lock();
+        if let Some(c) = book.current.remove(&id) {
+            let held = c.since.elapsed();
+            book.hold_time.record(held);
+            if c.leaked {
+                drop(book);
+                log::warn!(
+                    "greenhub-dbpool: pool {:?}: the connection reported as leaked (checked out \
+                     at {}) came back after {} ms",
+                    self.name,
+                    c.site,
+                    held.as_millis()
+                );
+            }
+        }
+    }
+
+    fn stats(&self) -> DbPoolStats {
+        let now = Instant::now();
+        let state = self.state();
+        let oldest_wait_us = self
+            .permits
+            .lock()
+            .waiters
+            .first_waiting()
+            .map_or(0, |since| {
+                now.saturating_duration_since(*since).as_micros() as u64
+            });
+        let c = &self.counters;
+        let book = self.book.lock();
+        let mut current: Vec<CheckoutInfo> = book
+            .current
+            .iter()
+            .map(|(id, c)| CheckoutInfo {
+                id: *id,
+                holder: c.holder,
+                holder_name: c.holder_name.clone(),
+                site: c.site.to_string(),
+                held_for_us: now.saturating_duration_since(c.since).as_micros() as u64,
+                leaked: c.leaked,
+            })
+            .collect();
+        current.sort_by_key(|c| std::cmp::Reverse(c.held_for_us));
+        DbPoolStats {
+            name: self.name.clone(),
+            state,
+            oldest_wait_us,
+            checkouts: book.checkouts,
+            timeouts: book.timeouts,
+            created: c.created.load(Ordering::Relaxed),
+            connect_failures: c.connect_failures.load(Ordering::Relaxed),
+            last_connect_error: c.last_connect_error.lock().clone(),
+            closed: Closed {
+                broken: c.broken.load(Ordering::Relaxed),
+                lifetime: c.lifetime.load(Ordering::Relaxed),
+                invalid: c.invalid.load(Ordering::Relaxed),
+                idle: c.idle.load(Ordering::Relaxed),
+            },
+            leaks: book.leaks,
+            acquire_wait: book.acquire_wait.summary(),
+            hold_time: book.hold_time.summary(),
+            current,
+        }
+    }
+}
+
+impl<M: Backend> Inspect for Inner<M> {
+    fn inspect(&self) -> ObjectInfo {
+        let stats = self.stats();
+        let s = stats.state;
+        let mut info = ObjectInfo::new(
+            ObjectKind::DbPool,
+            self.id(),
+            Some(&self.name),
+            s.waiting as usize,
+        )
+        .count("max_size", u64::from(s.max_size))
+        .count("size", u64::from(s.size))
+        .count("idle", u64::from(s.idle))
+        .count("in_use", u64::from(s.in_use))
+        .count("timeouts", stats.timeouts)
+        .count("leaks", stats.leaks);
+        if let Ok(detail) = serde_json::to_value(&stats) {
+            info = info.with_detail(detail);
+        }
+        info
+    }
+}
+
+/// A pool of database connections for green threads. Cheap to clone (a handle).
+///
+/// ```
+/// use greenhub_dbpool::{Pool, SqliteConnectionManager};
+///
+/// let pool = Pool::builder().name("cache").max_size(2).build(SqliteConnectionManager::memory())?;
+/// let t = greenhub::spawn(move || -> Result<i64, greenhub_dbpool::Error> {
+///     let mut conn = pool.get()?;
+///     conn.run(|c| c.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1), (2);"))?
+///         .map_err(|e| greenhub_dbpool::Error::Database(e.into()))?;
+///     let n = conn.run(|c| c.query_row("SELECT count(*) FROM t", [], |r| r.get(0)))?;
+///     n.map_err(|e| greenhub_dbpool::Error::Database(e.into()))
+/// });
+/// assert_eq!(t.wait().unwrap()?, 2);
+/// # Ok::<(), greenhub_dbpool::Error>(())
+/// ```
+pub struct Pool<M: Backend> {
+    pub(crate) inner: Arc<Inner<M>>,
+}
+
+impl<M: Backend> Clone for Pool<M> {
+    fn clone(&self) -> Self {
+        Pool {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<M: Backend> std::fmt::Debug for Pool<M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("name", &self.inner.name)
+            .field("id", &self.inner.id())
+            .field("state", &self.inner.state())
+            .finish()
+    }
+}
+
+/// Configures a [`Pool`]. The defaults follow r2d2 and HikariCP.
+pub struct Builder<M> {
+    manager: PhantomData<fn() -> M>,
+    name: String,
+    max_size: u32,
+    min_idle: u32,
+    connection_timeout: Duration,
+    idle_timeout: Option<Duration>,
+    max_lifetime: Option<Duration>,
+    validate_after: Option<Duration>,
+    leak_threshold: Option<Duration>,
+}
+
+impl<M> Clone for Builder<M> {
+    fn clone(&self) -> Self {
+        Builder {
+            name: self.name.clone(),
+            ..*self
+        }
+    }
+}
+
+impl<M> std::fmt::Debug for Builder<M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Builder")
+            .field("name", &self.name)
+            .field("max_size", &self.max_size)
+            .field("min_idle", &self.min_idle)
+            .field("connection_timeout", &self.connection_timeout)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("max_lifetime", &self.max_lifetime)
+            .field("validate_after", &self.validate_after)
+            .field("leak_threshold", &self.leak_threshold)
+            .finish()
+    }
+}
+
+impl<M: Backend> Builder<M> {
+    /// The pool's name, in the snapshot and in its threads' names (default `db`).
+    pub fn name(mut self, name: impl Into<String>) -> Builder<M> {
+        self.name = name.into();
+        self
+    }
+
+    /// The most connections open at once (default 10).
+    pub fn max_size(mut self, max_size: u32) -> Builder<M> {
+        self.max_size = max_size;
+        self
+    }
+
+    /// Idle connections kept open (default 0). Building the pool opens them.
+    pub fn min_idle(mut self, min_idle: u32) -> Builder<M> {
+        self.min_idle = min_idle;
+        self
+    }
+
+    /// How long a checkout waits for a connection, and building for `min_idle` connections
+    /// (default 30 s).
+    pub fn connection_timeout(mut self, timeout: Duration) -> Builder<M> {
+        self.connection_timeout = timeout;
+        self
+    }
+
+    /// Idle connections beyond `min_idle` are closed after this long (default 10 min; `None`:
+    /// never).
+    pub fn idle_timeout(mut self, timeout: Option<Duration>) -> Builder<M> {
+        self.idle_timeout = timeout;
+        self
+    }
+
+    /// The longest a connection lives, less a random jitter of up to a tenth (default 30 min;
+    /// `None`: for ever).
+    pub fn max_lifetime(mut self, lifetime: Option<Duration>) -> Builder<M> {
+        self.max_lifetime = lifetime;
+        self
+    }
+
+    /// A connection that sat idle this long is tested before it is handed out (default
+    /// 500 ms, as HikariCP; `Some(Duration::ZERO)`: always; `None`: never).
+    pub fn validate_after(mut self, idle: Option<Duration>) -> Builder<M> {
+        self.validate_after = idle;
+        self
+    }
+
+    /// A connection held longer than this is reported as a leak (default: off).
+    pub fn leak_threshold(mut self, threshold: Option<Duration>) -> Builder<M> {
+        self.leak_threshold = threshold;
+        self
+    }
+
+    /// Builds the pool, opening `min_idle` connections first. From a green thread it waits
+    /// cooperatively (the connects run on the pool's threads).
+    pub fn build(self, manager: M) -> Result<Pool<M>, Error> {
+        if self.max_size == 0 {
+            return Err(Error::Config("max_size must be at least 1".into()));
+        }
+        if self.min_idle > self.max_size {
+            return Err(Error::Config(format!(
+                "min_idle {} is more than max_size {}",
+                self.min_idle, self.max_size
+            )));
+        }
+        let positive = [
+            ("connection_timeout", Some(self.connection_timeout)),
+            ("idle_timeout", self.idle_timeout),
+            ("max_lifetime", self.max_lifetime),
+            ("leak_threshold", self.leak_threshold),
+        ];
+        for (what, value) in positive {
+            if value.is_some_and(|v| v.is_zero()) {
+                return Err(Error::Config(format!("{what} must be more than zero")));
+            }
+        }
+        let max = self.max_size as usize;
+        // Every call the pool queues holds a permit, so the queue never fills: a return from
+        // a killed green thread can always be queued without waiting.
+        let tpool = greenhub_tpool::Pool::builder()
+            .name(format!("dbpool-{}", self.name))
+            .threads(max + 1)
+            .queue_capacity(4 * max + 16)
+            .build()?;
+        let manager = Arc::new(manager);
+        let counters = Arc::new(Counters::default());
+        let managed = Managed::new(manager.clone(), counters.clone(), self.max_lifetime);
+        let last_error = counters.clone();
+        let r2d2_builder = r2d2::Pool::builder()
+            .max_size(self.max_size)
+            .min_idle(Some(self.min_idle))
+            .connection_timeout(self.connection_timeout)
+            .idle_timeout(self.idle_timeout)
+            .max_lifetime(self.max_lifetime)
+            .test_on_check_out(false)
+            .error_handler(Box::new(r2d2::NopErrorHandler));
+        let r2d2 = tpool
+            .execute(move || r2d2_builder.build(managed))?
+            .map_err(|e| Error::Connect {
+                reason: last_error
+                    .last_connect_error
+                    .lock()
+                    .clone()
+                    .unwrap_or_else(|| e.to_string()),
+            })?;
+        let settings = Settings {
+            max_size: self.max_size,
+            connection_timeout: self.connection_timeout,
+            validate_after: self.validate_after,
+            leak_threshold: self.leak_threshold,
+        };
+        let inner = Arc::new_cyclic(|weak: &Weak<Inner<M>>| Inner {
+            name: self.name,
+            reg: Registration::new(weak.clone()),
+            r2d2,
+            manager,
+            tpool,
+            permits: Mutex::new(Permits {
+                free: self.max_size,
+                waiters: WaitList::default(),
+            }),
+            settings,
+            book: Mutex::new(Book::default()),
+            counters,
+            next_checkout: AtomicU64::new(1),
+        });
+        Ok(Pool { inner })
+    }
+}
+
+impl<M: Backend> Pool<M> {
+    /// A builder with the defaults; the manager given to [`Builder::build`] picks the driver.
+    pub fn builder() -> Builder<M> {
+        Builder {
+            manager: PhantomData,
+            name: "db".into(),
+            max_size: 10,
+            min_idle: 0,
+            connection_timeout: Duration::from_secs(30),
+            idle_timeout: Some(Duration::from_secs(600)),
+            max_lifetime: Some(Duration::from_secs(1800)),
+            validate_after: Some(Duration::from_millis(500)),
+            leak_threshold: None,
+        }
+    }
+}
+
+impl<M: Backend> Pool<M> {
+    /// The pool's id in the snapshot (its waiters show `waiting on db pool #id`).
+    pub fn id(&self) -> u64 {
+        self.inner.id()
+    }
+
+    /// The pool's name.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// Sizes now: open, idle, in use, waiting.
+    pub fn state(&self) -> PoolState {
+        self.inner.state()
+    }
+
+    /// State, counters, histograms and the current checkouts.
+    pub fn stats(&self) -> DbPoolStats {
+        self.inner.stats()
+    }
+
+    /// Checks a connection out, waiting cooperatively (first come, first served) up to the
+    /// pool's `connection_timeout` and the enclosing deadline scope.
+    #[track_caller]
+    pub fn get(&self) -> Result<Conn<M>, Error> {
+        let site = Location::caller();
+        let inner = &self.inner;
+        let asked_at = Instant::now();
+        let deadline = asked_at + inner.settings.connection_timeout;
+        let permit = match inner.acquire(deadline) {
+            Ok(permit) => permit,
+            Err(greenhub::TimedOut) => {
+                inner.book.lock().timeouts += 1;
+                if Instant::now() < deadline {
+                    return Err(Error::TimedOut);
+                }
+                return Err(Error::PoolTimeout {
+                    pool: inner.name.clone(),
+                    waited_ms: asked_at.elapsed().as_millis() as u64,
+                    state: inner.state(),
+                });
+            }
+        };
+        let holder = greenhub::current().map(|c| (c.id(), c.name().map(str::to_string)));
+        let worker = inner.clone();
+        let lease = inner
+            .tpool
+            .execute(move || worker.checkout_blocking(permit, deadline, site, holder, asked_at));
+        match lease {
+            Ok(Ok(lease)) => Ok(Conn::new(lease)),
+            Ok(Err(e)) => Err(e),
+            Err(e) => {
+                if matches!(e, greenhub_tpool::Error::TimedOut) {
+                    inner.book.lock().timeouts += 1;
+                }
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Checks a connection out, runs `f` with it on a pool thread, and returns it: one
+    /// checkout and one round trip to a pool thread for any number of statements.
+    #[track_caller]
+    pub fn run<R, F>(&self, f: F) -> Result<R, Error>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut M::Connection) -> R + Send + 'static,
+    {
+        self.get()?.run(f)
+    }
+}
+
+impl<M: Backend> Drop for Inner<M> {
+    fn drop(&mut self) {
+        // The pool's threads end with it; calls still queued get `ShutDown`.
+        self.tpool.shutdown(Duration::ZERO);
+    }
+}

@@ -1,0 +1,198 @@
+//! PostgreSQL: the manager type and helpers that run one statement (or one transaction) per
+//! call on a pool thread, tracking whether they leave a transaction open so that a clean
+//! connection is returned without a rollback round trip.
+
+use std::sync::atomic::Ordering;
+
+use r2d2_postgres::postgres::types::ToSql;
+use r2d2_postgres::postgres::{Client, NoTls, Row, Transaction};
+use r2d2_postgres::PostgresConnectionManager;
+
+use crate::managed::Tracked;
+use crate::{Conn, Error, Pool};
+
+/// The PostgreSQL manager without TLS (loopback and trusted networks).
+///
+/// ```no_run
+/// use greenhub_dbpool::{PgManager, PgPool, Pool};
+///
+/// let manager = PgManager::new("host=127.0.0.1 user=app dbname=app".parse()?, greenhub_dbpool::pg::NoTls);
+/// let pool: PgPool = Pool::builder().max_size(8).build(manager)?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub type PgManager = PostgresConnectionManager<NoTls>;
+
+/// A pool of PostgreSQL connections.
+pub type PgPool = Pool<PgManager>;
+
+/// An owned query parameter: parameters travel to a pool thread, so they are owned, not
+/// borrowed. `Box::new(42_i32) as Param`, or a `Vec<Param>` built with `params`.
+pub type Param = Box<dyn ToSql + Send + Sync>;
+
+/// Turns a database error into the pool's error: a closed connection is a lost one.
+fn db_error(e: r2d2_postgres::postgres::Error) -> Error {
+    if e.is_closed() {
+        Error::ConnectionLost {
+            reason: e.to_string(),
+        }
+    } else {
+        Error::Database(Box::new(e))
+    }
+}
+
+/// Whether a statement may open a transaction the pool must roll back at check-in.
+fn opens_transaction(sql: &str) -> bool {
+    let word: String = sql
+        .trim_start()
+        .chars()
+        .take_while(|c| c.is_ascii_alphabetic())
+        .collect();
+    word.eq_ignore_ascii_case("begin") || word.eq_ignore_ascii_case("start")
+}
+
+/// Runs one statement on the connection, keeping the transaction flag honest.
+fn statement<R>(
+    t: &mut Tracked<Client>,
+    sql: &str,
+    run: impl FnOnce(&mut Client) -> Result<R, Error>,
+) -> Result<R, Error> {
+    let before = t.dirty;
+    // Interrupted (a panic, a kill) means unknown: roll back.
+    t.dirty = true;
+    let result = run(&mut t.conn);
+    t.dirty = before || opens_transaction(sql);
+    result
+}
+
+fn refs(params: &[Param]) -> Vec<&(dyn ToSql + Sync)> {
+    params.iter().map(|p| &**p as &(dyn ToSql + Sync)).collect()
+}
+
+impl Conn<PgManager> {
+    /// Runs a query and returns its rows.
+    ///
+    /// ```no_run
+    /// # fn f(conn: &mut greenhub_dbpool::Conn<greenhub_dbpool::PgManager>) -> Result<(), greenhub_dbpool::Error> {
+    /// use greenhub_dbpool::Param;
+    /// let rows = conn.query("SELECT $1::int + 1", vec![Box::new(41_i32) as Param])?;
+    /// assert_eq!(rows[0].get::<_, i32>(0), 42);
+    /// # Ok(()) }
+    /// ```
+    #[track_caller]
+    pub fn query(&mut self, sql: &str, params: Vec<Param>) -> Result<Vec<Row>, Error> {
+        let sql = sql.to_string();
+        self.call(move |t, _| {
+            statement(t, &sql, |c| {
+                c.query(sql.as_str(), &refs(&params)).map_err(db_error)
+            })
+        })?
+    }
+
+    /// Runs a query that returns exactly one row.
+    #[track_caller]
+    pub fn query_one(&mut self, sql: &str, params: Vec<Param>) -> Result<Row, Error> {
+        let sql = sql.to_string();
+        self.call(move |t, _| {
+            statement(t, &sql, |c| {
+                c.query_one(sql.as_str(), &refs(&params)).map_err(db_error)
+            })
+        })?
+    }
+
+    /// Runs a statement and returns how many rows it changed.
+    #[track_caller]
+    pub fn execute(&mut self, sql: &str, params: Vec<Param>) -> Result<u64, Error> {
+        let sql = sql.to_string();
+        self.call(move |t, _| {
+            statement(t, &sql, |c| {
+                c.execute(sql.as_str(), &refs(&params)).map_err(db_error)
+            })
+        })?
+    }
+
+    /// Runs statements separated by semicolons, without parameters.
+    #[track_caller]
+    pub fn batch_execute(&mut self, sql: &str) -> Result<(), Error> {
+        let sql = sql.to_string();
+        self.call(move |t, _| statement(t, &sql, |c| c.batch_execute(&sql).map_err(db_error)))?
+    }
+
+    /// Runs `f` in a transaction on a pool thread: committed when `f` returns `Ok`, rolled
+    /// back when it returns `Err` or panics, and when its caller stopped waiting (killed, or
+    /// past its deadline) before `f` finished: work nobody hears the outcome of is never
+    /// committed.
+    #[track_caller]
+    pub fn transaction<R, F>(&mut self, f: F) -> Result<R, Error>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut Transaction<'_>) -> Result<R, r2d2_postgres::postgres::Error>
+            + Send
+            + 'static,
+    {
+        self.call(move |t, gone| {
+            statement(t, "", |c| {
+                let mut tx = c.transaction().map_err(db_error)?;
+                let value = f(&mut tx).map_err(db_error)?;
+                if gone.load(Ordering::Acquire) {
+                    // Nobody waits for the outcome any more: dropping `tx` rolls it back.
+                    return Err(Error::TimedOut);
+                }
+                tx.commit().map_err(db_error)?;
+                Ok(value)
+            })
+        })?
+    }
+}
+
+impl Pool<PgManager> {
+    /// [`Conn::query`] on a connection checked out for it.
+    #[track_caller]
+    pub fn query(&self, sql: &str, params: Vec<Param>) -> Result<Vec<Row>, Error> {
+        self.get()?.query(sql, params)
+    }
+
+    /// [`Conn::query_one`] on a connection checked out for it.
+    #[track_caller]
+    pub fn query_one(&self, sql: &str, params: Vec<Param>) -> Result<Row, Error> {
+        self.get()?.query_one(sql, params)
+    }
+
+    /// [`Conn::execute`] on a connection checked out for it.
+    #[track_caller]
+    pub fn execute(&self, sql: &str, params: Vec<Param>) -> Result<u64, Error> {
+        self.get()?.execute(sql, params)
+    }
+
+    /// [`Conn::batch_execute`] on a connection checked out for it.
+    #[track_caller]
+    pub fn batch_execute(&self, sql: &str) -> Result<(), Error> {
+        self.get()?.batch_execute(sql)
+    }
+
+    /// [`Conn::transaction`] on a connection checked out for it.
+    #[track_caller]
+    pub fn transaction<R, F>(&self, f: F) -> Result<R, Error>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut Transaction<'_>) -> Result<R, r2d2_postgres::postgres::Error>
+            + Send
+            + 'static,
+    {
+        self.get()?.transaction(f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::opens_transaction;
+
+    #[test]
+    fn statements_that_open_a_transaction_are_recognised() {
+        assert!(opens_transaction("BEGIN"));
+        assert!(opens_transaction("  begin isolation level serializable"));
+        assert!(opens_transaction("START TRANSACTION"));
+        assert!(!opens_transaction("SELECT 1"));
+        assert!(!opens_transaction("COMMIT"));
+        assert!(!opens_transaction("beginning")); // not a keyword
+    }
+}

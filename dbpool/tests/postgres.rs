@@ -1,0 +1,331 @@
+//! dbpool against a real PostgreSQL server (a throwaway cluster per test, see `common`).
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use common::Pg;
+use greenhub::spawn;
+use greenhub_dbpool::{Error, Param, PgPool, Pool};
+
+fn pool(pg: &Pg, max: u32) -> PgPool {
+    Pool::builder()
+        .name("pg")
+        .max_size(max)
+        .connection_timeout(Duration::from_secs(5))
+        .build(pg.manager())
+        .unwrap()
+}
+
+fn p(v: i32) -> Vec<Param> {
+    vec![Box::new(v) as Param]
+}
+
+fn backend_pid(pool: &PgPool) -> i32 {
+    pool.query_one("SELECT pg_backend_pid()", vec![])
+        .unwrap()
+        .get(0)
+}
+
+#[test]
+fn many_green_threads_share_a_small_pool_and_every_query_is_answered_once() {
+    let pg = Pg::start();
+    let pool = pool(&pg, 4);
+    for round in 0..3 {
+        let threads: Vec<_> = (0..100)
+            .map(|i| {
+                let pool = pool.clone();
+                spawn(move || {
+                    (0..5)
+                        .map(|k| {
+                            let v = round * 10_000 + i * 10 + k;
+                            let row = pool.query_one("SELECT $1::int", p(v)).unwrap();
+                            let got: i32 = row.get(0);
+                            assert_eq!(got, v, "a reply reached the wrong green thread");
+                            got
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let mut seen = HashSet::new();
+        for t in threads {
+            for v in t.wait().unwrap() {
+                assert!(seen.insert(v), "value {v} answered twice");
+            }
+        }
+        assert_eq!(seen.len(), 500, "round {round} lost answers");
+    }
+    let stats = pool.stats();
+    assert_eq!(stats.checkouts, 1500);
+    assert!(
+        stats.created <= 4,
+        "opened {} connections for a pool of 4",
+        stats.created
+    );
+    assert_eq!(stats.state.in_use, 0);
+    assert_eq!(stats.state.waiting, 0);
+}
+
+#[test]
+fn a_holder_killed_mid_transaction_is_rolled_back_and_its_connection_reused() {
+    let pg = Pg::start();
+    let pool = pool(&pg, 1);
+    pool.batch_execute("CREATE TABLE t (x int)").unwrap();
+    let first_pid = backend_pid(&pool);
+
+    // Killed while waiting between statements of an open transaction.
+    let p1 = pool.clone();
+    let holder = spawn(move || {
+        let mut conn = p1.get().unwrap();
+        conn.batch_execute("BEGIN; INSERT INTO t VALUES (1)")
+            .unwrap();
+        greenhub::sleep(Duration::from_secs(30)).ok();
+    });
+    while pool.state().in_use == 0 {
+        greenhub::sleep(Duration::from_millis(5)).unwrap();
+    }
+    holder.kill();
+    assert!(holder.wait().is_err());
+
+    // Killed while its query runs: the query ends on its thread, then the rollback.
+    let p2 = pool.clone();
+    let holder = spawn(move || {
+        p2.transaction(|tx| {
+            tx.execute("INSERT INTO t VALUES (2)", &[])?;
+            tx.execute("SELECT pg_sleep(0.3)", &[])?;
+            Ok(())
+        })
+    });
+    greenhub::sleep(Duration::from_millis(100)).unwrap();
+    holder.kill();
+    assert!(holder.wait().is_err());
+
+    let count: i64 = pool
+        .query_one("SELECT count(*) FROM t", vec![])
+        .unwrap()
+        .get(0);
+    assert_eq!(count, 0, "work of killed holders was committed");
+    assert_eq!(
+        backend_pid(&pool),
+        first_pid,
+        "the connection was not reused"
+    );
+    let stats = pool.stats();
+    assert_eq!(stats.created, 1);
+    assert_eq!(stats.state.in_use, 0);
+}
+
+#[test]
+fn a_transaction_commits_on_ok_and_rolls_back_on_err() {
+    let pg = Pg::start();
+    let pool = pool(&pg, 2);
+    pool.batch_execute("CREATE TABLE t (x int)").unwrap();
+    pool.transaction(|tx| tx.execute("INSERT INTO t VALUES (1)", &[]).map(drop))
+        .unwrap();
+    let failed = pool.transaction(|tx| {
+        tx.execute("INSERT INTO t VALUES (2)", &[])?;
+        tx.execute("INSERT INTO no_such_table VALUES (3)", &[])?;
+        Ok(())
+    });
+    match failed {
+        Err(e @ Error::Database(_)) => assert!(e.to_string().contains("no_such_table"), "{e}"),
+        other => panic!("expected a database error, got {other:?}"),
+    }
+    let xs: Vec<i32> = pool
+        .query("SELECT x FROM t ORDER BY x", vec![])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(xs, vec![1]);
+}
+
+#[test]
+fn terminated_backends_are_replaced_and_no_query_is_lost() {
+    let pg = Pg::start();
+    let pool: PgPool = Pool::builder()
+        .max_size(4)
+        .validate_after(Some(Duration::ZERO))
+        .connection_timeout(Duration::from_secs(5))
+        .build(pg.manager())
+        .unwrap();
+    // Warm all four connections.
+    let warm: Vec<_> = (0..4)
+        .map(|_| {
+            let pool = pool.clone();
+            spawn(move || pool.query_one("SELECT pg_sleep(0.05)", vec![]).map(drop))
+        })
+        .collect();
+    for t in warm {
+        t.wait().unwrap().unwrap();
+    }
+    let before = pool.stats().created;
+    assert!(before >= 2);
+    for round in 0..3 {
+        let admin = pg.conninfo.clone();
+        let killed = greenhub_tpool::execute(move || {
+            let mut c =
+                greenhub_dbpool::pg::Client::connect(&admin, greenhub_dbpool::pg::NoTls).unwrap();
+            c.query(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE pid <> pg_backend_pid() AND backend_type = 'client backend'",
+                &[],
+            )
+            .unwrap()
+            .len()
+        })
+        .unwrap();
+        assert!(killed >= 1, "round {round}: nothing to terminate");
+        // Every connection is tested before use: the dead ones are replaced, no query fails.
+        let threads: Vec<_> = (0..40)
+            .map(|i| {
+                let pool = pool.clone();
+                spawn(move || {
+                    pool.query_one("SELECT $1::int", p(i))
+                        .map(|r| r.get::<_, i32>(0))
+                })
+            })
+            .collect();
+        let got: Vec<i32> = threads
+            .into_iter()
+            .map(|t| t.wait().unwrap().unwrap())
+            .collect();
+        assert_eq!(got, (0..40).collect::<Vec<_>>());
+    }
+    let stats = pool.stats();
+    assert!(
+        stats.closed.invalid >= 1,
+        "no dead connection was detected: {stats:?}"
+    );
+    assert!(stats.created > before);
+    assert_eq!(stats.state.in_use, 0);
+}
+
+#[test]
+fn without_testing_a_lost_connection_is_an_error_and_is_discarded() {
+    let pg = Pg::start();
+    let pool: PgPool = Pool::builder()
+        .max_size(1)
+        .validate_after(None)
+        .build(pg.manager())
+        .unwrap();
+    let pid = backend_pid(&pool);
+    let admin = pg.conninfo.clone();
+    greenhub_tpool::execute(move || {
+        let mut c =
+            greenhub_dbpool::pg::Client::connect(&admin, greenhub_dbpool::pg::NoTls).unwrap();
+        c.execute("SELECT pg_terminate_backend($1)", &[&pid])
+            .unwrap();
+    })
+    .unwrap();
+    greenhub::sleep(Duration::from_millis(100)).unwrap();
+    match pool.query_one("SELECT 1", vec![]) {
+        Err(Error::ConnectionLost { .. }) | Err(Error::Database(_)) => {}
+        other => panic!("expected the connection to be lost, got {other:?}"),
+    }
+    // The next checkout gets a new connection.
+    assert_ne!(backend_pid(&pool), pid);
+    assert!(pool.stats().closed.broken >= 1);
+}
+
+#[test]
+fn a_restarted_server_gives_errors_in_bounded_time_then_the_pool_recovers() {
+    let pg = Pg::start();
+    if !pg.controlled() {
+        eprintln!("DATABASE_URL is set: this test needs its own server, skipped");
+        return;
+    }
+    let pool: PgPool = Pool::builder()
+        .max_size(4)
+        .connection_timeout(Duration::from_secs(1))
+        .validate_after(Some(Duration::ZERO))
+        .build(pg.manager())
+        .unwrap();
+    assert_eq!(
+        pool.query_one("SELECT 1", vec![]).unwrap().get::<_, i32>(0),
+        1
+    );
+    pg.stop();
+    let began = Instant::now();
+    let threads: Vec<_> = (0..8)
+        .map(|_| {
+            let pool = pool.clone();
+            spawn(move || pool.query_one("SELECT 1", vec![]).map(drop))
+        })
+        .collect();
+    for t in threads {
+        let err = t.wait().unwrap().unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::Connect { .. } | Error::PoolTimeout { .. } | Error::ConnectionLost { .. }
+            ),
+            "{err:?}"
+        );
+    }
+    // Eight waiters on four permits, each given at most the 1 s timeout: bounded, not hung.
+    assert!(began.elapsed() < Duration::from_secs(20));
+    assert_eq!(pool.state().in_use, 0);
+    pg.start_again();
+    let threads: Vec<_> = (0..20)
+        .map(|i| {
+            let pool = pool.clone();
+            spawn(move || {
+                pool.query_one("SELECT $1::int", p(i))
+                    .map(|r| r.get::<_, i32>(0))
+            })
+        })
+        .collect();
+    let got: Vec<i32> = threads
+        .into_iter()
+        .map(|t| t.wait().unwrap().unwrap())
+        .collect();
+    assert_eq!(got, (0..20).collect::<Vec<_>>());
+    assert_eq!(pool.state().in_use, 0);
+}
+
+#[test]
+fn bad_credentials_and_an_unreachable_server_fail_clearly_within_the_timeout() {
+    let pg = Pg::start();
+    let wrong = pg.with_password("wrong");
+    let began = Instant::now();
+    let pool: PgPool = Pool::builder()
+        .connection_timeout(Duration::from_millis(500))
+        .build(pg.manager_for(&wrong))
+        .unwrap();
+    match pool.get() {
+        Err(Error::Connect { reason }) => {
+            assert!(
+                reason.contains("password authentication failed"),
+                "{reason}"
+            )
+        }
+        other => panic!("expected a connect error, got {other:?}"),
+    }
+    assert!(began.elapsed() < Duration::from_secs(10));
+
+    // Nothing listens on a freshly freed port.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let nowhere = format!("host=127.0.0.1 port={port} user=postgres password=x");
+    let pool: PgPool = Pool::builder()
+        .connection_timeout(Duration::from_millis(500))
+        .build(pg.manager_for(&nowhere))
+        .unwrap();
+    let t = spawn(move || pool.get().map(drop));
+    match t.wait().unwrap() {
+        Err(Error::Connect { reason }) => assert!(!reason.is_empty()),
+        other => panic!("expected a connect error, got {other:?}"),
+    }
+    // min_idle makes building fail the same way.
+    let built = Pool::builder()
+        .min_idle(1)
+        .connection_timeout(Duration::from_millis(500))
+        .build(pg.manager_for(&wrong));
+    assert!(matches!(built, Err(Error::Connect { .. })), "{built:?}");
+}
