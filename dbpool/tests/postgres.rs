@@ -28,6 +28,24 @@ fn backend_pid(pool: &PgPool) -> i32 {
         .get(0)
 }
 
+/// `n` green threads each ask for their own number back; every query must succeed.
+fn echo_from_green_threads(pool: &PgPool, n: i32) {
+    let threads: Vec<_> = (0..n)
+        .map(|i| {
+            let pool = pool.clone();
+            spawn(move || {
+                pool.query_one("SELECT $1::int", p(i))
+                    .map(|r| r.get::<_, i32>(0))
+            })
+        })
+        .collect();
+    let got: Vec<i32> = threads
+        .into_iter()
+        .map(|t| t.wait().unwrap().unwrap())
+        .collect();
+    assert_eq!(got, (0..n).collect::<Vec<_>>());
+}
+
 #[test]
 fn many_green_threads_share_a_small_pool_and_every_query_is_answered_once() {
     let pg = Pg::start();
@@ -179,20 +197,7 @@ fn terminated_backends_are_replaced_and_no_query_is_lost() {
         .unwrap();
         assert!(killed >= 1, "round {round}: nothing to terminate");
         // Every connection is tested before use: the dead ones are replaced, no query fails.
-        let threads: Vec<_> = (0..40)
-            .map(|i| {
-                let pool = pool.clone();
-                spawn(move || {
-                    pool.query_one("SELECT $1::int", p(i))
-                        .map(|r| r.get::<_, i32>(0))
-                })
-            })
-            .collect();
-        let got: Vec<i32> = threads
-            .into_iter()
-            .map(|t| t.wait().unwrap().unwrap())
-            .collect();
-        assert_eq!(got, (0..40).collect::<Vec<_>>());
+        echo_from_green_threads(&pool, 40);
     }
     let stats = pool.stats();
     assert!(
@@ -269,20 +274,7 @@ fn a_restarted_server_gives_errors_in_bounded_time_then_the_pool_recovers() {
     assert!(began.elapsed() < Duration::from_secs(20));
     assert_eq!(pool.state().in_use, 0);
     pg.start_again();
-    let threads: Vec<_> = (0..20)
-        .map(|i| {
-            let pool = pool.clone();
-            spawn(move || {
-                pool.query_one("SELECT $1::int", p(i))
-                    .map(|r| r.get::<_, i32>(0))
-            })
-        })
-        .collect();
-    let got: Vec<i32> = threads
-        .into_iter()
-        .map(|t| t.wait().unwrap().unwrap())
-        .collect();
-    assert_eq!(got, (0..20).collect::<Vec<_>>());
+    echo_from_green_threads(&pool, 20);
     assert_eq!(pool.state().in_use, 0);
 }
 

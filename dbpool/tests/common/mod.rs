@@ -53,16 +53,19 @@ fn is_root() -> bool {
 }
 
 /// Runs a server binary; as root, as the `postgres` user (initdb and postgres refuse root).
-fn run(bin: &Path, tool: &str, args: &[&str]) -> Output {
+fn command(bin: &Path, tool: &str) -> Command {
     let path = bin.join(tool);
-    let mut cmd = if is_root() {
+    if is_root() {
         let mut c = Command::new("runuser");
         c.args(["-u", "postgres", "--"]).arg(&path);
         c
     } else {
         Command::new(&path)
-    };
-    let out = cmd
+    }
+}
+
+fn run(bin: &Path, tool: &str, args: &[&str]) -> Output {
+    let out = command(bin, tool)
         .args(args)
         .output()
         .unwrap_or_else(|e| panic!("cannot run {tool}: {e}"));
@@ -211,38 +214,25 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        let path = self.bin.join("pg_ctl");
         let data = self.data();
-        let args = ["-D", data.as_str(), "-m", "immediate", "-w", "stop"];
         // Best effort: the server may be stopped already.
-        let _ = if is_root() {
-            Command::new("runuser")
-                .args(["-u", "postgres", "--"])
-                .arg(&path)
-                .args(args)
-                .output()
-        } else {
-            Command::new(&path).args(args).output()
-        };
+        let _ = command(&self.bin, "pg_ctl")
+            .args(["-D", data.as_str(), "-m", "immediate", "-w", "stop"])
+            .output();
     }
 }
 
 fn postgres_ids() -> (u32, u32) {
+    (id_of_postgres("-u"), id_of_postgres("-g"))
+}
+
+fn id_of_postgres(flag: &str) -> u32 {
     let out = Command::new("id")
-        .args(["-u", "postgres"])
+        .args([flag, "postgres"])
         .output()
-        .expect("id");
-    let uid = String::from_utf8_lossy(&out.stdout)
+        .expect("run id");
+    String::from_utf8_lossy(&out.stdout)
         .trim()
         .parse()
-        .expect("postgres uid");
-    let out = Command::new("id")
-        .args(["-g", "postgres"])
-        .output()
-        .expect("id");
-    let gid = String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .parse()
-        .expect("postgres gid");
-    (uid, gid)
+        .expect("the postgres user's ids (apt-get install postgresql creates it)")
 }
