@@ -57,9 +57,14 @@ impl<M: Backend> Drop for Lease<M> {
         let inner = permit.0.clone();
         let needs_rollback = M::in_transaction(&mut pooled.conn).unwrap_or(pooled.dirty);
         // Closing a connection talks to the server too.
-        let closing = pooled.close.is_some()
-            || pooled.expired(Instant::now())
-            || inner.manager.has_broken(&mut pooled.conn);
+        if pooled.close.is_none() {
+            if inner.manager.has_broken(&mut pooled.conn) {
+                pooled.close = Some(CloseReason::Broken);
+            } else if pooled.expired(Instant::now()) {
+                pooled.close = Some(CloseReason::Lifetime);
+            }
+        }
+        let closing = pooled.close.is_some();
         if (needs_rollback || closing) && !self.on_pool_thread && may::coroutine::is_coroutine() {
             // A round trip to the server: not on a worker. The pool's queue always has room
             // for it (every queued call holds a permit), so this never waits, even while a
@@ -80,6 +85,7 @@ impl<M: Backend> Drop for Lease<M> {
             pooled.close = Some(CloseReason::Broken);
         }
         pooled.dirty = false;
+        pooled.decided = true;
         pooled.last_checkin = Instant::now();
         if let Some(timer) = self.leak_timer.take() {
             timer.cancel();

@@ -46,6 +46,9 @@ pub(crate) struct Tracked<C> {
     pub dirty: bool,
     /// Set when the pool decides to close it: r2d2 then discards it on return.
     pub close: Option<CloseReason>,
+    /// Set when the check-in already decided (on the right thread) whether to close it, so
+    /// that r2d2's `has_broken` does not decide again, maybe on a worker.
+    pub decided: bool,
     counters: Arc<Counters>,
 }
 
@@ -117,11 +120,13 @@ impl<M: Backend> ManageConnection for Managed<M> {
     fn connect(&self) -> Result<Self::Connection, Self::Error> {
         match self.manager.connect() {
             Ok(conn) => {
+                *self.counters.last_connect_error.lock() = None;
                 let serial = self.counters.created.fetch_add(1, Ordering::Relaxed);
                 let now = Instant::now();
                 Ok(Tracked {
                     conn,
-                    expires: self.lifetime(serial).map(|l| now + l),
+                    expires: self.lifetime(serial).and_then(|l| now.checked_add(l)),
+                    decided: false,
                     last_checkin: now,
                     dirty: false,
                     close: None,
@@ -143,8 +148,8 @@ impl<M: Backend> ManageConnection for Managed<M> {
     }
 
     fn has_broken(&self, conn: &mut Self::Connection) -> bool {
-        if conn.close.is_some() {
-            return true;
+        if std::mem::take(&mut conn.decided) || conn.close.is_some() {
+            return conn.close.is_some();
         }
         if self.manager.has_broken(&mut conn.conn) {
             conn.close = Some(CloseReason::Broken);

@@ -49,6 +49,9 @@ struct Book {
     current: HashMap<u64, Checkout>,
 }
 
+/// The longest duration a setting takes: beyond it, deadlines would overflow `Instant`.
+const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
 pub(crate) struct Settings {
     pub max_size: u32,
     pub connection_timeout: Duration,
@@ -59,7 +62,8 @@ pub(crate) struct Settings {
 pub(crate) struct Inner<M: Backend> {
     pub name: String,
     reg: Registration,
-    pub r2d2: r2d2::Pool<Managed<M>>,
+    /// Always `Some` until dropped (see `Drop`).
+    r2d2: Option<r2d2::Pool<Managed<M>>>,
     pub manager: Arc<M>,
     pub tpool: greenhub_tpool::Pool,
     permits: Mutex<Permits>,
@@ -133,7 +137,7 @@ impl<M: Backend> Inner<M> {
     }
 
     pub(crate) fn state(&self) -> PoolState {
-        let r = self.r2d2.state();
+        let r = self.r2d2().state();
         let (free, waiting) = {
             let p = self.permits.lock();
             (p.free, p.waiters.live() as u32)
@@ -161,7 +165,7 @@ impl<M: Backend> Inner<M> {
             if left.is_zero() {
                 return Err(self.connect_error("no connection could be opened in time"));
             }
-            let mut pooled = match self.r2d2.get_timeout(left) {
+            let mut pooled = match self.r2d2().get_timeout(left) {
                 Ok(pooled) => pooled,
                 Err(e) => return Err(self.connect_error(&e.to_string())),
             };
@@ -478,6 +482,16 @@ impl<M: Backend> Builder<M> {
             if value.is_some_and(|v| v.is_zero()) {
                 return Err(Error::Config(format!("{what} must be more than zero")));
             }
+            if value.is_some_and(|v| v > MAX_DURATION) {
+                return Err(Error::Config(format!(
+                    "{what} must be at most a year (use None for no limit where allowed)"
+                )));
+            }
+        }
+        if self.name.contains('\0') {
+            return Err(Error::Config(
+                "the pool name must not contain a NUL byte".into(),
+            ));
         }
         let max = self.max_size as usize;
         // Every call the pool queues holds a permit, so the queue never fills: a return from
@@ -499,15 +513,25 @@ impl<M: Backend> Builder<M> {
             .max_lifetime(self.max_lifetime)
             .test_on_check_out(false)
             .error_handler(Box::new(r2d2::NopErrorHandler));
-        let r2d2 = tpool
-            .execute(move || r2d2_builder.build(managed))?
-            .map_err(|e| Error::Connect {
+        let built = match tpool.execute(move || r2d2_builder.build(managed)) {
+            Ok(Ok(r2d2)) => Ok(r2d2),
+            Ok(Err(e)) => Err(Error::Connect {
                 reason: last_error
                     .last_connect_error
                     .lock()
                     .clone()
                     .unwrap_or_else(|| e.to_string()),
-            })?;
+            }),
+            Err(e) => Err(e.into()),
+        };
+        let r2d2 = match built {
+            Ok(r2d2) => r2d2,
+            Err(e) => {
+                // Its thread would otherwise wait on the queue for ever.
+                tpool.shutdown(Duration::ZERO);
+                return Err(e);
+            }
+        };
         let settings = Settings {
             max_size: self.max_size,
             connection_timeout: self.connection_timeout,
@@ -517,7 +541,7 @@ impl<M: Backend> Builder<M> {
         let inner = Arc::new_cyclic(|weak: &Weak<Inner<M>>| Inner {
             name: self.name,
             reg: Registration::new(weak.clone()),
-            r2d2,
+            r2d2: Some(r2d2),
             manager,
             tpool,
             permits: Mutex::new(Permits {
@@ -578,12 +602,14 @@ impl<M: Backend> Pool<M> {
         let site = Location::caller();
         let inner = &self.inner;
         let asked_at = Instant::now();
-        let deadline = asked_at + inner.settings.connection_timeout;
+        let own = asked_at + inner.settings.connection_timeout;
+        // The checkout call keeps a permit until it ends: bound it by the scope too.
+        let deadline = greenhub::deadline().map_or(own, |scope| scope.min(own));
         let permit = match inner.acquire(deadline) {
             Ok(permit) => permit,
             Err(greenhub::TimedOut) => {
                 inner.book.lock().timeouts += 1;
-                if Instant::now() < deadline {
+                if Instant::now() < own {
                     return Err(Error::TimedOut);
                 }
                 return Err(Error::PoolTimeout {
@@ -600,7 +626,10 @@ impl<M: Backend> Pool<M> {
             .execute(move || worker.checkout_blocking(permit, deadline, site, holder, asked_at));
         match lease {
             Ok(Ok(lease)) => Ok(Conn::new(lease)),
-            Ok(Err(e)) => Err(e),
+            Ok(Err(e)) => {
+                inner.book.lock().timeouts += 1;
+                Err(e)
+            }
             Err(e) => {
                 if matches!(e, greenhub_tpool::Error::TimedOut) {
                     inner.book.lock().timeouts += 1;
@@ -622,9 +651,30 @@ impl<M: Backend> Pool<M> {
     }
 }
 
+impl<M: Backend> Inner<M> {
+    fn r2d2(&self) -> &r2d2::Pool<Managed<M>> {
+        // Set at construction, taken only in `drop`.
+        self.r2d2
+            .as_ref()
+            .expect("the r2d2 pool lives as long as the pool")
+    }
+}
+
 impl<M: Backend> Drop for Inner<M> {
     fn drop(&mut self) {
         // The pool's threads end with it; calls still queued get `ShutDown`.
         self.tpool.shutdown(Duration::ZERO);
+        // Closing the idle connections talks to the server: never on a worker.
+        if let Some(r2d2) = self.r2d2.take() {
+            if may::coroutine::is_coroutine() {
+                let closer = std::thread::Builder::new()
+                    .name(format!("dbpool-{}-close", self.name))
+                    .spawn(move || drop(r2d2));
+                // Without a thread, close here rather than leak the connections.
+                if let Err(e) = closer {
+                    log::warn!("greenhub-dbpool: closing idle connections on a worker: {e}");
+                }
+            }
+        }
     }
 }

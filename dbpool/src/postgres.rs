@@ -40,14 +40,30 @@ fn db_error(e: r2d2_postgres::postgres::Error) -> Error {
     }
 }
 
-/// Whether a statement may open a transaction the pool must roll back at check-in.
+/// Whether statements may open a transaction the pool must roll back at check-in: any of
+/// them, after leading comments, starting with BEGIN or START. A `;` inside a string can only
+/// make this say yes more often (one extra rollback), never miss a BEGIN.
 fn opens_transaction(sql: &str) -> bool {
-    let word: String = sql
-        .trim_start()
-        .chars()
-        .take_while(|c| c.is_ascii_alphabetic())
-        .collect();
-    word.eq_ignore_ascii_case("begin") || word.eq_ignore_ascii_case("start")
+    sql.split(';').any(|statement| {
+        let word: String = skip_comments(statement)
+            .chars()
+            .take_while(|c| c.is_ascii_alphabetic())
+            .collect();
+        word.eq_ignore_ascii_case("begin") || word.eq_ignore_ascii_case("start")
+    })
+}
+
+fn skip_comments(mut s: &str) -> &str {
+    loop {
+        s = s.trim_start();
+        if let Some(rest) = s.strip_prefix("--") {
+            s = rest.split_once('\n').map_or("", |(_, after)| after);
+        } else if let Some(rest) = s.strip_prefix("/*") {
+            s = rest.split_once("*/").map_or("", |(_, after)| after);
+        } else {
+            return s;
+        }
+    }
 }
 
 /// Runs one statement on the connection, keeping the transaction flag honest.
@@ -194,5 +210,9 @@ mod tests {
         assert!(!opens_transaction("SELECT 1"));
         assert!(!opens_transaction("COMMIT"));
         assert!(!opens_transaction("beginning")); // not a keyword
+        assert!(opens_transaction("SET search_path TO x; BEGIN"));
+        assert!(opens_transaction("/* tag */ BEGIN"));
+        assert!(opens_transaction("-- note\nstart transaction"));
+        assert!(!opens_transaction("SELECT 1; -- BEGIN"));
     }
 }

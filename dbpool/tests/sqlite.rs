@@ -364,6 +364,14 @@ fn bad_settings_are_refused_with_a_clear_error() {
         .connection_timeout(Duration::ZERO)
         .build(SqliteConnectionManager::memory());
     assert!(matches!(bad, Err(Error::Config(m)) if m.contains("connection_timeout")));
+    let bad = Pool::builder()
+        .max_lifetime(Some(Duration::MAX))
+        .build(SqliteConnectionManager::memory());
+    assert!(matches!(bad, Err(Error::Config(m)) if m.contains("max_lifetime")));
+    let bad = Pool::builder()
+        .name("a\0b")
+        .build(SqliteConnectionManager::memory());
+    assert!(matches!(bad, Err(Error::Config(m)) if m.contains("NUL")));
     // min_idle connections are open once built.
     let pool = Pool::builder()
         .max_size(3)
