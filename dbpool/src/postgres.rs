@@ -5,7 +5,7 @@
 use std::sync::atomic::Ordering;
 
 use r2d2_postgres::postgres::types::ToSql;
-use r2d2_postgres::postgres::{Client, NoTls, Row, Transaction};
+use r2d2_postgres::postgres::{Client, Error as PgError, NoTls, Row, Transaction};
 use r2d2_postgres::PostgresConnectionManager;
 
 use crate::managed::Tracked;
@@ -28,6 +28,9 @@ pub type PgPool = Pool<PgManager>;
 /// An owned query parameter: parameters travel to a pool thread, so they are owned, not
 /// borrowed. `Box::new(42_i32) as Param`, or a `Vec<Param>` built with `params`.
 pub type Param = Box<dyn ToSql + Send + Sync>;
+
+/// One of the driver's parameterised calls (`query`, `query_one`, `execute`).
+type Statement<R> = fn(&mut Client, &str, &[&(dyn ToSql + Sync)]) -> Result<R, PgError>;
 
 /// Turns a database error into the pool's error: a closed connection is a lost one.
 fn db_error(e: r2d2_postgres::postgres::Error) -> Error {
@@ -80,10 +83,6 @@ fn statement<R>(
     result
 }
 
-fn refs(params: &[Param]) -> Vec<&(dyn ToSql + Sync)> {
-    params.iter().map(|p| &**p as &(dyn ToSql + Sync)).collect()
-}
-
 impl Conn<PgManager> {
     /// Runs a query and returns its rows.
     ///
@@ -96,32 +95,35 @@ impl Conn<PgManager> {
     /// ```
     #[track_caller]
     pub fn query(&mut self, sql: &str, params: Vec<Param>) -> Result<Vec<Row>, Error> {
-        let sql = sql.to_string();
-        self.call(move |t, _| {
-            statement(t, &sql, |c| {
-                c.query(sql.as_str(), &refs(&params)).map_err(db_error)
-            })
-        })?
+        self.with_params(sql, params, |c, sql, params| c.query(sql, params))
     }
 
     /// Runs a query that returns exactly one row.
     #[track_caller]
     pub fn query_one(&mut self, sql: &str, params: Vec<Param>) -> Result<Row, Error> {
-        let sql = sql.to_string();
-        self.call(move |t, _| {
-            statement(t, &sql, |c| {
-                c.query_one(sql.as_str(), &refs(&params)).map_err(db_error)
-            })
-        })?
+        self.with_params(sql, params, |c, sql, params| c.query_one(sql, params))
     }
 
     /// Runs a statement and returns how many rows it changed.
     #[track_caller]
     pub fn execute(&mut self, sql: &str, params: Vec<Param>) -> Result<u64, Error> {
+        self.with_params(sql, params, |c, sql, params| c.execute(sql, params))
+    }
+
+    /// Runs one parameterised statement on a pool thread.
+    #[track_caller]
+    fn with_params<R: Send + 'static>(
+        &mut self,
+        sql: &str,
+        params: Vec<Param>,
+        run: Statement<R>,
+    ) -> Result<R, Error> {
         let sql = sql.to_string();
         self.call(move |t, _| {
             statement(t, &sql, |c| {
-                c.execute(sql.as_str(), &refs(&params)).map_err(db_error)
+                let params: Vec<&(dyn ToSql + Sync)> =
+                    params.iter().map(|p| &**p as &(dyn ToSql + Sync)).collect();
+                run(c, &sql, &params).map_err(db_error)
             })
         })?
     }
