@@ -7,6 +7,7 @@
 //! the median of the rounds, shown with its min and max. The harness writes `BENCHMARKS.md`
 //! and `bench/results.json` at the workspace root.
 
+mod db;
 mod runtimes;
 
 use std::collections::BTreeMap;
@@ -34,6 +35,23 @@ const TPOOL_RTT_CASES: &[(&str, u64)] = &[
     ("tokio spawn_blocking", 20_000),
     ("blocking crate", 20_000),
 ];
+
+/// Cases of the three database suites (same server, same pool size).
+const DB_CASES: &[(&str, u64)] = &[
+    ("greenhub dbpool", 64_000),
+    ("r2d2 + postgres (64 OS threads)", 64_000),
+    ("deadpool-postgres (tokio)", 64_000),
+    ("deadpool-postgres, prepare_cached (tokio)", 64_000),
+];
+
+const DB_WHAT: &str = "64 tasks run N `SELECT 1` queries in all through a pool of 8 connections \
+    to the same local PostgreSQL server (a throwaway cluster the harness starts), each query a \
+    checkout, the query and the return (2 workers); greenhub's dbpool on green threads, r2d2 \
+    with the postgres driver on 64 OS threads (no test on checkout, as dbpool's default within \
+    500 ms of idleness; the driver has no statement cache, so each query prepares its \
+    statement: two round trips), deadpool-postgres on tokio (fast recycling), with plain \
+    `query_one` (two round trips) and with its opt-in `prepare_cached` (one); dbpool's \
+    `query_one` keeps prepared statements per connection by itself (one)";
 
 const SUITES: &[Suite] = &[
     Suite {
@@ -157,6 +175,34 @@ const SUITES: &[Suite] = &[
         ],
         scale: 1.0,
     },
+    Suite {
+        id: "db_select1",
+        title: "Database pool: SELECT 1 throughput",
+        unit: "µs per query",
+        what: DB_WHAT,
+        workers: 2,
+        cases: DB_CASES,
+        scale: 1000.0,
+    },
+    Suite {
+        id: "db_select1_p50",
+        title: "Database pool: SELECT 1 latency, median",
+        unit: "µs per query (p50)",
+        what: "the same runs, the median latency of a query from asking for a connection to \
+               holding the result",
+        workers: 2,
+        cases: DB_CASES,
+        scale: 1000.0,
+    },
+    Suite {
+        id: "db_select1_p99",
+        title: "Database pool: SELECT 1 latency, 99th percentile",
+        unit: "µs per query (p99)",
+        what: "the same runs, the 99th percentile",
+        workers: 2,
+        cases: DB_CASES,
+        scale: 1000.0,
+    },
 ];
 
 #[derive(Serialize)]
@@ -202,6 +248,9 @@ fn child(args: &[String]) {
         "tpool_rtt_p50" => runtimes::tpool_rtt(runtime, workers, n, 0.5),
         "tpool_rtt_p99" => runtimes::tpool_rtt(runtime, workers, n, 0.99),
         "tpool_throughput" => runtimes::tpool_throughput(runtime, workers, n, 1000),
+        "db_select1" => db::select1(runtime, workers, n, db::Figure::PerQuery),
+        "db_select1_p50" => db::select1(runtime, workers, n, db::Figure::Latency(0.5)),
+        "db_select1_p99" => db::select1(runtime, workers, n, db::Figure::Latency(0.99)),
         other => panic!("unknown suite {other}"),
     };
     println!("{figure}");
@@ -404,6 +453,13 @@ fn main() {
         eprintln!("no suite named {only:?}");
         std::process::exit(2);
     }
+    // One server for every database suite, started before them and stopped at the end; the
+    // children find it through the environment.
+    let _pg = suites.iter().any(|s| s.id.starts_with("db_")).then(|| {
+        let pg = greenhub_pgtest::Pg::start();
+        std::env::set_var(db::PG_ENV, &pg.conninfo);
+        pg
+    });
     let mut results = Vec::new();
     for suite in suites {
         eprintln!("{}: warm-up", suite.id);

@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use r2d2::PooledConnection;
 
+use crate::job::Job;
 use crate::managed::{CloseReason, Managed, Tracked};
 use crate::pool::Permit;
 use crate::{Backend, Error};
@@ -40,8 +41,41 @@ impl<M: Backend> Lease<M> {
         }
     }
 
-    fn tracked(&mut self) -> Option<&mut Tracked<M::Connection>> {
+    pub(crate) fn tracked(&mut self) -> Option<&mut Tracked<M::Connection>> {
         self.pooled.as_deref_mut()
+    }
+
+    /// On the pool thread that just ran a job on it: rolls back if needed and says whether
+    /// the connection can serve the next job without going back to r2d2.
+    pub(crate) fn reusable(&mut self) -> bool {
+        let (Some(pooled), Some(permit)) = (self.pooled.as_mut(), self.permit.as_ref()) else {
+            return false;
+        };
+        let inner = &permit.0;
+        if M::in_transaction(&mut pooled.conn).unwrap_or(pooled.dirty) {
+            if M::rollback(&mut pooled.conn).is_err() {
+                pooled.close = Some(CloseReason::Broken);
+            }
+            pooled.dirty = false;
+        }
+        pooled.close.is_none()
+            && !pooled.expired(Instant::now())
+            && !inner.manager.has_broken(&mut pooled.conn)
+    }
+
+    /// Books this checkout in and the next job's out, on the same connection.
+    pub(crate) fn hand_over(&mut self, job: &Job<M>) {
+        let Some(permit) = self.permit.as_ref() else {
+            return;
+        };
+        let inner = permit.0.clone();
+        if let Some(timer) = self.leak_timer.take() {
+            timer.cancel();
+        }
+        inner.checked_in(self.id);
+        let (id, leak_timer) = inner.book_checkout(job.holder.clone(), job.site, job.asked_at);
+        self.id = id;
+        self.leak_timer = leak_timer;
     }
 
     fn tpool(&self) -> Option<greenhub_tpool::Pool> {
@@ -78,7 +112,7 @@ impl<M: Backend> Drop for Lease<M> {
             };
             // If the pool's threads are shut down the closure is dropped here and the lease
             // returns inline (`on_pool_thread` stops it from being handed on again).
-            let _abandoned = inner.tpool.submit(move || drop(lease));
+            let _ = inner.tpool.spawn(move || drop(lease));
             return;
         }
         if needs_rollback && M::rollback(&mut pooled.conn).is_err() {
@@ -161,30 +195,33 @@ impl<M: Backend> Conn<M> {
     {
         let mut lease = self.lease.take().ok_or(Error::Returned)?;
         let tpool = lease.tpool().ok_or(Error::Returned)?;
-        let gone = Arc::new(AtomicBool::new(false));
-        let flag = gone.clone();
-        let mut caller = Caller(Some(gone));
-        let outcome = tpool.execute(move || {
-            let value = lease.tracked().map(|t| f(t, &flag));
+        let (mut caller, gone) = StopsWaiting::arm();
+        let (lease, value) = tpool.execute(move || {
+            let value = lease.tracked().map(|t| f(t, &gone));
             (lease, value)
-        });
-        let (lease, value) = match outcome {
-            Ok(done) => {
-                caller.0 = None;
-                done
-            }
-            Err(e) => return Err(e.into()),
-        };
+        })?;
+        caller.disarm();
         self.lease = Some(lease);
         value.ok_or(Error::Returned)
     }
 }
 
-/// Raises the flag when the caller stops waiting for a call: on an error (deadline) or while
-/// unwinding (kill).
-struct Caller(Option<Arc<AtomicBool>>);
+/// Raises a flag, shared with a pool-thread call, when its caller stops waiting for it: on an
+/// error (deadline) or while unwinding (kill). Disarmed once the result is in.
+pub(crate) struct StopsWaiting(Option<Arc<AtomicBool>>);
 
-impl Drop for Caller {
+impl StopsWaiting {
+    pub(crate) fn arm() -> (StopsWaiting, Arc<AtomicBool>) {
+        let gone = Arc::new(AtomicBool::new(false));
+        (StopsWaiting(Some(gone.clone())), gone)
+    }
+
+    pub(crate) fn disarm(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for StopsWaiting {
     fn drop(&mut self) {
         if let Some(gone) = &self.0 {
             gone.store(true, Ordering::Release);

@@ -2,6 +2,7 @@
 //! [`Tracked`] that knows its age, its expiry (with jitter), when it was last returned, and,
 //! once it is closed, why; the pool's counters see every open and close.
 
+use std::any::Any;
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -49,6 +50,8 @@ pub(crate) struct Tracked<C> {
     /// Set when the check-in already decided (on the right thread) whether to close it, so
     /// that r2d2's `has_broken` does not decide again, maybe on a worker.
     pub decided: bool,
+    /// What a backend's helpers keep per connection (PostgreSQL: prepared statements).
+    pub cache: Option<Box<dyn Any + Send>>,
     counters: Arc<Counters>,
 }
 
@@ -127,6 +130,7 @@ impl<M: Backend> ManageConnection for Managed<M> {
                     conn,
                     expires: self.lifetime(serial).and_then(|l| now.checked_add(l)),
                     decided: false,
+                    cache: None,
                     last_checkin: now,
                     dirty: false,
                     close: None,

@@ -8,27 +8,77 @@
 //! the pool thread, which returns the connection and the permit. A permit therefore always
 //! has exactly one owner, and a waiter is never left behind by a failed connect.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::marker::PhantomData;
 use std::panic::Location;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use greenhub::inspect::{Inspect, ObjectInfo, Registration};
-use greenhub::wait::{ObjectKind, Token, WaitList, WaitOn, Waiter};
+use greenhub::wait::{ObjectKind, Token, WaitOn, Waiter};
 use greenhub_tpool::Durations;
 use parking_lot::Mutex;
 
-use crate::conn::{Conn, Lease};
-use crate::managed::{CloseReason, Counters, Managed};
+use crate::conn::{Conn, Lease, StopsWaiting};
+use crate::job::{Delivery, Job, Reply, Slot, Work};
+use crate::managed::{CloseReason, Counters, Managed, Tracked};
 use crate::stats::{CheckoutInfo, Closed, DbPoolStats, PoolState};
 use crate::{Backend, Error};
 
-struct Permits {
+/// Who waits for a connection: a green thread in [`Pool::get`], or a queued job.
+enum Entry<M: Backend> {
+    Green { token: Arc<Token>, since: Instant },
+    Job(Arc<Job<M>>),
+}
+
+impl<M: Backend> Entry<M> {
+    fn live(&self) -> bool {
+        match self {
+            Entry::Green { token, .. } => token.is_waiting(),
+            Entry::Job(job) => job.is_queued(),
+        }
+    }
+
+    fn since(&self) -> Instant {
+        match self {
+            Entry::Green { since, .. } => *since,
+            Entry::Job(job) => job.asked_at,
+        }
+    }
+}
+
+/// The permits (one per connection the pool may open) and everyone waiting for one, in
+/// arrival order. Entries that gave up are skipped when reached and swept out as the queue
+/// grows, as in greenhub's own objects.
+struct Permits<M: Backend> {
     free: u32,
-    /// Each waiter with the time it started waiting.
-    waiters: WaitList<Instant>,
+    queue: VecDeque<Entry<M>>,
+    sweep_at: usize,
+}
+
+const MIN_SWEEP: usize = 16;
+
+impl<M: Backend> Permits<M> {
+    fn push(&mut self, entry: Entry<M>) {
+        if self.queue.len() >= self.sweep_at {
+            self.queue.retain(Entry::live);
+            self.sweep_at = (self.queue.len() * 2).max(MIN_SWEEP);
+        }
+        self.queue.push_back(entry);
+    }
+
+    fn waiting(&self) -> usize {
+        self.queue.iter().filter(|e| e.live()).count()
+    }
+}
+
+/// What a freed permit went to.
+enum Freed<M: Backend> {
+    /// A green thread took it, or it went back to the free count.
+    Settled,
+    /// A queued job claimed it: run it.
+    Job(Arc<Job<M>>),
 }
 
 struct Checkout {
@@ -66,7 +116,7 @@ pub(crate) struct Inner<M: Backend> {
     r2d2: Option<r2d2::Pool<Managed<M>>>,
     pub manager: Arc<M>,
     pub tpool: greenhub_tpool::Pool,
-    permits: Mutex<Permits>,
+    permits: Mutex<Permits<M>>,
     pub settings: Settings,
     book: Mutex<Book>,
     counters: Arc<Counters>,
@@ -75,7 +125,7 @@ pub(crate) struct Inner<M: Backend> {
 
 /// Gives back a permit handed to a waiter that unwinds (killed) before it could take it.
 struct GiveBackIfGranted<'a, M: Backend> {
-    inner: &'a Inner<M>,
+    inner: &'a Arc<Inner<M>>,
     token: &'a Arc<Token>,
 }
 
@@ -115,7 +165,10 @@ impl<M: Backend> Inner<M> {
             };
             let waiter = Waiter::until(on, Some(deadline));
             let token = waiter.token().clone();
-            p.waiters.push(token.clone(), Instant::now());
+            p.push(Entry::Green {
+                token: token.clone(),
+                since: Instant::now(),
+            });
             (waiter, token)
         };
         let guard = GiveBackIfGranted {
@@ -128,19 +181,111 @@ impl<M: Backend> Inner<M> {
         outcome.map(|()| Permit(self.clone()))
     }
 
-    /// Gives a permit back: to the first waiter, or to the free count.
-    fn release(&self) {
-        let mut p = self.permits.lock();
-        if p.waiters.wake_first().is_none() {
-            p.free += 1;
+    /// Gives a permit back: to the first green thread or job still waiting, or to the free
+    /// count. A job that takes it is started on a pool thread with it.
+    fn release(self: &Arc<Self>) {
+        if let Freed::Job(job) = self.hand_on() {
+            self.start(Permit(self.clone()), job);
         }
+    }
+
+    fn hand_on(&self) -> Freed<M> {
+        let mut p = self.permits.lock();
+        while let Some(entry) = p.queue.pop_front() {
+            match entry {
+                Entry::Green { token, .. } => {
+                    if token.wake() {
+                        return Freed::Settled;
+                    }
+                }
+                Entry::Job(job) => {
+                    if job.claim() {
+                        return Freed::Job(job);
+                    }
+                }
+            }
+        }
+        p.free += 1;
+        Freed::Settled
+    }
+
+    /// The next job, if one heads the queue: the runner keeps its connection for it. A green
+    /// thread at the head (or nobody) means the connection goes back instead.
+    fn next_job(&self) -> Option<Arc<Job<M>>> {
+        let mut p = self.permits.lock();
+        loop {
+            match p.queue.front() {
+                Some(entry) if !entry.live() => {
+                    p.queue.pop_front();
+                }
+                Some(Entry::Job(job)) => {
+                    let job = job.clone();
+                    p.queue.pop_front();
+                    if job.claim() {
+                        return Some(job);
+                    }
+                }
+                _ => return None,
+            }
+        }
+    }
+
+    /// Queues a job, or starts it at once if a permit is free.
+    fn enqueue(self: &Arc<Self>, job: &Arc<Job<M>>) {
+        let mut p = self.permits.lock();
+        if p.free > 0 && job.claim() {
+            p.free -= 1;
+            drop(p);
+            self.start(Permit(self.clone()), job.clone());
+        } else {
+            p.push(Entry::Job(job.clone()));
+        }
+    }
+
+    /// Runs a claimed job, and the jobs queued behind it, on a pool thread.
+    fn start(self: &Arc<Self>, permit: Permit<M>, job: Arc<Job<M>>) {
+        let inner = self.clone();
+        // The queue has room (every queued call holds a permit). If the pool's threads are
+        // gone, the closure is dropped: the permit goes on, the job's caller hears `ShutDown`.
+        let _ = self.tpool.spawn(move || inner.run_jobs(permit, job));
+    }
+
+    fn run_jobs(self: &Arc<Self>, permit: Permit<M>, first: Arc<Job<M>>) {
+        let checkout = self.checkout_blocking(
+            permit,
+            first.deadline,
+            first.site,
+            first.holder.clone(),
+            first.asked_at,
+        );
+        let mut lease = match checkout {
+            Ok(lease) => lease,
+            Err(e) => {
+                self.book.lock().timeouts += 1;
+                deliver(first.run(Err(e)));
+                return;
+            }
+        };
+        let mut job = first;
+        let mut result = job.run(Ok(&mut lease));
+        while lease.reusable() {
+            let Some(next) = self.next_job() else {
+                break;
+            };
+            lease.hand_over(&next);
+            deliver(result);
+            job = next;
+            result = job.run(Ok(&mut lease));
+        }
+        drop(lease);
+        deliver(result);
     }
 
     pub(crate) fn state(&self) -> PoolState {
         let r = self.r2d2().state();
         let (free, waiting) = {
             let p = self.permits.lock();
-            (p.free, p.waiters.live() as u32)
+            (p.free, p.waiting() as u32)
         };
         PoolState {
             max_size: self.settings.max_size,
@@ -181,34 +326,46 @@ impl<M: Backend> Inner<M> {
                 pooled.close = Some(CloseReason::Invalid);
                 continue;
             }
-            let id = self.next_checkout.fetch_add(1, Ordering::Relaxed);
-            let (holder, holder_name) = holder.map_or((None, None), |(id, n)| (Some(id), n));
-            {
-                let mut book = self.book.lock();
-                book.checkouts += 1;
-                book.acquire_wait
-                    .record(now.saturating_duration_since(asked_at));
-                book.current.insert(
-                    id,
-                    Checkout {
-                        holder,
-                        holder_name,
-                        site,
-                        since: now,
-                        leaked: false,
-                    },
-                );
-            }
-            let leak_timer = self.settings.leak_threshold.map(|threshold| {
-                let weak = Arc::downgrade(self);
-                greenhub::call_after(threshold, move || {
-                    if let Some(inner) = weak.upgrade() {
-                        inner.report_leak(id, threshold);
-                    }
-                })
-            });
+            let (id, leak_timer) = self.book_checkout(holder, site, asked_at);
             return Ok(Lease::new(pooled, permit, id, leak_timer));
         }
+    }
+
+    /// Books a checkout out: its record, and its leak timer when a threshold is set.
+    pub(crate) fn book_checkout(
+        self: &Arc<Self>,
+        holder: Option<(u64, Option<String>)>,
+        site: &'static Location<'static>,
+        asked_at: Instant,
+    ) -> (u64, Option<greenhub::Timer>) {
+        let now = Instant::now();
+        let id = self.next_checkout.fetch_add(1, Ordering::Relaxed);
+        let (holder, holder_name) = holder.map_or((None, None), |(id, n)| (Some(id), n));
+        {
+            let mut book = self.book.lock();
+            book.checkouts += 1;
+            book.acquire_wait
+                .record(now.saturating_duration_since(asked_at));
+            book.current.insert(
+                id,
+                Checkout {
+                    holder,
+                    holder_name,
+                    site,
+                    since: now,
+                    leaked: false,
+                },
+            );
+        }
+        let leak_timer = self.settings.leak_threshold.map(|threshold| {
+            let weak = Arc::downgrade(self);
+            greenhub::call_after(threshold, move || {
+                if let Some(inner) = weak.upgrade() {
+                    inner.report_leak(id, threshold);
+                }
+            })
+        });
+        (id, leak_timer)
     }
 
     fn connect_error(&self, fallback: &str) -> Error {
@@ -266,10 +423,11 @@ impl<M: Backend> Inner<M> {
         let oldest_wait_us = self
             .permits
             .lock()
-            .waiters
-            .first_waiting()
-            .map_or(0, |since| {
-                now.saturating_duration_since(*since).as_micros() as u64
+            .queue
+            .iter()
+            .find(|e| e.live())
+            .map_or(0, |e| {
+                now.saturating_duration_since(e.since()).as_micros() as u64
             });
         let c = &self.counters;
         let book = self.book.lock();
@@ -546,7 +704,8 @@ impl<M: Backend> Builder<M> {
             tpool,
             permits: Mutex::new(Permits {
                 free: self.max_size,
-                waiters: WaitList::default(),
+                queue: VecDeque::new(),
+                sweep_at: MIN_SWEEP,
             }),
             settings,
             book: Mutex::new(Book::default()),
@@ -599,6 +758,113 @@ impl<M: Backend> Pool<M> {
     /// pool's `connection_timeout` and the enclosing deadline scope.
     #[track_caller]
     pub fn get(&self) -> Result<Conn<M>, Error> {
+        self.checkout_then(|lease, _| Conn::new(lease))
+    }
+
+    /// Checks a connection out, runs `f` with it on a pool thread, and returns it there: one
+    /// round trip to a pool thread for the checkout, any number of statements and the return.
+    ///
+    /// As with [`Conn::run`], a caller that stops waiting (deadline, kill) leaves `f` to run
+    /// to its end; the connection is then rolled back if needed and returned.
+    #[track_caller]
+    pub fn run<R, F>(&self, f: F) -> Result<R, Error>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut M::Connection) -> R + Send + 'static,
+    {
+        self.call(move |t, _| {
+            t.dirty = true;
+            f(&mut t.conn)
+        })
+    }
+
+    /// Runs `f` on a connection as a job: queued in arrival order with the green threads
+    /// waiting in [`Pool::get`], run on a pool thread by whoever frees a connection (see
+    /// `job.rs`), the connection returned after it. `f` learns through the flag whether the
+    /// caller has stopped waiting.
+    #[track_caller]
+    pub(crate) fn call<R, F>(&self, f: F) -> Result<R, Error>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut Tracked<M::Connection>, &AtomicBool) -> R + Send + 'static,
+    {
+        let site = Location::caller();
+        let inner = &self.inner;
+        let asked_at = Instant::now();
+        let own = asked_at + inner.settings.connection_timeout;
+        let scope = greenhub::deadline();
+        let deadline = scope.map_or(own, |scope| scope.min(own));
+        let slot = Slot::new();
+        let reply = Reply::new(slot.clone());
+        let (mut caller, gone) = StopsWaiting::arm();
+        let work: Work<M> = Box::new(move |lease| {
+            let value = lease.and_then(|lease| {
+                let t = lease.tracked().ok_or(Error::Returned)?;
+                // The panic stays here: the connection is rolled back and returned by the
+                // runner, which goes on with the next job.
+                greenhub::catch_panic(|| f(t, &gone))
+                    .map_err(|p| Error::Panicked { message: p.message })
+            });
+            Box::new(move || reply.send(value))
+        });
+        let holder = greenhub::current().map(|c| (c.id(), c.name().map(str::to_string)));
+        let job = Arc::new(Job::new(work, site, holder, asked_at, deadline));
+        inner.enqueue(&job);
+        let on = WaitOn::Object {
+            object: ObjectKind::DbPool,
+            id: inner.id(),
+        };
+        // Killed while waiting: withdraw the job if it has not started, and leave.
+        let leave = Withdraw { job: &job };
+        let mut until = Some(deadline);
+        loop {
+            let waiter = Waiter::until(on, until);
+            if let Some(value) = slot.take_or_register(waiter.token()) {
+                std::mem::forget(leave);
+                caller.disarm();
+                return value;
+            }
+            if waiter.wait().is_ok() {
+                continue;
+            }
+            if job.cancel() {
+                std::mem::forget(leave);
+                caller.disarm();
+                inner.book.lock().timeouts += 1;
+                return Err(if Instant::now() < own {
+                    Error::TimedOut
+                } else {
+                    Error::PoolTimeout {
+                        pool: inner.name.clone(),
+                        waited_ms: asked_at.elapsed().as_millis() as u64,
+                        state: inner.state(),
+                    }
+                });
+            }
+            // The job runs: it is bounded by the caller's scope only, as any call on a pool
+            // thread is.
+            if scope.is_some_and(|scope| Instant::now() >= scope) {
+                std::mem::forget(leave);
+                if let Some(value) = slot.abandon() {
+                    caller.disarm();
+                    return value;
+                }
+                inner.book.lock().timeouts += 1;
+                return Err(Error::TimedOut);
+            }
+            until = None;
+        }
+    }
+
+    /// Takes a permit (the green wait), then checks a connection out on a pool thread and
+    /// hands it to `then` there. `then` learns through the flag whether the caller has
+    /// stopped waiting.
+    #[track_caller]
+    fn checkout_then<R, F>(&self, then: F) -> Result<R, Error>
+    where
+        R: Send + 'static,
+        F: FnOnce(Lease<M>, &AtomicBool) -> R + Send + 'static,
+    {
         let site = Location::caller();
         let inner = &self.inner;
         let asked_at = Instant::now();
@@ -621,11 +887,17 @@ impl<M: Backend> Pool<M> {
         };
         let holder = greenhub::current().map(|c| (c.id(), c.name().map(str::to_string)));
         let worker = inner.clone();
-        let lease = inner
-            .tpool
-            .execute(move || worker.checkout_blocking(permit, deadline, site, holder, asked_at));
-        match lease {
-            Ok(Ok(lease)) => Ok(Conn::new(lease)),
+        let (mut caller, gone) = StopsWaiting::arm();
+        let outcome = inner.tpool.execute(move || {
+            worker
+                .checkout_blocking(permit, deadline, site, holder, asked_at)
+                .map(|lease| then(lease, &gone))
+        });
+        match outcome {
+            Ok(Ok(value)) => {
+                caller.disarm();
+                Ok(value)
+            }
             Ok(Err(e)) => {
                 inner.book.lock().timeouts += 1;
                 Err(e)
@@ -638,16 +910,22 @@ impl<M: Backend> Pool<M> {
             }
         }
     }
+}
 
-    /// Checks a connection out, runs `f` with it on a pool thread, and returns it: one
-    /// checkout and one round trip to a pool thread for any number of statements.
-    #[track_caller]
-    pub fn run<R, F>(&self, f: F) -> Result<R, Error>
-    where
-        R: Send + 'static,
-        F: FnOnce(&mut M::Connection) -> R + Send + 'static,
-    {
-        self.get()?.run(f)
+fn deliver(result: Option<Delivery>) {
+    if let Some(send) = result {
+        send();
+    }
+}
+
+/// Withdraws a queued job whose caller unwinds (killed) while waiting for it.
+struct Withdraw<'a, M: Backend> {
+    job: &'a Arc<Job<M>>,
+}
+
+impl<M: Backend> Drop for Withdraw<'_, M> {
+    fn drop(&mut self) {
+        self.job.cancel();
     }
 }
 

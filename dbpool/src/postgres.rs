@@ -1,11 +1,15 @@
 //! PostgreSQL: the manager type and helpers that run one statement (or one transaction) per
 //! call on a pool thread, tracking whether they leave a transaction open so that a clean
-//! connection is returned without a rollback round trip.
+//! connection is returned without a rollback round trip. The helpers' statements are prepared
+//! once per connection and kept (up to 256), so a repeated query costs one round trip; one
+//! whose result type the schema changed is prepared again.
 
-use std::sync::atomic::Ordering;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 
+use r2d2_postgres::postgres::error::SqlState;
 use r2d2_postgres::postgres::types::ToSql;
-use r2d2_postgres::postgres::{Client, Error as PgError, NoTls, Row, Transaction};
+use r2d2_postgres::postgres::{Client, Error as PgError, NoTls, Row, Statement, Transaction};
 use r2d2_postgres::PostgresConnectionManager;
 
 use crate::managed::Tracked;
@@ -30,7 +34,41 @@ pub type PgPool = Pool<PgManager>;
 pub type Param = Box<dyn ToSql + Send + Sync>;
 
 /// One of the driver's parameterised calls (`query`, `query_one`, `execute`).
-type Statement<R> = fn(&mut Client, &str, &[&(dyn ToSql + Sync)]) -> Result<R, PgError>;
+type Run<R> = fn(&mut Client, &Statement, &[&(dyn ToSql + Sync)]) -> Result<R, PgError>;
+
+/// A connection's prepared statements, by their SQL: a helper's statement is parsed by the
+/// server once per connection, and each later use is one round trip instead of two.
+#[derive(Default)]
+struct Statements(HashMap<String, Statement>);
+
+/// Past this many, a connection's statements are all forgotten (the server closes them).
+const MAX_STATEMENTS: usize = 256;
+
+/// The prepared statement for `sql` on this connection, preparing it the first time.
+fn prepared(t: &mut Tracked<Client>, sql: &str) -> Result<Statement, Error> {
+    let cache = t
+        .cache
+        .get_or_insert_with(|| Box::new(Statements::default()));
+    let Some(Statements(cache)) = cache.downcast_mut::<Statements>() else {
+        return t.conn.prepare(sql).map_err(db_error);
+    };
+    if let Some(statement) = cache.get(sql) {
+        return Ok(statement.clone());
+    }
+    let statement = t.conn.prepare(sql).map_err(db_error)?;
+    if cache.len() >= MAX_STATEMENTS {
+        cache.clear();
+    }
+    cache.insert(sql.to_string(), statement.clone());
+    Ok(statement)
+}
+
+/// Forgets `sql`'s statement after an error: the schema may have changed under it.
+fn forget(t: &mut Tracked<Client>, sql: &str) {
+    if let Some(Statements(cache)) = t.cache.as_mut().and_then(|c| c.downcast_mut()) {
+        cache.remove(sql);
+    }
+}
 
 /// Turns a database error into the pool's error: a closed connection is a lost one.
 fn db_error(e: r2d2_postgres::postgres::Error) -> Error {
@@ -73,14 +111,72 @@ fn skip_comments(mut s: &str) -> &str {
 fn statement<R>(
     t: &mut Tracked<Client>,
     sql: &str,
-    run: impl FnOnce(&mut Client) -> Result<R, Error>,
+    run: impl FnOnce(&mut Tracked<Client>) -> Result<R, Error>,
 ) -> Result<R, Error> {
     let before = t.dirty;
     // Interrupted (a panic, a kill) means unknown: roll back.
     t.dirty = true;
-    let result = run(&mut t.conn);
+    let result = run(t);
     t.dirty = before || opens_transaction(sql);
     result
+}
+
+/// One parameterised statement, as a job for a pool thread.
+fn with_params<R: Send + 'static>(
+    sql: &str,
+    params: Vec<Param>,
+    run: Run<R>,
+) -> impl FnOnce(&mut Tracked<Client>, &AtomicBool) -> Result<R, Error> + Send + 'static {
+    let sql = sql.to_string();
+    move |t, _| {
+        // Outside a transaction, a statement the schema changed under can be prepared again.
+        let may_retry = !t.dirty;
+        statement(t, &sql, |t| {
+            let params: Vec<&(dyn ToSql + Sync)> =
+                params.iter().map(|p| &**p as &(dyn ToSql + Sync)).collect();
+            let mut tries = if may_retry { 2 } else { 1 };
+            loop {
+                let prepared = prepared(t, &sql)?;
+                match run(&mut t.conn, &prepared, &params) {
+                    Ok(value) => return Ok(value),
+                    Err(e) => {
+                        forget(t, &sql);
+                        tries -= 1;
+                        if tries == 0 || e.code() != Some(&SqlState::FEATURE_NOT_SUPPORTED) {
+                            return Err(db_error(e));
+                        }
+                    }
+                }
+            }
+        })
+    }
+}
+
+/// Statements without parameters, as a job for a pool thread.
+fn batch(sql: &str) -> impl FnOnce(&mut Tracked<Client>, &AtomicBool) -> Result<(), Error> + Send {
+    let sql = sql.to_string();
+    move |t, _| statement(t, &sql, |t| t.conn.batch_execute(&sql).map_err(db_error))
+}
+
+/// A transaction, as a job for a pool thread: never committed once its caller has gone.
+fn transaction<R, F>(
+    f: F,
+) -> impl FnOnce(&mut Tracked<Client>, &AtomicBool) -> Result<R, Error> + Send
+where
+    F: FnOnce(&mut Transaction<'_>) -> Result<R, PgError> + Send,
+{
+    move |t, gone| {
+        statement(t, "", |t| {
+            let mut tx = t.conn.transaction().map_err(db_error)?;
+            let value = f(&mut tx).map_err(db_error)?;
+            if gone.load(Ordering::Acquire) {
+                // Nobody waits for the outcome any more: dropping `tx` rolls it back.
+                return Err(Error::TimedOut);
+            }
+            tx.commit().map_err(db_error)?;
+            Ok(value)
+        })
+    }
 }
 
 impl Conn<PgManager> {
@@ -95,44 +191,25 @@ impl Conn<PgManager> {
     /// ```
     #[track_caller]
     pub fn query(&mut self, sql: &str, params: Vec<Param>) -> Result<Vec<Row>, Error> {
-        self.with_params(sql, params, |c, sql, params| c.query(sql, params))
+        self.call(with_params(sql, params, |c, sql, p| c.query(sql, p)))?
     }
 
     /// Runs a query that returns exactly one row.
     #[track_caller]
     pub fn query_one(&mut self, sql: &str, params: Vec<Param>) -> Result<Row, Error> {
-        self.with_params(sql, params, |c, sql, params| c.query_one(sql, params))
+        self.call(with_params(sql, params, |c, sql, p| c.query_one(sql, p)))?
     }
 
     /// Runs a statement and returns how many rows it changed.
     #[track_caller]
     pub fn execute(&mut self, sql: &str, params: Vec<Param>) -> Result<u64, Error> {
-        self.with_params(sql, params, |c, sql, params| c.execute(sql, params))
-    }
-
-    /// Runs one parameterised statement on a pool thread.
-    #[track_caller]
-    fn with_params<R: Send + 'static>(
-        &mut self,
-        sql: &str,
-        params: Vec<Param>,
-        run: Statement<R>,
-    ) -> Result<R, Error> {
-        let sql = sql.to_string();
-        self.call(move |t, _| {
-            statement(t, &sql, |c| {
-                let params: Vec<&(dyn ToSql + Sync)> =
-                    params.iter().map(|p| &**p as &(dyn ToSql + Sync)).collect();
-                run(c, &sql, &params).map_err(db_error)
-            })
-        })?
+        self.call(with_params(sql, params, |c, sql, p| c.execute(sql, p)))?
     }
 
     /// Runs statements separated by semicolons, without parameters.
     #[track_caller]
     pub fn batch_execute(&mut self, sql: &str) -> Result<(), Error> {
-        let sql = sql.to_string();
-        self.call(move |t, _| statement(t, &sql, |c| c.batch_execute(&sql).map_err(db_error)))?
+        self.call(batch(sql))?
     }
 
     /// Runs `f` in a transaction on a pool thread: committed when `f` returns `Ok`, rolled
@@ -143,48 +220,37 @@ impl Conn<PgManager> {
     pub fn transaction<R, F>(&mut self, f: F) -> Result<R, Error>
     where
         R: Send + 'static,
-        F: FnOnce(&mut Transaction<'_>) -> Result<R, r2d2_postgres::postgres::Error>
-            + Send
-            + 'static,
+        F: FnOnce(&mut Transaction<'_>) -> Result<R, PgError> + Send + 'static,
     {
-        self.call(move |t, gone| {
-            statement(t, "", |c| {
-                let mut tx = c.transaction().map_err(db_error)?;
-                let value = f(&mut tx).map_err(db_error)?;
-                if gone.load(Ordering::Acquire) {
-                    // Nobody waits for the outcome any more: dropping `tx` rolls it back.
-                    return Err(Error::TimedOut);
-                }
-                tx.commit().map_err(db_error)?;
-                Ok(value)
-            })
-        })?
+        self.call(transaction(f))?
     }
 }
 
+/// The same helpers on the pool: each checks a connection out, runs and returns it in one
+/// call on a pool thread.
 impl Pool<PgManager> {
     /// [`Conn::query`] on a connection checked out for it.
     #[track_caller]
     pub fn query(&self, sql: &str, params: Vec<Param>) -> Result<Vec<Row>, Error> {
-        self.get()?.query(sql, params)
+        self.call(with_params(sql, params, |c, sql, p| c.query(sql, p)))?
     }
 
     /// [`Conn::query_one`] on a connection checked out for it.
     #[track_caller]
     pub fn query_one(&self, sql: &str, params: Vec<Param>) -> Result<Row, Error> {
-        self.get()?.query_one(sql, params)
+        self.call(with_params(sql, params, |c, sql, p| c.query_one(sql, p)))?
     }
 
     /// [`Conn::execute`] on a connection checked out for it.
     #[track_caller]
     pub fn execute(&self, sql: &str, params: Vec<Param>) -> Result<u64, Error> {
-        self.get()?.execute(sql, params)
+        self.call(with_params(sql, params, |c, sql, p| c.execute(sql, p)))?
     }
 
     /// [`Conn::batch_execute`] on a connection checked out for it.
     #[track_caller]
     pub fn batch_execute(&self, sql: &str) -> Result<(), Error> {
-        self.get()?.batch_execute(sql)
+        self.call(batch(sql))?
     }
 
     /// [`Conn::transaction`] on a connection checked out for it.
@@ -192,11 +258,9 @@ impl Pool<PgManager> {
     pub fn transaction<R, F>(&self, f: F) -> Result<R, Error>
     where
         R: Send + 'static,
-        F: FnOnce(&mut Transaction<'_>) -> Result<R, r2d2_postgres::postgres::Error>
-            + Send
-            + 'static,
+        F: FnOnce(&mut Transaction<'_>) -> Result<R, PgError> + Send + 'static,
     {
-        self.get()?.transaction(f)
+        self.call(transaction(f))?
     }
 }
 

@@ -5,7 +5,7 @@ mod common;
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use common::Pg;
+use common::{Managers, Pg};
 use greenhub::spawn;
 use greenhub_dbpool::{Error, Param, PgPool, Pool};
 
@@ -206,6 +206,30 @@ fn terminated_backends_are_replaced_and_no_query_is_lost() {
     );
     assert!(stats.created > before);
     assert_eq!(stats.state.in_use, 0);
+}
+
+#[test]
+fn prepared_statements_are_reused_and_survive_a_schema_change() {
+    let pg = Pg::start();
+    let pool = pool(&pg, 1);
+    pool.batch_execute("CREATE TABLE t (a int); INSERT INTO t VALUES (1)")
+        .unwrap();
+    let sql = "SELECT * FROM t";
+    for _ in 0..3 {
+        assert_eq!(pool.query_one(sql, vec![]).unwrap().len(), 1);
+    }
+    // One connection, one prepared statement for the three queries.
+    let prepared: i64 = pool
+        .query_one(
+            "SELECT count(*) FROM pg_prepared_statements WHERE statement = $1",
+            vec![Box::new(sql.to_string()) as Param],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(prepared, 1);
+    pool.batch_execute("ALTER TABLE t ADD COLUMN b int")
+        .unwrap();
+    assert_eq!(pool.query_one(sql, vec![]).unwrap().len(), 2);
 }
 
 #[test]

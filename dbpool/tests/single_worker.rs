@@ -7,13 +7,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::{Managers, Pg};
 use greenhub::{sleep, spawn, Config};
 use greenhub_dbpool::{PgPool, Pool};
 
 #[test]
 fn a_neighbour_keeps_ticking_on_the_single_worker_while_queries_run() {
     Config::new().workers(1).init().unwrap();
-    let pg = common::Pg::start();
+    let pg = Pg::start();
     let pool: PgPool = Pool::builder().max_size(2).build(pg.manager()).unwrap();
     let ticks = Arc::new(AtomicU64::new(0));
     let t = ticks.clone();

@@ -75,6 +75,14 @@ pub enum Error {
         "timed out waiting for the thread pool; the call itself, if it started, runs to completion"
     )]
     TimedOut,
+    /// [`Pool::spawn`] found the queue full (it never waits for room).
+    #[error(
+        "the thread pool's queue is full ({capacity} calls); retry later or raise queue_capacity"
+    )]
+    QueueFull {
+        /// The queue's bound.
+        capacity: usize,
+    },
     /// The pool was shut down: the call was refused, or cancelled while queued.
     #[error("the thread pool is shut down; build a new pool to run more calls")]
     ShutDown,

@@ -621,6 +621,55 @@ impl Pool {
         }
     }
 
+    /// Queues `f` for a pool thread and returns at once, from a green thread or a plain OS
+    /// thread alike: it never runs `f` inline and never waits (for room either:
+    /// [`Error::QueueFull`]). For detached work whose result nobody waits for; a panic in `f`
+    /// is counted in the pool's stats.
+    ///
+    /// ```
+    /// let pool = greenhub_tpool::Pool::builder().name("janitor").threads(1).build().unwrap();
+    /// let (tx, rx) = std::sync::mpsc::channel();
+    /// pool.spawn(move || tx.send(std::thread::current().name().map(str::to_owned)).unwrap()).unwrap();
+    /// assert_eq!(rx.recv().unwrap().as_deref(), Some("tpool-janitor-0"));
+    /// ```
+    #[track_caller]
+    pub fn spawn<F>(&self, f: F) -> Result<(), Error>
+    where
+        F: FnOnce() + Send + 'static,
+    {
+        let site = Location::caller();
+        let shared = &self.shared;
+        if shared.shut.load(Ordering::Acquire) {
+            return Err(Error::ShutDown);
+        }
+        shared.ensure_thread()?;
+        let task = Task {
+            f,
+            state: CallState::new(),
+            site,
+            caller: greenhub::current().map(|c| c.id()),
+            queued_at: Instant::now(),
+        };
+        shared.queued.fetch_add(1, Ordering::AcqRel);
+        shared.in_flight.fetch_add(1, Ordering::AcqRel);
+        match shared.queue.try_put(Work::Call(Box::new(task))) {
+            Ok(()) => {
+                shared.submitted.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(e) => {
+                shared.queued.fetch_sub(1, Ordering::AcqRel);
+                shared.in_flight.fetch_sub(1, Ordering::AcqRel);
+                Err(match e {
+                    PutError::Closed(_) => Error::ShutDown,
+                    _ => Error::QueueFull {
+                        capacity: shared.queue_capacity,
+                    },
+                })
+            }
+        }
+    }
+
     /// Changes how many threads the pool may run. Growing starts threads for calls already
     /// queued; shrinking retires idle threads at once and busy ones when their call ends.
     pub fn resize(&self, threads: usize) -> Result<(), Error> {

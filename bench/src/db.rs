@@ -1,0 +1,179 @@
+//! `SELECT 1` through a pool of 8 connections from 64 concurrent tasks, against the same
+//! PostgreSQL server: greenhub's dbpool on green threads, r2d2 with the `postgres` driver on
+//! 64 OS threads, deadpool-postgres on tokio. The harness starts the server (a throwaway
+//! cluster) and passes its parameters in `GREENHUB_BENCH_PG`.
+
+use std::str::FromStr;
+use std::time::Instant;
+
+use greenhub_dbpool::pg::NoTls;
+
+use crate::runtimes::start_greenhub;
+
+/// The environment variable that carries the server's connection parameters to a child.
+pub const PG_ENV: &str = "GREENHUB_BENCH_PG";
+
+const TASKS: u64 = 64;
+const POOL: u32 = 8;
+
+/// What to report of a run.
+#[derive(Clone, Copy)]
+pub enum Figure {
+    /// Wall time per query, ns.
+    PerQuery,
+    /// A quantile of the per-query latency (checkout included), ns.
+    Latency(f64),
+}
+
+fn conninfo() -> String {
+    std::env::var(PG_ENV)
+        .expect("GREENHUB_BENCH_PG: run through the harness, which starts the server")
+}
+
+/// Each task's latencies, and the wall time of the whole run.
+fn run(runtime: &str, workers: usize, n: u64) -> (Vec<u64>, u64) {
+    let per = n / TASKS;
+    match runtime {
+        "greenhub dbpool" => {
+            start_greenhub(workers, None);
+            let config = greenhub_dbpool::pg::Config::from_str(&conninfo()).expect("conninfo");
+            let pool: greenhub_dbpool::PgPool = greenhub_dbpool::Pool::builder()
+                .max_size(POOL)
+                .min_idle(POOL)
+                .build(greenhub_dbpool::PgManager::new(config, NoTls))
+                .expect("pool");
+            let round = |per: u64| {
+                let started = Instant::now();
+                let hs: Vec<_> = (0..TASKS)
+                    .map(|_| {
+                        let pool = pool.clone();
+                        greenhub::spawn(move || {
+                            (0..per)
+                                .map(|_| {
+                                    let t = Instant::now();
+                                    let row = pool.query_one("SELECT 1", vec![]).expect("query");
+                                    assert_eq!(row.get::<_, i32>(0), 1);
+                                    t.elapsed().as_nanos() as u64
+                                })
+                                .collect::<Vec<_>>()
+                        })
+                    })
+                    .collect();
+                let lat: Vec<u64> = hs.into_iter().flat_map(|h| h.wait().unwrap()).collect();
+                (lat, started.elapsed().as_nanos() as u64)
+            };
+            round(10);
+            round(per)
+        }
+        "r2d2 + postgres (64 OS threads)" => {
+            let config = greenhub_dbpool::pg::Config::from_str(&conninfo()).expect("conninfo");
+            let manager = greenhub_dbpool::PostgresConnectionManager::new(config, NoTls);
+            // Like dbpool's default, no test on every checkout (dbpool tests after 500 ms idle).
+            let pool = greenhub_dbpool::r2d2::Pool::builder()
+                .max_size(POOL)
+                .min_idle(Some(POOL))
+                .test_on_check_out(false)
+                .build(manager)
+                .expect("pool");
+            let round = |per: u64| {
+                let started = Instant::now();
+                let hs: Vec<_> = (0..TASKS)
+                    .map(|_| {
+                        let pool = pool.clone();
+                        std::thread::spawn(move || {
+                            (0..per)
+                                .map(|_| {
+                                    let t = Instant::now();
+                                    let mut c = pool.get().expect("checkout");
+                                    let row = c.query_one("SELECT 1", &[]).expect("query");
+                                    assert_eq!(row.get::<_, i32>(0), 1);
+                                    t.elapsed().as_nanos() as u64
+                                })
+                                .collect::<Vec<_>>()
+                        })
+                    })
+                    .collect();
+                let lat: Vec<u64> = hs.into_iter().flat_map(|h| h.join().unwrap()).collect();
+                (lat, started.elapsed().as_nanos() as u64)
+            };
+            round(10);
+            round(per)
+        }
+        "deadpool-postgres (tokio)" | "deadpool-postgres, prepare_cached (tokio)" => {
+            use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+            let cached = runtime.contains("prepare_cached");
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(workers)
+                .enable_all()
+                .build()
+                .expect("tokio runtime");
+            rt.block_on(async move {
+                let config = deadpool_postgres::tokio_postgres::Config::from_str(&conninfo())
+                    .expect("conninfo");
+                let manager = Manager::from_config(
+                    config,
+                    deadpool_postgres::tokio_postgres::NoTls,
+                    ManagerConfig {
+                        recycling_method: RecyclingMethod::Fast,
+                    },
+                );
+                let pool = Pool::builder(manager)
+                    .max_size(POOL as usize)
+                    .build()
+                    .expect("pool");
+                let round = |per: u64| {
+                    let pool = pool.clone();
+                    async move {
+                        let started = Instant::now();
+                        let hs: Vec<_> = (0..TASKS)
+                            .map(|_| {
+                                let pool = pool.clone();
+                                tokio::spawn(async move {
+                                    let mut lat = Vec::with_capacity(per as usize);
+                                    for _ in 0..per {
+                                        let t = Instant::now();
+                                        let c = pool.get().await.expect("checkout");
+                                        let row = if cached {
+                                            let st = c
+                                                .prepare_cached("SELECT 1")
+                                                .await
+                                                .expect("prepare");
+                                            c.query_one(&st, &[]).await
+                                        } else {
+                                            c.query_one("SELECT 1", &[]).await
+                                        }
+                                        .expect("query");
+                                        assert_eq!(row.get::<_, i32>(0), 1);
+                                        lat.push(t.elapsed().as_nanos() as u64);
+                                    }
+                                    lat
+                                })
+                            })
+                            .collect();
+                        let mut all = Vec::new();
+                        for h in hs {
+                            all.extend(h.await.unwrap());
+                        }
+                        (all, started.elapsed().as_nanos() as u64)
+                    }
+                };
+                round(10).await;
+                round(per).await
+            })
+        }
+        other => panic!("unknown runtime {other}"),
+    }
+}
+
+/// `SELECT 1` from 64 tasks on a pool of 8, `n` queries in all.
+pub fn select1(runtime: &str, workers: usize, n: u64, figure: Figure) -> f64 {
+    let (mut lat, wall) = run(runtime, workers, n);
+    assert_eq!(lat.len() as u64, n / TASKS * TASKS, "lost queries");
+    match figure {
+        Figure::PerQuery => wall as f64 / lat.len() as f64,
+        Figure::Latency(q) => {
+            lat.sort_unstable();
+            lat[((lat.len() as f64 - 1.0) * q).round() as usize] as f64
+        }
+    }
+}
