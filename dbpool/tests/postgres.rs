@@ -87,6 +87,51 @@ fn many_green_threads_share_a_small_pool_and_every_query_is_answered_once() {
 }
 
 #[test]
+fn an_exhausted_pool_serves_waiters_in_order_and_times_out_the_rest() {
+    let pg = Pg::start();
+    let pool: PgPool = Pool::builder()
+        .max_size(1)
+        .connection_timeout(Duration::from_secs(2))
+        .build(pg.manager())
+        .unwrap();
+    pool.batch_execute("CREATE TABLE served (seq serial, who int)")
+        .unwrap();
+    let held = pool.get().unwrap();
+    // Eight waiters queue in a known order.
+    let waiters: Vec<_> = (0..8)
+        .map(|i| {
+            let waiter = pool.clone();
+            let t = spawn(move || waiter.execute("INSERT INTO served (who) VALUES ($1)", p(i)));
+            while pool.state().waiting != i as u32 + 1 {
+                greenhub::sleep(Duration::from_millis(2)).unwrap();
+            }
+            t
+        })
+        .collect();
+    drop(held);
+    for t in waiters {
+        assert_eq!(t.wait().unwrap().unwrap(), 1);
+    }
+    let who: Vec<i32> = pool
+        .query("SELECT who FROM served ORDER BY seq", vec![])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        who,
+        (0..8).collect::<Vec<_>>(),
+        "not served in arrival order"
+    );
+    // A holder that never lets go: the next caller times out with the pool state.
+    let _hog = pool.get().unwrap();
+    match pool.query_one("SELECT 1", vec![]) {
+        Err(Error::PoolTimeout { state, .. }) => assert_eq!(state.in_use, 1),
+        other => panic!("expected a pool timeout, got {other:?}"),
+    }
+}
+
+#[test]
 fn a_holder_killed_mid_transaction_is_rolled_back_and_its_connection_reused() {
     let pg = Pg::start();
     let pool = pool(&pg, 1);

@@ -186,6 +186,94 @@ fn deadlines_and_kills_of_waiters_lose_no_connection() {
 }
 
 #[test]
+fn withdrawn_jobs_never_run_and_lose_no_connection() {
+    let pool: SqlitePool = Pool::builder()
+        .max_size(3)
+        .build(SqliteConnectionManager::memory())
+        .unwrap();
+    let ran = Arc::new(AtomicUsize::new(0));
+    for round in 0..30 {
+        let held: Vec<_> = (0..3).map(|_| pool.get().unwrap()).collect();
+        let job = |pool: &SqlitePool| {
+            let pool = pool.clone();
+            let ran = ran.clone();
+            move || {
+                pool.run(move |_| {
+                    ran.fetch_add(1, Ordering::SeqCst);
+                })
+            }
+        };
+        let timed: Vec<_> = (0..5)
+            .map(|_| {
+                let run = job(&pool);
+                spawn(move || with_timeout(Duration::from_millis(20), run))
+            })
+            .collect();
+        let killed: Vec<_> = (0..5).map(|_| spawn(job(&pool))).collect();
+        wait_until("the jobs queue", || pool.state().waiting >= 5);
+        for t in &killed {
+            t.kill();
+        }
+        for t in timed {
+            match t.wait().unwrap() {
+                Ok(Err(Error::TimedOut)) | Err(greenhub::TimedOut) => {}
+                other => panic!("round {round}: expected a deadline, got {other:?}"),
+            }
+        }
+        for t in killed {
+            assert!(t.wait().is_err());
+        }
+        drop(held);
+        assert_eq!(ran.load(Ordering::SeqCst), 0, "a withdrawn job ran");
+        // Jobs still run afterwards, three at once, and every connection comes back.
+        let after: Vec<_> = (0..6).map(|_| spawn(job(&pool))).collect();
+        for t in after {
+            t.wait().unwrap().unwrap();
+        }
+        assert_eq!(ran.swap(0, Ordering::SeqCst), 6);
+        assert_eq!(pool.state().in_use, 0, "round {round}");
+        assert_eq!(pool.state().waiting, 0);
+    }
+}
+
+#[test]
+fn queued_jobs_and_waiting_green_threads_are_served_in_arrival_order() {
+    let pool: SqlitePool = Pool::builder()
+        .max_size(1)
+        .build(SqliteConnectionManager::memory())
+        .unwrap();
+    for _round in 0..5 {
+        let held = pool.get().unwrap();
+        let order = Queue::unbounded();
+        let waiters: Vec<_> = (0..10u32)
+            .map(|i| {
+                let p = pool.clone();
+                let order = order.clone();
+                let t = spawn(move || {
+                    if i % 2 == 0 {
+                        // A job: queued, run by whoever frees the connection.
+                        let o = order.clone();
+                        p.run(move |_| o.put(i).unwrap()).unwrap();
+                    } else {
+                        let conn = p.get().unwrap();
+                        order.put(i).unwrap();
+                        drop(conn);
+                    }
+                });
+                wait_until("it queues", || pool.state().waiting == i + 1);
+                t
+            })
+            .collect();
+        drop(held);
+        for t in waiters {
+            t.wait().unwrap();
+        }
+        let served: Vec<u32> = std::iter::from_fn(|| order.try_get().ok()).collect();
+        assert_eq!(served, (0..10).collect::<Vec<_>>());
+    }
+}
+
+#[test]
 fn a_connection_returned_inside_a_transaction_is_rolled_back() {
     let dir = tempfile::tempdir().unwrap();
     let pool = file_pool(&dir, 1);

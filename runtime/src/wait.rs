@@ -43,8 +43,6 @@ use crate::monitor;
 use crate::registry::ThreadRecord;
 use crate::TimedOut;
 
-pub use crate::waitlist::WaitList;
-
 /// What a waiting green thread waits on, as the registry and the inspector show it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]

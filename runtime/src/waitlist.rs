@@ -24,24 +24,7 @@ pub(crate) fn slot<T>() -> Slot<T> {
     Arc::new(Mutex::new(None))
 }
 
-/// The FIFO of waiters an object keeps: the building block for objects in other crates
-/// (`greenhub-dbpool`'s checkout) that want the same hand-off as greenhub's own.
-///
-/// Push a waiter's [`Token`] under the object's lock, wait on its [`Waiter`](crate::wait::Waiter)
-/// outside the lock, and hand what is freed to [`WaitList::wake_first`]: the waiter it returns
-/// owns it (if the waiter gave up, the next one is tried).
-///
-/// ```
-/// use greenhub::wait::{ObjectKind, WaitList, WaitOn, Waiter};
-///
-/// let mut list: WaitList<u32> = WaitList::default();
-/// let waiter = Waiter::new(WaitOn::Object { object: ObjectKind::Other, id: 0 }, None);
-/// list.push(waiter.token().clone(), 7);
-/// assert_eq!(list.live(), 1);
-/// assert_eq!(list.wake_first(), Some(7)); // handed to the waiter
-/// assert_eq!(waiter.wait(), Ok(()));       // which returns at once
-/// ```
-pub struct WaitList<S> {
+pub(crate) struct WaitList<S> {
     entries: VecDeque<(Arc<Token>, S)>,
     sweep_at: usize,
 }
@@ -59,7 +42,7 @@ impl<S> Default for WaitList<S> {
 
 impl<S> WaitList<S> {
     /// Queues a waiter at the back.
-    pub fn push(&mut self, token: Arc<Token>, slot: S) {
+    pub(crate) fn push(&mut self, token: Arc<Token>, slot: S) {
         if self.entries.len() >= self.sweep_at {
             self.entries.retain(|(t, _)| t.is_waiting());
             self.sweep_at = (self.entries.len() * 2).max(MIN_SWEEP);
@@ -68,21 +51,13 @@ impl<S> WaitList<S> {
     }
 
     /// Waiters that still wait.
-    pub fn live(&self) -> usize {
+    pub(crate) fn live(&self) -> usize {
         self.entries.iter().filter(|(t, _)| t.is_waiting()).count()
-    }
-
-    /// The slot of the first waiter that still waits (the one waiting longest).
-    pub fn first_waiting(&self) -> Option<&S> {
-        self.entries
-            .iter()
-            .find(|(t, _)| t.is_waiting())
-            .map(|(_, s)| s)
     }
 
     /// Wakes the first waiter that still waits (handing it a permit) and returns its slot, or
     /// `None` if nobody waits.
-    pub fn wake_first(&mut self) -> Option<S> {
+    pub(crate) fn wake_first(&mut self) -> Option<S> {
         while let Some((token, slot)) = self.entries.pop_front() {
             if token.wake() {
                 return Some(slot);
@@ -92,7 +67,7 @@ impl<S> WaitList<S> {
     }
 
     /// Wakes every waiter; `fill` prepares each slot first (under whatever lock it takes).
-    pub fn wake_all(&mut self, mut fill: impl FnMut(&S)) {
+    pub(crate) fn wake_all(&mut self, mut fill: impl FnMut(&S)) {
         for (token, slot) in self.entries.drain(..) {
             if token.is_waiting() {
                 fill(&slot);
