@@ -6,7 +6,6 @@
 //! the pool shrinks. A finished call hands its result over in its slot (`call.rs`) and wakes
 //! the caller through the runtime's hub, which batches wakes.
 
-use std::collections::HashMap;
 use std::mem::ManuallyDrop;
 use std::panic::Location;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -15,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use greenhub::inspect::{Inspect, ObjectInfo, Registration};
 use greenhub::wait::ObjectKind;
-use greenhub::{PutError, Queue};
+use greenhub::{GetError, PutError, Queue};
 use parking_lot::Mutex;
 
 use crate::call::{Call, CallState};
@@ -52,7 +51,7 @@ fn watch_forks() {
 }
 
 pub(crate) trait Job: Send {
-    fn run(self: Box<Self>, shared: &Shared);
+    fn run(self: Box<Self>, ledger: &Mutex<Ledger>);
     fn cancel(self: Box<Self>, error: Error);
 }
 
@@ -75,7 +74,7 @@ where
     T: Send + 'static,
     F: FnOnce() -> T + Send + 'static,
 {
-    fn run(self: Box<Self>, shared: &Shared) {
+    fn run(self: Box<Self>, ledger: &Mutex<Ledger>) {
         let Task {
             f,
             state,
@@ -84,13 +83,22 @@ where
             queued_at,
         } = *self;
         let started = Instant::now();
-        let id = shared.begin(site, caller, started);
+        ledger.lock().running = Some(Running {
+            site,
+            caller,
+            started,
+        });
         let outcome = greenhub::catch_panic(f).map_err(|p| Error::Panicked {
             message: p.message,
             location: p.location,
         });
         let ran = started.elapsed();
-        shared.end(id, site, started - queued_at, ran, outcome.is_err());
+        {
+            let mut l = ledger.lock();
+            l.running = None;
+            l.book
+                .record(site, started - queued_at, ran, outcome.is_err());
+        }
         state.complete(outcome);
     }
 
@@ -103,12 +111,32 @@ struct Running {
     site: &'static Location<'static>,
     caller: Option<u64>,
     started: Instant,
-    thread: String,
 }
 
-struct Books {
+/// One pool thread's books: written by that thread alone (an uncontended lock per call
+/// start and end), merged only when a snapshot asks, so that threads never contend on
+/// statistics.
+pub(crate) struct Ledger {
+    thread: String,
     book: Book,
-    running: HashMap<u64, Running>,
+    running: Option<Running>,
+}
+
+/// Takes a thread's ledger off the list when the thread ends; its figures stay, merged into
+/// the pool's retired book.
+struct Retire<'a> {
+    shared: &'a Shared,
+    ledger: &'a Arc<Mutex<Ledger>>,
+}
+
+impl Drop for Retire<'_> {
+    fn drop(&mut self) {
+        self.shared
+            .ledgers
+            .lock()
+            .retain(|l| !Arc::ptr_eq(l, self.ledger));
+        self.shared.retired.lock().add(&self.ledger.lock().book);
+    }
 }
 
 pub(crate) struct Shared {
@@ -121,18 +149,24 @@ pub(crate) struct Shared {
     idle: AtomicUsize,
     busy: AtomicUsize,
     started_threads: AtomicU64,
-    next_call: AtomicU64,
     timed_out: AtomicU64,
     inline: AtomicU64,
     shut: AtomicBool,
     generation: u64,
-    books: Mutex<Books>,
+    /// Each live pool thread's ledger.
+    ledgers: Mutex<Vec<Arc<Mutex<Ledger>>>>,
+    /// The figures of threads that have ended.
+    retired: Mutex<Book>,
+    /// Queued calls refused by a shutdown.
+    cancelled: AtomicU64,
     /// Calls submitted and not yet completed (or cancelled).
     in_flight: AtomicUsize,
     /// Calls in the queue, as a hint read without the queue's lock.
     queued: AtomicUsize,
     /// Whether a thread is spinning for work (at most one does).
     spinning: AtomicBool,
+    /// Idle threads parked for work, last parked last.
+    parked: Mutex<Vec<std::thread::Thread>>,
     submitted: AtomicU64,
 }
 
@@ -153,37 +187,6 @@ impl Shared {
 
     fn forked(&self) -> bool {
         FORK_GENERATION.load(Ordering::Relaxed) != self.generation
-    }
-
-    fn begin(&self, site: &'static Location<'static>, caller: Option<u64>, at: Instant) -> u64 {
-        let id = self.next_call.fetch_add(1, Ordering::Relaxed);
-        thread_local! {
-            static NAME: String = std::thread::current().name().unwrap_or("?").to_string();
-        }
-        let thread = NAME.with(Clone::clone);
-        self.books.lock().running.insert(
-            id,
-            Running {
-                site,
-                caller,
-                started: at,
-                thread,
-            },
-        );
-        id
-    }
-
-    fn end(
-        &self,
-        id: u64,
-        site: &'static Location<'static>,
-        queued: Duration,
-        ran: Duration,
-        panicked: bool,
-    ) {
-        let mut books = self.books.lock();
-        books.running.remove(&id);
-        books.book.record(site, queued, ran, panicked);
     }
 
     /// Starts a thread if calls could wait for one: nobody idle and room to grow.
@@ -226,30 +229,35 @@ impl Shared {
 
     /// A pool thread's life.
     fn serve(self: Arc<Self>) {
+        let ledger = Arc::new(Mutex::new(Ledger {
+            thread: std::thread::current().name().unwrap_or("?").to_string(),
+            book: Book::new(),
+            running: None,
+        }));
+        self.ledgers.lock().push(ledger.clone());
+        let _retire = Retire {
+            shared: &self,
+            ledger: &ledger,
+        };
         loop {
             if self.retire_if_too_many() {
                 return;
             }
             let work = match self.spin_for_work() {
                 Some(work) => Ok(work),
-                None => {
-                    self.idle.fetch_add(1, Ordering::AcqRel);
-                    let work = self.queue.get();
-                    self.idle.fetch_sub(1, Ordering::AcqRel);
-                    work
-                }
+                None => self.wait_for_work(),
             };
             match work {
                 Ok(Work::Call(job)) => {
                     self.queued.fetch_sub(1, Ordering::AcqRel);
                     if self.shut.load(Ordering::Acquire) {
-                        self.books.lock().book.cancelled += 1;
+                        self.cancelled.fetch_add(1, Ordering::Relaxed);
                         self.in_flight.fetch_sub(1, Ordering::AcqRel);
                         job.cancel(Error::ShutDown);
                         continue;
                     }
                     self.busy.fetch_add(1, Ordering::AcqRel);
-                    job.run(&self);
+                    job.run(&ledger);
                     self.busy.fetch_sub(1, Ordering::AcqRel);
                     self.in_flight.fetch_sub(1, Ordering::AcqRel);
                 }
@@ -263,10 +271,62 @@ impl Shared {
         }
     }
 
+    /// Parks until a call is queued. Parked threads are woken last-parked first, and only
+    /// when no thread is spinning, so that a burst of short calls is served by the threads
+    /// already awake instead of waking every parked thread in turn (a queue handing each
+    /// call to its longest-waiting getter costs a futex wake-up per call).
+    fn wait_for_work(&self) -> Result<Work, GetError> {
+        self.idle.fetch_add(1, Ordering::AcqRel);
+        let me = std::thread::current();
+        let work = loop {
+            match self.queue.try_get() {
+                Err(GetError::Empty) => {}
+                taken => break taken,
+            }
+            self.parked.lock().push(me.clone());
+            // A call queued after the check above either finds this thread in the list or
+            // was queued before this second check.
+            match self.queue.try_get() {
+                Err(GetError::Empty) => std::thread::park(),
+                taken => {
+                    self.unlist(&me);
+                    break taken;
+                }
+            }
+            self.unlist(&me);
+        };
+        self.idle.fetch_sub(1, Ordering::AcqRel);
+        work
+    }
+
+    fn unlist(&self, me: &std::thread::Thread) {
+        let mut parked = self.parked.lock();
+        if let Some(i) = parked.iter().rposition(|t| t.id() == me.id()) {
+            parked.remove(i);
+        }
+    }
+
+    /// After queueing work: wakes the last-parked thread, unless one is spinning (it will
+    /// take the work; see the ordering note on `spinning`).
+    fn wake_one(&self) {
+        if self.spinning.load(Ordering::SeqCst) {
+            return;
+        }
+        if let Some(t) = self.parked.lock().pop() {
+            t.unpark();
+        }
+    }
+
+    fn wake_all(&self) {
+        for t in self.parked.lock().drain(..) {
+            t.unpark();
+        }
+    }
+
     /// One thread at a time polls the queue for a short while before parking: a call that
     /// comes soon after the last one then starts without a futex wake-up.
     fn spin_for_work(&self) -> Option<Work> {
-        if self.spinning.swap(true, Ordering::AcqRel) {
+        if self.spinning.swap(true, Ordering::SeqCst) {
             return None;
         }
         let until = Instant::now() + SPIN;
@@ -282,7 +342,9 @@ impl Shared {
                 std::hint::spin_loop();
             }
         }
-        self.spinning.store(false, Ordering::Release);
+        // SeqCst with the load in `wake_one`: a submitter that saw this thread spinning put
+        // its call before this store, so the check after it (in `wait_for_work`) finds it.
+        self.spinning.store(false, Ordering::SeqCst);
         found
     }
 
@@ -319,27 +381,29 @@ impl Shared {
         stats.busy = self.busy.load(Ordering::Relaxed);
         stats.queued = self.queue.len();
         stats.timed_out = self.timed_out.load(Ordering::Relaxed);
-        let books = self.books.lock();
-        let b = &books.book;
+        let now = Instant::now();
+        let mut b = Book::new();
+        b.add(&self.retired.lock());
+        let mut running = Vec::new();
+        for ledger in self.ledgers.lock().iter() {
+            let l = ledger.lock();
+            b.add(&l.book);
+            if let Some(r) = &l.running {
+                running.push(RunningCall {
+                    site: r.site.to_string(),
+                    caller: r.caller,
+                    running_for_us: now.saturating_duration_since(r.started).as_micros() as u64,
+                    thread: l.thread.clone(),
+                });
+            }
+        }
         stats.submitted = self.submitted.load(Ordering::Relaxed);
         stats.completed = b.completed;
         stats.panicked = b.panicked;
-        stats.cancelled = b.cancelled;
+        stats.cancelled = self.cancelled.load(Ordering::Relaxed);
         stats.queue_wait = b.queue_wait.summary();
         stats.run_time = b.run_time.summary();
         stats.sites = b.sites();
-        let now = Instant::now();
-        let mut running: Vec<RunningCall> = books
-            .running
-            .values()
-            .map(|r| RunningCall {
-                site: r.site.to_string(),
-                caller: r.caller,
-                running_for_us: now.saturating_duration_since(r.started).as_micros() as u64,
-                thread: r.thread.clone(),
-            })
-            .collect();
-        drop(books);
         running.sort_by_key(|r| std::cmp::Reverse(r.running_for_us));
         stats.running = running;
         stats.waiting_for_room = self.queue.waiting_putters();
@@ -459,19 +523,18 @@ impl Builder {
             idle: AtomicUsize::new(0),
             busy: AtomicUsize::new(0),
             started_threads: AtomicU64::new(0),
-            next_call: AtomicU64::new(0),
             timed_out: AtomicU64::new(0),
             inline: AtomicU64::new(0),
             shut: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
             queued: AtomicUsize::new(0),
             spinning: AtomicBool::new(false),
+            parked: Mutex::new(Vec::new()),
             submitted: AtomicU64::new(0),
             generation: FORK_GENERATION.load(Ordering::SeqCst),
-            books: Mutex::new(Books {
-                book: Book::new(),
-                running: HashMap::new(),
-            }),
+            ledgers: Mutex::new(Vec::new()),
+            retired: Mutex::new(Book::new()),
+            cancelled: AtomicU64::new(0),
         });
         Ok(Pool { shared })
     }
@@ -604,6 +667,7 @@ impl Pool {
         shared.in_flight.fetch_add(1, Ordering::AcqRel);
         match shared.queue.put(Work::Call(Box::new(task))) {
             Ok(()) => {
+                shared.wake_one();
                 shared.submitted.fetch_add(1, Ordering::Relaxed);
                 Ok(Call::new(state, shared.clone(), site))
             }
@@ -654,6 +718,7 @@ impl Pool {
         shared.in_flight.fetch_add(1, Ordering::AcqRel);
         match shared.queue.try_put(Work::Call(Box::new(task))) {
             Ok(()) => {
+                shared.wake_one();
                 shared.submitted.fetch_add(1, Ordering::Relaxed);
                 Ok(())
             }
@@ -691,6 +756,7 @@ impl Pool {
                 if shared.queue.try_put(Work::Retire).is_err() {
                     break;
                 }
+                shared.wake_one();
             }
         }
         Ok(())
@@ -709,6 +775,7 @@ impl Pool {
         let deadline = Instant::now() + timeout;
         shared.shut.store(true, Ordering::Release);
         shared.queue.close();
+        shared.wake_all();
         let mut cancelled = 0u64;
         while let Ok(work) = shared.queue.try_get() {
             if let Work::Call(job) = work {
@@ -718,7 +785,7 @@ impl Pool {
                 cancelled += 1;
             }
         }
-        shared.books.lock().book.cancelled += cancelled;
+        shared.cancelled.fetch_add(cancelled, Ordering::Relaxed);
         loop {
             let busy = shared.busy.load(Ordering::Acquire);
             let now = Instant::now();

@@ -127,6 +127,12 @@ impl Durations {
         let _ = self.0.record(us);
     }
 
+    /// Adds another histogram's samples.
+    pub fn add(&mut self, other: &Durations) {
+        // Same bounds on both sides: adding cannot fail.
+        let _ = self.0.add(&other.0);
+    }
+
     /// Count, percentiles and maximum.
     pub fn summary(&self) -> Summary {
         let h = &self.0;
@@ -147,11 +153,21 @@ pub(crate) struct Site {
     pub run_time: Durations,
 }
 
+impl Site {
+    fn new() -> Site {
+        Site {
+            completed: 0,
+            panicked: 0,
+            queue_wait: Durations::new(),
+            run_time: Durations::new(),
+        }
+    }
+}
+
 /// The counters and histograms behind the pool's lock.
 pub(crate) struct Book {
     pub completed: u64,
     pub panicked: u64,
-    pub cancelled: u64,
     pub queue_wait: Durations,
     pub run_time: Durations,
     pub sites: HashMap<&'static Location<'static>, Site>,
@@ -166,7 +182,6 @@ impl Book {
         Book {
             completed: 0,
             panicked: 0,
-            cancelled: 0,
             queue_wait: Durations::new(),
             run_time: Durations::new(),
             sites: HashMap::new(),
@@ -189,16 +204,26 @@ impl Book {
         } else {
             site
         };
-        let entry = self.sites.entry(site).or_insert_with(|| Site {
-            completed: 0,
-            panicked: 0,
-            queue_wait: Durations::new(),
-            run_time: Durations::new(),
-        });
+        let entry = self.sites.entry(site).or_insert_with(Site::new);
         entry.completed += 1;
         entry.panicked += u64::from(panicked);
         entry.queue_wait.record(queued);
         entry.run_time.record(ran);
+    }
+
+    /// Adds another book's figures (a thread's, when a snapshot merges them).
+    pub(crate) fn add(&mut self, other: &Book) {
+        self.completed += other.completed;
+        self.panicked += other.panicked;
+        self.queue_wait.add(&other.queue_wait);
+        self.run_time.add(&other.run_time);
+        for (site, theirs) in &other.sites {
+            let mine = self.sites.entry(site).or_insert_with(Site::new);
+            mine.completed += theirs.completed;
+            mine.panicked += theirs.panicked;
+            mine.queue_wait.add(&theirs.queue_wait);
+            mine.run_time.add(&theirs.run_time);
+        }
     }
 
     pub(crate) fn sites(&self) -> Vec<SiteStats> {
