@@ -317,8 +317,8 @@ pub fn snapshot() -> Snapshot {
     let rt = runtime::get_if_started();
     // Read everything first and the clocks last, so that no time read from a table is later
     // than the snapshot's "now".
-    let states: Vec<_> = reg
-        .live_threads()
+    let (live, finished_switches) = reg.live_threads();
+    let states: Vec<_> = live
         .into_iter()
         .map(|r| {
             let view = r.read();
@@ -454,7 +454,7 @@ pub fn snapshot() -> Snapshot {
     totals.finished = c.finished.load(Ordering::Relaxed);
     totals.panicked = c.panicked.load(Ordering::Relaxed);
     totals.killed = c.killed.load(Ordering::Relaxed);
-    totals.switches = c.finished_switches.load(Ordering::Relaxed) + live_switches;
+    totals.switches = finished_switches + live_switches;
     totals.timers = timers.len();
     totals.descriptors = descriptors.len();
     totals.blocked_now = blocked.iter().filter(|b| b.ongoing).count();

@@ -236,6 +236,9 @@ pub(crate) struct FdEntry {
 struct ThreadShard {
     live: IdMap<Arc<ThreadRecord>>,
     finished: VecDeque<Finished>,
+    /// Switches of this shard's threads that have ended, moved here under the same lock as
+    /// the thread leaves `live`, so that a snapshot counts every thread exactly once.
+    finished_switches: u64,
 }
 
 /// An atomic counter on a cache line of its own: spawners and exiting threads on different
@@ -258,8 +261,6 @@ pub(crate) struct Counters {
     pub finished: Padded,
     pub panicked: AtomicU64,
     pub killed: AtomicU64,
-    /// Switches of threads that have ended (live ones are summed from their records).
-    pub finished_switches: Padded,
 }
 
 /// An inspectable object, held weakly: the registry never keeps an object alive.
@@ -333,8 +334,7 @@ impl Registry {
             let Some(record) = shard.live.remove(&id) else {
                 return;
             };
-            c.finished_switches
-                .fetch_add(record.switches.load(Ordering::Relaxed), Ordering::Relaxed);
+            shard.finished_switches += record.switches.load(Ordering::Relaxed);
             shard.finished.push_back(Finished {
                 record,
                 ended_ns,
@@ -354,12 +354,18 @@ impl Registry {
         self.threads[Self::shard(id)].lock().live.get(&id).cloned()
     }
 
-    pub(crate) fn live_threads(&self) -> Vec<Arc<ThreadRecord>> {
+    /// The live threads, and the switches of the threads that have ended, read shard by
+    /// shard under each shard's lock: a total made of both never counts a thread twice nor
+    /// misses one, so it never goes backwards from one snapshot to the next.
+    pub(crate) fn live_threads(&self) -> (Vec<Arc<ThreadRecord>>, u64) {
         let mut out = Vec::new();
+        let mut finished_switches = 0;
         for shard in self.threads.iter() {
-            out.extend(shard.lock().live.values().cloned());
+            let shard = shard.lock();
+            out.extend(shard.live.values().cloned());
+            finished_switches += shard.finished_switches;
         }
-        out
+        (out, finished_switches)
     }
 
     /// The recently finished threads, oldest first.

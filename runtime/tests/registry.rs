@@ -266,6 +266,54 @@ fn switches_are_counted() {
 }
 
 #[test]
+fn the_total_of_switches_never_goes_backwards_while_threads_end() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    const BATCHES: u64 = 40;
+    let batches = Arc::new(AtomicU64::new(0));
+    let churn = {
+        let batches = batches.clone();
+        std::thread::spawn(move || {
+            for _ in 0..BATCHES {
+                let batch: Vec<_> = (0..50)
+                    .map(|_| {
+                        spawn(|| {
+                            for _ in 0..20 {
+                                greenhub::yield_now();
+                            }
+                        })
+                    })
+                    .collect();
+                for t in batch {
+                    t.wait().unwrap();
+                }
+                batches.fetch_add(1, Ordering::SeqCst);
+            }
+        })
+    };
+    // Snapshots taken all the while threads start, switch and end.
+    let give_up = Instant::now() + Duration::from_secs(60);
+    let mut last = 0;
+    let mut taken = 0;
+    while batches.load(Ordering::SeqCst) < BATCHES && Instant::now() < give_up {
+        let snap = snapshot();
+        let total = snap.totals.switches;
+        assert!(
+            total >= last,
+            "snapshot {taken}: {total} switches after {last} ({} live threads)",
+            snap.threads.len()
+        );
+        last = total;
+        taken += 1;
+    }
+    churn.join().unwrap();
+    // 40 batches of 50 threads, 20 yields each.
+    assert!(snapshot().totals.switches >= BATCHES * 50 * 20);
+    assert!(taken > 10, "only {taken} snapshots overlapped the churn");
+}
+
+#[test]
 fn run_info_is_a_tree_by_parent() {
     let parent = Builder::new()
         .name("tree-parent")

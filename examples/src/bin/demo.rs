@@ -1,10 +1,13 @@
 //! The greenhub demo: a small job service made of thousands of green threads.
 //!
-//! A dispatcher starts jobs at a steady rate; each job fans out to subtasks that "call a
-//! backend" (a sleep of random length) under a 40 ms deadline scope, so some time out; one job
-//! in a hundred panics, and the service keeps going. Two thousand idle sessions sit waiting the
-//! whole time. Every second a progress line shows what the runtime sees; at the end, the run
-//! info dump shows the live green threads as a tree.
+//! A dispatcher starts jobs at a steady rate; each job fans out to three subtasks under a
+//! 40 ms deadline scope, so some time out: a call to a slow backend (a green sleep), a blocking
+//! call (a real `std::thread::sleep`, run on tpool's OS threads so the hub never stalls), and a
+//! database write through dbpool (an embedded SQLite file by default; PostgreSQL when
+//! `DATABASE_URL` is set). One job in a hundred panics, and the service keeps going. Two
+//! thousand idle sessions sit waiting the whole time. Every second a progress line shows what
+//! the runtime sees; at the end, the run info dump shows the live green threads as a tree, and
+//! the rows in the database are checked against the writes that were confirmed.
 //!
 //! Run it with `cargo run --release --bin demo` (add `-- --duration 30` to watch longer).
 
@@ -12,7 +15,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use greenhub::{sleep, with_timeout, Builder, TimedOut};
+use greenhub::{sleep, with_timeout, Builder};
+use greenhub_dbpool::{Param, PgManager, PgPool, Pool, SqliteConnectionManager, SqlitePool};
 
 #[derive(Default)]
 struct Stats {
@@ -20,6 +24,78 @@ struct Stats {
     subtasks: AtomicU64,
     timed_out: AtomicU64,
     panicked: AtomicU64,
+    /// Database writes the pool confirmed.
+    written: AtomicU64,
+}
+
+/// The service's database: SQLite in a file of its own, or PostgreSQL at `DATABASE_URL`.
+#[derive(Clone)]
+enum Db {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+impl Db {
+    fn open(dir: &std::path::Path) -> Result<(Db, String), Box<dyn std::error::Error>> {
+        if let Ok(url) = std::env::var("DATABASE_URL") {
+            let manager = PgManager::new(url.parse()?, greenhub_dbpool::pg::NoTls);
+            let pool = Pool::builder().name("demo-pg").max_size(8).build(manager)?;
+            pool.batch_execute(
+                "CREATE TABLE IF NOT EXISTS greenhub_demo (job bigint, at timestamptz DEFAULT now());
+                 TRUNCATE greenhub_demo",
+            )?;
+            return Ok((Db::Postgres(pool), "PostgreSQL at DATABASE_URL".into()));
+        }
+        let path = dir.join("demo.sqlite");
+        let manager = SqliteConnectionManager::file(&path)
+            .with_init(|c| c.execute_batch("PRAGMA journal_mode=WAL; PRAGMA busy_timeout=5000;"));
+        let pool = Pool::builder()
+            .name("demo-sqlite")
+            .max_size(4)
+            .build(manager)?;
+        pool.run(|c| {
+            c.execute_batch(
+                "CREATE TABLE greenhub_demo (job INTEGER, at TEXT DEFAULT CURRENT_TIMESTAMP)",
+            )
+        })??;
+        Ok((Db::Sqlite(pool), format!("SQLite at {}", path.display())))
+    }
+
+    fn write(&self, job: u64) -> Result<(), greenhub_dbpool::Error> {
+        match self {
+            Db::Sqlite(pool) => pool
+                .run(move |c| {
+                    c.execute("INSERT INTO greenhub_demo (job) VALUES (?1)", [job as i64])
+                })?
+                .map(drop)
+                .map_err(|e| greenhub_dbpool::Error::Database(e.into())),
+            Db::Postgres(pool) => pool
+                .execute(
+                    "INSERT INTO greenhub_demo (job) VALUES ($1)",
+                    vec![Box::new(job as i64) as Param],
+                )
+                .map(drop),
+        }
+    }
+
+    fn rows(&self) -> Result<u64, greenhub_dbpool::Error> {
+        let n: i64 = match self {
+            Db::Sqlite(pool) => pool
+                .run(|c| c.query_row("SELECT count(*) FROM greenhub_demo", [], |r| r.get(0)))?
+                .map_err(|e| greenhub_dbpool::Error::Database(e.into()))?,
+            Db::Postgres(pool) => pool
+                .query_one("SELECT count(*) FROM greenhub_demo", vec![])?
+                .get(0),
+        };
+        Ok(n as u64)
+    }
+
+    fn state(&self) -> greenhub_dbpool::PoolState {
+        match self {
+            Db::Sqlite(pool) => pool.state(),
+            Db::Postgres(pool) => pool.state(),
+        }
+    }
 }
 
 /// A tiny deterministic pseudo-random sequence (xorshift), seeded per green thread.
@@ -52,27 +128,41 @@ fn parse_args() -> Result<(Duration, usize), String> {
     Ok((duration, sessions))
 }
 
-fn job(n: u64, stats: Arc<Stats>) {
+fn job(n: u64, stats: Arc<Stats>, db: Db) {
     let mut seed = n.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     if rand(&mut seed).is_multiple_of(100) {
         panic!("job {n} hit a bug");
     }
-    let subtasks: Vec<_> = (0..3)
-        .map(|_| {
-            let ms = rand(&mut seed) % 50 + 1;
-            Builder::new()
-                .name("backend call")
-                .spawn(move || {
-                    with_timeout(Duration::from_millis(40), || -> Result<(), TimedOut> {
-                        sleep(Duration::from_millis(ms))
-                    })
+    let deadline = Duration::from_millis(40);
+    let backend_ms = rand(&mut seed) % 50 + 1;
+    let blocking_ms = rand(&mut seed) % 5 + 1;
+    let confirmed = stats.clone();
+    let subtasks = [
+        Builder::new().name("backend call").spawn(move || {
+            with_timeout(deadline, || sleep(Duration::from_millis(backend_ms)))
+                .is_ok_and(|r| r.is_ok())
+        }),
+        Builder::new().name("blocking call").spawn(move || {
+            // A call that blocks its OS thread (a C library, a file): on tpool, not the hub.
+            with_timeout(deadline, || {
+                greenhub_tpool::execute(move || {
+                    std::thread::sleep(Duration::from_millis(blocking_ms))
                 })
-                .expect("the demo stays far below the thread limit")
-        })
-        .collect();
+            })
+            .is_ok_and(|r| r.is_ok())
+        }),
+        Builder::new().name("database write").spawn(move || {
+            let written = with_timeout(deadline, || db.write(n)).is_ok_and(|r| r.is_ok());
+            if written {
+                confirmed.written.fetch_add(1, Ordering::Relaxed);
+            }
+            written
+        }),
+    ];
     for t in subtasks {
+        let t = t.expect("the demo stays far below the thread limit");
         stats.subtasks.fetch_add(1, Ordering::Relaxed);
-        if !matches!(t.wait(), Ok(Ok(Ok(())))) {
+        if !matches!(t.wait(), Ok(true)) {
             stats.timed_out.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -91,6 +181,21 @@ fn main() {
         std::process::id(),
         duration.as_secs()
     );
+    let dir = match tempfile::Builder::new().prefix("greenhub-demo-").tempdir() {
+        Ok(dir) => dir,
+        Err(e) => {
+            eprintln!("error: cannot make a temporary directory for the database: {e}");
+            std::process::exit(1);
+        }
+    };
+    let (db, where_) = match Db::open(dir.path()) {
+        Ok(db) => db,
+        Err(e) => {
+            eprintln!("error: cannot open the database: {e}");
+            std::process::exit(1);
+        }
+    };
+    println!("database: {where_} (a pool of connections used from green threads)");
     let stats = Arc::new(Stats::default());
     let started = Instant::now();
     let stop_at = started + duration;
@@ -107,6 +212,7 @@ fn main() {
 
     let dispatcher = {
         let stats = stats.clone();
+        let db = db.clone();
         Builder::new()
             .name("dispatcher")
             .spawn(move || {
@@ -115,10 +221,10 @@ fn main() {
                 while Instant::now() < stop_at {
                     for _ in 0..20 {
                         n += 1;
-                        let s = stats.clone();
+                        let (s, db) = (stats.clone(), db.clone());
                         let t = Builder::new()
                             .name(format!("job-{n}"))
-                            .spawn(move || job(n, s))
+                            .spawn(move || job(n, s, db))
                             .expect("the demo stays far below the thread limit");
                         let s = stats.clone();
                         t.link(move |r| {
@@ -155,15 +261,21 @@ fn main() {
         std::thread::sleep(left.clamp(Duration::from_millis(100), Duration::from_secs(1)));
         let snap = greenhub::inspect::snapshot();
         let t = &snap.totals;
-        let per_sec = (t.switches - last_switches) as f64 / last.elapsed().as_secs_f64();
+        let per_sec =
+            t.switches.saturating_sub(last_switches) as f64 / last.elapsed().as_secs_f64();
         last_switches = t.switches;
         last = Instant::now();
+        let pool = db.state();
         println!(
-            "t={:>4.1}s  jobs {:>6} (subtasks timed out {:>5}, panicked {:>3})  green threads {:>6} live: {:>4} running, {:>6} waiting  switches/s {:>9.0}",
+            "t={:>4.1}s  jobs {:>6} (subtasks timed out {:>5}, panicked {:>3})  db writes {:>6} (pool {}/{} in use, {} waiting)  green threads {:>6} live: {:>4} running, {:>6} waiting  switches/s {:>9.0}",
             started.elapsed().as_secs_f64(),
             stats.jobs.load(Ordering::Relaxed),
             stats.timed_out.load(Ordering::Relaxed),
             stats.panicked.load(Ordering::Relaxed),
+            stats.written.load(Ordering::Relaxed),
+            pool.in_use,
+            pool.max_size,
+            pool.waiting,
             t.live,
             t.running,
             t.waiting,
@@ -193,5 +305,21 @@ fn main() {
     if done != started_jobs {
         eprintln!("error: {} jobs lost", started_jobs - done);
         std::process::exit(1);
+    }
+    // A write cut by its deadline may still have committed; a confirmed one must be there.
+    let confirmed = stats.written.load(Ordering::Relaxed);
+    let rows = greenhub::spawn({
+        let db = db.clone();
+        move || db.rows()
+    })
+    .wait();
+    match rows {
+        Ok(Ok(rows)) if rows >= confirmed => {
+            println!("database: {rows} rows, {confirmed} writes confirmed: none lost")
+        }
+        other => {
+            eprintln!("error: {confirmed} writes confirmed but the database has {other:?} rows");
+            std::process::exit(1);
+        }
     }
 }
