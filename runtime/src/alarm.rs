@@ -15,6 +15,7 @@
 
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
+use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
@@ -25,7 +26,41 @@ use crate::wait::Token;
 
 struct Alarm {
     at: Instant,
-    token: Arc<Token>,
+    target: Target,
+}
+
+/// What an alarm wakes: a green wait's token, or a green thread waiting for a descriptor in
+/// `may`'s poller (which no token reaches).
+enum Target {
+    Token(Arc<Token>),
+    Io(Arc<IoAlarm>),
+}
+
+impl Target {
+    fn live(&self) -> bool {
+        match self {
+            Target::Token(token) => token.is_waiting(),
+            Target::Io(io) => io.live.load(AtomicOrdering::Acquire),
+        }
+    }
+
+    fn fire(self) {
+        match self {
+            Target::Token(token) => token.poke(),
+            Target::Io(io) => {
+                if io.live.load(AtomicOrdering::Acquire) {
+                    io.waker.wakeup();
+                }
+            }
+        }
+    }
+}
+
+/// The deadline of one descriptor wait: wakes the waiting green thread out of the poller,
+/// unless the wait has ended (then `live` is false and the alarm is skipped).
+pub(crate) struct IoAlarm {
+    pub waker: may::io::WaitIoWaker,
+    pub live: AtomicBool,
 }
 
 // Ordered so that the max-heap's top is the earliest alarm.
@@ -86,14 +121,23 @@ fn alarms() -> &'static Alarms {
 
 /// Unparks the waiter of `token` at `at` if it still waits then.
 pub(crate) fn set(at: Instant, token: Arc<Token>) {
+    push(at, Target::Token(token));
+}
+
+/// Wakes a descriptor wait out of the poller at `at`, if it still waits then.
+pub(crate) fn set_io(at: Instant, io: Arc<IoAlarm>) {
+    push(at, Target::Io(io));
+}
+
+fn push(at: Instant, target: Target) {
     let a = alarms();
     let mut h = a.heap.lock();
     if h.alarms.len() >= h.sweep_at {
-        h.alarms.retain(|alarm| alarm.token.is_waiting());
+        h.alarms.retain(|alarm| alarm.target.live());
         h.sweep_at = (h.alarms.len() * 2).max(MIN_SWEEP);
     }
     let earliest = h.alarms.peek().is_none_or(|first| at < first.at);
-    h.alarms.push(Alarm { at, token });
+    h.alarms.push(Alarm { at, target });
     drop(h);
     if earliest {
         a.wake.notify_one();
@@ -115,7 +159,7 @@ pub(crate) fn soon(job: Job) {
 
 fn run() {
     let a = alarms();
-    let mut due: Vec<Arc<Token>> = Vec::new();
+    let mut due: Vec<Target> = Vec::new();
     let mut jobs: Vec<Job> = Vec::new();
     loop {
         {
@@ -124,7 +168,7 @@ fn run() {
                 let now = Instant::now();
                 while h.alarms.peek().is_some_and(|first| first.at <= now) {
                     if let Some(alarm) = h.alarms.pop() {
-                        due.push(alarm.token);
+                        due.push(alarm.target);
                     }
                 }
                 std::mem::swap(&mut jobs, &mut h.jobs);
@@ -141,8 +185,8 @@ fn run() {
         }
         // Outside the lock: unparking schedules coroutines, and the last handle to a finished
         // one may be dropped here.
-        for token in due.drain(..) {
-            token.poke();
+        for target in due.drain(..) {
+            target.fire();
         }
         for job in jobs.drain(..) {
             job();

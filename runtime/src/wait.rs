@@ -452,6 +452,57 @@ impl Drop for Waiter {
     }
 }
 
+/// Waits until `may`'s poller reports an event on `io` (any event: callers retry their
+/// operation and wait again), until `deadline`, or until a kill unwinds the thread. The wait
+/// shows in the registry as on the descriptor, and marks the worker idle, like every greenhub
+/// wait; only the parking is `may`'s, since readiness reaches the coroutine through the poller
+/// and not through a token.
+pub(crate) fn wait_io<T: std::os::fd::AsRawFd>(
+    io: &may::io::CoIo<T>,
+    interest: Interest,
+    deadline: Option<Instant>,
+) {
+    use may::io::WaitIo;
+    use std::os::fd::AsRawFd;
+    let fd = io.as_raw_fd();
+    let _watch = FdWatch::new(fd, interest);
+    let alarm = deadline.map(|at| {
+        let a = Arc::new(alarm::IoAlarm {
+            waker: io.waker(),
+            live: AtomicBool::new(true),
+        });
+        alarm::set_io(at, a.clone());
+        a
+    });
+    let _disarm = Disarm(alarm.as_deref());
+    context::with(|ctx| match ctx.record() {
+        Some(record) => {
+            check_kill(record);
+            record.begin_wait(
+                WaitOn::Fd { fd, interest },
+                deadline.map(crate::clock::instant_ns),
+            );
+            monitor::mark_idle();
+            let _resume = Resume(record);
+            io.wait_io();
+        }
+        None => {
+            io.wait_io();
+        }
+    });
+}
+
+/// Ends a descriptor wait's alarm however the wait ends, unwinding included.
+struct Disarm<'a>(Option<&'a alarm::IoAlarm>);
+
+impl Drop for Disarm<'_> {
+    fn drop(&mut self) {
+        if let Some(a) = self.0 {
+            a.live.store(false, Ordering::Release);
+        }
+    }
+}
+
 /// Shows in the registry that the current green thread waits on a descriptor, for as long as
 /// the value lives. I/O waits create one around each wait for readiness.
 #[derive(Debug)]

@@ -131,10 +131,9 @@ struct Retire<'a> {
 
 impl Drop for Retire<'_> {
     fn drop(&mut self) {
-        self.shared
-            .ledgers
-            .lock()
-            .retain(|l| !Arc::ptr_eq(l, self.ledger));
+        // Under the list's lock, as `stats` reads both: the figures are always counted once.
+        let mut ledgers = self.shared.ledgers.lock();
+        ledgers.retain(|l| !Arc::ptr_eq(l, self.ledger));
         self.shared.retired.lock().add(&self.ledger.lock().book);
     }
 }
@@ -146,7 +145,6 @@ pub(crate) struct Shared {
     queue_capacity: usize,
     size: AtomicUsize,
     threads: AtomicUsize,
-    idle: AtomicUsize,
     busy: AtomicUsize,
     started_threads: AtomicU64,
     timed_out: AtomicU64,
@@ -167,6 +165,8 @@ pub(crate) struct Shared {
     spinning: AtomicBool,
     /// Idle threads parked for work, last parked last.
     parked: Mutex<Vec<std::thread::Thread>>,
+    /// Threads searching for work: spinning, or woken and not yet holding a call.
+    searching: AtomicUsize,
     submitted: AtomicU64,
 }
 
@@ -189,15 +189,22 @@ impl Shared {
         FORK_GENERATION.load(Ordering::Relaxed) != self.generation
     }
 
-    /// Starts a thread if calls could wait for one: nobody idle and room to grow.
+    /// Before queueing a call: a pool with no thread at all starts one, so that a pool whose
+    /// threads cannot be started says so ([`Error::NoThread`]) instead of queueing for ever.
     fn ensure_thread(self: &Arc<Self>) -> Result<(), Error> {
-        if self.idle.load(Ordering::Acquire) > 0 {
+        if self.threads.load(Ordering::Acquire) > 0 {
             return Ok(());
         }
+        self.start_thread(false).map(drop)
+    }
+
+    /// Starts a thread if there is room under the pool's size; whether it did. A `counted`
+    /// thread starts as searching (its starter counted it).
+    fn start_thread(self: &Arc<Self>, counted: bool) -> Result<bool, Error> {
         let mut n = self.threads.load(Ordering::Acquire);
         loop {
             if n >= self.size.load(Ordering::Acquire) {
-                return Ok(());
+                return Ok(false);
             }
             match self
                 .threads
@@ -211,9 +218,9 @@ impl Shared {
         let k = self.started_threads.fetch_add(1, Ordering::Relaxed);
         let spawned = std::thread::Builder::new()
             .name(format!("tpool-{}-{k}", self.name))
-            .spawn(move || shared.serve());
+            .spawn(move || shared.serve(counted));
         match spawned {
-            Ok(_) => Ok(()),
+            Ok(_) => Ok(true),
             Err(e) => {
                 let left = self.threads.fetch_sub(1, Ordering::AcqRel) - 1;
                 if left == 0 {
@@ -221,14 +228,14 @@ impl Shared {
                         reason: e.to_string(),
                     })
                 } else {
-                    Ok(())
+                    Ok(false)
                 }
             }
         }
     }
 
     /// A pool thread's life.
-    fn serve(self: Arc<Self>) {
+    fn serve(self: Arc<Self>, counted: bool) {
         let ledger = Arc::new(Mutex::new(Ledger {
             thread: std::thread::current().name().unwrap_or("?").to_string(),
             book: Book::new(),
@@ -239,14 +246,13 @@ impl Shared {
             shared: &self,
             ledger: &ledger,
         };
+        let mut searching = counted;
         loop {
             if self.retire_if_too_many() {
+                self.stop_searching(&mut searching);
                 return;
             }
-            let work = match self.spin_for_work() {
-                Some(work) => Ok(work),
-                None => self.wait_for_work(),
-            };
+            let work = self.next_work(&mut searching);
             match work {
                 Ok(Work::Call(job)) => {
                     self.queued.fetch_sub(1, Ordering::AcqRel);
@@ -271,63 +277,132 @@ impl Shared {
         }
     }
 
-    /// Parks until a call is queued. Parked threads are woken last-parked first, and only
-    /// when no thread is spinning, so that a burst of short calls is served by the threads
-    /// already awake instead of waking every parked thread in turn (a queue handing each
-    /// call to its longest-waiting getter costs a futex wake-up per call).
-    fn wait_for_work(&self) -> Result<Work, GetError> {
-        self.idle.fetch_add(1, Ordering::AcqRel);
+    /// How a pool thread finds its next call. A thread *searches* while it spins, and from
+    /// the moment a submitter wakes (or starts) it until it takes a call. Submitters wake a
+    /// thread only when none searches, and a thread that takes a call while more are queued
+    /// wakes the next one: a burst of calls spreads over the threads by a chain of wake-ups,
+    /// not one futex wake-up per call, and no call waits while a thread could take it.
+    fn next_work(self: &Arc<Self>, searching: &mut bool) -> Result<Work, GetError> {
+        if let Some(work) = self.spin_for_work(searching) {
+            self.found(&work, searching);
+            return Ok(work);
+        }
         let me = std::thread::current();
-        let work = loop {
+        loop {
             match self.queue.try_get() {
                 Err(GetError::Empty) => {}
-                taken => break taken,
+                Ok(work) => {
+                    self.found(&work, searching);
+                    return Ok(work);
+                }
+                Err(closed) => {
+                    self.stop_searching(searching);
+                    return Err(closed);
+                }
+            }
+            if *searching {
+                // Searching ends before parking; the queue is checked again after that (see
+                // `wake_one` for the ordering this relies on).
+                self.stop_searching(searching);
+                continue;
             }
             self.parked.lock().push(me.clone());
             // A call queued after the check above either finds this thread in the list or
             // was queued before this second check.
-            match self.queue.try_get() {
-                Err(GetError::Empty) => std::thread::park(),
-                taken => {
-                    self.unlist(&me);
-                    break taken;
+            let taken = self.queue.try_get();
+            if matches!(taken, Err(GetError::Empty)) {
+                std::thread::park();
+            }
+            if !self.unlist(&me) {
+                // A submitter took this thread off the list and counted it as searching.
+                *searching = true;
+            }
+            match taken {
+                Err(GetError::Empty) => {}
+                Ok(work) => {
+                    self.found(&work, searching);
+                    return Ok(work);
+                }
+                Err(closed) => {
+                    self.stop_searching(searching);
+                    return Err(closed);
                 }
             }
-            self.unlist(&me);
-        };
-        self.idle.fetch_sub(1, Ordering::AcqRel);
-        work
-    }
-
-    fn unlist(&self, me: &std::thread::Thread) {
-        let mut parked = self.parked.lock();
-        if let Some(i) = parked.iter().rposition(|t| t.id() == me.id()) {
-            parked.remove(i);
         }
     }
 
-    /// After queueing work: wakes the last-parked thread, unless one is spinning (it will
-    /// take the work; see the ordering note on `spinning`).
-    fn wake_one(&self) {
-        if self.spinning.load(Ordering::SeqCst) {
+    fn stop_searching(&self, searching: &mut bool) {
+        if std::mem::take(searching) {
+            self.searching.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    /// A thread took `work`: it stops searching, and wakes the next thread if calls remain.
+    fn found(self: &Arc<Self>, work: &Work, searching: &mut bool) {
+        self.stop_searching(searching);
+        // `queued` still counts a call just taken (the caller decrements it).
+        let others = match work {
+            Work::Call(_) => 1,
+            Work::Retire => 0,
+        };
+        if self.queued.load(Ordering::Acquire) > others {
+            self.wake_one();
+        }
+    }
+
+    /// Takes this thread off the parked list; `false` if a submitter already did.
+    fn unlist(&self, me: &std::thread::Thread) -> bool {
+        let mut parked = self.parked.lock();
+        match parked.iter().rposition(|t| t.id() == me.id()) {
+            Some(i) => {
+                parked.remove(i);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// After queueing work: unless a thread is searching already (it will take the work, or
+    /// wake the next thread if it takes other work), wakes the last-parked thread, or starts a
+    /// new one when none is parked. SeqCst with the decrement in `stop_searching`: a submitter
+    /// that saw a searcher queued its call before the searcher's last look at the queue.
+    fn wake_one(self: &Arc<Self>) {
+        if self.searching.load(Ordering::SeqCst) > 0 {
             return;
         }
-        if let Some(t) = self.parked.lock().pop() {
-            t.unpark();
+        self.searching.fetch_add(1, Ordering::SeqCst);
+        let parked = self.parked.lock().pop();
+        let woken = match parked {
+            Some(t) => {
+                t.unpark();
+                true
+            }
+            None => matches!(self.start_thread(true), Ok(true)),
+        };
+        if !woken {
+            // Nobody to count: the threads there are will find the work.
+            self.searching.fetch_sub(1, Ordering::SeqCst);
         }
     }
 
+    /// Wakes every parked thread (each counted as searching, as `wake_one` counts one).
     fn wake_all(&self) {
-        for t in self.parked.lock().drain(..) {
+        let woken: Vec<_> = self.parked.lock().drain(..).collect();
+        self.searching.fetch_add(woken.len(), Ordering::SeqCst);
+        for t in woken {
             t.unpark();
         }
     }
 
-    /// One thread at a time polls the queue for a short while before parking: a call that
-    /// comes soon after the last one then starts without a futex wake-up.
-    fn spin_for_work(&self) -> Option<Work> {
+    /// One thread at a time polls the queue for a short while before parking (searching): a
+    /// call that comes soon after the last one then starts without a futex wake-up.
+    fn spin_for_work(&self, searching: &mut bool) -> Option<Work> {
         if self.spinning.swap(true, Ordering::SeqCst) {
             return None;
+        }
+        if !*searching {
+            self.searching.fetch_add(1, Ordering::SeqCst);
+            *searching = true;
         }
         let until = Instant::now() + SPIN;
         let mut found = None;
@@ -342,8 +417,6 @@ impl Shared {
                 std::hint::spin_loop();
             }
         }
-        // SeqCst with the load in `wake_one`: a submitter that saw this thread spinning put
-        // its call before this store, so the check after it (in `wait_for_work`) finds it.
         self.spinning.store(false, Ordering::SeqCst);
         found
     }
@@ -383,9 +456,10 @@ impl Shared {
         stats.timed_out = self.timed_out.load(Ordering::Relaxed);
         let now = Instant::now();
         let mut b = Book::new();
-        b.add(&self.retired.lock());
         let mut running = Vec::new();
-        for ledger in self.ledgers.lock().iter() {
+        let ledgers = self.ledgers.lock();
+        b.add(&self.retired.lock());
+        for ledger in ledgers.iter() {
             let l = ledger.lock();
             b.add(&l.book);
             if let Some(r) = &l.running {
@@ -520,7 +594,6 @@ impl Builder {
             queue_capacity: self.queue_capacity,
             size: AtomicUsize::new(self.threads),
             threads: AtomicUsize::new(0),
-            idle: AtomicUsize::new(0),
             busy: AtomicUsize::new(0),
             started_threads: AtomicU64::new(0),
             timed_out: AtomicU64::new(0),
@@ -530,6 +603,7 @@ impl Builder {
             queued: AtomicUsize::new(0),
             spinning: AtomicBool::new(false),
             parked: Mutex::new(Vec::new()),
+            searching: AtomicUsize::new(0),
             submitted: AtomicU64::new(0),
             generation: FORK_GENERATION.load(Ordering::SeqCst),
             ledgers: Mutex::new(Vec::new()),
@@ -744,7 +818,7 @@ impl Pool {
         if threads > before {
             let wanted = shared.queue.len().min(threads - before);
             for _ in 0..wanted {
-                shared.ensure_thread()?;
+                shared.start_thread(false)?;
             }
         } else {
             let excess = shared
@@ -756,8 +830,9 @@ impl Pool {
                 if shared.queue.try_put(Work::Retire).is_err() {
                     break;
                 }
-                shared.wake_one();
             }
+            // Parked threads take the retirements (those that find none park again).
+            shared.wake_all();
         }
         Ok(())
     }

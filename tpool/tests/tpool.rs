@@ -604,3 +604,46 @@ fn results_from_os_thread_producers_are_not_confused() {
     drop(tx);
     assert_eq!(rx.iter().count(), 800);
 }
+
+#[test]
+fn calls_queued_together_run_at_once_up_to_the_pool_size() {
+    // Each call waits until all eight are running: that only happens if the pool starts a
+    // thread for every call that no ready thread can take.
+    for round in 0..10 {
+        let p = pool("together", 8);
+        // Warm: a thread or two started, then parked.
+        let warm = p.clone();
+        spawn(move || {
+            for _ in 0..10 {
+                warm.execute(|| ()).unwrap();
+            }
+        })
+        .wait()
+        .unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+        let arrived = Arc::new(AtomicUsize::new(0));
+        let calls: Vec<_> = (0..8)
+            .map(|_| {
+                let (p, arrived) = (p.clone(), arrived.clone());
+                spawn(move || {
+                    p.execute(move || {
+                        arrived.fetch_add(1, Ordering::SeqCst);
+                        let give_up = Instant::now() + Duration::from_secs(10);
+                        while arrived.load(Ordering::SeqCst) < 8 && Instant::now() < give_up {
+                            std::thread::sleep(Duration::from_millis(1));
+                        }
+                        arrived.load(Ordering::SeqCst)
+                    })
+                    .unwrap()
+                })
+            })
+            .collect();
+        for t in calls {
+            assert_eq!(
+                t.wait().unwrap(),
+                8,
+                "round {round}: calls ran one after another"
+            );
+        }
+    }
+}

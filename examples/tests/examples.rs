@@ -1,5 +1,6 @@
-//! The README's first command: the demo runs briefly, does visible work through green
-//! threads, tpool and the database pool, and checks the database itself.
+//! The examples run as a user would run them: the demo (the README's first command) briefly,
+//! checking its own work through green threads, tpool and the database pool; the echo server,
+//! talked to from plain sockets.
 
 use std::process::Command;
 
@@ -37,4 +38,37 @@ fn the_demo_runs_and_loses_no_job_and_no_confirmed_write() {
         stdout.contains("jobs started") && !stdout.contains("jobs lost"),
         "{stdout}"
     );
+}
+
+#[test]
+fn the_echo_example_echoes_and_stops_on_time() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::process::Stdio;
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_echo"))
+        .args(["--addr", "127.0.0.1:0", "--duration", "2"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run the echo example");
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    out.read_line(&mut first).unwrap();
+    let addr = first
+        .split_whitespace()
+        .find(|w| w.starts_with("127.0.0.1:"))
+        .unwrap_or_else(|| panic!("no address in {first:?}"))
+        .to_string();
+    for i in 0..20 {
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        let msg = format!("line {i}\n");
+        s.write_all(msg.as_bytes()).unwrap();
+        let mut back = vec![0u8; msg.len()];
+        s.read_exact(&mut back).unwrap();
+        assert_eq!(back, msg.as_bytes());
+    }
+    let status = child.wait().unwrap();
+    assert!(status.success());
+    let mut rest = String::new();
+    out.read_to_string(&mut rest).unwrap();
+    assert!(rest.contains("stopped after 2s"), "{rest}");
 }

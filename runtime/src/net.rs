@@ -1,0 +1,375 @@
+//! Cooperative TCP: code that looks blocking (`accept`, `read`, `write`, `connect`) parks the
+//! green thread, not the worker (eventlet's green sockets, gevent's `socket`).
+//!
+//! Every wait is bounded by the enclosing deadline scope and by the socket's own read or write
+//! timeout (then `io::ErrorKind::TimedOut`), ends at once on a kill, and shows in the registry
+//! as a wait on the descriptor (fd, read or write, owner, since). Host names are resolved off
+//! the hub, on a helper OS thread, so `connect("example.com:80")` never blocks a worker.
+//!
+//! ```
+//! use std::io::{Read, Write};
+//! use greenhub::net::{TcpListener, TcpStream};
+//!
+//! let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+//! let addr = listener.local_addr().unwrap();
+//! let server = greenhub::spawn(move || {
+//!     let (mut conn, _) = listener.accept().unwrap();
+//!     let mut buf = [0; 5];
+//!     conn.read_exact(&mut buf).unwrap();
+//!     conn.write_all(&buf).unwrap(); // echo
+//! });
+//! let client = greenhub::spawn(move || {
+//!     let mut s = TcpStream::connect(addr).unwrap();
+//!     s.write_all(b"hello").unwrap();
+//!     let mut back = String::new();
+//!     s.read_to_string(&mut back).unwrap();
+//!     back
+//! });
+//! server.wait().unwrap();
+//! assert_eq!(client.wait().unwrap(), "hello");
+//! ```
+
+use std::any::Any;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, ToSocketAddrs};
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::fd::{timed_out, Registered};
+use crate::wait::Interest;
+use crate::Event;
+
+/// Resolves `addr` without blocking a worker: literal addresses at once, host names on a
+/// helper OS thread while the green thread waits (bounded by the deadline scope).
+fn resolve<A: ToSocketAddrs + Send + 'static>(addr: A) -> io::Result<Vec<SocketAddr>> {
+    let any = &addr as &dyn Any;
+    if let Some(a) = any.downcast_ref::<SocketAddr>() {
+        return Ok(vec![*a]);
+    }
+    let text = any
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| any.downcast_ref::<&str>().copied());
+    if let Some(Ok(a)) = text.map(str::parse::<SocketAddr>) {
+        return Ok(vec![a]);
+    }
+    if !may::coroutine::is_coroutine() {
+        return addr.to_socket_addrs().map(Iterator::collect);
+    }
+    let answer: Event<Vec<SocketAddr>, String> = Event::new();
+    let reply = answer.clone();
+    std::thread::Builder::new()
+        .name("greenhub-resolve".into())
+        .spawn(move || {
+            // A fresh event: setting it cannot fail.
+            match addr.to_socket_addrs() {
+                Ok(addrs) => drop(reply.set(addrs.collect())),
+                Err(e) => drop(reply.set_error(e.to_string())),
+            }
+        })?;
+    match answer.wait() {
+        Ok(addrs) => Ok(addrs),
+        Err(crate::EventError::Failed(e)) => {
+            Err(io::Error::other(format!("cannot resolve the address: {e}")))
+        }
+        Err(_) => Err(timed_out()),
+    }
+}
+
+/// A timeout in an atomic (nanoseconds, 0 for none), so that `&TcpStream` can read and write.
+#[derive(Default)]
+struct Timeout(AtomicU64);
+
+impl Timeout {
+    fn get(&self) -> Option<Duration> {
+        match self.0.load(Ordering::Relaxed) {
+            0 => None,
+            n => Some(Duration::from_nanos(n)),
+        }
+    }
+
+    fn set(&self, d: Option<Duration>) -> io::Result<()> {
+        match d {
+            Some(d) if d.is_zero() => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a zero timeout is not allowed (use None for no timeout)",
+            )),
+            d => {
+                let n = d.map_or(0, |d| d.as_nanos().min(u64::MAX as u128) as u64);
+                self.0.store(n, Ordering::Relaxed);
+                Ok(())
+            }
+        }
+    }
+}
+
+/// A TCP listener whose `accept` parks the green thread.
+#[derive(Debug)]
+pub struct TcpListener {
+    inner: Registered<std::net::TcpListener>,
+}
+
+impl TcpListener {
+    /// Binds to `addr` (eventlet's `listen`): `SO_REUSEADDR` is set, as by the standard
+    /// library on Unix. Port 0 picks a free port: see [`TcpListener::local_addr`].
+    pub fn bind<A: ToSocketAddrs + Send + 'static>(addr: A) -> io::Result<TcpListener> {
+        let addrs = resolve(addr)?;
+        let listener = std::net::TcpListener::bind(&addrs[..])?;
+        TcpListener::from_std(listener)
+    }
+
+    /// Makes a standard listener cooperative (it is switched to non-blocking mode).
+    pub fn from_std(listener: std::net::TcpListener) -> io::Result<TcpListener> {
+        Ok(TcpListener {
+            inner: Registered::new(listener)?,
+        })
+    }
+
+    /// Waits for a connection.
+    pub fn accept(&self) -> io::Result<(TcpStream, SocketAddr)> {
+        let (stream, peer) = self.inner.io(Interest::Read, None, |l| l.accept())?;
+        Ok((TcpStream::from_std(stream)?, peer))
+    }
+
+    /// The connections, as they come.
+    pub fn incoming(&self) -> impl Iterator<Item = io::Result<TcpStream>> + '_ {
+        std::iter::repeat_with(move || self.accept().map(|(s, _)| s))
+    }
+
+    /// The address it listens on.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.inner.get().local_addr()
+    }
+}
+
+impl AsRawFd for TcpListener {
+    fn as_raw_fd(&self) -> RawFd {
+        self.inner.fd()
+    }
+}
+
+/// A TCP connection whose reads and writes park the green thread.
+///
+/// One handle serves one waiting green thread at a time: to read in one green thread and
+/// write in another, give the writer its own handle with [`TcpStream::try_clone`].
+pub struct TcpStream {
+    inner: Registered<std::net::TcpStream>,
+    read_timeout: Timeout,
+    write_timeout: Timeout,
+}
+
+impl std::fmt::Debug for TcpStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TcpStream")
+            .field("fd", &self.inner.fd())
+            .field("local", &self.local_addr().ok())
+            .field("peer", &self.peer_addr().ok())
+            .finish()
+    }
+}
+
+impl TcpStream {
+    /// Connects to `addr`, trying each address it resolves to in turn (eventlet's
+    /// `connect`). Host names are resolved off the hub. The wait for the connection is bounded
+    /// by the enclosing deadline scope.
+    pub fn connect<A: ToSocketAddrs + Send + 'static>(addr: A) -> io::Result<TcpStream> {
+        let mut last = io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "the address resolved to nothing",
+        );
+        for a in resolve(addr)? {
+            match TcpStream::connect_one(a) {
+                Ok(s) => return Ok(s),
+                Err(e) if e.kind() == io::ErrorKind::TimedOut => return Err(e),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    fn connect_one(addr: SocketAddr) -> io::Result<TcpStream> {
+        let family = if addr.is_ipv4() {
+            libc::AF_INET
+        } else {
+            libc::AF_INET6
+        };
+        // SAFETY: plain socket creation; the descriptor is owned by the TcpStream built below.
+        let fd = unsafe {
+            libc::socket(
+                family,
+                libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                0,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is a fresh socket nobody else owns.
+        let std_stream = unsafe { std::net::TcpStream::from_raw_fd(fd) };
+        let (storage, len) = sockaddr(&addr);
+        // SAFETY: `storage` holds a valid sockaddr of `len` bytes for the call.
+        let r = unsafe { libc::connect(fd, &storage as *const _ as *const libc::sockaddr, len) };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EINPROGRESS) {
+                return Err(e);
+            }
+        }
+        let stream = TcpStream::from_std(std_stream)?;
+        // Writable means connected, or failed: SO_ERROR tells which.
+        stream
+            .inner
+            .io(Interest::Write, None, |s| match s.take_error()? {
+                Some(e) => Err(e),
+                None => match s.peer_addr() {
+                    Ok(_) => Ok(()),
+                    Err(e) if e.kind() == io::ErrorKind::NotConnected => {
+                        Err(io::ErrorKind::WouldBlock.into())
+                    }
+                    Err(e) => Err(e),
+                },
+            })?;
+        Ok(stream)
+    }
+
+    /// Makes a standard stream cooperative (it is switched to non-blocking mode).
+    pub fn from_std(stream: std::net::TcpStream) -> io::Result<TcpStream> {
+        Ok(TcpStream {
+            inner: Registered::new(stream)?,
+            read_timeout: Timeout::default(),
+            write_timeout: Timeout::default(),
+        })
+    }
+
+    /// Another handle to the same connection (a duplicated descriptor), for a second green
+    /// thread; timeouts are not shared.
+    pub fn try_clone(&self) -> io::Result<TcpStream> {
+        TcpStream::from_std(self.inner.get().try_clone()?)
+    }
+
+    /// Bounds each read (on top of the deadline scope); `None` for no bound. Zero is refused.
+    pub fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        self.read_timeout.set(timeout)
+    }
+
+    /// Bounds each write (on top of the deadline scope); `None` for no bound. Zero is refused.
+    pub fn set_write_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        self.write_timeout.set(timeout)
+    }
+
+    /// The read timeout.
+    pub fn read_timeout(&self) -> Option<Duration> {
+        self.read_timeout.get()
+    }
+
+    /// The write timeout.
+    pub fn write_timeout(&self) -> Option<Duration> {
+        self.write_timeout.get()
+    }
+
+    /// Shuts down reading, writing or both; a half-closed connection can still be used in
+    /// the other direction.
+    pub fn shutdown(&self, how: Shutdown) -> io::Result<()> {
+        self.inner.get().shutdown(how)
+    }
+
+    /// The peer's address.
+    pub fn peer_addr(&self) -> io::Result<SocketAddr> {
+        self.inner.get().peer_addr()
+    }
+
+    /// The local address.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.inner.get().local_addr()
+    }
+
+    /// Sets `TCP_NODELAY` (no Nagle delay on small writes).
+    pub fn set_nodelay(&self, nodelay: bool) -> io::Result<()> {
+        self.inner.get().set_nodelay(nodelay)
+    }
+
+    /// Reads what is there without consuming it, waiting for something if nothing is.
+    pub fn peek(&self, buf: &mut [u8]) -> io::Result<usize> {
+        self.inner
+            .io(Interest::Read, self.read_timeout.get(), |s| s.peek(buf))
+    }
+}
+
+impl Read for &TcpStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let mut s = self.inner.get();
+        self.inner
+            .io(Interest::Read, self.read_timeout.get(), |_| s.read(buf))
+    }
+}
+
+impl Write for &TcpStream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let mut s = self.inner.get();
+        self.inner
+            .io(Interest::Write, self.write_timeout.get(), |_| s.write(buf))
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Read for TcpStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        (&*self).read(buf)
+    }
+}
+
+impl Write for TcpStream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        (&*self).write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl AsRawFd for TcpStream {
+    fn as_raw_fd(&self) -> RawFd {
+        self.inner.fd()
+    }
+}
+
+/// A `SocketAddr` as the C structure `connect(2)` takes.
+fn sockaddr(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: sockaddr_storage is plain data; all-zero is a valid value.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let len = match addr {
+        SocketAddr::V4(a) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: a.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(a.ip().octets()),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_in fits in sockaddr_storage.
+            unsafe { std::ptr::write(&mut storage as *mut _ as *mut libc::sockaddr_in, sin) };
+            std::mem::size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(a) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: a.port().to_be(),
+                sin6_flowinfo: a.flowinfo(),
+                sin6_addr: libc::in6_addr {
+                    s6_addr: a.ip().octets(),
+                },
+                sin6_scope_id: a.scope_id(),
+            };
+            // SAFETY: sockaddr_in6 fits in sockaddr_storage.
+            unsafe { std::ptr::write(&mut storage as *mut _ as *mut libc::sockaddr_in6, sin6) };
+            std::mem::size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (storage, len as libc::socklen_t)
+}

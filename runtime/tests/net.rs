@@ -1,0 +1,294 @@
+//! Cooperative TCP on loopback: many connections at once, deadlines, kills, peers that
+//! vanish, half-closed connections, the registry's view of descriptor waits, trampoline.
+
+use std::collections::HashSet;
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, SocketAddr};
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+use greenhub::inspect::snapshot;
+use greenhub::net::{TcpListener, TcpStream};
+use greenhub::wait::{Interest, WaitOn};
+use greenhub::{spawn, with_timeout, JoinError, TrampolineError};
+
+/// An echo server: one green thread per connection; returns its address.
+fn echo_server() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            spawn(move || {
+                let mut buf = [0u8; 4096];
+                loop {
+                    match conn.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => {
+                            if conn.write_all(&buf[..n]).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+fn wait_until(what: &str, mut ok: impl FnMut() -> bool) {
+    let give_up = Instant::now() + Duration::from_secs(10);
+    while !ok() {
+        assert!(Instant::now() < give_up, "gave up waiting until {what}");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+#[test]
+fn many_clients_get_every_message_back_exactly_once() {
+    let addr = echo_server();
+    for round in 0..3 {
+        let clients: Vec<_> = (0..200u32)
+            .map(|c| {
+                spawn(move || {
+                    let mut s = TcpStream::connect(addr).unwrap();
+                    let mut got = Vec::new();
+                    for m in 0..50u32 {
+                        let msg = (c * 1000 + m).to_be_bytes();
+                        s.write_all(&msg).unwrap();
+                        let mut back = [0u8; 4];
+                        s.read_exact(&mut back).unwrap();
+                        got.push(u32::from_be_bytes(back));
+                    }
+                    got
+                })
+            })
+            .collect();
+        let mut seen = HashSet::new();
+        for (c, t) in clients.into_iter().enumerate() {
+            let got = t.wait().unwrap();
+            let want: Vec<u32> = (0..50).map(|m| c as u32 * 1000 + m).collect();
+            assert_eq!(got, want, "round {round}: client {c} got the wrong echoes");
+            for v in got {
+                assert!(seen.insert(v));
+            }
+        }
+        assert_eq!(seen.len(), 200 * 50);
+    }
+}
+
+#[test]
+fn a_read_waits_in_the_registry_and_ends_at_the_deadline() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let _silent = spawn(move || {
+        let (conn, _) = listener.accept().unwrap();
+        greenhub::sleep(Duration::from_secs(5)).ok();
+        drop(conn);
+    });
+    let reader = spawn(move || {
+        let mut s = TcpStream::connect(addr).unwrap();
+        let fd = s.as_raw_fd();
+        let began = Instant::now();
+        let r = with_timeout(Duration::from_millis(300), || {
+            let mut buf = [0u8; 8];
+            s.read(&mut buf)
+        });
+        (fd, r, began.elapsed())
+    });
+    // While it waits: the thread waits on the descriptor, which the registry lists.
+    let id = reader.id();
+    wait_until("the reader waits on its socket", || {
+        snapshot().threads.iter().any(|t| {
+            t.id == id
+                && matches!(
+                    t.waiting_on,
+                    Some(WaitOn::Fd {
+                        interest: Interest::Read,
+                        ..
+                    })
+                )
+        })
+    });
+    let snap = snapshot();
+    let d = snap
+        .descriptors
+        .iter()
+        .find(|d| d.owner == Some(id))
+        .expect("the descriptor wait is listed");
+    assert_eq!(d.interest, Interest::Read);
+    let (fd, r, took) = reader.wait().unwrap();
+    assert_eq!(d.fd, fd);
+    // The read ends with `TimedOut` (and the scope may report its own `TimedOut` too).
+    match r {
+        Ok(Err(e)) => assert_eq!(e.kind(), ErrorKind::TimedOut),
+        Err(greenhub::TimedOut) => {}
+        other => panic!("expected a timed-out read, got {other:?}"),
+    }
+    assert!(took >= Duration::from_millis(250), "{took:?}");
+    // The wait is gone from the registry.
+    assert!(!snapshot().descriptors.iter().any(|d| d.owner == Some(id)));
+}
+
+#[test]
+fn a_socket_read_timeout_bounds_each_read() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let _silent = spawn(move || {
+        let (conn, _) = listener.accept().unwrap();
+        greenhub::sleep(Duration::from_secs(5)).ok();
+        drop(conn);
+    });
+    let r = spawn(move || {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+        assert!(s.set_read_timeout(Some(Duration::ZERO)).is_err());
+        let mut buf = [0u8; 1];
+        s.read(&mut buf).map_err(|e| e.kind())
+    })
+    .wait()
+    .unwrap();
+    assert_eq!(r, Err(ErrorKind::TimedOut));
+}
+
+#[test]
+fn a_killed_reader_unwinds_and_leaves_no_descriptor_wait() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let _silent = spawn(move || {
+        let (conn, _) = listener.accept().unwrap();
+        greenhub::sleep(Duration::from_secs(5)).ok();
+        drop(conn);
+    });
+    let reader = spawn(move || {
+        let mut s = TcpStream::connect(addr).unwrap();
+        let mut buf = [0u8; 8];
+        let _ = s.read(&mut buf);
+    });
+    let id = reader.id();
+    wait_until("the reader waits", || {
+        snapshot().descriptors.iter().any(|d| d.owner == Some(id))
+    });
+    reader.kill();
+    assert!(matches!(reader.wait(), Err(JoinError::Killed { .. })));
+    assert!(!snapshot().descriptors.iter().any(|d| d.owner == Some(id)));
+}
+
+#[test]
+fn a_peer_that_vanishes_mid_message_ends_the_read() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        let mut buf = [0u8; 10];
+        conn.read_exact(&mut buf).map_err(|e| e.kind())
+    });
+    spawn(move || {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.write_all(b"half").unwrap();
+        // Gone before the other six bytes.
+    })
+    .wait()
+    .unwrap();
+    assert_eq!(server.wait().unwrap(), Err(ErrorKind::UnexpectedEof));
+}
+
+#[test]
+fn a_half_closed_connection_still_carries_the_reply() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        let mut request = String::new();
+        conn.read_to_string(&mut request).unwrap(); // to the client's half-close
+        conn.write_all(request.to_uppercase().as_bytes()).unwrap();
+    });
+    let reply = spawn(move || {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.write_all(b"shout this").unwrap();
+        s.shutdown(Shutdown::Write).unwrap();
+        let mut reply = String::new();
+        s.read_to_string(&mut reply).unwrap();
+        reply
+    })
+    .wait()
+    .unwrap();
+    server.wait().unwrap();
+    assert_eq!(reply, "SHOUT THIS");
+}
+
+#[test]
+fn connecting_resolves_names_off_the_hub_and_reports_refusals() {
+    let addr = echo_server();
+    let port = addr.port();
+    let by_name = spawn(move || {
+        let mut s = TcpStream::connect(format!("localhost:{port}")).unwrap();
+        s.write_all(b"hi").unwrap();
+        let mut back = [0u8; 2];
+        s.read_exact(&mut back).unwrap();
+        back
+    });
+    assert_eq!(&by_name.wait().unwrap(), b"hi");
+    // Nothing listens on a port just freed.
+    let free = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let refused = spawn(move || TcpStream::connect(free).map(drop).map_err(|e| e.kind()));
+    assert_eq!(refused.wait().unwrap(), Err(ErrorKind::ConnectionRefused));
+    let bad = spawn(|| {
+        TcpStream::connect("no-such-host.invalid:80")
+            .map(drop)
+            .is_err()
+    });
+    assert!(bad.wait().unwrap());
+}
+
+#[test]
+fn sockets_also_work_from_plain_os_threads() {
+    let addr = echo_server();
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(b"from an OS thread").unwrap();
+    let mut back = [0u8; 17];
+    s.read_exact(&mut back).unwrap();
+    assert_eq!(&back, b"from an OS thread");
+    s.set_read_timeout(Some(Duration::from_millis(30))).unwrap();
+    let mut more = [0u8; 1];
+    assert_eq!(s.read(&mut more).unwrap_err().kind(), ErrorKind::TimedOut);
+}
+
+#[test]
+fn trampoline_waits_for_any_descriptor_with_a_timeout() {
+    use std::os::unix::net::UnixStream;
+    let (a, mut b) = UnixStream::pair().unwrap();
+    let fd = a.as_raw_fd();
+    let quiet =
+        spawn(move || greenhub::trampoline(fd, Interest::Read, Some(Duration::from_millis(50))));
+    assert!(matches!(
+        quiet.wait().unwrap(),
+        Err(TrampolineError::TimedOut)
+    ));
+    // The descriptor keeps its blocking mode.
+    // SAFETY: reads the flags of a descriptor this test owns.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    assert_eq!(flags & libc::O_NONBLOCK, 0);
+    let ready = spawn(move || greenhub::trampoline(fd, Interest::Read, None));
+    std::thread::sleep(Duration::from_millis(20));
+    b.write_all(b"x").unwrap();
+    assert!(ready.wait().unwrap().is_ok());
+    // Writable at once; a closed descriptor is an error, not a hang.
+    assert!(
+        spawn(move || greenhub::trampoline(fd, Interest::Write, None))
+            .wait()
+            .unwrap()
+            .is_ok()
+    );
+    drop(a);
+    assert!(matches!(
+        spawn(move || greenhub::trampoline(fd, Interest::Read, None))
+            .wait()
+            .unwrap(),
+        Err(TrampolineError::Io(_))
+    ));
+}
