@@ -119,6 +119,7 @@ pub mod queue;
 mod registry;
 mod runtime;
 pub mod semaphore;
+pub mod server;
 mod thread;
 mod time;
 mod timer;
@@ -132,6 +133,7 @@ pub use panic::{catch_panic, CaughtPanic};
 pub use pool::{GreenPile, GreenPool, PoolError};
 pub use queue::{GetError, PutError, Queue, QueueBuilder, TaskDoneError};
 pub use semaphore::{Mutex, MutexGuard, OverRelease, Permit, Semaphore};
+pub use server::{serve, Server, Stopped};
 pub use thread::{
     current, spawn, spawn_after, Builder, Current, GreenThread, JoinError, SpawnError,
 };

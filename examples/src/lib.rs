@@ -1,0 +1,4 @@
+//! The classic eventlet programs on greenhub, as library code the example binaries run and
+//! the tests drive.
+
+pub mod chat;
