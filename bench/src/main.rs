@@ -8,6 +8,7 @@
 //! and `bench/results.json` at the workspace root.
 
 mod db;
+mod echo;
 mod runtimes;
 
 use std::collections::BTreeMap;
@@ -35,6 +36,10 @@ const TPOOL_RTT_CASES: &[(&str, u64)] = &[
     ("tokio spawn_blocking", 20_000),
     ("blocking crate", 20_000),
 ];
+
+const ECHO_WHAT: &str = "clients send 64 bytes and read them back, N round trips in all \
+    over the connections, against an echo server (a task per connection) in the same process \
+    on loopback (2 workers); wall time per round trip";
 
 /// Cases of the three database suites (same server, same pool size).
 const DB_CASES: &[(&str, u64)] = &[
@@ -176,6 +181,33 @@ const SUITES: &[Suite] = &[
         scale: 1.0,
     },
     Suite {
+        id: "echo_1",
+        title: "Echo round trips, 1 connection",
+        unit: "ns per round trip",
+        what: ECHO_WHAT,
+        workers: 2,
+        cases: &[("greenhub", 20_000), ("may", 20_000), ("tokio", 20_000)],
+        scale: 1.0,
+    },
+    Suite {
+        id: "echo_100",
+        title: "Echo round trips, 100 connections",
+        unit: "ns per round trip",
+        what: ECHO_WHAT,
+        workers: 2,
+        cases: &[("greenhub", 100_000), ("may", 100_000), ("tokio", 100_000)],
+        scale: 1.0,
+    },
+    Suite {
+        id: "echo_1000",
+        title: "Echo round trips, 1,000 connections",
+        unit: "ns per round trip",
+        what: ECHO_WHAT,
+        workers: 2,
+        cases: &[("greenhub", 100_000), ("may", 100_000), ("tokio", 100_000)],
+        scale: 1.0,
+    },
+    Suite {
         id: "db_select1",
         title: "Database pool: SELECT 1 throughput",
         unit: "µs per query",
@@ -248,6 +280,9 @@ fn child(args: &[String]) {
         "tpool_rtt_p50" => runtimes::tpool_rtt(runtime, workers, n, 0.5),
         "tpool_rtt_p99" => runtimes::tpool_rtt(runtime, workers, n, 0.99),
         "tpool_throughput" => runtimes::tpool_throughput(runtime, workers, n, 1000),
+        "echo_1" => echo::echo(runtime, workers, 1, n),
+        "echo_100" => echo::echo(runtime, workers, 100, n),
+        "echo_1000" => echo::echo(runtime, workers, 1000, n),
         "db_select1" => db::select1(runtime, workers, n, db::Figure::PerQuery),
         "db_select1_p50" => db::select1(runtime, workers, n, db::Figure::Latency(0.5)),
         "db_select1_p99" => db::select1(runtime, workers, n, db::Figure::Latency(0.99)),

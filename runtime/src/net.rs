@@ -78,7 +78,7 @@ fn resolve<A: ToSocketAddrs + Send + 'static>(addr: A) -> io::Result<Vec<SocketA
 }
 
 /// A timeout in an atomic (nanoseconds, 0 for none), so that `&TcpStream` can read and write.
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct Timeout(AtomicU64);
 
 impl Timeout {
@@ -372,4 +372,189 @@ fn sockaddr(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
         }
     };
     (storage, len as libc::socklen_t)
+}
+
+/// A UDP socket whose sends and receives park the green thread (gevent's `DatagramServer`
+/// is a loop over [`UdpSocket::recv_from`]).
+///
+/// ```
+/// use greenhub::net::UdpSocket;
+///
+/// let a = UdpSocket::bind("127.0.0.1:0").unwrap();
+/// let b = UdpSocket::bind("127.0.0.1:0").unwrap();
+/// let to = b.local_addr().unwrap();
+/// let got = greenhub::spawn(move || {
+///     let mut buf = [0; 16];
+///     let (n, _from) = b.recv_from(&mut buf).unwrap();
+///     buf[..n].to_vec()
+/// });
+/// a.send_to(b"datagram", to).unwrap();
+/// assert_eq!(got.wait().unwrap(), b"datagram");
+/// ```
+#[derive(Debug)]
+pub struct UdpSocket {
+    inner: Registered<std::net::UdpSocket>,
+    read_timeout: Timeout,
+}
+
+impl UdpSocket {
+    /// Binds to `addr` (port 0 picks a free one).
+    pub fn bind<A: ToSocketAddrs + Send + 'static>(addr: A) -> io::Result<UdpSocket> {
+        let addrs = resolve(addr)?;
+        UdpSocket::from_std(std::net::UdpSocket::bind(&addrs[..])?)
+    }
+
+    /// Makes a standard socket cooperative (it is switched to non-blocking mode).
+    pub fn from_std(socket: std::net::UdpSocket) -> io::Result<UdpSocket> {
+        Ok(UdpSocket {
+            inner: Registered::new(socket)?,
+            read_timeout: Timeout::default(),
+        })
+    }
+
+    /// Sends a datagram to `addr`.
+    pub fn send_to(&self, buf: &[u8], addr: SocketAddr) -> io::Result<usize> {
+        self.inner
+            .io(Interest::Write, None, |s| s.send_to(buf, addr))
+    }
+
+    /// Waits for a datagram; returns its length and sender.
+    pub fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
+        self.inner.io(Interest::Read, self.read_timeout.get(), |s| {
+            s.recv_from(buf)
+        })
+    }
+
+    /// Fixes the peer for [`UdpSocket::send`] and [`UdpSocket::recv`].
+    pub fn connect(&self, addr: SocketAddr) -> io::Result<()> {
+        self.inner.get().connect(addr)
+    }
+
+    /// Sends to the connected peer.
+    pub fn send(&self, buf: &[u8]) -> io::Result<usize> {
+        self.inner.io(Interest::Write, None, |s| s.send(buf))
+    }
+
+    /// Waits for a datagram from the connected peer.
+    pub fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+        self.inner
+            .io(Interest::Read, self.read_timeout.get(), |s| s.recv(buf))
+    }
+
+    /// Bounds each receive (on top of the deadline scope); `None` for no bound.
+    pub fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        self.read_timeout.set(timeout)
+    }
+
+    /// The local address.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.inner.get().local_addr()
+    }
+
+    /// Another handle to the same socket, for a second green thread.
+    pub fn try_clone(&self) -> io::Result<UdpSocket> {
+        UdpSocket::from_std(self.inner.get().try_clone()?)
+    }
+}
+
+impl AsRawFd for UdpSocket {
+    fn as_raw_fd(&self) -> RawFd {
+        self.inner.fd()
+    }
+}
+
+/// A Unix stream socket whose reads and writes park the green thread.
+///
+/// ```
+/// use std::io::{Read, Write};
+/// use greenhub::net::UnixStream;
+///
+/// let (a, b) = UnixStream::pair().unwrap();
+/// let t = greenhub::spawn(move || {
+///     let mut got = String::new();
+///     (&b).read_to_string(&mut got).unwrap();
+///     got
+/// });
+/// (&a).write_all(b"over a socketpair").unwrap();
+/// drop(a);
+/// assert_eq!(t.wait().unwrap(), "over a socketpair");
+/// ```
+#[derive(Debug)]
+pub struct UnixStream {
+    inner: Registered<std::os::unix::net::UnixStream>,
+}
+
+impl UnixStream {
+    /// Connects to the socket at `path` (local: the connect does not wait on the network).
+    pub fn connect(path: impl AsRef<std::path::Path>) -> io::Result<UnixStream> {
+        UnixStream::from_std(std::os::unix::net::UnixStream::connect(path)?)
+    }
+
+    /// A connected pair.
+    pub fn pair() -> io::Result<(UnixStream, UnixStream)> {
+        let (a, b) = std::os::unix::net::UnixStream::pair()?;
+        Ok((UnixStream::from_std(a)?, UnixStream::from_std(b)?))
+    }
+
+    /// Makes a standard stream cooperative (it is switched to non-blocking mode).
+    pub fn from_std(stream: std::os::unix::net::UnixStream) -> io::Result<UnixStream> {
+        Ok(UnixStream {
+            inner: Registered::new(stream)?,
+        })
+    }
+
+    /// Shuts down reading, writing or both.
+    pub fn shutdown(&self, how: Shutdown) -> io::Result<()> {
+        self.inner.get().shutdown(how)
+    }
+
+    /// Another handle to the same connection, for a second green thread.
+    pub fn try_clone(&self) -> io::Result<UnixStream> {
+        UnixStream::from_std(self.inner.get().try_clone()?)
+    }
+}
+
+impl Read for &UnixStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let mut s = self.inner.get();
+        self.inner.io(Interest::Read, None, |_| s.read(buf))
+    }
+}
+
+impl Write for &UnixStream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let mut s = self.inner.get();
+        self.inner.io(Interest::Write, None, |_| s.write(buf))
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl AsRawFd for UnixStream {
+    fn as_raw_fd(&self) -> RawFd {
+        self.inner.fd()
+    }
+}
+
+/// A Unix socket listener whose `accept` parks the green thread.
+#[derive(Debug)]
+pub struct UnixListener {
+    inner: Registered<std::os::unix::net::UnixListener>,
+}
+
+impl UnixListener {
+    /// Binds to `path` (which must not exist).
+    pub fn bind(path: impl AsRef<std::path::Path>) -> io::Result<UnixListener> {
+        Ok(UnixListener {
+            inner: Registered::new(std::os::unix::net::UnixListener::bind(path)?)?,
+        })
+    }
+
+    /// Waits for a connection.
+    pub fn accept(&self) -> io::Result<UnixStream> {
+        let (s, _) = self.inner.io(Interest::Read, None, |l| l.accept())?;
+        UnixStream::from_std(s)
+    }
 }

@@ -292,3 +292,66 @@ fn trampoline_waits_for_any_descriptor_with_a_timeout() {
         Err(TrampolineError::Io(_))
     ));
 }
+
+#[test]
+fn udp_datagrams_and_receive_deadlines() {
+    use greenhub::net::UdpSocket;
+    let server = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = server.local_addr().unwrap();
+    // A datagram echo server.
+    spawn(move || {
+        let mut buf = [0u8; 64];
+        while let Ok((n, from)) = server.recv_from(&mut buf) {
+            server.send_to(&buf[..n], from).unwrap();
+        }
+    });
+    let replies = spawn(move || {
+        let c = UdpSocket::bind("127.0.0.1:0").unwrap();
+        c.connect(addr).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut got = Vec::new();
+        for i in 0..100u32 {
+            c.send(&i.to_be_bytes()).unwrap();
+            let mut buf = [0u8; 4];
+            assert_eq!(c.recv(&mut buf).unwrap(), 4);
+            got.push(u32::from_be_bytes(buf));
+        }
+        got
+    });
+    assert_eq!(replies.wait().unwrap(), (0..100).collect::<Vec<_>>());
+    let silent = spawn(|| {
+        let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let mut buf = [0u8; 4];
+        with_timeout(Duration::from_millis(30), || {
+            s.recv_from(&mut buf).map(drop)
+        })
+    });
+    assert!(matches!(silent.wait().unwrap(), Err(_) | Ok(Err(_))));
+}
+
+#[test]
+fn unix_sockets_carry_a_conversation_both_ways() {
+    use greenhub::net::{UnixListener, UnixStream};
+    let dir = std::env::temp_dir().join(format!("greenhub-unix-{}", std::process::id()));
+    let _ = std::fs::create_dir_all(&dir);
+    let path = dir.join("sock");
+    let _ = std::fs::remove_file(&path);
+    let listener = UnixListener::bind(&path).unwrap();
+    let server = spawn(move || {
+        let conn = listener.accept().unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(&conn), &mut line).unwrap();
+        (&conn).write_all(line.to_uppercase().as_bytes()).unwrap();
+    });
+    let p = path.clone();
+    let reply = spawn(move || {
+        let s = UnixStream::connect(&p).unwrap();
+        (&s).write_all(b"unix\n").unwrap();
+        let mut reply = String::new();
+        (&s).read_to_string(&mut reply).unwrap();
+        reply
+    });
+    server.wait().unwrap();
+    assert_eq!(reply.wait().unwrap(), "UNIX\n");
+    let _ = std::fs::remove_file(&path);
+}
