@@ -9,6 +9,7 @@
 
 mod db;
 mod echo;
+mod idle;
 mod runtimes;
 
 use std::collections::BTreeMap;
@@ -265,6 +266,11 @@ struct Report {
 }
 
 fn child(args: &[String]) {
+    match args {
+        [s] if s == "idle_server" => idle::server(),
+        [s, addr, n] if s == "idle_clients" => idle::clients(addr, n.parse().expect("n")),
+        _ => {}
+    }
     let [suite, runtime, workers, n] = args else {
         eprintln!("usage: --child SUITE RUNTIME WORKERS N");
         std::process::exit(2);
@@ -450,6 +456,51 @@ fn markdown(report: &Report) -> String {
     md
 }
 
+/// The chat server's idle connections: a few runs (each opens thousands of connections), the
+/// median of the memory per connection.
+fn idle_connections(runs: usize) -> SuiteResult {
+    const TARGET: u64 = 10_000;
+    let mut samples = Vec::new();
+    let mut held = Vec::new();
+    for run in 0..runs.max(1) {
+        let h = idle::measure(TARGET, 5_000);
+        eprintln!(
+            "idle_connections: run {}/{runs}: {} connections, {:.0} bytes each",
+            run + 1,
+            h.connections,
+            h.bytes_per_connection
+        );
+        samples.push(h.bytes_per_connection);
+        held.push(h.connections as f64);
+    }
+    let case = |name: String, s: Vec<f64>, n: u64| CaseResult {
+        runtime: name,
+        n,
+        median: median(&s),
+        min: s.iter().copied().fold(f64::INFINITY, f64::min),
+        max: s.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+        samples: s,
+    };
+    let connections = median(&held) as u64;
+    SuiteResult {
+        id: "idle_connections".into(),
+        title: "Idle connections held by the chat server".into(),
+        unit: "KiB resident per connection".into(),
+        what: format!(
+            "the chat example (`examples/src/chat.rs`) on loopback, clients in other processes \
+             opening up to {TARGET} idle connections; this machine caps descriptors at 20,000 \
+             per process and the chat server keeps two per participant (reader and writer \
+             handles), so it can hold at most about 10,000 here; N is the connections held, \
+             the figure the server's resident memory added per connection"
+        ),
+        cases: vec![case(
+            "greenhub chat server".into(),
+            samples.iter().map(|b| b / 1024.0).collect(),
+            connections,
+        )],
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("--child") {
@@ -469,7 +520,7 @@ fn main() {
             "-h" | "--help" => {
                 println!(
                     "usage: greenhub-bench [--quick | --rounds N] [--suite ID] [--no-write]\n\
-                     suites: {}",
+                     suites: {}, idle_connections",
                     SUITES.iter().map(|s| s.id).collect::<Vec<_>>().join(", ")
                 );
                 return;
@@ -484,7 +535,7 @@ fn main() {
         .iter()
         .filter(|s| only.as_deref().is_none_or(|o| o == s.id))
         .collect();
-    if suites.is_empty() {
+    if suites.is_empty() && only.as_deref() != Some("idle_connections") {
         eprintln!("no suite named {only:?}");
         std::process::exit(2);
     }
@@ -537,6 +588,9 @@ fn main() {
             what: suite.what.into(),
             cases,
         });
+    }
+    if only.as_deref().is_none_or(|o| o == "idle_connections") {
+        results.push(idle_connections(rounds.min(3)));
     }
     let report = Report {
         date: command_output("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),

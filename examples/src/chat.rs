@@ -1,27 +1,30 @@
 //! The chat server from eventlet's introduction: every line a participant sends reaches all
 //! the others, in order; people join and leave at any time.
 //!
-//! Each connection has two green threads: a reader that takes the participant's lines and
-//! puts them on every other participant's queue, and a writer that sends its own queue's
-//! lines to its participant. A participant whose queue fills up (a client that does not read)
-//! is dropped rather than let it hold the others back or grow memory without bound.
+//! As in eventlet's version, a participant's green thread reads its lines and writes each one
+//! to every other participant; a green mutex per participant keeps lines whole when several
+//! senders write to the same participant, and keeps each sender's lines in order. So a
+//! participant costs one green thread and its socket (two descriptors: the reading handle and
+//! the writing one). A participant that does not read for [`WRITE_TIMEOUT`] is dropped rather
+//! than let it hold every sender back.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use greenhub::net::{TcpListener, TcpStream};
-use greenhub::{Queue, Server};
+use greenhub::Server;
 use parking_lot::Mutex;
 
-/// How many lines may wait for a slow participant before it is dropped.
-pub const BACKLOG: usize = 4096;
+/// How long a write to a participant may wait before the participant is dropped.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The participants and their outgoing queues.
+/// The participants and their writing handles.
 #[derive(Clone, Default)]
 pub struct Room {
-    members: Arc<Mutex<HashMap<u64, Queue<Arc<str>>>>>,
+    members: Arc<Mutex<HashMap<u64, Arc<greenhub::Mutex<TcpStream>>>>>,
 }
 
 impl Room {
@@ -35,69 +38,68 @@ impl Room {
         self.len() == 0
     }
 
-    fn join(&self, id: u64) -> Queue<Arc<str>> {
-        let q = Queue::builder().bounded(BACKLOG).build();
-        self.members.lock().insert(id, q.clone());
-        q
-    }
-
     fn leave(&self, id: u64) {
-        if let Some(q) = self.members.lock().remove(&id) {
-            q.close();
-        }
-    }
-
-    /// Puts `line` on every other participant's queue; those whose queue is full are dropped.
-    fn broadcast(&self, from: u64, line: Arc<str>) {
-        let mut slow = Vec::new();
-        for (id, q) in self.members.lock().iter() {
-            if *id != from && q.try_put(line.clone()).is_err() {
-                slow.push(*id);
+        // Out of the table first: the green lock below may wait, never under the table's lock.
+        let removed = self.members.lock().remove(&id);
+        if let Some(out) = removed {
+            if let Ok(out) = out.lock() {
+                // Its reader sees the end too, and leaves.
+                let _ = out.shutdown(std::net::Shutdown::Both);
             }
         }
-        for id in slow {
-            self.leave(id);
+    }
+
+    /// Writes `line` to every other participant; those that cannot take it are dropped.
+    fn broadcast(&self, from: u64, line: &[u8]) {
+        let others: Vec<(u64, Arc<greenhub::Mutex<TcpStream>>)> = self
+            .members
+            .lock()
+            .iter()
+            .filter(|(id, _)| **id != from)
+            .map(|(id, out)| (*id, out.clone()))
+            .collect();
+        for (id, out) in others {
+            let sent = match out.lock() {
+                Ok(mut out) => out.write_all(line).is_ok(),
+                Err(_) => false,
+            };
+            if !sent {
+                self.leave(id);
+            }
         }
     }
 }
 
 /// Serves one participant until it leaves.
-fn participant(room: Room, conn: TcpStream, peer: SocketAddr) {
+fn participant(room: Room, conn: TcpStream, _peer: SocketAddr) {
     let Some(id) = greenhub::current().map(|c| c.id()) else {
         return;
     };
-    let Ok(mut out) = conn.try_clone() else {
+    let Ok(out) = conn.try_clone() else {
         return;
     };
-    let outbox = room.join(id);
-    let writer = greenhub::Builder::new()
-        .name(format!("chat writer {peer}"))
-        .spawn(move || {
-            while let Ok(line) = outbox.get() {
-                if out.write_all(line.as_bytes()).is_err() {
-                    break;
-                }
-            }
-            let _ = out.shutdown(std::net::Shutdown::Both);
-        });
-    let mut reader = BufReader::new(&conn);
-    let mut line = String::new();
+    if out.set_write_timeout(Some(WRITE_TIMEOUT)).is_err() {
+        return;
+    }
+    room.members
+        .lock()
+        .insert(id, Arc::new(greenhub::Mutex::new(out)));
+    // A small buffer: an idle participant costs little (longer lines still come whole).
+    let mut reader = BufReader::with_capacity(512, &conn);
+    let mut line = Vec::new();
     loop {
         line.clear();
-        match reader.read_line(&mut line) {
+        match reader.read_until(b'\n', &mut line) {
             Ok(0) | Err(_) => break,
             Ok(_) => {
-                if !line.ends_with('\n') {
-                    line.push('\n');
+                if line.last() != Some(&b'\n') {
+                    line.push(b'\n');
                 }
-                room.broadcast(id, Arc::from(line.as_str()));
+                room.broadcast(id, &line);
             }
         }
     }
     room.leave(id);
-    if let Ok(w) = writer {
-        let _ = w.wait();
-    }
 }
 
 /// Starts a chat server on `listener`; the room shows who is in.

@@ -77,8 +77,8 @@ fn every_line_reaches_every_other_participant_once_and_in_order() {
     let (server, room) = chat::start(TcpListener::bind("127.0.0.1:0").unwrap(), 1000).unwrap();
     let addr = server.local_addr();
     // Rounds of people joining, talking and leaving, with a quiet participant staying in
-    // (reading all the while, as a client must: one that stops reading is dropped once
-    // `chat::BACKLOG` lines wait for it).
+    // (reading all the while, as a client must: one that stops reading is dropped after
+    // `chat::WRITE_TIMEOUT`).
     let quiet = TcpStream::connect(addr).unwrap();
     wait_until("the quiet one joined", || room.len() == 1);
     let total = 20 * 50 + 60 * 20 + 100 * 10;
