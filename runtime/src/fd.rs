@@ -20,8 +20,15 @@ use crate::wait::Interest;
 use crate::TimedOut;
 
 /// A descriptor registered with the hub: non-blocking, its readiness reported by the poller.
+///
+/// The registration borrows the descriptor and is declared (so dropped) before the owner:
+/// it must leave the poller while the descriptor is still open. `CoIo` owning the descriptor
+/// would close it first and deregister its number afterwards, and by then another thread may
+/// have opened and registered a new socket under that number, whose readiness would never
+/// be reported again (a green thread waiting forever on data that has arrived).
 pub(crate) struct Registered<T: AsRawFd> {
-    io: CoIo<T>,
+    io: CoIo<Borrowed>,
+    inner: T,
 }
 
 impl<T: AsRawFd> std::fmt::Debug for Registered<T> {
@@ -36,12 +43,12 @@ impl<T: AsRawFd> Registered<T> {
     pub(crate) fn new(inner: T) -> io::Result<Registered<T>> {
         // Registering starts `may`'s scheduler: greenhub's configuration must come first.
         crate::runtime::get().map_err(io::Error::other)?;
-        let io = CoIo::new(inner)?;
-        Ok(Registered { io })
+        let io = CoIo::new(Borrowed(inner.as_raw_fd())).map_err(io::Error::from)?;
+        Ok(Registered { io, inner })
     }
 
     pub(crate) fn get(&self) -> &T {
-        self.io.inner()
+        &self.inner
     }
 
     pub(crate) fn fd(&self) -> RawFd {
@@ -58,7 +65,7 @@ impl<T: AsRawFd> Registered<T> {
     ) -> io::Result<R> {
         let deadline = earliest(crate::deadline(), timeout);
         loop {
-            match op(self.io.inner()) {
+            match op(&self.inner) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 other => return other,
             }
@@ -211,4 +218,70 @@ pub enum TrampolineError {
     /// The descriptor could not be watched (closed, or not pollable).
     #[error("cannot wait on the descriptor: {0}")]
     Io(#[source] io::Error),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    /// Whether any of the process's epoll instances watches `fd` (from `/proc/self/fdinfo`).
+    fn watched(fd: RawFd) -> bool {
+        let mut found = false;
+        for entry in std::fs::read_dir("/proc/self/fd").unwrap().flatten() {
+            let is_epoll = std::fs::read_link(entry.path())
+                .is_ok_and(|target| target.to_string_lossy().contains("eventpoll"));
+            if !is_epoll {
+                continue;
+            }
+            let name = entry.file_name();
+            let info =
+                std::fs::read_to_string(format!("/proc/self/fdinfo/{}", name.to_string_lossy()))
+                    .unwrap_or_default();
+            found |= info
+                .lines()
+                .any(|l| l.split_whitespace().nth(1) == Some(&fd.to_string()));
+        }
+        found
+    }
+
+    /// A socket that notes, as it is closed, whether the poller still watched it.
+    struct Probe {
+        socket: std::net::UdpSocket,
+        watched_at_close: Arc<AtomicBool>,
+    }
+
+    impl AsRawFd for Probe {
+        fn as_raw_fd(&self) -> RawFd {
+            self.socket.as_raw_fd()
+        }
+    }
+
+    impl Drop for Probe {
+        fn drop(&mut self) {
+            self.watched_at_close
+                .store(watched(self.socket.as_raw_fd()), Ordering::SeqCst);
+        }
+    }
+
+    /// The descriptor leaves the poller before it is closed: afterwards its number may belong
+    /// to a socket another thread has just registered.
+    #[test]
+    fn a_descriptor_leaves_the_poller_before_it_is_closed() {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let fd = socket.as_raw_fd();
+        let watched_at_close = Arc::new(AtomicBool::new(true));
+        let registered = Registered::new(Probe {
+            socket,
+            watched_at_close: watched_at_close.clone(),
+        })
+        .unwrap();
+        assert!(watched(fd), "a registered descriptor is in the poller");
+        drop(registered);
+        assert!(
+            !watched_at_close.load(Ordering::SeqCst),
+            "the descriptor was still in the poller when it was closed"
+        );
+    }
 }

@@ -113,11 +113,25 @@ pub struct TcpListener {
 impl TcpListener {
     /// Binds to `addr` (eventlet's `listen`): `SO_REUSEADDR` is set, as by the standard
     /// library on Unix. Port 0 picks a free port: see [`TcpListener::local_addr`].
+    ///
+    /// The accept queue holds [`TcpListener::BACKLOG`] connections (the kernel caps it at
+    /// `net.core.somaxconn`); for another length, listen yourself and use
+    /// [`TcpListener::from_std`].
     pub fn bind<A: ToSocketAddrs + Send + 'static>(addr: A) -> io::Result<TcpListener> {
         let addrs = resolve(addr)?;
         let listener = std::net::TcpListener::bind(&addrs[..])?;
+        // The standard library listens with 128: a burst of clients past that has its SYNs
+        // dropped and waits a whole second for the retransmission. Listening again only
+        // lengthens the queue.
+        // SAFETY: `listen` on a socket this function owns.
+        if unsafe { libc::listen(listener.as_raw_fd(), TcpListener::BACKLOG) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
         TcpListener::from_std(listener)
     }
+
+    /// The accept queue length [`TcpListener::bind`] asks for (as tokio does).
+    pub const BACKLOG: i32 = 1024;
 
     /// Makes a standard listener cooperative (it is switched to non-blocking mode).
     pub fn from_std(listener: std::net::TcpListener) -> io::Result<TcpListener> {

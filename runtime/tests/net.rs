@@ -53,6 +53,7 @@ fn many_clients_get_every_message_back_exactly_once() {
             .map(|c| {
                 spawn(move || {
                     let mut s = TcpStream::connect(addr).unwrap();
+                    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
                     let mut got = Vec::new();
                     for m in 0..50u32 {
                         let msg = (c * 1000 + m).to_be_bytes();
@@ -76,6 +77,36 @@ fn many_clients_get_every_message_back_exactly_once() {
         }
         assert_eq!(seen.len(), 200 * 50);
     }
+}
+
+/// Connections opened while others close get descriptor numbers just freed; every one of
+/// them must still be woken when its data arrives. The ordering that guarantees it is tested
+/// exactly in `fd.rs`; this is the load, with a read timeout so that a lost wake-up fails the
+/// test instead of hanging it.
+#[test]
+fn descriptors_reused_at_once_still_wake_their_readers() {
+    let addr = echo_server();
+    let workers: Vec<_> = (0..200u32)
+        .map(|w| {
+            spawn(move || {
+                for i in 0..30u32 {
+                    let mut s = TcpStream::connect(addr).unwrap();
+                    // A lost wake-up shows as this timeout instead of a hung test.
+                    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                    let msg = (w * 1000 + i).to_be_bytes();
+                    s.write_all(&msg).unwrap();
+                    let mut back = [0u8; 4];
+                    if let Err(e) = s.read_exact(&mut back) {
+                        panic!("worker {w}, connection {i}: no echo ({e})");
+                    }
+                    assert_eq!(back, msg);
+                }
+                30
+            })
+        })
+        .collect();
+    let done: u32 = workers.into_iter().map(|t| t.wait().unwrap()).sum();
+    assert_eq!(done, 200 * 30);
 }
 
 #[test]
