@@ -30,6 +30,39 @@ pub(crate) struct Context {
     pub panic: RefCell<Option<PanicReport>>,
     /// The token of this thread's last wait, reused while nobody else holds it.
     pub token: RefCell<Option<Arc<crate::wait::Token>>>,
+    /// Set by the spawn wrapper when the body has returned (or unwound) and its outcome is
+    /// published.
+    pub ended: Cell<bool>,
+}
+
+impl Drop for Context {
+    /// `may` drops a coroutine's local storage when it destroys the coroutine. A green thread
+    /// whose storage goes while its body has not ended was torn down without unwinding: its
+    /// stack overflowed into the guard page. Whatever it held (a lock, a pool connection, a
+    /// stack permit) is lost with its frames and every joiner would wait forever, so the
+    /// process stops here, as Rust's own threads do on overflow, saying which thread and how
+    /// to give it more stack.
+    fn drop(&mut self) {
+        let Some(record) = self.record.get() else {
+            return;
+        };
+        if self.ended.get() {
+            return;
+        }
+        let name = record
+            .name
+            .as_deref()
+            .map(|n| format!(" ({n})"))
+            .unwrap_or_default();
+        // Straight to stderr: a logger may not flush before the abort.
+        eprintln!(
+            "greenhub: green thread #{}{name}, spawned at {}, has overflowed its stack of {} \
+             bytes; aborting. Give it more with Builder::stack_size, or all threads more with \
+             GREENHUB_STACK_SIZE (debug builds need several times the stack of release builds).",
+            record.id, record.site, record.stack_size
+        );
+        std::process::abort();
+    }
 }
 
 thread_local! {

@@ -104,6 +104,91 @@ impl Timeout {
     }
 }
 
+/// How to listen (eventlet's `listen(addr, backlog, reuse_addr, reuse_port)`): the length of
+/// the accept queue, `SO_REUSEADDR` and `SO_REUSEPORT`.
+///
+/// ```
+/// use greenhub::net::Listen;
+///
+/// // Two listeners on one port: the kernel spreads the connections over them.
+/// let a = Listen::new().reuse_port(true).bind("127.0.0.1:0").unwrap();
+/// let port = a.local_addr().unwrap().port();
+/// let b = Listen::new().reuse_port(true).bind(("127.0.0.1", port)).unwrap();
+/// assert_eq!(b.local_addr().unwrap().port(), port);
+/// ```
+#[derive(Clone, Debug)]
+pub struct Listen {
+    backlog: u32,
+    reuse_addr: bool,
+    reuse_port: bool,
+}
+
+impl Default for Listen {
+    fn default() -> Listen {
+        Listen::new()
+    }
+}
+
+impl Listen {
+    /// An accept queue of 1,024 connections (as tokio; the standard library's 128 drops the
+    /// SYNs of a burst past it, and those clients wait a second to retry), `SO_REUSEADDR` on
+    /// (a restarted server can bind while old connections linger in `TIME_WAIT`), and
+    /// `SO_REUSEPORT` off.
+    pub fn new() -> Listen {
+        Listen {
+            backlog: 1024,
+            reuse_addr: true,
+            reuse_port: false,
+        }
+    }
+
+    /// How many connections the kernel queues before `accept` takes them; it caps the
+    /// number at `net.core.somaxconn`.
+    pub fn backlog(mut self, backlog: u32) -> Listen {
+        self.backlog = backlog;
+        self
+    }
+
+    /// Whether to set `SO_REUSEADDR`.
+    pub fn reuse_addr(mut self, on: bool) -> Listen {
+        self.reuse_addr = on;
+        self
+    }
+
+    /// Whether to set `SO_REUSEPORT`: several listeners (in one process or several) bound
+    /// to the same address, the kernel spreading new connections over them. Each must set it.
+    pub fn reuse_port(mut self, on: bool) -> Listen {
+        self.reuse_port = on;
+        self
+    }
+
+    /// Binds to the first address `addr` resolves to that accepts the bind (host names are
+    /// resolved off the hub) and listens.
+    pub fn bind<A: ToSocketAddrs + Send + 'static>(&self, addr: A) -> io::Result<TcpListener> {
+        let mut last = io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "the address resolved to nothing",
+        );
+        for a in resolve(addr)? {
+            match self.bind_one(a) {
+                Ok(l) => return TcpListener::from_std(l),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    fn bind_one(&self, addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+        use socket2::{Domain, Protocol, Socket, Type};
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        socket.set_reuse_address(self.reuse_addr)?;
+        socket.set_reuse_port(self.reuse_port)?;
+        socket.bind(&addr.into())?;
+        socket.listen(self.backlog.min(i32::MAX as u32) as i32)?;
+        Ok(socket.into())
+    }
+}
+
 /// A TCP listener whose `accept` parks the green thread.
 #[derive(Debug)]
 pub struct TcpListener {
@@ -111,27 +196,11 @@ pub struct TcpListener {
 }
 
 impl TcpListener {
-    /// Binds to `addr` (eventlet's `listen`): `SO_REUSEADDR` is set, as by the standard
-    /// library on Unix. Port 0 picks a free port: see [`TcpListener::local_addr`].
-    ///
-    /// The accept queue holds [`TcpListener::BACKLOG`] connections (the kernel caps it at
-    /// `net.core.somaxconn`); for another length, listen yourself and use
-    /// [`TcpListener::from_std`].
+    /// Binds to `addr` with [`Listen`]'s defaults: an accept queue of 1,024 connections and
+    /// `SO_REUSEADDR`. Port 0 picks a free port: see [`TcpListener::local_addr`].
     pub fn bind<A: ToSocketAddrs + Send + 'static>(addr: A) -> io::Result<TcpListener> {
-        let addrs = resolve(addr)?;
-        let listener = std::net::TcpListener::bind(&addrs[..])?;
-        // The standard library listens with 128: a burst of clients past that has its SYNs
-        // dropped and waits a whole second for the retransmission. Listening again only
-        // lengthens the queue.
-        // SAFETY: `listen` on a socket this function owns.
-        if unsafe { libc::listen(listener.as_raw_fd(), TcpListener::BACKLOG) } < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        TcpListener::from_std(listener)
+        Listen::new().bind(addr)
     }
-
-    /// The accept queue length [`TcpListener::bind`] asks for (as tokio does).
-    pub const BACKLOG: i32 = 1024;
 
     /// Makes a standard listener cooperative (it is switched to non-blocking mode).
     pub fn from_std(listener: std::net::TcpListener) -> io::Result<TcpListener> {

@@ -425,6 +425,7 @@ impl<T: Send + 'static> Shared<T> {
             }
         };
         self.finish(result);
+        context::with(|c| c.ended.set(true));
         monitor::mark_idle();
         drop(permit);
         graveyard::bury_current();

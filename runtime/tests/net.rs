@@ -386,3 +386,76 @@ fn unix_sockets_carry_a_conversation_both_ways() {
     assert_eq!(reply.wait().unwrap(), "UNIX\n");
     let _ = std::fs::remove_file(&path);
 }
+
+#[test]
+fn listeners_share_a_port_only_when_each_asks_for_it() {
+    use greenhub::net::Listen;
+    let a = Listen::new().reuse_port(true).bind("127.0.0.1:0").unwrap();
+    let addr = a.local_addr().unwrap();
+    let b = Listen::new().reuse_port(true).bind(addr).unwrap();
+    let err = Listen::new().bind(addr).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::AddrInUse);
+    // Connections reach both listeners; each accepts what the kernel gave it.
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let by: Vec<_> = [a, b]
+        .into_iter()
+        .map(|l| {
+            let accepted = accepted.clone();
+            spawn(move || {
+                let mut mine = 0;
+                while let Ok(Ok((conn, _))) =
+                    with_timeout(Duration::from_millis(500), || l.accept())
+                {
+                    drop(conn);
+                    mine += 1;
+                    accepted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+                mine
+            })
+        })
+        .collect();
+    let clients: Vec<_> = (0..64)
+        .map(|_| spawn(move || TcpStream::connect(addr).map(drop)))
+        .collect();
+    for c in clients {
+        c.wait().unwrap().unwrap();
+    }
+    let counts: Vec<usize> = by.into_iter().map(|t| t.wait().unwrap()).collect();
+    assert_eq!(
+        counts.iter().sum::<usize>(),
+        64,
+        "every connection accepted once"
+    );
+    assert!(
+        counts.iter().all(|&n| n > 0),
+        "the kernel spread them: {counts:?}"
+    );
+}
+
+#[test]
+fn reuse_addr_lets_a_restarted_server_bind_beside_its_old_connections() {
+    use greenhub::net::Listen;
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    // The old server stops listening, but a connection it accepted lives on.
+    let old = spawn(move || {
+        let client = TcpStream::connect(addr).unwrap();
+        let (accepted, _) = listener.accept().unwrap();
+        (client, accepted)
+    });
+    let (mut client, accepted) = old.wait().unwrap();
+    let refused = Listen::new().reuse_addr(false).bind(addr).unwrap_err();
+    assert_eq!(refused.kind(), ErrorKind::AddrInUse);
+    let again = Listen::new().backlog(16).bind(addr).unwrap();
+    assert_eq!(again.local_addr().unwrap(), addr);
+    // Both work: the old connection, and the new listener.
+    let talk = spawn(move || {
+        client.write_all(b"old").unwrap();
+        let mut got = [0u8; 3];
+        (&accepted).read_exact(&mut got).unwrap();
+        let fresh = TcpStream::connect(addr).unwrap();
+        let (_conn, peer) = again.accept().unwrap();
+        (got, peer == fresh.local_addr().unwrap())
+    });
+    assert_eq!(talk.wait().unwrap(), (*b"old", true));
+}
