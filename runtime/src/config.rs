@@ -11,6 +11,7 @@
 //! | [`max_blocking_time`](Config::max_blocking_time) | `GREENHUB_MAX_BLOCKING_MS` (`0` or `off` disables) | 100 ms |
 //! | [`max_green_threads`](Config::max_green_threads) | `GREENHUB_MAX_THREADS` | what `vm.max_map_count` allows |
 //! | [`finished_history`](Config::finished_history) | `GREENHUB_FINISHED_HISTORY` | 1024 |
+//! | [`attach`](Config::attach) | `GREENHUB_ATTACH` (`on` or `off`) | on |
 
 use std::time::Duration;
 
@@ -80,6 +81,7 @@ pub struct Config {
     max_blocking_time: Option<Duration>,
     max_green_threads: Option<usize>,
     finished_history: usize,
+    attach: bool,
 }
 
 impl Default for Config {
@@ -90,6 +92,7 @@ impl Default for Config {
             max_blocking_time: Some(DEFAULT_MAX_BLOCKING),
             max_green_threads: None,
             finished_history: DEFAULT_FINISHED_HISTORY,
+            attach: true,
         }
     }
 }
@@ -117,6 +120,9 @@ impl Config {
         }
         if let Some(v) = env("GREENHUB_FINISHED_HISTORY") {
             c.finished_history = parse_count("GREENHUB_FINISHED_HISTORY", &v)?;
+        }
+        if let Some(v) = env("GREENHUB_ATTACH") {
+            c.attach = parse_switch("GREENHUB_ATTACH", &v)?;
         }
         Ok(c)
     }
@@ -153,6 +159,18 @@ impl Config {
     pub fn finished_history(mut self, n: usize) -> Config {
         self.finished_history = n;
         self
+    }
+
+    /// Whether `inspector attach <pid>` can read this process (the [`attach`](crate::attach)
+    /// channel: a private Unix socket served by one sleeping OS thread).
+    pub fn attach(mut self, on: bool) -> Config {
+        self.attach = on;
+        self
+    }
+
+    /// Whether the attach channel is on.
+    pub fn get_attach(&self) -> bool {
+        self.attach
     }
 
     /// The worker count.
@@ -266,9 +284,24 @@ fn parse_blocking(var: &'static str, value: &str) -> Result<Option<Duration>, Co
     Ok((ms > 0).then(|| Duration::from_millis(ms)))
 }
 
+fn parse_switch(var: &'static str, value: &str) -> Result<bool, ConfigError> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "on" | "1" | "true" | "yes" => Ok(true),
+        "off" | "0" | "false" | "no" => Ok(false),
+        _ => Err(invalid(var, value, "expected on or off")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn switches_parse_on_and_off() {
+        assert_eq!(parse_switch("X", "off"), Ok(false));
+        assert_eq!(parse_switch("X", " ON "), Ok(true));
+        assert!(parse_switch("X", "maybe").is_err());
+    }
 
     #[test]
     fn sizes_parse_with_units() {

@@ -296,7 +296,7 @@ pub struct BlockedInfo {
     pub ongoing: bool,
 }
 
-fn process_name() -> String {
+pub(crate) fn process_name() -> String {
     std::fs::read_to_string("/proc/self/comm")
         .map(|s| s.trim().to_string())
         .unwrap_or_default()

@@ -101,6 +101,7 @@
 #![warn(missing_docs)]
 
 mod alarm;
+pub mod attach;
 mod budget;
 mod clock;
 pub mod config;

@@ -354,6 +354,11 @@ impl Registry {
         self.threads[Self::shard(id)].lock().live.get(&id).cloned()
     }
 
+    /// How many green threads are alive (no record is copied).
+    pub(crate) fn live_count(&self) -> usize {
+        self.threads.iter().map(|s| s.lock().live.len()).sum()
+    }
+
     /// The live threads, and the switches of the threads that have ended, read shard by
     /// shard under each shard's lock: a total made of both never counts a thread twice nor
     /// misses one, so it never goes backwards from one snapshot to the next.

@@ -65,5 +65,10 @@ fn start_locked(config: Config) -> Result<&'static Runtime, ConfigError> {
         panic::warn(&warning);
     }
     monitor::start(config.get_max_blocking_time(), config::BLOCKED_HISTORY);
-    Ok(RUNTIME.get_or_init(|| Runtime { config, budget }))
+    let attach = config.get_attach();
+    let rt = RUNTIME.get_or_init(|| Runtime { config, budget });
+    if attach {
+        crate::attach::start();
+    }
+    Ok(rt)
 }

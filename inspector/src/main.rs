@@ -1,0 +1,107 @@
+//! `inspector`: list the greenhub processes of this user, dump one's green threads as a tree,
+//! or print its snapshot as JSON.
+
+use std::io::Write as _;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use greenhub::inspect::format_us;
+use greenhub_inspector::{list, Client};
+
+#[derive(Parser)]
+#[command(
+    name = "inspector",
+    version,
+    about = "See inside a live greenhub process"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// The inspectable processes of this user: pid, name, green threads, uptime.
+    List,
+    /// All green threads of a process as a tree by parent, with state, wait and spawn site.
+    Dump {
+        /// The process id.
+        pid: u32,
+    },
+    /// The full snapshot of a process as JSON (versioned schema).
+    Json {
+        /// The process id.
+        pid: u32,
+        /// Indented, for reading.
+        #[arg(long)]
+        pretty: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("inspector: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> Result<(), String> {
+    match command {
+        Command::List => {
+            let found = list().map_err(|e| {
+                format!(
+                    "cannot read {}: {e}",
+                    greenhub::attach::directory().display()
+                )
+            })?;
+            println!(
+                "{:>8}  {:<16} {:>9}  {:>10}",
+                "PID", "NAME", "THREADS", "UPTIME"
+            );
+            for p in found {
+                match p.summary {
+                    Ok(s) => println!(
+                        "{:>8}  {:<16} {:>9}  {:>10}",
+                        p.pid,
+                        s.process,
+                        s.threads,
+                        format_us(s.uptime_us)
+                    ),
+                    Err(e) => println!("{:>8}  ({e})", p.pid),
+                }
+            }
+            Ok(())
+        }
+        Command::Dump { pid } => {
+            let snap = Client::connect(pid)
+                .and_then(|mut c| c.snapshot())
+                .map_err(|e| e.to_string())?;
+            emit(&snap.format_run_info())
+        }
+        Command::Json { pid, pretty } => {
+            let snap = Client::connect(pid)
+                .and_then(|mut c| c.snapshot())
+                .map_err(|e| e.to_string())?;
+            let text = if pretty {
+                serde_json::to_string_pretty(&snap)
+            } else {
+                serde_json::to_string(&snap)
+            }
+            .map_err(|e| e.to_string())?;
+            emit(&format!("{text}\n"))
+        }
+    }
+}
+
+/// Writes to stdout; a reader that has gone (`inspector dump | head`) is not an error.
+fn emit(text: &str) -> Result<(), String> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(format!("stdout: {e}")),
+        _ => Ok(()),
+    }
+}

@@ -1,0 +1,227 @@
+//! The `inspector` command line against a live target process: this test binary started
+//! again in target mode, with a tree of named green threads waiting on things.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use greenhub::inspect::{Snapshot, ThreadState};
+use greenhub::wait::WaitOn;
+
+const TARGET: &str = "INSPECTOR_TEST_TARGET";
+
+/// Run only as the target: a parent with three children waiting on an event, a sleeper; it
+/// says READY and lives until its stdin closes.
+#[test]
+fn target_process() {
+    if std::env::var_os(TARGET).is_none() {
+        return;
+    }
+    let release = greenhub::Event::<(), ()>::new();
+    let parent = {
+        let release = release.clone();
+        greenhub::Builder::new()
+            .name("root-job")
+            .spawn(move || {
+                let children: Vec<_> = (0..3)
+                    .map(|i| {
+                        let release = release.clone();
+                        greenhub::Builder::new()
+                            .name(format!("child-{i}"))
+                            .spawn(move || release.wait().is_ok())
+                            .unwrap()
+                    })
+                    .collect();
+                children.into_iter().all(|c| c.wait().unwrap())
+            })
+            .unwrap()
+    };
+    let _sleeper = greenhub::Builder::new()
+        .name("sleeper")
+        .spawn(|| greenhub::sleep(Duration::from_secs(600)))
+        .unwrap();
+    // Until the children exist, the dump would not show them.
+    while greenhub::inspect::snapshot().threads.len() < 5 {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    println!("READY");
+    let mut rest = Vec::new();
+    std::io::stdin().read_to_end(&mut rest).ok();
+    release.set(()).unwrap();
+    assert!(parent.wait().unwrap());
+}
+
+struct Target {
+    child: Child,
+    dir: PathBuf,
+    // Kept open so that the target can go on writing its test output.
+    _stdout: BufReader<std::process::ChildStdout>,
+}
+
+impl Target {
+    fn start(dir: &Path) -> Target {
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "target_process",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(TARGET, "1")
+            .env("GREENHUB_ATTACH_DIR", dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        while !line.contains("READY") {
+            line.clear();
+            assert!(out.read_line(&mut line).unwrap() > 0, "the target ended");
+        }
+        Target {
+            child,
+            dir: dir.to_owned(),
+            _stdout: out,
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn inspector(&self, args: &[&str]) -> (bool, String, String) {
+        let out = Command::new(env!("CARGO_BIN_EXE_inspector"))
+            .args(args)
+            .env("GREENHUB_ATTACH_DIR", &self.dir)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        drop(self.child.stdin.take());
+        let _ = self.child.wait();
+    }
+}
+
+/// A directory of attach sockets for one test, removed when the test ends.
+struct Dir(PathBuf);
+
+impl Dir {
+    fn new(tag: &str) -> Dir {
+        let dir = std::env::temp_dir().join(format!("inspector-test-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        Dir(dir)
+    }
+}
+
+impl std::ops::Deref for Dir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn list_dump_and_json_show_the_live_target() {
+    let dir = Dir::new("cli");
+    let target = Target::start(&dir);
+    let pid = target.pid();
+
+    let (ok, list, err) = target.inspector(&["list"]);
+    assert!(ok, "{err}");
+    let row = list
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(&pid.to_string()))
+        .unwrap_or_else(|| panic!("pid {pid} not listed:\n{list}"));
+    // pid, name, threads (the five of the target), uptime.
+    let threads: u64 = row.split_whitespace().nth(2).unwrap().parse().unwrap();
+    assert!(threads >= 5, "{row}");
+
+    let (ok, dump, err) = target.inspector(&["dump", &pid.to_string()]);
+    assert!(ok, "{err}");
+    // The children are indented under their parent.
+    let indent = |name: &str| {
+        let line = dump
+            .lines()
+            .find(|l| l.contains(&format!("\"{name}\"")))
+            .unwrap_or_else(|| panic!("{name} missing from the dump:\n{dump}"));
+        line.len() - line.trim_start().len()
+    };
+    assert!(indent("child-1") > indent("root-job"), "{dump}");
+    assert!(dump.contains("sleeper"), "{dump}");
+
+    let (ok, json, err) = target.inspector(&["json", &pid.to_string()]);
+    assert!(ok, "{err}");
+    let snap: Snapshot = serde_json::from_str(json.trim()).unwrap();
+    assert_eq!(snap.pid, pid);
+    let by_name = |n: &str| {
+        snap.threads
+            .iter()
+            .find(|t| t.name.as_deref() == Some(n))
+            .unwrap()
+    };
+    let root = by_name("root-job");
+    for i in 0..3 {
+        let child = by_name(&format!("child-{i}"));
+        assert_eq!(child.parent, Some(root.id));
+        assert_eq!(child.state, ThreadState::Waiting);
+        assert!(
+            matches!(child.waiting_on, Some(WaitOn::Object { .. })),
+            "{:?}",
+            child.waiting_on
+        );
+    }
+    let sleeper = by_name("sleeper");
+    assert!(
+        matches!(sleeper.waiting_on, Some(WaitOn::Sleep)),
+        "{:?}",
+        sleeper.waiting_on
+    );
+    assert!(sleeper.deadline_in_us.is_some_and(|d| d > 0));
+}
+
+#[test]
+fn a_crashed_process_is_reported_gone_and_its_socket_cleaned_up() {
+    let dir = Dir::new("crash");
+    let alive = Target::start(&dir);
+    // A process killed outright leaves its socket: nothing ran at exit.
+    let mut crashed = Target::start(&dir);
+    let crashed_pid = crashed.pid();
+    crashed.child.kill().unwrap();
+    crashed.child.wait().unwrap();
+    let stale = dir.join(format!("{crashed_pid}.sock"));
+    assert!(stale.exists());
+
+    let (ok, _, err) = alive.inspector(&["dump", &crashed_pid.to_string()]);
+    assert!(!ok);
+    assert!(err.contains("is gone"), "{err}");
+
+    let (ok, list, err) = alive.inspector(&["list"]);
+    assert!(ok, "{err}");
+    let pids: Vec<&str> = list
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(pids, [alive.pid().to_string()], "{list}");
+    assert!(!stale.exists(), "list removes what crashed processes left");
+
+    let (ok, _, err) = alive.inspector(&["json", "4194001"]);
+    assert!(!ok);
+    assert!(err.contains("no greenhub process 4194001"), "{err}");
+}
