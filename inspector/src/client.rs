@@ -2,10 +2,10 @@
 
 use std::io::{self, BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use greenhub::attach::{directory, socket_path, Summary};
+use greenhub::attach::{directory, Summary};
 use greenhub::inspect::{Snapshot, SCHEMA_VERSION};
 
 /// How long an answer may take. A snapshot of 100,000 green threads takes well under this.
@@ -72,7 +72,13 @@ pub struct Client {
 impl Client {
     /// Connects to the process `pid` of this user.
     pub fn connect(pid: u32) -> Result<Client, InspectError> {
-        let path = socket_path(pid);
+        Client::connect_in(&directory(), pid)
+    }
+
+    /// Connects to the process `pid` whose socket is in `dir` (the `GREENHUB_ATTACH_DIR` it
+    /// was started with, when that differs from this process's).
+    pub fn connect_in(dir: &Path, pid: u32) -> Result<Client, InspectError> {
+        let path = dir.join(format!("{pid}.sock"));
         let stream = match UnixStream::connect(&path) {
             Ok(s) => s,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {

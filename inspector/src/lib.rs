@@ -22,5 +22,6 @@
 //! ```
 
 mod client;
+pub mod tui;
 
 pub use client::{list, Client, InspectError, Listed};

@@ -21,6 +21,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// A live view of a process: threads (sort, filter, tree, details), timers, descriptors,
+    /// pools, blocked workers.
+    Attach {
+        /// The process id.
+        pid: u32,
+    },
     /// The inspectable processes of this user: pid, name, green threads, uptime.
     List,
     /// All green threads of a process as a tree by parent, with state, wait and spawn site.
@@ -51,6 +57,7 @@ fn main() -> ExitCode {
 
 fn run(command: Command) -> Result<(), String> {
     match command {
+        Command::Attach { pid } => greenhub_inspector::tui::run(pid),
         Command::List => {
             let found = list().map_err(|e| {
                 format!(

@@ -225,3 +225,56 @@ fn a_crashed_process_is_reported_gone_and_its_socket_cleaned_up() {
     assert!(!ok);
     assert!(err.contains("no greenhub process 4194001"), "{err}");
 }
+
+#[test]
+fn the_attach_view_shows_the_live_target_and_notices_when_it_ends() {
+    use greenhub_inspector::tui::{render, App, Key};
+    use greenhub_inspector::Client;
+    use ratatui::backend::TestBackend;
+    use ratatui::Terminal;
+
+    let dir = Dir::new("attach");
+    let mut target = Target::start(&dir);
+    let pid = target.pid();
+    // What `inspector attach` does, on a test backend instead of the terminal.
+    let mut client = Client::connect_in(&dir, pid).unwrap();
+    let mut app = App::new(pid);
+    app.update(client.snapshot().unwrap(), std::time::Instant::now());
+    app.key(Key::Char('t'));
+    let mut terminal = Terminal::new(TestBackend::new(160, 30)).unwrap();
+    let screen = |terminal: &mut Terminal<TestBackend>, app: &App| {
+        terminal.draw(|f| render(f, app)).unwrap();
+        let buffer = terminal.backend().buffer().clone();
+        (0..buffer.area.height)
+            .map(|y| {
+                (0..buffer.area.width)
+                    .map(|x| buffer[(x, y)].symbol())
+                    .collect::<String>()
+            })
+            .collect::<Vec<_>>()
+    };
+    let lines = screen(&mut terminal, &app);
+    let column_of = |name: &str| {
+        lines
+            .iter()
+            .find_map(|l| l.find(name))
+            .unwrap_or_else(|| panic!("{name} not on screen:\n{}", lines.join("\n")))
+    };
+    assert!(lines[0].contains(&format!("pid {pid}")), "{}", lines[0]);
+    // In the tree, the children's names sit further right than their parent's.
+    assert!(column_of("child-0") > column_of("root-job"));
+    assert!(column_of("sleeper") < column_of("child-0"));
+
+    target.child.kill().unwrap();
+    target.child.wait().unwrap();
+    let err = client.snapshot().unwrap_err();
+    app.failed(err.to_string());
+    let lines = screen(&mut terminal, &app);
+    assert!(
+        lines[2].contains(&format!("process {pid}")),
+        "the error replaces the last header line: {}",
+        lines[2]
+    );
+    // The last snapshot stays on screen.
+    assert!(lines.iter().any(|l| l.contains("root-job")));
+}

@@ -1,0 +1,414 @@
+//! Drawing the [`App`] on a ratatui frame: header, tabs, the current view's table, the
+//! footer, and the details over them.
+
+use ratatui::layout::{Constraint, Layout, Rect};
+use ratatui::style::{Modifier, Style, Stylize};
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Block, Borders, Cell, Clear, Paragraph, Row, Table, Tabs};
+use ratatui::Frame;
+
+use greenhub::inspect::{format_us, ThreadState};
+
+use super::app::{waiting_on, App, Column, View};
+
+/// Draws the whole screen.
+pub fn render(frame: &mut Frame<'_>, app: &App) {
+    let [header, tabs, body, footer] = Layout::vertical([
+        Constraint::Length(3),
+        Constraint::Length(1),
+        Constraint::Min(3),
+        Constraint::Length(1),
+    ])
+    .areas(frame.area());
+    render_header(frame, header, app);
+    let titles: Vec<String> = View::ALL
+        .iter()
+        .enumerate()
+        .map(|(i, v)| format!("{} {}", i + 1, v.title()))
+        .collect();
+    let selected = View::ALL.iter().position(|v| *v == app.view).unwrap_or(0);
+    frame.render_widget(
+        Tabs::new(titles)
+            .select(selected)
+            .highlight_style(Style::new().bold().reversed()),
+        tabs,
+    );
+    render_body(frame, body, app);
+    render_footer(frame, footer, app);
+    if app.detail {
+        render_detail(frame, body, app);
+    }
+}
+
+fn render_header(frame: &mut Frame<'_>, area: Rect, app: &App) {
+    let mut lines = Vec::new();
+    match &app.snapshot {
+        Some(s) => {
+            let t = &s.totals;
+            let pools = app.pool_totals();
+            lines.push(Line::from(vec![
+                Span::from(format!("{} ", s.process)).bold(),
+                Span::from(format!(
+                    "pid {}  up {}  {} workers  refresh {}{}",
+                    s.pid,
+                    format_us(s.uptime_us),
+                    s.runtime.workers,
+                    format_us(app.refresh.as_micros() as u64),
+                    if app.paused { "  [paused]" } else { "" }
+                )),
+            ]));
+            lines.push(Line::from(format!(
+                "threads {} live: {} running, {} waiting, {} scheduled   switches/s {}   \
+                 timers {}   descriptors {}",
+                t.live,
+                t.running,
+                t.waiting,
+                t.scheduled,
+                app.switches_per_sec
+                    .map(|r| format!("{r:.0}"))
+                    .unwrap_or_else(|| "-".into()),
+                t.timers,
+                t.descriptors
+            )));
+            let mut third = vec![Span::from(format!(
+                "tpool {} busy, {} queued   db pools {}/{} in use, {} waiting   ",
+                pools.tpool_busy,
+                pools.tpool_queued,
+                pools.db_in_use,
+                pools.db_max,
+                pools.db_waiting
+            ))];
+            let blocked = format!("blocked workers now: {}", t.blocked_now);
+            third.push(if t.blocked_now > 0 {
+                Span::from(blocked).bold().red()
+            } else {
+                Span::from(blocked)
+            });
+            lines.push(Line::from(third));
+        }
+        None => lines.push(Line::from(format!(
+            "pid {}: waiting for the first snapshot",
+            app.pid
+        ))),
+    }
+    if let Some(e) = &app.error {
+        lines.truncate(2);
+        lines.push(Line::from(e.clone()).bold().red());
+    }
+    frame.render_widget(Paragraph::new(lines), area);
+}
+
+/// The first row shown so that the selected one is on screen.
+fn offset(selected: usize, visible: usize) -> usize {
+    if visible == 0 || selected < visible {
+        0
+    } else {
+        selected + 1 - visible
+    }
+}
+
+fn render_body(frame: &mut Frame<'_>, area: Rect, app: &App) {
+    // Borders and the heading row.
+    let visible = area.height.saturating_sub(3) as usize;
+    let start = offset(app.selected, visible);
+    let selected_style = Style::new().add_modifier(Modifier::REVERSED);
+    let style_of = |i: usize| {
+        if i == app.selected {
+            selected_style
+        } else {
+            Style::new()
+        }
+    };
+    let (title, heading, widths, rows): (String, Vec<String>, Vec<Constraint>, Vec<Row<'_>>) =
+        match app.view {
+            View::Threads => {
+                let all = app.thread_rows();
+                let rows = all
+                    .iter()
+                    .enumerate()
+                    .skip(start)
+                    .take(visible)
+                    .map(|(i, r)| {
+                        let t = r.thread;
+                        let state = match t.state {
+                            ThreadState::Running => Span::from("running").green(),
+                            ThreadState::Waiting => Span::from("waiting"),
+                            ThreadState::Scheduled => Span::from("scheduled").dim(),
+                        };
+                        Row::new(vec![
+                            Cell::from(t.id.to_string()),
+                            Cell::from(tree_name(r.depth, t.name.as_deref())),
+                            Cell::from(state),
+                            Cell::from(waiting_on(t)),
+                            Cell::from(format_us(t.state_for_us)),
+                            Cell::from(deadline(t.deadline_in_us)),
+                            Cell::from(format_us(t.run_time_us)),
+                            Cell::from(t.switches.to_string()),
+                            Cell::from(t.spawn_site.clone()),
+                        ])
+                        .style(style_of(i))
+                    })
+                    .collect();
+                let heading = Column::ALL
+                    .iter()
+                    .map(|c| {
+                        if *c == app.sort {
+                            format!("{}{}", c.title(), if app.reverse { "▲" } else { "▼" })
+                        } else {
+                            c.title().to_string()
+                        }
+                    })
+                    .collect();
+                let title = format!(
+                    "{} of {} threads{}{}",
+                    all.len(),
+                    app.snapshot.as_ref().map_or(0, |s| s.threads.len()),
+                    if app.tree { ", tree by parent" } else { "" },
+                    filter_note(app)
+                );
+                let widths = vec![
+                    Constraint::Length(10),
+                    Constraint::Length(24),
+                    Constraint::Length(9),
+                    Constraint::Length(24),
+                    Constraint::Length(8),
+                    Constraint::Length(9),
+                    Constraint::Length(8),
+                    Constraint::Length(9),
+                    Constraint::Min(20),
+                ];
+                (title, heading, widths, rows)
+            }
+            View::Timers => {
+                let all = app.timer_rows();
+                let rows = all
+                    .iter()
+                    .enumerate()
+                    .skip(start)
+                    .take(visible)
+                    .map(|(i, t)| {
+                        Row::new(vec![
+                            Cell::from(t.id.to_string()),
+                            Cell::from(deadline(Some(t.due_in_us))),
+                            Cell::from(format!("{:?}", t.kind)),
+                            Cell::from(t.owner.map(|o| format!("#{o}")).unwrap_or_default()),
+                            Cell::from(t.site.clone()),
+                        ])
+                        .style(style_of(i))
+                    })
+                    .collect();
+                (
+                    format!("{} timers, soonest first{}", all.len(), filter_note(app)),
+                    ["ID", "DUE", "KIND", "OWNER", "CREATED AT"]
+                        .map(String::from)
+                        .to_vec(),
+                    vec![
+                        Constraint::Length(10),
+                        Constraint::Length(14),
+                        Constraint::Length(12),
+                        Constraint::Length(10),
+                        Constraint::Min(20),
+                    ],
+                    rows,
+                )
+            }
+            View::Descriptors => {
+                let all = app.descriptor_rows();
+                let rows = all
+                    .iter()
+                    .enumerate()
+                    .skip(start)
+                    .take(visible)
+                    .map(|(i, d)| {
+                        let owner = d.owner.and_then(|o| {
+                            app.snapshot
+                                .as_ref()
+                                .and_then(|s| s.threads.iter().find(|t| t.id == o))
+                        });
+                        Row::new(vec![
+                            Cell::from(d.fd.to_string()),
+                            Cell::from(d.interest.name()),
+                            Cell::from(d.owner.map(|o| format!("#{o}")).unwrap_or_default()),
+                            Cell::from(owner.and_then(|t| t.name.clone()).unwrap_or_default()),
+                            Cell::from(format_us(d.waiting_us)),
+                        ])
+                        .style(style_of(i))
+                    })
+                    .collect();
+                (
+                    format!(
+                        "{} descriptors, longest wait first{}",
+                        all.len(),
+                        filter_note(app)
+                    ),
+                    ["FD", "INTEREST", "OWNER", "OWNER NAME", "WAITING FOR"]
+                        .map(String::from)
+                        .to_vec(),
+                    vec![
+                        Constraint::Length(8),
+                        Constraint::Length(12),
+                        Constraint::Length(10),
+                        Constraint::Length(24),
+                        Constraint::Min(12),
+                    ],
+                    rows,
+                )
+            }
+            View::Pools => {
+                let all = app.object_rows();
+                let rows = all
+                    .iter()
+                    .enumerate()
+                    .skip(start)
+                    .take(visible)
+                    .map(|(i, o)| {
+                        let counts: Vec<String> =
+                            o.counts.iter().map(|(k, v)| format!("{k} {v}")).collect();
+                        let leaks = o.counts.get("leaks").copied().unwrap_or(0);
+                        let row = Row::new(vec![
+                            Cell::from(o.id.to_string()),
+                            Cell::from(o.kind.name()),
+                            Cell::from(o.name.clone().unwrap_or_default()),
+                            Cell::from(o.waiters.to_string()),
+                            Cell::from(counts.join(", ")),
+                        ]);
+                        if leaks > 0 && i != app.selected {
+                            row.style(Style::new().yellow())
+                        } else {
+                            row.style(style_of(i))
+                        }
+                    })
+                    .collect();
+                (
+                    format!(
+                        "{} objects, pools first (Enter: checkouts, waiters, histograms){}",
+                        all.len(),
+                        filter_note(app)
+                    ),
+                    ["ID", "KIND", "NAME", "WAITING", "COUNTS"]
+                        .map(String::from)
+                        .to_vec(),
+                    vec![
+                        Constraint::Length(10),
+                        Constraint::Length(12),
+                        Constraint::Length(20),
+                        Constraint::Length(8),
+                        Constraint::Min(20),
+                    ],
+                    rows,
+                )
+            }
+            View::Blocked => {
+                let all = app.blocked_rows();
+                let rows = all
+                    .iter()
+                    .enumerate()
+                    .skip(start)
+                    .take(visible)
+                    .map(|(i, b)| {
+                        let row = Row::new(vec![
+                            Cell::from(format!("#{}", b.thread)),
+                            Cell::from(b.name.clone().unwrap_or_default()),
+                            Cell::from(format!("{} (tid {})", b.worker, b.tid)),
+                            Cell::from(format_us(b.duration_us)),
+                            Cell::from(if b.ongoing {
+                                "now".to_string()
+                            } else {
+                                format!("{} ago", format_us(b.started_ago_us))
+                            }),
+                            Cell::from(b.spawn_site.clone().unwrap_or_default()),
+                        ]);
+                        if b.ongoing && i != app.selected {
+                            row.style(Style::new().red().bold())
+                        } else {
+                            row.style(style_of(i))
+                        }
+                    })
+                    .collect();
+                (
+                    format!(
+                        "{} reports of green threads that kept a worker busy{}",
+                        all.len(),
+                        filter_note(app)
+                    ),
+                    ["THREAD", "NAME", "WORKER", "BUSY FOR", "WHEN", "SPAWNED AT"]
+                        .map(String::from)
+                        .to_vec(),
+                    vec![
+                        Constraint::Length(10),
+                        Constraint::Length(18),
+                        Constraint::Length(16),
+                        Constraint::Length(10),
+                        Constraint::Length(12),
+                        Constraint::Min(20),
+                    ],
+                    rows,
+                )
+            }
+        };
+    let table = Table::new(rows, widths)
+        .header(Row::new(heading).style(Style::new().bold()))
+        .block(Block::default().borders(Borders::ALL).title(title));
+    frame.render_widget(table, area);
+}
+
+/// A name indented under its parent in tree mode (depth 0 outside it).
+fn tree_name(depth: usize, name: Option<&str>) -> String {
+    let name = name.unwrap_or("-");
+    match depth {
+        0 => name.to_owned(),
+        d => format!("{}└ {name}", "  ".repeat(d - 1)),
+    }
+}
+
+fn filter_note(app: &App) -> String {
+    if app.filter.is_empty() {
+        String::new()
+    } else {
+        format!(", filter \"{}\"", app.filter)
+    }
+}
+
+fn deadline(d: Option<i64>) -> String {
+    match d {
+        Some(d) if d >= 0 => format_us(d as u64),
+        Some(d) => format!("-{}", format_us(d.unsigned_abs())),
+        None => String::new(),
+    }
+}
+
+fn render_footer(frame: &mut Frame<'_>, area: Rect, app: &App) {
+    let line = if app.editing_filter {
+        Line::from(vec![
+            Span::from("filter: ").bold(),
+            Span::from(app.filter.clone()),
+            Span::from("▏  (Enter keeps it, Esc clears it)"),
+        ])
+    } else {
+        Line::from(
+            "q quit  1-5/Tab views  ↑↓ PgUp PgDn move  Enter details  / filter  s/S sort column  \
+             r reverse  t tree  p pause  +/- refresh",
+        )
+        .dim()
+    };
+    frame.render_widget(Paragraph::new(line), area);
+}
+
+fn render_detail(frame: &mut Frame<'_>, body: Rect, app: &App) {
+    let area = Rect {
+        x: body.x + body.width / 10,
+        y: body.y + 1,
+        width: body.width - body.width / 5,
+        height: body.height.saturating_sub(2),
+    };
+    let lines: Vec<Line<'_>> = app.detail_lines().into_iter().map(Line::from).collect();
+    frame.render_widget(Clear, area);
+    frame.render_widget(
+        Paragraph::new(lines).block(
+            Block::default()
+                .borders(Borders::ALL)
+                .title("details (Enter or Esc closes)"),
+        ),
+        area,
+    );
+}

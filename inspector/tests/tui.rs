@@ -1,0 +1,293 @@
+//! The TUI's views and keys, rendered on ratatui's test backend from snapshots of this very
+//! process (a parent with children waiting on an event, a sleeper, a named queue).
+
+use std::time::{Duration, Instant};
+
+use greenhub::inspect::snapshot;
+use greenhub_inspector::tui::{render, App, Column, Key, View};
+use ratatui::backend::TestBackend;
+use ratatui::Terminal;
+
+struct Scene {
+    release: greenhub::Event<(), ()>,
+    parent: greenhub::GreenThread<bool>,
+    _queue: greenhub::Queue<u32>,
+}
+
+impl Scene {
+    /// Threads named with `tag`, so that tests running side by side can tell theirs apart.
+    fn new(tag: &str) -> Scene {
+        let release = greenhub::Event::<(), ()>::new();
+        let parent = {
+            let release = release.clone();
+            let tag = tag.to_owned();
+            greenhub::Builder::new()
+                .name(format!("{tag}-parent"))
+                .spawn(move || {
+                    let kids: Vec<_> = ["b", "c", "a"]
+                        .iter()
+                        .map(|k| {
+                            let release = release.clone();
+                            greenhub::Builder::new()
+                                .name(format!("{tag}-child-{k}"))
+                                .spawn(move || release.wait().is_ok())
+                                .unwrap()
+                        })
+                        .collect();
+                    kids.into_iter().all(|k| k.wait().unwrap())
+                })
+                .unwrap()
+        };
+        let queue = greenhub::Queue::builder()
+            .name(format!("{tag}-queue"))
+            .build();
+        // Until all four wait, a snapshot would catch them starting.
+        let give_up = Instant::now() + Duration::from_secs(10);
+        while snapshot()
+            .threads
+            .iter()
+            .filter(|t| {
+                t.name.as_deref().is_some_and(|n| n.starts_with(tag))
+                    && t.state == greenhub::inspect::ThreadState::Waiting
+            })
+            .count()
+            < 4
+        {
+            assert!(Instant::now() < give_up, "the scene never settled");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        Scene {
+            release,
+            parent,
+            _queue: queue,
+        }
+    }
+
+    fn end(self) {
+        self.release.set(()).unwrap();
+        assert!(self.parent.wait().unwrap());
+    }
+}
+
+fn app_with_snapshot() -> App {
+    let mut app = App::new(std::process::id());
+    app.update(snapshot(), Instant::now());
+    app
+}
+
+fn screen(app: &App) -> String {
+    let mut terminal = Terminal::new(TestBackend::new(180, 45)).unwrap();
+    terminal.draw(|f| render(f, app)).unwrap();
+    let buffer = terminal.backend().buffer().clone();
+    let mut text = String::new();
+    for y in 0..buffer.area.height {
+        for x in 0..buffer.area.width {
+            text.push_str(buffer[(x, y)].symbol());
+        }
+        text.push('\n');
+    }
+    text
+}
+
+fn type_filter(app: &mut App, text: &str) {
+    app.key(Key::Char('/'));
+    for c in text.chars() {
+        app.key(Key::Char(c));
+    }
+    app.key(Key::Enter);
+}
+
+fn names(app: &App) -> Vec<(String, usize)> {
+    app.thread_rows()
+        .iter()
+        .map(|r| (r.thread.name.clone().unwrap_or_default(), r.depth))
+        .collect()
+}
+
+#[test]
+fn the_threads_view_shows_header_tabs_and_rows() {
+    let scene = Scene::new("view");
+    let app = app_with_snapshot();
+    let text = screen(&app);
+    for expected in [
+        "threads",
+        "switches/s",
+        "blocked workers now: 0",
+        "1 Threads",
+        "4 Pools & objects",
+        "view-parent",
+        "view-child-a",
+        "event #",
+        "SPAWNED AT",
+        "inspector/tests/tui.rs",
+    ] {
+        assert!(
+            text.contains(expected),
+            "{expected:?} missing from:\n{text}"
+        );
+    }
+    scene.end();
+}
+
+#[test]
+fn filter_sort_and_tree_order_the_rows() {
+    let scene = Scene::new("keys");
+    let mut app = app_with_snapshot();
+    type_filter(&mut app, "KEYS-child");
+    let by_id: Vec<_> = names(&app).into_iter().map(|(n, _)| n).collect();
+    assert_eq!(
+        by_id,
+        ["keys-child-b", "keys-child-c", "keys-child-a"],
+        "by id"
+    );
+    // Sort by name, then reversed.
+    while app.sort != Column::Name {
+        app.key(Key::Char('s'));
+    }
+    let by_name: Vec<_> = names(&app).into_iter().map(|(n, _)| n).collect();
+    assert_eq!(by_name, ["keys-child-a", "keys-child-b", "keys-child-c"]);
+    app.key(Key::Char('r'));
+    let reversed: Vec<_> = names(&app).into_iter().map(|(n, _)| n).collect();
+    assert_eq!(reversed, ["keys-child-c", "keys-child-b", "keys-child-a"]);
+    app.key(Key::Char('r'));
+
+    // The tree: the parent, then its children (sorted by name) one level in.
+    app.key(Key::Esc);
+    type_filter(&mut app, "keys-");
+    app.key(Key::Char('t'));
+    let tree = names(&app);
+    let parent_at = tree.iter().position(|(n, _)| n == "keys-parent").unwrap();
+    assert_eq!(
+        &tree[parent_at..parent_at + 4],
+        &[
+            ("keys-parent".to_string(), tree[parent_at].1),
+            ("keys-child-a".to_string(), tree[parent_at].1 + 1),
+            ("keys-child-b".to_string(), tree[parent_at].1 + 1),
+            ("keys-child-c".to_string(), tree[parent_at].1 + 1),
+        ]
+    );
+    assert!(screen(&app).contains("tree by parent"));
+    // A match in the tree keeps the threads above it.
+    app.key(Key::Esc);
+    type_filter(&mut app, "keys-child-a");
+    assert_eq!(
+        names(&app),
+        [
+            ("keys-parent".to_string(), 0),
+            ("keys-child-a".to_string(), 1)
+        ]
+    );
+    app.key(Key::Char('t'));
+    assert_eq!(names(&app), [("keys-child-a".to_string(), 0)]);
+
+    // A filter that matches nothing leaves an empty table, not a panic.
+    app.key(Key::Esc);
+    type_filter(&mut app, "no such thread anywhere");
+    assert!(app.thread_rows().is_empty());
+    app.key(Key::Enter);
+    assert!(!app.detail, "no details of nothing");
+    app.key(Key::Down);
+    screen(&app);
+    scene.end();
+}
+
+#[test]
+fn details_show_the_parent_chain_and_the_children() {
+    let scene = Scene::new("detail");
+    let mut app = app_with_snapshot();
+    type_filter(&mut app, "detail-parent");
+    app.key(Key::Enter);
+    assert!(app.detail);
+    let lines = app.detail_lines().join("\n");
+    assert!(lines.contains("children (3):"), "{lines}");
+    assert!(lines.contains("detail-child-a"), "{lines}");
+    assert!(screen(&app).contains("details (Enter or Esc closes)"));
+    app.key(Key::Esc);
+    assert!(!app.detail);
+
+    app.key(Key::Esc);
+    type_filter(&mut app, "detail-child-c");
+    app.key(Key::Enter);
+    let lines = app.detail_lines().join("\n");
+    assert!(
+        lines.contains("parents:") && lines.contains("\"detail-parent\""),
+        "{lines}"
+    );
+    assert!(lines.contains("waiting on event"), "{lines}");
+    scene.end();
+}
+
+#[test]
+fn the_other_views_list_objects_timers_and_reports() {
+    let scene = Scene::new("others");
+    let sleeper = greenhub::Builder::new()
+        .name("others-sleeper")
+        .spawn(|| greenhub::sleep(Duration::from_secs(30)))
+        .unwrap();
+    while !snapshot()
+        .timers
+        .iter()
+        .any(|t| t.owner == Some(sleeper.id()))
+    {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let mut app = app_with_snapshot();
+    app.key(Key::Char('4'));
+    assert_eq!(app.view, View::Pools);
+    let text = screen(&app);
+    assert!(text.contains("others-queue"), "{text}");
+    type_filter(&mut app, "others-queue");
+    app.key(Key::Enter);
+    assert!(app.detail_lines()[0].contains("others-queue"));
+    app.key(Key::Esc);
+    app.key(Key::Esc);
+
+    app.key(Key::Tab);
+    app.key(Key::BackTab);
+    app.key(Key::Char('2'));
+    assert_eq!(app.view, View::Timers);
+    type_filter(&mut app, &format!("#{}", sleeper.id()));
+    assert_eq!(app.timer_rows().len(), 1);
+    app.key(Key::Enter);
+    assert!(
+        app.detail_lines().join("\n").contains("others-sleeper"),
+        "the timer's owner"
+    );
+    app.key(Key::Esc);
+    for view in ['3', '5'] {
+        app.key(Key::Char(view));
+        screen(&app);
+    }
+    sleeper.kill();
+    scene.end();
+}
+
+#[test]
+fn pause_refresh_rate_and_a_lost_process_show_in_the_header() {
+    let mut app = app_with_snapshot();
+    app.key(Key::Char('p'));
+    assert!(app.paused);
+    app.key(Key::Char('+'));
+    app.key(Key::Char('+'));
+    assert_eq!(app.refresh, Duration::from_millis(250));
+    for _ in 0..10 {
+        app.key(Key::Char('+'));
+    }
+    assert_eq!(
+        app.refresh,
+        Duration::from_millis(100),
+        "no faster than 100 ms"
+    );
+    let text = screen(&app);
+    assert!(
+        text.contains("[paused]") && text.contains("refresh 100ms"),
+        "{text}"
+    );
+    // Switches per second come from two snapshots.
+    app.update(snapshot(), Instant::now() + Duration::from_secs(1));
+    assert!(app.switches_per_sec.is_some());
+    app.failed("process 1 is gone".into());
+    assert!(screen(&app).contains("process 1 is gone"));
+    app.key(Key::Char('q'));
+    assert!(app.quit);
+}
