@@ -12,6 +12,7 @@
 //! | [`max_green_threads`](Config::max_green_threads) | `GREENHUB_MAX_THREADS` | what `vm.max_map_count` allows |
 //! | [`finished_history`](Config::finished_history) | `GREENHUB_FINISHED_HISTORY` | 1024 |
 //! | [`attach`](Config::attach) | `GREENHUB_ATTACH` (`on` or `off`) | on |
+//! | [`stats_addr`](Config::stats_addr) | `GREENHUB_STATS_ADDR` (`host:port`, or a port on loopback) | off |
 
 use std::time::Duration;
 
@@ -82,6 +83,7 @@ pub struct Config {
     max_green_threads: Option<usize>,
     finished_history: usize,
     attach: bool,
+    stats_addr: Option<std::net::SocketAddr>,
 }
 
 impl Default for Config {
@@ -93,6 +95,7 @@ impl Default for Config {
             max_green_threads: None,
             finished_history: DEFAULT_FINISHED_HISTORY,
             attach: true,
+            stats_addr: None,
         }
     }
 }
@@ -123,6 +126,9 @@ impl Config {
         }
         if let Some(v) = env("GREENHUB_ATTACH") {
             c.attach = parse_switch("GREENHUB_ATTACH", &v)?;
+        }
+        if let Some(v) = env("GREENHUB_STATS_ADDR") {
+            c.stats_addr = Some(parse_addr("GREENHUB_STATS_ADDR", &v)?);
         }
         Ok(c)
     }
@@ -166,6 +172,19 @@ impl Config {
     pub fn attach(mut self, on: bool) -> Config {
         self.attach = on;
         self
+    }
+
+    /// Where to serve the HTTP [`stats`](crate::stats) endpoint (`/stats`, `/snapshot`,
+    /// `/metrics`); `None` (the default) serves nothing. Port 0 picks a free port:
+    /// [`crate::stats::local_addr`] tells which.
+    pub fn stats_addr(mut self, addr: Option<std::net::SocketAddr>) -> Config {
+        self.stats_addr = addr;
+        self
+    }
+
+    /// Where the stats endpoint is served, if anywhere.
+    pub fn get_stats_addr(&self) -> Option<std::net::SocketAddr> {
+        self.stats_addr
     }
 
     /// Whether the attach channel is on.
@@ -284,6 +303,28 @@ fn parse_blocking(var: &'static str, value: &str) -> Result<Option<Duration>, Co
     Ok((ms > 0).then(|| Duration::from_millis(ms)))
 }
 
+/// `host:port` with a literal address (`localhost` meaning 127.0.0.1), or a bare port on
+/// loopback.
+fn parse_addr(var: &'static str, value: &str) -> Result<std::net::SocketAddr, ConfigError> {
+    let v = value.trim();
+    let loopback = std::net::Ipv4Addr::LOCALHOST;
+    if let Ok(port) = v.parse::<u16>() {
+        return Ok((loopback, port).into());
+    }
+    if let Some(port) = v.strip_prefix("localhost:") {
+        if let Ok(port) = port.parse::<u16>() {
+            return Ok((loopback, port).into());
+        }
+    }
+    v.parse().map_err(|_| {
+        invalid(
+            var,
+            value,
+            "expected a port (served on 127.0.0.1) or an address like 127.0.0.1:9100",
+        )
+    })
+}
+
 fn parse_switch(var: &'static str, value: &str) -> Result<bool, ConfigError> {
     match value.trim().to_ascii_lowercase().as_str() {
         "on" | "1" | "true" | "yes" => Ok(true),
@@ -295,6 +336,21 @@ fn parse_switch(var: &'static str, value: &str) -> Result<bool, ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stats_addresses_default_to_loopback() {
+        assert_eq!(
+            parse_addr("X", "9100"),
+            Ok("127.0.0.1:9100".parse().unwrap())
+        );
+        assert_eq!(
+            parse_addr("X", "localhost:80"),
+            Ok("127.0.0.1:80".parse().unwrap())
+        );
+        assert_eq!(parse_addr("X", "[::1]:9"), Ok("[::1]:9".parse().unwrap()));
+        assert!(parse_addr("X", "example.com:80").is_err());
+        assert!(parse_addr("X", "70000").is_err());
+    }
 
     #[test]
     fn switches_parse_on_and_off() {

@@ -121,6 +121,7 @@ mod registry;
 mod runtime;
 pub mod semaphore;
 pub mod server;
+pub mod stats;
 mod thread;
 mod time;
 mod timer;

@@ -66,9 +66,13 @@ fn start_locked(config: Config) -> Result<&'static Runtime, ConfigError> {
     }
     monitor::start(config.get_max_blocking_time(), config::BLOCKED_HISTORY);
     let attach = config.get_attach();
+    let stats = config.get_stats_addr();
     let rt = RUNTIME.get_or_init(|| Runtime { config, budget });
     if attach {
         crate::attach::start();
+    }
+    if let Some(addr) = stats {
+        crate::stats::start(addr);
     }
     Ok(rt)
 }
