@@ -41,6 +41,62 @@ fn the_demo_runs_and_loses_no_job_and_no_confirmed_write() {
 }
 
 #[test]
+fn the_demo_says_how_to_watch_it_and_stops_cleanly_on_ctrl_c() {
+    use std::io::{BufRead, BufReader, Read};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_demo"))
+        .args(["--duration", "120", "--sessions", "300"])
+        .env_remove("DATABASE_URL")
+        .env_remove("GREENHUB_STATS_ADDR")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run the demo");
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut head = String::new();
+    let mut stats_url = None;
+    // Up to the first progress line: the pid, the attach command and the stats address.
+    while !head.lines().any(|l| l.starts_with("t=")) {
+        let mut line = String::new();
+        assert!(
+            out.read_line(&mut line).unwrap() > 0,
+            "the demo ended early: {head}"
+        );
+        if let Some(rest) = line.strip_prefix("stats: http://") {
+            stats_url = rest.split('/').next().map(str::to_owned);
+        }
+        head.push_str(&line);
+    }
+    let pid = child.id();
+    assert!(
+        head.contains(&format!("inspector -- attach {pid}")),
+        "{head}"
+    );
+    // The stats endpoint answers on loopback.
+    let addr = stats_url.unwrap_or_else(|| panic!("no stats line in {head}"));
+    assert!(addr.starts_with("127.0.0.1:"), "{addr}");
+    let mut s = std::net::TcpStream::connect(&addr).unwrap();
+    std::io::Write::write_all(&mut s, b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut metrics = String::new();
+    s.read_to_string(&mut metrics).unwrap();
+    assert!(metrics.contains("greenhub_dbpool_in_use"), "{metrics}");
+
+    // Ctrl-C: it stops starting jobs, lets the running ones end and checks its work.
+    let started = std::time::Instant::now();
+    // SAFETY: sends SIGINT to the child this test started.
+    assert_eq!(unsafe { libc::kill(pid as libc::pid_t, libc::SIGINT) }, 0);
+    let mut rest = String::new();
+    out.read_to_string(&mut rest).unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{rest}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(60),
+        "stopped long before its 120 s"
+    );
+    assert!(rest.contains("interrupted (Ctrl-C)"), "{rest}");
+    assert!(rest.contains("writes confirmed: none lost"), "{rest}");
+    assert!(!rest.contains("jobs lost"), "{rest}");
+}
+
+#[test]
 fn the_echo_example_echoes_and_stops_on_time() {
     use std::io::{BufRead, BufReader, Read, Write};
     use std::process::Stdio;

@@ -9,14 +9,26 @@
 //! the runtime sees; at the end, the run info dump shows the live green threads as a tree, and
 //! the rows in the database are checked against the writes that were confirmed.
 //!
-//! Run it with `cargo run --release --bin demo` (add `-- --duration 30` to watch longer).
+//! Run it with `cargo run --release --bin demo` (add `-- --duration 30` to watch longer). It
+//! prints how to watch it live (`inspector attach <pid>`, and its HTTP stats endpoint on
+//! loopback), and stops cleanly on Ctrl-C, checking its work as at the end of its time.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use greenhub::{sleep, with_timeout, Builder};
 use greenhub_dbpool::{Param, PgManager, PgPool, Pool, SqliteConnectionManager, SqlitePool};
+
+/// Set by the first Ctrl-C: the dispatcher stops starting jobs and the demo winds down.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_interrupt(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::Relaxed);
+    // A second Ctrl-C ends the process at once. `signal` is async-signal-safe.
+    // SAFETY: restoring the default disposition from a handler is allowed.
+    unsafe { libc::signal(libc::SIGINT, libc::SIG_DFL) };
+}
 
 #[derive(Default)]
 struct Stats {
@@ -176,11 +188,35 @@ fn main() {
             std::process::exit(2);
         }
     };
+    // The stats endpoint on a free loopback port, unless GREENHUB_STATS_ADDR chose one.
+    let config = match greenhub::Config::from_env() {
+        Ok(c) if c.get_stats_addr().is_some() => c,
+        Ok(c) => c.stats_addr(Some((std::net::Ipv4Addr::LOCALHOST, 0).into())),
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(2);
+        }
+    };
+    if let Err(e) = config.init() {
+        eprintln!("error: {e}");
+        std::process::exit(2);
+    }
+    // SAFETY: installs a handler that only stores to an atomic and calls `signal`.
+    unsafe {
+        libc::signal(
+            libc::SIGINT,
+            on_interrupt as *const () as libc::sighandler_t,
+        )
+    };
+    let pid = std::process::id();
     println!(
-        "greenhub demo (pid {}): a job service on green threads for {}s",
-        std::process::id(),
+        "greenhub demo (pid {pid}): a job service on green threads for {}s (Ctrl-C stops it)",
         duration.as_secs()
     );
+    println!("watch it live: cargo run --release --bin inspector -- attach {pid}");
+    if let Some(addr) = greenhub::stats::local_addr() {
+        println!("stats: http://{addr}/stats  http://{addr}/metrics");
+    }
     let dir = match tempfile::Builder::new().prefix("greenhub-demo-").tempdir() {
         Ok(dir) => dir,
         Err(e) => {
@@ -218,7 +254,7 @@ fn main() {
             .spawn(move || {
                 let mut n = 0u64;
                 let mut running = Vec::new();
-                while Instant::now() < stop_at {
+                while Instant::now() < stop_at && !INTERRUPTED.load(Ordering::Relaxed) {
                     for _ in 0..20 {
                         n += 1;
                         let (s, db) = (stats.clone(), db.clone());
@@ -283,6 +319,9 @@ fn main() {
         );
     }
     let started_jobs = dispatcher.wait().unwrap_or(0);
+    if INTERRUPTED.load(Ordering::Relaxed) {
+        println!("\ninterrupted (Ctrl-C): the jobs under way finished; checking the work");
+    }
 
     let dump = greenhub::inspect::format_run_info();
     println!("\nrun info (first lines of greenhub::inspect::format_run_info()):");
