@@ -2,3 +2,5 @@
 //! the tests drive.
 
 pub mod chat;
+pub mod crawler;
+pub mod pipeline;
