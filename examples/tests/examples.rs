@@ -27,6 +27,7 @@ fn the_demo_runs_and_loses_no_job_and_no_confirmed_write() {
             .unwrap_or_else(|| panic!("no {name:?} in {last:?}"))
     };
     assert!(field("jobs ") > 0, "{last}");
+    assert!(last.contains("latency p50"), "{last}");
     assert!(field("db writes ") > 0, "{last}");
     // The run info tree shows the idle sessions by name.
     assert!(

@@ -38,6 +38,27 @@ struct Stats {
     panicked: AtomicU64,
     /// Database writes the pool confirmed.
     written: AtomicU64,
+    /// How long jobs took, start to end, in microseconds (since the last progress line).
+    latency: parking_lot::Mutex<Option<hdrhistogram::Histogram<u64>>>,
+}
+
+impl Stats {
+    fn record_latency(&self, took: Duration) {
+        let mut h = self.latency.lock();
+        let h = h.get_or_insert_with(|| {
+            hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 2).expect("valid bounds")
+        });
+        let _ = h.record((took.as_micros() as u64).clamp(1, 60_000_000));
+    }
+
+    /// The median and 99th percentile of the job latencies since the last call, in ms.
+    fn take_latency(&self) -> Option<(f64, f64)> {
+        let h = self.latency.lock().take()?;
+        Some((
+            h.value_at_quantile(0.5) as f64 / 1000.0,
+            h.value_at_quantile(0.99) as f64 / 1000.0,
+        ))
+    }
 }
 
 /// The service's database: SQLite in a file of its own, or PostgreSQL at `DATABASE_URL`.
@@ -141,6 +162,7 @@ fn parse_args() -> Result<(Duration, usize), String> {
 }
 
 fn job(n: u64, stats: Arc<Stats>, db: Db) {
+    let began = Instant::now();
     let mut seed = n.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     if rand(&mut seed).is_multiple_of(100) {
         panic!("job {n} hit a bug");
@@ -178,6 +200,7 @@ fn job(n: u64, stats: Arc<Stats>, db: Db) {
             stats.timed_out.fetch_add(1, Ordering::Relaxed);
         }
     }
+    stats.record_latency(began.elapsed());
 }
 
 fn main() {
@@ -302,10 +325,13 @@ fn main() {
         last_switches = t.switches;
         last = Instant::now();
         let pool = db.state();
+        let (p50, p99) = stats.take_latency().unwrap_or((0.0, 0.0));
         println!(
-            "t={:>4.1}s  jobs {:>6} (subtasks timed out {:>5}, panicked {:>3})  db writes {:>6} (pool {}/{} in use, {} waiting)  green threads {:>6} live: {:>4} running, {:>6} waiting  switches/s {:>9.0}",
+            "t={:>4.1}s  jobs {:>6} (latency p50 {:>5.1} ms, p99 {:>5.1} ms; subtasks timed out {:>5}, panicked {:>3})  db writes {:>6} (pool {}/{} in use, {} waiting)  green threads {:>6} live: {:>4} running, {:>6} waiting  switches/s {:>9.0}",
             started.elapsed().as_secs_f64(),
             stats.jobs.load(Ordering::Relaxed),
+            p50,
+            p99,
             stats.timed_out.load(Ordering::Relaxed),
             stats.panicked.load(Ordering::Relaxed),
             stats.written.load(Ordering::Relaxed),
