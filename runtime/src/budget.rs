@@ -103,7 +103,9 @@ thread_local! {
 
 /// Counts one local switch of the current worker. Returns the drain the switch must be
 /// deferred to, if the worker drains. Call only on a worker thread (in a coroutine).
-#[inline]
+// Never inlined, for the reason given at `monitor::set_slot`: the thread-local's address must
+// be looked up on the worker that runs the call.
+#[inline(never)]
 pub(crate) fn switch() -> Option<Arc<Drain>> {
     STREAK.with(|s| {
         if s.draining.get() {
@@ -206,7 +208,7 @@ fn spawn_finisher() -> Option<Finisher> {
 
 /// The current green thread has just been resumed from a global queue: this worker's local
 /// queue was empty when it took the thread in.
-#[inline]
+#[inline(never)]
 pub(crate) fn came_back() {
     STREAK.with(|s| s.since.set(clock::coarse_ns()));
 }

@@ -64,9 +64,13 @@ fn slot() -> &'static WorkerSlot {
     SLOT.with(|s| s.get()).unwrap_or_else(register_slot)
 }
 
-#[inline]
+// Never inlined: a caller that also waits (the wait path marks idle, parks, marks running)
+// would let the compiler keep the thread-local's address from before the park, and a green
+// thread resumed on another worker would then write the slot of the worker it left (seen in
+// release builds as a sleeping thread reported for keeping its old worker busy).
+#[inline(never)]
 fn set_slot(id: u64) {
-    // Read and written in one statement: the green thread cannot migrate in between.
+    // Read and written in one call: the green thread cannot migrate in between.
     let s = slot();
     s.current.store(id, Ordering::Relaxed);
     let g = s.generation.load(Ordering::Relaxed);
