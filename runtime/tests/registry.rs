@@ -338,10 +338,15 @@ fn run_info_is_a_tree_by_parent() {
         })
         .unwrap();
     let pid = parent.id();
+    // Both settled: the child asleep and the parent waiting for it (the parent may still be
+    // on its way to the join when the child already sleeps).
     let s = snapshot_where(|s| {
-        s.threads
-            .iter()
-            .any(|t| t.parent == Some(pid) && t.state == ThreadState::Waiting)
+        let waiting = |f: &dyn Fn(&greenhub::inspect::ThreadInfo) -> bool| {
+            s.threads
+                .iter()
+                .any(|t| f(t) && t.state == ThreadState::Waiting)
+        };
+        waiting(&|t| t.parent == Some(pid)) && waiting(&|t| t.id == pid)
     });
     let dump = s.format_run_info();
     let lines: Vec<&str> = dump.lines().collect();
