@@ -79,3 +79,117 @@ pub fn attached(case: &str, rounds: u64) -> f64 {
     }
     figure
 }
+
+/// Nanoseconds for one step of `inspector attach` on a process of `n` parked green threads:
+/// reading a snapshot through the attach socket (the TUI's reader thread), taking it into the
+/// view, the sort key, the first filter character after a new snapshot, or drawing a frame.
+/// The median of 9.
+pub fn tui(case: &str, n: u64) -> f64 {
+    use greenhub_inspector::tui::{render, App, Key};
+    use ratatui::backend::TestBackend;
+    use ratatui::Terminal;
+
+    let _release = park(n);
+    let mut client =
+        greenhub_inspector::Client::connect(std::process::id()).expect("the attach socket answers");
+    let snap = client.snapshot().expect("a snapshot");
+    assert!(
+        snap.threads.len() as u64 >= n,
+        "every thread in the snapshot"
+    );
+    let mut app = App::new(std::process::id());
+    app.update(snap.clone(), Instant::now());
+    let mut terminal = Terminal::new(TestBackend::new(200, 60)).expect("a test terminal");
+    let mut times: Vec<f64> = (0..9)
+        .map(|_| {
+            let t0;
+            if case.starts_with("read") {
+                t0 = Instant::now();
+                std::hint::black_box(client.snapshot().expect("a snapshot"));
+            } else if case.starts_with("take") {
+                let s = snap.clone();
+                t0 = Instant::now();
+                app.update(s, Instant::now());
+            } else if case.contains("sort") {
+                t0 = Instant::now();
+                app.key(Key::Char('s'));
+            } else if case.contains("filter") {
+                app.key(Key::Esc);
+                app.update(snap.clone(), Instant::now());
+                app.key(Key::Char('/'));
+                t0 = Instant::now();
+                app.key(Key::Char('w'));
+                app.key(Key::Enter);
+            } else {
+                t0 = Instant::now();
+                terminal
+                    .draw(|f| render(f, &app))
+                    .expect("draws on the test backend");
+            }
+            t0.elapsed().as_nanos() as f64
+        })
+        .collect();
+    times.sort_by(|a, b| a.total_cmp(b));
+    times[times.len() / 2]
+}
+
+/// The target of [`watched_memory`]: `n` parked green threads; says `ready` and waits for its
+/// stdin to close.
+pub fn watched_target(n: u64) {
+    let _release = park(n);
+    println!("ready");
+    let mut line = String::new();
+    let _ = std::io::stdin().read_line(&mut line);
+    std::process::exit(0);
+}
+
+/// Bytes the resident memory of a process with `n` parked green threads grows while an
+/// inspector reads full snapshots of it back to back through the attach socket: over the
+/// first 100 reads ("first"), or from the 100th read to the 500th (what watching keeps
+/// costing once the buffers have their size).
+pub fn watched_memory(case: &str, n: u64) -> f64 {
+    let exe = std::env::current_exe().expect("own path");
+    let mut target = std::process::Command::new(exe)
+        .args(["--child", "watched_target", &n.to_string()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the target");
+    let mut out = BufReader::new(target.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    out.read_line(&mut line).expect("the target starts");
+    assert_eq!(line.trim(), "ready");
+    let pid = target.id();
+    let rss = || {
+        let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).expect("statm");
+        let pages: f64 = statm
+            .split_whitespace()
+            .nth(1)
+            .and_then(|v| v.parse().ok())
+            .expect("resident pages");
+        pages * 4096.0
+    };
+    let stream = UnixStream::connect(greenhub::attach::socket_path(pid)).expect("attach");
+    let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+    let mut writer = stream;
+    let mut read = |count: usize| {
+        for _ in 0..count {
+            writer.write_all(b"snapshot\n").expect("ask");
+            line.clear();
+            reader.read_line(&mut line).expect("answer");
+            assert!(line.len() as u64 > n * 50, "a full snapshot came back");
+        }
+    };
+    let before = rss();
+    read(100);
+    let at_100 = rss();
+    read(400);
+    let at_500 = rss();
+    drop(target.stdin.take());
+    let _ = target.wait();
+    if case.contains("first") {
+        at_100 - before
+    } else {
+        at_500 - at_100
+    }
+}

@@ -272,6 +272,39 @@ const SUITES: &[Suite] = &[
         ],
         scale: 1.0,
     },
+    Suite {
+        id: "watched_memory",
+        title: "Target memory while watched",
+        unit: "MiB added to the target's resident memory",
+        what: "a process with N green threads parked; an inspector reads 500 full snapshots \
+               back to back through the attach socket; how much the target's resident memory \
+               grew over the first 100 reads (the reply buffers reaching their size) and from \
+               the 100th read to the 500th (what watching keeps costing: aim 0)",
+        workers: 2,
+        cases: &[("reads 1-100", 10_000), ("reads 100-500", 10_000)],
+        scale: 1_048_576.0,
+    },
+    Suite {
+        id: "tui_100k",
+        title: "inspector attach on 100,000 green threads",
+        unit: "ms per step",
+        what: "the TUI's steps against a process with N green threads parked (16 KiB stacks; \
+               needs vm.max_map_count above 200,000): reading a full snapshot through the \
+               attach socket and decoding it (on the TUI's reader thread, so keys do not wait \
+               for it), taking it into the view (rows filtered and sorted once per snapshot), \
+               a key that changes the sort column (each column in turn), the first character \
+               of a filter after a new snapshot (the search texts are made then), and drawing \
+               a 200x60 frame; medians of 9",
+        workers: 2,
+        cases: &[
+            ("read + decode a snapshot", 100_000),
+            ("take it into the view", 100_000),
+            ("key: next sort column", 100_000),
+            ("key: first filter character", 100_000),
+            ("draw a frame", 100_000),
+        ],
+        scale: 1e6,
+    },
 ];
 
 #[derive(Serialize)]
@@ -305,6 +338,7 @@ fn child(args: &[String]) {
     match args {
         [s] if s == "idle_server" => idle::server(),
         [s, addr, n] if s == "idle_clients" => idle::clients(addr, n.parse().expect("n")),
+        [s, n] if s == "watched_target" => inspect::watched_target(n.parse().expect("n")),
         _ => {}
     }
     let [suite, runtime, workers, n] = args else {
@@ -330,6 +364,8 @@ fn child(args: &[String]) {
         "db_select1_p99" => db::select1(runtime, workers, n, db::Figure::Latency(0.99)),
         "snapshot_10k" | "snapshot_100k" => inspect::snapshot_cost(runtime, n),
         "inspector_attached" => inspect::attached(runtime, n),
+        "tui_100k" => inspect::tui(runtime, n),
+        "watched_memory" => inspect::watched_memory(runtime, n),
         other => panic!("unknown suite {other}"),
     };
     println!("{figure}");
@@ -578,7 +614,7 @@ fn main() {
         .filter(|s| only.as_deref().is_none_or(|o| o == s.id))
         .filter(|s| {
             // 100,000 stacks take 200,000 mappings: skipped, and said so, where they cannot.
-            let fits = s.id != "snapshot_100k" || map_count > 220_000;
+            let fits = !s.id.ends_with("_100k") || map_count > 220_000;
             if !fits {
                 eprintln!(
                     "{}: skipped, vm.max_map_count is {map_count} (raise it above 220000 as root)",

@@ -291,3 +291,103 @@ fn pause_refresh_rate_and_a_lost_process_show_in_the_header() {
     app.key(Key::Char('q'));
     assert!(app.quit);
 }
+
+#[test]
+fn the_rows_follow_every_new_snapshot_under_the_same_filter_and_sort() {
+    let scene = Scene::new("fresh");
+    let mut app = app_with_snapshot();
+    type_filter(&mut app, "fresh-child");
+    while app.sort != Column::Name {
+        app.key(Key::Char('s'));
+    }
+    let before: Vec<_> = names(&app).into_iter().map(|(n, _)| n).collect();
+    assert_eq!(before, ["fresh-child-a", "fresh-child-b", "fresh-child-c"]);
+    app.key(Key::End);
+    assert_eq!(app.selected, 2);
+
+    // The children end; the next snapshot must not show them, whatever was shown before.
+    scene.end();
+    let give_up = Instant::now() + Duration::from_secs(10);
+    loop {
+        app.update(snapshot(), Instant::now());
+        if app.thread_rows().is_empty() {
+            break;
+        }
+        assert!(Instant::now() < give_up, "ended threads still shown");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(app.selected, 0, "the selection follows the rows");
+    assert!(screen(&app).contains("0 of"));
+
+    // New threads matching the filter appear at the next snapshot, in the chosen order.
+    let again = Scene::new("fresh");
+    app.update(snapshot(), Instant::now());
+    let after: Vec<_> = names(&app).into_iter().map(|(n, _)| n).collect();
+    assert_eq!(after, ["fresh-child-a", "fresh-child-b", "fresh-child-c"]);
+    again.end();
+}
+
+#[test]
+fn many_threads_are_each_shown_once_in_every_order() {
+    let release = greenhub::Event::<(), ()>::new();
+    let n = 2_000;
+    let threads: Vec<_> = (0..n)
+        .map(|i| {
+            let release = release.clone();
+            greenhub::Builder::new()
+                .name(format!("many-{}", (i * 7919) % n))
+                .spawn(move || release.wait().is_ok())
+                .unwrap()
+        })
+        .collect();
+    let give_up = Instant::now() + Duration::from_secs(20);
+    let mut app = App::new(std::process::id());
+    loop {
+        app.update(snapshot(), Instant::now());
+        let waiting = app
+            .snapshot
+            .as_ref()
+            .unwrap()
+            .threads
+            .iter()
+            .filter(|t| {
+                t.name.as_deref().is_some_and(|n| n.starts_with("many-"))
+                    && t.state == greenhub::inspect::ThreadState::Waiting
+            })
+            .count();
+        if waiting == n {
+            break;
+        }
+        assert!(Instant::now() < give_up, "the threads never all waited");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    type_filter(&mut app, "many-");
+    for tree in [false, true] {
+        for _ in Column::ALL {
+            for _ in 0..2 {
+                let rows = app.thread_rows();
+                let mut ids: Vec<u64> = rows.iter().map(|r| r.thread.id).collect();
+                assert_eq!(ids.len(), n, "every match shown (tree {tree})");
+                ids.sort_unstable();
+                ids.dedup();
+                assert_eq!(ids.len(), n, "none twice (tree {tree}, {:?})", app.sort);
+                if app.sort == Column::Name && !tree {
+                    let names: Vec<_> = rows.iter().map(|r| r.thread.name.clone()).collect();
+                    let mut sorted = names.clone();
+                    sorted.sort();
+                    if app.reverse {
+                        sorted.reverse();
+                    }
+                    assert_eq!(names, sorted, "sorted by name");
+                }
+                app.key(Key::Char('r'));
+            }
+            app.key(Key::Char('s'));
+        }
+        app.key(Key::Char('t'));
+    }
+    release.set(()).unwrap();
+    for t in threads {
+        assert!(t.wait().unwrap());
+    }
+}

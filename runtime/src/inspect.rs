@@ -313,6 +313,17 @@ fn signed_us(later_ns: u64, earlier_ns: u64) -> i64 {
 /// Takes a snapshot of the registry. Costs one pass over the live threads; the green threads
 /// themselves are not stopped.
 pub fn snapshot() -> Snapshot {
+    take(true)
+}
+
+/// The snapshot's totals, workers, reports and objects, with the lists of threads, finished
+/// threads, timers and descriptors left empty: what `/stats` and `/metrics` serve, without
+/// describing each of 100,000 threads to count them.
+pub(crate) fn overview() -> Snapshot {
+    take(false)
+}
+
+fn take(lists: bool) -> Snapshot {
     let reg = registry();
     let rt = runtime::get_if_started();
     // Read everything first and the clocks last, so that no time read from a table is later
@@ -325,9 +336,20 @@ pub fn snapshot() -> Snapshot {
             (r, view)
         })
         .collect();
-    let finished = reg.finished();
-    let timers = reg.timers();
-    let fds = reg.fds();
+    let (finished, timers, fds, timer_count, fd_count) = if lists {
+        let timers = reg.timers();
+        let fds = reg.fds();
+        let counts = (timers.len(), fds.len());
+        (reg.finished(), timers, fds, counts.0, counts.1)
+    } else {
+        (
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            reg.timer_count(),
+            reg.fd_count(),
+        )
+    };
     let reports = monitor::reports();
     // Objects are inspected outside the table's locks: an inspection takes the object's own
     // lock, and an object dropped meanwhile takes the table's.
@@ -338,41 +360,41 @@ pub fn snapshot() -> Snapshot {
 
     let mut totals = Totals::default();
     let mut live_switches = 0;
-    let mut threads: Vec<ThreadInfo> = states
-        .into_iter()
-        .map(|(r, view)| {
-            let state = match view.phase {
-                Phase::Scheduled => ThreadState::Scheduled,
-                Phase::Running => ThreadState::Running,
-                Phase::Waiting => ThreadState::Waiting,
-            };
-            let switches = r.switches.load(Ordering::Relaxed);
-            live_switches += switches;
-            ThreadInfo {
-                id: r.id,
-                name: r.name.as_deref().map(String::from),
-                parent: r.parent,
-                spawn_site: r.site.to_string(),
-                age_us: us(now.saturating_sub(r.created_ns)),
-                state,
-                waiting_on: view.waiting_on,
-                state_for_us: us(now.saturating_sub(view.since_ns)),
-                deadline_in_us: view.deadline_ns.map(|d| signed_us(d, precise)),
-                run_time_us: us(r.run_ns.load(Ordering::Relaxed)),
-                switches,
-                stack_size: r.stack_size,
-                kill_requested: r.kill_requested.load(Ordering::Relaxed),
-            }
-        })
-        .collect();
-    threads.sort_by_key(|t| t.id);
-    for t in &threads {
-        match t.state {
+    let live = states.len();
+    let mut threads: Vec<ThreadInfo> = Vec::with_capacity(if lists { live } else { 0 });
+    for (r, view) in states {
+        let state = match view.phase {
+            Phase::Scheduled => ThreadState::Scheduled,
+            Phase::Running => ThreadState::Running,
+            Phase::Waiting => ThreadState::Waiting,
+        };
+        match state {
             ThreadState::Scheduled => totals.scheduled += 1,
             ThreadState::Running => totals.running += 1,
             ThreadState::Waiting => totals.waiting += 1,
         }
+        let switches = r.switches.load(Ordering::Relaxed);
+        live_switches += switches;
+        if !lists {
+            continue;
+        }
+        threads.push(ThreadInfo {
+            id: r.id,
+            name: r.name.as_deref().map(String::from),
+            parent: r.parent,
+            spawn_site: r.site.to_string(),
+            age_us: us(now.saturating_sub(r.created_ns)),
+            state,
+            waiting_on: view.waiting_on,
+            state_for_us: us(now.saturating_sub(view.since_ns)),
+            deadline_in_us: view.deadline_ns.map(|d| signed_us(d, precise)),
+            run_time_us: us(r.run_ns.load(Ordering::Relaxed)),
+            switches,
+            stack_size: r.stack_size,
+            kill_requested: r.kill_requested.load(Ordering::Relaxed),
+        });
     }
+    threads.sort_by_key(|t| t.id);
 
     let finished = finished
         .into_iter()
@@ -449,14 +471,14 @@ pub fn snapshot() -> Snapshot {
         .collect();
 
     let c = &reg.counters;
-    totals.live = threads.len();
+    totals.live = live;
     totals.spawned = c.spawned.load(Ordering::Relaxed);
     totals.finished = c.finished.load(Ordering::Relaxed);
     totals.panicked = c.panicked.load(Ordering::Relaxed);
     totals.killed = c.killed.load(Ordering::Relaxed);
     totals.switches = finished_switches + live_switches;
-    totals.timers = timers.len();
-    totals.descriptors = descriptors.len();
+    totals.timers = timer_count;
+    totals.descriptors = fd_count;
     totals.blocked_now = blocked.iter().filter(|b| b.ongoing).count();
     totals.objects = objects.len();
 

@@ -421,6 +421,16 @@ impl Registry {
         self.fds[Self::shard(id)].lock().remove(&id);
     }
 
+    /// The number of pending timers.
+    pub(crate) fn timer_count(&self) -> usize {
+        self.timers.iter().map(|s| s.lock().len()).sum()
+    }
+
+    /// The number of descriptors green threads wait on.
+    pub(crate) fn fd_count(&self) -> usize {
+        self.fds.iter().map(|s| s.lock().len()).sum()
+    }
+
     pub(crate) fn fds(&self) -> Vec<(i32, crate::wait::Interest, Option<u64>, u64)> {
         let mut out = Vec::new();
         for shard in self.fds.iter() {

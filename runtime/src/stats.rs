@@ -29,7 +29,8 @@ use std::sync::OnceLock;
 use serde::Serialize;
 
 use crate::inspect::{
-    snapshot, BlockedInfo, ObjectInfo, RuntimeInfo, Snapshot, ThreadState, Totals, WorkerInfo,
+    overview, snapshot, BlockedInfo, ObjectInfo, RuntimeInfo, Snapshot, ThreadState, Totals,
+    WorkerInfo,
 };
 use crate::panic;
 
@@ -82,12 +83,12 @@ fn answer(method: &tiny_http::Method, url: &str) -> (u16, &'static str, String) 
     }
     let (path, query) = url.split_once('?').unwrap_or((url, ""));
     match path {
-        "/stats" => (200, JSON, to_json(&Stats::from(snapshot()))),
+        "/stats" => (200, JSON, to_json(&Stats::from(overview()))),
         "/snapshot" => match filtered(query) {
             Ok(snap) => (200, JSON, to_json(&snap)),
             Err(why) => (400, JSON, error(&why)),
         },
-        "/metrics" => (200, PROMETHEUS, metrics(&snapshot())),
+        "/metrics" => (200, PROMETHEUS, metrics(&overview())),
         _ => (
             404,
             JSON,

@@ -157,3 +157,57 @@ fn what_is_not_served_gets_a_clear_error() {
     // And it still serves.
     assert_eq!(get("GET", "/stats").0, 200);
 }
+
+#[test]
+fn stats_totals_count_what_the_full_snapshot_lists() {
+    setup();
+    let release = greenhub::Event::<(), ()>::new();
+    let waiters: Vec<_> = (0..40)
+        .map(|_| {
+            let release = release.clone();
+            greenhub::spawn(move || release.wait().is_ok())
+        })
+        .collect();
+    let sleepers: Vec<_> = (0..10)
+        .map(|_| greenhub::spawn(|| greenhub::sleep(Duration::from_secs(30))))
+        .collect();
+    // /stats counts without listing; the counts must be those of the full lists. Other tests
+    // of this file run alongside, so ask until two reads in a row agree.
+    let mut agreed = false;
+    for _ in 0..500 {
+        let (_, stats) = get("GET", "/stats");
+        let (_, full) = get("GET", "/snapshot");
+        let (_, again) = get("GET", "/stats");
+        let stats: serde_json::Value = serde_json::from_str(&stats).unwrap();
+        let again: serde_json::Value = serde_json::from_str(&again).unwrap();
+        let full: Snapshot = serde_json::from_str(&full).unwrap();
+        let listed = [
+            full.threads.len(),
+            full.threads
+                .iter()
+                .filter(|t| t.state == ThreadState::Waiting)
+                .count(),
+            full.timers.len(),
+            full.descriptors.len(),
+        ];
+        let counted = |v: &serde_json::Value| {
+            ["live", "waiting", "timers", "descriptors"]
+                .map(|k| v["totals"][k].as_u64().unwrap() as usize)
+        };
+        assert!(counted(&stats)[1] <= counted(&stats)[0]);
+        if counted(&stats) == listed && counted(&again) == listed && listed[1] >= 50 {
+            assert!(listed[2] >= 10, "the sleepers' timers are counted");
+            agreed = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(agreed, "/stats never counted what /snapshot lists");
+    release.set(()).unwrap();
+    for w in waiters {
+        assert!(w.wait().unwrap());
+    }
+    for s in sleepers {
+        s.kill();
+    }
+}

@@ -206,6 +206,28 @@ pub struct App {
     pub refresh: Duration,
     /// Whether the user asked to quit.
     pub quit: bool,
+    /// The current view's rows as (index in the snapshot's list, depth in the tree), filtered
+    /// and sorted. Kept between frames: with 100,000 threads, building them costs tens of
+    /// milliseconds, which a frame or a key press must not pay.
+    rows: Vec<(usize, usize)>,
+    /// What `rows` was built for; `None` after a new snapshot.
+    built: Option<Shape>,
+    /// The lowercased text each entry of `search_view` is found by, made when a filter first
+    /// needs it and kept until the next snapshot, so that typing a filter stays quick.
+    search: Vec<String>,
+    search_view: Option<View>,
+    /// Thread id to its index in the snapshot.
+    by_id: HashMap<u64, usize>,
+}
+
+/// Everything the rows depend on besides the snapshot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Shape {
+    view: View,
+    sort: Column,
+    reverse: bool,
+    tree: bool,
+    filter: String,
 }
 
 impl App {
@@ -228,6 +250,11 @@ impl App {
             paused: false,
             refresh: Duration::from_secs(1),
             quit: false,
+            rows: Vec::new(),
+            built: None,
+            search: Vec::new(),
+            search_view: None,
+            by_id: HashMap::new(),
         }
     }
 
@@ -241,8 +268,16 @@ impl App {
             }
         }
         self.last_switches = Some((at, switches));
+        self.by_id = snapshot
+            .threads
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.id, i))
+            .collect();
         self.snapshot = Some(snapshot);
         self.error = None;
+        self.built = None;
+        self.search_view = None;
         self.clamp();
     }
 
@@ -267,6 +302,7 @@ impl App {
                 _ => {}
             }
             self.selected = 0;
+            self.clamp();
             return;
         }
         if self.detail {
@@ -335,26 +371,231 @@ impl App {
     }
 
     fn clamp(&mut self) {
-        let n = self.rows_len();
+        self.rebuild();
+        let n = self.rows.len();
         self.selected = self.selected.min(n.saturating_sub(1));
         if n == 0 {
             self.detail = false;
         }
     }
 
-    fn matches(&self, text: &str) -> bool {
-        self.filter.is_empty() || text.to_lowercase().contains(&self.filter.to_lowercase())
+    fn shape(&self) -> Shape {
+        Shape {
+            view: self.view,
+            sort: self.sort,
+            reverse: self.reverse,
+            tree: self.tree,
+            filter: self.filter.to_lowercase(),
+        }
     }
 
-    /// The rows of the current view, filtered (and sorted).
-    pub fn rows_len(&self) -> usize {
-        match self.view {
-            View::Threads => self.thread_rows().len(),
-            View::Timers => self.timer_rows().len(),
-            View::Descriptors => self.descriptor_rows().len(),
-            View::Pools => self.object_rows().len(),
-            View::Blocked => self.blocked_rows().len(),
+    /// Builds the current view's rows again if the snapshot or anything they depend on
+    /// changed since they were built.
+    fn rebuild(&mut self) {
+        let shape = self.shape();
+        if self.built.as_ref() == Some(&shape) {
+            return;
         }
+        if !shape.filter.is_empty() && self.search_view != Some(shape.view) {
+            self.search = self.search_texts(shape.view);
+            self.search_view = Some(shape.view);
+        }
+        self.rows = self.compute_rows(&shape);
+        self.built = Some(shape);
+    }
+
+    /// The rows for `view`: the kept ones if they are current, else built now.
+    fn rows_of(&self, view: View) -> std::borrow::Cow<'_, [(usize, usize)]> {
+        let mut shape = self.shape();
+        if shape.view == view && self.built.as_ref() == Some(&shape) {
+            return std::borrow::Cow::Borrowed(&self.rows);
+        }
+        shape.view = view;
+        std::borrow::Cow::Owned(self.compute_rows(&shape))
+    }
+
+    /// The text each entry of `view` is found by, lowercased.
+    fn search_texts(&self, view: View) -> Vec<String> {
+        let Some(snap) = &self.snapshot else {
+            return Vec::new();
+        };
+        let texts: Vec<String> = match view {
+            View::Threads => snap.threads.iter().map(thread_text).collect(),
+            View::Timers => snap
+                .timers
+                .iter()
+                .map(|t| {
+                    format!(
+                        "{} {:?} {} {}",
+                        t.id,
+                        t.kind,
+                        t.owner.map(|o| format!("#{o}")).unwrap_or_default(),
+                        t.site
+                    )
+                })
+                .collect(),
+            View::Descriptors => snap
+                .descriptors
+                .iter()
+                .map(|d| {
+                    format!(
+                        "fd {} {} {}",
+                        d.fd,
+                        d.interest.name(),
+                        d.owner.map(|o| format!("#{o}")).unwrap_or_default()
+                    )
+                })
+                .collect(),
+            View::Pools => snap.objects.iter().map(|o| o.describe()).collect(),
+            View::Blocked => snap
+                .blocked
+                .iter()
+                .map(|b| {
+                    format!(
+                        "#{} {} {}",
+                        b.thread,
+                        b.name.as_deref().unwrap_or(""),
+                        b.spawn_site.as_deref().unwrap_or("")
+                    )
+                })
+                .collect(),
+        };
+        texts.into_iter().map(|t| t.to_lowercase()).collect()
+    }
+
+    /// The indices of `shape.view`'s entries that pass the filter.
+    fn kept(&self, shape: &Shape, len: usize) -> Vec<usize> {
+        if shape.filter.is_empty() {
+            return (0..len).collect();
+        }
+        let owned;
+        let texts: &[String] = if self.search_view == Some(shape.view) {
+            &self.search
+        } else {
+            owned = self.search_texts(shape.view);
+            &owned
+        };
+        (0..len)
+            .filter(|i| texts.get(*i).is_some_and(|t| t.contains(&shape.filter)))
+            .collect()
+    }
+
+    fn compute_rows(&self, shape: &Shape) -> Vec<(usize, usize)> {
+        let Some(snap) = &self.snapshot else {
+            return Vec::new();
+        };
+        let flat = |v: Vec<usize>| v.into_iter().map(|i| (i, 0)).collect();
+        match shape.view {
+            View::Threads => self.compute_thread_rows(snap, shape),
+            View::Timers => {
+                let mut rows = self.kept(shape, snap.timers.len());
+                rows.sort_by_key(|i| (snap.timers[*i].due_in_us, snap.timers[*i].id));
+                flat(rows)
+            }
+            View::Descriptors => {
+                let mut rows = self.kept(shape, snap.descriptors.len());
+                rows.sort_by_key(|i| {
+                    let d = &snap.descriptors[*i];
+                    (std::cmp::Reverse(d.waiting_us), d.fd)
+                });
+                flat(rows)
+            }
+            View::Pools => {
+                let rank = |k: ObjectKind| match k {
+                    ObjectKind::TpoolCall | ObjectKind::TpoolQueue => 0,
+                    ObjectKind::DbPool => 1,
+                    ObjectKind::GreenPool => 2,
+                    ObjectKind::Server => 3,
+                    _ => 4,
+                };
+                let mut rows = self.kept(shape, snap.objects.len());
+                rows.sort_by_key(|i| (rank(snap.objects[*i].kind), snap.objects[*i].id));
+                flat(rows)
+            }
+            View::Blocked => {
+                let mut rows = self.kept(shape, snap.blocked.len());
+                rows.sort_by_key(|i| {
+                    let b = &snap.blocked[*i];
+                    (!b.ongoing, std::cmp::Reverse(b.seq))
+                });
+                flat(rows)
+            }
+        }
+    }
+
+    /// Threads filtered, sorted, and in tree mode ordered parent first with each parent's
+    /// children (sorted among themselves) under it; a match keeps its ancestors.
+    fn compute_thread_rows(&self, snap: &Snapshot, shape: &Shape) -> Vec<(usize, usize)> {
+        let threads = &snap.threads;
+        // Sorting by what a thread waits on compares formatted text: format it once per
+        // thread, not twice per comparison.
+        let waits: Vec<String> = if shape.sort == Column::WaitingOn {
+            threads.iter().map(waiting_on).collect()
+        } else {
+            Vec::new()
+        };
+        let cmp = |a: &usize, b: &usize| {
+            let o = if shape.sort == Column::WaitingOn {
+                waits[*a]
+                    .cmp(&waits[*b])
+                    .then(threads[*a].id.cmp(&threads[*b].id))
+            } else {
+                shape.sort.compare(&threads[*a], &threads[*b])
+            };
+            if shape.reverse {
+                o.reverse()
+            } else {
+                o
+            }
+        };
+        if !shape.tree {
+            let mut rows = self.kept(shape, threads.len());
+            rows.sort_by(cmp);
+            return rows.into_iter().map(|i| (i, 0)).collect();
+        }
+        let mut children: HashMap<usize, Vec<usize>> = HashMap::new();
+        let mut roots = Vec::new();
+        for (i, t) in threads.iter().enumerate() {
+            match t.parent.and_then(|p| self.by_id.get(&p)) {
+                Some(p) => children.entry(*p).or_default().push(i),
+                None => roots.push(i),
+            }
+        }
+        roots.sort_by(cmp);
+        for list in children.values_mut() {
+            list.sort_by(cmp);
+        }
+        // Iterative: a long chain of spawns must not overflow the inspector's stack.
+        let mut order = Vec::with_capacity(threads.len());
+        let mut stack: Vec<(usize, usize)> = roots.into_iter().rev().map(|i| (i, 0)).collect();
+        while let Some((i, depth)) = stack.pop() {
+            order.push((i, depth));
+            if let Some(kids) = children.get(&i) {
+                stack.extend(kids.iter().rev().map(|k| (*k, depth + 1)));
+            }
+        }
+        if shape.filter.is_empty() {
+            return order;
+        }
+        // Children come after their parent in `order`, so one pass backwards carries matches
+        // up to every ancestor.
+        let mut shown = vec![false; threads.len()];
+        for i in self.kept(shape, threads.len()) {
+            shown[i] = true;
+        }
+        for &(i, _) in order.iter().rev() {
+            if shown[i] {
+                if let Some(p) = threads[i].parent.and_then(|p| self.by_id.get(&p)) {
+                    shown[*p] = true;
+                }
+            }
+        }
+        order.into_iter().filter(|(i, _)| shown[*i]).collect()
+    }
+
+    /// The number of rows of the current view.
+    pub fn rows_len(&self) -> usize {
+        self.rows_of(self.view).len()
     }
 
     /// The threads view: filtered, sorted, and in tree mode ordered parent first with each
@@ -363,66 +604,19 @@ impl App {
         let Some(snap) = &self.snapshot else {
             return Vec::new();
         };
-        let cmp = |a: &&ThreadInfo, b: &&ThreadInfo| {
-            let o = self.sort.compare(a, b);
-            if self.reverse {
-                o.reverse()
-            } else {
-                o
-            }
-        };
-        let keep = |t: &ThreadInfo| self.matches(&thread_text(t));
-        if !self.tree {
-            let mut rows: Vec<&ThreadInfo> = snap.threads.iter().filter(|t| keep(t)).collect();
-            rows.sort_by(cmp);
-            return rows
-                .into_iter()
-                .map(|thread| ThreadRow { thread, depth: 0 })
-                .collect();
-        }
-        let ids: HashMap<u64, &ThreadInfo> = snap.threads.iter().map(|t| (t.id, t)).collect();
-        let mut children: HashMap<u64, Vec<&ThreadInfo>> = HashMap::new();
-        let mut roots = Vec::new();
-        for t in &snap.threads {
-            match t.parent.filter(|p| ids.contains_key(p)) {
-                Some(p) => children.entry(p).or_default().push(t),
-                None => roots.push(t),
-            }
-        }
-        roots.sort_by(cmp);
-        for list in children.values_mut() {
-            list.sort_by(cmp);
-        }
-        // Iterative: a long chain of spawns must not overflow the inspector's stack.
-        let mut order = Vec::with_capacity(snap.threads.len());
-        let mut stack: Vec<(&ThreadInfo, usize)> =
-            roots.into_iter().rev().map(|t| (t, 0)).collect();
-        while let Some((t, depth)) = stack.pop() {
-            order.push(ThreadRow { thread: t, depth });
-            if let Some(kids) = children.get(&t.id) {
-                stack.extend(kids.iter().rev().map(|k| (*k, depth + 1)));
-            }
-        }
-        if self.filter.is_empty() {
-            return order;
-        }
-        // A match keeps its ancestors, so that it is seen where it hangs. Children come after
-        // their parent in `order`, so one pass backwards carries matches up.
-        let mut shown: HashMap<u64, bool> = HashMap::new();
-        for row in order.iter().rev() {
-            let t = row.thread;
-            let own = keep(t) || shown.get(&t.id).copied().unwrap_or(false);
-            shown.insert(t.id, own);
-            if own {
-                if let Some(p) = t.parent {
-                    shown.insert(p, true);
-                }
-            }
-        }
-        order
-            .into_iter()
-            .filter(|r| shown.get(&r.thread.id).copied().unwrap_or(false))
+        self.rows_of(View::Threads)
+            .iter()
+            .map(|&(i, depth)| ThreadRow {
+                thread: &snap.threads[i],
+                depth,
+            })
             .collect()
+    }
+
+    /// The thread with this id in the latest snapshot.
+    pub fn thread(&self, id: u64) -> Option<&ThreadInfo> {
+        let snap = self.snapshot.as_ref()?;
+        self.by_id.get(&id).map(|i| &snap.threads[*i])
     }
 
     /// The timers view, soonest first.
@@ -430,21 +624,10 @@ impl App {
         let Some(snap) = &self.snapshot else {
             return Vec::new();
         };
-        let mut rows: Vec<_> = snap
-            .timers
+        self.rows_of(View::Timers)
             .iter()
-            .filter(|t| {
-                self.matches(&format!(
-                    "{} {:?} {} {}",
-                    t.id,
-                    t.kind,
-                    t.owner.map(|o| format!("#{o}")).unwrap_or_default(),
-                    t.site
-                ))
-            })
-            .collect();
-        rows.sort_by_key(|t| (t.due_in_us, t.id));
-        rows
+            .map(|&(i, _)| &snap.timers[i])
+            .collect()
     }
 
     /// The descriptors view, longest waiting first.
@@ -452,20 +635,10 @@ impl App {
         let Some(snap) = &self.snapshot else {
             return Vec::new();
         };
-        let mut rows: Vec<_> = snap
-            .descriptors
+        self.rows_of(View::Descriptors)
             .iter()
-            .filter(|d| {
-                self.matches(&format!(
-                    "fd {} {} {}",
-                    d.fd,
-                    d.interest.name(),
-                    d.owner.map(|o| format!("#{o}")).unwrap_or_default()
-                ))
-            })
-            .collect();
-        rows.sort_by_key(|d| (std::cmp::Reverse(d.waiting_us), d.fd));
-        rows
+            .map(|&(i, _)| &snap.descriptors[i])
+            .collect()
     }
 
     /// The pools and objects view: pools first (tpool, database, green pools, servers), then
@@ -474,20 +647,10 @@ impl App {
         let Some(snap) = &self.snapshot else {
             return Vec::new();
         };
-        let rank = |k: ObjectKind| match k {
-            ObjectKind::TpoolCall | ObjectKind::TpoolQueue => 0,
-            ObjectKind::DbPool => 1,
-            ObjectKind::GreenPool => 2,
-            ObjectKind::Server => 3,
-            _ => 4,
-        };
-        let mut rows: Vec<_> = snap
-            .objects
+        self.rows_of(View::Pools)
             .iter()
-            .filter(|o| self.matches(&o.describe()))
-            .collect();
-        rows.sort_by_key(|o| (rank(o.kind), o.id));
-        rows
+            .map(|&(i, _)| &snap.objects[i])
+            .collect()
     }
 
     /// The blocked-worker reports, ongoing first, then the newest.
@@ -495,20 +658,10 @@ impl App {
         let Some(snap) = &self.snapshot else {
             return Vec::new();
         };
-        let mut rows: Vec<_> = snap
-            .blocked
+        self.rows_of(View::Blocked)
             .iter()
-            .filter(|b| {
-                self.matches(&format!(
-                    "#{} {} {}",
-                    b.thread,
-                    b.name.as_deref().unwrap_or(""),
-                    b.spawn_site.as_deref().unwrap_or("")
-                ))
-            })
-            .collect();
-        rows.sort_by_key(|b| (!b.ongoing, std::cmp::Reverse(b.seq)));
-        rows
+            .map(|&(i, _)| &snap.blocked[i])
+            .collect()
     }
 
     /// The lines of the details of the selected row.
@@ -522,7 +675,7 @@ impl App {
                 let Some(row) = rows.get(self.selected) else {
                     return Vec::new();
                 };
-                thread_detail(snap, row.thread)
+                self.thread_detail(snap, row.thread)
             }
             View::Pools => {
                 let rows = self.object_rows();
@@ -552,17 +705,17 @@ impl App {
             View::Timers => self
                 .timer_rows()
                 .get(self.selected)
-                .map(|t| owner_detail(snap, t.owner, format!("{t:#?}")))
+                .map(|t| self.owner_detail(t.owner, format!("{t:#?}")))
                 .unwrap_or_default(),
             View::Descriptors => self
                 .descriptor_rows()
                 .get(self.selected)
-                .map(|d| owner_detail(snap, d.owner, format!("{d:#?}")))
+                .map(|d| self.owner_detail(d.owner, format!("{d:#?}")))
                 .unwrap_or_default(),
             View::Blocked => self
                 .blocked_rows()
                 .get(self.selected)
-                .map(|b| owner_detail(snap, Some(b.thread), format!("{b:#?}")))
+                .map(|b| self.owner_detail(Some(b.thread), format!("{b:#?}")))
                 .unwrap_or_default(),
         }
     }
@@ -620,72 +773,77 @@ fn thread_text(t: &ThreadInfo) -> String {
     )
 }
 
-fn thread_detail(snap: &Snapshot, t: &ThreadInfo) -> Vec<String> {
-    let by_id: HashMap<u64, &ThreadInfo> = snap.threads.iter().map(|t| (t.id, t)).collect();
-    let mut lines = vec![
-        t.describe(),
-        String::new(),
-        format!("id            {}", t.id),
-        format!("name          {}", t.name.as_deref().unwrap_or("-")),
-        format!(
-            "state         {} for {}",
-            t.state.name(),
-            format_us(t.state_for_us)
-        ),
-        format!(
-            "waiting on    {}",
-            t.waiting_on.map(|w| w.to_string()).unwrap_or("-".into())
-        ),
-        format!(
-            "deadline      {}",
-            match t.deadline_in_us {
-                Some(d) if d >= 0 => format!("in {}", format_us(d as u64)),
-                Some(d) => format!("overdue by {}", format_us(d.unsigned_abs())),
-                None => "-".into(),
-            }
-        ),
-        format!("spawned at    {}", t.spawn_site),
-        format!("age           {}", format_us(t.age_us)),
-        format!("ran           {}", format_us(t.run_time_us)),
-        format!("switches      {}", t.switches),
-        format!("stack         {} bytes", t.stack_size),
-        format!("kill pending  {}", t.kill_requested),
-        String::new(),
-        "parents:".into(),
-    ];
-    let mut parent = t.parent;
-    let mut seen = 0;
-    while let Some(p) = parent {
-        seen += 1;
-        match by_id.get(&p) {
-            Some(pt) if seen < 64 => {
-                lines.push(format!("  {}", pt.describe()));
-                parent = pt.parent;
-            }
-            _ => {
-                lines.push(format!("  #{p} (ended)"));
-                break;
+impl App {
+    fn thread_detail(&self, snap: &Snapshot, t: &ThreadInfo) -> Vec<String> {
+        let mut lines = vec![
+            t.describe(),
+            String::new(),
+            format!("id            {}", t.id),
+            format!("name          {}", t.name.as_deref().unwrap_or("-")),
+            format!(
+                "state         {} for {}",
+                t.state.name(),
+                format_us(t.state_for_us)
+            ),
+            format!(
+                "waiting on    {}",
+                t.waiting_on.map(|w| w.to_string()).unwrap_or("-".into())
+            ),
+            format!(
+                "deadline      {}",
+                match t.deadline_in_us {
+                    Some(d) if d >= 0 => format!("in {}", format_us(d as u64)),
+                    Some(d) => format!("overdue by {}", format_us(d.unsigned_abs())),
+                    None => "-".into(),
+                }
+            ),
+            format!("spawned at    {}", t.spawn_site),
+            format!("age           {}", format_us(t.age_us)),
+            format!("ran           {}", format_us(t.run_time_us)),
+            format!("switches      {}", t.switches),
+            format!("stack         {} bytes", t.stack_size),
+            format!("kill pending  {}", t.kill_requested),
+            String::new(),
+            "parents:".into(),
+        ];
+        let mut parent = t.parent;
+        let mut seen = 0;
+        while let Some(p) = parent {
+            seen += 1;
+            match self.thread(p) {
+                Some(pt) if seen < 64 => {
+                    lines.push(format!("  {}", pt.describe()));
+                    parent = pt.parent;
+                }
+                _ => {
+                    lines.push(format!("  #{p} (ended)"));
+                    break;
+                }
             }
         }
-    }
-    if t.parent.is_none() {
-        lines.push("  (none: spawned from an OS thread)".into());
-    }
-    let kids: Vec<&&ThreadInfo> = by_id.values().filter(|c| c.parent == Some(t.id)).collect();
-    lines.push(String::new());
-    lines.push(format!("children ({}):", kids.len()));
-    let mut kids: Vec<_> = kids.into_iter().collect();
-    kids.sort_by_key(|c| c.id);
-    lines.extend(kids.into_iter().map(|c| format!("  {}", c.describe())));
-    lines
-}
-
-fn owner_detail(snap: &Snapshot, owner: Option<u64>, what: String) -> Vec<String> {
-    let mut lines: Vec<String> = what.lines().map(String::from).collect();
-    if let Some(t) = owner.and_then(|o| snap.threads.iter().find(|t| t.id == o)) {
+        if t.parent.is_none() {
+            lines.push("  (none: spawned from an OS thread)".into());
+        }
+        let kids: Vec<&ThreadInfo> = snap
+            .threads
+            .iter()
+            .filter(|c| c.parent == Some(t.id))
+            .collect();
         lines.push(String::new());
-        lines.push("owner:".into());
-        lines.push(format!("  {}", t.describe()));
+        lines.push(format!("children ({}):", kids.len()));
+        let mut kids: Vec<_> = kids.into_iter().collect();
+        kids.sort_by_key(|c| c.id);
+        lines.extend(kids.into_iter().map(|c| format!("  {}", c.describe())));
+        lines
     }
-    lines
+
+    fn owner_detail(&self, owner: Option<u64>, what: String) -> Vec<String> {
+        let mut lines: Vec<String> = what.lines().map(String::from).collect();
+        if let Some(t) = owner.and_then(|o| self.thread(o)) {
+            lines.push(String::new());
+            lines.push("owner:".into());
+            lines.push(format!("  {}", t.describe()));
+        }
+        lines
+    }
 }

@@ -6,6 +6,7 @@
 mod app;
 mod view;
 
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use ratatui::crossterm::event::{self, Event, KeyCode, KeyEventKind, KeyModifiers};
@@ -13,26 +14,45 @@ use ratatui::crossterm::event::{self, Event, KeyCode, KeyEventKind, KeyModifiers
 pub use app::{App, Column, Key, PoolTotals, ThreadRow, View};
 pub use view::render;
 
+use greenhub::inspect::Snapshot;
+
 use crate::Client;
 
 /// Runs the TUI on the terminal until the user quits. The process may end meanwhile: the last
 /// snapshot stays on screen with the error above it, and the view reconnects if it comes back.
 pub fn run(pid: u32) -> Result<(), String> {
-    let mut client = Some(Client::connect(pid).map_err(|e| e.to_string())?);
+    let client = Client::connect(pid).map_err(|e| e.to_string())?;
+    let fetcher = Fetcher::start(pid, client);
     let mut app = App::new(pid);
     let mut terminal = ratatui::try_init().map_err(|e| format!("cannot use the terminal: {e}"))?;
     let mut next = Instant::now();
+    let mut in_flight = false;
     let result = loop {
-        if Instant::now() >= next && !app.paused {
-            refresh(&mut app, &mut client);
+        if !in_flight && !app.paused && Instant::now() >= next {
+            in_flight = fetcher.ask();
+            if !in_flight {
+                break Err("the snapshot reader stopped".into());
+            }
+        }
+        if let Ok((answer, at)) = fetcher.answers.try_recv() {
+            in_flight = false;
             next = Instant::now() + app.refresh;
+            match answer {
+                Ok(s) => app.update(s, at),
+                Err(e) => app.failed(e),
+            }
         }
         if let Err(e) = terminal.draw(|f| render(f, &app)) {
             break Err(format!("cannot draw: {e}"));
         }
-        let wait = next
-            .saturating_duration_since(Instant::now())
-            .min(Duration::from_millis(250));
+        // While a snapshot is on its way, look for it often; otherwise sleep until the next
+        // refresh, waking for keys.
+        let wait = if in_flight {
+            Duration::from_millis(15)
+        } else {
+            next.saturating_duration_since(Instant::now())
+                .min(Duration::from_millis(250))
+        };
         match event::poll(wait) {
             Ok(true) => match event::read() {
                 Ok(Event::Key(k)) if k.kind != KeyEventKind::Release => {
@@ -57,22 +77,48 @@ pub fn run(pid: u32) -> Result<(), String> {
     result
 }
 
+/// Reads snapshots on its own thread: with 100,000 green threads in the target a snapshot is
+/// tens of megabytes of JSON, and keys must not wait for it.
+struct Fetcher {
+    ask: mpsc::Sender<()>,
+    answers: mpsc::Receiver<(Result<Snapshot, String>, Instant)>,
+}
+
+impl Fetcher {
+    fn start(pid: u32, client: Client) -> Fetcher {
+        let (ask, asked) = mpsc::channel::<()>();
+        let (answer, answers) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut client = Some(client);
+            // Ends when the TUI drops its end.
+            for () in asked {
+                let got = fetch(pid, &mut client);
+                if answer.send((got, Instant::now())).is_err() {
+                    break;
+                }
+            }
+        });
+        Fetcher { ask, answers }
+    }
+
+    /// Asks for a snapshot; false if the reader is gone.
+    fn ask(&self) -> bool {
+        self.ask.send(()).is_ok()
+    }
+}
+
 /// Takes a new snapshot, reconnecting if the connection was lost.
-fn refresh(app: &mut App, client: &mut Option<Client>) {
+fn fetch(pid: u32, client: &mut Option<Client>) -> Result<Snapshot, String> {
     if client.is_none() {
-        *client = Client::connect(app.pid).ok();
+        *client = Client::connect(pid).ok();
     }
     let Some(c) = client else {
-        app.failed(format!("process {} is not answering", app.pid));
-        return;
+        return Err(format!("process {pid} is not answering"));
     };
-    match c.snapshot() {
-        Ok(s) => app.update(s, Instant::now()),
-        Err(e) => {
-            app.failed(e.to_string());
-            *client = None;
-        }
-    }
+    c.snapshot().map_err(|e| {
+        *client = None;
+        e.to_string()
+    })
 }
 
 fn map(code: KeyCode) -> Option<Key> {

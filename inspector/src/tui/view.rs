@@ -220,11 +220,7 @@ fn render_body(frame: &mut Frame<'_>, area: Rect, app: &App) {
                     .skip(start)
                     .take(visible)
                     .map(|(i, d)| {
-                        let owner = d.owner.and_then(|o| {
-                            app.snapshot
-                                .as_ref()
-                                .and_then(|s| s.threads.iter().find(|t| t.id == o))
-                        });
+                        let owner = d.owner.and_then(|o| app.thread(o));
                         Row::new(vec![
                             Cell::from(d.fd.to_string()),
                             Cell::from(d.interest.name()),
