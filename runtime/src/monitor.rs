@@ -158,6 +158,7 @@ fn run(max_blocking_time: Option<Duration>) {
     let mut last = Instant::now();
     loop {
         std::thread::sleep(TICK);
+        clock::tick();
         crate::graveyard::sweep();
         let now = Instant::now();
         let tick = now - last;

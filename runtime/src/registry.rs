@@ -151,7 +151,7 @@ impl ThreadRecord {
         self.wait_kind.store(kind, Ordering::Relaxed);
         self.wait_a.store(a, Ordering::Relaxed);
         self.wait_b.store(b, Ordering::Relaxed);
-        self.since_ns.store(clock::coarse_ns(), Ordering::Relaxed);
+        self.since_ns.store(clock::ticked_ns(), Ordering::Relaxed);
         self.deadline_ns.store(deadline, Ordering::Relaxed);
         self.seq.store(seq.wrapping_add(2), Ordering::Release);
     }

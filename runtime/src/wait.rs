@@ -218,6 +218,9 @@ pub struct Token {
     /// alarm thread, a relay): the worker that resumes the waiter had emptied its local queue.
     via_global: AtomicBool,
     parker: Parker,
+    /// The waiting green thread's record, kept here because the token is made once per thread
+    /// and reused: a wait then needs no second lookup of the coroutine-local context.
+    record: Option<Arc<ThreadRecord>>,
 }
 
 impl Token {
@@ -304,7 +307,9 @@ impl std::fmt::Debug for Token {
 fn fresh_token(ctx: &context::Context) -> Arc<Token> {
     let mut slot = ctx.token.borrow_mut();
     if let Some(token) = slot.as_mut() {
-        if let Some(exclusive) = Arc::get_mut(token) {
+        // A token made before the spawn wrapper set the record would hide later waits.
+        let same_thread = token.record.is_some() == ctx.record().is_some();
+        if let Some(exclusive) = Arc::get_mut(token).filter(|_| same_thread) {
             *exclusive.state.get_mut() = WAITING;
             *exclusive.via_global.get_mut() = false;
             return token.clone();
@@ -319,6 +324,7 @@ fn fresh_token(ctx: &context::Context) -> Arc<Token> {
         state: AtomicU8::new(WAITING),
         via_global: AtomicBool::new(false),
         parker,
+        record: ctx.record().cloned(),
     });
     *slot = Some(token.clone());
     token
@@ -377,11 +383,11 @@ impl Waiter {
         if self.token.is_woken() {
             return Ok(());
         }
-        context::with(|ctx| match ctx.record() {
-            Some(record) => self.wait_green(record),
-            None if may::coroutine::is_coroutine() => self.park_loop(true),
-            None => self.park_loop(false),
-        })
+        match (&self.token.record, &self.token.parker) {
+            (Some(record), _) => self.wait_green(record),
+            (None, Parker::Green(_)) => self.park_loop(true),
+            (None, Parker::Os(_)) => self.park_loop(false),
+        }
     }
 
     fn wait_green(&self, record: &ThreadRecord) -> Result<(), TimedOut> {
