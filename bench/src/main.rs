@@ -83,9 +83,17 @@ const SUITES: &[Suite] = &[
         what: "two tasks hand a turn back and forth, each parking until its turn (two waits and \
                two wake-ups per round trip); greenhub through its wait primitive with registry \
                bookkeeping, may through coroutine park/unpark, tokio through Notify on a \
-               current-thread runtime",
+               current-thread runtime. \"greenhub threads, may park\" runs greenhub's green \
+               threads parking through may directly: what is left between it and \"greenhub\" \
+               is the cost of greenhub's wait (the token hand-off, the registry's state, the \
+               monitor's worker slot, deadline scopes and kill)",
         workers: 1,
-        cases: &[("greenhub", 200_000), ("may", 200_000), ("tokio", 200_000)],
+        cases: &[
+            ("greenhub", 200_000),
+            ("greenhub threads, may park", 200_000),
+            ("may", 200_000),
+            ("tokio", 200_000),
+        ],
         scale: 1.0,
     },
     Suite {
@@ -97,6 +105,7 @@ const SUITES: &[Suite] = &[
         workers: 2,
         cases: &[
             ("greenhub", 100_000),
+            ("greenhub threads, may park", 100_000),
             ("may", 100_000),
             ("tokio", 100_000),
             ("std::thread", 20_000),

@@ -202,6 +202,19 @@ impl Parking for StdParking {
 /// Round trips between two tasks; ns per round trip (two wake-ups and two waits).
 pub fn ping_pong(runtime: &str, workers: usize, rounds: u64) -> f64 {
     let elapsed: Duration = match runtime {
+        // greenhub's green threads (registry, monitor, context) parking through may directly:
+        // the difference to "greenhub" is what greenhub's wait primitive costs.
+        "greenhub threads, may park" => {
+            start_greenhub(workers, None);
+            let b = Baton::<MayParking>::new();
+            let b2 = b.clone();
+            let t0 = Instant::now();
+            let other = greenhub::spawn(move || b2.play(1, rounds));
+            let b3 = b.clone();
+            greenhub::spawn(move || b3.play(0, rounds)).wait().unwrap();
+            other.wait().unwrap();
+            t0.elapsed()
+        }
         "greenhub" => {
             start_greenhub(workers, None);
             let b = Baton::<GreenhubParking>::new();
