@@ -278,3 +278,111 @@ fn the_attach_view_shows_the_live_target_and_notices_when_it_ends() {
     // The last snapshot stays on screen.
     assert!(lines.iter().any(|l| l.contains("root-job")));
 }
+
+/// Runs `inspector attach` on a real terminal: a pseudo-terminal from util-linux's `script`
+/// (on every Debian system), 160 by 40.
+struct Terminal {
+    child: Child,
+    screen: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+}
+
+impl Terminal {
+    fn attach(dir: &Path, pid: u32) -> Terminal {
+        let command = format!(
+            "stty cols 160 rows 40; exec {} attach {pid}",
+            env!("CARGO_BIN_EXE_inspector")
+        );
+        let mut child = Command::new("script")
+            .args(["-qfec", &command, "/dev/null"])
+            .env("GREENHUB_ATTACH_DIR", dir)
+            .env("TERM", "xterm-256color")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            // Not the test's own stderr: a leftover would hold the test runner's pipe open.
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("this test needs `script` (util-linux) for a pseudo-terminal");
+        let mut out = child.stdout.take().unwrap();
+        let screen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = screen.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = out.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        });
+        Terminal { child, screen }
+    }
+
+    /// Everything written to the terminal so far, escape sequences included.
+    fn output(&self) -> String {
+        String::from_utf8_lossy(&self.screen.lock().unwrap()).into_owned()
+    }
+
+    /// Waits until the terminal has shown `text` (the output after `from` bytes).
+    fn wait_for(&self, text: &str, from: usize) {
+        let give_up = std::time::Instant::now() + Duration::from_secs(30);
+        while !self.output().get(from..).unwrap_or("").contains(text) {
+            assert!(
+                std::time::Instant::now() < give_up,
+                "{text:?} never shown; the terminal got:\n{}",
+                self.output()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn keys(&mut self, keys: &str) {
+        use std::io::Write;
+        let stdin = self.child.stdin.as_mut().unwrap();
+        stdin.write_all(keys.as_bytes()).unwrap();
+        stdin.flush().unwrap();
+    }
+}
+
+impl Drop for Terminal {
+    fn drop(&mut self) {
+        // After a failed check the view is still up: closing the pseudo-terminal hangs it up.
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+#[test]
+fn the_inspector_binary_shows_the_target_on_a_terminal_and_quits_on_q() {
+    let dir = Dir::new("terminal");
+    let target = Target::start(&dir);
+    let mut term = Terminal::attach(&dir, target.pid());
+    // The threads view of the live process, from the first snapshot.
+    term.wait_for(&format!("pid {}", target.pid()), 0);
+    term.wait_for("root-job", 0);
+    term.wait_for("child-2", 0);
+    // Keys reach it: the timers view lists the sleeper's timer, owned by a thread.
+    let seen = term.output().len();
+    term.keys("2");
+    term.wait_for("soonest first", seen);
+    term.wait_for("Sleep", seen);
+    term.keys("q");
+    let give_up = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = term.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < give_up,
+            "q did not quit:\n{}",
+            term.output()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status}:\n{}", term.output());
+    // It gave the terminal back: the alternate screen left, the cursor shown again.
+    let out = term.output();
+    assert!(out.contains("\u{1b}[?1049l"), "alternate screen not left");
+    assert!(out.contains("\u{1b}[?25h"), "cursor not shown again");
+}
