@@ -38,6 +38,8 @@ pub fn run(pid: u32) -> Result<(), String> {
             in_flight = false;
             next = Instant::now() + app.refresh;
             match answer {
+                // Paused while it was on its way: the screen stays as it was paused.
+                _ if app.paused => {}
                 Ok(s) => app.update(s, at),
                 Err(e) => app.failed(e),
             }
