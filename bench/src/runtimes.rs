@@ -199,33 +199,25 @@ impl Parking for StdParking {
     }
 }
 
+/// The ping-pong on two greenhub green threads, parking through `P`.
+fn greenhub_rounds<P: Parking>(workers: usize, rounds: u64) -> Duration {
+    start_greenhub(workers, None);
+    let b = Baton::<P>::new();
+    let (b2, b3) = (b.clone(), b.clone());
+    let t0 = Instant::now();
+    let other = greenhub::spawn(move || b2.play(1, rounds));
+    greenhub::spawn(move || b3.play(0, rounds)).wait().unwrap();
+    other.wait().unwrap();
+    t0.elapsed()
+}
+
 /// Round trips between two tasks; ns per round trip (two wake-ups and two waits).
 pub fn ping_pong(runtime: &str, workers: usize, rounds: u64) -> f64 {
     let elapsed: Duration = match runtime {
+        "greenhub" => greenhub_rounds::<GreenhubParking>(workers, rounds),
         // greenhub's green threads (registry, monitor, context) parking through may directly:
         // the difference to "greenhub" is what greenhub's wait primitive costs.
-        "greenhub threads, may park" => {
-            start_greenhub(workers, None);
-            let b = Baton::<MayParking>::new();
-            let b2 = b.clone();
-            let t0 = Instant::now();
-            let other = greenhub::spawn(move || b2.play(1, rounds));
-            let b3 = b.clone();
-            greenhub::spawn(move || b3.play(0, rounds)).wait().unwrap();
-            other.wait().unwrap();
-            t0.elapsed()
-        }
-        "greenhub" => {
-            start_greenhub(workers, None);
-            let b = Baton::<GreenhubParking>::new();
-            let b2 = b.clone();
-            let t0 = Instant::now();
-            let other = greenhub::spawn(move || b2.play(1, rounds));
-            let b3 = b.clone();
-            greenhub::spawn(move || b3.play(0, rounds)).wait().unwrap();
-            other.wait().unwrap();
-            t0.elapsed()
-        }
+        "greenhub threads, may park" => greenhub_rounds::<MayParking>(workers, rounds),
         "may" => {
             start_may(workers);
             let b = Baton::<MayParking>::new();

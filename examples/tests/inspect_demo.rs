@@ -8,23 +8,11 @@ use std::os::unix::net::UnixStream;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use greenhub_inspector::tui::{render, App, Key, View};
+use greenhub_inspector::tui::{render_text, App, Key, View};
 use greenhub_inspector::Client;
-use ratatui::backend::TestBackend;
-use ratatui::Terminal;
 
 fn screen(app: &App) -> String {
-    let mut terminal = Terminal::new(TestBackend::new(200, 50)).unwrap();
-    terminal.draw(|f| render(f, app)).unwrap();
-    let buffer = terminal.backend().buffer().clone();
-    (0..buffer.area.height)
-        .map(|y| {
-            (0..buffer.area.width)
-                .map(|x| buffer[(x, y)].symbol())
-                .collect::<String>()
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
+    render_text(app, 200, 50)
 }
 
 #[test]

@@ -228,10 +228,8 @@ fn a_crashed_process_is_reported_gone_and_its_socket_cleaned_up() {
 
 #[test]
 fn the_attach_view_shows_the_live_target_and_notices_when_it_ends() {
-    use greenhub_inspector::tui::{render, App, Key};
+    use greenhub_inspector::tui::{render_text, App, Key};
     use greenhub_inspector::Client;
-    use ratatui::backend::TestBackend;
-    use ratatui::Terminal;
 
     let dir = Dir::new("attach");
     let mut target = Target::start(&dir);
@@ -241,19 +239,13 @@ fn the_attach_view_shows_the_live_target_and_notices_when_it_ends() {
     let mut app = App::new(pid);
     app.update(client.snapshot().unwrap(), std::time::Instant::now());
     app.key(Key::Char('t'));
-    let mut terminal = Terminal::new(TestBackend::new(160, 30)).unwrap();
-    let screen = |terminal: &mut Terminal<TestBackend>, app: &App| {
-        terminal.draw(|f| render(f, app)).unwrap();
-        let buffer = terminal.backend().buffer().clone();
-        (0..buffer.area.height)
-            .map(|y| {
-                (0..buffer.area.width)
-                    .map(|x| buffer[(x, y)].symbol())
-                    .collect::<String>()
-            })
-            .collect::<Vec<_>>()
+    let screen = |app: &App| -> Vec<String> {
+        render_text(app, 160, 30)
+            .lines()
+            .map(String::from)
+            .collect()
     };
-    let lines = screen(&mut terminal, &app);
+    let lines = screen(&app);
     let column_of = |name: &str| {
         lines
             .iter()
@@ -269,7 +261,7 @@ fn the_attach_view_shows_the_live_target_and_notices_when_it_ends() {
     target.child.wait().unwrap();
     let err = client.snapshot().unwrap_err();
     app.failed(err.to_string());
-    let lines = screen(&mut terminal, &app);
+    let lines = screen(&app);
     assert!(
         lines[2].contains(&format!("process {pid}")),
         "the error replaces the last header line: {}",

@@ -4,9 +4,7 @@
 use std::time::{Duration, Instant};
 
 use greenhub::inspect::snapshot;
-use greenhub_inspector::tui::{render, App, Column, Key, View};
-use ratatui::backend::TestBackend;
-use ratatui::Terminal;
+use greenhub_inspector::tui::{render_text, App, Column, Key, View};
 
 struct Scene {
     release: greenhub::Event<(), ()>,
@@ -76,17 +74,7 @@ fn app_with_snapshot() -> App {
 }
 
 fn screen(app: &App) -> String {
-    let mut terminal = Terminal::new(TestBackend::new(180, 45)).unwrap();
-    terminal.draw(|f| render(f, app)).unwrap();
-    let buffer = terminal.backend().buffer().clone();
-    let mut text = String::new();
-    for y in 0..buffer.area.height {
-        for x in 0..buffer.area.width {
-            text.push_str(buffer[(x, y)].symbol());
-        }
-        text.push('\n');
-    }
-    text
+    render_text(app, 180, 45)
 }
 
 fn type_filter(app: &mut App, text: &str) {

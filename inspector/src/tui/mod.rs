@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use ratatui::crossterm::event::{self, Event, KeyCode, KeyEventKind, KeyModifiers};
 
 pub use app::{App, Column, Key, PoolTotals, ThreadRow, View};
-pub use view::render;
+pub use view::{render, render_text};
 
 use greenhub::inspect::Snapshot;
 

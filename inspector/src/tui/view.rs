@@ -1,11 +1,12 @@
 //! Drawing the [`App`] on a ratatui frame: header, tabs, the current view's table, the
 //! footer, and the details over them.
 
+use ratatui::backend::TestBackend;
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Modifier, Style, Stylize};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Cell, Clear, Paragraph, Row, Table, Tabs};
-use ratatui::Frame;
+use ratatui::{Frame, Terminal};
 
 use greenhub::inspect::{format_us, ThreadState};
 
@@ -38,6 +39,34 @@ pub fn render(frame: &mut Frame<'_>, app: &App) {
     if app.detail {
         render_detail(frame, body, app);
     }
+}
+
+/// Draws the whole screen off-screen, `width` by `height`, and returns its text, a line per
+/// row: what `inspector attach` shows on a terminal of that size (for tests and captures).
+///
+/// ```
+/// use greenhub_inspector::tui::{render_text, App};
+///
+/// let text = render_text(&App::new(42), 80, 12);
+/// assert!(text.lines().next().unwrap().contains("pid 42: waiting for the first snapshot"));
+/// ```
+pub fn render_text(app: &App, width: u16, height: u16) -> String {
+    // Drawing into memory has nothing that can fail; an empty text would show it if it did.
+    let Ok(mut terminal) = Terminal::new(TestBackend::new(width, height)) else {
+        return String::new();
+    };
+    if terminal.draw(|f| render(f, app)).is_err() {
+        return String::new();
+    }
+    let buffer = terminal.backend().buffer();
+    (0..buffer.area.height)
+        .map(|y| {
+            (0..buffer.area.width)
+                .map(|x| buffer[(x, y)].symbol())
+                .collect::<String>()
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 fn render_header(frame: &mut Frame<'_>, area: Rect, app: &App) {
