@@ -336,20 +336,9 @@ fn take(lists: bool) -> Snapshot {
             (r, view)
         })
         .collect();
-    let (finished, timers, fds, timer_count, fd_count) = if lists {
-        let timers = reg.timers();
-        let fds = reg.fds();
-        let counts = (timers.len(), fds.len());
-        (reg.finished(), timers, fds, counts.0, counts.1)
-    } else {
-        (
-            Vec::new(),
-            Vec::new(),
-            Vec::new(),
-            reg.timer_count(),
-            reg.fd_count(),
-        )
-    };
+    let finished = if lists { reg.finished() } else { Vec::new() };
+    let timers = if lists { reg.timers() } else { Vec::new() };
+    let fds = if lists { reg.fds() } else { Vec::new() };
     let reports = monitor::reports();
     // Objects are inspected outside the table's locks: an inspection takes the object's own
     // lock, and an object dropped meanwhile takes the table's.
@@ -477,8 +466,16 @@ fn take(lists: bool) -> Snapshot {
     totals.panicked = c.panicked.load(Ordering::Relaxed);
     totals.killed = c.killed.load(Ordering::Relaxed);
     totals.switches = finished_switches + live_switches;
-    totals.timers = timer_count;
-    totals.descriptors = fd_count;
+    totals.timers = if lists {
+        timers.len()
+    } else {
+        reg.timer_count()
+    };
+    totals.descriptors = if lists {
+        descriptors.len()
+    } else {
+        reg.fd_count()
+    };
     totals.blocked_now = blocked.iter().filter(|b| b.ongoing).count();
     totals.objects = objects.len();
 

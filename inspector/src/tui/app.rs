@@ -619,49 +619,34 @@ impl App {
         self.by_id.get(&id).map(|i| &snap.threads[*i])
     }
 
-    /// The timers view, soonest first.
-    pub fn timer_rows(&self) -> Vec<&greenhub::inspect::TimerInfo> {
+    /// The entries of `view`'s list in the snapshot, in the view's order.
+    fn entries<T>(&self, view: View, list: impl Fn(&Snapshot) -> &[T]) -> Vec<&T> {
         let Some(snap) = &self.snapshot else {
             return Vec::new();
         };
-        self.rows_of(View::Timers)
-            .iter()
-            .map(|&(i, _)| &snap.timers[i])
-            .collect()
+        let list = list(snap);
+        self.rows_of(view).iter().map(|&(i, _)| &list[i]).collect()
+    }
+
+    /// The timers view, soonest first.
+    pub fn timer_rows(&self) -> Vec<&greenhub::inspect::TimerInfo> {
+        self.entries(View::Timers, |s| &s.timers)
     }
 
     /// The descriptors view, longest waiting first.
     pub fn descriptor_rows(&self) -> Vec<&greenhub::inspect::DescriptorInfo> {
-        let Some(snap) = &self.snapshot else {
-            return Vec::new();
-        };
-        self.rows_of(View::Descriptors)
-            .iter()
-            .map(|&(i, _)| &snap.descriptors[i])
-            .collect()
+        self.entries(View::Descriptors, |s| &s.descriptors)
     }
 
     /// The pools and objects view: pools first (tpool, database, green pools, servers), then
     /// the rest, each by id.
     pub fn object_rows(&self) -> Vec<&greenhub::inspect::ObjectInfo> {
-        let Some(snap) = &self.snapshot else {
-            return Vec::new();
-        };
-        self.rows_of(View::Pools)
-            .iter()
-            .map(|&(i, _)| &snap.objects[i])
-            .collect()
+        self.entries(View::Pools, |s| &s.objects)
     }
 
     /// The blocked-worker reports, ongoing first, then the newest.
     pub fn blocked_rows(&self) -> Vec<&greenhub::inspect::BlockedInfo> {
-        let Some(snap) = &self.snapshot else {
-            return Vec::new();
-        };
-        self.rows_of(View::Blocked)
-            .iter()
-            .map(|&(i, _)| &snap.blocked[i])
-            .collect()
+        self.entries(View::Blocked, |s| &s.blocked)
     }
 
     /// The lines of the details of the selected row.
