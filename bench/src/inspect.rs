@@ -54,7 +54,7 @@ pub fn attached(case: &str, rounds: u64) -> f64 {
     let watcher = case.contains("attached").then(|| {
         let stop = stop.clone();
         std::thread::spawn(move || {
-            let path = greenhub::attach::socket_path(std::process::id());
+            let path = greenhub::inspect::attach::socket_path(std::process::id());
             let stream = UnixStream::connect(path).expect("the attach socket answers");
             let mut reader = BufReader::new(stream.try_clone().expect("clone"));
             let mut writer = stream;
@@ -164,7 +164,7 @@ pub fn watched_memory(case: &str, n: u64) -> f64 {
             .expect("resident pages");
         pages * 4096.0
     };
-    let stream = UnixStream::connect(greenhub::attach::socket_path(pid)).expect("attach");
+    let stream = UnixStream::connect(greenhub::inspect::attach::socket_path(pid)).expect("attach");
     let mut reader = BufReader::new(stream.try_clone().expect("clone"));
     let mut writer = stream;
     let mut read = |count: usize| {

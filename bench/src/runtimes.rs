@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use greenhub::wait::{ObjectKind, Token, WaitOn, Waiter};
+use greenhub::ext::{ObjectKind, Token, WaitOn, Waiter};
 use parking_lot::Mutex;
 
 /// Resident set size of this process, in bytes.
@@ -26,7 +26,7 @@ pub fn start_greenhub(workers: usize, stack: Option<usize>) {
     }
     match config.init() {
         // A suite that set the runtime up itself (the inspector suites) runs a workload on it.
-        Ok(()) | Err(greenhub::ConfigError::AlreadyStarted) => {}
+        Ok(()) | Err(greenhub::config::ConfigError::AlreadyStarted) => {}
         Err(e) => panic!("configure greenhub: {e}"),
     }
 }
@@ -146,7 +146,7 @@ impl Parking for GreenhubParking {
         while turn.load(Ordering::Acquire) != expect {
             let w = Waiter::new(
                 WaitOn::Object {
-                    object: ObjectKind::Other,
+                    object: ObjectKind::OTHER,
                     id: 0,
                 },
                 None,

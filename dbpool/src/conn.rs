@@ -20,7 +20,7 @@ pub(crate) struct Lease<M: Backend> {
     pooled: Option<PooledConnection<Managed<M>>>,
     permit: Option<Permit<M>>,
     id: u64,
-    leak_timer: Option<greenhub::Timer>,
+    leak_timer: Option<greenhub::thread::Timer>,
     /// Set on a lease handed to a pool thread to be returned there: never hand it on again.
     on_pool_thread: bool,
 }
@@ -30,7 +30,7 @@ impl<M: Backend> Lease<M> {
         pooled: PooledConnection<Managed<M>>,
         permit: Permit<M>,
         id: u64,
-        leak_timer: Option<greenhub::Timer>,
+        leak_timer: Option<greenhub::thread::Timer>,
     ) -> Lease<M> {
         Lease {
             pooled: Some(pooled),
@@ -182,6 +182,30 @@ impl<M: Backend> Conn<M> {
             t.dirty = true;
             f(&mut t.conn)
         })
+    }
+
+    /// [`Conn::run`] for a closure that returns a `Result` whose error converts into the pool's
+    /// [`Error`](enum@crate::Error) (SQLite's and PostgreSQL's do): the driver's error and the pool's come back
+    /// as one, so a single `?` takes both.
+    ///
+    /// ```
+    /// use greenhub_dbpool::{Pool, SqliteConnectionManager};
+    ///
+    /// let pool = Pool::builder().max_size(1).build(SqliteConnectionManager::memory()).unwrap();
+    /// let mut conn = pool.get().unwrap();
+    /// let n: i64 = conn.try_run(|c| c.query_row("SELECT 6 * 7", [], |r| r.get(0))).unwrap();
+    /// assert_eq!(n, 42);
+    /// let bad = conn.try_run(|c| c.execute("NOT SQL", [])).unwrap_err();
+    /// assert!(matches!(bad, greenhub_dbpool::Error::Database(_)));
+    /// ```
+    #[track_caller]
+    pub fn try_run<T, E, F>(&mut self, f: F) -> Result<T, Error>
+    where
+        T: Send + 'static,
+        E: Into<Error> + Send + 'static,
+        F: FnOnce(&mut M::Connection) -> Result<T, E> + Send + 'static,
+    {
+        self.run(f)?.map_err(Into::into)
     }
 
     /// Runs `f` on the tracked connection on a pool thread, the lease travelling along. `f`

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use greenhub::wait::Token;
+use greenhub::ext::Token;
 use parking_lot::Mutex;
 
 use crate::conn::Lease;
@@ -166,7 +166,7 @@ fn deliver<R>(slot: &Slot<R>, value: Result<R, Error>) {
             *st = State::Done(value);
             drop(st);
             if let Some(token) = token {
-                greenhub::hub::wake_batched(token);
+                greenhub::ext::wake_batched(token);
             }
         }
         State::Done(earlier) => *st = State::Done(earlier),

@@ -50,6 +50,14 @@ mod stats;
 use thiserror::Error;
 
 pub use backend::Backend;
+
+use std::sync::LazyLock;
+
+use greenhub::ext::ObjectKind;
+
+/// The kind of a database pool ("dbpool"): the pool shows in the snapshot under it, and green
+/// threads waiting for a connection wait on it.
+pub static POOL_KIND: LazyLock<ObjectKind> = LazyLock::new(|| ObjectKind::named("dbpool"));
 pub use conn::Conn;
 pub use pool::{Builder, Pool};
 pub use postgres::{Param, PgManager, PgPool};
@@ -116,6 +124,43 @@ pub enum Error {
     /// A builder setting out of range.
     #[error("invalid pool setting: {0}")]
     Config(String),
+    /// The pool's thread pool could not run the call (no thread could be started, its queue
+    /// was full, ...); the tpool's error says which.
+    #[error("the pool's thread pool could not run the call: {0}")]
+    Threads(#[source] greenhub_tpool::Error),
+}
+
+impl From<greenhub::TimedOut> for Error {
+    fn from(_: greenhub::TimedOut) -> Error {
+        Error::TimedOut
+    }
+}
+
+impl greenhub::timeout::IsTimeout for Error {
+    /// A deadline scope that passed, or the pool's own `connection_timeout`.
+    fn is_timeout(&self) -> bool {
+        matches!(self, Error::TimedOut | Error::PoolTimeout { .. })
+    }
+}
+
+/// SQLite's errors, so that `?` works on them inside [`Pool::try_run`] and [`Conn::try_run`].
+impl From<rusqlite::Error> for Error {
+    fn from(e: rusqlite::Error) -> Error {
+        Error::Database(Box::new(e))
+    }
+}
+
+/// PostgreSQL's errors: a closed connection is a lost one, anything else a database error.
+impl From<pg::Error> for Error {
+    fn from(e: pg::Error) -> Error {
+        if e.is_closed() {
+            Error::ConnectionLost {
+                reason: e.to_string(),
+            }
+        } else {
+            Error::Database(Box::new(e))
+        }
+    }
 }
 
 /// An error and its sources, joined: drivers often say only "db error" at the top.
@@ -139,11 +184,8 @@ impl From<greenhub_tpool::Error> for Error {
         match e {
             T::TimedOut => Error::TimedOut,
             T::Panicked { message, .. } => Error::Panicked { message },
-            T::ShutDown | T::AlreadyTaken => Error::ShutDown,
-            T::NoThread { reason } => Error::Connect {
-                reason: format!("no thread to run the call on: {reason}"),
-            },
-            other => Error::Config(other.to_string()),
+            T::ShutDown => Error::ShutDown,
+            other => Error::Threads(other),
         }
     }
 }

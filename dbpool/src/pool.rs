@@ -15,8 +15,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use greenhub::inspect::{Inspect, ObjectInfo, Registration};
-use greenhub::wait::{ObjectKind, Token, WaitOn, Waiter};
+use greenhub::ext::{Inspect, ObjectInfo, Registration};
+use greenhub::ext::{Token, WaitOn, Waiter};
 use greenhub_tpool::Durations;
 use parking_lot::Mutex;
 
@@ -160,7 +160,7 @@ impl<M: Backend> Inner<M> {
                 return Ok(Permit(self.clone()));
             }
             let on = WaitOn::Object {
-                object: ObjectKind::DbPool,
+                object: *crate::POOL_KIND,
                 id: self.id(),
             };
             let waiter = Waiter::until(on, Some(deadline));
@@ -337,7 +337,7 @@ impl<M: Backend> Inner<M> {
         holder: Option<(u64, Option<String>)>,
         site: &'static Location<'static>,
         asked_at: Instant,
-    ) -> (u64, Option<greenhub::Timer>) {
+    ) -> (u64, Option<greenhub::thread::Timer>) {
         let now = Instant::now();
         let id = self.next_checkout.fetch_add(1, Ordering::Relaxed);
         let (holder, holder_name) = holder.map_or((None, None), |(id, n)| (Some(id), n));
@@ -472,7 +472,7 @@ impl<M: Backend> Inspect for Inner<M> {
         let stats = self.stats();
         let s = stats.state;
         let mut info = ObjectInfo::new(
-            ObjectKind::DbPool,
+            *crate::POOL_KIND,
             self.id(),
             Some(&self.name),
             s.waiting as usize,
@@ -778,6 +778,26 @@ impl<M: Backend> Pool<M> {
         })
     }
 
+    /// [`Pool::run`] for a closure that returns a `Result` whose error converts into the pool's
+    /// [`Error`](enum@crate::Error) (SQLite's and PostgreSQL's do): one `?` takes both.
+    ///
+    /// ```
+    /// use greenhub_dbpool::{Pool, SqliteConnectionManager};
+    ///
+    /// let pool = Pool::builder().max_size(2).build(SqliteConnectionManager::memory()).unwrap();
+    /// let n: i64 = pool.try_run(|c| c.query_row("SELECT 6 * 7", [], |r| r.get(0))).unwrap();
+    /// assert_eq!(n, 42);
+    /// ```
+    #[track_caller]
+    pub fn try_run<T, E, F>(&self, f: F) -> Result<T, Error>
+    where
+        T: Send + 'static,
+        E: Into<Error> + Send + 'static,
+        F: FnOnce(&mut M::Connection) -> Result<T, E> + Send + 'static,
+    {
+        self.run(f)?.map_err(Into::into)
+    }
+
     /// Runs `f` on a connection as a job: queued in arrival order with the green threads
     /// waiting in [`Pool::get`], run on a pool thread by whoever frees a connection (see
     /// `job.rs`), the connection returned after it. `f` learns through the flag whether the
@@ -792,7 +812,7 @@ impl<M: Backend> Pool<M> {
         let inner = &self.inner;
         let asked_at = Instant::now();
         let own = asked_at + inner.settings.connection_timeout;
-        let scope = greenhub::deadline();
+        let scope = greenhub::timeout::deadline();
         let deadline = scope.map_or(own, |scope| scope.min(own));
         let slot = Slot::new();
         let reply = Reply::new(slot.clone());
@@ -811,7 +831,7 @@ impl<M: Backend> Pool<M> {
         let job = Arc::new(Job::new(work, site, holder, asked_at, deadline));
         inner.enqueue(&job);
         let on = WaitOn::Object {
-            object: ObjectKind::DbPool,
+            object: *crate::POOL_KIND,
             id: inner.id(),
         };
         // Killed while waiting: withdraw the job if it has not started, and leave.
@@ -870,7 +890,7 @@ impl<M: Backend> Pool<M> {
         let asked_at = Instant::now();
         let own = asked_at + inner.settings.connection_timeout;
         // The checkout call keeps a permit until it ends: bound it by the scope too.
-        let deadline = greenhub::deadline().map_or(own, |scope| scope.min(own));
+        let deadline = greenhub::timeout::deadline().map_or(own, |scope| scope.min(own));
         let permit = match inner.acquire(deadline) {
             Ok(permit) => permit,
             Err(greenhub::TimedOut) => {

@@ -50,12 +50,12 @@ fn prepared(t: &mut Tracked<Client>, sql: &str) -> Result<Statement, Error> {
         .cache
         .get_or_insert_with(|| Box::new(Statements::default()));
     let Some(Statements(cache)) = cache.downcast_mut::<Statements>() else {
-        return t.conn.prepare(sql).map_err(db_error);
+        return t.conn.prepare(sql).map_err(Error::from);
     };
     if let Some(statement) = cache.get(sql) {
         return Ok(statement.clone());
     }
-    let statement = t.conn.prepare(sql).map_err(db_error)?;
+    let statement = t.conn.prepare(sql).map_err(Error::from)?;
     if cache.len() >= MAX_STATEMENTS {
         cache.clear();
     }
@@ -67,17 +67,6 @@ fn prepared(t: &mut Tracked<Client>, sql: &str) -> Result<Statement, Error> {
 fn forget(t: &mut Tracked<Client>, sql: &str) {
     if let Some(Statements(cache)) = t.cache.as_mut().and_then(|c| c.downcast_mut()) {
         cache.remove(sql);
-    }
-}
-
-/// Turns a database error into the pool's error: a closed connection is a lost one.
-fn db_error(e: r2d2_postgres::postgres::Error) -> Error {
-    if e.is_closed() {
-        Error::ConnectionLost {
-            reason: e.to_string(),
-        }
-    } else {
-        Error::Database(Box::new(e))
     }
 }
 
@@ -143,7 +132,7 @@ fn with_params<R: Send + 'static>(
                         forget(t, &sql);
                         tries -= 1;
                         if tries == 0 || e.code() != Some(&SqlState::FEATURE_NOT_SUPPORTED) {
-                            return Err(db_error(e));
+                            return Err(Error::from(e));
                         }
                     }
                 }
@@ -155,7 +144,7 @@ fn with_params<R: Send + 'static>(
 /// Statements without parameters, as a job for a pool thread.
 fn batch(sql: &str) -> impl FnOnce(&mut Tracked<Client>, &AtomicBool) -> Result<(), Error> + Send {
     let sql = sql.to_string();
-    move |t, _| statement(t, &sql, |t| t.conn.batch_execute(&sql).map_err(db_error))
+    move |t, _| statement(t, &sql, |t| t.conn.batch_execute(&sql).map_err(Error::from))
 }
 
 /// A transaction, as a job for a pool thread: never committed once its caller has gone.
@@ -167,13 +156,13 @@ where
 {
     move |t, gone| {
         statement(t, "", |t| {
-            let mut tx = t.conn.transaction().map_err(db_error)?;
-            let value = f(&mut tx).map_err(db_error)?;
+            let mut tx = t.conn.transaction().map_err(Error::from)?;
+            let value = f(&mut tx).map_err(Error::from)?;
             if gone.load(Ordering::Acquire) {
                 // Nobody waits for the outcome any more: dropping `tx` rolls it back.
                 return Err(Error::TimedOut);
             }
-            tx.commit().map_err(db_error)?;
+            tx.commit().map_err(Error::from)?;
             Ok(value)
         })
     }

@@ -14,8 +14,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use greenhub::net::Server;
 use greenhub::net::{TcpListener, TcpStream};
-use greenhub::Server;
 use parking_lot::Mutex;
 
 /// How long a write to a participant may wait before the participant is dropped.
@@ -106,7 +106,7 @@ fn participant(room: Room, conn: TcpStream, _peer: SocketAddr) {
 pub fn start(listener: TcpListener, max_participants: usize) -> std::io::Result<(Server, Room)> {
     let room = Room::default();
     let r = room.clone();
-    let server = greenhub::serve(listener, max_participants, move |conn, peer| {
+    let server = greenhub::net::serve(listener, max_participants, move |conn, peer| {
         participant(r.clone(), conn, peer)
     })?;
     Ok((server, room))

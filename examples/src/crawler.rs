@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use greenhub::net::{TcpListener, TcpStream};
-use greenhub::{GreenPool, Queue, Server};
+use greenhub::{net::Server, GreenPool, Queue};
 
 /// The test site: page `i` of `pages` links to pages `2i+1`, `2i+2` and `(7i+3) % pages`
 /// (links past the end are dropped), so every page is reachable from page 0 and many are
@@ -30,7 +30,7 @@ impl Site {
         let most_in_flight = Arc::new(AtomicUsize::new(0));
         let served = Arc::new(AtomicUsize::new(0));
         let (now, most, count) = (in_flight.clone(), most_in_flight.clone(), served.clone());
-        let server = greenhub::serve(listener, 1000, move |mut conn, _| {
+        let server = greenhub::net::serve(listener, 1000, move |mut conn, _| {
             let mut request = Vec::new();
             let mut buf = [0u8; 1024];
             while !request.windows(4).any(|w| w == b"\r\n\r\n") {

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use greenhub::{Builder, Queue};
+use greenhub::{thread::Builder, Queue};
 
 /// What a pipeline run saw.
 #[derive(Debug)]

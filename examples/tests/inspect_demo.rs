@@ -70,10 +70,10 @@ fn the_inspector_attaches_to_the_running_demo() {
     let objects = json["objects"].as_array().unwrap();
     let pool = objects
         .iter()
-        .find(|o| o["kind"] == "db_pool" && o["name"] == "demo-sqlite")
+        .find(|o| o["kind"] == "dbpool" && o["name"] == "demo-sqlite")
         .unwrap_or_else(|| panic!("no database pool in {objects:?}"));
     assert!(pool["counts"]["max_size"].as_u64().unwrap() > 0);
-    assert!(objects.iter().any(|o| o["kind"] == "tpool_call"));
+    assert!(objects.iter().any(|o| o["kind"] == "tpool call"));
 
     // The TUI on the same process.
     let mut client = Client::connect_in(&dir, pid).unwrap();

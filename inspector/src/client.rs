@@ -1,12 +1,12 @@
-//! Talking to a live process over its attach socket (see [`greenhub::attach`]).
+//! Talking to a live process over its attach socket (see [`greenhub_snapshot::attach`]).
 
 use std::io::{self, BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use greenhub::attach::{directory, Summary};
-use greenhub::inspect::{Snapshot, SCHEMA_VERSION};
+use greenhub_snapshot::attach::{directory, Summary};
+use greenhub_snapshot::{Snapshot, SCHEMA_VERSION};
 
 /// How long an answer may take. A snapshot of 100,000 green threads takes well under this.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);

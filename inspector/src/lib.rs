@@ -2,14 +2,14 @@
 //! waits on and since when), timers, descriptors, tpool and database pools.
 //!
 //! Every process that uses greenhub listens on a private Unix socket (the
-//! [`greenhub::attach`] channel); this crate reads it, with no code change in the target and no
+//! [`greenhub_snapshot::attach`] channel); this crate reads it, with no code change in the target and no
 //! port to choose. The `inspector` binary is the command line: `inspector list`,
 //! `inspector dump <pid>`, `inspector json <pid>`.
 //!
 //! ```
 //! use std::time::Duration;
 //!
-//! let sleeper = greenhub::Builder::new()
+//! let sleeper = greenhub::thread::Builder::new()
 //!     .name("sleeper")
 //!     .spawn(|| greenhub::sleep(Duration::from_millis(300)))
 //!     .unwrap();

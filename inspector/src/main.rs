@@ -5,8 +5,8 @@ use std::io::Write as _;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use greenhub::inspect::format_us;
 use greenhub_inspector::{list, Client};
+use greenhub_snapshot::format_us;
 
 #[derive(Parser)]
 #[command(
@@ -62,7 +62,7 @@ fn run(command: Command) -> Result<(), String> {
             let found = list().map_err(|e| {
                 format!(
                     "cannot read {}: {e}",
-                    greenhub::attach::directory().display()
+                    greenhub_snapshot::attach::directory().display()
                 )
             })?;
             println!(

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use greenhub::ext::WaitOn;
 use greenhub::inspect::{Snapshot, ThreadState};
-use greenhub::wait::WaitOn;
 
 const TARGET: &str = "INSPECTOR_TEST_TARGET";
 
@@ -21,13 +21,13 @@ fn target_process() {
     let release = greenhub::Event::<(), ()>::new();
     let parent = {
         let release = release.clone();
-        greenhub::Builder::new()
+        greenhub::thread::Builder::new()
             .name("root-job")
             .spawn(move || {
                 let children: Vec<_> = (0..3)
                     .map(|i| {
                         let release = release.clone();
-                        greenhub::Builder::new()
+                        greenhub::thread::Builder::new()
                             .name(format!("child-{i}"))
                             .spawn(move || release.wait().is_ok())
                             .unwrap()
@@ -37,7 +37,7 @@ fn target_process() {
             })
             .unwrap()
     };
-    let _sleeper = greenhub::Builder::new()
+    let _sleeper = greenhub::thread::Builder::new()
         .name("sleeper")
         .spawn(|| greenhub::sleep(Duration::from_secs(600)))
         .unwrap();

@@ -19,14 +19,14 @@ impl Scene {
         let parent = {
             let release = release.clone();
             let tag = tag.to_owned();
-            greenhub::Builder::new()
+            greenhub::thread::Builder::new()
                 .name(format!("{tag}-parent"))
                 .spawn(move || {
                     let kids: Vec<_> = ["b", "c", "a"]
                         .iter()
                         .map(|k| {
                             let release = release.clone();
-                            greenhub::Builder::new()
+                            greenhub::thread::Builder::new()
                                 .name(format!("{tag}-child-{k}"))
                                 .spawn(move || release.wait().is_ok())
                                 .unwrap()
@@ -211,7 +211,7 @@ fn details_show_the_parent_chain_and_the_children() {
 #[test]
 fn the_other_views_list_objects_timers_and_reports() {
     let scene = Scene::new("others");
-    let sleeper = greenhub::Builder::new()
+    let sleeper = greenhub::thread::Builder::new()
         .name("others-sleeper")
         .spawn(|| greenhub::sleep(Duration::from_secs(30)))
         .unwrap();
@@ -325,7 +325,7 @@ fn many_threads_are_each_shown_once_in_every_order() {
     let threads: Vec<_> = (0..n)
         .map(|i| {
             let release = release.clone();
-            greenhub::Builder::new()
+            greenhub::thread::Builder::new()
                 .name(format!("many-{}", (i * 7919) % n))
                 .spawn(move || release.wait().is_ok())
                 .unwrap()

@@ -40,9 +40,10 @@
 //!    scopes around it: nested scopes take the earliest, an inner scope can shorten the time
 //!    left but never extend it.
 //! 2. A wait that starts after the deadline has passed returns the error at once.
-//! 3. `with_timeout` returns `Err(TimedOut)` when the deadline in force inside it has passed by
-//!    the time its closure returns, whatever the closure returned; `Ok` with the closure's value
-//!    otherwise.
+//! 3. `with_timeout` returns what its closure returned. The waits inside have already reported
+//!    the deadline with their own timed-out errors (every greenhub error converts from
+//!    [`TimedOut`], so `?` carries it out), and a value a wait produced (an item, a permit, a
+//!    committed write) always reaches the caller, even when it landed at the deadline.
 //! 4. Code that does not wait is not interrupted: a deadline is not preemption.
 //! 5. Scopes belong to the green thread (or OS thread) that opened them: a green thread spawned
 //!    inside a scope does not inherit it.
@@ -78,7 +79,7 @@
 //! # Stacks and memory
 //!
 //! Each green thread has a fixed stack, [`config::DEFAULT_STACK_SIZE`] (64 KiB) unless set with
-//! [`Builder::stack_size`] or `GREENHUB_STACK_SIZE`; the smallest accepted is
+//! [`thread::Builder::stack_size`] or `GREENHUB_STACK_SIZE`; the smallest accepted is
 //! [`config::MIN_STACK_SIZE`] (16 KiB). **A stack overflow aborts the whole process**: it hits
 //! a guard page and cannot be caught. Code with deep recursion, large arrays on the stack or
 //! heavy formatting needs a bigger stack; the default leaves room for ordinary code, panics and
@@ -88,7 +89,7 @@
 //!
 //! Linux caps memory mappings per process (`vm.max_map_count`, 65,530 by default) and every
 //! stack takes two, which allows about 30,000 live green threads. greenhub refuses a spawn
-//! beyond that with [`SpawnError::MapLimit`] (naming the limit and the `sysctl` that raises
+//! beyond that with [`thread::SpawnError::MapLimit`] (naming the limit and the `sysctl` that raises
 //! it) instead of hanging like bare `may`.
 //!
 //! # Killing
@@ -100,47 +101,147 @@
 
 #![warn(missing_docs)]
 
-mod alarm;
-pub mod attach;
-mod budget;
-mod clock;
-pub mod config;
-mod context;
-pub mod event;
-mod fd;
-mod graveyard;
-pub mod hub;
-pub mod inspect;
-mod limits;
-mod monitor;
+// The layers, lowest first; each file imports only from its own layer and those before it
+// (tests/layers.rs checks it): core, observe, start, green, sync, net.
+mod core;
+mod green;
 pub mod net;
-mod panic;
-pub mod pool;
-pub mod queue;
-mod registry;
-mod runtime;
-pub mod semaphore;
-pub mod server;
-pub mod stats;
-mod thread;
-mod time;
-mod timer;
-pub mod wait;
-mod waitlist;
+mod observe;
+mod start;
+mod sync;
 
-pub use config::{Config, ConfigError};
-pub use event::{AlreadySet, Event, EventError};
-pub use fd::{trampoline, TrampolineError};
-pub use panic::{catch_panic, CaughtPanic};
-pub use pool::{GreenPile, GreenPool, PoolError};
-pub use queue::{GetError, PutError, Queue, QueueBuilder, TaskDoneError};
-pub use semaphore::{Mutex, MutexGuard, OverRelease, Permit, Semaphore};
-pub use server::{serve, Server, Stopped};
-pub use thread::{
-    current, spawn, spawn_after, Builder, Current, GreenThread, JoinError, SpawnError,
-};
-pub use time::{deadline, kill_requested, sleep, with_timeout, yield_now, TimedOut};
-pub use timer::{call_after, Timer};
+pub use crate::sync::{event, greenpool, queue, semaphore};
+
+pub mod config {
+    //! Runtime configuration: from code, from `GREENHUB_*` environment variables, or both.
+    //!
+    //! Precedence: a value set on [`Config`] in code wins over the environment, which wins over
+    //! the default. Configure before the first spawn: the runtime starts on the first spawn (or
+    //! [`Config::init`]) and its settings are fixed from then on. Started by a spawn, the
+    //! runtime reports each variable it cannot use in one line and keeps that setting's
+    //! default.
+    //!
+    //! | setting | environment variable | default |
+    //! |---|---|---|
+    //! | [`workers`](Config::workers) | `GREENHUB_WORKERS` | one per core |
+    //! | [`stack_size`](Config::stack_size) | `GREENHUB_STACK_SIZE` (bytes; `k`/`m` suffixes) | 64 KiB |
+    //! | [`max_blocking_time`](Config::max_blocking_time) | `GREENHUB_MAX_BLOCKING_MS` (`0` or `off` disables) | 100 ms |
+    //! | [`max_green_threads`](Config::max_green_threads) | `GREENHUB_MAX_THREADS` | what `vm.max_map_count` allows |
+    //! | [`finished_history`](Config::finished_history) | `GREENHUB_FINISHED_HISTORY` | 1024 |
+    //! | [`attach`](Config::attach) | `GREENHUB_ATTACH` (`on` or `off`) | on |
+    //! | [`stats_addr`](Config::stats_addr) | `GREENHUB_STATS_ADDR` (`host:port`, or a port on loopback) | off |
+    pub use crate::core::config::{
+        Config, ConfigError, DEFAULT_STACK_SIZE, MAX_STACK_SIZE, MAX_WORKERS, MIN_STACK_SIZE,
+    };
+}
+
+pub mod thread {
+    //! Green threads (eventlet's `greenthread`, gevent's `Greenlet`): spawn, wait for the
+    //! value, kill, link a callback, start later; and the current thread's identity.
+    //!
+    //! ```
+    //! use greenhub::thread::Builder;
+    //!
+    //! let t = Builder::new().name("worker").spawn(|| 6 * 7).unwrap();
+    //! assert_eq!(t.wait().unwrap(), 42);
+    //! ```
+    pub use crate::core::limits::SpawnError;
+    pub use crate::green::thread::{
+        current, spawn, spawn_after, Builder, Current, GreenThread, JoinError,
+    };
+    pub use crate::green::time::{kill_requested, sleep, yield_now};
+    pub use crate::green::timer::{call_after, Timer};
+}
+
+pub mod timeout {
+    //! Deadlines (eventlet's and gevent's `Timeout`): [`with_timeout`] scopes, the deadline in
+    //! force, the [`TimedOut`] error and the [`IsTimeout`] question every error answers.
+    //! The rules are in the [crate docs](crate#deadline-scopes).
+    pub use crate::core::timeout::{IsTimeout, TimedOut};
+    pub use crate::green::time::{deadline, with_timeout};
+}
+
+pub mod inspect {
+    //! What the registry holds, as data: [`snapshot`] returns every live green thread, pending
+    //! timer, watched descriptor, worker and blocked-worker report as a serde-serializable
+    //! [`Snapshot`]; [`format_run_info`] prints it as a tree by parent, like gevent's
+    //! `format_run_info` and Go's goroutine dump. The schema lives in the `greenhub-snapshot`
+    //! crate (re-exported here), so that readers need not depend on the runtime.
+    //!
+    //! ```
+    //! let t = greenhub::thread::Builder::new()
+    //!     .name("napper")
+    //!     .spawn(|| greenhub::sleep(std::time::Duration::from_millis(200)))
+    //!     .unwrap();
+    //! greenhub::sleep(std::time::Duration::from_millis(20)).unwrap();
+    //! let snap = greenhub::inspect::snapshot();
+    //! let napper = snap.threads.iter().find(|th| th.id == t.id()).unwrap();
+    //! assert_eq!(napper.state, greenhub::inspect::ThreadState::Waiting);
+    //! assert!(greenhub::inspect::format_run_info().contains("napper"));
+    //! t.kill();
+    //! ```
+    pub use greenhub_snapshot::attach;
+    pub use greenhub_snapshot::{
+        format_us, BlockedInfo, DescriptorInfo, FinishedInfo, InboxStats, ObjectInfo, Outcome,
+        RuntimeInfo, Snapshot, ThreadInfo, ThreadState, TimerInfo, TimerKindInfo, Totals,
+        WorkerInfo, SCHEMA_VERSION,
+    };
+
+    /// Takes a snapshot of the registry. Costs one pass over the live threads; the green
+    /// threads themselves are not stopped.
+    pub fn snapshot() -> Snapshot {
+        crate::observe::snapshot::snapshot()
+    }
+
+    /// [`snapshot`] formatted by [`Snapshot::format_run_info`].
+    pub fn format_run_info() -> String {
+        crate::observe::snapshot::format_run_info()
+    }
+
+    /// The address the HTTP stats endpoint listens on, once the runtime has started it (see
+    /// [`Config::stats_addr`](crate::Config::stats_addr)).
+    pub fn stats_addr() -> Option<std::net::SocketAddr> {
+        crate::observe::stats::local_addr()
+    }
+}
+
+pub mod ext {
+    //! For crates that build waitable objects on greenhub (a thread pool, a connection pool):
+    //! the [`Waiter`] every greenhub wait is made of and its [`Token`], the vocabulary of
+    //! waits, the registration that lists an object in the snapshot, and batched wakes from OS
+    //! threads. Applications do not need this module.
+    //!
+    //! ```
+    //! use greenhub::ext::{ObjectKind, WaitOn, Waiter};
+    //! use std::time::Duration;
+    //!
+    //! let waiter = Waiter::new(WaitOn::Object { object: ObjectKind::EVENT, id: 7 }, None);
+    //! let token = waiter.token().clone();
+    //! let waker = greenhub::spawn(move || {
+    //!     greenhub::sleep(Duration::from_millis(5)).unwrap();
+    //!     token.wake()
+    //! });
+    //! assert_eq!(waiter.wait(), Ok(()));
+    //! assert!(waker.wait().unwrap());
+    //! ```
+    pub use crate::core::inbox::wake_batched;
+    pub use crate::core::object::Registration;
+    pub use crate::core::registry::Inspect;
+    pub use crate::core::token::Token;
+    pub use crate::core::wait::{FdWatch, Waiter};
+    pub use greenhub_snapshot::{Interest, ObjectInfo, ObjectKind, WaitOn};
+}
+
+pub use crate::core::config::Config;
+pub use crate::core::panic::{catch_panic, CaughtPanic};
+pub use crate::core::timeout::TimedOut;
+pub use crate::green::thread::{current, spawn, GreenThread};
+pub use crate::green::time::{kill_requested, sleep, with_timeout, yield_now};
+pub use crate::green::timer::call_after;
+pub use crate::sync::event::Event;
+pub use crate::sync::greenpool::{GreenPile, GreenPool};
+pub use crate::sync::queue::Queue;
+pub use crate::sync::semaphore::{Mutex, Semaphore};
 
 /// Declares per-green-thread storage: the safe replacement for `thread_local!` in green
 /// threads (a re-export of `may`'s `coroutine_local!`). On a plain OS thread it behaves as a

@@ -7,7 +7,7 @@ use std::os::unix::net::UnixStream;
 use std::process::Command;
 use std::sync::Once;
 
-use greenhub::attach::{socket_path, Summary, MAX_REQUEST};
+use greenhub::inspect::attach::{socket_path, Summary, MAX_REQUEST};
 use greenhub::inspect::{Snapshot, ThreadState};
 
 /// Every test of this binary (and its children) uses one private directory of its own.
@@ -54,7 +54,7 @@ fn a_process_answers_with_its_summary_and_snapshot() {
     let release = greenhub::Event::<(), ()>::new();
     let waiting = {
         let release = release.clone();
-        greenhub::Builder::new()
+        greenhub::thread::Builder::new()
             .name("attach-probe")
             .spawn(move || release.wait().is_ok())
             .unwrap()

@@ -68,21 +68,59 @@ fn code_wins_over_the_environment() {
 }
 
 #[test]
-fn a_bad_env_var_is_a_clear_error_from_spawn() {
-    if is_child("a_bad_env_var_is_a_clear_error_from_spawn") {
-        let err = greenhub::Builder::new().spawn(|| 1).unwrap_err();
-        println!("error: {err}");
+fn bad_env_vars_are_reported_once_at_start_and_keep_their_defaults() {
+    const NAME: &str = "bad_env_vars_are_reported_once_at_start_and_keep_their_defaults";
+    if is_child(NAME) {
+        // A plain spawn starts the runtime: it must work, not panic.
+        let t = greenhub::spawn(|| 6 * 7);
+        println!("value={}", t.wait().unwrap());
+        let rt = greenhub::inspect::snapshot().runtime;
+        println!("workers={} stack={}", rt.workers, rt.stack_size);
+        // Config::from_env gives the same problem as a value.
+        println!("from_env: {}", greenhub::Config::from_env().unwrap_err());
         return;
     }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let out = run_child(
-        "a_bad_env_var_is_a_clear_error_from_spawn",
-        &[("GREENHUB_WORKERS", "lots")],
+        NAME,
+        &[
+            ("GREENHUB_WORKERS", "lots"),
+            ("GREENHUB_STACK_SIZE", "1k"),
+            ("GREENHUB_MAX_THREADS", "96k"),
+        ],
         Duration::from_secs(60),
     );
     assert!(out.status.success(), "{}", text(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stdout.contains("value=42"), "{}", text(&out));
     assert!(
-        stdout.contains("GREENHUB_WORKERS=\"lots\" is invalid: expected a whole number"),
+        stdout.contains(&format!("workers={cores} stack=65536")),
+        "{}",
+        text(&out)
+    );
+    // One line per variable: the variable, its value, what is allowed.
+    let lines = |needle: &str| stderr.lines().filter(|l| l.contains(needle)).count();
+    assert_eq!(
+        lines("GREENHUB_WORKERS=\"lots\" is invalid: expected a whole number from 1 to 1024"),
+        1,
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        lines("GREENHUB_STACK_SIZE=\"1k\" is invalid: stack size must be between 16384"),
+        1,
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        lines("GREENHUB_MAX_THREADS=\"96k\" is invalid: expected a whole number"),
+        1,
+        "{}",
+        text(&out)
+    );
+    assert!(
+        stdout.contains("from_env: environment variable GREENHUB_WORKERS=\"lots\" is invalid"),
         "{}",
         text(&out)
     );

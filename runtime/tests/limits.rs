@@ -5,7 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::{is_child, run_child, text};
-use greenhub::{sleep, spawn, Builder, SpawnError};
+use greenhub::{sleep, spawn, thread::Builder, thread::SpawnError};
 
 fn max_map_count() -> u64 {
     std::fs::read_to_string("/proc/sys/vm/max_map_count")

@@ -5,7 +5,7 @@ use std::sync::{Mutex, Once};
 use std::time::{Duration, Instant};
 
 use greenhub::inspect::snapshot;
-use greenhub::{sleep, Builder, Config};
+use greenhub::{sleep, thread::Builder, Config};
 
 static LOGS: Mutex<Vec<String>> = Mutex::new(Vec::new());
 

@@ -89,7 +89,7 @@ fn a_waited_panic_is_not_reported() {
 #[test]
 fn a_kill_is_not_a_panic() {
     setup();
-    let t = greenhub::Builder::new()
+    let t = greenhub::thread::Builder::new()
         .name("killed-quietly")
         .spawn(|| sleep(Duration::from_secs(60)))
         .unwrap();

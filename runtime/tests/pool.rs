@@ -8,8 +8,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{await_waiters, object, waiting_on};
-use greenhub::wait::{ObjectKind, WaitOn};
-use greenhub::{spawn, with_timeout, Event, GreenPile, GreenPool, JoinError, PoolError};
+use greenhub::ext::{ObjectKind, WaitOn};
+use greenhub::{
+    greenpool::PoolError, spawn, thread::JoinError, with_timeout, Event, GreenPile, GreenPool,
+};
 
 /// Counts threads inside a section and remembers the peak.
 #[derive(Clone, Default)]
@@ -365,20 +367,10 @@ fn pool_waits_honour_deadline_scopes_and_kill() {
     let g = gate.clone();
     pool.spawn(move || g.wait().unwrap()).unwrap();
 
-    let mut inner = None;
-    let r = with_timeout(Duration::from_millis(5), || {
-        inner = Some(pool.spawn(|| ()).map(drop))
-    });
-    assert!(
-        r.is_err() && matches!(inner, Some(Err(PoolError::TimedOut))),
-        "{inner:?}"
-    );
-    let mut inner = None;
-    let r = with_timeout(Duration::from_millis(5), || inner = Some(pool.waitall()));
-    assert!(
-        r.is_err() && matches!(inner, Some(Err(PoolError::TimedOut))),
-        "{inner:?}"
-    );
+    let r = with_timeout(Duration::from_millis(5), || pool.spawn(|| ()).map(drop));
+    assert!(matches!(r, Err(PoolError::TimedOut)), "{r:?}");
+    let r = with_timeout(Duration::from_millis(5), || pool.waitall());
+    assert!(matches!(r, Err(PoolError::TimedOut)), "{r:?}");
     assert_eq!(
         pool.waiting(),
         0,
@@ -393,7 +385,7 @@ fn pool_waits_honour_deadline_scopes_and_kill() {
     assert_eq!(
         waiting_on(spawner.id()),
         Some(WaitOn::Object {
-            object: ObjectKind::GreenPool,
+            object: ObjectKind::GREENPOOL,
             id: pool.id()
         })
     );

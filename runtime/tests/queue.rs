@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{await_waiters, object, waiting_on};
-use greenhub::wait::{ObjectKind, WaitOn};
-use greenhub::{spawn, with_timeout, GetError, PutError, Queue, TimedOut};
+use greenhub::ext::{ObjectKind, WaitOn};
+use greenhub::{queue::GetError, queue::PutError, spawn, with_timeout, Queue, TimedOut};
 
 /// Checks that `got` holds every value of `0..n` exactly once.
 fn assert_exactly_once(got: &[u64], n: u64) {
@@ -176,7 +176,7 @@ fn bounded_put_waits_while_full_and_try_put_says_full() {
     assert_eq!(
         waiting_on(putter.id()),
         Some(WaitOn::Object {
-            object: ObjectKind::Queue,
+            object: ObjectKind::QUEUE,
             id: q.id()
         })
     );
@@ -262,7 +262,7 @@ fn close_wakes_every_waiter_and_getters_drain_first() {
 #[test]
 fn join_waits_for_every_task_done() {
     let q: Queue<u32> = Queue::unbounded();
-    assert_eq!(q.task_done(), Err(greenhub::TaskDoneError));
+    assert_eq!(q.task_done(), Err(greenhub::queue::TaskDoneError));
     for i in 0..100 {
         q.put(i).unwrap();
     }
@@ -399,35 +399,23 @@ fn timeouts_and_kills_in_the_middle_of_waits_lose_nothing() {
 
 #[test]
 fn every_queue_wait_honours_deadline_scopes() {
-    // The scope reports the timeout; inside it, each wait returned its own timed-out error,
-    // and a put's item came back with it.
+    // Inside the scope each wait returns its own timed-out error, and a put's item comes
+    // back with it; the scope returns what the closure returned.
     let q: Queue<u32> = Queue::bounded(1);
-    let mut inner = None;
-    let r = with_timeout(Duration::from_millis(10), || inner = Some(q.get()));
-    assert_eq!((r, inner), (Err(TimedOut), Some(Err(GetError::TimedOut))));
+    let r = with_timeout(Duration::from_millis(10), || q.get());
+    assert_eq!(r, Err(GetError::TimedOut));
     q.put(1).unwrap();
-    let mut inner = None;
-    let r = with_timeout(Duration::from_millis(10), || inner = Some(q.put(2)));
-    assert_eq!(r, Err(TimedOut));
-    assert!(
-        matches!(inner, Some(Err(PutError::TimedOut(2)))),
-        "{inner:?}"
-    );
+    let r = with_timeout(Duration::from_millis(10), || q.put(2));
+    assert!(matches!(r, Err(PutError::TimedOut(2))), "{r:?}");
     // The wait's own timeout is longer than the scope: the scope wins.
-    let mut inner = None;
     let t0 = std::time::Instant::now();
     let r = with_timeout(Duration::from_millis(10), || {
-        inner = Some(q.put_timeout(3, Duration::from_secs(5)))
+        q.put_timeout(3, Duration::from_secs(5))
     });
-    assert_eq!(r, Err(TimedOut));
-    assert!(
-        matches!(inner, Some(Err(PutError::TimedOut(3)))),
-        "{inner:?}"
-    );
+    assert!(matches!(r, Err(PutError::TimedOut(3))), "{r:?}");
     assert!(t0.elapsed() < Duration::from_secs(5));
-    let mut inner = None;
-    let r = with_timeout(Duration::from_millis(10), || inner = Some(q.join()));
-    assert_eq!((r, inner), (Err(TimedOut), Some(Err(TimedOut))));
+    let r = with_timeout(Duration::from_millis(10), || q.join());
+    assert_eq!(r, Err(TimedOut));
     assert_eq!(q.len(), 1);
     assert_eq!(
         object(q.id()).waiters,
@@ -445,7 +433,10 @@ fn a_killed_waiter_unwinds_and_the_queue_stays_usable() {
     };
     await_waiters(q.id(), 1);
     g.kill();
-    assert!(matches!(g.wait(), Err(greenhub::JoinError::Killed { .. })));
+    assert!(matches!(
+        g.wait(),
+        Err(greenhub::thread::JoinError::Killed { .. })
+    ));
     assert_eq!(object(q.id()).waiters, 0);
     q.put(5).unwrap();
     assert_eq!(q.get(), Ok(5));
@@ -457,7 +448,7 @@ fn the_snapshot_shows_the_queue_and_its_counts() {
     q.put(1).unwrap();
     q.put(2).unwrap();
     let info = object(q.id());
-    assert_eq!(info.kind, ObjectKind::Queue);
+    assert_eq!(info.kind, ObjectKind::QUEUE);
     assert_eq!(info.name.as_deref(), Some("jobs"));
     assert_eq!(info.counts["len"], 2);
     assert_eq!(info.counts["capacity"], 8);

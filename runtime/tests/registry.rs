@@ -2,9 +2,9 @@
 
 use std::time::{Duration, Instant};
 
+use greenhub::ext::{FdWatch, Interest, ObjectKind, WaitOn, Waiter};
 use greenhub::inspect::{snapshot, Outcome, Snapshot, ThreadState, TimerKindInfo};
-use greenhub::wait::{FdWatch, Interest, ObjectKind, WaitOn, Waiter};
-use greenhub::{sleep, spawn, spawn_after, with_timeout, Builder};
+use greenhub::{sleep, spawn, thread::spawn_after, thread::Builder, with_timeout};
 
 /// Polls snapshots until `check` accepts one (the registry is eventually consistent with
 /// threads that are still on their way to a wait).
@@ -68,7 +68,7 @@ fn waits_on_objects_joins_and_descriptors_are_named() {
     let object = spawn(|| {
         Waiter::new(
             WaitOn::Object {
-                object: ObjectKind::Queue,
+                object: ObjectKind::QUEUE,
                 id: 4242,
             },
             Some(Duration::from_secs(30)),
@@ -104,7 +104,7 @@ fn waits_on_objects_joins_and_descriptors_are_named() {
     assert_eq!(
         find(object_id).waiting_on,
         Some(WaitOn::Object {
-            object: ObjectKind::Queue,
+            object: ObjectKind::QUEUE,
             id: 4242
         })
     );

@@ -5,10 +5,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use greenhub::ext::ObjectKind;
 use greenhub::inspect::snapshot;
 use greenhub::net::{TcpListener, TcpStream};
-use greenhub::wait::ObjectKind;
-use greenhub::{serve, spawn};
+use greenhub::{net::serve, spawn};
 
 fn listener() -> TcpListener {
     TcpListener::bind("127.0.0.1:0").unwrap()
@@ -127,7 +127,7 @@ fn stopping_lets_handlers_finish_then_kills_the_rest_and_refuses_new_clients() {
     wait_until("all eight are handled", || server.connections() == 8);
     let id = server.id();
     let obj = snapshot().objects.into_iter().find(|o| o.id == id).unwrap();
-    assert_eq!(obj.kind, ObjectKind::Server);
+    assert_eq!(obj.kind, ObjectKind::SERVER);
     assert_eq!(obj.counts.get("connections"), Some(&8));
 
     let stopped = server.stop(Duration::from_millis(500));

@@ -23,7 +23,7 @@ fn overflow_child() {
     if std::env::var_os(CHILD).is_none() {
         return;
     }
-    let t = greenhub::Builder::new()
+    let t = greenhub::thread::Builder::new()
         .name("recursive")
         .stack_size(64 * 1024)
         .spawn(|| deep(10_000))

@@ -20,7 +20,7 @@ fn setup() {
 
 /// One HTTP/1.0 exchange: status code and body.
 fn get(method: &str, path: &str) -> (u16, String) {
-    let addr = greenhub::stats::local_addr().expect("the endpoint is up");
+    let addr = greenhub::inspect::stats_addr().expect("the endpoint is up");
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     write!(s, "{method} {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
@@ -38,13 +38,13 @@ fn stats_and_a_filtered_snapshot_show_the_waiting_threads() {
     let waiters: Vec<_> = (0..3)
         .map(|i| {
             let release = release.clone();
-            greenhub::Builder::new()
+            greenhub::thread::Builder::new()
                 .name(format!("stats-probe-{i}"))
                 .spawn(move || release.wait().is_ok())
                 .unwrap()
         })
         .collect();
-    let busy = greenhub::Builder::new()
+    let busy = greenhub::thread::Builder::new()
         .name("stats-sleeper")
         .spawn(|| greenhub::sleep(Duration::from_secs(30)))
         .unwrap();

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use greenhub::{sleep, spawn, spawn_after, Builder, JoinError};
+use greenhub::{sleep, spawn, thread::spawn_after, thread::Builder, thread::JoinError};
 
 /// Counts drops, to prove destructors ran.
 struct DropCounter(Arc<AtomicUsize>);
@@ -108,7 +108,10 @@ fn spawn_site_is_the_callers_line() {
 #[test]
 fn stack_size_out_of_range_is_an_error_not_a_panic() {
     let err = Builder::new().stack_size(100).spawn(|| ()).unwrap_err();
-    assert!(matches!(err, greenhub::SpawnError::InvalidStackSize(100)));
+    assert!(matches!(
+        err,
+        greenhub::thread::SpawnError::InvalidStackSize(100)
+    ));
     assert!(err.to_string().contains("16384"), "{err}");
 }
 
@@ -193,7 +196,7 @@ fn kill_from_an_os_thread_and_of_a_thread_waiting_on_a_join() {
     let sleeper_id = sleeper.id();
     let joiner = spawn(move || sleeper.wait().map(|_| ()).map_err(|e| e.to_string()));
     // Poll (not a fixed sleep: a loaded machine may start the joiner late).
-    let expected = Some(greenhub::wait::WaitOn::Join { thread: sleeper_id });
+    let expected = Some(greenhub::ext::WaitOn::Join { thread: sleeper_id });
     let mut seen = None;
     for _ in 0..1000 {
         let snap = greenhub::inspect::snapshot();

@@ -107,6 +107,18 @@ pub enum TlsError {
     Io(#[source] io::Error),
 }
 
+impl From<greenhub::TimedOut> for TlsError {
+    fn from(_: greenhub::TimedOut) -> TlsError {
+        TlsError::TimedOut
+    }
+}
+
+impl greenhub::timeout::IsTimeout for TlsError {
+    fn is_timeout(&self) -> bool {
+        matches!(self, TlsError::TimedOut)
+    }
+}
+
 impl TlsError {
     fn from_io(e: io::Error) -> TlsError {
         // rustls reports its own errors inside `io::Error`s of kind `InvalidData`.

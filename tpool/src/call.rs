@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use greenhub::wait::{ObjectKind, Token, WaitOn, Waiter};
+use greenhub::ext::{Token, WaitOn, Waiter};
 use parking_lot::Mutex;
 
 use crate::pool::Shared;
@@ -48,7 +48,7 @@ impl<T> CallState<T> {
                 self.done.store(true, Ordering::Release);
                 drop(slot);
                 if let Some(token) = token {
-                    greenhub::hub::wake_batched(token);
+                    greenhub::ext::wake_batched(token);
                 }
                 true
             }
@@ -122,7 +122,7 @@ impl<T> Call<T> {
 
     fn wait_until(&mut self, deadline: Option<Instant>) -> Result<T, Error> {
         let on = WaitOn::Object {
-            object: ObjectKind::TpoolCall,
+            object: *crate::CALL_KIND,
             id: self.pool.id(),
         };
         if self.pool.worth_spinning() {

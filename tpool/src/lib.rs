@@ -53,6 +53,17 @@ use std::time::Duration;
 use thiserror::Error;
 
 pub use call::Call;
+
+use std::sync::LazyLock;
+
+use greenhub::ext::ObjectKind;
+
+/// The kind of object a green thread waits on while its call runs on a tpool ("tpool call"):
+/// the pool shows in the snapshot under it, and its callers wait on it.
+pub static CALL_KIND: LazyLock<ObjectKind> = LazyLock::new(|| ObjectKind::named("tpool call"));
+
+/// The kind of a tpool's request queue ("tpool queue"): callers wait on it for room.
+pub static QUEUE_KIND: LazyLock<ObjectKind> = LazyLock::new(|| ObjectKind::named("tpool queue"));
 pub use pool::{Builder, Pool, Shutdown, DEFAULT_QUEUE_CAPACITY, DEFAULT_THREADS, MAX_THREADS};
 pub use proxy::Proxy;
 pub use stats::{Durations, PoolStats, RunningCall, SiteStats, Summary};
@@ -119,6 +130,12 @@ pub enum Error {
 impl From<greenhub::TimedOut> for Error {
     fn from(_: greenhub::TimedOut) -> Error {
         Error::TimedOut
+    }
+}
+
+impl greenhub::timeout::IsTimeout for Error {
+    fn is_timeout(&self) -> bool {
+        matches!(self, Error::TimedOut)
     }
 }
 

@@ -12,9 +12,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Once, Weak};
 use std::time::{Duration, Instant};
 
-use greenhub::inspect::{Inspect, ObjectInfo, Registration};
-use greenhub::wait::ObjectKind;
-use greenhub::{GetError, PutError, Queue};
+use greenhub::ext::{Inspect, ObjectInfo, Registration};
+use greenhub::{queue::GetError, queue::PutError, Queue};
 use parking_lot::Mutex;
 
 use crate::call::{Call, CallState};
@@ -489,7 +488,7 @@ impl Inspect for Shared {
     fn inspect(&self) -> ObjectInfo {
         let stats = self.stats();
         let mut info = ObjectInfo::new(
-            ObjectKind::TpoolCall,
+            *crate::CALL_KIND,
             self.id(),
             Some(&self.name),
             stats.busy + stats.queued,
@@ -584,7 +583,7 @@ impl Builder {
         watch_forks();
         let queue = Queue::builder()
             .bounded(self.queue_capacity)
-            .kind(ObjectKind::TpoolQueue)
+            .kind(*crate::QUEUE_KIND)
             .name(self.name.clone())
             .build();
         let shared = Arc::new_cyclic(|weak: &Weak<Shared>| Shared {

@@ -12,7 +12,7 @@ fn a_burst_of_completions_costs_far_fewer_signals_than_wakes() {
     // Warm up: threads started, hub running.
     let p = pool.clone();
     spawn(move || p.execute(|| ()).unwrap()).wait().unwrap();
-    let before = greenhub::inspect::snapshot().runtime.hub;
+    let before = greenhub::inspect::snapshot().runtime.inbox;
     assert!(before.running);
     let callers: Vec<_> = (0..1000)
         .map(|_| {
@@ -29,7 +29,7 @@ fn a_burst_of_completions_costs_far_fewer_signals_than_wakes() {
     for t in callers {
         t.wait().unwrap();
     }
-    let after = greenhub::inspect::snapshot().runtime.hub;
+    let after = greenhub::inspect::snapshot().runtime.inbox;
     let posted = after.posted - before.posted;
     let signals = after.signals - before.signals;
     let batches = after.batches - before.batches;

@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use greenhub::wait::{ObjectKind, WaitOn};
-use greenhub::{spawn, with_timeout, JoinError};
+use greenhub::ext::WaitOn;
+use greenhub::{spawn, thread::JoinError, with_timeout};
 use greenhub_tpool::{Error, Pool, PoolStats, Proxy, Unblock};
 
 fn pool(name: &str, threads: usize) -> Pool {
@@ -136,10 +136,7 @@ fn a_deadline_stops_the_wait_and_the_result_is_dropped_on_the_pool_thread() {
     });
     // The wait ends at the deadline while the call still runs.
     let r = caller.wait().unwrap();
-    assert!(
-        matches!(r, Err(greenhub::TimedOut) | Ok(Err(Error::TimedOut))),
-        "{r:?}"
-    );
+    assert!(matches!(r, Err(Error::TimedOut)), "{r:?}");
     assert_eq!(p.stats().busy, 1);
     assert_eq!(p.stats().timed_out, 1);
     gate.open();
@@ -166,7 +163,7 @@ fn a_killed_caller_unwinds_and_the_call_runs_to_completion() {
     eventually("the caller waits on the pool", || {
         waiting_on(caller.id())
             == Some(WaitOn::Object {
-                object: ObjectKind::TpoolCall,
+                object: *greenhub_tpool::CALL_KIND,
                 id: p.id(),
             })
     });
@@ -225,7 +222,7 @@ fn a_full_queue_makes_callers_wait_in_order_and_honours_deadlines() {
         eventually("the caller waits for room", || {
             waiting_on(tid)
                 == Some(WaitOn::Object {
-                    object: ObjectKind::TpoolQueue,
+                    object: *greenhub_tpool::QUEUE_KIND,
                     id: qid,
                 })
         });
@@ -234,13 +231,8 @@ fn a_full_queue_makes_callers_wait_in_order_and_honours_deadlines() {
     assert_eq!(p.stats().waiting_for_room, 3);
     // A caller with a deadline gives up waiting for room; its call never runs.
     let p2 = p.clone();
-    let impatient = spawn(move || {
-        with_timeout(Duration::from_millis(20), || p2.execute(|| 99)).map(|r| r.unwrap_err())
-    });
-    assert!(matches!(
-        impatient.wait().unwrap(),
-        Ok(Error::TimedOut) | Err(greenhub::TimedOut)
-    ));
+    let impatient = spawn(move || with_timeout(Duration::from_millis(20), || p2.execute(|| 99)));
+    assert!(matches!(impatient.wait().unwrap(), Err(Error::TimedOut)));
     gate.open();
     let mut got = vec![running.wait().unwrap().unwrap()];
     for t in queued.into_iter().chain(waiting) {
@@ -518,7 +510,7 @@ fn the_snapshot_shows_the_pool_its_running_calls_and_sites() {
     eventually("the call runs", || p.stats().busy == 1);
     let snap = greenhub::inspect::snapshot();
     let obj = snap.objects.iter().find(|o| o.id == p.id()).unwrap();
-    assert_eq!(obj.kind, ObjectKind::TpoolCall);
+    assert_eq!(obj.kind, *greenhub_tpool::CALL_KIND);
     assert_eq!(obj.name.as_deref(), Some("observed"));
     assert_eq!(obj.counts["busy"], 1);
     let detail: PoolStats = serde_json::from_value(obj.detail.clone().unwrap()).unwrap();
@@ -527,7 +519,7 @@ fn the_snapshot_shows_the_pool_its_running_calls_and_sites() {
     assert!(detail.running[0].site.contains("tpool.rs"));
     assert!(detail.running[0].thread.starts_with("tpool-observed-"));
     let queue = snap.objects.iter().find(|o| o.id == p.queue_id()).unwrap();
-    assert_eq!(queue.kind, ObjectKind::TpoolQueue);
+    assert_eq!(queue.kind, *greenhub_tpool::QUEUE_KIND);
     gate.open();
     assert_eq!(caller.wait().unwrap(), Ok(7));
     let p3 = p.clone();

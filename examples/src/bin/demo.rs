@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use greenhub::{sleep, with_timeout, Builder};
+use greenhub::{sleep, thread::Builder, with_timeout};
 use greenhub_dbpool::{Param, PgManager, PgPool, Pool, SqliteConnectionManager, SqlitePool};
 
 /// Set by the first Ctrl-C: the dispatcher stops starting jobs and the demo winds down.
@@ -173,8 +173,7 @@ fn job(n: u64, stats: Arc<Stats>, db: Db) {
     let confirmed = stats.clone();
     let subtasks = [
         Builder::new().name("backend call").spawn(move || {
-            with_timeout(deadline, || sleep(Duration::from_millis(backend_ms)))
-                .is_ok_and(|r| r.is_ok())
+            with_timeout(deadline, || sleep(Duration::from_millis(backend_ms))).is_ok()
         }),
         Builder::new().name("blocking call").spawn(move || {
             // A call that blocks its OS thread (a C library, a file): on tpool, not the hub.
@@ -183,10 +182,10 @@ fn job(n: u64, stats: Arc<Stats>, db: Db) {
                     std::thread::sleep(Duration::from_millis(blocking_ms))
                 })
             })
-            .is_ok_and(|r| r.is_ok())
+            .is_ok()
         }),
         Builder::new().name("database write").spawn(move || {
-            let written = with_timeout(deadline, || db.write(n)).is_ok_and(|r| r.is_ok());
+            let written = with_timeout(deadline, || db.write(n)).is_ok();
             if written {
                 confirmed.written.fetch_add(1, Ordering::Relaxed);
             }
@@ -237,7 +236,7 @@ fn main() {
         duration.as_secs()
     );
     println!("watch it live: cargo run --release --bin inspector -- attach {pid}");
-    if let Some(addr) = greenhub::stats::local_addr() {
+    if let Some(addr) = greenhub::inspect::stats_addr() {
         println!("stats: http://{addr}/stats  http://{addr}/metrics");
     }
     let dir = match tempfile::Builder::new().prefix("greenhub-demo-").tempdir() {

@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use greenhub::inspect::snapshot;
-use greenhub::{with_timeout, Builder};
+use greenhub::{thread::Builder, with_timeout};
 use greenhub_dbpool::{Pool, SqliteConnectionManager};
 
 fn main() {
@@ -100,8 +100,8 @@ fn main() {
     .wait()
     .expect("the deadline thread ends");
     match late {
-        Err(_) | Ok(Err(_)) => println!("caught: a 5 s wait cut short by its 50 ms deadline"),
-        Ok(Ok(())) => println!("missed: the deadline did not fire"),
+        Err(greenhub::TimedOut) => println!("caught: a 5 s wait cut short by its 50 ms deadline"),
+        Ok(()) => println!("missed: the deadline did not fire"),
     }
 
     if hold > 0 {

@@ -5,8 +5,14 @@ use std::cmp::Ordering;
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
-use greenhub::inspect::{format_us, Snapshot, ThreadInfo};
-use greenhub::wait::ObjectKind;
+use greenhub_snapshot::ObjectKind;
+use greenhub_snapshot::{format_us, Snapshot, ThreadInfo};
+
+/// The kinds the pool crates name (`greenhub-tpool`, `greenhub-dbpool`): the inspector reads
+/// them by name, without depending on those crates.
+const TPOOL_CALL: &str = "tpool call";
+const TPOOL_QUEUE: &str = "tpool queue";
+const DBPOOL: &str = "dbpool";
 
 /// The views, in tab order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -501,11 +507,11 @@ impl App {
                 flat(rows)
             }
             View::Pools => {
-                let rank = |k: ObjectKind| match k {
-                    ObjectKind::TpoolCall | ObjectKind::TpoolQueue => 0,
-                    ObjectKind::DbPool => 1,
-                    ObjectKind::GreenPool => 2,
-                    ObjectKind::Server => 3,
+                let rank = |k: ObjectKind| match k.name() {
+                    TPOOL_CALL | TPOOL_QUEUE => 0,
+                    DBPOOL => 1,
+                    _ if k == ObjectKind::GREENPOOL => 2,
+                    _ if k == ObjectKind::SERVER => 3,
                     _ => 4,
                 };
                 let mut rows = self.kept(shape, snap.objects.len());
@@ -629,23 +635,23 @@ impl App {
     }
 
     /// The timers view, soonest first.
-    pub fn timer_rows(&self) -> Vec<&greenhub::inspect::TimerInfo> {
+    pub fn timer_rows(&self) -> Vec<&greenhub_snapshot::TimerInfo> {
         self.entries(View::Timers, |s| &s.timers)
     }
 
     /// The descriptors view, longest waiting first.
-    pub fn descriptor_rows(&self) -> Vec<&greenhub::inspect::DescriptorInfo> {
+    pub fn descriptor_rows(&self) -> Vec<&greenhub_snapshot::DescriptorInfo> {
         self.entries(View::Descriptors, |s| &s.descriptors)
     }
 
     /// The pools and objects view: pools first (tpool, database, green pools, servers), then
     /// the rest, each by id.
-    pub fn object_rows(&self) -> Vec<&greenhub::inspect::ObjectInfo> {
+    pub fn object_rows(&self) -> Vec<&greenhub_snapshot::ObjectInfo> {
         self.entries(View::Pools, |s| &s.objects)
     }
 
     /// The blocked-worker reports, ongoing first, then the newest.
-    pub fn blocked_rows(&self) -> Vec<&greenhub::inspect::BlockedInfo> {
+    pub fn blocked_rows(&self) -> Vec<&greenhub_snapshot::BlockedInfo> {
         self.entries(View::Blocked, |s| &s.blocked)
     }
 
@@ -676,7 +682,7 @@ impl App {
                     .threads
                     .iter()
                     .filter(|t| {
-                        matches!(t.waiting_on, Some(greenhub::wait::WaitOn::Object { id, .. }) if id == o.id)
+                        matches!(t.waiting_on, Some(greenhub_snapshot::WaitOn::Object { id, .. }) if id == o.id)
                     })
                     .map(ThreadInfo::describe)
                     .collect();
@@ -714,12 +720,12 @@ impl App {
         };
         let get = |c: &BTreeMap<String, u64>, k: &str| c.get(k).copied().unwrap_or(0);
         for o in &snap.objects {
-            match o.kind {
-                ObjectKind::TpoolCall | ObjectKind::TpoolQueue if o.counts.contains_key("busy") => {
+            match o.kind.name() {
+                TPOOL_CALL | TPOOL_QUEUE if o.counts.contains_key("busy") => {
                     t.tpool_busy += get(&o.counts, "busy");
                     t.tpool_queued += get(&o.counts, "queued");
                 }
-                ObjectKind::DbPool => {
+                DBPOOL => {
                     t.db_in_use += get(&o.counts, "in_use");
                     t.db_max += get(&o.counts, "max_size");
                     t.db_waiting += o.waiters as u64;

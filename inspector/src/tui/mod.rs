@@ -14,7 +14,7 @@ use ratatui::crossterm::event::{self, Event, KeyCode, KeyEventKind, KeyModifiers
 pub use app::{App, Column, Key, PoolTotals, ThreadRow, View};
 pub use view::{render, render_text};
 
-use greenhub::inspect::Snapshot;
+use greenhub_snapshot::Snapshot;
 
 use crate::Client;
 

@@ -8,7 +8,7 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Cell, Clear, Paragraph, Row, Table, Tabs};
 use ratatui::{Frame, Terminal};
 
-use greenhub::inspect::{format_us, ThreadState};
+use greenhub_snapshot::{format_us, ThreadState};
 
 use super::app::{waiting_on, App, Column, View};
 

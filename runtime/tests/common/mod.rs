@@ -81,7 +81,7 @@ pub fn await_waiters(id: u64, n: usize) {
 }
 
 /// What green thread `id` waits on, per the snapshot.
-pub fn waiting_on(id: u64) -> Option<greenhub::wait::WaitOn> {
+pub fn waiting_on(id: u64) -> Option<greenhub::ext::WaitOn> {
     greenhub::inspect::snapshot()
         .threads
         .into_iter()

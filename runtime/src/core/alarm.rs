@@ -1,0 +1,280 @@
+//! The alarm thread: every deadline in the process, on one OS thread (`greenhub-alarm`).
+//!
+//! It serves three kinds of entries from one heap ordered by time:
+//!
+//! - **Timed waits.** A timed green wait parks *untimed* and sets an alarm here; at the
+//!   deadline this thread pokes the waiter through the same path as any other wake, and the
+//!   waiter decides by its token whether it was woken or timed out. `may`'s own timed park is
+//!   not used: it is resumed by `may`'s timer thread, which runs the coroutine on that thread,
+//!   and under load a sleeper was seen never to come back from it. The alarm holds the wait as
+//!   an [`Alarmed`] trait object, so this module knows nothing of tokens.
+//! - **Timers** ([`schedule`]): a job that runs here at its time unless [`cancel`]led first;
+//!   `call_after` and `spawn_after` are built on them. A pending timer is an entry, not a
+//!   sleeping green thread: a million pending timers cost a million small entries and no
+//!   stacks. Timers show in the registry while pending.
+//! - **Jobs** ([`soon`]): anything that must happen off the workers as soon as possible, such
+//!   as scheduling a coroutine on a global queue (`budget.rs`).
+//!
+//! Alarms of waits are not removed when the wait ends early; they are skipped when they come
+//! up, and swept out when they pile up, so a stream of waits answered long before their
+//! timeouts keeps memory bounded. Cancelled timers are swept the same way.
+//!
+//! Everything that runs here must be short and must not block: it delays every other deadline.
+//! This module uses only the clock, the registry (for timers) and the log.
+
+use std::cmp::Ordering;
+use std::collections::BinaryHeap;
+use std::panic::Location;
+use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex};
+
+use crate::core::clock;
+use crate::core::registry::{registry, IdMap, TimerEntry, TimerKind};
+use crate::core::report;
+use crate::core::report::payload_message;
+
+/// A wait that an alarm ends: told to look at its deadline again when the alarm fires.
+pub(crate) trait Alarmed: Send + Sync {
+    /// Whether the wait still waits; an alarm of a finished wait is skipped and swept.
+    fn live(&self) -> bool;
+    /// Makes the waiter look at its deadline (it then times out, unless it was woken).
+    fn fire(&self);
+}
+
+/// The deadline of one descriptor wait: wakes the waiting green thread out of `may`'s poller,
+/// which no token reaches, unless the wait has ended (then `live` is false and the alarm is
+/// skipped).
+pub(crate) struct IoAlarm {
+    pub waker: may::io::WaitIoWaker,
+    pub live: AtomicBool,
+}
+
+impl Alarmed for IoAlarm {
+    fn live(&self) -> bool {
+        self.live.load(AtomicOrdering::Acquire)
+    }
+
+    fn fire(&self) {
+        if self.live() {
+            self.waker.wakeup();
+        }
+    }
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+enum Target {
+    Wait(Arc<dyn Alarmed>),
+    /// A timer, by id: its job is in [`Heap::timers`] while it is pending.
+    Timer(u64),
+}
+
+struct Alarm {
+    at: Instant,
+    target: Target,
+}
+
+// Ordered so that the max-heap's top is the earliest alarm.
+impl Ord for Alarm {
+    fn cmp(&self, other: &Self) -> Ordering {
+        other.at.cmp(&self.at)
+    }
+}
+impl PartialOrd for Alarm {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl PartialEq for Alarm {
+    fn eq(&self, other: &Self) -> bool {
+        self.at == other.at
+    }
+}
+impl Eq for Alarm {}
+
+const MIN_SWEEP: usize = 1024;
+
+struct Heap {
+    alarms: BinaryHeap<Alarm>,
+    sweep_at: usize,
+    /// The jobs of pending timers, by timer id.
+    timers: IdMap<Job>,
+    soon: Vec<Job>,
+}
+
+struct Alarms {
+    heap: Mutex<Heap>,
+    wake: Condvar,
+}
+
+static ALARMS: OnceLock<Alarms> = OnceLock::new();
+
+fn alarms() -> &'static Alarms {
+    ALARMS.get_or_init(|| {
+        let spawned = std::thread::Builder::new()
+            .name("greenhub-alarm".into())
+            .spawn(run);
+        if let Err(e) = spawned {
+            report::error(&format!(
+                "greenhub: cannot start the alarm thread ({e}); timed green waits will not \
+                 time out and timers will not fire"
+            ));
+        }
+        Alarms {
+            heap: Mutex::new(Heap {
+                alarms: BinaryHeap::new(),
+                sweep_at: MIN_SWEEP,
+                timers: IdMap::default(),
+                soon: Vec::new(),
+            }),
+            wake: Condvar::new(),
+        }
+    })
+}
+
+/// Fires `wait` at `at` if it still waits then.
+pub(crate) fn set(at: Instant, wait: Arc<dyn Alarmed>) {
+    push(alarms().heap.lock(), at, Target::Wait(wait));
+}
+
+fn push(mut h: parking_lot::MutexGuard<'_, Heap>, at: Instant, target: Target) {
+    if h.alarms.len() >= h.sweep_at {
+        let Heap { alarms, timers, .. } = &mut *h;
+        alarms.retain(|alarm| match &alarm.target {
+            Target::Wait(w) => w.live(),
+            Target::Timer(id) => timers.contains_key(id),
+        });
+        h.sweep_at = (h.alarms.len() * 2).max(MIN_SWEEP);
+    }
+    let earliest = h.alarms.peek().is_none_or(|first| at < first.at);
+    h.alarms.push(Alarm { at, target });
+    drop(h);
+    if earliest {
+        alarms().wake.notify_one();
+    }
+}
+
+/// Runs `job` on the alarm thread after `delay`, unless [`cancel`]led first; returns the
+/// timer's id. The timer shows in the registry (as `kind`, owned by `owner`, set at `site`)
+/// while it is pending. The job must be short: it usually spawns a green thread.
+pub(crate) fn schedule(
+    delay: Duration,
+    kind: TimerKind,
+    owner: Option<u64>,
+    site: &'static Location<'static>,
+    job: Job,
+) -> u64 {
+    // A delay past what the clock can express is a century: it never comes in practice.
+    let at = Instant::now()
+        .checked_add(delay)
+        .unwrap_or_else(|| Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600));
+    let reg = registry();
+    let id = reg.next_id();
+    reg.insert_timer(
+        id,
+        TimerEntry {
+            deadline_ns: clock::instant_ns(at),
+            kind,
+            owner,
+            site,
+        },
+    );
+    let mut h = alarms().heap.lock();
+    h.timers.insert(id, job);
+    push(h, at, Target::Timer(id));
+    id
+}
+
+/// Cancels a pending timer. Returns `false` if it already fired or was cancelled.
+pub(crate) fn cancel(id: u64) -> bool {
+    let Some(a) = ALARMS.get() else { return false };
+    let job = a.heap.lock().timers.remove(&id);
+    let cancelled = job.is_some();
+    if cancelled {
+        registry().remove_timer(id);
+    }
+    // The job (and what it captured) is dropped here, outside the lock.
+    drop(job);
+    cancelled
+}
+
+/// Whether a timer is still pending.
+pub(crate) fn is_pending(id: u64) -> bool {
+    ALARMS
+        .get()
+        .is_some_and(|a| a.heap.lock().timers.contains_key(&id))
+}
+
+/// Runs `job` on the alarm thread as soon as it is free. Jobs must be short and must not block.
+pub(crate) fn soon(job: Job) {
+    let a = alarms();
+    let mut h = a.heap.lock();
+    h.soon.push(job);
+    let first = h.soon.len() == 1;
+    drop(h);
+    // A later job finds the thread already notified by the first one.
+    if first {
+        a.wake.notify_one();
+    }
+}
+
+fn run() {
+    let a = alarms();
+    let mut due: Vec<Arc<dyn Alarmed>> = Vec::new();
+    let mut fired: Vec<(u64, Job)> = Vec::new();
+    let mut jobs: Vec<Job> = Vec::new();
+    loop {
+        {
+            let mut h = a.heap.lock();
+            loop {
+                let now = Instant::now();
+                while h.alarms.peek().is_some_and(|first| first.at <= now) {
+                    let Some(alarm) = h.alarms.pop() else { break };
+                    match alarm.target {
+                        Target::Wait(w) => due.push(w),
+                        Target::Timer(id) => {
+                            if let Some(job) = h.timers.remove(&id) {
+                                fired.push((id, job));
+                            }
+                        }
+                    }
+                }
+                std::mem::swap(&mut jobs, &mut h.soon);
+                if !due.is_empty() || !fired.is_empty() || !jobs.is_empty() {
+                    break;
+                }
+                match h.alarms.peek().map(|first| first.at) {
+                    Some(at) => {
+                        a.wake.wait_until(&mut h, at);
+                    }
+                    None => a.wake.wait(&mut h),
+                }
+            }
+        }
+        // Outside the lock: unparking schedules coroutines, and the last handle to a finished
+        // one may be dropped here.
+        for wait in due.drain(..) {
+            wait.fire();
+        }
+        for (id, job) in fired.drain(..) {
+            registry().remove_timer(id);
+            run_job(job);
+        }
+        for job in jobs.drain(..) {
+            run_job(job);
+        }
+    }
+}
+
+/// A job that panics is a greenhub bug, but it must not stop every later deadline.
+fn run_job(job: Job) {
+    if let Err(payload) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)) {
+        report::error(&format!(
+            "greenhub: a job on the alarm thread panicked: {}",
+            payload_message(&*payload)
+        ));
+    }
+}

@@ -1,0 +1,128 @@
+//! Per-green-thread context: which registry record the running code belongs to, the deadline
+//! scopes it runs in, and the last panic it raised.
+//!
+//! It lives in `may`'s coroutine-local storage, never in a `thread_local!`: green threads migrate
+//! between OS threads at every wait, so a thread-local read before a wait and after it can
+//! belong to two different OS threads. On a plain OS thread the same storage falls back to a
+//! thread-local, which is sound there because an OS thread does not migrate.
+
+use std::cell::{Cell, OnceCell, RefCell};
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::core::registry::ThreadRecord;
+use crate::core::token::Token;
+
+/// A panic caught by greenhub's hook, kept until the thread's outcome is built.
+#[derive(Clone, Debug)]
+pub(crate) struct PanicReport {
+    pub message: String,
+    pub location: String,
+    pub backtrace: Option<Arc<std::backtrace::Backtrace>>,
+}
+
+#[derive(Default)]
+pub(crate) struct Context {
+    /// Set once by the spawn wrapper; empty on OS threads and raw `may` coroutines.
+    pub record: OnceCell<Arc<ThreadRecord>>,
+    /// The effective (earliest) deadline of the scopes the code runs in.
+    pub deadline: Cell<Option<Instant>>,
+    /// The panic hook stores here instead of printing, for code greenhub reports itself.
+    pub panic: RefCell<Option<PanicReport>>,
+    /// The token of this thread's last wait, reused while nobody else holds it.
+    pub token: RefCell<Option<Arc<Token>>>,
+    /// Set by the spawn wrapper when the body has returned (or unwound) and its outcome is
+    /// published.
+    pub ended: Cell<bool>,
+}
+
+impl Drop for Context {
+    /// `may` drops a coroutine's local storage when it destroys the coroutine. A green thread
+    /// whose storage goes while its body has not ended was torn down without unwinding: its
+    /// stack overflowed into the guard page. Whatever it held (a lock, a pool connection, a
+    /// stack permit) is lost with its frames and every joiner would wait forever, so the
+    /// process stops here, as Rust's own threads do on overflow, saying which thread and how
+    /// to give it more stack.
+    fn drop(&mut self) {
+        let Some(record) = self.record.get() else {
+            return;
+        };
+        if self.ended.get() {
+            return;
+        }
+        let name = record
+            .name
+            .as_deref()
+            .map(|n| format!(" ({n})"))
+            .unwrap_or_default();
+        // Straight to stderr: a logger may not flush before the abort.
+        eprintln!(
+            "greenhub: green thread #{}{name}, spawned at {}, has overflowed its stack of {} \
+             bytes; aborting. Give it more with Builder::stack_size, or all threads more with \
+             GREENHUB_STACK_SIZE (debug builds need several times the stack of release builds).",
+            record.id, record.site, record.stack_size
+        );
+        std::process::abort();
+    }
+}
+
+thread_local! {
+    /// Non-zero while greenhub catches panics of its own call into `may` (a stack that cannot be
+    /// mapped). A thread-local is sound here: that call never waits, so the green thread cannot
+    /// move to another OS thread between setting and clearing it.
+    static CAPTURE: Cell<u32> = const { Cell::new(0) };
+}
+
+impl Context {
+    pub(crate) fn record(&self) -> Option<&Arc<ThreadRecord>> {
+        self.record.get()
+    }
+
+    /// Whether the panic hook should hand panics to greenhub instead of printing them.
+    pub(crate) fn captures_panics(&self) -> bool {
+        self.record.get().is_some() || CAPTURE.with(|c| c.get()) > 0
+    }
+}
+
+may::coroutine_local!(static CONTEXT: Context = Context::default());
+
+/// Runs `f` with the current green thread's (or OS thread's) context.
+#[inline]
+pub(crate) fn with<R>(f: impl FnOnce(&Context) -> R) -> R {
+    CONTEXT.with(f)
+}
+
+/// The current green thread's record, if the code runs in a greenhub green thread.
+pub(crate) fn current_record() -> Option<Arc<ThreadRecord>> {
+    // An OS thread has no record: skip the lookup in its thread-local map.
+    if !may::coroutine::is_coroutine() {
+        return None;
+    }
+    with(|c| c.record().cloned())
+}
+
+/// The id of the current green thread, if any.
+pub(crate) fn current_id() -> Option<u64> {
+    if !may::coroutine::is_coroutine() {
+        return None;
+    }
+    with(|c| c.record().map(|r| r.id))
+}
+
+/// Runs `f` with panics captured into the context instead of printed.
+pub(crate) fn capturing_panics<R>(f: impl FnOnce() -> R) -> R {
+    struct Depth;
+    impl Drop for Depth {
+        fn drop(&mut self) {
+            CAPTURE.with(|c| c.set(c.get() - 1));
+        }
+    }
+    CAPTURE.with(|c| c.set(c.get() + 1));
+    let _depth = Depth;
+    f()
+}
+
+/// Takes the panic the hook stored, if any.
+pub(crate) fn take_panic() -> Option<PanicReport> {
+    with(|c| c.panic.try_borrow_mut().ok().and_then(|mut p| p.take()))
+}

@@ -1,0 +1,499 @@
+//! The live registry: every green thread, pending timer and watched descriptor, kept cheaply at
+//! all times so that [`crate::inspect::snapshot`] can show a hung process as it is.
+//!
+//! Cost model. A green thread's own state (running or waiting on what, since when, until which
+//! deadline) lives in its [`ThreadRecord`] and is written only by that thread, through a seqlock
+//! of plain atomic stores: no lock and no read-modify-write on the switch path. The tables
+//! (threads, timers, descriptors) are sharded maps touched once at creation and once at the end;
+//! their locks are held for one map operation and never across a wait.
+
+use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
+use std::panic::Location;
+use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
+
+use parking_lot::Mutex;
+
+use crate::core::clock;
+use greenhub_snapshot::{Interest, ObjectInfo, ObjectKind, WaitOn};
+
+const SHARDS: usize = 64;
+
+/// Ids are sequential, so a multiplicative hash is enough to spread them over hashbrown's
+/// buckets and control bytes.
+#[derive(Default)]
+pub(crate) struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+pub(crate) type IdMap<V> = HashMap<u64, V, BuildHasherDefault<IdHasher>>;
+
+/// What a green thread is doing, as the registry stores it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// Created by `spawn_after` and not started yet.
+    Scheduled = 0,
+    Running = 1,
+    Waiting = 2,
+}
+
+/// One green thread's entry. Identity fields are immutable; the state is a seqlock written only
+/// by the thread itself.
+pub(crate) struct ThreadRecord {
+    pub id: u64,
+    pub name: Option<Arc<str>>,
+    pub parent: Option<u64>,
+    pub site: &'static Location<'static>,
+    pub created_ns: u64,
+    pub stack_size: usize,
+    /// Number of times this thread gave up its worker (waits and yields).
+    pub switches: AtomicU64,
+    /// Sampled time on a worker, added by the monitor thread.
+    pub run_ns: AtomicU64,
+    pub kill_requested: AtomicBool,
+    seq: AtomicU64,
+    phase: AtomicU8,
+    wait_kind: AtomicU8,
+    wait_a: AtomicU64,
+    wait_b: AtomicU64,
+    since_ns: AtomicU64,
+    deadline_ns: AtomicU64,
+}
+
+/// A consistent read of a record's state.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct StateView {
+    pub phase: Phase,
+    pub waiting_on: Option<WaitOn>,
+    pub since_ns: u64,
+    pub deadline_ns: Option<u64>,
+}
+
+const NO_DEADLINE: u64 = u64::MAX;
+
+impl ThreadRecord {
+    pub(crate) fn new(
+        id: u64,
+        name: Option<Arc<str>>,
+        parent: Option<u64>,
+        site: &'static Location<'static>,
+        stack_size: usize,
+        phase: Phase,
+    ) -> ThreadRecord {
+        let now = clock::coarse_ns();
+        ThreadRecord {
+            id,
+            name,
+            parent,
+            site,
+            created_ns: now,
+            stack_size,
+            switches: AtomicU64::new(0),
+            run_ns: AtomicU64::new(0),
+            kill_requested: AtomicBool::new(false),
+            seq: AtomicU64::new(0),
+            phase: AtomicU8::new(phase as u8),
+            wait_kind: AtomicU8::new(0),
+            wait_a: AtomicU64::new(0),
+            wait_b: AtomicU64::new(0),
+            since_ns: AtomicU64::new(now),
+            deadline_ns: AtomicU64::new(NO_DEADLINE),
+        }
+    }
+
+    /// Owner-only: records the start of a wait. Counts a switch.
+    #[inline]
+    pub(crate) fn begin_wait(&self, on: WaitOn, deadline_ns: Option<u64>) {
+        let (kind, a, b) = encode(on);
+        self.write(
+            Phase::Waiting,
+            kind,
+            a,
+            b,
+            deadline_ns.unwrap_or(NO_DEADLINE),
+        );
+        self.count_switch();
+    }
+
+    /// Owner-only: the thread runs again.
+    #[inline]
+    pub(crate) fn set_running(&self) {
+        self.write(Phase::Running, 0, 0, 0, NO_DEADLINE);
+    }
+
+    /// Owner-only: a yield gives up the worker without waiting on anything.
+    #[inline]
+    pub(crate) fn count_switch(&self) {
+        // Single writer: a load and a store, no read-modify-write.
+        let n = self.switches.load(Ordering::Relaxed);
+        self.switches.store(n + 1, Ordering::Relaxed);
+    }
+
+    #[inline]
+    fn write(&self, phase: Phase, kind: u8, a: u64, b: u64, deadline: u64) {
+        let seq = self.seq.load(Ordering::Relaxed);
+        self.seq.store(seq.wrapping_add(1), Ordering::Relaxed);
+        fence(Ordering::Release);
+        self.phase.store(phase as u8, Ordering::Relaxed);
+        self.wait_kind.store(kind, Ordering::Relaxed);
+        self.wait_a.store(a, Ordering::Relaxed);
+        self.wait_b.store(b, Ordering::Relaxed);
+        self.since_ns.store(clock::ticked_ns(), Ordering::Relaxed);
+        self.deadline_ns.store(deadline, Ordering::Relaxed);
+        self.seq.store(seq.wrapping_add(2), Ordering::Release);
+    }
+
+    /// Any thread: a consistent copy of the state.
+    pub(crate) fn read(&self) -> StateView {
+        loop {
+            let s1 = self.seq.load(Ordering::Acquire);
+            if s1 & 1 == 1 {
+                std::hint::spin_loop();
+                continue;
+            }
+            let phase = self.phase.load(Ordering::Relaxed);
+            let kind = self.wait_kind.load(Ordering::Relaxed);
+            let a = self.wait_a.load(Ordering::Relaxed);
+            let b = self.wait_b.load(Ordering::Relaxed);
+            let since_ns = self.since_ns.load(Ordering::Relaxed);
+            let deadline = self.deadline_ns.load(Ordering::Relaxed);
+            fence(Ordering::Acquire);
+            if self.seq.load(Ordering::Relaxed) != s1 {
+                continue;
+            }
+            let phase = match phase {
+                0 => Phase::Scheduled,
+                2 => Phase::Waiting,
+                _ => Phase::Running,
+            };
+            return StateView {
+                phase,
+                waiting_on: if phase == Phase::Waiting {
+                    decode(kind, a, b)
+                } else {
+                    None
+                },
+                since_ns,
+                deadline_ns: (deadline != NO_DEADLINE).then_some(deadline),
+            };
+        }
+    }
+}
+
+/// A wait's target in the three words of a record's state.
+#[inline]
+fn encode(on: WaitOn) -> (u8, u64, u64) {
+    match on {
+        WaitOn::Sleep => (1, 0, 0),
+        WaitOn::Join { thread } => (2, thread, 0),
+        WaitOn::Object { object, id } => (3, id, u64::from(object.index())),
+        WaitOn::Fd { fd, interest } => (4, fd as u32 as u64, interest as u64),
+    }
+}
+
+fn decode(kind: u8, a: u64, b: u64) -> Option<WaitOn> {
+    Some(match kind {
+        1 => WaitOn::Sleep,
+        2 => WaitOn::Join { thread: a },
+        3 => WaitOn::Object {
+            object: ObjectKind::from_index(b as u16),
+            id: a,
+        },
+        4 => WaitOn::Fd {
+            fd: a as u32 as i32,
+            interest: Interest::from_bits(b as u8),
+        },
+        _ => return None,
+    })
+}
+
+/// How a green thread ended, as kept in the recently-finished history.
+#[derive(Clone, Debug)]
+pub(crate) enum Ending {
+    Returned,
+    Panicked(Arc<str>),
+    Killed,
+    NotStarted(Arc<str>),
+}
+
+pub(crate) struct Finished {
+    pub record: Arc<ThreadRecord>,
+    pub ended_ns: u64,
+    pub ending: Ending,
+}
+
+/// Kinds of pending timers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum TimerKind {
+    Sleep,
+    CallAfter,
+    SpawnAfter,
+    Deadline,
+}
+
+pub(crate) struct TimerEntry {
+    pub deadline_ns: u64,
+    pub kind: TimerKind,
+    pub owner: Option<u64>,
+    pub site: &'static Location<'static>,
+}
+
+/// A descriptor some green thread waits on.
+pub(crate) struct FdEntry {
+    pub fd: i32,
+    pub interest: Interest,
+    pub owner: Option<u64>,
+    pub since_ns: u64,
+}
+
+#[derive(Default)]
+struct ThreadShard {
+    live: IdMap<Arc<ThreadRecord>>,
+    finished: VecDeque<Finished>,
+    /// Switches of this shard's threads that have ended, moved here under the same lock as
+    /// the thread leaves `live`, so that a snapshot counts every thread exactly once.
+    finished_switches: u64,
+}
+
+/// An atomic counter on a cache line of its own: spawners and exiting threads on different
+/// workers update these, and must not slow each other down by sharing a line.
+#[derive(Default)]
+#[repr(align(128))]
+pub(crate) struct Padded(pub AtomicU64);
+
+impl std::ops::Deref for Padded {
+    type Target = AtomicU64;
+    fn deref(&self) -> &AtomicU64 {
+        &self.0
+    }
+}
+
+/// Process-wide counters.
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub spawned: Padded,
+    pub finished: Padded,
+    pub panicked: AtomicU64,
+    pub killed: AtomicU64,
+}
+
+/// An object that shows in the snapshot: implemented by greenhub's synchronization types,
+/// and by other crates' pools through `Registration`.
+pub trait Inspect: Send + Sync {
+    /// The object's current state. Called from the thread taking a snapshot; keep it short
+    /// (take the object's lock once, copy the counts).
+    fn inspect(&self) -> ObjectInfo;
+}
+
+/// An inspectable object, held weakly: the registry never keeps an object alive.
+type ObjectRef = Weak<dyn Inspect>;
+
+pub(crate) struct Registry {
+    threads: Box<[Mutex<ThreadShard>]>,
+    timers: Box<[Mutex<IdMap<TimerEntry>>]>,
+    fds: Box<[Mutex<IdMap<FdEntry>>]>,
+    objects: Box<[Mutex<IdMap<ObjectRef>>]>,
+    finished_per_shard: usize,
+    next_id: Padded,
+    pub counters: Counters,
+}
+
+fn shards<T: Default>() -> Box<[Mutex<T>]> {
+    (0..SHARDS).map(|_| Mutex::new(T::default())).collect()
+}
+
+static REGISTRY: OnceLock<Registry> = OnceLock::new();
+
+/// The registry; `finished_history` only matters on first use (the runtime's start).
+pub(crate) fn registry() -> &'static Registry {
+    REGISTRY.get_or_init(|| Registry::new(crate::core::config::DEFAULT_FINISHED_HISTORY))
+}
+
+pub(crate) fn init(finished_history: usize) {
+    REGISTRY.get_or_init(|| Registry::new(finished_history));
+}
+
+impl Registry {
+    fn new(finished_history: usize) -> Registry {
+        Registry {
+            threads: shards(),
+            timers: shards(),
+            fds: shards(),
+            objects: shards(),
+            finished_per_shard: finished_history.div_ceil(SHARDS),
+            next_id: Padded(AtomicU64::new(1)),
+            counters: Counters::default(),
+        }
+    }
+
+    /// A fresh id, shared by threads, timers and descriptor registrations.
+    pub(crate) fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn shard(id: u64) -> usize {
+        (id as usize) % SHARDS
+    }
+
+    pub(crate) fn insert_thread(&self, record: Arc<ThreadRecord>) {
+        self.counters.spawned.fetch_add(1, Ordering::Relaxed);
+        let mut shard = self.threads[Self::shard(record.id)].lock();
+        shard.live.insert(record.id, record);
+    }
+
+    /// Moves a thread from the live table to the bounded history.
+    pub(crate) fn finish_thread(&self, id: u64, ending: Ending) {
+        let c = &self.counters;
+        c.finished.fetch_add(1, Ordering::Relaxed);
+        match ending {
+            Ending::Panicked(_) => c.panicked.fetch_add(1, Ordering::Relaxed),
+            Ending::Killed => c.killed.fetch_add(1, Ordering::Relaxed),
+            _ => 0,
+        };
+        let ended_ns = clock::coarse_ns();
+        let evicted = {
+            let mut shard = self.threads[Self::shard(id)].lock();
+            let Some(record) = shard.live.remove(&id) else {
+                return;
+            };
+            shard.finished_switches += record.switches.load(Ordering::Relaxed);
+            shard.finished.push_back(Finished {
+                record,
+                ended_ns,
+                ending,
+            });
+            if shard.finished.len() > self.finished_per_shard {
+                shard.finished.pop_front()
+            } else {
+                None
+            }
+        };
+        // The evicted record (and its name) is freed outside the lock.
+        drop(evicted);
+    }
+
+    pub(crate) fn thread(&self, id: u64) -> Option<Arc<ThreadRecord>> {
+        self.threads[Self::shard(id)].lock().live.get(&id).cloned()
+    }
+
+    /// How many green threads are alive (no record is copied).
+    pub(crate) fn live_count(&self) -> usize {
+        self.threads.iter().map(|s| s.lock().live.len()).sum()
+    }
+
+    /// The live threads, and the switches of the threads that have ended, read shard by
+    /// shard under each shard's lock: a total made of both never counts a thread twice nor
+    /// misses one, so it never goes backwards from one snapshot to the next.
+    pub(crate) fn live_threads(&self) -> (Vec<Arc<ThreadRecord>>, u64) {
+        let mut out = Vec::new();
+        let mut finished_switches = 0;
+        for shard in self.threads.iter() {
+            let shard = shard.lock();
+            out.extend(shard.live.values().cloned());
+            finished_switches += shard.finished_switches;
+        }
+        (out, finished_switches)
+    }
+
+    /// The recently finished threads, oldest first.
+    pub(crate) fn finished(&self) -> Vec<(Arc<ThreadRecord>, u64, Ending)> {
+        let mut out = Vec::new();
+        for shard in self.threads.iter() {
+            let shard = shard.lock();
+            out.extend(
+                shard
+                    .finished
+                    .iter()
+                    .map(|f| (f.record.clone(), f.ended_ns, f.ending.clone())),
+            );
+        }
+        out.sort_by_key(|(r, ended, _)| (*ended, r.id));
+        out
+    }
+
+    pub(crate) fn insert_timer(&self, id: u64, entry: TimerEntry) {
+        self.timers[Self::shard(id)].lock().insert(id, entry);
+    }
+
+    pub(crate) fn remove_timer(&self, id: u64) -> bool {
+        self.timers[Self::shard(id)].lock().remove(&id).is_some()
+    }
+
+    pub(crate) fn timers(
+        &self,
+    ) -> Vec<(u64, TimerKind, u64, Option<u64>, &'static Location<'static>)> {
+        let mut out = Vec::new();
+        for shard in self.timers.iter() {
+            out.extend(
+                shard
+                    .lock()
+                    .iter()
+                    .map(|(id, t)| (*id, t.kind, t.deadline_ns, t.owner, t.site)),
+            );
+        }
+        out.sort_by_key(|t| (t.2, t.0));
+        out
+    }
+
+    pub(crate) fn insert_fd(&self, id: u64, entry: FdEntry) {
+        self.fds[Self::shard(id)].lock().insert(id, entry);
+    }
+
+    pub(crate) fn remove_fd(&self, id: u64) {
+        self.fds[Self::shard(id)].lock().remove(&id);
+    }
+
+    /// The number of pending timers.
+    pub(crate) fn timer_count(&self) -> usize {
+        self.timers.iter().map(|s| s.lock().len()).sum()
+    }
+
+    /// The number of descriptors green threads wait on.
+    pub(crate) fn fd_count(&self) -> usize {
+        self.fds.iter().map(|s| s.lock().len()).sum()
+    }
+
+    pub(crate) fn fds(&self) -> Vec<(i32, Interest, Option<u64>, u64)> {
+        let mut out = Vec::new();
+        for shard in self.fds.iter() {
+            out.extend(
+                shard
+                    .lock()
+                    .values()
+                    .map(|f| (f.fd, f.interest, f.owner, f.since_ns)),
+            );
+        }
+        out.sort_by_key(|f| (f.0, f.3));
+        out
+    }
+
+    pub(crate) fn insert_object(&self, id: u64, object: ObjectRef) {
+        self.objects[Self::shard(id)].lock().insert(id, object);
+    }
+
+    pub(crate) fn remove_object(&self, id: u64) {
+        self.objects[Self::shard(id)].lock().remove(&id);
+    }
+
+    /// The live objects. The caller inspects them outside the table's locks.
+    pub(crate) fn objects(&self) -> Vec<Arc<dyn Inspect>> {
+        let mut out = Vec::new();
+        for shard in self.objects.iter() {
+            out.extend(shard.lock().values().filter_map(Weak::upgrade));
+        }
+        out
+    }
+}

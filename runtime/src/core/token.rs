@@ -1,0 +1,125 @@
+//! The wake token: the side of a wait that other threads hold. [`Token::wake`] hands
+//! something to the waiter only while it still waits, so an object learns whether its hand-off
+//! was taken; a waiter that gives up marks its token abandoned first.
+//!
+//! A token is made once per green thread and reused across its waits while nobody else holds
+//! it (the waiter's `fresh_token`): most waits allocate nothing.
+
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::Arc;
+
+use crate::core::alarm::Alarmed;
+use crate::core::budget;
+use crate::core::registry::ThreadRecord;
+
+pub(crate) const WAITING: u8 = 0;
+const WOKEN: u8 = 1;
+const ABANDONED: u8 = 2;
+
+pub(crate) enum Parker {
+    Green(may::coroutine::Coroutine),
+    Os(std::thread::Thread),
+}
+
+/// The wake-up side of a [`Waiter`](crate::ext::Waiter): objects keep tokens in their waiter lists.
+///
+/// Cheap to clone (an `Arc`), `Send` and `Sync`; waking from a plain OS thread is fine.
+pub struct Token {
+    pub(crate) state: AtomicU8,
+    /// Set when the unpark came from outside the worker's local queue (an OS thread, the
+    /// alarm thread, a relay): the worker that resumes the waiter had emptied its local queue.
+    pub(crate) via_global: AtomicBool,
+    pub(crate) parker: Parker,
+    /// The waiting green thread's record, kept here because the token is made once per thread
+    /// and reused: a wait then needs no second lookup of the coroutine-local context.
+    pub(crate) record: Option<Arc<ThreadRecord>>,
+}
+
+impl Token {
+    /// Wakes the waiter. Returns `false` if it had already given up (deadline passed, killed)
+    /// or was already woken: whatever was being handed to it must go elsewhere.
+    pub fn wake(&self) -> bool {
+        if self
+            .state
+            .compare_exchange(WAITING, WOKEN, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            match &self.parker {
+                Parker::Green(co) => self.unpark_green(co),
+                Parker::Os(t) => t.unpark(),
+            }
+            true
+        } else {
+            false
+        }
+    }
+
+    #[inline]
+    fn unpark_green(&self, co: &may::coroutine::Coroutine) {
+        if !may::coroutine::is_coroutine() {
+            self.via_global.store(true, Ordering::Relaxed);
+            co.unpark();
+        } else if let Some(drain) = budget::switch() {
+            if let Err(co) = drain.defer(co.clone()) {
+                co.unpark();
+            }
+        } else {
+            co.unpark();
+        }
+    }
+
+    /// Unparks the waiter without waking it (its token stays waiting), so that it looks at
+    /// its deadline again: what the alarm thread does when a timed wait expires.
+    pub(crate) fn poke(&self) {
+        if self.is_waiting() {
+            match &self.parker {
+                Parker::Green(co) => {
+                    self.via_global.store(true, Ordering::Relaxed);
+                    co.unpark();
+                }
+                Parker::Os(t) => t.unpark(),
+            }
+        }
+    }
+
+    /// Whether the waiter still waits (neither woken nor gone).
+    pub fn is_waiting(&self) -> bool {
+        self.state.load(Ordering::Acquire) == WAITING
+    }
+
+    /// Whether a [`Token::wake`] reached the waiter.
+    pub fn is_woken(&self) -> bool {
+        self.state.load(Ordering::Acquire) == WOKEN
+    }
+
+    pub(crate) fn abandon(&self) -> bool {
+        // The common case, a woken token, needs no read-modify-write.
+        if self.state.load(Ordering::Acquire) != WAITING {
+            return false;
+        }
+        self.state
+            .compare_exchange(WAITING, ABANDONED, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = match self.state.load(Ordering::Relaxed) {
+            WAITING => "waiting",
+            WOKEN => "woken",
+            _ => "abandoned",
+        };
+        f.debug_struct("Token").field("state", &state).finish()
+    }
+}
+
+impl Alarmed for Token {
+    fn live(&self) -> bool {
+        self.is_waiting()
+    }
+
+    fn fire(&self) {
+        self.poke();
+    }
+}

@@ -1,0 +1,308 @@
+//! The one way greenhub waits: [`Waiter`], and `wait_io` for descriptors (see `Waiter`).
+
+use std::marker::PhantomData;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use greenhub_snapshot::{Interest, WaitOn};
+
+use crate::core::alarm;
+use crate::core::budget;
+use crate::core::clock;
+use crate::core::context;
+use crate::core::monitor;
+use crate::core::registry::{self, ThreadRecord};
+use crate::core::timeout::TimedOut;
+use crate::core::token::{Parker, Token, WAITING};
+
+/// A token for a new wait of the current thread: the previous one when nobody else holds it any
+/// more (saving an allocation per wait), a new one otherwise.
+fn fresh_token(ctx: &context::Context) -> Arc<Token> {
+    let mut slot = ctx.token.borrow_mut();
+    if let Some(token) = slot.as_mut() {
+        // A token made before the spawn wrapper set the record would hide later waits.
+        let same_thread = token.record.is_some() == ctx.record().is_some();
+        if let Some(exclusive) = Arc::get_mut(token).filter(|_| same_thread) {
+            *exclusive.state.get_mut() = WAITING;
+            *exclusive.via_global.get_mut() = false;
+            return token.clone();
+        }
+    }
+    let parker = if may::coroutine::is_coroutine() {
+        Parker::Green(may::coroutine::current())
+    } else {
+        Parker::Os(std::thread::current())
+    };
+    let token = Arc::new(Token {
+        state: AtomicU8::new(WAITING),
+        via_global: AtomicBool::new(false),
+        parker,
+        record: ctx.record().cloned(),
+    });
+    *slot = Some(token.clone());
+    token
+}
+
+/// One wait of the current green thread (or OS thread).
+///
+/// The one way greenhub waits: a [`Waiter`] parks the current green thread (or OS thread) until
+/// its [`Token`] is woken, its deadline passes, or the thread is killed.
+///
+/// Every blocking-looking call in greenhub and in the crates built on it (events, queues,
+/// joins, sockets, tpool calls, pool checkouts) is a loop around a `Waiter`, so each of them:
+///
+/// - shows in the registry as waiting on a [`WaitOn`], since when and until which deadline;
+/// - honours the deadline scopes of `with_timeout` (the earliest one wins);
+/// - unwinds at once when the thread is killed;
+/// - parks a green thread cooperatively and a plain OS thread with `std::thread::park`, so the
+///   same object can be shared by both.
+///
+/// A wake-up is a hand-off: [`Token::wake`] succeeds only while the waiter still waits, so an
+/// object that hands something to a waiter (a permit, an item) learns whether it was taken or
+/// must go to the next waiter. A waiter that gives up (deadline, kill) marks its token
+/// abandoned first, so no hand-off is ever lost to a departed waiter.
+///
+/// ```
+/// use greenhub::ext::{ObjectKind, WaitOn, Waiter};
+/// use std::time::Duration;
+///
+/// let waiter = Waiter::new(WaitOn::Object { object: ObjectKind::EVENT, id: 7 }, None);
+/// let token = waiter.token().clone();
+/// let waker = greenhub::spawn(move || {
+///     greenhub::sleep(Duration::from_millis(5)).unwrap();
+///     token.wake()
+/// });
+/// assert_eq!(waiter.wait(), Ok(()));
+/// assert!(waker.wait().unwrap());
+/// ```
+///
+/// A `Waiter` belongs to the thread that created it (its token wakes that thread), so it is
+/// neither `Send` nor `Sync`; hand its [`Token`] to other threads instead.
+#[derive(Debug)]
+pub struct Waiter {
+    token: Arc<Token>,
+    on: WaitOn,
+    deadline: Option<Instant>,
+    _not_send: PhantomData<*const ()>,
+}
+
+impl Waiter {
+    /// Prepares a wait on `on`, bounded by `timeout` (if any) and by the enclosing deadline
+    /// scopes. Register [`Waiter::token`] where the waker will find it, then call
+    /// [`Waiter::wait`].
+    pub fn new(on: WaitOn, timeout: Option<Duration>) -> Waiter {
+        Waiter::until(on, timeout.and_then(|t| Instant::now().checked_add(t)))
+    }
+
+    /// Like [`Waiter::new`] with an absolute deadline.
+    pub fn until(on: WaitOn, deadline: Option<Instant>) -> Waiter {
+        let (token, scope) = context::with(|c| (fresh_token(c), c.deadline.get()));
+        let deadline = match (deadline, scope) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        Waiter {
+            token,
+            on,
+            deadline,
+            _not_send: PhantomData,
+        }
+    }
+
+    /// The token to hand to the waker.
+    pub fn token(&self) -> &Arc<Token> {
+        &self.token
+    }
+
+    /// The effective deadline: the earlier of the wait's own and the enclosing scopes'.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    /// Parks until the token is woken (`Ok`) or the deadline passes (`Err(TimedOut)`).
+    ///
+    /// A killed green thread unwinds from here. While a killed thread unwinds (its destructors
+    /// run), waits cannot park: they return `Err(TimedOut)` at once.
+    pub fn wait(self) -> Result<(), TimedOut> {
+        if self.token.is_woken() {
+            return Ok(());
+        }
+        match (&self.token.record, &self.token.parker) {
+            (Some(record), _) => self.wait_green(record),
+            (None, Parker::Green(_)) => self.park_loop(true),
+            (None, Parker::Os(_)) => self.park_loop(false),
+        }
+    }
+
+    fn wait_green(&self, record: &ThreadRecord) -> Result<(), TimedOut> {
+        check_kill(record);
+        record.begin_wait(self.on, self.deadline.map(clock::instant_ns));
+        monitor::mark_idle();
+        let _resume = Resume(record);
+        self.park_loop(true)
+    }
+
+    fn park_loop(&self, green: bool) -> Result<(), TimedOut> {
+        let mut alarm_set = false;
+        loop {
+            if self.token.is_woken() {
+                return Ok(());
+            }
+            if green && std::thread::panicking() && killed() {
+                // Parking is impossible while a cancelled coroutine unwinds.
+                return self.give_up();
+            }
+            match self.deadline {
+                None if green => self.park_green(),
+                None => std::thread::park(),
+                Some(deadline) => {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        return self.give_up();
+                    }
+                    if green {
+                        // Parks untimed; the alarm thread unparks it at the deadline (see
+                        // alarm.rs for why not `may`'s timed park). Spurious returns loop.
+                        if !alarm_set {
+                            alarm::set(deadline, self.token.clone());
+                            alarm_set = true;
+                        }
+                        self.park_green();
+                    } else {
+                        std::thread::park_timeout(deadline - now);
+                    }
+                }
+            }
+        }
+    }
+
+    fn park_green(&self) {
+        may::coroutine::park();
+        if self.token.via_global.load(Ordering::Relaxed) {
+            self.token.via_global.store(false, Ordering::Relaxed);
+            budget::came_back();
+        }
+    }
+
+    fn give_up(&self) -> Result<(), TimedOut> {
+        if self.token.abandon() {
+            Err(TimedOut)
+        } else {
+            // The wake raced the deadline and won: the hand-off is ours.
+            Ok(())
+        }
+    }
+}
+
+impl Drop for Waiter {
+    fn drop(&mut self) {
+        // Reached with the token still waiting only when the wait unwinds (kill) or was
+        // never entered: either way nobody may hand anything to it any more.
+        self.token.abandon();
+    }
+}
+
+/// Waits until `may`'s poller reports an event on `io` (any event: callers retry their
+/// operation and wait again), until `deadline`, or until a kill unwinds the thread. The wait
+/// shows in the registry as on the descriptor, and marks the worker idle, like every greenhub
+/// wait; only the parking is `may`'s, since readiness reaches the coroutine through the poller
+/// and not through a token.
+pub(crate) fn wait_io<T: std::os::fd::AsRawFd>(
+    io: &may::io::CoIo<T>,
+    interest: Interest,
+    deadline: Option<Instant>,
+) {
+    use may::io::WaitIo;
+    use std::os::fd::AsRawFd;
+    let fd = io.as_raw_fd();
+    let _watch = FdWatch::new(fd, interest);
+    let alarm = deadline.map(|at| {
+        let a = Arc::new(alarm::IoAlarm {
+            waker: io.waker(),
+            live: AtomicBool::new(true),
+        });
+        alarm::set(at, a.clone());
+        a
+    });
+    let _disarm = Disarm(alarm.as_deref());
+    context::with(|ctx| match ctx.record() {
+        Some(record) => {
+            check_kill(record);
+            record.begin_wait(WaitOn::Fd { fd, interest }, deadline.map(clock::instant_ns));
+            monitor::mark_idle();
+            let _resume = Resume(record);
+            io.wait_io();
+        }
+        None => {
+            io.wait_io();
+        }
+    });
+}
+
+/// Ends a descriptor wait's alarm however the wait ends, unwinding included.
+struct Disarm<'a>(Option<&'a alarm::IoAlarm>);
+
+impl Drop for Disarm<'_> {
+    fn drop(&mut self) {
+        if let Some(a) = self.0 {
+            a.live.store(false, Ordering::Release);
+        }
+    }
+}
+
+/// Shows in the registry that the current green thread waits on a descriptor, for as long as
+/// the value lives. I/O waits create one around each wait for readiness.
+#[derive(Debug)]
+pub struct FdWatch {
+    id: u64,
+}
+
+impl FdWatch {
+    /// Registers a wait of the current green thread (or OS thread) on `fd`.
+    pub fn new(fd: i32, interest: Interest) -> FdWatch {
+        let reg = registry::registry();
+        let id = reg.next_id();
+        reg.insert_fd(
+            id,
+            registry::FdEntry {
+                fd,
+                interest,
+                owner: context::current_id(),
+                since_ns: clock::coarse_ns(),
+            },
+        );
+        FdWatch { id }
+    }
+}
+
+impl Drop for FdWatch {
+    fn drop(&mut self) {
+        registry::registry().remove_fd(self.id);
+    }
+}
+
+/// Marks the thread running again however the wait ends, unwinding included.
+struct Resume<'a>(&'a ThreadRecord);
+
+impl Drop for Resume<'_> {
+    fn drop(&mut self) {
+        self.0.set_running();
+        monitor::mark_running(self.0.id);
+    }
+}
+
+fn killed() -> bool {
+    context::with(|c| {
+        c.record()
+            .is_some_and(|r| r.kill_requested.load(Ordering::Acquire))
+    })
+}
+
+/// Unwinds the current green thread if a kill was requested (and it is not unwinding already).
+#[inline]
+pub(crate) fn check_kill(record: &ThreadRecord) {
+    if record.kill_requested.load(Ordering::Acquire) && !std::thread::panicking() {
+        may::coroutine::trigger_cancel_panic();
+    }
+}

@@ -1,0 +1,767 @@
+//! Green threads: spawning, waiting, killing, linking.
+
+use std::panic::{catch_unwind, AssertUnwindSafe, Location};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use thiserror::Error;
+
+use greenhub_snapshot::WaitOn;
+
+use crate::core::config;
+use crate::core::context::{self, PanicReport};
+use crate::core::limits::{SpawnError, StackPermit};
+use crate::core::registry::{registry, Ending, Phase, ThreadRecord, TimerKind};
+use crate::core::report::payload_message;
+use crate::core::timeout::{IsTimeout, TimedOut};
+use crate::core::token::Token;
+use crate::core::wait::Waiter;
+use crate::core::{alarm, graveyard, monitor, report};
+use crate::start;
+
+/// How a green thread failed to produce its value.
+#[derive(Debug, Clone, Error)]
+pub enum JoinError {
+    /// The thread panicked.
+    #[error("green thread #{id} panicked at {location}: {message}")]
+    Panicked {
+        /// The thread's id.
+        id: u64,
+        /// The panic message.
+        message: String,
+        /// Where it panicked (`file:line:column`).
+        location: String,
+        /// The backtrace, when `RUST_BACKTRACE` asked for one.
+        backtrace: Option<Arc<std::backtrace::Backtrace>>,
+    },
+    /// The thread was killed.
+    #[error("green thread #{id} was killed")]
+    Killed {
+        /// The thread's id.
+        id: u64,
+    },
+    /// A deadline passed first: the join's (`id` is the awaited thread, which goes on
+    /// running), or that of another wait whose [`TimedOut`] was turned into this error by `?`
+    /// (`id` is `None`).
+    #[error("{}", match id {
+        Some(id) => format!("timed out waiting for green thread #{id}; it is still running"),
+        None => "timed out: the deadline passed before the wait completed".to_owned(),
+    })]
+    TimedOut {
+        /// The awaited thread's id, when the deadline passed in the join itself.
+        id: Option<u64>,
+    },
+    /// An earlier [`GreenThread::wait`] took the value already.
+    #[error("the value of green thread #{id} was taken by an earlier wait")]
+    AlreadyJoined {
+        /// The thread's id.
+        id: u64,
+    },
+    /// A `spawn_after` thread could not start when its delay ended.
+    #[error("green thread #{id} could not start: {source}")]
+    NotStarted {
+        /// The thread's id.
+        id: u64,
+        /// Why.
+        source: SpawnError,
+    },
+}
+
+impl From<TimedOut> for JoinError {
+    fn from(_: TimedOut) -> JoinError {
+        JoinError::TimedOut { id: None }
+    }
+}
+
+impl IsTimeout for JoinError {
+    fn is_timeout(&self) -> bool {
+        matches!(self, JoinError::TimedOut { .. })
+    }
+}
+
+type Link<T> = Box<dyn FnOnce(Result<&T, &JoinError>) + Send>;
+
+/// The tokens of the threads waiting for the end. Almost always one, kept inline so that a
+/// join does not allocate.
+#[derive(Default)]
+struct Waiters {
+    first: Option<Arc<Token>>,
+    more: Vec<Arc<Token>>,
+}
+
+impl Waiters {
+    fn push(&mut self, token: Arc<Token>) {
+        // Tokens of waits that timed out are dropped here, so the list stays short.
+        if self.first.as_ref().is_some_and(|t| !t.is_waiting()) {
+            self.first = None;
+        }
+        self.more.retain(|t| t.is_waiting());
+        match self.first {
+            None => self.first = Some(token),
+            Some(_) => self.more.push(token),
+        }
+    }
+
+    fn wake_all(self) {
+        for t in self.first.into_iter().chain(self.more) {
+            t.wake();
+        }
+    }
+}
+
+struct JoinState<T> {
+    /// `Some` once the thread has ended, until `wait` takes it.
+    result: Option<Result<T, JoinError>>,
+    finished: bool,
+    waiters: Waiters,
+    links: Vec<Link<T>>,
+    handle_alive: bool,
+    /// Set when a `wait` has taken the result.
+    taken: bool,
+}
+
+struct Shared<T> {
+    record: Arc<ThreadRecord>,
+    coroutine: OnceLock<may::coroutine::Coroutine>,
+    /// The pending start timer of a `spawn_after` thread (0 when none).
+    start_timer: AtomicU64,
+    done: AtomicBool,
+    join: Mutex<JoinState<T>>,
+}
+
+/// A handle to a green thread: wait for its value, kill it, link a callback to its end.
+///
+/// Dropping the handle detaches the thread; it runs on. If it panics and nobody waits for it,
+/// its panic is reported once through `log`.
+pub struct GreenThread<T> {
+    shared: Arc<Shared<T>>,
+}
+
+/// Configures a green thread before spawning it.
+///
+/// ```
+/// let t = greenhub::thread::Builder::new()
+///     .name("worker")
+///     .stack_size(256 * 1024)
+///     .spawn(|| greenhub::current().unwrap().name().map(String::from))
+///     .unwrap();
+/// assert_eq!(t.wait().unwrap().as_deref(), Some("worker"));
+/// ```
+#[derive(Debug, Default, Clone)]
+pub struct Builder {
+    name: Option<String>,
+    stack_size: Option<usize>,
+}
+
+impl Builder {
+    /// A builder with no name and the runtime's default stack size.
+    pub fn new() -> Builder {
+        Builder::default()
+    }
+
+    /// Names the thread (shown by the inspector and in panic reports).
+    pub fn name(mut self, name: impl Into<String>) -> Builder {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// Sets the stack size in bytes (rounded up to whole pages). A stack overflow kills the
+    /// whole process, so give deep recursion room; see the crate docs on stack sizes.
+    pub fn stack_size(mut self, bytes: usize) -> Builder {
+        self.stack_size = Some(bytes);
+        self
+    }
+
+    /// Spawns the thread. Its parent is the calling green thread; its spawn site is the caller.
+    #[track_caller]
+    pub fn spawn<F, T>(self, f: F) -> Result<GreenThread<T>, SpawnError>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        self.spawn_from(Location::caller(), context::current_id(), f)
+    }
+
+    /// Spawns the thread to start after `delay` (eventlet's `spawn_after`). Until then it costs
+    /// a timer entry, not a stack; killing it before it starts means it never runs.
+    #[track_caller]
+    pub fn spawn_after<F, T>(self, delay: Duration, f: F) -> Result<GreenThread<T>, SpawnError>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        let site = Location::caller();
+        let stack = self.checked_stack_size()?;
+        let shared = self.create(site, context::current_id(), stack, Phase::Scheduled);
+        let starter = shared.clone();
+        let job = Box::new(move || {
+            starter.start_timer.store(0, Ordering::Release);
+            if let Err(source) = starter.clone().start(stack, f) {
+                let id = starter.record.id;
+                starter.finish(Err(JoinError::NotStarted { id, source }));
+            }
+        });
+        let id = alarm::schedule(
+            delay,
+            TimerKind::SpawnAfter,
+            Some(shared.record.id),
+            site,
+            job,
+        );
+        shared.start_timer.store(id, Ordering::Release);
+        Ok(GreenThread { shared })
+    }
+
+    pub(crate) fn spawn_from<F, T>(
+        self,
+        site: &'static Location<'static>,
+        parent: Option<u64>,
+        f: F,
+    ) -> Result<GreenThread<T>, SpawnError>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        let stack = self.checked_stack_size()?;
+        let shared = self.create(site, parent, stack, Phase::Running);
+        match shared.clone().start(stack, f) {
+            Ok(()) => Ok(GreenThread { shared }),
+            Err(e) => {
+                // Never started: it leaves no trace but the error.
+                shared.join.lock().handle_alive = false;
+                registry()
+                    .finish_thread(shared.record.id, Ending::NotStarted(e.to_string().into()));
+                Err(e)
+            }
+        }
+    }
+
+    fn checked_stack_size(&self) -> Result<usize, SpawnError> {
+        let rt = start::runtime();
+        match self.stack_size {
+            None => Ok(rt.config.get_stack_size()),
+            Some(bytes) => {
+                config::validate_stack_size(bytes)
+                    .map_err(|_| SpawnError::InvalidStackSize(bytes))?;
+                Ok(config::round_to_pages(bytes))
+            }
+        }
+    }
+
+    fn create<T>(
+        self,
+        site: &'static Location<'static>,
+        parent: Option<u64>,
+        stack: usize,
+        phase: Phase,
+    ) -> Arc<Shared<T>> {
+        let reg = registry();
+        let record = Arc::new(ThreadRecord::new(
+            reg.next_id(),
+            self.name.map(Arc::from),
+            parent,
+            site,
+            stack,
+            phase,
+        ));
+        reg.insert_thread(record.clone());
+        Arc::new(Shared {
+            record,
+            coroutine: OnceLock::new(),
+            start_timer: AtomicU64::new(0),
+            done: AtomicBool::new(false),
+            join: Mutex::new(JoinState {
+                result: None,
+                finished: false,
+                waiters: Waiters::default(),
+                links: Vec::new(),
+                handle_alive: true,
+                taken: false,
+            }),
+        })
+    }
+}
+
+/// Spawns a green thread running `f` and returns its handle (eventlet's `spawn`).
+///
+/// The thread's parent is the calling green thread (none from an OS thread) and its spawn site
+/// is the caller's location; both show in the registry.
+///
+/// # Panics
+///
+/// If the thread cannot be created: see [`SpawnError`]. [`Builder::spawn`] returns the error
+/// instead; servers that spawn per connection should use it (or a `GreenPool`).
+///
+/// ```
+/// let t = greenhub::spawn(|| 6 * 7);
+/// assert_eq!(t.wait().unwrap(), 42);
+/// ```
+#[track_caller]
+pub fn spawn<F, T>(f: F) -> GreenThread<T>
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    match Builder::new().spawn_from(Location::caller(), context::current_id(), f) {
+        Ok(t) => t,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// Spawns a green thread that starts after `delay` (eventlet's `spawn_after`).
+///
+/// # Panics
+///
+/// As [`spawn`]; [`Builder::spawn_after`] returns the error instead.
+///
+/// ```
+/// use std::time::{Duration, Instant};
+///
+/// let t0 = Instant::now();
+/// let t = greenhub::thread::spawn_after(Duration::from_millis(10), move || t0.elapsed());
+/// assert!(t.wait().unwrap() >= Duration::from_millis(10));
+/// ```
+#[track_caller]
+pub fn spawn_after<F, T>(delay: Duration, f: F) -> GreenThread<T>
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    match Builder::new().spawn_after(delay, f) {
+        Ok(t) => t,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+impl<T: Send + 'static> Shared<T> {
+    /// Creates the coroutine. The stack permit travels with it and is given back when the
+    /// body returns (just before `may` recycles or unmaps the stack).
+    fn start<F>(self: Arc<Self>, stack: usize, f: F) -> Result<(), SpawnError>
+    where
+        F: FnOnce() -> T + Send + 'static,
+    {
+        let rt = start::runtime();
+        graveyard::sweep_if_large();
+        let permit = rt.budget.acquire(stack)?;
+        let shared = self.clone();
+        let body = move || shared.run(f, permit);
+        let builder =
+            may::coroutine::Builder::new().stack_size(stack / std::mem::size_of::<usize>());
+        // SAFETY: `may` asks callers of `spawn` to keep thread-locals out of the coroutine and
+        // not to overflow its stack. greenhub's own code keeps no thread-local across a wait
+        // (context.rs); user code is warned in the crate docs, and the stack is the size the
+        // user chose, checked against greenhub's minimum.
+        let spawned = context::capturing_panics(|| {
+            catch_unwind(AssertUnwindSafe(|| unsafe { builder.spawn(body) }))
+        });
+        let handle = match spawned {
+            Ok(Ok(handle)) => handle,
+            Ok(Err(e)) => {
+                return Err(SpawnError::StackAllocation {
+                    stack_size: stack,
+                    reason: e.to_string(),
+                })
+            }
+            Err(payload) => {
+                let reason = context::take_panic()
+                    .map(|p| p.message)
+                    .unwrap_or_else(|| payload_message(&*payload));
+                return Err(SpawnError::StackAllocation {
+                    stack_size: stack,
+                    reason,
+                });
+            }
+        };
+        let _ = self.coroutine.set(handle.coroutine().clone());
+        // A kill that came before the coroutine handle was stored could not cancel it.
+        if self.record.kill_requested.load(Ordering::SeqCst) {
+            self.cancel_coroutine();
+        }
+        Ok(())
+    }
+
+    /// The coroutine's body.
+    fn run<F>(self: Arc<Self>, f: F, permit: StackPermit)
+    where
+        F: FnOnce() -> T,
+    {
+        let record = self.record.clone();
+        let id = record.id;
+        context::with(|c| {
+            let _ = c.record.set(record.clone());
+        });
+        record.set_running();
+        monitor::mark_running(id);
+        let result = if record.kill_requested.load(Ordering::SeqCst) {
+            drop(f);
+            Err(JoinError::Killed { id })
+        } else {
+            match catch_unwind(AssertUnwindSafe(f)) {
+                Ok(v) => Ok(v),
+                Err(payload) => Err(outcome_of_panic(id, &*payload)),
+            }
+        };
+        self.finish(result);
+        context::with(|c| c.ended.set(true));
+        monitor::mark_idle();
+        drop(permit);
+        graveyard::bury_current();
+    }
+
+    fn cancel_coroutine(&self) {
+        if let Some(co) = self.coroutine.get() {
+            if !self.done.load(Ordering::Acquire) {
+                // SAFETY: cancelling makes the coroutine unwind (with `may`'s Cancel payload)
+                // at its next wait, running its destructors; greenhub's body catches that
+                // unwind and reports the thread as killed. Cancelling a finished coroutine
+                // only sets a flag on its handle.
+                unsafe { co.cancel() };
+            }
+        }
+    }
+
+    /// Publishes the outcome: runs the links, leaves the live registry, wakes the waiters.
+    fn finish(&self, result: Result<T, JoinError>) {
+        let id = self.record.id;
+        let killed = matches!(result, Err(JoinError::Killed { .. }));
+        let (waiters, report) = loop {
+            let links = {
+                let mut st = self.join.lock();
+                if st.links.is_empty() {
+                    let ending = match &result {
+                        Ok(_) => Ending::Returned,
+                        Err(JoinError::Panicked { message, .. }) => {
+                            Ending::Panicked(message.as_str().into())
+                        }
+                        Err(JoinError::NotStarted { source, .. }) => {
+                            Ending::NotStarted(source.to_string().into())
+                        }
+                        Err(_) => Ending::Killed,
+                    };
+                    registry().finish_thread(id, ending);
+                    let report =
+                        !st.handle_alive && matches!(result, Err(JoinError::Panicked { .. }));
+                    let report = report.then(|| result.as_ref().err().cloned()).flatten();
+                    st.result = Some(result);
+                    st.finished = true;
+                    self.done.store(true, Ordering::Release);
+                    break (std::mem::take(&mut st.waiters), report);
+                }
+                std::mem::take(&mut st.links)
+            };
+            if killed {
+                run_links_after_kill(id, links);
+            } else {
+                for link in links {
+                    run_link(id, link, result.as_ref());
+                }
+            }
+        };
+        waiters.wake_all();
+        if let Some(err) = report {
+            report_unobserved(&self.record, &err);
+        }
+    }
+}
+
+/// A killed coroutine unwinds at every wait until it ends, so the links of a killed thread run
+/// in a fresh green thread where they may wait.
+fn run_links_after_kill<T: 'static>(id: u64, links: Vec<Link<T>>) {
+    let killed = JoinError::Killed { id };
+    let spawned =
+        Builder::new()
+            .name("links")
+            .spawn_from(Location::caller(), Some(id), move || {
+                for link in links {
+                    run_link::<T>(id, link, Err(&killed));
+                }
+            });
+    if let Err(e) = spawned {
+        report::error(&format!(
+            "greenhub: the link callbacks of killed green thread #{id} could not run: {e}"
+        ));
+    }
+}
+
+fn run_link<T>(id: u64, link: Link<T>, result: Result<&T, &JoinError>) {
+    if let Err(payload) = catch_unwind(AssertUnwindSafe(|| link(result))) {
+        let message = context::take_panic()
+            .map(|p| p.message)
+            .unwrap_or_else(|| payload_message(&*payload));
+        report::error(&format!(
+            "greenhub: a link callback of green thread #{id} panicked: {message}"
+        ));
+    }
+}
+
+fn outcome_of_panic(id: u64, payload: &(dyn std::any::Any + Send)) -> JoinError {
+    if matches!(
+        payload.downcast_ref::<generator::Error>(),
+        Some(generator::Error::Cancel)
+    ) {
+        return JoinError::Killed { id };
+    }
+    let PanicReport {
+        message,
+        location,
+        backtrace,
+    } = context::take_panic().unwrap_or_else(|| PanicReport {
+        message: payload_message(payload),
+        location: "<unknown>".into(),
+        backtrace: None,
+    });
+    JoinError::Panicked {
+        id,
+        message,
+        location,
+        backtrace,
+    }
+}
+
+fn report_unobserved(record: &ThreadRecord, err: &JoinError) {
+    let JoinError::Panicked {
+        message,
+        location,
+        backtrace,
+        ..
+    } = err
+    else {
+        return;
+    };
+    let name = record
+        .name
+        .as_deref()
+        .map(|n| format!(" \"{n}\""))
+        .unwrap_or_default();
+    let mut text = format!(
+        "green thread #{}{name} (spawned at {}) panicked at {location}: {message}; nobody waited for it",
+        record.id, record.site
+    );
+    if let Some(bt) = backtrace {
+        text.push_str(&format!("\n{bt}"));
+    }
+    report::error(&text);
+}
+
+impl<T: Send + 'static> GreenThread<T> {
+    /// The thread's id (unique for the life of the process).
+    pub fn id(&self) -> u64 {
+        self.shared.record.id
+    }
+
+    /// The thread's name, if it was given one.
+    pub fn name(&self) -> Option<&str> {
+        self.shared.record.name.as_deref()
+    }
+
+    /// Whether the thread has ended (returned, panicked, was killed or could not start).
+    pub fn is_done(&self) -> bool {
+        self.shared.done.load(Ordering::Acquire)
+    }
+
+    /// Waits for the thread to end and returns its value, or why there is none.
+    ///
+    /// A deadline scope around the call bounds the wait: past it, `Err(JoinError::TimedOut)`
+    /// and the thread runs on; the handle stays usable, to wait again or to kill it. The first
+    /// wait that finds the thread ended takes its value; later ones get
+    /// [`JoinError::AlreadyJoined`]. Works from green threads and OS threads alike.
+    ///
+    /// ```
+    /// let t = greenhub::spawn(|| -> u8 { panic!("boom") });
+    /// let err = t.wait().unwrap_err();
+    /// assert!(err.to_string().contains("boom"));
+    /// ```
+    pub fn wait(&self) -> Result<T, JoinError> {
+        let id = self.id();
+        loop {
+            let waiter = {
+                let mut st = self.shared.join.lock();
+                if st.finished {
+                    if let Some(result) = st.result.take() {
+                        st.taken = true;
+                        return result;
+                    }
+                    if st.taken {
+                        return Err(JoinError::AlreadyJoined { id });
+                    }
+                    // Lent to a `link` call running its callbacks: it wakes us when it is back.
+                }
+                let waiter = Waiter::new(WaitOn::Join { thread: id }, None);
+                st.waiters.push(waiter.token().clone());
+                waiter
+            };
+            if waiter.wait().is_err() {
+                return Err(JoinError::TimedOut { id: Some(id) });
+            }
+        }
+    }
+
+    /// Waits up to `timeout` (or an enclosing deadline) for the thread to end, without taking
+    /// its value: `Ok(())` once it has ended, then [`GreenThread::wait`] returns at once.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let t = greenhub::spawn(|| greenhub::sleep(Duration::from_secs(5)));
+    /// assert!(t.wait_timeout(Duration::from_millis(5)).is_err());
+    /// t.kill();
+    /// assert!(t.wait().is_err());
+    /// ```
+    pub fn wait_timeout(&self, timeout: Duration) -> Result<(), TimedOut> {
+        let id = self.id();
+        loop {
+            let waiter = {
+                let mut st = self.shared.join.lock();
+                if st.finished {
+                    return Ok(());
+                }
+                let waiter = Waiter::new(WaitOn::Join { thread: id }, Some(timeout));
+                st.waiters.push(waiter.token().clone());
+                waiter
+            };
+            waiter.wait()?;
+        }
+    }
+
+    /// Asks the thread to die: it unwinds at its next wait (or at once if it is waiting), its
+    /// destructors run (locks and pooled connections it holds are released), and its outcome
+    /// becomes [`JoinError::Killed`]. A thread not started yet never runs. Returns at once;
+    /// [`GreenThread::wait`] tells when it has ended. A thread that never waits cannot be
+    /// killed (it can poll [`crate::kill_requested`]).
+    pub fn kill(&self) {
+        let shared = &self.shared;
+        if shared.done.load(Ordering::Acquire) {
+            return;
+        }
+        shared.record.kill_requested.store(true, Ordering::SeqCst);
+        let timer_id = shared.start_timer.swap(0, Ordering::AcqRel);
+        if timer_id != 0 && alarm::cancel(timer_id) {
+            shared.finish(Err(JoinError::Killed {
+                id: shared.record.id,
+            }));
+            return;
+        }
+        shared.cancel_coroutine();
+    }
+
+    /// Calls `f` when the thread ends, whatever the outcome (eventlet's `link`). `f` runs in a
+    /// green thread and may wait; if the thread has already ended, `f` runs now, in the caller.
+    ///
+    /// ```
+    /// use std::sync::mpsc;
+    ///
+    /// let (tx, rx) = mpsc::channel();
+    /// let t = greenhub::spawn(|| 5);
+    /// t.link(move |r| tx.send(*r.unwrap()).unwrap());
+    /// assert_eq!(rx.recv().unwrap(), 5);
+    /// ```
+    pub fn link<F>(&self, f: F)
+    where
+        F: FnOnce(Result<&T, &JoinError>) + Send + 'static,
+    {
+        let id = self.id();
+        let mut st = self.shared.join.lock();
+        // Not ended yet: the thread runs it. Ended, but the result is lent to a concurrent
+        // `link` call: that call runs it when it gives the result back.
+        let Some(result) = st.result.take().filter(|_| st.finished) else {
+            st.links.push(Box::new(f));
+            return;
+        };
+        let mut links: Vec<Link<T>> = vec![Box::new(f)];
+        loop {
+            // The result is lent out of the lock so that the callbacks may wait.
+            drop(st);
+            for link in links {
+                run_link(id, link, result.as_ref());
+            }
+            st = self.shared.join.lock();
+            links = std::mem::take(&mut st.links);
+            if links.is_empty() {
+                st.result = Some(result);
+                // A `wait` that came while the result was lent out waits for it.
+                let waiters = std::mem::take(&mut st.waiters);
+                drop(st);
+                waiters.wake_all();
+                return;
+            }
+        }
+    }
+}
+
+impl<T> Drop for GreenThread<T> {
+    fn drop(&mut self) {
+        let report = {
+            let mut st = self.shared.join.lock();
+            st.handle_alive = false;
+            match &st.result {
+                Some(Err(e @ JoinError::Panicked { .. })) if st.finished => Some(e.clone()),
+                _ => None,
+            }
+        };
+        if let Some(err) = report {
+            report_unobserved(&self.shared.record, &err);
+        }
+    }
+}
+
+impl<T> std::fmt::Debug for GreenThread<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GreenThread")
+            .field("id", &self.shared.record.id)
+            .field("name", &self.shared.record.name)
+            .field("done", &self.shared.done.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+/// The calling green thread, as [`current`] returns it.
+#[derive(Clone)]
+pub struct Current {
+    record: Arc<ThreadRecord>,
+}
+
+impl Current {
+    /// The thread's id.
+    pub fn id(&self) -> u64 {
+        self.record.id
+    }
+
+    /// The thread's name, if any.
+    pub fn name(&self) -> Option<&str> {
+        self.record.name.as_deref()
+    }
+
+    /// The id of the green thread that spawned it (`None` if an OS thread did).
+    pub fn parent(&self) -> Option<u64> {
+        self.record.parent
+    }
+
+    /// Where it was spawned.
+    pub fn spawn_site(&self) -> &'static Location<'static> {
+        self.record.site
+    }
+}
+
+impl std::fmt::Debug for Current {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Current")
+            .field("id", &self.id())
+            .field("name", &self.name())
+            .field("parent", &self.parent())
+            .finish()
+    }
+}
+
+/// The green thread that calls it, or `None` on an OS thread (or a raw `may` coroutine).
+///
+/// ```
+/// assert!(greenhub::current().is_none()); // the main thread is an OS thread
+/// let t = greenhub::spawn(|| greenhub::current().map(|c| c.id()));
+/// let id = t.id();
+/// assert_eq!(t.wait().unwrap(), Some(id));
+/// ```
+pub fn current() -> Option<Current> {
+    context::current_record().map(|record| Current { record })
+}

@@ -1,0 +1,305 @@
+//! Descriptors green threads wait on: registration with the hub (`may`'s poller), the retry
+//! loop every cooperative socket operation runs, and [`trampoline`] for any other descriptor.
+//!
+//! An operation runs non-blocking; when it would block, the green thread waits for readiness
+//! (edge-triggered, so it simply retries after any event) and tries again. Each wait is bounded
+//! by the enclosing deadline scope, shows in the registry as a wait on the descriptor, and ends
+//! at once on a kill. On a plain OS thread the same calls block the thread in `poll(2)`.
+//!
+//! One registration wakes one waiting green thread: two green threads that must wait on the
+//! same socket at once (a reader and a writer) each use their own handle
+//! ([`TcpStream::try_clone`](crate::net::TcpStream::try_clone)), as with `may`'s sockets.
+
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::time::{Duration, Instant};
+
+use may::io::CoIo;
+
+use crate::core::timeout::{IsTimeout, TimedOut};
+use crate::core::wait::wait_io;
+use crate::green::time::deadline;
+use crate::start;
+use greenhub_snapshot::Interest;
+
+/// A descriptor registered with the hub: non-blocking, its readiness reported by the poller.
+///
+/// The registration borrows the descriptor and is declared (so dropped) before the owner:
+/// it must leave the poller while the descriptor is still open. `CoIo` owning the descriptor
+/// would close it first and deregister its number afterwards, and by then another thread may
+/// have opened and registered a new socket under that number, whose readiness would never
+/// be reported again (a green thread waiting forever on data that has arrived).
+pub(crate) struct Registered<T: AsRawFd> {
+    io: CoIo<Borrowed>,
+    inner: T,
+}
+
+impl<T: AsRawFd> std::fmt::Debug for Registered<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registered")
+            .field("fd", &self.io.as_raw_fd())
+            .finish()
+    }
+}
+
+impl<T: AsRawFd> Registered<T> {
+    pub(crate) fn new(inner: T) -> io::Result<Registered<T>> {
+        // Registering starts `may`'s scheduler: greenhub's configuration must come first.
+        start::runtime();
+        let io = CoIo::new(Borrowed(inner.as_raw_fd())).map_err(io::Error::from)?;
+        Ok(Registered { io, inner })
+    }
+
+    pub(crate) fn get(&self) -> &T {
+        &self.inner
+    }
+
+    pub(crate) fn fd(&self) -> RawFd {
+        self.io.as_raw_fd()
+    }
+
+    /// Runs `op` until it does not report `WouldBlock`, waiting for readiness in between,
+    /// bounded by the enclosing deadline scope (then `ErrorKind::TimedOut`).
+    pub(crate) fn io<R>(
+        &self,
+        interest: Interest,
+        timeout: Option<Duration>,
+        mut op: impl FnMut(&T) -> io::Result<R>,
+    ) -> io::Result<R> {
+        let deadline = earliest(deadline(), timeout);
+        loop {
+            match op(&self.inner) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                other => return other,
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Err(timed_out());
+            }
+            if may::coroutine::is_coroutine() {
+                wait_io(&self.io, interest, deadline);
+            } else {
+                poll(self.fd(), interest, deadline)?;
+            }
+        }
+    }
+}
+
+/// The earlier of a scope's deadline and a timeout from now.
+pub(crate) fn earliest(scope: Option<Instant>, timeout: Option<Duration>) -> Option<Instant> {
+    match (scope, timeout.and_then(|t| Instant::now().checked_add(t))) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// The error a socket operation returns when the enclosing deadline passes.
+pub(crate) fn timed_out() -> io::Error {
+    io::Error::new(io::ErrorKind::TimedOut, TimedOut)
+}
+
+/// Blocks the OS thread until `fd` is ready for `interest` or `deadline` passes (then
+/// `Ok(false)`).
+fn poll(fd: RawFd, interest: Interest, deadline: Option<Instant>) -> io::Result<bool> {
+    loop {
+        let timeout_ms = match deadline {
+            None => -1,
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Ok(false);
+                }
+                // Rounded up: a poll that returns just before the deadline would spin.
+                left.as_millis().saturating_add(1).min(i32::MAX as u128) as i32
+            }
+        };
+        match poll_once(fd, interest, timeout_ms) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Ok(false) if deadline.is_none() => {}
+            other => return other,
+        }
+    }
+}
+
+/// One `poll(2)`: whether `fd` is ready for `interest` (or hung up, or in error) within
+/// `timeout_ms` (0: now; -1: no limit).
+fn poll_once(fd: RawFd, interest: Interest, timeout_ms: i32) -> io::Result<bool> {
+    let events = match interest {
+        Interest::Read => libc::POLLIN,
+        Interest::Write => libc::POLLOUT,
+        Interest::ReadWrite => libc::POLLIN | libc::POLLOUT,
+    };
+    let mut pfd = libc::pollfd {
+        fd,
+        events,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd for the duration of the call.
+    let n = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if n > 0 && pfd.revents & libc::POLLNVAL != 0 {
+        return Err(io::Error::from_raw_os_error(libc::EBADF));
+    }
+    Ok(n > 0)
+}
+
+/// A raw descriptor borrowed for the length of a [`trampoline`] call.
+struct Borrowed(RawFd);
+
+impl AsRawFd for Borrowed {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0
+    }
+}
+
+/// Waits cooperatively until `fd` is readable, writable or either (eventlet's `trampoline`),
+/// for at most `timeout` and never past the enclosing deadline scope. Use it to make any other
+/// descriptor (a pipe, a device, a driver's socket) cooperative: do the operation non-blocking
+/// and call this when it would block. The wait shows in the registry as on `fd`.
+///
+/// The descriptor is registered with the hub for the length of the call, and left with the
+/// blocking mode it had. Hang-up and errors count as ready: the next operation reports them.
+///
+/// ```
+/// use std::io::Write;
+/// use std::os::fd::AsRawFd;
+/// use std::os::unix::net::UnixStream;
+/// use greenhub::ext::Interest;
+///
+/// let (a, mut b) = UnixStream::pair().unwrap();
+/// let fd = a.as_raw_fd();
+/// let t = greenhub::spawn(move || greenhub::net::trampoline(fd, Interest::Read, None));
+/// b.write_all(b"x").unwrap();
+/// assert!(t.wait().unwrap().is_ok());
+/// ```
+pub fn trampoline(
+    fd: RawFd,
+    interest: Interest,
+    timeout: Option<Duration>,
+) -> Result<(), TrampolineError> {
+    let deadline = earliest(deadline(), timeout);
+    // SAFETY: F_GETFL on a descriptor the caller owns has no side effect.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    if flags < 0 {
+        return Err(TrampolineError::Io(io::Error::last_os_error()));
+    }
+    let ready = if may::coroutine::is_coroutine() {
+        let registered = Registered::new(Borrowed(fd)).map_err(TrampolineError::Io)?;
+        let ready = loop {
+            match poll_once(fd, interest, 0) {
+                Ok(true) => break Ok(true),
+                Ok(false) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => break Err(e),
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                break Ok(false);
+            }
+            wait_io(&registered.io, interest, deadline);
+        };
+        drop(registered);
+        ready
+    } else {
+        poll(fd, interest, deadline)
+    };
+    // SAFETY: restores the flags read above on the caller's descriptor.
+    unsafe { libc::fcntl(fd, libc::F_SETFL, flags) };
+    match ready {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(TrampolineError::TimedOut),
+        Err(e) => Err(TrampolineError::Io(e)),
+    }
+}
+
+/// Why [`trampoline`] returned without the descriptor being ready.
+#[derive(Debug, thiserror::Error)]
+pub enum TrampolineError {
+    /// The timeout, or the enclosing deadline scope, passed first.
+    #[error("timed out waiting for the descriptor")]
+    TimedOut,
+    /// The descriptor could not be watched (closed, or not pollable).
+    #[error("cannot wait on the descriptor: {0}")]
+    Io(#[source] io::Error),
+}
+
+impl From<TimedOut> for TrampolineError {
+    fn from(_: TimedOut) -> TrampolineError {
+        TrampolineError::TimedOut
+    }
+}
+
+impl IsTimeout for TrampolineError {
+    fn is_timeout(&self) -> bool {
+        match self {
+            TrampolineError::TimedOut => true,
+            TrampolineError::Io(e) => e.is_timeout(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    /// Whether any of the process's epoll instances watches `fd` (from `/proc/self/fdinfo`).
+    fn watched(fd: RawFd) -> bool {
+        let mut found = false;
+        for entry in std::fs::read_dir("/proc/self/fd").unwrap().flatten() {
+            let is_epoll = std::fs::read_link(entry.path())
+                .is_ok_and(|target| target.to_string_lossy().contains("eventpoll"));
+            if !is_epoll {
+                continue;
+            }
+            let name = entry.file_name();
+            let info =
+                std::fs::read_to_string(format!("/proc/self/fdinfo/{}", name.to_string_lossy()))
+                    .unwrap_or_default();
+            found |= info
+                .lines()
+                .any(|l| l.split_whitespace().nth(1) == Some(&fd.to_string()));
+        }
+        found
+    }
+
+    /// A socket that notes, as it is closed, whether the poller still watched it.
+    struct Probe {
+        socket: std::net::UdpSocket,
+        watched_at_close: Arc<AtomicBool>,
+    }
+
+    impl AsRawFd for Probe {
+        fn as_raw_fd(&self) -> RawFd {
+            self.socket.as_raw_fd()
+        }
+    }
+
+    impl Drop for Probe {
+        fn drop(&mut self) {
+            self.watched_at_close
+                .store(watched(self.socket.as_raw_fd()), Ordering::SeqCst);
+        }
+    }
+
+    /// The descriptor leaves the poller before it is closed: afterwards its number may belong
+    /// to a socket another thread has just registered.
+    #[test]
+    fn a_descriptor_leaves_the_poller_before_it_is_closed() {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let fd = socket.as_raw_fd();
+        let watched_at_close = Arc::new(AtomicBool::new(true));
+        let registered = Registered::new(Probe {
+            socket,
+            watched_at_close: watched_at_close.clone(),
+        })
+        .unwrap();
+        assert!(watched(fd), "a registered descriptor is in the poller");
+        drop(registered);
+        assert!(
+            !watched_at_close.load(Ordering::SeqCst),
+            "the descriptor was still in the poller when it was closed"
+        );
+    }
+}

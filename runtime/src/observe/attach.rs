@@ -1,0 +1,231 @@
+//! The local attach channel: how `inspector attach <pid>` reads a live process with no code
+//! change and no port to choose.
+//!
+//! When the runtime starts, an OS thread (`greenhub-attach`) listens on a Unix socket at
+//! `socket_path(pid)`, in a directory only this user can enter. It is an OS thread so that
+//! it answers even when every worker is blocked; until an inspector connects it sleeps in
+//! `accept` and costs nothing. Only a peer of the same user (or root) is served: the directory
+//! is private (mode 0700, owned by the user, refused otherwise), the socket is mode 0600, and
+//! the peer's credentials are checked on every connection.
+//!
+//! The protocol is lines: the client sends a request per line, the process answers each with
+//! one line of JSON.
+//!
+//! | request | answer |
+//! |---|---|
+//! | `snapshot` | the `Snapshot` |
+//! | `summary` | `Summary`: pid, process name, live green threads, uptime |
+//!
+//! Anything else gets `{"error": "..."}` and the connection stays usable; a request longer
+//! than `MAX_REQUEST` bytes gets an error and the connection is closed. At most
+//! `MAX_CLIENTS` inspectors are served at once. The socket is removed when the process
+//! exits normally; one left by a crash is replaced by the next process with that pid and
+//! skipped by `inspector list` (nobody answers on it).
+//!
+//! `GREENHUB_ATTACH=off` (or `Config::attach`) turns the channel off;
+//! `GREENHUB_ATTACH_DIR` puts the sockets in another private directory.
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use greenhub_snapshot::attach::{
+    directory, socket_path, Summary, MAX_CLIENTS, MAX_REQUEST, REQUEST_SNAPSHOT, REQUEST_SUMMARY,
+};
+use greenhub_snapshot::SCHEMA_VERSION;
+
+use crate::core::registry::registry;
+use crate::core::{clock, report};
+use crate::observe::snapshot::{process_name, snapshot};
+
+/// A client that sends nothing for this long is disconnected.
+const IDLE: Duration = Duration::from_secs(300);
+
+static PATH: OnceLock<PathBuf> = OnceLock::new();
+
+/// Starts the attach thread. A failure is reported and leaves the process running, without
+/// the channel.
+pub(crate) fn start() {
+    if let Err(e) = try_start() {
+        report::warn(&format!(
+            "greenhub: no attach channel, `inspector attach {}` will not work: {e}",
+            std::process::id()
+        ));
+    }
+}
+
+fn try_start() -> io::Result<()> {
+    let dir = directory();
+    private_directory(&dir)?;
+    let path = socket_path(std::process::id());
+    // A socket of this pid can only be left by a process that has ended.
+    match std::fs::remove_file(&path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let listener = UnixListener::bind(&path)?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    let _ = PATH.set(path);
+    // SAFETY: registers a plain function with no arguments to run at normal exit.
+    unsafe { libc::atexit(remove_socket) };
+    std::thread::Builder::new()
+        .name("greenhub-attach".into())
+        .spawn(move || serve(listener))?;
+    Ok(())
+}
+
+extern "C" fn remove_socket() {
+    if let Some(path) = PATH.get() {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+/// Creates `dir` private to this user, or checks that it is: a real directory, owned by the
+/// effective user, with no access for group or others. A directory someone else controls
+/// could let them answer in our place, so it is refused, not repaired.
+fn private_directory(dir: &Path) -> io::Result<()> {
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
+        _ => {}
+    }
+    let meta = std::fs::symlink_metadata(dir)?;
+    // SAFETY: geteuid has no failure mode.
+    let uid = unsafe { libc::geteuid() };
+    if !meta.is_dir() || meta.uid() != uid || meta.mode() & 0o077 != 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "{} must be a directory owned by uid {uid} with mode 0700 (set \
+                 GREENHUB_ATTACH_DIR to another)",
+                dir.display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+static CLIENTS: AtomicUsize = AtomicUsize::new(0);
+
+fn serve(listener: UnixListener) {
+    for conn in listener.incoming() {
+        let Ok(mut conn) = conn else { continue };
+        if let Err(reason) = allowed(&conn) {
+            let _ = reply(&mut conn, &error(&reason));
+            continue;
+        }
+        if CLIENTS.fetch_add(1, Ordering::AcqRel) >= MAX_CLIENTS {
+            CLIENTS.fetch_sub(1, Ordering::AcqRel);
+            let _ = reply(
+                &mut conn,
+                &error(&format!("{MAX_CLIENTS} inspectors are attached already")),
+            );
+            continue;
+        }
+        let spawned = std::thread::Builder::new()
+            .name("greenhub-attach-client".into())
+            .spawn(move || {
+                let _ = client(conn);
+                CLIENTS.fetch_sub(1, Ordering::AcqRel);
+            });
+        if spawned.is_err() {
+            CLIENTS.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+/// Whether the peer runs as this user or as root.
+fn allowed(conn: &UnixStream) -> Result<(), String> {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: SO_PEERCRED fills a ucred of the given length on a connected Unix socket.
+    let r = unsafe {
+        libc::getsockopt(
+            conn.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    if r != 0 {
+        return Err(format!(
+            "cannot read the peer's credentials: {}",
+            io::Error::last_os_error()
+        ));
+    }
+    // SAFETY: geteuid has no failure mode.
+    let me = unsafe { libc::geteuid() };
+    if cred.uid != me && cred.uid != 0 {
+        return Err(format!(
+            "permission denied: uid {} may not inspect a process of uid {me}",
+            cred.uid
+        ));
+    }
+    Ok(())
+}
+
+/// Serves one inspector until it hangs up, goes quiet or misbehaves.
+fn client(conn: UnixStream) -> io::Result<()> {
+    conn.set_read_timeout(Some(IDLE))?;
+    conn.set_write_timeout(Some(IDLE))?;
+    let mut out = conn.try_clone()?;
+    let mut reader = BufReader::new(conn);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        // One byte more than allowed tells an overlong request from one that fits.
+        let n = (&mut reader)
+            .take(MAX_REQUEST as u64 + 1)
+            .read_until(b'\n', &mut line)?;
+        if n == 0 {
+            return Ok(());
+        }
+        if line.last() != Some(&b'\n') {
+            let why = if line.len() > MAX_REQUEST {
+                format!("request longer than {MAX_REQUEST} bytes")
+            } else {
+                "request not ended by a newline".to_owned()
+            };
+            return reply(&mut out, &error(&why));
+        }
+        let answer = match std::str::from_utf8(&line).map(str::trim) {
+            Ok(REQUEST_SNAPSHOT) => serde_json::to_string(&snapshot()),
+            Ok(REQUEST_SUMMARY) => serde_json::to_string(&summary()),
+            Ok(other) => Ok(error(&format!(
+                "unknown request `{}`: expected `snapshot` or `summary`",
+                other.escape_debug()
+            ))),
+            Err(_) => Ok(error("the request is not UTF-8")),
+        };
+        let answer = answer.unwrap_or_else(|e| error(&format!("cannot encode the answer: {e}")));
+        reply(&mut out, &answer)?;
+    }
+}
+
+fn summary() -> Summary {
+    Summary {
+        schema_version: SCHEMA_VERSION,
+        pid: std::process::id(),
+        process: process_name(),
+        threads: registry().live_count() as u64,
+        uptime_us: clock::uptime().as_micros() as u64,
+    }
+}
+
+fn error(message: &str) -> String {
+    serde_json::json!({ "error": message }).to_string()
+}
+
+fn reply(out: &mut UnixStream, line: &str) -> io::Result<()> {
+    out.write_all(line.as_bytes())?;
+    out.write_all(b"\n")
+}

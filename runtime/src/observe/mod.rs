@@ -1,0 +1,10 @@
+//! Observability: the snapshot of the registry, the attach channel of `inspector attach` and
+//! the HTTP stats endpoint. Both channels serve from OS threads of their own, so that they
+//! answer while every worker is blocked.
+//!
+//! It reads `core` only (the registry, the monitor, the runtime's state); the data it serves
+//! has its schema in `greenhub-snapshot`.
+
+pub(crate) mod attach;
+pub(crate) mod snapshot;
+pub(crate) mod stats;

@@ -1,0 +1,261 @@
+//! What the registry holds, as data: [`snapshot`] returns every live green thread, pending
+//! timer, watched descriptor, worker and blocked-worker report as a serde-serializable
+//! [`Snapshot`]; [`format_run_info`] prints it as a tree by parent, like gevent's
+//! `format_run_info` and Go's goroutine dump.
+//!
+//! Times are relative to the moment of the snapshot (`*_ago_us`, `*_for_us`, `*_in_us`), in
+//! microseconds, so that a reader needs no clock of its own. "Since" times come from a coarse
+//! clock (1 to 4 ms resolution); deadlines are exact. The schema is versioned by
+//! [`SCHEMA_VERSION`]: fields may be added within a version, never removed or changed.
+//!
+//! ```
+//! let t = greenhub::thread::Builder::new()
+//!     .name("napper")
+//!     .spawn(|| greenhub::sleep(std::time::Duration::from_millis(200)))
+//!     .unwrap();
+//! greenhub::sleep(std::time::Duration::from_millis(20)).unwrap();
+//! let snap = greenhub::inspect::snapshot();
+//! let napper = snap.threads.iter().find(|th| th.id == t.id()).unwrap();
+//! assert_eq!(napper.state, greenhub::inspect::ThreadState::Waiting);
+//! assert!(greenhub::inspect::format_run_info().contains("napper"));
+//! t.kill();
+//! ```
+
+use std::sync::atomic::Ordering;
+
+use greenhub_snapshot::*;
+
+use crate::core::inbox;
+use crate::core::registry::{registry, Ending, Phase, TimerKind};
+use crate::core::{clock, monitor, runtime};
+
+pub(crate) fn process_name() -> String {
+    std::fs::read_to_string("/proc/self/comm")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+fn us(ns: u64) -> u64 {
+    ns / 1000
+}
+
+fn signed_us(later_ns: u64, earlier_ns: u64) -> i64 {
+    (later_ns as i128 - earlier_ns as i128).clamp(i64::MIN as i128, i64::MAX as i128) as i64 / 1000
+}
+
+/// Takes a snapshot of the registry. Costs one pass over the live threads; the green threads
+/// themselves are not stopped.
+pub(crate) fn snapshot() -> Snapshot {
+    take(true)
+}
+
+/// The snapshot's totals, workers, reports and objects, with the lists of threads, finished
+/// threads, timers and descriptors left empty: what `/stats` and `/metrics` serve, without
+/// describing each of 100,000 threads to count them.
+pub(crate) fn overview() -> Snapshot {
+    take(false)
+}
+
+fn take(lists: bool) -> Snapshot {
+    let reg = registry();
+    let rt = runtime::get_if_started();
+    // Read everything first and the clocks last, so that no time read from a table is later
+    // than the snapshot's "now".
+    let (live, finished_switches) = reg.live_threads();
+    let states: Vec<_> = live
+        .into_iter()
+        .map(|r| {
+            let view = r.read();
+            (r, view)
+        })
+        .collect();
+    let finished = if lists { reg.finished() } else { Vec::new() };
+    let timers = if lists { reg.timers() } else { Vec::new() };
+    let fds = if lists { reg.fds() } else { Vec::new() };
+    let reports = monitor::reports();
+    // Objects are inspected outside the table's locks: an inspection takes the object's own
+    // lock, and an object dropped meanwhile takes the table's.
+    let mut objects: Vec<ObjectInfo> = reg.objects().iter().map(|o| o.inspect()).collect();
+    objects.sort_by_key(|o| o.id);
+    let now = clock::coarse_ns();
+    let precise = clock::precise_ns();
+
+    let mut totals = Totals::default();
+    let mut live_switches = 0;
+    let live = states.len();
+    let mut threads: Vec<ThreadInfo> = Vec::with_capacity(if lists { live } else { 0 });
+    for (r, view) in states {
+        let state = match view.phase {
+            Phase::Scheduled => ThreadState::Scheduled,
+            Phase::Running => ThreadState::Running,
+            Phase::Waiting => ThreadState::Waiting,
+        };
+        match state {
+            ThreadState::Scheduled => totals.scheduled += 1,
+            ThreadState::Running => totals.running += 1,
+            ThreadState::Waiting => totals.waiting += 1,
+        }
+        let switches = r.switches.load(Ordering::Relaxed);
+        live_switches += switches;
+        if !lists {
+            continue;
+        }
+        threads.push(ThreadInfo {
+            id: r.id,
+            name: r.name.as_deref().map(String::from),
+            parent: r.parent,
+            spawn_site: r.site.to_string(),
+            age_us: us(now.saturating_sub(r.created_ns)),
+            state,
+            waiting_on: view.waiting_on,
+            state_for_us: us(now.saturating_sub(view.since_ns)),
+            deadline_in_us: view.deadline_ns.map(|d| signed_us(d, precise)),
+            run_time_us: us(r.run_ns.load(Ordering::Relaxed)),
+            switches,
+            stack_size: r.stack_size,
+            kill_requested: r.kill_requested.load(Ordering::Relaxed),
+        });
+    }
+    threads.sort_by_key(|t| t.id);
+
+    let finished = finished
+        .into_iter()
+        .map(|(r, ended_ns, ending)| FinishedInfo {
+            id: r.id,
+            name: r.name.as_deref().map(String::from),
+            parent: r.parent,
+            spawn_site: r.site.to_string(),
+            lived_us: us(ended_ns.saturating_sub(r.created_ns)),
+            ended_ago_us: us(now.saturating_sub(ended_ns)),
+            outcome: match ending {
+                Ending::Returned => Outcome::Returned,
+                Ending::Panicked(m) => Outcome::Panicked {
+                    message: m.to_string(),
+                },
+                Ending::Killed => Outcome::Killed,
+                Ending::NotStarted(m) => Outcome::NotStarted {
+                    reason: m.to_string(),
+                },
+            },
+            run_time_us: us(r.run_ns.load(Ordering::Relaxed)),
+            switches: r.switches.load(Ordering::Relaxed),
+        })
+        .collect();
+
+    let timers: Vec<TimerInfo> = timers
+        .into_iter()
+        .map(|(id, kind, deadline_ns, owner, site)| TimerInfo {
+            id,
+            kind: match kind {
+                TimerKind::Sleep => TimerKindInfo::Sleep,
+                TimerKind::CallAfter => TimerKindInfo::CallAfter,
+                TimerKind::SpawnAfter => TimerKindInfo::SpawnAfter,
+                TimerKind::Deadline => TimerKindInfo::Deadline,
+            },
+            due_in_us: signed_us(deadline_ns, precise),
+            owner,
+            site: site.to_string(),
+        })
+        .collect();
+
+    let descriptors: Vec<DescriptorInfo> = fds
+        .into_iter()
+        .map(|(fd, interest, owner, since)| DescriptorInfo {
+            fd,
+            interest,
+            owner,
+            waiting_us: us(now.saturating_sub(since)),
+        })
+        .collect();
+
+    let workers = monitor::workers()
+        .into_iter()
+        .map(|(index, tid, running)| WorkerInfo {
+            index,
+            tid,
+            running: (running != 0).then_some(running),
+        })
+        .collect();
+
+    let blocked: Vec<BlockedInfo> = reports
+        .into_iter()
+        .map(|b| BlockedInfo {
+            seq: b.seq,
+            thread: b.thread,
+            name: b.name.as_deref().map(String::from),
+            spawn_site: b.site.map(|s| s.to_string()),
+            worker: b.worker,
+            tid: b.tid,
+            started_ago_us: us(precise.saturating_sub(b.started_ns)),
+            duration_us: b.duration.as_micros() as u64,
+            ongoing: b.ongoing,
+        })
+        .collect();
+
+    let c = &reg.counters;
+    totals.live = live;
+    totals.spawned = c.spawned.load(Ordering::Relaxed);
+    totals.finished = c.finished.load(Ordering::Relaxed);
+    totals.panicked = c.panicked.load(Ordering::Relaxed);
+    totals.killed = c.killed.load(Ordering::Relaxed);
+    totals.switches = finished_switches + live_switches;
+    totals.timers = if lists {
+        timers.len()
+    } else {
+        reg.timer_count()
+    };
+    totals.descriptors = if lists {
+        descriptors.len()
+    } else {
+        reg.fd_count()
+    };
+    totals.blocked_now = blocked.iter().filter(|b| b.ongoing).count();
+    totals.objects = objects.len();
+
+    Snapshot {
+        schema_version: SCHEMA_VERSION,
+        pid: std::process::id(),
+        process: process_name(),
+        uptime_us: clock::uptime().as_micros() as u64,
+        runtime: match rt {
+            Some(rt) => RuntimeInfo {
+                started: true,
+                workers: rt.config.get_workers(),
+                stack_size: rt.config.get_stack_size(),
+                max_blocking_time_us: rt
+                    .config
+                    .get_max_blocking_time()
+                    .map(|d| d.as_micros() as u64),
+                max_green_threads: rt.config.get_max_green_threads(),
+                max_map_count: rt.budget.max_map_count,
+                map_limit: rt.budget.map_limit,
+                live_stacks: rt.budget.live(),
+                inbox: inbox::stats(),
+            },
+            None => RuntimeInfo {
+                started: false,
+                workers: 0,
+                stack_size: 0,
+                max_blocking_time_us: None,
+                max_green_threads: None,
+                max_map_count: None,
+                map_limit: None,
+                live_stacks: 0,
+                inbox: inbox::stats(),
+            },
+        },
+        totals,
+        threads,
+        finished,
+        timers,
+        descriptors,
+        workers,
+        blocked,
+        objects,
+    }
+}
+
+/// [`snapshot`] formatted by [`Snapshot::format_run_info`].
+pub(crate) fn format_run_info() -> String {
+    snapshot().format_run_info()
+}

@@ -1,0 +1,11 @@
+//! The objects green threads talk through: [`event`], [`queue`], [`semaphore`] (with the
+//! green mutex) and [`greenpool`]. Each serves its waiters in arrival order by handing the
+//! item or permit to the first of them, works from plain OS threads too, and registers itself
+//! in the registry.
+//!
+//! It may use `core`, `start.rs` and `green`; nothing above.
+
+pub mod event;
+pub mod greenpool;
+pub mod queue;
+pub mod semaphore;

@@ -1,0 +1,67 @@
+//! The attach protocol: where a process's attach socket is, what may be asked on it, and
+//! what it answers.
+//!
+//! A process listens on a Unix socket at [`socket_path`]`(pid)`, in a [`directory`] only its
+//! user can enter. The client sends one request per line; each gets one line of JSON.
+//!
+//! | request | answer |
+//! |---|---|
+//! | [`REQUEST_SNAPSHOT`] | the [`Snapshot`](crate::Snapshot) |
+//! | [`REQUEST_SUMMARY`] | [`Summary`]: pid, process name, live green threads, uptime |
+//!
+//! Anything else gets `{"error": "..."}` and the connection stays usable; a request longer
+//! than [`MAX_REQUEST`] bytes gets an error and the connection is closed. At most
+//! [`MAX_CLIENTS`] clients are served at once.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// The request for a full snapshot.
+pub const REQUEST_SNAPSHOT: &str = "snapshot";
+
+/// The request for a [`Summary`].
+pub const REQUEST_SUMMARY: &str = "summary";
+
+/// The longest request line served, in bytes.
+pub const MAX_REQUEST: usize = 1024;
+
+/// How many inspectors are served at once.
+pub const MAX_CLIENTS: usize = 8;
+
+/// The answer to `summary`: enough to list processes without reading every thread.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    /// [`SCHEMA_VERSION`](crate::SCHEMA_VERSION) of the producer.
+    pub schema_version: u32,
+    /// Process id.
+    pub pid: u32,
+    /// Process name.
+    pub process: String,
+    /// Live green threads.
+    pub threads: u64,
+    /// Time since the runtime started.
+    pub uptime_us: u64,
+}
+
+/// The directory of this user's attach sockets: `GREENHUB_ATTACH_DIR` if set, else
+/// `$XDG_RUNTIME_DIR/greenhub` if that runtime directory exists, else `/tmp/greenhub-<uid>`.
+pub fn directory() -> PathBuf {
+    if let Some(dir) = std::env::var_os("GREENHUB_ATTACH_DIR").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir);
+    }
+    if let Some(run) = std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
+        let run = PathBuf::from(run);
+        if run.is_dir() {
+            return run.join("greenhub");
+        }
+    }
+    // SAFETY: geteuid has no failure mode.
+    let uid = unsafe { libc::geteuid() };
+    PathBuf::from(format!("/tmp/greenhub-{uid}"))
+}
+
+/// Where the process `pid` of this user listens.
+pub fn socket_path(pid: u32) -> PathBuf {
+    directory().join(format!("{pid}.sock"))
+}

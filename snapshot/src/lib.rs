@@ -1,0 +1,25 @@
+//! What greenhub shows about a live process, as data: the [`Snapshot`] schema, the vocabulary
+//! of waits ([`WaitOn`], [`ObjectKind`], [`Interest`]) and the [`attach`] protocol.
+//!
+//! The runtime (`greenhub`) produces these; the inspector, a dashboard or a test reads them
+//! with no dependency on the runtime or on `may`.
+//!
+//! ```
+//! use greenhub_snapshot::{Snapshot, WaitOn, SCHEMA_VERSION};
+//!
+//! // An inspector reads a snapshot from the attach socket or the stats endpoint, then:
+//! fn waiting_on_sleep(snap: &Snapshot) -> usize {
+//!     assert_eq!(snap.schema_version, SCHEMA_VERSION);
+//!     snap.threads.iter().filter(|t| t.waiting_on == Some(WaitOn::Sleep)).count()
+//! }
+//! # let _ = waiting_on_sleep;
+//! ```
+
+#![warn(missing_docs)]
+
+pub mod attach;
+mod schema;
+mod wait;
+
+pub use schema::*;
+pub use wait::{Interest, ObjectKind, WaitOn, MAX_KINDS, MAX_KIND_NAME};

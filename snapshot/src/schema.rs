@@ -1,0 +1,515 @@
+//! The snapshot: every live green thread, pending timer, watched descriptor, worker,
+//! blocked-worker report and registered object of a process, as serde data.
+//!
+//! Times are relative to the moment of the snapshot (`*_ago_us`, `*_for_us`, `*_in_us`), in
+//! microseconds, so that a reader needs no clock of its own. "Since" times come from a coarse
+//! clock (1 to 4 ms resolution); deadlines are exact. The schema is versioned by
+//! [`SCHEMA_VERSION`]: fields may be added within a version, never removed or changed.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde::{Deserialize, Serialize};
+
+use crate::wait::{Interest, ObjectKind, WaitOn};
+
+/// The version of the snapshot's JSON schema.
+pub const SCHEMA_VERSION: u32 = 2;
+
+/// Everything the registry knows, at one moment.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// [`SCHEMA_VERSION`] of the producer.
+    pub schema_version: u32,
+    /// Process id.
+    pub pid: u32,
+    /// Process name (from `/proc/self/comm`).
+    pub process: String,
+    /// Time since the runtime started.
+    pub uptime_us: u64,
+    /// The runtime's settings and limits.
+    pub runtime: RuntimeInfo,
+    /// Counts at a glance.
+    pub totals: Totals,
+    /// Live green threads, by id.
+    pub threads: Vec<ThreadInfo>,
+    /// Recently finished green threads, oldest first (a bounded history).
+    pub finished: Vec<FinishedInfo>,
+    /// Pending timers, soonest first.
+    pub timers: Vec<TimerInfo>,
+    /// Descriptors green threads wait on.
+    pub descriptors: Vec<DescriptorInfo>,
+    /// The OS threads that run green threads.
+    pub workers: Vec<WorkerInfo>,
+    /// Reports of green threads that kept a worker busy (a bounded history, ongoing included).
+    pub blocked: Vec<BlockedInfo>,
+    /// Live synchronization objects and pools (events, queues, semaphores, mutexes, green
+    /// pools, and what other crates register), by id.
+    #[serde(default)]
+    pub objects: Vec<ObjectInfo>,
+}
+
+/// The runtime's settings and limits.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RuntimeInfo {
+    /// Whether the runtime has started (anything below is meaningful only then).
+    pub started: bool,
+    /// Worker OS threads.
+    pub workers: usize,
+    /// Default stack size in bytes.
+    pub stack_size: usize,
+    /// Blocked-worker report threshold, if reports are on.
+    pub max_blocking_time_us: Option<u64>,
+    /// The configured thread limit, if any.
+    pub max_green_threads: Option<usize>,
+    /// The kernel's cap on memory mappings.
+    pub max_map_count: Option<u64>,
+    /// Green threads the cap allows in this process.
+    pub map_limit: Option<usize>,
+    /// Green threads holding a stack now.
+    pub live_stacks: usize,
+    /// The inbox that batches wakes from OS threads (tpool completions).
+    #[serde(default)]
+    pub inbox: InboxStats,
+}
+
+/// Counts at a glance.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Totals {
+    /// Live green threads.
+    pub live: usize,
+    /// Of which running (on a worker or ready to run).
+    pub running: usize,
+    /// Of which waiting.
+    pub waiting: usize,
+    /// Of which scheduled to start later.
+    pub scheduled: usize,
+    /// Green threads spawned since start.
+    pub spawned: u64,
+    /// Green threads ended since start.
+    pub finished: u64,
+    /// Of which panicked.
+    pub panicked: u64,
+    /// Of which were killed.
+    pub killed: u64,
+    /// Switches (waits and yields) of all green threads since start.
+    pub switches: u64,
+    /// Pending timers.
+    pub timers: usize,
+    /// Watched descriptors.
+    pub descriptors: usize,
+    /// Blocked-worker reports still ongoing.
+    pub blocked_now: usize,
+    /// Live registered objects.
+    #[serde(default)]
+    pub objects: usize,
+}
+
+/// A live green thread's state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ThreadState {
+    /// Created by `spawn_after`, not started yet.
+    Scheduled,
+    /// Running, or ready to run.
+    Running,
+    /// Waiting on something (see `waiting_on`).
+    Waiting,
+}
+
+impl ThreadState {
+    /// "scheduled", "running" or "waiting".
+    pub fn name(self) -> &'static str {
+        match self {
+            ThreadState::Scheduled => "scheduled",
+            ThreadState::Running => "running",
+            ThreadState::Waiting => "waiting",
+        }
+    }
+}
+
+/// A live green thread.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ThreadInfo {
+    /// Id.
+    pub id: u64,
+    /// Name, if any.
+    pub name: Option<String>,
+    /// The green thread that spawned it.
+    pub parent: Option<u64>,
+    /// Where it was spawned (`file:line:column`).
+    pub spawn_site: String,
+    /// Time since it was spawned.
+    pub age_us: u64,
+    /// Its state.
+    pub state: ThreadState,
+    /// What it waits on, when waiting.
+    pub waiting_on: Option<WaitOn>,
+    /// How long it has been in its state.
+    pub state_for_us: u64,
+    /// Time until the deadline of its wait (negative: overdue), when the wait has one.
+    pub deadline_in_us: Option<i64>,
+    /// Time spent running, sampled by the monitor.
+    pub run_time_us: u64,
+    /// Switches (waits and yields).
+    pub switches: u64,
+    /// Its stack size in bytes.
+    pub stack_size: usize,
+    /// Whether a kill is pending.
+    pub kill_requested: bool,
+}
+
+/// How a finished green thread ended.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Outcome {
+    /// It returned a value.
+    Returned,
+    /// It panicked.
+    Panicked {
+        /// The panic message.
+        message: String,
+    },
+    /// It was killed.
+    Killed,
+    /// It could not start.
+    NotStarted {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// A recently finished green thread.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FinishedInfo {
+    /// Id.
+    pub id: u64,
+    /// Name, if any.
+    pub name: Option<String>,
+    /// The green thread that spawned it.
+    pub parent: Option<u64>,
+    /// Where it was spawned.
+    pub spawn_site: String,
+    /// How long it lived.
+    pub lived_us: u64,
+    /// How long ago it ended.
+    pub ended_ago_us: u64,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// Time spent running, sampled.
+    pub run_time_us: u64,
+    /// Switches.
+    pub switches: u64,
+}
+
+/// Kinds of timers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TimerKindInfo {
+    /// A `greenhub::sleep`.
+    Sleep,
+    /// A `greenhub::call_after`.
+    CallAfter,
+    /// The start of a `greenhub::thread::spawn_after` thread.
+    SpawnAfter,
+    /// A `greenhub::with_timeout` scope.
+    Deadline,
+}
+
+/// A pending timer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TimerInfo {
+    /// Id.
+    pub id: u64,
+    /// Kind.
+    pub kind: TimerKindInfo,
+    /// Time until it is due (negative: overdue).
+    pub due_in_us: i64,
+    /// The green thread it belongs to.
+    pub owner: Option<u64>,
+    /// Where it was created.
+    pub site: String,
+}
+
+/// A descriptor a green thread waits on.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DescriptorInfo {
+    /// The raw descriptor.
+    pub fd: i32,
+    /// Readable, writable or both.
+    pub interest: Interest,
+    /// The waiting green thread.
+    pub owner: Option<u64>,
+    /// How long it has waited.
+    pub waiting_us: u64,
+}
+
+/// An OS thread that runs green threads.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WorkerInfo {
+    /// Index in order of first use.
+    pub index: usize,
+    /// Linux thread id.
+    pub tid: i32,
+    /// The green thread it runs now.
+    pub running: Option<u64>,
+}
+
+/// A green thread that kept a worker busy without switching.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BlockedInfo {
+    /// Report number.
+    pub seq: u64,
+    /// The green thread.
+    pub thread: u64,
+    /// Its name.
+    pub name: Option<String>,
+    /// Where it was spawned.
+    pub spawn_site: Option<String>,
+    /// The worker's index.
+    pub worker: usize,
+    /// The worker's Linux thread id.
+    pub tid: i32,
+    /// How long ago the busy stretch began.
+    pub started_ago_us: u64,
+    /// How long it lasted (so far, if ongoing).
+    pub duration_us: u64,
+    /// Whether the worker is still held.
+    pub ongoing: bool,
+}
+
+/// The counters of the wake inbox, which batches wakes from OS threads (tpool completions)
+/// into one signal to the workers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InboxStats {
+    /// Whether the inbox runs (otherwise batched wakes are direct wakes).
+    pub running: bool,
+    /// Wakes posted to it.
+    pub posted: u64,
+    /// Signals to the workers: at most one per batch.
+    pub signals: u64,
+    /// Batches taken from it.
+    pub batches: u64,
+}
+
+/// A synchronization object, pool or other thing green threads wait on, as the snapshot shows
+/// it. A green thread waiting on it shows [`WaitOn::Object`] with the same kind and id.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectInfo {
+    /// What it is.
+    pub kind: ObjectKind,
+    /// Its id (unique among all ids the registry hands out).
+    pub id: u64,
+    /// The name given at construction, if any.
+    pub name: Option<String>,
+    /// Green threads (and OS threads) waiting on it now.
+    pub waiters: usize,
+    /// The object's own counts, by name: `len` and `capacity` for a queue, `permits` for a
+    /// semaphore, `running` and `size` for a pool, and so on (each type documents its own).
+    pub counts: BTreeMap<String, u64>,
+    /// Structured state that counts cannot hold (histograms, running calls, checkouts), as
+    /// JSON in a shape the object's crate documents and can read back (the tpool's
+    /// `PoolStats`, say).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<serde_json::Value>,
+}
+
+impl ObjectInfo {
+    /// An entry with no counts yet.
+    pub fn new(kind: ObjectKind, id: u64, name: Option<&str>, waiters: usize) -> ObjectInfo {
+        ObjectInfo {
+            kind,
+            id,
+            name: name.map(String::from),
+            waiters,
+            counts: BTreeMap::new(),
+            detail: None,
+        }
+    }
+
+    /// Attaches structured state (see [`ObjectInfo::detail`]).
+    pub fn with_detail(mut self, detail: serde_json::Value) -> ObjectInfo {
+        self.detail = Some(detail);
+        self
+    }
+
+    /// Adds a count.
+    pub fn count(mut self, name: &str, value: u64) -> ObjectInfo {
+        self.counts.insert(name.to_string(), value);
+        self
+    }
+
+    /// One line: kind, id, name, waiters and counts.
+    pub fn describe(&self) -> String {
+        let mut s = format!("{} #{}", self.kind.name(), self.id);
+        if let Some(name) = &self.name {
+            let _ = write!(s, " \"{name}\"");
+        }
+        let _ = write!(s, ": {} waiting", self.waiters);
+        for (k, v) in &self.counts {
+            let _ = write!(s, ", {k} {v}");
+        }
+        s
+    }
+}
+/// A duration in microseconds, the way a person reads it ("850us", "12ms", "1.20s", "3m05s").
+pub fn format_us(us: u64) -> String {
+    match us {
+        0..=999 => format!("{us}us"),
+        1_000..=999_999 => format!("{}ms", us / 1000),
+        1_000_000..=59_999_999 => format!("{:.2}s", us as f64 / 1e6),
+        _ => {
+            let s = us / 1_000_000;
+            if s >= 3600 {
+                format!("{}h{:02}m", s / 3600, (s % 3600) / 60)
+            } else {
+                format!("{}m{:02}s", s / 60, s % 60)
+            }
+        }
+    }
+}
+
+impl ThreadInfo {
+    /// One line: what the thread is doing, for how long, and where it came from.
+    pub fn describe(&self) -> String {
+        let mut s = format!("#{}", self.id);
+        if let Some(name) = &self.name {
+            let _ = write!(s, " \"{name}\"");
+        }
+        match (self.state, &self.waiting_on) {
+            (ThreadState::Waiting, Some(on)) => {
+                let _ = write!(s, " waiting on {on} for {}", format_us(self.state_for_us));
+            }
+            (state, _) => {
+                let _ = write!(s, " {} for {}", state.name(), format_us(self.state_for_us));
+            }
+        }
+        if let Some(d) = self.deadline_in_us {
+            if d >= 0 {
+                let _ = write!(s, ", deadline in {}", format_us(d as u64));
+            } else {
+                let _ = write!(s, ", deadline overdue by {}", format_us(d.unsigned_abs()));
+            }
+        }
+        if self.kill_requested {
+            s.push_str(", kill pending");
+        }
+        let _ = write!(
+            s,
+            " [spawned at {}, age {}, ran {}, {} switches]",
+            self.spawn_site,
+            format_us(self.age_us),
+            format_us(self.run_time_us),
+            self.switches
+        );
+        s
+    }
+}
+
+impl Snapshot {
+    /// The plain-text dump: a header, the live green threads as a tree by parent, then the
+    /// timers, descriptors and blocked-worker reports.
+    pub fn format_run_info(&self) -> String {
+        let t = &self.totals;
+        let mut out = format!(
+            "greenhub run info: pid {} ({}), up {}, {} workers\n\
+             green threads: {} live ({} running, {} waiting, {} scheduled), {} spawned, \
+             {} finished ({} panicked, {} killed), {} switches\n\
+             timers: {}, descriptors: {}, objects: {}, blocked workers now: {}\n",
+            self.pid,
+            self.process,
+            format_us(self.uptime_us),
+            self.runtime.workers,
+            t.live,
+            t.running,
+            t.waiting,
+            t.scheduled,
+            t.spawned,
+            t.finished,
+            t.panicked,
+            t.killed,
+            t.switches,
+            t.timers,
+            t.descriptors,
+            t.objects,
+            t.blocked_now,
+        );
+
+        let by_id: BTreeMap<u64, &ThreadInfo> = self.threads.iter().map(|t| (t.id, t)).collect();
+        let mut children: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
+        let mut roots = Vec::new();
+        for th in &self.threads {
+            match th.parent.filter(|p| by_id.contains_key(p)) {
+                Some(p) => children.entry(p).or_default().push(th.id),
+                None => roots.push(th.id),
+            }
+        }
+        out.push_str("\nthreads (tree by parent; a parent that has ended is not shown):\n");
+        // Iterative, so that a deep chain of spawns cannot overflow a green thread's stack.
+        let mut stack: Vec<(u64, usize)> = roots.iter().rev().map(|&id| (id, 0)).collect();
+        while let Some((id, depth)) = stack.pop() {
+            let th = by_id[&id];
+            let _ = writeln!(out, "{}{}", "  ".repeat(depth + 1), th.describe());
+            if let Some(kids) = children.get(&id) {
+                stack.extend(kids.iter().rev().map(|&k| (k, depth + 1)));
+            }
+        }
+
+        if !self.timers.is_empty() {
+            out.push_str("\ntimers:\n");
+            for tm in &self.timers {
+                let due = if tm.due_in_us >= 0 {
+                    format!("due in {}", format_us(tm.due_in_us as u64))
+                } else {
+                    format!("overdue by {}", format_us(tm.due_in_us.unsigned_abs()))
+                };
+                let owner = tm.owner.map(|o| format!(" owner #{o}")).unwrap_or_default();
+                let _ = writeln!(
+                    out,
+                    "  timer #{} {:?} {due}{owner} [set at {}]",
+                    tm.id, tm.kind, tm.site
+                );
+            }
+        }
+        if !self.descriptors.is_empty() {
+            out.push_str("\ndescriptors:\n");
+            for d in &self.descriptors {
+                let owner = d.owner.map(|o| format!(" by #{o}")).unwrap_or_default();
+                let _ = writeln!(
+                    out,
+                    "  fd {} ({}){owner} for {}",
+                    d.fd,
+                    d.interest.name(),
+                    format_us(d.waiting_us)
+                );
+            }
+        }
+        if !self.objects.is_empty() {
+            out.push_str("\nobjects:\n");
+            for o in &self.objects {
+                let _ = writeln!(out, "  {}", o.describe());
+            }
+        }
+        if !self.blocked.is_empty() {
+            out.push_str("\nblocked-worker reports:\n");
+            for b in &self.blocked {
+                let name = b
+                    .name
+                    .as_deref()
+                    .map(|n| format!(" \"{n}\""))
+                    .unwrap_or_default();
+                let _ = writeln!(
+                    out,
+                    "  #{}{name} held worker {} (tid {}) for {}{} [spawned at {}]",
+                    b.thread,
+                    b.worker,
+                    b.tid,
+                    format_us(b.duration_us),
+                    if b.ongoing { ", still holding it" } else { "" },
+                    b.spawn_site.as_deref().unwrap_or("?")
+                );
+            }
+        }
+        out
+    }
+}
