@@ -20,7 +20,7 @@
 //! timeouts keeps memory bounded. Cancelled timers are swept the same way.
 //!
 //! Everything that runs here must be short and must not block: it delays every other deadline.
-//! This module uses only the clock, the registry (for timers) and the log.
+//! This module uses only the registry (for timers) and `report` (for its own errors).
 
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
@@ -31,8 +31,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
-use crate::core::clock;
-use crate::core::registry::{registry, IdMap, TimerEntry, TimerKind};
+use crate::core::registry::{registry, IdMap, TimerKind};
 use crate::core::report;
 use crate::core::report::payload_message;
 
@@ -171,17 +170,7 @@ pub(crate) fn schedule(
     let at = Instant::now()
         .checked_add(delay)
         .unwrap_or_else(|| Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600));
-    let reg = registry();
-    let id = reg.next_id();
-    reg.insert_timer(
-        id,
-        TimerEntry {
-            deadline_ns: clock::instant_ns(at),
-            kind,
-            owner,
-            site,
-        },
-    );
+    let id = registry().add_timer(at, kind, owner, site);
     let mut h = alarms().heap.lock();
     h.timers.insert(id, job);
     push(h, at, Target::Timer(id));

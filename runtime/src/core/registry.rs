@@ -424,7 +424,28 @@ impl Registry {
         out
     }
 
-    pub(crate) fn insert_timer(&self, id: u64, entry: TimerEntry) {
+    /// Lists a pending timer due at `at` under a fresh id, and returns the id.
+    pub(crate) fn add_timer(
+        &self,
+        at: std::time::Instant,
+        kind: TimerKind,
+        owner: Option<u64>,
+        site: &'static Location<'static>,
+    ) -> u64 {
+        let id = self.next_id();
+        self.insert_timer(
+            id,
+            TimerEntry {
+                deadline_ns: clock::instant_ns(at),
+                kind,
+                owner,
+                site,
+            },
+        );
+        id
+    }
+
+    fn insert_timer(&self, id: u64, entry: TimerEntry) {
         self.timers[Self::shard(id)].lock().insert(id, entry);
     }
 

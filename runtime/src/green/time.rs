@@ -6,10 +6,10 @@ use std::time::{Duration, Instant};
 
 use greenhub_snapshot::WaitOn;
 
-use crate::core::registry::{registry, TimerEntry, TimerKind};
+use crate::core::registry::{registry, TimerKind};
 use crate::core::timeout::TimedOut;
 use crate::core::wait::{check_kill, Waiter};
-use crate::core::{budget, clock, context, monitor};
+use crate::core::{budget, context, monitor};
 
 /// The deadline in force for the current green thread (or OS thread): the earliest of the
 /// [`with_timeout`] scopes it runs in, or `None` outside any scope.
@@ -79,18 +79,7 @@ impl Registered {
         owner: Option<u64>,
         site: &'static Location<'static>,
     ) -> Registered {
-        let reg = registry();
-        let id = reg.next_id();
-        reg.insert_timer(
-            id,
-            TimerEntry {
-                deadline_ns: clock::instant_ns(at),
-                kind,
-                owner,
-                site,
-            },
-        );
-        Registered(id)
+        Registered(registry().add_timer(at, kind, owner, site))
     }
 }
 
