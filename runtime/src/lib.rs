@@ -110,30 +110,8 @@ mod observe;
 mod start;
 mod sync;
 
+pub use crate::core::config;
 pub use crate::sync::{event, greenpool, queue, semaphore};
-
-pub mod config {
-    //! Runtime configuration: from code, from `GREENHUB_*` environment variables, or both.
-    //!
-    //! Precedence: a value set on [`Config`] in code wins over the environment, which wins over
-    //! the default. Configure before the first spawn: the runtime starts on the first spawn (or
-    //! [`Config::init`]) and its settings are fixed from then on. Started by a spawn, the
-    //! runtime reports each variable it cannot use in one line and keeps that setting's
-    //! default.
-    //!
-    //! | setting | environment variable | default |
-    //! |---|---|---|
-    //! | [`workers`](Config::workers) | `GREENHUB_WORKERS` | one per core |
-    //! | [`stack_size`](Config::stack_size) | `GREENHUB_STACK_SIZE` (bytes; `k`/`m` suffixes) | 64 KiB |
-    //! | [`max_blocking_time`](Config::max_blocking_time) | `GREENHUB_MAX_BLOCKING_MS` (`0` or `off` disables) | 100 ms |
-    //! | [`max_green_threads`](Config::max_green_threads) | `GREENHUB_MAX_THREADS` | what `vm.max_map_count` allows |
-    //! | [`finished_history`](Config::finished_history) | `GREENHUB_FINISHED_HISTORY` | 1024 |
-    //! | [`attach`](Config::attach) | `GREENHUB_ATTACH` (`on` or `off`) | on |
-    //! | [`stats_addr`](Config::stats_addr) | `GREENHUB_STATS_ADDR` (`host:port`, or a port on loopback) | off |
-    pub use crate::core::config::{
-        Config, ConfigError, DEFAULT_STACK_SIZE, MAX_STACK_SIZE, MAX_WORKERS, MIN_STACK_SIZE,
-    };
-}
 
 pub mod thread {
     //! Green threads (eventlet's `greenthread`, gevent's `Greenlet`): spawn, wait for the

@@ -384,3 +384,39 @@ fn snapshots_round_trip_through_json_with_a_schema_version() {
     t.kill();
     let _ = t.wait();
 }
+
+#[test]
+fn run_info_names_the_object_a_thread_waits_on() {
+    let jobs: greenhub::Queue<u32> = greenhub::Queue::builder().name("jobs").build();
+    let anonymous: greenhub::Queue<u32> = greenhub::Queue::unbounded();
+    let (q1, q2) = (jobs.clone(), anonymous.clone());
+    let named = spawn(move || q1.get());
+    let unnamed = spawn(move || q2.get());
+    let s = snapshot_where(|s| {
+        [named.id(), unnamed.id()].iter().all(|id| {
+            s.threads
+                .iter()
+                .any(|t| t.id == *id && t.state == ThreadState::Waiting)
+        })
+    });
+    let find = |id: u64| s.threads.iter().find(|t| t.id == id).unwrap().clone();
+    let (a, b) = (find(named.id()), find(unnamed.id()));
+    assert_eq!(a.waiting_on_name.as_deref(), Some("jobs"));
+    assert!(
+        a.describe()
+            .contains(&format!("waiting on queue \"jobs\" #{}", jobs.id())),
+        "{}",
+        a.describe()
+    );
+    assert_eq!(b.waiting_on_name, None);
+    assert!(
+        b.describe()
+            .contains(&format!("waiting on queue #{}", anonymous.id())),
+        "{}",
+        b.describe()
+    );
+    jobs.put(1).unwrap();
+    anonymous.put(2).unwrap();
+    assert_eq!(named.wait().unwrap(), Ok(1));
+    assert_eq!(unnamed.wait().unwrap(), Ok(2));
+}

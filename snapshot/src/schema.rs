@@ -145,6 +145,9 @@ pub struct ThreadInfo {
     pub state: ThreadState,
     /// What it waits on, when waiting.
     pub waiting_on: Option<WaitOn>,
+    /// The name of the object it waits on, when that object has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_on_name: Option<String>,
     /// How long it has been in its state.
     pub state_for_us: u64,
     /// Time until the deadline of its wait (negative: overdue), when the wait has one.
@@ -378,7 +381,15 @@ impl ThreadInfo {
         }
         match (self.state, &self.waiting_on) {
             (ThreadState::Waiting, Some(on)) => {
-                let _ = write!(s, " waiting on {on} for {}", format_us(self.state_for_us));
+                match (on, &self.waiting_on_name) {
+                    (WaitOn::Object { object, id }, Some(name)) => {
+                        let _ = write!(s, " waiting on {object} \"{name}\" #{id}");
+                    }
+                    _ => {
+                        let _ = write!(s, " waiting on {on}");
+                    }
+                }
+                let _ = write!(s, " for {}", format_us(self.state_for_us));
             }
             (state, _) => {
                 let _ = write!(s, " {} for {}", state.name(), format_us(self.state_for_us));

@@ -2,6 +2,7 @@
 //! can wait on ([`ObjectKind`]) and the readiness a descriptor wait wants ([`Interest`]).
 
 use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::RwLock;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -64,6 +65,10 @@ pub struct ObjectKind(u16);
 /// The names of the kinds, by index; the first entries are the constants' names.
 static KINDS: RwLock<Vec<&'static str>> = RwLock::new(Vec::new());
 
+/// How many names `KINDS` holds: read without the lock by [`ObjectKind::from_index`], which a
+/// snapshot calls once per waiting thread. The table only grows.
+static NAMED: AtomicUsize = AtomicUsize::new(0);
+
 const BUILTIN: [&str; 7] = [
     "object",
     "event",
@@ -124,9 +129,7 @@ impl ObjectKind {
     /// The kind of a compact form made by [`ObjectKind::index`]; [`ObjectKind::OTHER`] for an
     /// index no kind has.
     pub fn from_index(index: u16) -> ObjectKind {
-        let known = usize::from(index) < BUILTIN.len()
-            || usize::from(index) - BUILTIN.len()
-                < KINDS.read().unwrap_or_else(|e| e.into_inner()).len();
+        let known = usize::from(index) < BUILTIN.len() + NAMED.load(Ordering::Acquire);
         if known {
             ObjectKind(index)
         } else {
@@ -158,6 +161,7 @@ impl ObjectKind {
             return ObjectKind::OTHER;
         }
         kinds.push(keep());
+        NAMED.store(kinds.len(), Ordering::Release);
         ObjectKind((BUILTIN.len() + kinds.len() - 1) as u16)
     }
 }

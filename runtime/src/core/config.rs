@@ -2,7 +2,8 @@
 //!
 //! Precedence: a value set on [`Config`] in code wins over the environment, which wins over
 //! the default. Configure before the first spawn: the runtime starts on the first spawn (or
-//! [`Config::init`]) and its settings are fixed from then on.
+//! [`Config::init`]) and its settings are fixed from then on. Started by a spawn, the runtime
+//! reports each variable it cannot use in one line and keeps that setting's default.
 //!
 //! | setting | environment variable | default |
 //! |---|---|---|

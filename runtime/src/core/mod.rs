@@ -15,7 +15,7 @@
 pub(crate) mod alarm;
 pub(crate) mod budget;
 pub(crate) mod clock;
-pub(crate) mod config;
+pub mod config;
 pub(crate) mod context;
 pub(crate) mod graveyard;
 pub(crate) mod inbox;

@@ -108,6 +108,13 @@ fn take(lists: bool) -> Snapshot {
             age_us: us(now.saturating_sub(r.created_ns)),
             state,
             waiting_on: view.waiting_on,
+            waiting_on_name: match view.waiting_on {
+                Some(WaitOn::Object { id, .. }) => objects
+                    .binary_search_by_key(&id, |o| o.id)
+                    .ok()
+                    .and_then(|i| objects[i].name.clone()),
+                _ => None,
+            },
             state_for_us: us(now.saturating_sub(view.since_ns)),
             deadline_in_us: view.deadline_ns.map(|d| signed_us(d, precise)),
             run_time_us: us(r.run_ns.load(Ordering::Relaxed)),
