@@ -7,10 +7,39 @@ use std::time::Instant;
 
 use r2d2::PooledConnection;
 
-use crate::job::Job;
+use std::panic::Location;
+
 use crate::managed::{CloseReason, Managed, Tracked};
-use crate::pool::Permit;
 use crate::{Backend, Error};
+
+/// What a lease needs of the pool it came from: the pool implements it, so this file does
+/// not depend on `pool.rs` (the pool depends on this one).
+pub(crate) trait Books<M: Backend>: Send + Sync {
+    /// Whether the driver says the connection is broken.
+    fn has_broken(&self, conn: &mut M::Connection) -> bool;
+    /// Books checkout `id` in.
+    fn checked_in(&self, id: u64);
+    /// Books a checkout out: its id, and its leak timer when a threshold is set.
+    fn book_checkout(
+        self: Arc<Self>,
+        holder: Option<(u64, Option<String>)>,
+        site: &'static Location<'static>,
+        asked_at: Instant,
+    ) -> (u64, Option<greenhub::thread::Timer>);
+    /// The pool's own threads, where rollbacks and closes run.
+    fn tpool(&self) -> &greenhub_tpool::Pool;
+    /// Hands a permit on: to the first green thread or job waiting, or back to the free ones.
+    fn release(self: Arc<Self>);
+}
+
+/// A permit to hold one connection; handed on when dropped, unless a [`Lease`] took it over.
+pub(crate) struct Permit<M: Backend>(pub Arc<dyn Books<M>>);
+
+impl<M: Backend> Drop for Permit<M> {
+    fn drop(&mut self) {
+        self.0.clone().release();
+    }
+}
 
 /// One connection out of the pool, with the permit it holds. Dropping it returns both: the
 /// connection rolled back if it may be inside a transaction, then booked in, then the permit
@@ -51,7 +80,7 @@ impl<M: Backend> Lease<M> {
         let (Some(pooled), Some(permit)) = (self.pooled.as_mut(), self.permit.as_ref()) else {
             return false;
         };
-        let inner = &permit.0;
+        let books = &permit.0;
         if M::in_transaction(&mut pooled.conn).unwrap_or(pooled.dirty) {
             if M::rollback(&mut pooled.conn).is_err() {
                 pooled.close = Some(CloseReason::Broken);
@@ -60,26 +89,32 @@ impl<M: Backend> Lease<M> {
         }
         pooled.close.is_none()
             && !pooled.expired(Instant::now())
-            && !inner.manager.has_broken(&mut pooled.conn)
+            && !books.has_broken(&mut pooled.conn)
     }
 
-    /// Books this checkout in and the next job's out, on the same connection.
-    pub(crate) fn hand_over(&mut self, job: &Job<M>) {
+    /// Books this checkout in and the next one out (the next job's, asked for by `holder` at
+    /// `site` at `asked_at`), on the same connection.
+    pub(crate) fn hand_over(
+        &mut self,
+        holder: Option<(u64, Option<String>)>,
+        site: &'static Location<'static>,
+        asked_at: Instant,
+    ) {
         let Some(permit) = self.permit.as_ref() else {
             return;
         };
-        let inner = permit.0.clone();
+        let books = permit.0.clone();
         if let Some(timer) = self.leak_timer.take() {
             timer.cancel();
         }
-        inner.checked_in(self.id);
-        let (id, leak_timer) = inner.book_checkout(job.holder.clone(), job.site, job.asked_at);
+        books.checked_in(self.id);
+        let (id, leak_timer) = books.book_checkout(holder, site, asked_at);
         self.id = id;
         self.leak_timer = leak_timer;
     }
 
     fn tpool(&self) -> Option<greenhub_tpool::Pool> {
-        self.permit.as_ref().map(|p| p.0.tpool.clone())
+        self.permit.as_ref().map(|p| p.0.tpool().clone())
     }
 }
 
@@ -88,11 +123,11 @@ impl<M: Backend> Drop for Lease<M> {
         let (Some(mut pooled), Some(permit)) = (self.pooled.take(), self.permit.take()) else {
             return;
         };
-        let inner = permit.0.clone();
+        let books = permit.0.clone();
         let needs_rollback = M::in_transaction(&mut pooled.conn).unwrap_or(pooled.dirty);
         // Closing a connection talks to the server too.
         if pooled.close.is_none() {
-            if inner.manager.has_broken(&mut pooled.conn) {
+            if books.has_broken(&mut pooled.conn) {
                 pooled.close = Some(CloseReason::Broken);
             } else if pooled.expired(Instant::now()) {
                 pooled.close = Some(CloseReason::Lifetime);
@@ -112,7 +147,7 @@ impl<M: Backend> Drop for Lease<M> {
             };
             // If the pool's threads are shut down the closure is dropped here and the lease
             // returns inline (`on_pool_thread` stops it from being handed on again).
-            let _ = inner.tpool.spawn(move || drop(lease));
+            let _ = books.tpool().spawn(move || drop(lease));
             return;
         }
         if needs_rollback && M::rollback(&mut pooled.conn).is_err() {
@@ -125,7 +160,7 @@ impl<M: Backend> Drop for Lease<M> {
             timer.cancel();
         }
         drop(pooled); // back to r2d2, which closes it if `has_broken` says so
-        inner.checked_in(self.id);
+        books.checked_in(self.id);
         drop(permit);
     }
 }

@@ -20,7 +20,7 @@ use greenhub::ext::{Token, WaitOn, Waiter};
 use greenhub_tpool::Durations;
 use parking_lot::Mutex;
 
-use crate::conn::{Conn, Lease, StopsWaiting};
+use crate::conn::{Books, Conn, Lease, Permit, StopsWaiting};
 use crate::job::{Delivery, Job, Reply, Slot, Work};
 use crate::managed::{CloseReason, Counters, Managed, Tracked};
 use crate::stats::{CheckoutInfo, Closed, DbPoolStats, PoolState};
@@ -137,12 +137,30 @@ impl<M: Backend> Drop for GiveBackIfGranted<'_, M> {
     }
 }
 
-/// A permit to hold one connection; given back when dropped, unless a [`Lease`] took it over.
-pub(crate) struct Permit<M: Backend>(pub Arc<Inner<M>>);
+impl<M: Backend> Books<M> for Inner<M> {
+    fn has_broken(&self, conn: &mut M::Connection) -> bool {
+        self.manager.has_broken(conn)
+    }
 
-impl<M: Backend> Drop for Permit<M> {
-    fn drop(&mut self) {
-        self.0.release();
+    fn checked_in(&self, id: u64) {
+        Inner::checked_in(self, id);
+    }
+
+    fn book_checkout(
+        self: Arc<Self>,
+        holder: Option<(u64, Option<String>)>,
+        site: &'static Location<'static>,
+        asked_at: Instant,
+    ) -> (u64, Option<greenhub::thread::Timer>) {
+        Inner::book_checkout(&self, holder, site, asked_at)
+    }
+
+    fn tpool(&self) -> &greenhub_tpool::Pool {
+        &self.tpool
+    }
+
+    fn release(self: Arc<Self>) {
+        Inner::release(&self);
     }
 }
 
@@ -272,7 +290,7 @@ impl<M: Backend> Inner<M> {
             let Some(next) = self.next_job() else {
                 break;
             };
-            lease.hand_over(&next);
+            lease.hand_over(next.holder.clone(), next.site, next.asked_at);
             deliver(result);
             job = next;
             result = job.run(Ok(&mut lease));

@@ -177,9 +177,13 @@ pub mod inspect {
     }
 
     /// The address the HTTP stats endpoint listens on, once the runtime has started it (see
-    /// [`Config::stats_addr`](crate::Config::stats_addr)).
+    /// [`Config::stats_addr`](crate::Config::stats_addr)); always `None` without the `stats`
+    /// feature.
     pub fn stats_addr() -> Option<std::net::SocketAddr> {
-        crate::observe::stats::local_addr()
+        #[cfg(feature = "stats")]
+        return crate::observe::stats::local_addr();
+        #[cfg(not(feature = "stats"))]
+        return None;
     }
 }
 

@@ -50,9 +50,23 @@ fn launch(config: Config) -> Result<&'static Runtime, ConfigError> {
         observe::attach::start();
     }
     if let Some(addr) = stats {
-        observe::stats::start(addr);
+        start_stats(addr);
     }
     Ok(rt)
+}
+
+#[cfg(feature = "stats")]
+fn start_stats(addr: std::net::SocketAddr) {
+    observe::stats::start(addr);
+}
+
+#[cfg(not(feature = "stats"))]
+fn start_stats(addr: std::net::SocketAddr) {
+    report::warn(&format!(
+        "greenhub: no stats endpoint on {addr}: this program was built without greenhub's \
+         `stats` feature (the attach channel still works: `inspector attach {}`)",
+        std::process::id()
+    ));
 }
 
 impl Config {

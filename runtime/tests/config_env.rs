@@ -150,3 +150,33 @@ fn out_of_range_settings_are_refused() {
     );
     assert!(stdout.contains("workers=2"), "{}", text(&out));
 }
+
+/// Built without the `stats` feature (`.ci/run` runs this file so), an address for the stats
+/// endpoint is reported and ignored; the program runs.
+#[cfg(not(feature = "stats"))]
+#[test]
+fn a_stats_address_without_the_stats_feature_is_reported_and_ignored() {
+    const NAME: &str = "a_stats_address_without_the_stats_feature_is_reported_and_ignored";
+    if is_child(NAME) {
+        println!("value={}", greenhub::spawn(|| 7).wait().unwrap());
+        println!("addr={:?}", greenhub::inspect::stats_addr());
+        return;
+    }
+    let out = run_child(
+        NAME,
+        &[("GREENHUB_STATS_ADDR", "127.0.0.1:0")],
+        Duration::from_secs(60),
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("value=7") && stdout.contains("addr=None"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("built without greenhub's `stats` feature"),
+        "{}",
+        text(&out)
+    );
+}

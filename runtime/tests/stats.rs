@@ -1,5 +1,6 @@
 //! The HTTP stats endpoint on loopback: summary, filtered snapshot, Prometheus metrics, and
 //! clear errors for what it does not serve.
+#![cfg(feature = "stats")]
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 use greenhub::ext::{Token, WaitOn, Waiter};
 use parking_lot::Mutex;
 
-use crate::pool::Shared;
 use crate::Error;
 
 enum Slot<T> {
@@ -63,6 +62,19 @@ impl<T> CallState<T> {
     }
 }
 
+/// What a [`Call`] needs of the pool it came from. The pool implements it; the call knows
+/// nothing else of the pool, so this file does not depend on `pool.rs`.
+pub(crate) trait Origin: Send + Sync {
+    /// The pool's name.
+    fn name(&self) -> &str;
+    /// The pool's id in the registry: callers wait on it.
+    fn id(&self) -> u64;
+    /// Whether a caller should poll briefly before parking (few calls in flight).
+    fn worth_spinning(&self) -> bool;
+    /// Counts a caller that gave up waiting.
+    fn count_timed_out(&self);
+}
+
 /// A call running (or queued) on a pool: wait for its result with [`Call::wait`].
 ///
 /// Dropping a `Call` before it finishes abandons it: the function still runs to completion on
@@ -78,14 +90,14 @@ impl<T> CallState<T> {
 /// ```
 pub struct Call<T> {
     state: Arc<CallState<T>>,
-    pool: Arc<Shared>,
+    pool: Arc<dyn Origin>,
     site: &'static Location<'static>,
 }
 
 impl<T> std::fmt::Debug for Call<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Call")
-            .field("pool", &self.pool.name)
+            .field("pool", &self.pool.name())
             .field("site", &self.site.to_string())
             .field("done", &self.is_done())
             .finish()
@@ -95,7 +107,7 @@ impl<T> std::fmt::Debug for Call<T> {
 impl<T> Call<T> {
     pub(crate) fn new(
         state: Arc<CallState<T>>,
-        pool: Arc<Shared>,
+        pool: Arc<dyn Origin>,
         site: &'static Location<'static>,
     ) -> Call<T> {
         Call { state, pool, site }

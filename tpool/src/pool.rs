@@ -16,7 +16,7 @@ use greenhub::ext::{Inspect, ObjectInfo, Registration};
 use greenhub::{queue::GetError, queue::PutError, Queue};
 use parking_lot::Mutex;
 
-use crate::call::{Call, CallState};
+use crate::call::{Call, CallState, Origin};
 use crate::stats::{Book, PoolStats, RunningCall};
 use crate::Error;
 
@@ -169,21 +169,27 @@ pub(crate) struct Shared {
     submitted: AtomicU64,
 }
 
-impl Shared {
-    pub(crate) fn id(&self) -> u64 {
+impl Origin for Shared {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn id(&self) -> u64 {
         self.reg.id()
     }
 
     /// Whether so few calls are in flight that a caller should poll for its result briefly
     /// instead of parking at once.
-    pub(crate) fn worth_spinning(&self) -> bool {
+    fn worth_spinning(&self) -> bool {
         self.in_flight.load(Ordering::Relaxed) <= 2
     }
 
-    pub(crate) fn count_timed_out(&self) {
+    fn count_timed_out(&self) {
         self.timed_out.fetch_add(1, Ordering::Relaxed);
     }
+}
 
+impl Shared {
     fn forked(&self) -> bool {
         FORK_GENERATION.load(Ordering::Relaxed) != self.generation
     }

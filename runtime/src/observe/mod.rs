@@ -1,5 +1,5 @@
 //! Observability: the snapshot of the registry, the attach channel of `inspector attach` and
-//! the HTTP stats endpoint. Both channels serve from OS threads of their own, so that they
+//! the HTTP stats endpoint (cargo feature `stats`, on by default). Both channels serve from OS threads of their own, so that they
 //! answer while every worker is blocked.
 //!
 //! It reads `core` only (the registry, the monitor, the runtime's state); the data it serves
@@ -7,4 +7,5 @@
 
 pub(crate) mod attach;
 pub(crate) mod snapshot;
+#[cfg(feature = "stats")]
 pub(crate) mod stats;

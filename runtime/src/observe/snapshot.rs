@@ -52,6 +52,7 @@ pub(crate) fn snapshot() -> Snapshot {
 /// The snapshot's totals, workers, reports and objects, with the lists of threads, finished
 /// threads, timers and descriptors left empty: what `/stats` and `/metrics` serve, without
 /// describing each of 100,000 threads to count them.
+#[cfg(feature = "stats")]
 pub(crate) fn overview() -> Snapshot {
     take(false)
 }
