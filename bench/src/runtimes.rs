@@ -63,12 +63,9 @@ pub fn spawn_join(runtime: &str, workers: usize, n: u64) -> f64 {
         }
         "may" => {
             start_may(workers);
-            // SAFETY: the closures touch no thread-locals.
-            unsafe { may::coroutine::spawn(|| ()) }.join().unwrap();
+            may_spawn(|| ()).join().unwrap();
             t0 = Instant::now();
-            let hs: Vec<_> = (0..n)
-                .map(|i| unsafe { may::coroutine::spawn(move || i) })
-                .collect();
+            let hs: Vec<_> = (0..n).map(|i| may_spawn(move || i)).collect();
             hs.into_iter().map(|h| h.join().unwrap()).sum()
         }
         "tokio" => {
@@ -223,11 +220,8 @@ pub fn ping_pong(runtime: &str, workers: usize, rounds: u64) -> f64 {
             let b = Baton::<MayParking>::new();
             let (b2, b3) = (b.clone(), b.clone());
             let t0 = Instant::now();
-            // SAFETY: the closures touch no thread-locals.
-            let other = unsafe { may::coroutine::spawn(move || b2.play(1, rounds)) };
-            unsafe { may::coroutine::spawn(move || b3.play(0, rounds)) }
-                .join()
-                .unwrap();
+            let other = may_spawn(move || b2.play(1, rounds));
+            may_spawn(move || b3.play(0, rounds)).join().unwrap();
             other.join().unwrap();
             t0.elapsed()
         }
@@ -294,19 +288,16 @@ pub fn idle_memory(runtime: &str, n: u64) -> f64 {
         }
         "may" => {
             start_may(workers);
-            // SAFETY: the closures touch no thread-locals.
-            unsafe { may::coroutine::spawn(|| ()) }.join().unwrap();
+            may_spawn(|| ()).join().unwrap();
             let parked = Arc::new(AtomicU64::new(0));
             let before = rss_bytes();
             let hs: Vec<_> = (0..n)
                 .map(|_| {
                     let p = parked.clone();
-                    unsafe {
-                        may::coroutine::spawn(move || {
-                            p.fetch_add(1, Ordering::Relaxed);
-                            may::coroutine::sleep(Duration::from_secs(3600))
-                        })
-                    }
+                    may_spawn(move || {
+                        p.fetch_add(1, Ordering::Relaxed);
+                        may::coroutine::sleep(Duration::from_secs(3600))
+                    })
                 })
                 .collect();
             settle(|| parked.load(Ordering::Relaxed) >= n);
@@ -421,18 +412,13 @@ pub fn queue_4to1(runtime: &str, workers: usize, n: u64) -> f64 {
         "may" => {
             start_may(workers);
             let (tx, rx) = may::sync::mpsc::channel::<u64>();
-            // SAFETY (all spawns here): the closures touch no thread-locals.
-            unsafe { may::coroutine::spawn(|| ()) }.join().unwrap();
+            may_spawn(|| ()).join().unwrap();
             t0 = Instant::now();
-            let consumer = unsafe {
-                may::coroutine::spawn(move || tally(std::iter::from_fn(|| rx.recv().ok())))
-            };
+            let consumer = may_spawn(move || tally(std::iter::from_fn(|| rx.recv().ok())));
             let producers: Vec<_> = (0..PRODUCERS)
                 .map(|p| {
                     let tx = tx.clone();
-                    unsafe {
-                        may::coroutine::spawn(move || produce(p, per, |i| tx.send(i).unwrap()))
-                    }
+                    may_spawn(move || produce(p, per, |i| tx.send(i).unwrap()))
                 })
                 .collect();
             drop(tx);
@@ -560,24 +546,21 @@ pub fn semaphore(runtime: &str, workers: usize, n: u64) -> f64 {
         "may" => {
             start_may(workers);
             let sem = Arc::new(may::sync::Semphore::new(PERMITS));
-            unsafe { may::coroutine::spawn(|| ()) }.join().unwrap();
+            may_spawn(|| ()).join().unwrap();
             t0 = Instant::now();
             let hs: Vec<_> = (0..CONTENDERS)
                 .map(|_| {
                     let (sem, enter, leave) = (sem.clone(), enter.clone(), leave.clone());
-                    // SAFETY: the closure touches no thread-locals.
-                    unsafe {
-                        may::coroutine::spawn(move || {
-                            for _ in 0..per {
-                                sem.wait();
-                                enter();
-                                may::coroutine::yield_now();
-                                leave();
-                                sem.post();
-                            }
-                            per
-                        })
-                    }
+                    may_spawn(move || {
+                        for _ in 0..per {
+                            sem.wait();
+                            enter();
+                            may::coroutine::yield_now();
+                            leave();
+                            sem.post();
+                        }
+                        per
+                    })
                 })
                 .collect();
             hs.into_iter().map(|h| h.join().unwrap()).sum()
@@ -738,4 +721,16 @@ pub fn tpool_throughput(runtime: &str, workers: usize, n: u64, callers: u64) -> 
     };
     assert_eq!(total, n, "lost calls");
     t0.elapsed().as_nanos() as f64 / n as f64
+}
+
+/// Spawns a bare `may` coroutine for the `may` cases.
+fn may_spawn<F, T>(f: F) -> may::coroutine::JoinHandle<T>
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    // SAFETY: `may` asks that a coroutine keep no thread-local across a switch and fit its
+    // stack; every closure the harness spawns only moves values, sends on channels, parks and
+    // counts, and its stack (may's default) is far larger than these bodies need.
+    unsafe { may::coroutine::spawn(f) }
 }

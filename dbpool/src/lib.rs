@@ -37,8 +37,6 @@
 //! ([`SqliteConnectionManager`], [`PgManager`] with helpers such as [`Conn::query`]); any other
 //! `r2d2::ManageConnection` plugs in by implementing [`Backend`].
 
-#![warn(missing_docs)]
-
 mod backend;
 mod conn;
 mod job;

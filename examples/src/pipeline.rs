@@ -19,14 +19,8 @@ pub struct Outcome {
 /// `work` per item, a green sleep standing for I/O), with queues of `capacity` between the
 /// stages. Runs in green threads; the caller waits for the consumer.
 pub fn run(items: u64, workers: usize, capacity: usize, work: Duration) -> Outcome {
-    let raw: Queue<Option<u64>> = Queue::builder()
-        .name("pipeline-raw")
-        .bounded(capacity)
-        .build();
-    let cooked: Queue<Option<u64>> = Queue::builder()
-        .name("pipeline-cooked")
-        .bounded(capacity)
-        .build();
+    let raw: Queue<Option<u64>> = Queue::bounded(capacity).named("pipeline-raw");
+    let cooked: Queue<Option<u64>> = Queue::bounded(capacity).named("pipeline-cooked");
     let producer = {
         let raw = raw.clone();
         Builder::new()

@@ -36,9 +36,7 @@ impl Scene {
                 })
                 .unwrap()
         };
-        let queue = greenhub::Queue::builder()
-            .name(format!("{tag}-queue"))
-            .build();
+        let queue = greenhub::Queue::unbounded().named(format!("{tag}-queue"));
         // Until all four wait, a snapshot would catch them starting.
         let give_up = Instant::now() + Duration::from_secs(10);
         while snapshot()

@@ -99,8 +99,6 @@
 //! waits return `Err(TimedOut)` at once. A thread that never waits cannot be killed; it can
 //! poll [`kill_requested`].
 
-#![warn(missing_docs)]
-
 // The layers, lowest first; each file imports only from its own layer and those before it
 // (tests/layers.rs checks it): core, observe, start, green, sync, net.
 mod core;

@@ -43,8 +43,8 @@ fn start_from_env() -> &'static Runtime {
 }
 
 fn launch(config: Config) -> Result<&'static Runtime, ConfigError> {
-    let attach = config.get_attach();
-    let stats = config.get_stats_addr();
+    let settings = config.settings();
+    let (attach, stats) = (settings.attach, settings.stats_addr);
     let rt = runtime::start_core(config)?;
     if attach {
         observe::attach::start();

@@ -444,7 +444,7 @@ fn a_killed_waiter_unwinds_and_the_queue_stays_usable() {
 
 #[test]
 fn the_snapshot_shows_the_queue_and_its_counts() {
-    let q: Queue<u32> = Queue::builder().bounded(8).name("jobs").build();
+    let q: Queue<u32> = Queue::bounded(8).named("jobs");
     q.put(1).unwrap();
     q.put(2).unwrap();
     let info = object(q.id());

@@ -387,7 +387,7 @@ fn snapshots_round_trip_through_json_with_a_schema_version() {
 
 #[test]
 fn run_info_names_the_object_a_thread_waits_on() {
-    let jobs: greenhub::Queue<u32> = greenhub::Queue::builder().name("jobs").build();
+    let jobs: greenhub::Queue<u32> = greenhub::Queue::unbounded().named("jobs");
     let anonymous: greenhub::Queue<u32> = greenhub::Queue::unbounded();
     let (q1, q2) = (jobs.clone(), anonymous.clone());
     let named = spawn(move || q1.get());

@@ -91,9 +91,7 @@ fn stats_and_a_filtered_snapshot_show_the_waiting_threads() {
 #[test]
 fn metrics_are_prometheus_text() {
     setup();
-    let queue = greenhub::Queue::<u32>::builder()
-        .name("metrics-queue")
-        .build();
+    let queue = greenhub::Queue::<u32>::unbounded().named("metrics-queue");
     queue.put(1).unwrap();
     let (status, body) = get("GET", "/metrics");
     assert_eq!(status, 200);

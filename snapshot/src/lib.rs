@@ -15,8 +15,6 @@
 //! # let _ = waiting_on_sleep;
 //! ```
 
-#![warn(missing_docs)]
-
 pub mod attach;
 mod schema;
 mod wait;

@@ -590,8 +590,8 @@ impl Builder {
         let queue = Queue::builder()
             .bounded(self.queue_capacity)
             .kind(*crate::QUEUE_KIND)
-            .name(self.name.clone())
-            .build();
+            .build()
+            .named(self.name.clone());
         let shared = Arc::new_cyclic(|weak: &Weak<Shared>| Shared {
             name: self.name,
             reg: ManuallyDrop::new(Registration::new(weak.clone())),

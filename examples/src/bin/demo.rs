@@ -212,7 +212,7 @@ fn main() {
     };
     // The stats endpoint on a free loopback port, unless GREENHUB_STATS_ADDR chose one.
     let config = match greenhub::Config::from_env() {
-        Ok(c) if c.get_stats_addr().is_some() => c,
+        Ok(c) if c.settings().stats_addr.is_some() => c,
         Ok(c) => c.stats_addr(Some((std::net::Ipv4Addr::LOCALHOST, 0).into())),
         Err(e) => {
             eprintln!("error: {e}");

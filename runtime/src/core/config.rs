@@ -64,6 +64,26 @@ pub enum ConfigError {
     AlreadyStarted,
 }
 
+/// The settings of a [`Config`], as [`Config::settings`] reads them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Settings {
+    /// Worker OS threads.
+    pub workers: usize,
+    /// The default stack size in bytes, as it will be used (rounded up to whole pages).
+    pub stack_size: usize,
+    /// The blocked-worker report threshold (`None`: no reports).
+    pub max_blocking_time: Option<Duration>,
+    /// The limit on live green threads, if any.
+    pub max_green_threads: Option<usize>,
+    /// How many finished threads the registry remembers.
+    pub finished_history: usize,
+    /// Whether the attach channel is on.
+    pub attach: bool,
+    /// Where the stats endpoint is served, if anywhere.
+    pub stats_addr: Option<std::net::SocketAddr>,
+}
+
 /// Settings of the greenhub runtime.
 ///
 /// ```
@@ -73,7 +93,7 @@ pub enum ConfigError {
 /// let config = greenhub::Config::from_env()
 ///     .unwrap()
 ///     .max_blocking_time(Some(Duration::from_millis(50)));
-/// assert_eq!(config.get_max_blocking_time(), Some(Duration::from_millis(50)));
+/// assert_eq!(config.settings().max_blocking_time, Some(Duration::from_millis(50)));
 /// // `config.init()` would start the runtime with it.
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -213,39 +233,18 @@ impl Config {
         self
     }
 
-    /// Where the stats endpoint is served, if anywhere.
-    pub fn get_stats_addr(&self) -> Option<std::net::SocketAddr> {
-        self.stats_addr
-    }
-
-    /// Whether the attach channel is on.
-    pub fn get_attach(&self) -> bool {
-        self.attach
-    }
-
-    /// The worker count.
-    pub fn get_workers(&self) -> usize {
-        self.workers
-    }
-
-    /// The default stack size in bytes, as it will be used (rounded up to whole pages).
-    pub fn get_stack_size(&self) -> usize {
-        round_to_pages(self.stack_size)
-    }
-
-    /// The blocking report threshold.
-    pub fn get_max_blocking_time(&self) -> Option<Duration> {
-        self.max_blocking_time
-    }
-
-    /// The configured thread limit, if any.
-    pub fn get_max_green_threads(&self) -> Option<usize> {
-        self.max_green_threads
-    }
-
-    /// The finished-thread history length.
-    pub fn get_finished_history(&self) -> usize {
-        self.finished_history
+    /// What this configuration starts the runtime with, to read (the setters above are the
+    /// builder). A running runtime's settings are in the snapshot's `runtime` section.
+    pub fn settings(&self) -> Settings {
+        Settings {
+            workers: self.workers,
+            stack_size: round_to_pages(self.stack_size),
+            max_blocking_time: self.max_blocking_time,
+            max_green_threads: self.max_green_threads,
+            finished_history: self.finished_history,
+            attach: self.attach,
+            stats_addr: self.stats_addr,
+        }
     }
 
     /// Checks the settings without starting anything.

@@ -37,18 +37,19 @@ pub(crate) fn start_core(config: Config) -> Result<&'static Runtime, ConfigError
     }
     config.validate()?;
     clock::init();
-    registry::init(config.get_finished_history());
+    let settings = config.settings();
+    registry::init(settings.finished_history);
     may::config()
-        .set_workers(config.get_workers())
-        .set_stack_size(config.get_stack_size() / std::mem::size_of::<usize>());
+        .set_workers(settings.workers)
+        .set_stack_size(settings.stack_size / std::mem::size_of::<usize>());
     // Pinning workers to cores measured slower on every benchmark here (and hurts on shared
     // machines), so greenhub leaves placement to the OS.
     may::config().set_worker_pin(false);
     panic::install_hook();
-    let budget = StackBudget::measure(config.get_stack_size(), config.get_max_green_threads());
+    let budget = StackBudget::measure(settings.stack_size, settings.max_green_threads);
     if let Some(warning) = budget.startup_warning() {
         report::warn(&warning);
     }
-    monitor::start(config.get_max_blocking_time(), config::BLOCKED_HISTORY);
+    monitor::start(settings.max_blocking_time, config::BLOCKED_HISTORY);
     Ok(RUNTIME.get_or_init(|| Runtime { config, budget }))
 }

@@ -241,7 +241,7 @@ impl Builder {
     fn checked_stack_size(&self) -> Result<usize, SpawnError> {
         let rt = start::runtime();
         match self.stack_size {
-            None => Ok(rt.config.get_stack_size()),
+            None => Ok(rt.config.settings().stack_size),
             Some(bytes) => {
                 config::validate_stack_size(bytes)
                     .map_err(|_| SpawnError::InvalidStackSize(bytes))?;
@@ -349,12 +349,15 @@ impl<T: Send + 'static> Shared<T> {
         let body = move || shared.run(f, permit);
         let builder =
             may::coroutine::Builder::new().stack_size(stack / std::mem::size_of::<usize>());
-        // SAFETY: `may` asks callers of `spawn` to keep thread-locals out of the coroutine and
-        // not to overflow its stack. greenhub's own code keeps no thread-local across a wait
-        // (context.rs); user code is warned in the crate docs, and the stack is the size the
-        // user chose, checked against greenhub's minimum.
         let spawned = context::capturing_panics(|| {
-            catch_unwind(AssertUnwindSafe(|| unsafe { builder.spawn(body) }))
+            catch_unwind(AssertUnwindSafe(|| {
+                // SAFETY: `may` asks callers of `spawn` to keep thread-locals out of the
+                // coroutine and not to overflow its stack. greenhub's own code keeps no
+                // thread-local across a wait (core/context.rs); user code is warned in the
+                // crate docs, and the stack is the size the user chose, checked against
+                // greenhub's minimum.
+                unsafe { builder.spawn(body) }
+            }))
         });
         let handle = match spawned {
             Ok(Ok(handle)) => handle,

@@ -225,16 +225,13 @@ fn take(lists: bool) -> Snapshot {
         pid: std::process::id(),
         process: process_name(),
         uptime_us: clock::uptime().as_micros() as u64,
-        runtime: match rt {
-            Some(rt) => RuntimeInfo {
+        runtime: match rt.map(|rt| (rt, rt.config.settings())) {
+            Some((rt, settings)) => RuntimeInfo {
                 started: true,
-                workers: rt.config.get_workers(),
-                stack_size: rt.config.get_stack_size(),
-                max_blocking_time_us: rt
-                    .config
-                    .get_max_blocking_time()
-                    .map(|d| d.as_micros() as u64),
-                max_green_threads: rt.config.get_max_green_threads(),
+                workers: settings.workers,
+                stack_size: settings.stack_size,
+                max_blocking_time_us: settings.max_blocking_time.map(|d| d.as_micros() as u64),
+                max_green_threads: settings.max_green_threads,
                 max_map_count: rt.budget.max_map_count,
                 map_limit: rt.budget.map_limit,
                 live_stacks: rt.budget.live(),

@@ -301,7 +301,7 @@ impl<T: Send> Inspect for Inner<T> {
 /// ```
 /// use greenhub::Queue;
 ///
-/// let q: Queue<u32> = Queue::builder().priority().name("jobs").build();
+/// let q: Queue<u32> = Queue::builder().priority().build().named("jobs");
 /// for n in [5, 1, 3] { q.put(n).unwrap(); }
 /// assert_eq!(q.get(), Ok(1)); // lowest first, as in eventlet's and gevent's PriorityQueue
 ///
@@ -312,7 +312,6 @@ impl<T: Send> Inspect for Inner<T> {
 /// ```
 pub struct QueueBuilder<T> {
     capacity: Option<usize>,
-    name: Option<String>,
     kind: ObjectKind,
     make: fn() -> Box<dyn Buffer<T>>,
 }
@@ -321,7 +320,7 @@ impl<T> std::fmt::Debug for QueueBuilder<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("QueueBuilder")
             .field("capacity", &self.capacity)
-            .field("name", &self.name)
+            .field("kind", &self.kind)
             .finish()
     }
 }
@@ -345,12 +344,6 @@ impl<T: Send + 'static> QueueBuilder<T> {
         T: Ord,
     {
         self.make = || Box::new(Priority(BinaryHeap::new()));
-        self
-    }
-
-    /// A name for the snapshot.
-    pub fn name(mut self, name: impl Into<String>) -> Self {
-        self.name = Some(name.into());
         self
     }
 
@@ -379,19 +372,22 @@ impl<T: Send + 'static> QueueBuilder<T> {
                 closed: false,
             }),
         });
-        if let Some(name) = self.name {
-            let _ = inner.name.set(name);
-        }
         Queue { inner }
     }
 }
 
 impl<T: Send + 'static> Queue<T> {
+    /// Names the queue in the snapshot and the run info (`waiting on queue "jobs" #6`), as
+    /// every greenhub object is named; a name is set once.
+    pub fn named(self, name: impl Into<String>) -> Queue<T> {
+        let _ = self.inner.name.set(name.into());
+        self
+    }
+
     /// A builder: FIFO and unbounded until told otherwise.
     pub fn builder() -> QueueBuilder<T> {
         QueueBuilder {
             capacity: None,
-            name: None,
             kind: ObjectKind::QUEUE,
             make: || Box::new(Fifo(VecDeque::new())),
         }
