@@ -3,8 +3,8 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::runtimes::{self, settle, start_greenhub};
@@ -85,7 +85,7 @@ pub fn attached(case: &str, rounds: u64) -> f64 {
 /// view, the sort key, the first filter character after a new snapshot, or drawing a frame.
 /// The median of 9.
 pub fn tui(case: &str, n: u64) -> f64 {
-    use greenhub_inspector::tui::{render_text, App, Key};
+    use greenhub_inspector::tui::{App, Key, render_text};
 
     let _release = park(n);
     let mut client =

@@ -1,8 +1,8 @@
 //! The measurements, one function per (suite, runtime). Each runs inside its own child process
 //! (see main.rs), so every runtime starts fresh with its own worker count.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use greenhub::ext::{ObjectKind, Token, WaitOn, Waiter};

@@ -2,9 +2,9 @@
 //! whether a returned connection is inside a transaction, and how to roll it back.
 
 use r2d2::ManageConnection;
-use r2d2_postgres::postgres::tls::{MakeTlsConnect, TlsConnect};
-use r2d2_postgres::postgres::Socket;
 use r2d2_postgres::PostgresConnectionManager;
+use r2d2_postgres::postgres::Socket;
+use r2d2_postgres::postgres::tls::{MakeTlsConnect, TlsConnect};
 use r2d2_sqlite::SqliteConnectionManager;
 
 /// A connection manager the pool can clean up after: implement it to plug another blocking

@@ -1,8 +1,8 @@
 //! A checked-out connection: the [`Lease`] that owns it (and returns it, from wherever it is
 //! dropped) and the [`Conn`] guard green threads hold.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use r2d2::PooledConnection;

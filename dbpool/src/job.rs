@@ -12,8 +12,8 @@
 //! the reply's lock, exactly once.
 
 use std::panic::Location;
-use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Instant;
 
 use greenhub::ext::Token;

@@ -60,10 +60,10 @@ pub use conn::Conn;
 pub use pool::{Builder, Pool};
 pub use postgres::{Param, PgManager, PgPool};
 pub use r2d2;
-pub use r2d2_postgres::postgres as pg;
 pub use r2d2_postgres::PostgresConnectionManager;
-pub use r2d2_sqlite::rusqlite;
+pub use r2d2_postgres::postgres as pg;
 pub use r2d2_sqlite::SqliteConnectionManager;
+pub use r2d2_sqlite::rusqlite;
 pub use stats::{CheckoutInfo, Closed, DbPoolStats, PoolState};
 
 /// A pool of SQLite connections.
@@ -114,7 +114,9 @@ pub enum Error {
     },
     /// The [`Conn`] no longer holds its connection: an earlier call on it was abandoned
     /// (deadline or kill), and the connection went back to the pool when that call ended.
-    #[error("this connection went back to the pool when an earlier call on it was abandoned; check out another")]
+    #[error(
+        "this connection went back to the pool when an earlier call on it was abandoned; check out another"
+    )]
     Returned,
     /// The pool's threads were shut down.
     #[error("the pool's thread pool is shut down")]

@@ -981,15 +981,15 @@ impl<M: Backend> Drop for Inner<M> {
         // The pool's threads end with it; calls still queued get `ShutDown`.
         self.tpool.shutdown(Duration::ZERO);
         // Closing the idle connections talks to the server: never on a worker.
-        if let Some(r2d2) = self.r2d2.take() {
-            if may::coroutine::is_coroutine() {
-                let closer = std::thread::Builder::new()
-                    .name(format!("dbpool-{}-close", self.name))
-                    .spawn(move || drop(r2d2));
-                // Without a thread, close here rather than leak the connections.
-                if let Err(e) = closer {
-                    log::warn!("greenhub-dbpool: closing idle connections on a worker: {e}");
-                }
+        if let Some(r2d2) = self.r2d2.take()
+            && may::coroutine::is_coroutine()
+        {
+            let closer = std::thread::Builder::new()
+                .name(format!("dbpool-{}-close", self.name))
+                .spawn(move || drop(r2d2));
+            // Without a thread, close here rather than leak the connections.
+            if let Err(e) = closer {
+                log::warn!("greenhub-dbpool: closing idle connections on a worker: {e}");
             }
         }
     }

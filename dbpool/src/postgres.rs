@@ -7,10 +7,10 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use r2d2_postgres::PostgresConnectionManager;
 use r2d2_postgres::postgres::error::SqlState;
 use r2d2_postgres::postgres::types::ToSql;
 use r2d2_postgres::postgres::{Client, Error as PgError, NoTls, Row, Statement, Transaction};
-use r2d2_postgres::PostgresConnectionManager;
 
 use crate::managed::Tracked;
 use crate::{Conn, Error, Pool};
@@ -142,7 +142,9 @@ fn with_params<R: Send + 'static>(
 }
 
 /// Statements without parameters, as a job for a pool thread.
-fn batch(sql: &str) -> impl FnOnce(&mut Tracked<Client>, &AtomicBool) -> Result<(), Error> + Send {
+fn batch(
+    sql: &str,
+) -> impl FnOnce(&mut Tracked<Client>, &AtomicBool) -> Result<(), Error> + Send + use<> {
     let sql = sql.to_string();
     move |t, _| statement(t, &sql, |t| t.conn.batch_execute(&sql).map_err(Error::from))
 }

@@ -3,12 +3,12 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use common::{Managers, Pg};
-use greenhub::{sleep, spawn, Config};
+use greenhub::{Config, sleep, spawn};
 use greenhub_dbpool::{PgPool, Pool};
 
 #[test]

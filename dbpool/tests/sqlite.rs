@@ -1,13 +1,13 @@
 //! The pool's own behaviour, on the embedded SQLite backend: checkout order, timeouts,
 //! deadlines, kills, rollback on return, leaks, lifetimes, the snapshot.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use greenhub::ext::WaitOn;
 use greenhub::inspect::snapshot;
-use greenhub::{sleep, spawn, with_timeout, Queue};
+use greenhub::{Queue, sleep, spawn, with_timeout};
 use greenhub_dbpool::{DbPoolStats, Error, Pool, SqliteConnectionManager, SqlitePool};
 
 fn file_pool(dir: &tempfile::TempDir, max: u32) -> SqlitePool {

@@ -41,11 +41,11 @@ impl Room {
     fn leave(&self, id: u64) {
         // Out of the table first: the green lock below may wait, never under the table's lock.
         let removed = self.members.lock().remove(&id);
-        if let Some(out) = removed {
-            if let Ok(out) = out.lock() {
-                // Its reader sees the end too, and leaves.
-                let _ = out.shutdown(std::net::Shutdown::Both);
-            }
+        if let Some(out) = removed
+            && let Ok(out) = out.lock()
+        {
+            // Its reader sees the end too, and leaves.
+            let _ = out.shutdown(std::net::Shutdown::Both);
         }
     }
 

@@ -5,12 +5,12 @@
 use std::collections::HashSet;
 use std::io::{Read, Write};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use greenhub::net::{TcpListener, TcpStream};
-use greenhub::{net::Server, GreenPool, Queue};
+use greenhub::{GreenPool, Queue, net::Server};
 
 /// The test site: page `i` of `pages` links to pages `2i+1`, `2i+2` and `(7i+3) % pages`
 /// (links past the end are dropped), so every page is reachable from page 0 and many are

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use greenhub::{thread::Builder, Queue};
+use greenhub::{Queue, thread::Builder};
 
 /// What a pipeline run saw.
 #[derive(Debug)]

@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::process::Command;
 use std::time::Duration;
 
-use greenhub_examples::crawler::{crawl, Site};
+use greenhub_examples::crawler::{Site, crawl};
 use greenhub_examples::pipeline;
 
 #[test]

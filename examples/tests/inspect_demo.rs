@@ -8,8 +8,8 @@ use std::os::unix::net::UnixStream;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use greenhub_inspector::tui::{render_text, App, Key, View};
 use greenhub_inspector::Client;
+use greenhub_inspector::tui::{App, Key, View, render_text};
 
 fn screen(app: &App) -> String {
     render_text(app, 200, 50)
@@ -63,10 +63,12 @@ fn the_inspector_attaches_to_the_running_demo() {
         .unwrap_or_else(|| panic!("no session-7 among {} threads", threads.len()));
     assert_eq!(session["state"], "waiting");
     assert_eq!(session["waiting_on"]["kind"], "sleep");
-    assert!(session["spawn_site"]
-        .as_str()
-        .unwrap()
-        .contains("examples/src/bin/demo.rs"));
+    assert!(
+        session["spawn_site"]
+            .as_str()
+            .unwrap()
+            .contains("examples/src/bin/demo.rs")
+    );
     let objects = json["objects"].as_array().unwrap();
     let pool = objects
         .iter()

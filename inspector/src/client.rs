@@ -5,8 +5,8 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use greenhub_snapshot::attach::{directory, Summary};
-use greenhub_snapshot::{Snapshot, SCHEMA_VERSION};
+use greenhub_snapshot::attach::{Summary, directory};
+use greenhub_snapshot::{SCHEMA_VERSION, Snapshot};
 
 /// How long an answer may take. A snapshot of 100,000 green threads takes well under this.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
@@ -82,10 +82,10 @@ impl Client {
         let stream = match UnixStream::connect(&path) {
             Ok(s) => s,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(InspectError::NotFound { pid, path })
+                return Err(InspectError::NotFound { pid, path });
             }
             Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
-                return Err(InspectError::Gone { pid, path })
+                return Err(InspectError::Gone { pid, path });
             }
             Err(source) => return Err(InspectError::Io { pid, source }),
         };

@@ -24,4 +24,4 @@
 mod client;
 pub mod tui;
 
-pub use client::{list, Client, InspectError, Listed};
+pub use client::{Client, InspectError, Listed, list};

@@ -5,7 +5,7 @@ use std::io::Write as _;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use greenhub_inspector::{list, Client};
+use greenhub_inspector::{Client, list};
 use greenhub_snapshot::format_us;
 
 #[derive(Parser)]

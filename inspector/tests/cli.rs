@@ -228,8 +228,8 @@ fn a_crashed_process_is_reported_gone_and_its_socket_cleaned_up() {
 
 #[test]
 fn the_attach_view_shows_the_live_target_and_notices_when_it_ends() {
-    use greenhub_inspector::tui::{render_text, App, Key};
     use greenhub_inspector::Client;
+    use greenhub_inspector::tui::{App, Key, render_text};
 
     let dir = Dir::new("attach");
     let mut target = Target::start(&dir);

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use greenhub::inspect::snapshot;
-use greenhub_inspector::tui::{render_text, App, Column, Key, View};
+use greenhub_inspector::tui::{App, Column, Key, View, render_text};
 
 struct Scene {
     release: greenhub::Event<(), ()>,

@@ -123,10 +123,10 @@ pub mod thread {
     //! ```
     pub use crate::core::limits::SpawnError;
     pub use crate::green::thread::{
-        current, spawn, spawn_after, Builder, Current, GreenThread, JoinError,
+        Builder, Current, GreenThread, JoinError, current, spawn, spawn_after,
     };
     pub use crate::green::time::{kill_requested, sleep, yield_now};
-    pub use crate::green::timer::{call_after, Timer};
+    pub use crate::green::timer::{Timer, call_after};
 }
 
 pub mod timeout {
@@ -158,9 +158,9 @@ pub mod inspect {
     //! ```
     pub use greenhub_snapshot::attach;
     pub use greenhub_snapshot::{
-        format_us, BlockedInfo, DescriptorInfo, FinishedInfo, InboxStats, ObjectInfo, Outcome,
-        RuntimeInfo, Snapshot, ThreadInfo, ThreadState, TimerInfo, TimerKindInfo, Totals,
-        WorkerInfo, SCHEMA_VERSION,
+        BlockedInfo, DescriptorInfo, FinishedInfo, InboxStats, ObjectInfo, Outcome, RuntimeInfo,
+        SCHEMA_VERSION, Snapshot, ThreadInfo, ThreadState, TimerInfo, TimerKindInfo, Totals,
+        WorkerInfo, format_us,
     };
 
     /// Takes a snapshot of the registry. Costs one pass over the live threads; the green
@@ -213,9 +213,9 @@ pub mod ext {
 }
 
 pub use crate::core::config::Config;
-pub use crate::core::panic::{catch_panic, CaughtPanic};
+pub use crate::core::panic::{CaughtPanic, catch_panic};
 pub use crate::core::timeout::TimedOut;
-pub use crate::green::thread::{current, spawn, GreenThread};
+pub use crate::green::thread::{GreenThread, current, spawn};
 pub use crate::green::time::{kill_requested, sleep, with_timeout, yield_now};
 pub use crate::green::timer::call_after;
 pub use crate::sync::event::Event;

@@ -7,7 +7,7 @@ use std::os::unix::net::UnixStream;
 use std::process::Command;
 use std::sync::Once;
 
-use greenhub::inspect::attach::{socket_path, Summary, MAX_REQUEST};
+use greenhub::inspect::attach::{MAX_REQUEST, Summary, socket_path};
 use greenhub::inspect::{Snapshot, ThreadState};
 
 /// Every test of this binary (and its children) uses one private directory of its own.
@@ -17,7 +17,10 @@ fn setup() {
         if std::env::var_os("GREENHUB_ATTACH_DIR").is_none() {
             // One directory for every run: each process removes its socket when it exits.
             let dir = std::env::temp_dir().join("greenhub-attach-tests");
-            std::env::set_var("GREENHUB_ATTACH_DIR", &dir);
+            // SAFETY: every test of this binary calls `setup` before anything else and waits
+            // here until it is done, so no other thread of the process reads the environment
+            // meanwhile (the runtime reads it when the spawn below starts it).
+            unsafe { std::env::set_var("GREENHUB_ATTACH_DIR", &dir) };
         }
         // Starts the runtime, and with it the channel.
         greenhub::spawn(|| ()).wait().unwrap();

@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use greenhub::ext::{ObjectKind, WaitOn, Waiter};
-use greenhub::{sleep, spawn, thread::JoinError, with_timeout, TimedOut};
+use greenhub::{TimedOut, sleep, spawn, thread::JoinError, with_timeout};
 
 const SHORT: Duration = Duration::from_millis(30);
 const LONG: Duration = Duration::from_secs(30);

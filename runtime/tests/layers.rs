@@ -184,8 +184,10 @@ fn imports_run_one_way_and_never_in_a_circle() {
         problems.join("\n")
     );
     // The check sees the imports it is meant to see.
-    assert!(edges[&vec!["core".to_string(), "wait".to_string()]]
-        .contains(&vec!["core".to_string(), "token".to_string()]));
+    assert!(
+        edges[&vec!["core".to_string(), "wait".to_string()]]
+            .contains(&vec!["core".to_string(), "token".to_string()])
+    );
 }
 
 type Edges = BTreeMap<Vec<String>, BTreeSet<Vec<String>>>;

@@ -5,7 +5,7 @@ use std::sync::{Mutex, Once};
 use std::time::{Duration, Instant};
 
 use greenhub::inspect::snapshot;
-use greenhub::{sleep, thread::Builder, Config};
+use greenhub::{Config, sleep, thread::Builder};
 
 static LOGS: Mutex<Vec<String>> = Mutex::new(Vec::new());
 
@@ -57,11 +57,13 @@ fn a_thread_that_blocks_its_worker_is_reported_with_name_site_and_duration() {
     };
     assert!(ongoing.ongoing);
     assert_eq!(ongoing.name.as_deref(), Some("hog"));
-    assert!(ongoing
-        .spawn_site
-        .as_deref()
-        .unwrap()
-        .contains(&format!("monitor.rs:{line}")));
+    assert!(
+        ongoing
+            .spawn_site
+            .as_deref()
+            .unwrap()
+            .contains(&format!("monitor.rs:{line}"))
+    );
     assert!(ongoing.duration_us >= 50_000, "{}", ongoing.duration_us);
     t.wait().unwrap();
     // After: closed, with about the full length.

@@ -3,14 +3,14 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::{await_waiters, object, waiting_on};
 use greenhub::ext::{ObjectKind, WaitOn};
 use greenhub::{
-    greenpool::PoolError, spawn, thread::JoinError, with_timeout, Event, GreenPile, GreenPool,
+    Event, GreenPile, GreenPool, greenpool::PoolError, spawn, thread::JoinError, with_timeout,
 };
 
 /// Counts threads inside a section and remembers the peak.

@@ -3,13 +3,13 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::{await_waiters, object, waiting_on};
 use greenhub::ext::{ObjectKind, WaitOn};
-use greenhub::{queue::GetError, queue::PutError, spawn, with_timeout, Queue, TimedOut};
+use greenhub::{Queue, TimedOut, queue::GetError, queue::PutError, spawn, with_timeout};
 
 /// Checks that `got` holds every value of `0..n` exactly once.
 fn assert_exactly_once(got: &[u64], n: u64) {
@@ -341,12 +341,14 @@ fn timeouts_and_kills_in_the_middle_of_waits_lose_nothing() {
         let impatient: Vec<_> = (0..20)
             .map(|i| {
                 let (q, received) = (q.clone(), received.clone());
-                spawn(move || loop {
-                    match q.get_timeout(Duration::from_micros(100 + 50 * i)) {
-                        Ok(v) => received.lock().push(v),
-                        Err(GetError::TimedOut) => {}
-                        Err(GetError::Closed) => return,
-                        Err(GetError::Empty) => unreachable!(),
+                spawn(move || {
+                    loop {
+                        match q.get_timeout(Duration::from_micros(100 + 50 * i)) {
+                            Ok(v) => received.lock().push(v),
+                            Err(GetError::TimedOut) => {}
+                            Err(GetError::Closed) => return,
+                            Err(GetError::Empty) => unreachable!(),
+                        }
                     }
                 })
             })
@@ -456,8 +458,10 @@ fn the_snapshot_shows_the_queue_and_its_counts() {
     assert!(greenhub::inspect::format_run_info().contains("\"jobs\""));
     let id = q.id();
     drop(q);
-    assert!(greenhub::inspect::snapshot()
-        .objects
-        .iter()
-        .all(|o| o.id != id));
+    assert!(
+        greenhub::inspect::snapshot()
+            .objects
+            .iter()
+            .all(|o| o.id != id)
+    );
 }

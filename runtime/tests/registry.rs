@@ -3,8 +3,8 @@
 use std::time::{Duration, Instant};
 
 use greenhub::ext::{FdWatch, Interest, ObjectKind, WaitOn, Waiter};
-use greenhub::inspect::{snapshot, Outcome, Snapshot, ThreadState, TimerKindInfo};
-use greenhub::{sleep, spawn, thread::spawn_after, thread::Builder, with_timeout};
+use greenhub::inspect::{Outcome, Snapshot, ThreadState, TimerKindInfo, snapshot};
+use greenhub::{sleep, spawn, thread::Builder, thread::spawn_after, with_timeout};
 
 /// Polls snapshots until `check` accepts one (the registry is eventually consistent with
 /// threads that are still on their way to a wait).
@@ -132,10 +132,12 @@ fn waits_on_objects_joins_and_descriptors_are_named() {
     }
     joiner.kill();
     assert!(joiner.wait().is_err());
-    assert!(snapshot()
-        .descriptors
-        .iter()
-        .all(|d| d.owner != Some(fd_id)));
+    assert!(
+        snapshot()
+            .descriptors
+            .iter()
+            .all(|d| d.owner != Some(fd_id))
+    );
 }
 
 #[test]
@@ -192,10 +194,11 @@ fn every_kind_of_timer_is_listed_with_owner_and_site() {
     let _ = scoped.wait();
     let s = snapshot();
     assert!(s.timers.iter().all(|t| t.id != call.id()));
-    assert!(s
-        .timers
-        .iter()
-        .all(|t| t.owner != Some(later_id) && t.owner != Some(scoped_id)));
+    assert!(
+        s.timers
+            .iter()
+            .all(|t| t.owner != Some(later_id) && t.owner != Some(scoped_id))
+    );
 }
 
 #[test]
@@ -276,8 +279,8 @@ fn switches_are_counted() {
 
 #[test]
 fn the_total_of_switches_never_goes_backwards_while_threads_end() {
-    use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
 
     const BATCHES: u64 = 40;
     let batches = Arc::new(AtomicU64::new(0));

@@ -1,8 +1,8 @@
 //! `serve`: bounded concurrency, live connections, graceful stop with clients connected.
 
 use std::io::{ErrorKind, Read, Write};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use greenhub::ext::ObjectKind;

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Once};
 use std::time::{Duration, Instant};
 
-use greenhub::{sleep, spawn, yield_now, Config, Event, Queue};
+use greenhub::{Config, Event, Queue, sleep, spawn, yield_now};
 
 fn setup() {
     static ONCE: Once = Once::new();

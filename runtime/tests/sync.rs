@@ -4,15 +4,15 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::{await_waiters, object, waiting_on};
 use greenhub::ext::{ObjectKind, WaitOn};
 use greenhub::{
-    event::AlreadySet, event::EventError, semaphore::OverRelease, semaphore::Permit, spawn,
-    thread::JoinError, with_timeout, Event, Mutex, Semaphore, TimedOut,
+    Event, Mutex, Semaphore, TimedOut, event::AlreadySet, event::EventError,
+    semaphore::OverRelease, semaphore::Permit, spawn, thread::JoinError, with_timeout,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -243,17 +243,19 @@ fn timeouts_and_kills_in_the_middle_of_acquire_leak_no_permit() {
         let holders: Vec<_> = (0..40)
             .map(|i| {
                 let (sem, done) = (sem.clone(), done.clone());
-                spawn(move || loop {
-                    // A mix of timed, scoped and plain waits, all racing with releases.
-                    let got = match i % 3 {
-                        0 => sem.acquire_timeout(Duration::from_micros(50 + 7 * i)),
-                        1 => with_timeout(Duration::from_micros(80 + 5 * i), || sem.acquire()),
-                        _ => sem.acquire(),
-                    };
-                    if let Ok(_p) = got {
-                        greenhub::sleep(Duration::from_micros(20 * (round % 4))).unwrap();
-                        if done.fetch_add(1, Ordering::SeqCst) > 300 {
-                            return;
+                spawn(move || {
+                    loop {
+                        // A mix of timed, scoped and plain waits, all racing with releases.
+                        let got = match i % 3 {
+                            0 => sem.acquire_timeout(Duration::from_micros(50 + 7 * i)),
+                            1 => with_timeout(Duration::from_micros(80 + 5 * i), || sem.acquire()),
+                            _ => sem.acquire(),
+                        };
+                        if let Ok(_p) = got {
+                            greenhub::sleep(Duration::from_micros(20 * (round % 4))).unwrap();
+                            if done.fetch_add(1, Ordering::SeqCst) > 300 {
+                                return;
+                            }
                         }
                     }
                 })

@@ -4,10 +4,10 @@ mod common;
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
-use greenhub::{sleep, spawn, thread::spawn_after, thread::Builder, thread::JoinError};
+use greenhub::{sleep, spawn, thread::Builder, thread::JoinError, thread::spawn_after};
 
 /// Counts drops, to prove destructors ran.
 struct DropCounter(Arc<AtomicUsize>);

@@ -20,4 +20,4 @@ mod schema;
 mod wait;
 
 pub use schema::*;
-pub use wait::{Interest, ObjectKind, WaitOn, MAX_KINDS, MAX_KIND_NAME};
+pub use wait::{Interest, MAX_KIND_NAME, MAX_KINDS, ObjectKind, WaitOn};

@@ -2,8 +2,8 @@
 //! can wait on ([`ObjectKind`]) and the readiness a descriptor wait wants ([`Interest`]).
 
 use std::fmt;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::RwLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 

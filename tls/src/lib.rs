@@ -86,7 +86,9 @@ use rustls::{
 pub enum TlsError {
     /// The name to verify the server's certificate against is neither a DNS name nor an IP
     /// address.
-    #[error("`{0}` is not a server name (a DNS name or an IP address): pass the host name the certificate is for")]
+    #[error(
+        "`{0}` is not a server name (a DNS name or an IP address): pass the host name the certificate is for"
+    )]
     InvalidServerName(String),
     /// The configuration cannot start a session (for example, no protocol version in
     /// common with its cipher suites).

@@ -6,8 +6,8 @@
 //! lost, never delivered twice, and never dropped on a worker unless the caller took it.
 
 use std::panic::Location;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use greenhub::ext::{Token, WaitOn, Waiter};

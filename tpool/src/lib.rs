@@ -64,7 +64,7 @@ pub static CALL_KIND: LazyLock<ObjectKind> = LazyLock::new(|| ObjectKind::named(
 
 /// The kind of a tpool's request queue ("tpool queue"): callers wait on it for room.
 pub static QUEUE_KIND: LazyLock<ObjectKind> = LazyLock::new(|| ObjectKind::named("tpool queue"));
-pub use pool::{Builder, Pool, Shutdown, DEFAULT_QUEUE_CAPACITY, DEFAULT_THREADS, MAX_THREADS};
+pub use pool::{Builder, DEFAULT_QUEUE_CAPACITY, DEFAULT_THREADS, MAX_THREADS, Pool, Shutdown};
 pub use proxy::Proxy;
 pub use stats::{Durations, PoolStats, RunningCall, SiteStats, Summary};
 pub use unblock::Unblock;
@@ -156,7 +156,7 @@ pub fn default_pool() -> Result<&'static Pool, Error> {
                         return Err(Error::InvalidEnv {
                             value,
                             max: MAX_THREADS,
-                        })
+                        });
                     }
                 },
                 Err(_) => DEFAULT_THREADS,

@@ -13,12 +13,12 @@ use std::sync::{Arc, Once, Weak};
 use std::time::{Duration, Instant};
 
 use greenhub::ext::{Inspect, ObjectInfo, Registration};
-use greenhub::{queue::GetError, queue::PutError, Queue};
+use greenhub::{Queue, queue::GetError, queue::PutError};
 use parking_lot::Mutex;
 
+use crate::Error;
 use crate::call::{Call, CallState, Origin};
 use crate::stats::{Book, PoolStats, RunningCall};
-use crate::Error;
 
 /// eventlet's default.
 pub const DEFAULT_THREADS: usize = 20;
@@ -413,11 +413,11 @@ impl Shared {
         let mut found = None;
         'spin: while Instant::now() < until {
             for _ in 0..64 {
-                if self.queued.load(Ordering::Acquire) > 0 {
-                    if let Ok(work) = self.queue.try_get() {
-                        found = Some(work);
-                        break 'spin;
-                    }
+                if self.queued.load(Ordering::Acquire) > 0
+                    && let Ok(work) = self.queue.try_get()
+                {
+                    found = Some(work);
+                    break 'spin;
                 }
                 std::hint::spin_loop();
             }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use greenhub::Semaphore;
 use parking_lot::Mutex;
 
-use crate::{default_pool, Error, Pool};
+use crate::{Error, Pool, default_pool};
 
 /// Ends a turn when dropped.
 struct EndTurn(Semaphore);

@@ -4,7 +4,7 @@ use std::any::Any;
 use std::io::{self, Read, Write};
 use std::panic::Location;
 
-use crate::{default_pool, Call, Error, Pool};
+use crate::{Call, Error, Pool, default_pool};
 
 /// What a pool call on the wrapped object hands back: the object, and the operation's result.
 struct Returned<T> {
@@ -195,10 +195,10 @@ impl<T: Send + 'static> Unblock<T> {
     /// Takes the outcome of a background operation that was not waited for.
     fn absorb(&mut self, out: Option<Box<dyn Any + Send>>) {
         let Some(out) = out else { return };
-        if let Ok(wrote) = out.downcast::<io::Result<()>>() {
-            if let Err(e) = *wrote {
-                self.write_error.get_or_insert(e);
-            }
+        if let Ok(wrote) = out.downcast::<io::Result<()>>()
+            && let Err(e) = *wrote
+        {
+            self.write_error.get_or_insert(e);
         }
     }
 }
@@ -279,10 +279,10 @@ where
     T::Item: Send + 'static,
 {
     fn next_item(&mut self) -> io::Result<Option<T::Item>> {
-        if let Some(prev) = self.settle()? {
-            if let Ok(item) = prev.downcast::<Option<T::Item>>() {
-                return Ok(*item);
-            }
+        if let Some(prev) = self.settle()?
+            && let Ok(item) = prev.downcast::<Option<T::Item>>()
+        {
+            return Ok(*item);
         }
         self.run(|it: &mut T| it.next())
     }

@@ -1,11 +1,11 @@
 //! One worker (eventlet's single hub): a green thread blocked in `std::thread::sleep` through
 //! tpool leaves the worker to its neighbours.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use greenhub::{sleep, spawn, Config};
+use greenhub::{Config, sleep, spawn};
 
 #[test]
 fn a_blocking_sleep_through_tpool_lets_neighbours_run() {
@@ -37,10 +37,12 @@ fn a_blocking_sleep_through_tpool_lets_neighbours_run() {
     // the test measures what it claims.
     let ticks2 = Arc::new(AtomicU64::new(0));
     let t = ticks2.clone();
-    let ticker = spawn(move || loop {
-        t.fetch_add(1, Ordering::SeqCst);
-        if sleep(Duration::from_millis(1)).is_err() {
-            break;
+    let ticker = spawn(move || {
+        loop {
+            t.fetch_add(1, Ordering::SeqCst);
+            if sleep(Duration::from_millis(1)).is_err() {
+                break;
+            }
         }
     });
     while ticks2.load(Ordering::SeqCst) == 0 {

@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use greenhub::ext::WaitOn;
@@ -173,12 +173,14 @@ fn a_killed_caller_unwinds_and_the_call_runs_to_completion() {
     eventually("the result is dropped on the pool thread", || {
         dropped_on.lock().unwrap().is_some()
     });
-    assert!(dropped_on
-        .lock()
-        .unwrap()
-        .as_deref()
-        .unwrap()
-        .starts_with("tpool-kill-"));
+    assert!(
+        dropped_on
+            .lock()
+            .unwrap()
+            .as_deref()
+            .unwrap()
+            .starts_with("tpool-kill-")
+    );
     // The pool's one thread is free again.
     assert_eq!(spawn(move || p.execute(|| 5)).wait().unwrap(), Ok(5));
 }

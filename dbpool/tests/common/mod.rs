@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
-use greenhub_dbpool::pg::{Config, NoTls};
 use greenhub_dbpool::PgManager;
+use greenhub_dbpool::pg::{Config, NoTls};
 pub use greenhub_pgtest::Pg;
 
 /// Managers for a test server.

@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use greenhub_examples::crawler::{crawl, Site};
+use greenhub_examples::crawler::{Site, crawl};
 
 fn main() {
     let mut pages = 300usize;

@@ -13,11 +13,11 @@
 //! prints how to watch it live (`inspector attach <pid>`, and its HTTP stats endpoint on
 //! loopback), and stops cleanly on Ctrl-C, checking its work as at the end of its time.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use greenhub::{sleep, thread::Builder, with_timeout};
+use greenhub::{GreenThread, sleep, thread::Builder, with_timeout};
 use greenhub_dbpool::{Param, PgManager, PgPool, Pool, SqliteConnectionManager, SqlitePool};
 
 /// Set by the first Ctrl-C: the dispatcher stops starting jobs and the demo winds down.
@@ -210,26 +210,7 @@ fn main() {
             std::process::exit(2);
         }
     };
-    // The stats endpoint on a free loopback port, unless GREENHUB_STATS_ADDR chose one.
-    let config = match greenhub::Config::from_env() {
-        Ok(c) if c.settings().stats_addr.is_some() => c,
-        Ok(c) => c.stats_addr(Some((std::net::Ipv4Addr::LOCALHOST, 0).into())),
-        Err(e) => {
-            eprintln!("error: {e}");
-            std::process::exit(2);
-        }
-    };
-    if let Err(e) = config.init() {
-        eprintln!("error: {e}");
-        std::process::exit(2);
-    }
-    // SAFETY: installs a handler that only stores to an atomic and calls `signal`.
-    unsafe {
-        libc::signal(
-            libc::SIGINT,
-            on_interrupt as *const () as libc::sighandler_t,
-        )
-    };
+    start_runtime();
     let pid = std::process::id();
     println!(
         "greenhub demo (pid {pid}): a job service on green threads for {}s (Ctrl-C stops it)",
@@ -268,50 +249,111 @@ fn main() {
         })
         .collect();
 
-    let dispatcher = {
-        let stats = stats.clone();
-        let db = db.clone();
-        Builder::new()
-            .name("dispatcher")
-            .spawn(move || {
-                let mut n = 0u64;
-                let mut running = Vec::new();
-                while Instant::now() < stop_at && !INTERRUPTED.load(Ordering::Relaxed) {
-                    for _ in 0..20 {
-                        n += 1;
-                        let (s, db) = (stats.clone(), db.clone());
-                        let t = Builder::new()
-                            .name(format!("job-{n}"))
-                            .spawn(move || job(n, s, db))
-                            .expect("the demo stays far below the thread limit");
-                        let s = stats.clone();
-                        t.link(move |r| {
-                            s.jobs.fetch_add(1, Ordering::Relaxed);
-                            if r.is_err() {
-                                s.panicked.fetch_add(1, Ordering::Relaxed);
-                            }
-                        });
-                        running.push(t);
-                    }
-                    // Collect the finished ones (a panic collected by `wait` is not reported
-                    // again as unobserved; the link has counted it).
-                    let (done, rest): (Vec<_>, Vec<_>) =
-                        running.into_iter().partition(|t| t.is_done());
-                    running = rest;
-                    for t in done {
-                        let _ = t.wait();
-                    }
-                    sleep(Duration::from_millis(10)).ok();
+    let dispatcher = dispatch(stats.clone(), db.clone(), stop_at);
+
+    watch(&dispatcher, &stats, &db, started, stop_at);
+    let started_jobs = dispatcher.wait().unwrap_or(0);
+    if INTERRUPTED.load(Ordering::Relaxed) {
+        println!("\ninterrupted (Ctrl-C): the jobs under way finished; checking the work");
+    }
+
+    let dump = greenhub::inspect::format_run_info();
+    println!("\nrun info (first lines of greenhub::inspect::format_run_info()):");
+    for line in dump.lines().take(14) {
+        println!("{line}");
+    }
+    for t in &idle {
+        t.kill();
+    }
+    for t in idle {
+        let _ = t.wait();
+    }
+    check(started_jobs, &stats, &db);
+}
+
+/// Configures and starts greenhub (the stats endpoint on a free loopback port unless
+/// `GREENHUB_STATS_ADDR` chose one) and installs the Ctrl-C handler.
+fn start_runtime() {
+    // The stats endpoint on a free loopback port, unless GREENHUB_STATS_ADDR chose one.
+    let config = match greenhub::Config::from_env() {
+        Ok(c) if c.settings().stats_addr.is_some() => c,
+        Ok(c) => c.stats_addr(Some((std::net::Ipv4Addr::LOCALHOST, 0).into())),
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(2);
+        }
+    };
+    if let Err(e) = config.init() {
+        eprintln!("error: {e}");
+        std::process::exit(2);
+    }
+    // SAFETY: installs a handler that only stores to an atomic and calls `signal`.
+    unsafe {
+        libc::signal(
+            libc::SIGINT,
+            on_interrupt as *const () as libc::sighandler_t,
+        )
+    };
+    // SAFETY: installs a handler that only stores to an atomic and calls `signal`.
+    unsafe {
+        libc::signal(
+            libc::SIGINT,
+            on_interrupt as *const () as libc::sighandler_t,
+        )
+    };
+}
+
+/// The dispatcher: starts jobs in batches until `stop_at` (or Ctrl-C), collects them, and
+/// returns how many it started.
+fn dispatch(stats: Arc<Stats>, db: Db, stop_at: Instant) -> GreenThread<u64> {
+    Builder::new()
+        .name("dispatcher")
+        .spawn(move || {
+            let mut n = 0u64;
+            let mut running = Vec::new();
+            while Instant::now() < stop_at && !INTERRUPTED.load(Ordering::Relaxed) {
+                for _ in 0..20 {
+                    n += 1;
+                    let (s, db) = (stats.clone(), db.clone());
+                    let t = Builder::new()
+                        .name(format!("job-{n}"))
+                        .spawn(move || job(n, s, db))
+                        .expect("the demo stays far below the thread limit");
+                    let s = stats.clone();
+                    t.link(move |r| {
+                        s.jobs.fetch_add(1, Ordering::Relaxed);
+                        if r.is_err() {
+                            s.panicked.fetch_add(1, Ordering::Relaxed);
+                        }
+                    });
+                    running.push(t);
                 }
-                // Let the last jobs finish; their panics were counted by the links.
-                for t in running {
+                // Collect the finished ones (a panic collected by `wait` is not reported
+                // again as unobserved; the link has counted it).
+                let (done, rest): (Vec<_>, Vec<_>) = running.into_iter().partition(|t| t.is_done());
+                running = rest;
+                for t in done {
                     let _ = t.wait();
                 }
-                n
-            })
-            .expect("the demo stays far below the thread limit")
-    };
+                sleep(Duration::from_millis(10)).ok();
+            }
+            // Let the last jobs finish; their panics were counted by the links.
+            for t in running {
+                let _ = t.wait();
+            }
+            n
+        })
+        .expect("the demo stays far below the thread limit")
+}
 
+/// Prints a progress line about every second until the dispatcher is done.
+fn watch(
+    dispatcher: &GreenThread<u64>,
+    stats: &Stats,
+    db: &Db,
+    started: Instant,
+    stop_at: Instant,
+) {
     let mut last_switches = 0;
     let mut last = Instant::now();
     while !dispatcher.is_done() {
@@ -343,22 +385,11 @@ fn main() {
             per_sec,
         );
     }
-    let started_jobs = dispatcher.wait().unwrap_or(0);
-    if INTERRUPTED.load(Ordering::Relaxed) {
-        println!("\ninterrupted (Ctrl-C): the jobs under way finished; checking the work");
-    }
+}
 
-    let dump = greenhub::inspect::format_run_info();
-    println!("\nrun info (first lines of greenhub::inspect::format_run_info()):");
-    for line in dump.lines().take(14) {
-        println!("{line}");
-    }
-    for t in &idle {
-        t.kill();
-    }
-    for t in idle {
-        let _ = t.wait();
-    }
+/// Checks the work at the end: no job lost, every confirmed write in the database. Exits
+/// non-zero otherwise.
+fn check(started_jobs: u64, stats: &Stats, db: &Db) {
     let done = stats.jobs.load(Ordering::Relaxed);
     println!(
         "\ndone: {started_jobs} jobs started, {done} finished ({} panicked), {} subtasks ({} cut by their deadline)",

@@ -89,7 +89,9 @@ fn main() {
         std::process::exit(1);
     }
     let leaks = pool.stats().leaks;
-    println!("caught: {leaks} connection(s) of pool \"misbehave-db\" held past the 200 ms leak threshold");
+    println!(
+        "caught: {leaks} connection(s) of pool \"misbehave-db\" held past the 200 ms leak threshold"
+    );
 
     // 3. A deadline that fires.
     let late = greenhub::spawn(|| {

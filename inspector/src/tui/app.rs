@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use greenhub_snapshot::ObjectKind;
-use greenhub_snapshot::{format_us, Snapshot, ThreadInfo};
+use greenhub_snapshot::{Snapshot, ThreadInfo, format_us};
 
 /// The kinds the pool crates name (`greenhub-tpool`, `greenhub-dbpool`): the inspector reads
 /// them by name, without depending on those crates.
@@ -548,11 +548,7 @@ impl App {
             } else {
                 shape.sort.compare(&threads[*a], &threads[*b])
             };
-            if shape.reverse {
-                o.reverse()
-            } else {
-                o
-            }
+            if shape.reverse { o.reverse() } else { o }
         };
         if !shape.tree {
             let mut rows = self.kept(shape, threads.len());
@@ -590,10 +586,10 @@ impl App {
             shown[i] = true;
         }
         for &(i, _) in order.iter().rev() {
-            if shown[i] {
-                if let Some(p) = threads[i].parent.and_then(|p| self.by_id.get(&p)) {
-                    shown[*p] = true;
-                }
+            if shown[i]
+                && let Some(p) = threads[i].parent.and_then(|p| self.by_id.get(&p))
+            {
+                shown[*p] = true;
             }
         }
         order.into_iter().filter(|(i, _)| shown[*i]).collect()

@@ -8,9 +8,9 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Cell, Clear, Paragraph, Row, Table, Tabs};
 use ratatui::{Frame, Terminal};
 
-use greenhub_snapshot::{format_us, ThreadState};
+use greenhub_snapshot::{ThreadState, format_us};
 
-use super::app::{waiting_on, App, Column, View};
+use super::app::{App, Column, View, waiting_on};
 
 /// Draws the whole screen.
 pub fn render(frame: &mut Frame<'_>, app: &App) {
@@ -139,242 +139,232 @@ fn offset(selected: usize, visible: usize) -> usize {
 fn render_body(frame: &mut Frame<'_>, area: Rect, app: &App) {
     // Borders and the heading row.
     let visible = area.height.saturating_sub(3) as usize;
-    let start = offset(app.selected, visible);
-    let selected_style = Style::new().add_modifier(Modifier::REVERSED);
-    let style_of = |i: usize| {
-        if i == app.selected {
-            selected_style
+    let window = Window {
+        start: offset(app.selected, visible),
+        visible,
+        selected: app.selected,
+    };
+    let body = match app.view {
+        View::Threads => threads_body(app, &window),
+        View::Timers => timers_body(app, &window),
+        View::Descriptors => descriptors_body(app, &window),
+        View::Pools => pools_body(app, &window),
+        View::Blocked => blocked_body(app, &window),
+    };
+    let table = Table::new(body.rows, body.widths)
+        .header(Row::new(body.heading).style(Style::new().bold()))
+        .block(Block::default().borders(Borders::ALL).title(body.title));
+    frame.render_widget(table, area);
+}
+
+/// What a view puts in the body's table.
+struct Body {
+    title: String,
+    heading: Vec<String>,
+    widths: Vec<Constraint>,
+    rows: Vec<Row<'static>>,
+}
+
+impl Body {
+    fn new(title: String, heading: &[&str], widths: &[u16], rows: Vec<Row<'static>>) -> Body {
+        // The last column takes what is left, at least its given width.
+        let last = widths.len().saturating_sub(1);
+        Body {
+            title,
+            heading: heading.iter().map(|h| h.to_string()).collect(),
+            widths: widths
+                .iter()
+                .enumerate()
+                .map(|(i, w)| {
+                    if i == last {
+                        Constraint::Min(*w)
+                    } else {
+                        Constraint::Length(*w)
+                    }
+                })
+                .collect(),
+            rows,
+        }
+    }
+}
+
+/// The entries of a view that fit on the screen, and which one is selected.
+struct Window {
+    start: usize,
+    visible: usize,
+    selected: usize,
+}
+
+impl Window {
+    /// The rows of the entries in the window, each made by `row` from its index and entry.
+    fn rows<T>(&self, all: &[T], row: impl Fn(usize, &T) -> Row<'static>) -> Vec<Row<'static>> {
+        all.iter()
+            .enumerate()
+            .skip(self.start)
+            .take(self.visible)
+            .map(|(i, entry)| row(i, entry))
+            .collect()
+    }
+
+    /// The plain style of row `i`: reversed when selected.
+    fn style(&self, i: usize) -> Style {
+        if i == self.selected {
+            Style::new().add_modifier(Modifier::REVERSED)
         } else {
             Style::new()
         }
-    };
-    let (title, heading, widths, rows): (String, Vec<String>, Vec<Constraint>, Vec<Row<'_>>) =
-        match app.view {
-            View::Threads => {
-                let all = app.thread_rows();
-                let rows = all
-                    .iter()
-                    .enumerate()
-                    .skip(start)
-                    .take(visible)
-                    .map(|(i, r)| {
-                        let t = r.thread;
-                        let state = match t.state {
-                            ThreadState::Running => Span::from("running").green(),
-                            ThreadState::Waiting => Span::from("waiting"),
-                            ThreadState::Scheduled => Span::from("scheduled").dim(),
-                        };
-                        Row::new(vec![
-                            Cell::from(t.id.to_string()),
-                            Cell::from(tree_name(r.depth, t.name.as_deref())),
-                            Cell::from(state),
-                            Cell::from(waiting_on(t)),
-                            Cell::from(format_us(t.state_for_us)),
-                            Cell::from(deadline(t.deadline_in_us)),
-                            Cell::from(format_us(t.run_time_us)),
-                            Cell::from(t.switches.to_string()),
-                            Cell::from(t.spawn_site.clone()),
-                        ])
-                        .style(style_of(i))
-                    })
-                    .collect();
-                let heading = Column::ALL
-                    .iter()
-                    .map(|c| {
-                        if *c == app.sort {
-                            format!("{}{}", c.title(), if app.reverse { "▲" } else { "▼" })
-                        } else {
-                            c.title().to_string()
-                        }
-                    })
-                    .collect();
-                let title = format!(
-                    "{} of {} threads{}{}",
-                    all.len(),
-                    app.snapshot.as_ref().map_or(0, |s| s.threads.len()),
-                    if app.tree { ", tree by parent" } else { "" },
-                    filter_note(app)
-                );
-                let widths = vec![
-                    Constraint::Length(10),
-                    Constraint::Length(24),
-                    Constraint::Length(9),
-                    Constraint::Length(24),
-                    Constraint::Length(8),
-                    Constraint::Length(9),
-                    Constraint::Length(8),
-                    Constraint::Length(9),
-                    Constraint::Min(20),
-                ];
-                (title, heading, widths, rows)
-            }
-            View::Timers => {
-                let all = app.timer_rows();
-                let rows = all
-                    .iter()
-                    .enumerate()
-                    .skip(start)
-                    .take(visible)
-                    .map(|(i, t)| {
-                        Row::new(vec![
-                            Cell::from(t.id.to_string()),
-                            Cell::from(deadline(Some(t.due_in_us))),
-                            Cell::from(format!("{:?}", t.kind)),
-                            Cell::from(t.owner.map(|o| format!("#{o}")).unwrap_or_default()),
-                            Cell::from(t.site.clone()),
-                        ])
-                        .style(style_of(i))
-                    })
-                    .collect();
-                (
-                    format!("{} timers, soonest first{}", all.len(), filter_note(app)),
-                    ["ID", "DUE", "KIND", "OWNER", "CREATED AT"]
-                        .map(String::from)
-                        .to_vec(),
-                    vec![
-                        Constraint::Length(10),
-                        Constraint::Length(14),
-                        Constraint::Length(12),
-                        Constraint::Length(10),
-                        Constraint::Min(20),
-                    ],
-                    rows,
-                )
-            }
-            View::Descriptors => {
-                let all = app.descriptor_rows();
-                let rows = all
-                    .iter()
-                    .enumerate()
-                    .skip(start)
-                    .take(visible)
-                    .map(|(i, d)| {
-                        let owner = d.owner.and_then(|o| app.thread(o));
-                        Row::new(vec![
-                            Cell::from(d.fd.to_string()),
-                            Cell::from(d.interest.name()),
-                            Cell::from(d.owner.map(|o| format!("#{o}")).unwrap_or_default()),
-                            Cell::from(owner.and_then(|t| t.name.clone()).unwrap_or_default()),
-                            Cell::from(format_us(d.waiting_us)),
-                        ])
-                        .style(style_of(i))
-                    })
-                    .collect();
-                (
-                    format!(
-                        "{} descriptors, longest wait first{}",
-                        all.len(),
-                        filter_note(app)
-                    ),
-                    ["FD", "INTEREST", "OWNER", "OWNER NAME", "WAITING FOR"]
-                        .map(String::from)
-                        .to_vec(),
-                    vec![
-                        Constraint::Length(8),
-                        Constraint::Length(12),
-                        Constraint::Length(10),
-                        Constraint::Length(24),
-                        Constraint::Min(12),
-                    ],
-                    rows,
-                )
-            }
-            View::Pools => {
-                let all = app.object_rows();
-                let rows = all
-                    .iter()
-                    .enumerate()
-                    .skip(start)
-                    .take(visible)
-                    .map(|(i, o)| {
-                        let counts: Vec<String> =
-                            o.counts.iter().map(|(k, v)| format!("{k} {v}")).collect();
-                        let leaks = o.counts.get("leaks").copied().unwrap_or(0);
-                        let row = Row::new(vec![
-                            Cell::from(o.id.to_string()),
-                            Cell::from(o.kind.name()),
-                            Cell::from(o.name.clone().unwrap_or_default()),
-                            Cell::from(o.waiters.to_string()),
-                            Cell::from(counts.join(", ")),
-                        ]);
-                        if leaks > 0 && i != app.selected {
-                            row.style(Style::new().yellow())
-                        } else {
-                            row.style(style_of(i))
-                        }
-                    })
-                    .collect();
-                (
-                    format!(
-                        "{} objects, pools first (Enter: checkouts, waiters, histograms){}",
-                        all.len(),
-                        filter_note(app)
-                    ),
-                    ["ID", "KIND", "NAME", "WAITING", "COUNTS"]
-                        .map(String::from)
-                        .to_vec(),
-                    vec![
-                        Constraint::Length(10),
-                        Constraint::Length(12),
-                        Constraint::Length(20),
-                        Constraint::Length(8),
-                        Constraint::Min(20),
-                    ],
-                    rows,
-                )
-            }
-            View::Blocked => {
-                let all = app.blocked_rows();
-                let rows = all
-                    .iter()
-                    .enumerate()
-                    .skip(start)
-                    .take(visible)
-                    .map(|(i, b)| {
-                        let row = Row::new(vec![
-                            Cell::from(format!("#{}", b.thread)),
-                            Cell::from(b.name.clone().unwrap_or_default()),
-                            Cell::from(format!("{} (tid {})", b.worker, b.tid)),
-                            Cell::from(format_us(b.duration_us)),
-                            Cell::from(if b.ongoing {
-                                "now".to_string()
-                            } else {
-                                format!("{} ago", format_us(b.started_ago_us))
-                            }),
-                            Cell::from(b.spawn_site.clone().unwrap_or_default()),
-                        ]);
-                        if b.ongoing && i != app.selected {
-                            row.style(Style::new().red().bold())
-                        } else {
-                            row.style(style_of(i))
-                        }
-                    })
-                    .collect();
-                (
-                    format!(
-                        "{} reports of green threads that kept a worker busy{}",
-                        all.len(),
-                        filter_note(app)
-                    ),
-                    ["THREAD", "NAME", "WORKER", "BUSY FOR", "WHEN", "SPAWNED AT"]
-                        .map(String::from)
-                        .to_vec(),
-                    vec![
-                        Constraint::Length(10),
-                        Constraint::Length(18),
-                        Constraint::Length(16),
-                        Constraint::Length(10),
-                        Constraint::Length(12),
-                        Constraint::Min(20),
-                    ],
-                    rows,
-                )
-            }
+    }
+}
+
+fn threads_body(app: &App, w: &Window) -> Body {
+    let all = app.thread_rows();
+    let rows = w.rows(&all, |i, r| {
+        let t = r.thread;
+        let state = match t.state {
+            ThreadState::Running => Span::from("running").green(),
+            ThreadState::Waiting => Span::from("waiting"),
+            ThreadState::Scheduled => Span::from("scheduled").dim(),
         };
-    let table = Table::new(rows, widths)
-        .header(Row::new(heading).style(Style::new().bold()))
-        .block(Block::default().borders(Borders::ALL).title(title));
-    frame.render_widget(table, area);
+        Row::new(vec![
+            Cell::from(t.id.to_string()),
+            Cell::from(tree_name(r.depth, t.name.as_deref())),
+            Cell::from(state),
+            Cell::from(waiting_on(t)),
+            Cell::from(format_us(t.state_for_us)),
+            Cell::from(deadline(t.deadline_in_us)),
+            Cell::from(format_us(t.run_time_us)),
+            Cell::from(t.switches.to_string()),
+            Cell::from(t.spawn_site.clone()),
+        ])
+        .style(w.style(i))
+    });
+    let title = format!(
+        "{} of {} threads{}{}",
+        all.len(),
+        app.snapshot.as_ref().map_or(0, |s| s.threads.len()),
+        if app.tree { ", tree by parent" } else { "" },
+        filter_note(app)
+    );
+    let mut body = Body::new(title, &[], &[10, 24, 9, 24, 8, 9, 8, 9, 20], rows);
+    body.heading = Column::ALL
+        .iter()
+        .map(|c| {
+            if *c == app.sort {
+                format!("{}{}", c.title(), if app.reverse { "▲" } else { "▼" })
+            } else {
+                c.title().to_string()
+            }
+        })
+        .collect();
+    body
+}
+
+fn timers_body(app: &App, w: &Window) -> Body {
+    let all = app.timer_rows();
+    let rows = w.rows(&all, |i, t| {
+        Row::new(vec![
+            Cell::from(t.id.to_string()),
+            Cell::from(deadline(Some(t.due_in_us))),
+            Cell::from(format!("{:?}", t.kind)),
+            Cell::from(t.owner.map(|o| format!("#{o}")).unwrap_or_default()),
+            Cell::from(t.site.clone()),
+        ])
+        .style(w.style(i))
+    });
+    Body::new(
+        format!("{} timers, soonest first{}", all.len(), filter_note(app)),
+        &["ID", "DUE", "KIND", "OWNER", "CREATED AT"],
+        &[10, 14, 12, 10, 20],
+        rows,
+    )
+}
+
+fn descriptors_body(app: &App, w: &Window) -> Body {
+    let all = app.descriptor_rows();
+    let rows = w.rows(&all, |i, d| {
+        let owner = d.owner.and_then(|o| app.thread(o));
+        Row::new(vec![
+            Cell::from(d.fd.to_string()),
+            Cell::from(d.interest.name()),
+            Cell::from(d.owner.map(|o| format!("#{o}")).unwrap_or_default()),
+            Cell::from(owner.and_then(|t| t.name.clone()).unwrap_or_default()),
+            Cell::from(format_us(d.waiting_us)),
+        ])
+        .style(w.style(i))
+    });
+    Body::new(
+        format!(
+            "{} descriptors, longest wait first{}",
+            all.len(),
+            filter_note(app)
+        ),
+        &["FD", "INTEREST", "OWNER", "OWNER NAME", "WAITING FOR"],
+        &[8, 12, 10, 24, 12],
+        rows,
+    )
+}
+
+fn pools_body(app: &App, w: &Window) -> Body {
+    let all = app.object_rows();
+    let rows = w.rows(&all, |i, o| {
+        let counts: Vec<String> = o.counts.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        let leaks = o.counts.get("leaks").copied().unwrap_or(0);
+        let row = Row::new(vec![
+            Cell::from(o.id.to_string()),
+            Cell::from(o.kind.name()),
+            Cell::from(o.name.clone().unwrap_or_default()),
+            Cell::from(o.waiters.to_string()),
+            Cell::from(counts.join(", ")),
+        ]);
+        if leaks > 0 && i != w.selected {
+            row.style(Style::new().yellow())
+        } else {
+            row.style(w.style(i))
+        }
+    });
+    Body::new(
+        format!(
+            "{} objects, pools first (Enter: checkouts, waiters, histograms){}",
+            all.len(),
+            filter_note(app)
+        ),
+        &["ID", "KIND", "NAME", "WAITING", "COUNTS"],
+        &[10, 12, 20, 8, 20],
+        rows,
+    )
+}
+
+fn blocked_body(app: &App, w: &Window) -> Body {
+    let all = app.blocked_rows();
+    let rows = w.rows(&all, |i, b| {
+        let row = Row::new(vec![
+            Cell::from(format!("#{}", b.thread)),
+            Cell::from(b.name.clone().unwrap_or_default()),
+            Cell::from(format!("{} (tid {})", b.worker, b.tid)),
+            Cell::from(format_us(b.duration_us)),
+            Cell::from(if b.ongoing {
+                "now".to_string()
+            } else {
+                format!("{} ago", format_us(b.started_ago_us))
+            }),
+            Cell::from(b.spawn_site.clone().unwrap_or_default()),
+        ]);
+        if b.ongoing && i != w.selected {
+            row.style(Style::new().red().bold())
+        } else {
+            row.style(w.style(i))
+        }
+    });
+    Body::new(
+        format!(
+            "{} reports of green threads that kept a worker busy{}",
+            all.len(),
+            filter_note(app)
+        ),
+        &["THREAD", "NAME", "WORKER", "BUSY FOR", "WHEN", "SPAWNED AT"],
+        &[10, 18, 16, 10, 12, 20],
+        rows,
+    )
 }
 
 /// A name indented under its parent in tree mode (depth 0 outside it).

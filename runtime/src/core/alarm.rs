@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
-use crate::core::registry::{registry, IdMap, TimerKind};
+use crate::core::registry::{IdMap, TimerKind, registry};
 use crate::core::report;
 use crate::core::report::payload_message;
 

@@ -25,7 +25,7 @@
 //! a green thread cannot move to another worker in between.
 
 use std::cell::{Cell, RefCell};
-use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
@@ -108,10 +108,10 @@ thread_local! {
 #[inline(never)]
 pub(crate) fn switch() -> Option<Arc<Drain>> {
     STREAK.with(|s| {
-        if s.draining.get() {
-            if let Some(drain) = open_drain(s) {
-                return Some(drain);
-            }
+        if s.draining.get()
+            && let Some(drain) = open_drain(s)
+        {
+            return Some(drain);
         }
         let n = s.switches.get().wrapping_add(1);
         s.switches.set(n);

@@ -11,8 +11,8 @@
 //! monitor tick, instead of two clock reads per switch (about 20 ns per ping-pong round trip,
 //! measured). Its resolution is the monitor's tick (10 ms).
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 struct Epoch {

@@ -144,10 +144,10 @@ impl Config {
         let mut problems = Vec::new();
         let mut read =
             |var: &'static str, apply: &mut dyn FnMut(&str) -> Result<(), ConfigError>| {
-                if let Some(v) = env(var) {
-                    if let Err(e) = apply(&v) {
-                        problems.push(e);
-                    }
+                if let Some(v) = env(var)
+                    && let Err(e) = apply(&v)
+                {
+                    problems.push(e);
                 }
             };
         read("GREENHUB_WORKERS", &mut |v| {
@@ -339,10 +339,10 @@ fn parse_addr(var: &'static str, value: &str) -> Result<std::net::SocketAddr, Co
     if let Ok(port) = v.parse::<u16>() {
         return Ok((loopback, port).into());
     }
-    if let Some(port) = v.strip_prefix("localhost:") {
-        if let Ok(port) = port.parse::<u16>() {
-            return Ok((loopback, port).into());
-        }
+    if let Some(port) = v.strip_prefix("localhost:")
+        && let Ok(port) = port.parse::<u16>()
+    {
+        return Ok((loopback, port).into());
     }
     v.parse().map_err(|_| {
         invalid(

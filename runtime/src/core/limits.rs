@@ -187,10 +187,10 @@ impl StackBudget {
         let default = self.live_default.load(Ordering::Acquire);
         let custom_live = self.live_custom.load(Ordering::Acquire);
         let live = default + custom_live;
-        if let Some(limit) = self.thread_limit {
-            if live > limit {
-                return Err(SpawnError::ThreadLimit { limit });
-            }
+        if let Some(limit) = self.thread_limit
+            && live > limit
+        {
+            return Err(SpawnError::ThreadLimit { limit });
         }
         if let (Some(max), Some(limit)) = (self.max_map_count, self.map_limit) {
             let available = max.saturating_sub(self.baseline_maps + self.reserve);

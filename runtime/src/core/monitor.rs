@@ -169,12 +169,12 @@ fn run(max_blocking_time: Option<Duration>) {
         for (slot, watch) in slots.iter().zip(watches.iter_mut()) {
             let generation = slot.generation.load(Ordering::Acquire);
             let thread = slot.current.load(Ordering::Relaxed);
-            if thread != 0 {
-                if let Some(record) = registry().thread(thread) {
-                    record
-                        .run_ns
-                        .fetch_add(tick.as_nanos() as u64, Ordering::Relaxed);
-                }
+            if thread != 0
+                && let Some(record) = registry().thread(thread)
+            {
+                record
+                    .run_ns
+                    .fetch_add(tick.as_nanos() as u64, Ordering::Relaxed);
             }
             let same = watch
                 .as_ref()

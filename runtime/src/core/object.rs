@@ -1,7 +1,7 @@
 //! The [`Registration`] that keeps an object (anything that implements
 //! [`Inspect`]) listed in the snapshot while it lives. The registry holds objects weakly.
 
-use crate::core::registry::{registry, Inspect};
+use crate::core::registry::{Inspect, registry};
 
 /// Keeps an object listed in the [`snapshot`](crate::inspect::snapshot) while the registration lives.
 ///

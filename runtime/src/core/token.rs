@@ -5,8 +5,8 @@
 //! A token is made once per green thread and reused across its waits while nobody else holds
 //! it (the waiter's `fresh_token`): most waits allocate nothing.
 
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 
 use crate::core::alarm::Alarmed;
 use crate::core::budget;

@@ -1,8 +1,8 @@
 //! The one way greenhub waits: [`Waiter`], and `wait_io` for descriptors (see `Waiter`).
 
 use std::marker::PhantomData;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
 use greenhub_snapshot::{Interest, WaitOn};

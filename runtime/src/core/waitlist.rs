@@ -102,10 +102,10 @@ impl<T> WaitList<Slot<T>> {
     pub(crate) fn take_offer(&mut self) -> Option<T> {
         while let Some((token, slot)) = self.entries.pop_front() {
             let mut held = slot.lock();
-            if token.wake() {
-                if let Some(v) = held.take() {
-                    return Some(v);
-                }
+            if token.wake()
+                && let Some(v) = held.take()
+            {
+                return Some(v);
             }
         }
         None

@@ -1,6 +1,6 @@
 //! Green threads: spawning, waiting, killing, linking.
 
-use std::panic::{catch_unwind, AssertUnwindSafe, Location};
+use std::panic::{AssertUnwindSafe, Location, catch_unwind};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -13,7 +13,7 @@ use greenhub_snapshot::WaitOn;
 use crate::core::config;
 use crate::core::context::{self, PanicReport};
 use crate::core::limits::{SpawnError, StackPermit};
-use crate::core::registry::{registry, Ending, Phase, ThreadRecord, TimerKind};
+use crate::core::registry::{Ending, Phase, ThreadRecord, TimerKind, registry};
 use crate::core::report::payload_message;
 use crate::core::timeout::{IsTimeout, TimedOut};
 use crate::core::token::Token;
@@ -365,7 +365,7 @@ impl<T: Send + 'static> Shared<T> {
                 return Err(SpawnError::StackAllocation {
                     stack_size: stack,
                     reason: e.to_string(),
-                })
+                });
             }
             Err(payload) => {
                 let reason = context::take_panic()
@@ -414,14 +414,14 @@ impl<T: Send + 'static> Shared<T> {
     }
 
     fn cancel_coroutine(&self) {
-        if let Some(co) = self.coroutine.get() {
-            if !self.done.load(Ordering::Acquire) {
-                // SAFETY: cancelling makes the coroutine unwind (with `may`'s Cancel payload)
-                // at its next wait, running its destructors; greenhub's body catches that
-                // unwind and reports the thread as killed. Cancelling a finished coroutine
-                // only sets a flag on its handle.
-                unsafe { co.cancel() };
-            }
+        if let Some(co) = self.coroutine.get()
+            && !self.done.load(Ordering::Acquire)
+        {
+            // SAFETY: cancelling makes the coroutine unwind (with `may`'s Cancel payload)
+            // at its next wait, running its destructors; greenhub's body catches that
+            // unwind and reports the thread as killed. Cancelling a finished coroutine
+            // only sets a flag on its handle.
+            unsafe { co.cancel() };
         }
     }
 

@@ -6,9 +6,9 @@ use std::time::{Duration, Instant};
 
 use greenhub_snapshot::WaitOn;
 
-use crate::core::registry::{registry, TimerKind};
+use crate::core::registry::{TimerKind, registry};
 use crate::core::timeout::TimedOut;
-use crate::core::wait::{check_kill, Waiter};
+use crate::core::wait::{Waiter, check_kill};
 use crate::core::{budget, context, monitor};
 
 /// The deadline in force for the current green thread (or OS thread): the earliest of the

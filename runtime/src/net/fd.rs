@@ -241,8 +241,8 @@ impl IsTimeout for TrampolineError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
 
     /// Whether any of the process's epoll instances watches `fd` (from `/proc/self/fdinfo`).
     fn watched(fd: RawFd) -> bool {

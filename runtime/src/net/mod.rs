@@ -39,6 +39,6 @@ mod fd;
 mod server;
 mod socket;
 
-pub use fd::{trampoline, TrampolineError};
-pub use server::{serve, Server, Stopped};
+pub use fd::{TrampolineError, trampoline};
+pub use server::{Server, Stopped, serve};
 pub use socket::{Listen, TcpListener, TcpStream, UdpSocket, UnixListener, UnixStream};

@@ -7,7 +7,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::net::fd::{timed_out, Registered};
+use crate::net::fd::{Registered, timed_out};
 use crate::sync::event::{Event, EventError};
 use greenhub_snapshot::Interest;
 

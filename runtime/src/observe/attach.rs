@@ -30,14 +30,14 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use greenhub_snapshot::attach::{
-    directory, socket_path, Summary, MAX_CLIENTS, MAX_REQUEST, REQUEST_SNAPSHOT, REQUEST_SUMMARY,
-};
 use greenhub_snapshot::SCHEMA_VERSION;
+use greenhub_snapshot::attach::{
+    MAX_CLIENTS, MAX_REQUEST, REQUEST_SNAPSHOT, REQUEST_SUMMARY, Summary, directory, socket_path,
+};
 
 use crate::core::registry::registry;
 use crate::core::{clock, report};

@@ -21,12 +21,14 @@
 //! t.kill();
 //! ```
 
+use std::panic::Location;
 use std::sync::atomic::Ordering;
 
 use greenhub_snapshot::*;
 
 use crate::core::inbox;
-use crate::core::registry::{registry, Ending, Phase, TimerKind};
+use crate::core::monitor::Blocked;
+use crate::core::registry::{Ending, Phase, StateView, ThreadRecord, TimerKind, registry};
 use crate::core::{clock, monitor, runtime};
 
 pub(crate) fn process_name() -> String {
@@ -59,7 +61,6 @@ pub(crate) fn overview() -> Snapshot {
 
 fn take(lists: bool) -> Snapshot {
     let reg = registry();
-    let rt = runtime::get_if_started();
     // Read everything first and the clocks last, so that no time read from a table is later
     // than the snapshot's "now".
     let (live, finished_switches) = reg.live_threads();
@@ -78,8 +79,10 @@ fn take(lists: bool) -> Snapshot {
     // lock, and an object dropped meanwhile takes the table's.
     let mut objects: Vec<ObjectInfo> = reg.objects().iter().map(|o| o.inspect()).collect();
     objects.sort_by_key(|o| o.id);
-    let now = clock::coarse_ns();
-    let precise = clock::precise_ns();
+    let at = Now {
+        coarse: clock::coarse_ns(),
+        precise: clock::precise_ns(),
+    };
 
     let mut totals = Totals::default();
     let mut live_switches = 0;
@@ -96,86 +99,26 @@ fn take(lists: bool) -> Snapshot {
             ThreadState::Running => totals.running += 1,
             ThreadState::Waiting => totals.waiting += 1,
         }
-        let switches = r.switches.load(Ordering::Relaxed);
-        live_switches += switches;
-        if !lists {
-            continue;
+        live_switches += r.switches.load(Ordering::Relaxed);
+        if lists {
+            threads.push(thread_info(&r, view, state, &at, &objects));
         }
-        threads.push(ThreadInfo {
-            id: r.id,
-            name: r.name.as_deref().map(String::from),
-            parent: r.parent,
-            spawn_site: r.site.to_string(),
-            age_us: us(now.saturating_sub(r.created_ns)),
-            state,
-            waiting_on: view.waiting_on,
-            waiting_on_name: match view.waiting_on {
-                Some(WaitOn::Object { id, .. }) => objects
-                    .binary_search_by_key(&id, |o| o.id)
-                    .ok()
-                    .and_then(|i| objects[i].name.clone()),
-                _ => None,
-            },
-            state_for_us: us(now.saturating_sub(view.since_ns)),
-            deadline_in_us: view.deadline_ns.map(|d| signed_us(d, precise)),
-            run_time_us: us(r.run_ns.load(Ordering::Relaxed)),
-            switches,
-            stack_size: r.stack_size,
-            kill_requested: r.kill_requested.load(Ordering::Relaxed),
-        });
     }
     threads.sort_by_key(|t| t.id);
-
-    let finished = finished
+    let finished: Vec<FinishedInfo> = finished
         .into_iter()
-        .map(|(r, ended_ns, ending)| FinishedInfo {
-            id: r.id,
-            name: r.name.as_deref().map(String::from),
-            parent: r.parent,
-            spawn_site: r.site.to_string(),
-            lived_us: us(ended_ns.saturating_sub(r.created_ns)),
-            ended_ago_us: us(now.saturating_sub(ended_ns)),
-            outcome: match ending {
-                Ending::Returned => Outcome::Returned,
-                Ending::Panicked(m) => Outcome::Panicked {
-                    message: m.to_string(),
-                },
-                Ending::Killed => Outcome::Killed,
-                Ending::NotStarted(m) => Outcome::NotStarted {
-                    reason: m.to_string(),
-                },
-            },
-            run_time_us: us(r.run_ns.load(Ordering::Relaxed)),
-            switches: r.switches.load(Ordering::Relaxed),
-        })
+        .map(|(r, ended_ns, ending)| finished_info(&r, ended_ns, ending, &at))
         .collect();
-
-    let timers: Vec<TimerInfo> = timers
-        .into_iter()
-        .map(|(id, kind, deadline_ns, owner, site)| TimerInfo {
-            id,
-            kind: match kind {
-                TimerKind::Sleep => TimerKindInfo::Sleep,
-                TimerKind::CallAfter => TimerKindInfo::CallAfter,
-                TimerKind::SpawnAfter => TimerKindInfo::SpawnAfter,
-                TimerKind::Deadline => TimerKindInfo::Deadline,
-            },
-            due_in_us: signed_us(deadline_ns, precise),
-            owner,
-            site: site.to_string(),
-        })
-        .collect();
-
+    let timers: Vec<TimerInfo> = timers.into_iter().map(|t| timer_info(t, &at)).collect();
     let descriptors: Vec<DescriptorInfo> = fds
         .into_iter()
         .map(|(fd, interest, owner, since)| DescriptorInfo {
             fd,
             interest,
             owner,
-            waiting_us: us(now.saturating_sub(since)),
+            waiting_us: us(at.coarse.saturating_sub(since)),
         })
         .collect();
-
     let workers = monitor::workers()
         .into_iter()
         .map(|(index, tid, running)| WorkerInfo {
@@ -184,21 +127,7 @@ fn take(lists: bool) -> Snapshot {
             running: (running != 0).then_some(running),
         })
         .collect();
-
-    let blocked: Vec<BlockedInfo> = reports
-        .into_iter()
-        .map(|b| BlockedInfo {
-            seq: b.seq,
-            thread: b.thread,
-            name: b.name.as_deref().map(String::from),
-            spawn_site: b.site.map(|s| s.to_string()),
-            worker: b.worker,
-            tid: b.tid,
-            started_ago_us: us(precise.saturating_sub(b.started_ns)),
-            duration_us: b.duration.as_micros() as u64,
-            ongoing: b.ongoing,
-        })
-        .collect();
+    let blocked: Vec<BlockedInfo> = reports.into_iter().map(|b| blocked_info(b, &at)).collect();
 
     let c = &reg.counters;
     totals.live = live;
@@ -225,8 +154,124 @@ fn take(lists: bool) -> Snapshot {
         pid: std::process::id(),
         process: process_name(),
         uptime_us: clock::uptime().as_micros() as u64,
-        runtime: match rt.map(|rt| (rt, rt.config.settings())) {
-            Some((rt, settings)) => RuntimeInfo {
+        runtime: runtime_info(),
+        totals,
+        threads,
+        finished,
+        timers,
+        descriptors,
+        workers,
+        blocked,
+        objects,
+    }
+}
+
+/// The moment of the snapshot, on both clocks: the coarse one for "since" times, the precise
+/// one for deadlines.
+struct Now {
+    coarse: u64,
+    precise: u64,
+}
+
+fn thread_info(
+    r: &ThreadRecord,
+    view: StateView,
+    state: ThreadState,
+    at: &Now,
+    objects: &[ObjectInfo],
+) -> ThreadInfo {
+    ThreadInfo {
+        id: r.id,
+        name: r.name.as_deref().map(String::from),
+        parent: r.parent,
+        spawn_site: r.site.to_string(),
+        age_us: us(at.coarse.saturating_sub(r.created_ns)),
+        state,
+        waiting_on: view.waiting_on,
+        // `objects` is sorted by id.
+        waiting_on_name: match view.waiting_on {
+            Some(WaitOn::Object { id, .. }) => objects
+                .binary_search_by_key(&id, |o| o.id)
+                .ok()
+                .and_then(|i| objects[i].name.clone()),
+            _ => None,
+        },
+        state_for_us: us(at.coarse.saturating_sub(view.since_ns)),
+        deadline_in_us: view.deadline_ns.map(|d| signed_us(d, at.precise)),
+        run_time_us: us(r.run_ns.load(Ordering::Relaxed)),
+        switches: r.switches.load(Ordering::Relaxed),
+        stack_size: r.stack_size,
+        kill_requested: r.kill_requested.load(Ordering::Relaxed),
+    }
+}
+
+fn finished_info(r: &ThreadRecord, ended_ns: u64, ending: Ending, at: &Now) -> FinishedInfo {
+    FinishedInfo {
+        id: r.id,
+        name: r.name.as_deref().map(String::from),
+        parent: r.parent,
+        spawn_site: r.site.to_string(),
+        lived_us: us(ended_ns.saturating_sub(r.created_ns)),
+        ended_ago_us: us(at.coarse.saturating_sub(ended_ns)),
+        outcome: match ending {
+            Ending::Returned => Outcome::Returned,
+            Ending::Panicked(m) => Outcome::Panicked {
+                message: m.to_string(),
+            },
+            Ending::Killed => Outcome::Killed,
+            Ending::NotStarted(m) => Outcome::NotStarted {
+                reason: m.to_string(),
+            },
+        },
+        run_time_us: us(r.run_ns.load(Ordering::Relaxed)),
+        switches: r.switches.load(Ordering::Relaxed),
+    }
+}
+
+fn timer_info(
+    (id, kind, deadline_ns, owner, site): (
+        u64,
+        TimerKind,
+        u64,
+        Option<u64>,
+        &'static Location<'static>,
+    ),
+    at: &Now,
+) -> TimerInfo {
+    TimerInfo {
+        id,
+        kind: match kind {
+            TimerKind::Sleep => TimerKindInfo::Sleep,
+            TimerKind::CallAfter => TimerKindInfo::CallAfter,
+            TimerKind::SpawnAfter => TimerKindInfo::SpawnAfter,
+            TimerKind::Deadline => TimerKindInfo::Deadline,
+        },
+        due_in_us: signed_us(deadline_ns, at.precise),
+        owner,
+        site: site.to_string(),
+    }
+}
+
+fn blocked_info(b: Blocked, at: &Now) -> BlockedInfo {
+    BlockedInfo {
+        seq: b.seq,
+        thread: b.thread,
+        name: b.name.as_deref().map(String::from),
+        spawn_site: b.site.map(|s| s.to_string()),
+        worker: b.worker,
+        tid: b.tid,
+        started_ago_us: us(at.precise.saturating_sub(b.started_ns)),
+        duration_us: b.duration.as_micros() as u64,
+        ongoing: b.ongoing,
+    }
+}
+
+/// The runtime's settings and limits (zeros before it has started).
+fn runtime_info() -> RuntimeInfo {
+    match runtime::get_if_started() {
+        Some(rt) => {
+            let settings = rt.config.settings();
+            RuntimeInfo {
                 started: true,
                 workers: settings.workers,
                 stack_size: settings.stack_size,
@@ -236,27 +281,19 @@ fn take(lists: bool) -> Snapshot {
                 map_limit: rt.budget.map_limit,
                 live_stacks: rt.budget.live(),
                 inbox: inbox::stats(),
-            },
-            None => RuntimeInfo {
-                started: false,
-                workers: 0,
-                stack_size: 0,
-                max_blocking_time_us: None,
-                max_green_threads: None,
-                max_map_count: None,
-                map_limit: None,
-                live_stacks: 0,
-                inbox: inbox::stats(),
-            },
+            }
+        }
+        None => RuntimeInfo {
+            started: false,
+            workers: 0,
+            stack_size: 0,
+            max_blocking_time_us: None,
+            max_green_threads: None,
+            max_map_count: None,
+            map_limit: None,
+            live_stacks: 0,
+            inbox: inbox::stats(),
         },
-        totals,
-        threads,
-        finished,
-        timers,
-        descriptors,
-        workers,
-        blocked,
-        objects,
     }
 }
 

@@ -152,7 +152,7 @@ fn filtered(query: &str) -> Result<Snapshot, String> {
                     other => {
                         return Err(format!(
                             "state `{other}`: expected running, waiting or scheduled"
-                        ))
+                        ));
                     }
                 })
             }
@@ -160,7 +160,7 @@ fn filtered(query: &str) -> Result<Snapshot, String> {
             other => {
                 return Err(format!(
                     "unknown parameter `{other}`: expected state or name"
-                ))
+                ));
             }
         }
     }

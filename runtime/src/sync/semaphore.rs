@@ -148,10 +148,10 @@ impl Core {
             st.holder = holder;
             return Ok(());
         }
-        if let Some(limit) = st.limit {
-            if st.permits >= limit {
-                return Err(OverRelease { limit });
-            }
+        if let Some(limit) = st.limit
+            && st.permits >= limit
+        {
+            return Err(OverRelease { limit });
         }
         st.permits += 1;
         Ok(())
