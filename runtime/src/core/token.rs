@@ -2,6 +2,9 @@
 //! something to the waiter only while it still waits, so an object learns whether its hand-off
 //! was taken; a waiter that gives up marks its token abandoned first.
 //!
+//! Its small methods are `#[inline]`: every wait and wake calls them, from other modules (and
+//! crates) than this one.
+//!
 //! A token is made once per green thread and reused across its waits while nobody else holds
 //! it (the waiter's `fresh_token`): most waits allocate nothing.
 
@@ -38,6 +41,7 @@ pub struct Token {
 impl Token {
     /// Wakes the waiter. Returns `false` if it had already given up (deadline passed, killed)
     /// or was already woken: whatever was being handed to it must go elsewhere.
+    #[inline]
     pub fn wake(&self) -> bool {
         if self
             .state
@@ -83,15 +87,18 @@ impl Token {
     }
 
     /// Whether the waiter still waits (neither woken nor gone).
+    #[inline]
     pub fn is_waiting(&self) -> bool {
         self.state.load(Ordering::Acquire) == WAITING
     }
 
     /// Whether a [`Token::wake`] reached the waiter.
+    #[inline]
     pub fn is_woken(&self) -> bool {
         self.state.load(Ordering::Acquire) == WOKEN
     }
 
+    #[inline]
     pub(crate) fn abandon(&self) -> bool {
         // The common case, a woken token, needs no read-modify-write.
         if self.state.load(Ordering::Acquire) != WAITING {
