@@ -2,7 +2,7 @@
 //! dropped) and the [`Conn`] guard green threads hold.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Instant;
 
 use r2d2::PooledConnection;
@@ -244,46 +244,88 @@ impl<M: Backend> Conn<M> {
     }
 
     /// Runs `f` on the tracked connection on a pool thread, the lease travelling along. `f`
-    /// is told (through the flag) whether its caller has stopped waiting, so that a helper
-    /// can roll back instead of committing work nobody will hear of.
+    /// is told (through the [`Presence`]) whether its caller still waits, so that a helper can
+    /// roll back instead of committing work nobody will hear of, or claim its commit so that
+    /// the caller waits for the outcome even past its deadline.
     #[track_caller]
     pub(crate) fn call<R, F>(&mut self, f: F) -> Result<R, Error>
     where
         R: Send + 'static,
-        F: FnOnce(&mut Tracked<M::Connection>, &AtomicBool) -> R + Send + 'static,
+        F: FnOnce(&mut Tracked<M::Connection>, &Presence) -> R + Send + 'static,
     {
         let mut lease = self.lease.take().ok_or(Error::Returned)?;
         let tpool = lease.tpool().ok_or(Error::Returned)?;
-        let (mut caller, gone) = StopsWaiting::arm();
-        let (lease, value) = tpool.execute(move || {
-            let value = lease.tracked().map(|t| f(t, &gone));
+        let (mut caller, presence) = StopsWaiting::arm();
+        let mut call = tpool.submit(move || {
+            let value = lease.tracked().map(|t| f(t, &presence));
             (lease, value)
         })?;
+        let outcome = match call.wait() {
+            // A commit under way: its outcome is the caller's, deadline or not.
+            Err(greenhub_tpool::Error::TimedOut) if !caller.leave() => {
+                greenhub::ext::without_deadline(|| call.wait())
+            }
+            other => other,
+        };
+        let (lease, value) = outcome?;
         caller.disarm();
         self.lease = Some(lease);
         value.ok_or(Error::Returned)
     }
 }
 
-/// Raises a flag, shared with a pool-thread call, when its caller stops waiting for it: on an
-/// error (deadline) or while unwinding (kill). Disarmed once the result is in.
-pub(crate) struct StopsWaiting(Option<Arc<AtomicBool>>);
+/// Whether the caller of a pool-thread call still waits for its outcome: shared by the two,
+/// so that a commit and a caller giving up exclude each other. The call claims its commit
+/// point ([`Presence::commit`]) before committing; a caller whose deadline passes leaves
+/// ([`StopsWaiting::leave`]) unless the commit was claimed first, and then waits for the
+/// outcome. So a caller never reports as failed a commit that happened, and work whose caller
+/// has gone is never committed.
+pub(crate) struct Presence(AtomicU8);
+
+const WAITING: u8 = 0;
+const GONE: u8 = 1;
+const COMMITTING: u8 = 2;
+
+impl Presence {
+    /// On the pool thread, just before committing: claims the outcome for the caller, who
+    /// then waits for it even past its deadline. `false` if the caller has gone: roll back.
+    pub(crate) fn commit(&self) -> bool {
+        self.0
+            .compare_exchange(WAITING, COMMITTING, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+}
+
+/// The caller's side of a [`Presence`]: leaves when the caller stops waiting, on an error
+/// (deadline) or while unwinding (kill). Disarmed once the result is in.
+pub(crate) struct StopsWaiting(Option<Arc<Presence>>);
 
 impl StopsWaiting {
-    pub(crate) fn arm() -> (StopsWaiting, Arc<AtomicBool>) {
-        let gone = Arc::new(AtomicBool::new(false));
-        (StopsWaiting(Some(gone.clone())), gone)
+    pub(crate) fn arm() -> (StopsWaiting, Arc<Presence>) {
+        let presence = Arc::new(Presence(AtomicU8::new(WAITING)));
+        (StopsWaiting(Some(presence.clone())), presence)
     }
 
     pub(crate) fn disarm(&mut self) {
         self.0 = None;
     }
+
+    /// The caller gives up. `false` if the call has claimed its commit: the caller must wait
+    /// for the outcome instead.
+    pub(crate) fn leave(&self) -> bool {
+        match &self.0 {
+            Some(p) => {
+                p.0.compare_exchange(WAITING, GONE, Ordering::AcqRel, Ordering::Acquire)
+                    .map_or_else(|state| state == GONE, |_| true)
+            }
+            None => true,
+        }
+    }
 }
 
 impl Drop for StopsWaiting {
     fn drop(&mut self) {
-        if let Some(gone) = &self.0 {
-            gone.store(true, Ordering::Release);
-        }
+        // A killed caller unwinds whatever the call does: it cannot wait for the outcome.
+        self.leave();
     }
 }

@@ -11,7 +11,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::marker::PhantomData;
 use std::panic::Location;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -20,7 +20,7 @@ use greenhub::ext::{Token, WaitOn, Waiter};
 use greenhub_tpool::Durations;
 use parking_lot::Mutex;
 
-use crate::conn::{Books, Conn, Lease, Permit, StopsWaiting};
+use crate::conn::{Books, Conn, Lease, Permit, Presence, StopsWaiting};
 use crate::job::{Delivery, Job, Reply, Slot, Work};
 use crate::managed::{CloseReason, Counters, Managed, Tracked};
 use crate::stats::{CheckoutInfo, Closed, DbPoolStats, PoolState};
@@ -326,11 +326,12 @@ impl<M: Backend> Inner<M> {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Err(self.connect_error("no connection could be opened in time"));
+                return Err(self.out_of_time());
             }
             let mut pooled = match self.r2d2().get_timeout(left) {
                 Ok(pooled) => pooled,
-                Err(e) => return Err(self.connect_error(&e.to_string())),
+                // r2d2 says only that it timed out; why is in the last connect error.
+                Err(_) => return Err(self.out_of_time()),
             };
             let now = Instant::now();
             if pooled.expired(now) {
@@ -386,14 +387,13 @@ impl<M: Backend> Inner<M> {
         (id, leak_timer)
     }
 
-    fn connect_error(&self, fallback: &str) -> Error {
-        let reason = self
-            .counters
-            .last_connect_error
-            .lock()
-            .clone()
-            .unwrap_or_else(|| fallback.to_string());
-        Error::Connect { reason }
+    /// The deadline passed before a connection could be had: the server's refusal when a
+    /// connect failed, otherwise a plain timeout (the connect was still under way).
+    fn out_of_time(&self) -> Error {
+        match self.counters.last_connect_error.lock().clone() {
+            Some(reason) => Error::Connect { reason },
+            None => Error::TimedOut,
+        }
     }
 
     fn report_leak(&self, id: u64, threshold: Duration) {
@@ -824,7 +824,7 @@ impl<M: Backend> Pool<M> {
     pub(crate) fn call<R, F>(&self, f: F) -> Result<R, Error>
     where
         R: Send + 'static,
-        F: FnOnce(&mut Tracked<M::Connection>, &AtomicBool) -> R + Send + 'static,
+        F: FnOnce(&mut Tracked<M::Connection>, &Presence) -> R + Send + 'static,
     {
         let site = Location::caller();
         let inner = &self.inner;
@@ -883,6 +883,21 @@ impl<M: Backend> Pool<M> {
             // thread is.
             if scope.is_some_and(|scope| Instant::now() >= scope) {
                 std::mem::forget(leave);
+                if !caller.leave() {
+                    // A commit under way: its outcome is the caller's, deadline or not.
+                    let value = greenhub::ext::without_deadline(|| {
+                        loop {
+                            let waiter = Waiter::until(on, None);
+                            if let Some(value) = slot.take_or_register(waiter.token()) {
+                                return value;
+                            }
+                            // Only a kill ends this wait early; it unwinds from here.
+                            let _ = waiter.wait();
+                        }
+                    });
+                    caller.disarm();
+                    return value;
+                }
                 if let Some(value) = slot.abandon() {
                     caller.disarm();
                     return value;
@@ -901,7 +916,7 @@ impl<M: Backend> Pool<M> {
     fn checkout_then<R, F>(&self, then: F) -> Result<R, Error>
     where
         R: Send + 'static,
-        F: FnOnce(Lease<M>, &AtomicBool) -> R + Send + 'static,
+        F: FnOnce(Lease<M>, &Presence) -> R + Send + 'static,
     {
         let site = Location::caller();
         let inner = &self.inner;

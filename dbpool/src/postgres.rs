@@ -5,13 +5,13 @@
 //! whose result type the schema changed is prepared again.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use r2d2_postgres::PostgresConnectionManager;
 use r2d2_postgres::postgres::error::SqlState;
 use r2d2_postgres::postgres::types::ToSql;
 use r2d2_postgres::postgres::{Client, Error as PgError, NoTls, Row, Statement, Transaction};
 
+use crate::conn::Presence;
 use crate::managed::Tracked;
 use crate::{Conn, Error, Pool};
 
@@ -115,7 +115,7 @@ fn with_params<R: Send + 'static>(
     sql: &str,
     params: Vec<Param>,
     run: Run<R>,
-) -> impl FnOnce(&mut Tracked<Client>, &AtomicBool) -> Result<R, Error> + Send + 'static {
+) -> impl FnOnce(&mut Tracked<Client>, &Presence) -> Result<R, Error> + Send + 'static {
     let sql = sql.to_string();
     move |t, _| {
         // Outside a transaction, a statement the schema changed under can be prepared again.
@@ -144,7 +144,7 @@ fn with_params<R: Send + 'static>(
 /// Statements without parameters, as a job for a pool thread.
 fn batch(
     sql: &str,
-) -> impl FnOnce(&mut Tracked<Client>, &AtomicBool) -> Result<(), Error> + Send + use<> {
+) -> impl FnOnce(&mut Tracked<Client>, &Presence) -> Result<(), Error> + Send + use<> {
     let sql = sql.to_string();
     move |t, _| statement(t, &sql, |t| t.conn.batch_execute(&sql).map_err(Error::from))
 }
@@ -152,15 +152,15 @@ fn batch(
 /// A transaction, as a job for a pool thread: never committed once its caller has gone.
 fn transaction<R, F>(
     f: F,
-) -> impl FnOnce(&mut Tracked<Client>, &AtomicBool) -> Result<R, Error> + Send
+) -> impl FnOnce(&mut Tracked<Client>, &Presence) -> Result<R, Error> + Send
 where
     F: FnOnce(&mut Transaction<'_>) -> Result<R, PgError> + Send,
 {
-    move |t, gone| {
+    move |t, presence| {
         statement(t, "", |t| {
             let mut tx = t.conn.transaction().map_err(Error::from)?;
             let value = f(&mut tx).map_err(Error::from)?;
-            if gone.load(Ordering::Acquire) {
+            if !presence.commit() {
                 // Nobody waits for the outcome any more: dropping `tx` rolls it back.
                 return Err(Error::TimedOut);
             }

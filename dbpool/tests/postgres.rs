@@ -390,3 +390,89 @@ fn bad_credentials_and_an_unreachable_server_fail_clearly_within_the_timeout() {
         .build(pg.manager_for(&wrong));
     assert!(matches!(built, Err(Error::Connect { .. })), "{built:?}");
 }
+
+/// Rounds of a transaction whose commit races its caller's deadline, on both ways to run one
+/// (on the pool, and on a checked-out connection). The deadlines spread over twice the time a
+/// transaction takes here (measured first, so the spread follows the machine), so that some
+/// commits land before the deadline, some after and some at it. Whatever the outcome, the
+/// caller is told the truth: a transaction reported committed is in the table, one reported
+/// failed is not.
+#[test]
+fn a_commit_racing_the_deadline_is_never_reported_wrongly() {
+    let pg = Pg::start();
+    let pool = pool(&pg, 4);
+    pool.batch_execute("CREATE TABLE t (x int)").unwrap();
+    let insert = |x: i32| {
+        move |tx: &mut greenhub_dbpool::pg::Transaction<'_>| -> Result<(), _> {
+            tx.execute("INSERT INTO t VALUES ($1)", &[&x]).map(drop)
+        }
+    };
+    // What a transaction takes, warm: the median of a few (their rows are removed after).
+    let mut took: Vec<Duration> = (0..21)
+        .map(|_| {
+            let t0 = Instant::now();
+            pool.transaction(insert(-1)).unwrap();
+            t0.elapsed()
+        })
+        .collect();
+    took.sort();
+    let typical = took[took.len() / 2];
+    pool.execute("DELETE FROM t", vec![]).unwrap();
+
+    const WORKERS: i32 = 4;
+    const ROUNDS: i32 = 100;
+    let threads: Vec<_> = (0..WORKERS)
+        .map(|w| {
+            let pool = pool.clone();
+            spawn(move || {
+                let mut outcomes = Vec::new();
+                for r in 0..ROUNDS {
+                    let x = w * ROUNDS + r;
+                    // 0 to 2x the typical time, in 50 steps.
+                    let budget = typical * 2 * (x as u32 % 50) / 50;
+                    let outcome = if x % 2 == 0 {
+                        greenhub::with_timeout(budget, || pool.transaction(insert(x)))
+                    } else {
+                        greenhub::with_timeout(budget, || pool.get()?.transaction(insert(x)))
+                    };
+                    outcomes.push((x, outcome));
+                }
+                outcomes
+            })
+        })
+        .collect();
+    let mut committed = HashSet::new();
+    let (mut ok, mut failed) = (0, 0);
+    for t in threads {
+        for (x, outcome) in t.wait().unwrap() {
+            match outcome {
+                Ok(()) => {
+                    committed.insert(x);
+                    ok += 1;
+                }
+                Err(Error::TimedOut | Error::PoolTimeout { .. } | Error::Returned) => failed += 1,
+                Err(e) => panic!("transaction {x}: {e}"),
+            }
+        }
+    }
+    assert_eq!(ok + failed, WORKERS * ROUNDS);
+    // Calls abandoned by their callers end on the pool threads (rolled back): wait for them.
+    let give_up = Instant::now() + Duration::from_secs(30);
+    while pool.state().in_use > 0 && Instant::now() < give_up {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let rows: HashSet<i32> = pool
+        .query("SELECT x FROM t", vec![])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let lost: Vec<_> = committed.difference(&rows).collect();
+    let untold: Vec<_> = rows.difference(&committed).collect();
+    assert!(lost.is_empty(), "reported committed but missing: {lost:?}");
+    assert!(
+        untold.is_empty(),
+        "reported failed but committed: {untold:?} ({ok} committed, {failed} failed, \
+         a transaction takes {typical:?})"
+    );
+}

@@ -209,6 +209,7 @@ pub mod ext {
     pub use crate::core::registry::Inspect;
     pub use crate::core::token::Token;
     pub use crate::core::wait::{FdWatch, Waiter};
+    pub use crate::green::time::without_deadline;
     pub use greenhub_snapshot::{Interest, ObjectInfo, ObjectKind, WaitOn};
 }
 
