@@ -87,6 +87,8 @@ fn bad_env_vars_are_reported_once_at_start_and_keep_their_defaults() {
             ("GREENHUB_WORKERS", "lots"),
             ("GREENHUB_STACK_SIZE", "1k"),
             ("GREENHUB_MAX_THREADS", "96k"),
+            // A value that would clear the screen is shown escaped, never sent to the terminal.
+            ("GREENHUB_FINISHED_HISTORY", "\u{1b}[2J"),
         ],
         Duration::from_secs(60),
     );
@@ -119,6 +121,13 @@ fn bad_env_vars_are_reported_once_at_start_and_keep_their_defaults() {
         "{}",
         text(&out)
     );
+    assert_eq!(
+        lines("GREENHUB_FINISHED_HISTORY=\"\\u{1b}[2J\" is invalid"),
+        1,
+        "{}",
+        text(&out)
+    );
+    assert!(!stderr.contains('\u{1b}'), "{}", text(&out));
     assert!(
         stdout.contains("from_env: environment variable GREENHUB_WORKERS=\"lots\" is invalid"),
         "{}",
