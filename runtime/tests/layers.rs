@@ -54,6 +54,16 @@ fn code(line: &str) -> &str {
     line
 }
 
+/// A source file's code, comments left out.
+fn code_of(file: &Path) -> String {
+    std::fs::read_to_string(file)
+        .unwrap()
+        .lines()
+        .map(code)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// Every path the text names after `crate::`, as its segments (`use crate::{a::b, c}` gives
 /// `a::b` and `c`).
 fn crate_paths(text: &str) -> Vec<Vec<String>> {
@@ -143,12 +153,7 @@ fn imports_run_one_way_and_never_in_a_circle() {
                 rel.display()
             )
         });
-        let text: String = std::fs::read_to_string(file)
-            .unwrap()
-            .lines()
-            .map(|l| code(l).to_string())
-            .collect::<Vec<_>>()
-            .join("\n");
+        let text = code_of(file);
         for path in crate_paths(&text) {
             let Some(first) = path.first() else { continue };
             let Some(their_rank) = rank(first) else {
@@ -248,12 +253,7 @@ fn the_pool_crates_import_in_one_direction() {
             if me == ["lib"] {
                 continue;
             }
-            let text: String = std::fs::read_to_string(file)
-                .unwrap()
-                .lines()
-                .map(|l| code(l).to_string())
-                .collect::<Vec<_>>()
-                .join("\n");
+            let text = code_of(file);
             for path in crate_paths(&text) {
                 let target = (1..=path.len())
                     .rev()
