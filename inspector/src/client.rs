@@ -1,15 +1,29 @@
 //! Talking to a live process over its attach socket (see [`greenhub_snapshot::attach`]).
 
 use std::io::{self, BufRead, BufReader, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use greenhub_snapshot::attach::{Summary, directory};
 use greenhub_snapshot::{SCHEMA_VERSION, Snapshot};
 
-/// How long an answer may take. A snapshot of 100,000 green threads takes well under this.
-const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a snapshot may take to arrive, all of it. One of 100,000 green threads takes well
+/// under a second.
+const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a summary may take: `list` asks every process for one, and a process that
+/// answers slowly must not hold it up.
+const SUMMARY_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The longest snapshot read, in bytes: 100,000 green threads make about 30 MB, and a
+/// process cannot hold many more (`vm.max_map_count`).
+pub const MAX_SNAPSHOT: usize = 128 << 20;
+
+/// The longest summary read, in bytes.
+const MAX_SUMMARY: usize = 64 << 10;
 
 /// Why a process could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +64,23 @@ pub enum InspectError {
         /// What was wrong.
         reason: String,
     },
+    /// The socket's directory or the process behind it is not this user's: another user
+    /// could answer in the target's place, so nothing is read.
+    #[error("not reading {}: {reason}", path.display())]
+    Untrusted {
+        /// The directory or socket.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The answer did not end in time (a stuck process, or one that trickles bytes).
+    #[error("process {pid} did not answer within {}s", limit.as_secs())]
+    TimedOut {
+        /// The pid asked for.
+        pid: u32,
+        /// The time it had.
+        limit: Duration,
+    },
     /// Reading or writing the socket failed.
     #[error("talking to process {pid}: {source}")]
     Io {
@@ -79,6 +110,11 @@ impl Client {
     /// was started with, when that differs from this process's).
     pub fn connect_in(dir: &Path, pid: u32) -> Result<Client, InspectError> {
         let path = dir.join(format!("{pid}.sock"));
+        let owner = match trusted_directory(dir) {
+            Ok(owner) => owner,
+            Err(InspectError::NotFound { .. }) => return Err(InspectError::NotFound { pid, path }),
+            Err(e) => return Err(e),
+        };
         let stream = match UnixStream::connect(&path) {
             Ok(s) => s,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -90,8 +126,21 @@ impl Client {
             Err(source) => return Err(InspectError::Io { pid, source }),
         };
         let io = |source| InspectError::Io { pid, source };
-        stream.set_read_timeout(Some(ANSWER_TIMEOUT)).map_err(io)?;
-        stream.set_write_timeout(Some(ANSWER_TIMEOUT)).map_err(io)?;
+        match peer_uid(&stream) {
+            Ok(uid) if uid == owner => {}
+            Ok(uid) => {
+                return Err(InspectError::Untrusted {
+                    path,
+                    reason: format!(
+                        "it is served by uid {uid}, not by the directory's owner {owner}"
+                    ),
+                });
+            }
+            Err(source) => return Err(InspectError::Io { pid, source }),
+        }
+        stream
+            .set_write_timeout(Some(SUMMARY_TIMEOUT))
+            .map_err(io)?;
         Ok(Client {
             pid,
             writer: stream.try_clone().map_err(io)?,
@@ -104,9 +153,10 @@ impl Client {
         self.pid
     }
 
-    /// Everything the process's registry holds now.
+    /// Everything the process's registry holds now, as the process sent it: before showing
+    /// its texts, escape them ([`Snapshot::escape_controls`]; `format_run_info` does).
     pub fn snapshot(&mut self) -> Result<Snapshot, InspectError> {
-        let snap: Snapshot = self.ask("snapshot")?;
+        let snap: Snapshot = self.ask("snapshot", MAX_SNAPSHOT, SNAPSHOT_TIMEOUT)?;
         if snap.schema_version != SCHEMA_VERSION {
             return Err(self.protocol(format!(
                 "snapshot schema {} (this inspector reads {SCHEMA_VERSION})",
@@ -118,34 +168,84 @@ impl Client {
 
     /// The process's name, live green threads and uptime.
     pub fn summary(&mut self) -> Result<Summary, InspectError> {
-        self.ask("summary")
+        self.ask("summary", MAX_SUMMARY, SUMMARY_TIMEOUT)
     }
 
-    /// Sends `request` and reads the one line that answers it.
-    fn ask<T: serde::de::DeserializeOwned>(&mut self, request: &str) -> Result<T, InspectError> {
+    /// Sends `request` and reads the one line that answers it: at most `limit` bytes, all of
+    /// it within `within`.
+    fn ask<T: serde::de::DeserializeOwned>(
+        &mut self,
+        request: &str,
+        limit: usize,
+        within: Duration,
+    ) -> Result<T, InspectError> {
         let pid = self.pid;
         let io = |source| InspectError::Io { pid, source };
         self.writer
             .write_all(format!("{request}\n").as_bytes())
             .map_err(io)?;
-        let mut line = String::new();
-        if self.reader.read_line(&mut line).map_err(io)? == 0 {
-            return Err(InspectError::Io {
-                pid,
-                source: io::ErrorKind::UnexpectedEof.into(),
-            });
-        }
+        let line = self.read_line(limit, within)?;
         // Straight into `T`: going through `serde_json::Value` first took most of a second for
         // a snapshot of 100,000 threads. Only a reply that is not a `T` is looked at again.
-        match serde_json::from_str::<T>(&line) {
+        match serde_json::from_slice::<T>(&line) {
             Ok(answer) => Ok(answer),
-            Err(e) => match serde_json::from_str::<Refusal>(&line) {
+            Err(e) => match serde_json::from_slice::<Refusal>(&line) {
                 Ok(r) => Err(InspectError::Refused {
                     pid,
-                    message: r.error,
+                    // Shown in terminals: escaped like every text from a target.
+                    message: greenhub_snapshot::escape_controls(&r.error).into_owned(),
                 }),
                 Err(_) => Err(self.protocol(e.to_string())),
             },
+        }
+    }
+
+    /// One line of at most `limit` bytes, ended within `within` however the bytes trickle in.
+    fn read_line(&mut self, limit: usize, within: Duration) -> Result<Vec<u8>, InspectError> {
+        let pid = self.pid;
+        let deadline = Instant::now() + within;
+        let timed_out = InspectError::TimedOut { pid, limit: within };
+        let mut line = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(timed_out);
+            }
+            self.reader
+                .get_ref()
+                .set_read_timeout(Some(left))
+                .map_err(|source| InspectError::Io { pid, source })?;
+            let buf = match self.reader.fill_buf() {
+                Ok(buf) => buf,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return Err(timed_out);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(source) => return Err(InspectError::Io { pid, source }),
+            };
+            if buf.is_empty() {
+                return Err(InspectError::Io {
+                    pid,
+                    source: io::ErrorKind::UnexpectedEof.into(),
+                });
+            }
+            let (taken, done) = match buf.iter().position(|&b| b == b'\n') {
+                Some(i) => (i + 1, true),
+                None => (buf.len(), false),
+            };
+            if line.len() + taken > limit + 1 {
+                return Err(self.protocol(format!("an answer longer than {limit} bytes")));
+            }
+            line.extend_from_slice(&buf[..taken]);
+            self.reader.consume(taken);
+            if done {
+                return Ok(line);
+            }
         }
     }
 
@@ -175,7 +275,18 @@ pub struct Listed {
 /// The inspectable processes of this user, by pid. Sockets left by processes that have ended
 /// are removed on the way (the directory is this user's own).
 pub fn list() -> io::Result<Vec<Listed>> {
-    let entries = match std::fs::read_dir(directory()) {
+    let dir = directory();
+    if let Err(e) = trusted_directory(&dir) {
+        return match e {
+            InspectError::Untrusted { .. } => Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                e.to_string(),
+            )),
+            // No directory: no process of this user has started one.
+            _ => Ok(Vec::new()),
+        };
+    }
+    let entries = match std::fs::read_dir(&dir) {
         Ok(e) => e,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(e),
@@ -202,4 +313,65 @@ pub fn list() -> io::Result<Vec<Listed>> {
     }
     found.sort_by_key(|l| l.pid);
     Ok(found)
+}
+
+/// Checks that `dir` is a real directory that only its owner can enter, owned by this user
+/// (root may read any user's), and returns its owner: the only uid trusted to answer there.
+fn trusted_directory(dir: &Path) -> Result<u32, InspectError> {
+    let untrusted = |reason: String| InspectError::Untrusted {
+        path: dir.to_path_buf(),
+        reason,
+    };
+    let meta = match std::fs::symlink_metadata(dir) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(InspectError::NotFound {
+                pid: 0,
+                path: dir.to_path_buf(),
+            });
+        }
+        Err(e) => return Err(untrusted(e.to_string())),
+    };
+    // SAFETY: geteuid has no failure mode.
+    let me = unsafe { libc::geteuid() };
+    if !meta.is_dir() {
+        return Err(untrusted("it is not a directory".into()));
+    }
+    if meta.uid() != me && me != 0 {
+        return Err(untrusted(format!(
+            "it belongs to uid {}, not to you (uid {me})",
+            meta.uid()
+        )));
+    }
+    if meta.mode() & 0o077 != 0 {
+        return Err(untrusted(format!(
+            "others can enter it (mode {:o}); it must be 0700",
+            meta.mode() & 0o777
+        )));
+    }
+    Ok(meta.uid())
+}
+
+/// The uid of the process at the other end of `stream`.
+fn peer_uid(stream: &UnixStream) -> io::Result<u32> {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: SO_PEERCRED fills a ucred of the given length on a connected Unix socket.
+    let r = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(cred.uid)
 }

@@ -74,7 +74,7 @@ fn run(command: Command) -> Result<(), String> {
                     Ok(s) => println!(
                         "{:>8}  {:<16} {:>9}  {:>10}",
                         p.pid,
-                        s.process,
+                        greenhub_snapshot::escape_controls(&s.process),
                         s.threads,
                         format_us(s.uptime_us)
                     ),

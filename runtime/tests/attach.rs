@@ -7,7 +7,7 @@ use std::os::unix::net::UnixStream;
 use std::process::Command;
 use std::sync::Once;
 
-use greenhub::inspect::attach::{MAX_REQUEST, Summary, socket_path};
+use greenhub::inspect::attach::{MAX_CLIENTS, MAX_REQUEST, Summary, socket_path};
 use greenhub::inspect::{Snapshot, ThreadState};
 
 /// Every test of this binary (and its children) uses one private directory of its own.
@@ -211,5 +211,47 @@ fn the_socket_goes_when_the_process_exits() {
     assert!(
         !std::path::Path::new(path).exists(),
         "{path} is removed at exit"
+    );
+}
+
+/// In a process of its own (its connections would take the slots of this binary's other
+/// tests): more silent connections than there are slots, then real readers.
+#[test]
+fn silent_connections_give_their_slots_to_a_real_reader() {
+    const CHILD: &str = "ATTACH_TEST_SILENT_CHILD";
+    if std::env::var_os(CHILD).is_some() {
+        setup();
+        let path = socket_path(std::process::id());
+        // They connect and never ask anything.
+        let silent: Vec<UnixStream> = (0..MAX_CLIENTS + 2)
+            .map(|_| UnixStream::connect(&path).unwrap())
+            .collect();
+        for _ in 0..3 {
+            let answer = Conn::open().ask(b"summary\n");
+            let summary: Summary = serde_json::from_str(&answer)
+                .unwrap_or_else(|e| panic!("a real reader was refused: {answer} ({e})"));
+            assert_eq!(summary.pid, std::process::id());
+        }
+        drop(silent);
+        println!("SERVED");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("greenhub-attach-silent-{}", std::process::id()));
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "silent_connections_give_their_slots_to_a_real_reader",
+            "--nocapture",
+        ])
+        .env(CHILD, "1")
+        .env("GREENHUB_ATTACH_DIR", &dir)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("SERVED"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
     );
 }

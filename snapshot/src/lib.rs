@@ -17,7 +17,9 @@
 
 pub mod attach;
 mod schema;
+mod text;
 mod wait;
 
 pub use schema::*;
+pub use text::escape_controls;
 pub use wait::{Interest, MAX_KIND_NAME, MAX_KINDS, ObjectKind, WaitOn};

@@ -11,6 +11,7 @@ use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
+use crate::text::escape_controls;
 use crate::wait::{Interest, ObjectKind, WaitOn};
 
 /// The version of the snapshot's JSON schema.
@@ -346,11 +347,11 @@ impl ObjectInfo {
     pub fn describe(&self) -> String {
         let mut s = format!("{} #{}", self.kind.name(), self.id);
         if let Some(name) = &self.name {
-            let _ = write!(s, " \"{name}\"");
+            let _ = write!(s, " \"{}\"", escape_controls(name));
         }
         let _ = write!(s, ": {} waiting", self.waiters);
         for (k, v) in &self.counts {
-            let _ = write!(s, ", {k} {v}");
+            let _ = write!(s, ", {} {v}", escape_controls(k));
         }
         s
     }
@@ -377,12 +378,13 @@ impl ThreadInfo {
     pub fn describe(&self) -> String {
         let mut s = format!("#{}", self.id);
         if let Some(name) = &self.name {
-            let _ = write!(s, " \"{name}\"");
+            let _ = write!(s, " \"{}\"", escape_controls(name));
         }
         match (self.state, &self.waiting_on) {
             (ThreadState::Waiting, Some(on)) => {
                 match (on, &self.waiting_on_name) {
                     (WaitOn::Object { object, id }, Some(name)) => {
+                        let name = escape_controls(name);
                         let _ = write!(s, " waiting on {object} \"{name}\" #{id}");
                     }
                     _ => {
@@ -408,7 +410,7 @@ impl ThreadInfo {
         let _ = write!(
             s,
             " [spawned at {}, age {}, ran {}, {} switches]",
-            self.spawn_site,
+            escape_controls(&self.spawn_site),
             format_us(self.age_us),
             format_us(self.run_time_us),
             self.switches
@@ -428,7 +430,7 @@ impl Snapshot {
              {} finished ({} panicked, {} killed), {} switches\n\
              timers: {}, descriptors: {}, objects: {}, blocked workers now: {}\n",
             self.pid,
-            self.process,
+            escape_controls(&self.process),
             format_us(self.uptime_us),
             self.runtime.workers,
             t.live,
@@ -478,7 +480,9 @@ impl Snapshot {
                 let _ = writeln!(
                     out,
                     "  timer #{} {:?} {due}{owner} [set at {}]",
-                    tm.id, tm.kind, tm.site
+                    tm.id,
+                    tm.kind,
+                    escape_controls(&tm.site)
                 );
             }
         }
@@ -507,7 +511,7 @@ impl Snapshot {
                 let name = b
                     .name
                     .as_deref()
-                    .map(|n| format!(" \"{n}\""))
+                    .map(|n| format!(" \"{}\"", escape_controls(n)))
                     .unwrap_or_default();
                 let _ = writeln!(
                     out,
@@ -517,7 +521,7 @@ impl Snapshot {
                     b.tid,
                     format_us(b.duration_us),
                     if b.ongoing { ", still holding it" } else { "" },
-                    b.spawn_site.as_deref().unwrap_or("?")
+                    escape_controls(b.spawn_site.as_deref().unwrap_or("?"))
                 );
             }
         }

@@ -189,7 +189,8 @@ impl<'de> Deserialize<'de> for ObjectKind {
     /// kind, new ones are added within [`MAX_KINDS`] and [`MAX_KIND_NAME`] (a reader facing a
     /// hostile producer keeps a bounded table), the rest read as [`ObjectKind::OTHER`].
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<ObjectKind, D::Error> {
-        let name = String::deserialize(d)?;
+        // A kind read from another process is shown in terminals: kept escaped.
+        let name = crate::escape_controls(&String::deserialize(d)?).into_owned();
         Ok(match ObjectKind::find(&name) {
             Some(kind) => kind,
             None => ObjectKind::intern(&name, || Box::leak(name.clone().into_boxed_str())),

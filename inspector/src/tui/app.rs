@@ -264,8 +264,10 @@ impl App {
         }
     }
 
-    /// Takes a new snapshot, taken at `at`.
-    pub fn update(&mut self, snapshot: Snapshot, at: Instant) {
+    /// Takes a new snapshot, taken at `at`. Its texts are escaped here: names and sites come
+    /// from the target and must not drive the terminal.
+    pub fn update(&mut self, mut snapshot: Snapshot, at: Instant) {
+        snapshot.escape_controls();
         let switches = snapshot.totals.switches;
         if let Some((then, before)) = self.last_switches {
             let secs = at.saturating_duration_since(then).as_secs_f64();

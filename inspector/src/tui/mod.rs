@@ -16,7 +16,7 @@ pub use view::{render, render_text};
 
 use greenhub_snapshot::Snapshot;
 
-use crate::Client;
+use crate::{Client, InspectError};
 
 /// Runs the TUI on the terminal until the user quits. The process may end meanwhile: the last
 /// snapshot stays on screen with the error above it, and the view reconnects if it comes back.
@@ -109,18 +109,27 @@ impl Fetcher {
     }
 }
 
-/// Takes a new snapshot, reconnecting if the connection was lost.
+/// Takes a new snapshot, reconnecting if the connection was lost: the process closes a
+/// connection that sat idle while other inspectors wanted its slot (a paused TUI's).
 fn fetch(pid: u32, client: &mut Option<Client>) -> Result<Snapshot, String> {
-    if client.is_none() {
-        *client = Client::connect(pid).ok();
+    let mut fresh = false;
+    loop {
+        if client.is_none() {
+            *client = Client::connect(pid).ok();
+            fresh = true;
+        }
+        let Some(c) = client else {
+            return Err(format!("process {pid} is not answering"));
+        };
+        match c.snapshot() {
+            Ok(snap) => return Ok(snap),
+            Err(InspectError::Io { .. }) if !fresh => *client = None,
+            Err(e) => {
+                *client = None;
+                return Err(e.to_string());
+            }
+        }
     }
-    let Some(c) = client else {
-        return Err(format!("process {pid} is not answering"));
-    };
-    c.snapshot().map_err(|e| {
-        *client = None;
-        e.to_string()
-    })
 }
 
 fn map(code: KeyCode) -> Option<Key> {

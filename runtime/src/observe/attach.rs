@@ -18,7 +18,9 @@
 //!
 //! Anything else gets `{"error": "..."}` and the connection stays usable; a request longer
 //! than `MAX_REQUEST` bytes gets an error and the connection is closed. At most
-//! `MAX_CLIENTS` inspectors are served at once. The socket is removed when the process
+//! `MAX_CLIENTS` inspectors are served at once; when all slots are taken, a new inspector
+//! gets the slot of the one that has been idle longest, so silent connections cannot lock a
+//! real reader out (only readers in the middle of an answer keep theirs). The socket is removed when the process
 //! exits normally; one left by a crash is replaced by the next process with that pid and
 //! skipped by `inspector list` (nobody answers on it).
 //!
@@ -30,8 +32,8 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use greenhub_snapshot::SCHEMA_VERSION;
@@ -40,6 +42,8 @@ use greenhub_snapshot::attach::{
 };
 
 use crate::core::registry::registry;
+use parking_lot::Mutex;
+
 use crate::core::{clock, report};
 use crate::observe::snapshot::{process_name, snapshot};
 
@@ -109,31 +113,78 @@ fn private_directory(dir: &Path) -> io::Result<()> {
     Ok(())
 }
 
-static CLIENTS: AtomicUsize = AtomicUsize::new(0);
+/// A served inspector: its connection (to close it) and when it last asked something.
+struct Slot {
+    id: u64,
+    conn: UnixStream,
+    last_ms: Arc<AtomicU64>,
+}
+
+/// The inspectors served now, at most `MAX_CLIENTS`.
+static SLOTS: Mutex<Vec<Slot>> = Mutex::new(Vec::new());
+
+fn now_ms() -> u64 {
+    clock::uptime().as_millis() as u64
+}
 
 fn serve(listener: UnixListener) {
+    let mut next_id = 0u64;
     for conn in listener.incoming() {
         let Ok(mut conn) = conn else { continue };
         if let Err(reason) = allowed(&conn) {
             let _ = reply(&mut conn, &error(&reason));
             continue;
         }
-        if CLIENTS.fetch_add(1, Ordering::AcqRel) >= MAX_CLIENTS {
-            CLIENTS.fetch_sub(1, Ordering::AcqRel);
-            let _ = reply(
-                &mut conn,
-                &error(&format!("{MAX_CLIENTS} inspectors are attached already")),
-            );
+        let Ok(handle) = conn.try_clone() else {
             continue;
+        };
+        next_id += 1;
+        let id = next_id;
+        let last_ms = Arc::new(AtomicU64::new(now_ms()));
+        {
+            let mut slots = SLOTS.lock();
+            if slots.len() >= MAX_CLIENTS {
+                // The slot of the connection idle longest (not one mid-answer) goes to the
+                // newcomer: silent connections (a paused TUI, or someone holding slots on
+                // purpose) never lock a real `inspector dump` out, and an idle reader that
+                // loses its slot just connects again.
+                let oldest = slots
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, s)| s.last_ms.load(Ordering::Relaxed) != u64::MAX)
+                    .min_by_key(|(_, s)| s.last_ms.load(Ordering::Relaxed))
+                    .map(|(i, _)| i);
+                match oldest {
+                    Some(i) => {
+                        // Its thread sees the end of its connection and leaves.
+                        let _ = slots.swap_remove(i).conn.shutdown(std::net::Shutdown::Both);
+                    }
+                    None => {
+                        drop(slots);
+                        let _ = reply(
+                            &mut conn,
+                            &error(&format!(
+                                "{MAX_CLIENTS} inspectors are busy reading already"
+                            )),
+                        );
+                        continue;
+                    }
+                }
+            }
+            slots.push(Slot {
+                id,
+                conn: handle,
+                last_ms: last_ms.clone(),
+            });
         }
         let spawned = std::thread::Builder::new()
             .name("greenhub-attach-client".into())
             .spawn(move || {
-                let _ = client(conn);
-                CLIENTS.fetch_sub(1, Ordering::AcqRel);
+                let _ = client(conn, &last_ms);
+                SLOTS.lock().retain(|s| s.id != id);
             });
         if spawned.is_err() {
-            CLIENTS.fetch_sub(1, Ordering::AcqRel);
+            SLOTS.lock().retain(|s| s.id != id);
         }
     }
 }
@@ -174,7 +225,7 @@ fn allowed(conn: &UnixStream) -> Result<(), String> {
 }
 
 /// Serves one inspector until it hangs up, goes quiet or misbehaves.
-fn client(conn: UnixStream) -> io::Result<()> {
+fn client(conn: UnixStream, last_ms: &AtomicU64) -> io::Result<()> {
     conn.set_read_timeout(Some(IDLE))?;
     conn.set_write_timeout(Some(IDLE))?;
     let mut out = conn.try_clone()?;
@@ -189,6 +240,8 @@ fn client(conn: UnixStream) -> io::Result<()> {
         if n == 0 {
             return Ok(());
         }
+        // Busy until the answer is out: a slot is never taken from a reader mid-answer.
+        last_ms.store(u64::MAX, Ordering::Relaxed);
         if line.last() != Some(&b'\n') {
             let why = if line.len() > MAX_REQUEST {
                 format!("request longer than {MAX_REQUEST} bytes")
@@ -208,6 +261,7 @@ fn client(conn: UnixStream) -> io::Result<()> {
         };
         let answer = answer.unwrap_or_else(|e| error(&format!("cannot encode the answer: {e}")));
         reply(&mut out, &answer)?;
+        last_ms.store(now_ms(), Ordering::Relaxed);
     }
 }
 
