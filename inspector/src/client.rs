@@ -1,13 +1,12 @@
 //! Talking to a live process over its attach socket (see [`greenhub_snapshot::attach`]).
 
 use std::io::{self, BufRead, BufReader, Write};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use greenhub_snapshot::attach::{Summary, directory};
+use greenhub_snapshot::attach::{Summary, directory, peer_uid};
 use greenhub_snapshot::{SCHEMA_VERSION, Snapshot};
 
 /// How long a snapshot may take to arrive, all of it. One of 100,000 green threads takes well
@@ -350,28 +349,4 @@ fn trusted_directory(dir: &Path) -> Result<u32, InspectError> {
         )));
     }
     Ok(meta.uid())
-}
-
-/// The uid of the process at the other end of `stream`.
-fn peer_uid(stream: &UnixStream) -> io::Result<u32> {
-    let mut cred = libc::ucred {
-        pid: 0,
-        uid: 0,
-        gid: 0,
-    };
-    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-    // SAFETY: SO_PEERCRED fills a ucred of the given length on a connected Unix socket.
-    let r = unsafe {
-        libc::getsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            (&mut cred as *mut libc::ucred).cast(),
-            &mut len,
-        )
-    };
-    if r != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(cred.uid)
 }

@@ -13,6 +13,9 @@
 //! than [`MAX_REQUEST`] bytes gets an error and the connection is closed. At most
 //! [`MAX_CLIENTS`] clients are served at once.
 
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
@@ -64,4 +67,30 @@ pub fn directory() -> PathBuf {
 /// Where the process `pid` of this user listens.
 pub fn socket_path(pid: u32) -> PathBuf {
     directory().join(format!("{pid}.sock"))
+}
+
+/// The uid of the process at the other end of a connected Unix socket: both ends of the
+/// attach channel check it (the process serves only its user and root; the inspector trusts
+/// only the directory's owner).
+pub fn peer_uid(stream: &UnixStream) -> io::Result<u32> {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: SO_PEERCRED fills a ucred of the given length on a connected Unix socket.
+    let r = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(cred.uid)
 }

@@ -28,7 +28,6 @@
 //! `GREENHUB_ATTACH_DIR` puts the sockets in another private directory.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -38,7 +37,8 @@ use std::time::Duration;
 
 use greenhub_snapshot::SCHEMA_VERSION;
 use greenhub_snapshot::attach::{
-    MAX_CLIENTS, MAX_REQUEST, REQUEST_SNAPSHOT, REQUEST_SUMMARY, Summary, directory, socket_path,
+    MAX_CLIENTS, MAX_REQUEST, REQUEST_SNAPSHOT, REQUEST_SUMMARY, Summary, directory, peer_uid,
+    socket_path,
 };
 
 use crate::core::registry::registry;
@@ -191,34 +191,12 @@ fn serve(listener: UnixListener) {
 
 /// Whether the peer runs as this user or as root.
 fn allowed(conn: &UnixStream) -> Result<(), String> {
-    let mut cred = libc::ucred {
-        pid: 0,
-        uid: 0,
-        gid: 0,
-    };
-    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-    // SAFETY: SO_PEERCRED fills a ucred of the given length on a connected Unix socket.
-    let r = unsafe {
-        libc::getsockopt(
-            conn.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            (&mut cred as *mut libc::ucred).cast(),
-            &mut len,
-        )
-    };
-    if r != 0 {
-        return Err(format!(
-            "cannot read the peer's credentials: {}",
-            io::Error::last_os_error()
-        ));
-    }
+    let uid = peer_uid(conn).map_err(|e| format!("cannot read the peer's credentials: {e}"))?;
     // SAFETY: geteuid has no failure mode.
     let me = unsafe { libc::geteuid() };
-    if cred.uid != me && cred.uid != 0 {
+    if uid != me && uid != 0 {
         return Err(format!(
-            "permission denied: uid {} may not inspect a process of uid {me}",
-            cred.uid
+            "permission denied: uid {uid} may not inspect a process of uid {me}"
         ));
     }
     Ok(())
