@@ -499,8 +499,8 @@ impl<M: Backend> Inspect for Inner<M> {
         .count("size", u64::from(s.size))
         .count("idle", u64::from(s.idle))
         .count("in_use", u64::from(s.in_use))
-        .count("timeouts", stats.timeouts)
-        .count("leaks", stats.leaks);
+        .total("timeouts", stats.timeouts)
+        .total("leaks", stats.leaks);
         if let Ok(detail) = serde_json::to_value(&stats) {
             info = info.with_detail(detail);
         }

@@ -95,8 +95,8 @@ fn a_million_items_through_hundreds_of_green_threads_each_delivered_once_in_orde
     }
     assert_exactly_once(&all, N);
     assert_eq!(q.len(), 0);
-    assert_eq!(object(q.id()).counts["puts"], N);
-    assert_eq!(object(q.id()).counts["gets"], N);
+    assert_eq!(object(q.id()).totals["puts"], N);
+    assert_eq!(object(q.id()).totals["gets"], N);
 }
 
 #[test]

@@ -88,51 +88,233 @@ fn stats_and_a_filtered_snapshot_show_the_waiting_threads() {
     busy.kill();
 }
 
+/// `promtool check metrics` on an exposition: its complaints (empty when it is valid and
+/// follows Prometheus's naming rules).
+fn promtool(text: &str) -> String {
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package `prometheus`) runs the exposition check");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let said =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    if out.status.success() {
+        String::new()
+    } else {
+        said
+    }
+}
+
+/// The samples of an exposition: series (name and labels) to value.
+fn samples(text: &str) -> std::collections::HashMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| {
+            let (series, value) = l.rsplit_once(' ').unwrap();
+            (series.to_owned(), value.parse().unwrap())
+        })
+        .collect()
+}
+
+/// A registered object with a latency summary in its detail, as the pools report them.
+struct Timed {
+    reg: greenhub::ext::Registration,
+    name: Option<String>,
+}
+
+impl greenhub::ext::Inspect for Timed {
+    fn inspect(&self) -> greenhub::ext::ObjectInfo {
+        greenhub::ext::ObjectInfo::new(
+            greenhub::ext::ObjectKind::named("timed thing"),
+            self.reg.id(),
+            self.name.as_deref(),
+            1,
+        )
+        .count("level", 2)
+        .total("served", 5)
+        .with_detail(serde_json::json!({
+            "wait": {"count": 4, "sum_us": 2_000_000, "p50_us": 500_000, "p90_us": 600_000,
+                     "p99_us": 700_000, "max_us": 700_000},
+        }))
+    }
+}
+
+fn timed(name: Option<&str>) -> std::sync::Arc<Timed> {
+    std::sync::Arc::new_cyclic(|weak: &std::sync::Weak<Timed>| Timed {
+        reg: greenhub::ext::Registration::new(weak.clone()),
+        name: name.map(String::from),
+    })
+}
+
 #[test]
-fn metrics_are_prometheus_text() {
+fn metrics_pass_promtool_and_series_do_not_grow_with_unnamed_objects() {
     setup();
     let queue = greenhub::Queue::<u32>::unbounded().named("metrics-queue");
     queue.put(1).unwrap();
-    let (status, body) = get("GET", "/metrics");
+    let (status, before) = get("GET", "/metrics");
     assert_eq!(status, 200);
-    let mut typed = std::collections::HashSet::new();
-    for line in body.lines() {
-        if let Some(rest) = line.strip_prefix("# TYPE ") {
-            let (name, kind) = rest.split_once(' ').unwrap();
-            assert!(["gauge", "counter", "summary"].contains(&kind), "{line}");
-            assert!(typed.insert(name.to_owned()), "{name} typed twice");
-            continue;
-        }
-        if line.starts_with('#') {
-            continue;
-        }
-        // name{labels} value
-        let (series, value) = line.rsplit_once(' ').unwrap();
-        value
-            .parse::<f64>()
-            .unwrap_or_else(|_| panic!("not a number in {line}"));
-        let name = series.split('{').next().unwrap();
-        assert!(
-            name.chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'),
-            "{line}"
-        );
-        let family = name.strip_suffix("_count").unwrap_or(name);
-        assert!(
-            typed.contains(name) || typed.contains(family),
-            "{name} has no TYPE before it"
-        );
-    }
-    for expected in [
+    let complaints = promtool(&before);
+    assert!(complaints.is_empty(), "promtool: {complaints}\n{before}");
+
+    // 10,000 unnamed events and one named: the unnamed ones share one series per family.
+    let events: Vec<_> = (0..10_000)
+        .map(|_| greenhub::Event::<(), ()>::new())
+        .collect();
+    let named = greenhub::Event::<(), ()>::new().named("metrics-event");
+    let (_, after) = get("GET", "/metrics");
+    let complaints = promtool(&after);
+    assert!(complaints.is_empty(), "promtool: {complaints}\n{after}");
+    let (b, a) = (samples(&before), samples(&after));
+    assert!(
+        a.len() <= b.len() + 10,
+        "series grew from {} to {} with 10,000 unnamed objects",
+        b.len(),
+        a.len()
+    );
+    assert!(a["greenhub_objects{kind=\"event\"}"] >= 10_001.0);
+    assert_eq!(a["greenhub_event_set{name=\"metrics-event\"}"], 0.0);
+    assert!(a.contains_key("greenhub_event_set{name=\"\"}"));
+    assert_eq!(a["greenhub_queue_len{name=\"metrics-queue\"}"], 1.0);
+    assert_eq!(a["greenhub_queue_puts_total{name=\"metrics-queue\"}"], 1.0);
+    for family in [
         "greenhub_threads{state=\"waiting\"}",
-        "greenhub_threads_spawned_total ",
-        "greenhub_switches_total ",
-        "greenhub_blocked_workers 0",
-        "greenhub_queue_len{name=\"metrics-queue\"",
+        "greenhub_threads_spawned_total",
+        "greenhub_switches_total",
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "process_open_fds",
+        "process_max_fds",
+        "process_start_time_seconds",
     ] {
-        assert!(body.contains(expected), "{expected} missing from:\n{body}");
+        assert!(a.contains_key(family), "{family} missing from:\n{after}");
     }
+    let start = a["process_start_time_seconds"];
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(
+        start <= now + 1.0 && start > now - 3600.0,
+        "{start} vs {now}"
+    );
+    drop((events, named));
     assert_eq!(queue.get().unwrap(), 1);
+}
+
+#[test]
+fn latencies_are_summaries_with_sum_and_count_and_names_are_escaped() {
+    setup();
+    let one = timed(Some("solo \"pool\"\n"));
+    let twins = [timed(Some("twin")), timed(Some("twin"))];
+    let (_, text) = get("GET", "/metrics");
+    let complaints = promtool(&text);
+    assert!(complaints.is_empty(), "promtool: {complaints}\n{text}");
+    let s = samples(&text);
+    let solo = "name=\"solo \\\"pool\\\"\\n\"";
+    assert_eq!(
+        s[&format!("greenhub_timed_thing_wait_seconds{{{solo},quantile=\"0.5\"}}")],
+        0.5
+    );
+    assert_eq!(
+        s[&format!("greenhub_timed_thing_wait_seconds_sum{{{solo}}}")],
+        2.0
+    );
+    assert_eq!(
+        s[&format!("greenhub_timed_thing_wait_seconds_count{{{solo}}}")],
+        4.0
+    );
+    assert_eq!(
+        s[&format!("greenhub_timed_thing_served_total{{{solo}}}")],
+        5.0
+    );
+    // Two objects under one name: summed, without quantiles that cannot be summed.
+    assert_eq!(
+        s["greenhub_timed_thing_wait_seconds_count{name=\"twin\"}"],
+        8.0
+    );
+    assert_eq!(s["greenhub_timed_thing_level{name=\"twin\"}"], 4.0);
+    assert_eq!(s["greenhub_timed_thing_waiting{name=\"twin\"}"], 2.0);
+    assert!(!s.contains_key("greenhub_timed_thing_wait_seconds{name=\"twin\",quantile=\"0.5\"}"));
+    assert_eq!(
+        text.matches("# HELP greenhub_timed_thing_wait_seconds ")
+            .count(),
+        1,
+        "{text}"
+    );
+    drop((one, twins));
+}
+
+#[test]
+fn a_client_that_never_reads_does_not_hold_the_endpoint() {
+    setup();
+    // Enough threads that a snapshot is larger than the socket buffers.
+    let release = greenhub::Event::<(), ()>::new();
+    let waiters: Vec<_> = (0..3000)
+        .map(|i| {
+            let release = release.clone();
+            greenhub::thread::Builder::new()
+                .name(format!("never-read-{i}-{}", "x".repeat(100)))
+                .spawn(move || release.wait().is_ok())
+                .unwrap()
+        })
+        .collect();
+    let addr = greenhub::inspect::stats_addr().unwrap();
+    let mut hogs = Vec::new();
+    for _ in 0..4 {
+        let mut hog = TcpStream::connect(addr).unwrap();
+        for _ in 0..20 {
+            hog.write_all(b"GET /snapshot HTTP/1.1\r\nHost: x\r\n\r\n")
+                .unwrap();
+        }
+        hogs.push(hog);
+    }
+    for _ in 0..5 {
+        assert_eq!(get("GET", "/stats").0, 200);
+    }
+    drop(hogs);
+    release.set(()).unwrap();
+    for w in waiters {
+        assert!(w.wait().unwrap());
+    }
+}
+
+#[test]
+fn half_sent_requests_cost_no_thread_and_lock_nobody_out() {
+    setup();
+    let addr = greenhub::inspect::stats_addr().unwrap();
+    let tasks = || std::fs::read_dir("/proc/self/task").unwrap().count();
+    let before = tasks();
+    let half: Vec<TcpStream> = (0..300)
+        .map(|_| {
+            let mut s = TcpStream::connect(addr).unwrap();
+            s.write_all(b"GET /stats HTTP/1.1\r\nHost: loc").unwrap();
+            s
+        })
+        .collect();
+    assert_eq!(get("GET", "/stats").0, 200);
+    // Green threads of other tests start workers' helpers at most; not one per connection.
+    assert!(tasks() < before + 100, "{before} -> {}", tasks());
+    drop(half);
+    // An endless header line is refused at the bound, not buffered.
+    let mut endless = TcpStream::connect(addr).unwrap();
+    endless
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    endless.write_all(b"GET /stats HTTP/1.1\r\nX: ").unwrap();
+    let line = vec![b'a'; 64 * 1024];
+    let _ = endless.write_all(&line);
+    let mut answer = String::new();
+    let _ = endless.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
 }
 
 #[test]

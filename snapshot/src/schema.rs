@@ -311,6 +311,11 @@ pub struct ObjectInfo {
     /// The object's own counts, by name: `len` and `capacity` for a queue, `permits` for a
     /// semaphore, `running` and `size` for a pool, and so on (each type documents its own).
     pub counts: BTreeMap<String, u64>,
+    /// The object's running totals, by name: counts that only grow over its life (`puts`
+    /// and `gets` of a queue, `acquired` of a semaphore, `submitted` of a thread pool), which
+    /// a monitoring system turns into rates.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub totals: BTreeMap<String, u64>,
     /// Structured state that counts cannot hold (histograms, running calls, checkouts), as
     /// JSON in a shape the object's crate documents and can read back (the tpool's
     /// `PoolStats`, say).
@@ -327,6 +332,7 @@ impl ObjectInfo {
             name: name.map(String::from),
             waiters,
             counts: BTreeMap::new(),
+            totals: BTreeMap::new(),
             detail: None,
         }
     }
@@ -337,20 +343,26 @@ impl ObjectInfo {
         self
     }
 
-    /// Adds a count.
+    /// Adds a count: a level that goes up and down (see [`ObjectInfo::counts`]).
     pub fn count(mut self, name: &str, value: u64) -> ObjectInfo {
         self.counts.insert(name.to_string(), value);
         self
     }
 
-    /// One line: kind, id, name, waiters and counts.
+    /// Adds a running total: a count that only grows (see [`ObjectInfo::totals`]).
+    pub fn total(mut self, name: &str, value: u64) -> ObjectInfo {
+        self.totals.insert(name.to_string(), value);
+        self
+    }
+
+    /// One line: kind, id, name, waiters, counts and totals.
     pub fn describe(&self) -> String {
         let mut s = format!("{} #{}", self.kind.name(), self.id);
         if let Some(name) = &self.name {
             let _ = write!(s, " \"{}\"", escape_controls(name));
         }
         let _ = write!(s, ": {} waiting", self.waiters);
-        for (k, v) in &self.counts {
+        for (k, v) in self.counts.iter().chain(&self.totals) {
             let _ = write!(s, ", {} {v}", escape_controls(k));
         }
         s

@@ -76,11 +76,13 @@ impl Snapshot {
         }
         for o in &mut self.objects {
             clean_opt(&mut o.name);
-            if o.counts.keys().any(|k| k.chars().any(hidden)) {
-                o.counts = std::mem::take(&mut o.counts)
-                    .into_iter()
-                    .map(|(k, v)| (escape_controls(&k).into_owned(), v))
-                    .collect();
+            for map in [&mut o.counts, &mut o.totals] {
+                if map.keys().any(|k| k.chars().any(hidden)) {
+                    *map = std::mem::take(map)
+                        .into_iter()
+                        .map(|(k, v)| (escape_controls(&k).into_owned(), v))
+                        .collect();
+                }
             }
         }
     }

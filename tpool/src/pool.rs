@@ -503,10 +503,11 @@ impl Inspect for Shared {
         .count("threads", stats.threads as u64)
         .count("busy", stats.busy as u64)
         .count("queued", stats.queued as u64)
-        .count("submitted", stats.submitted)
-        .count("completed", stats.completed)
-        .count("panicked", stats.panicked)
-        .count("timed_out", stats.timed_out);
+        .total("submitted", stats.submitted)
+        .total("completed", stats.completed)
+        .total("panicked", stats.panicked)
+        .total("timed_out", stats.timed_out)
+        .total("cancelled", stats.cancelled);
         if let Ok(detail) = serde_json::to_value(&stats) {
             info = info.with_detail(detail);
         }

@@ -57,6 +57,9 @@ pub struct PoolStats {
 pub struct Summary {
     /// Samples recorded.
     pub count: u64,
+    /// Their sum (each sample as recorded, clamped to 1 µs .. 1 hour).
+    #[serde(default)]
+    pub sum_us: u64,
     /// Median.
     pub p50_us: u64,
     /// 90th percentile.
@@ -104,8 +107,13 @@ pub struct RunningCall {
 /// let mut d = greenhub_tpool::Durations::new();
 /// d.record(Duration::from_micros(250));
 /// assert_eq!(d.summary().count, 1);
+/// assert_eq!(d.summary().sum_us, 250);
 /// ```
-pub struct Durations(Histogram<u64>);
+pub struct Durations {
+    histogram: Histogram<u64>,
+    /// The exact sum: a histogram keeps only buckets.
+    sum_us: u64,
+}
 
 impl Default for Durations {
     fn default() -> Durations {
@@ -117,27 +125,33 @@ impl Durations {
     /// An empty histogram.
     pub fn new() -> Durations {
         // Bounds are valid constants: construction cannot fail.
-        Durations(Histogram::new_with_bounds(1, 3_600_000_000, 2).expect("valid bounds"))
+        Durations {
+            histogram: Histogram::new_with_bounds(1, 3_600_000_000, 2).expect("valid bounds"),
+            sum_us: 0,
+        }
     }
 
     /// Records one duration (clamped to 1 µs .. 1 hour).
     pub fn record(&mut self, d: Duration) {
         let us = (d.as_micros() as u64).clamp(1, 3_600_000_000);
         // Clamped into the bounds: recording cannot fail.
-        let _ = self.0.record(us);
+        let _ = self.histogram.record(us);
+        self.sum_us = self.sum_us.saturating_add(us);
     }
 
     /// Adds another histogram's samples.
     pub fn add(&mut self, other: &Durations) {
         // Same bounds on both sides: adding cannot fail.
-        let _ = self.0.add(&other.0);
+        let _ = self.histogram.add(&other.histogram);
+        self.sum_us = self.sum_us.saturating_add(other.sum_us);
     }
 
     /// Count, percentiles and maximum.
     pub fn summary(&self) -> Summary {
-        let h = &self.0;
+        let h = &self.histogram;
         Summary {
             count: h.len(),
+            sum_us: self.sum_us,
             p50_us: h.value_at_quantile(0.5),
             p90_us: h.value_at_quantile(0.9),
             p99_us: h.value_at_quantile(0.99),

@@ -307,8 +307,13 @@ fn descriptors_body(app: &App, w: &Window) -> Body {
 fn pools_body(app: &App, w: &Window) -> Body {
     let all = app.object_rows();
     let rows = w.rows(&all, |i, o| {
-        let counts: Vec<String> = o.counts.iter().map(|(k, v)| format!("{k} {v}")).collect();
-        let leaks = o.counts.get("leaks").copied().unwrap_or(0);
+        let counts: Vec<String> = o
+            .counts
+            .iter()
+            .chain(&o.totals)
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect();
+        let leaks = o.totals.get("leaks").copied().unwrap_or(0);
         let row = Row::new(vec![
             Cell::from(o.id.to_string()),
             Cell::from(o.kind.name()),

@@ -88,7 +88,8 @@ impl From<TimedOut> for PoolError {
 ///   finish and admits no more until the count is below the new size.
 ///
 /// In the snapshot it is an object of kind `greenpool` with the counts `size`, `running`,
-/// `spawners` (waiting for a slot), `waitall` (waiting for the pool to drain) and `spawned`.
+/// `spawners` (waiting for a slot) and `waitall` (waiting for the pool to drain), and the total
+/// `spawned`.
 #[derive(Clone)]
 pub struct GreenPool {
     inner: Arc<Inner>,
@@ -123,7 +124,7 @@ impl Inspect for Inner {
         .count("running", st.running as u64)
         .count("spawners", spawners as u64)
         .count("waitall", idlers as u64)
-        .count("spawned", st.spawned)
+        .total("spawned", st.spawned)
     }
 }
 

@@ -189,7 +189,8 @@ impl<T: Ord + Send> Buffer<T> for Priority<T> {
 ///   [`Queue::join`] waits until none is (Python's `Queue.join`).
 ///
 /// In the snapshot it is an object of kind `queue` with the counts `len`, `capacity` (when
-/// bounded), `unfinished`, `getters`, `putters`, `joiners`, `puts`, `gets` and `closed`.
+/// bounded), `unfinished`, `getters`, `putters`, `joiners` and `closed`, and the totals `puts`
+/// and `gets`.
 pub struct Queue<T> {
     inner: Arc<Inner<T>>,
 }
@@ -286,8 +287,8 @@ impl<T: Send> Inspect for Inner<T> {
         .count("getters", getters as u64)
         .count("putters", putters as u64)
         .count("joiners", joiners as u64)
-        .count("puts", st.puts)
-        .count("gets", st.gets)
+        .total("puts", st.puts)
+        .total("gets", st.gets)
         .count("closed", u64::from(st.closed));
         if let Some(c) = self.capacity {
             info = info.count("capacity", c as u64);

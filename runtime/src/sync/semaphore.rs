@@ -69,11 +69,11 @@ impl Inspect for Core {
             self.name.get().map(String::as_str),
             st.waiters.live(),
         )
-        .count("acquired", st.acquired);
+        .total("acquired", st.acquired);
         if self.kind == ObjectKind::MUTEX {
             info = info.count("locked", u64::from(st.permits == 0));
             if let Some(h) = st.holder.filter(|_| st.permits == 0) {
-                info = info.count("holder", h);
+                info = info.with_detail(serde_json::json!({ "holder": h }));
             }
         } else {
             info = info.count("permits", st.permits as u64);
@@ -182,7 +182,7 @@ impl Drop for ReleaseIfGranted<'_> {
 /// a release beyond its initial count ([`OverRelease`]).
 ///
 /// Waiters are served in arrival order. In the snapshot it is an object of kind `semaphore`
-/// with the counts `permits`, `limit` (when bounded) and `acquired` (total acquisitions).
+/// with the counts `permits` and `limit` (when bounded), and the total `acquired`.
 #[derive(Clone)]
 pub struct Semaphore {
     core: Arc<Core>,
@@ -284,8 +284,8 @@ impl Drop for Permit<'_> {
 ///
 /// Waiters get the lock in arrival order. The guard releases it when dropped, and a killed or
 /// panicking holder drops its guard while unwinding, so the lock is never left held; there is
-/// no poisoning. In the snapshot it is an object of kind `mutex` with the counts `locked`,
-/// `holder` (the green thread id, when locked by one) and `acquired`.
+/// no poisoning. In the snapshot it is an object of kind `mutex` with the count `locked`, the
+/// total `acquired` and, when a green thread holds it, the detail `{"holder": id}`.
 ///
 /// ```
 /// use std::sync::Arc;
