@@ -64,12 +64,8 @@ pub(crate) fn start(addr: SocketAddr) {
     };
     let bound = listener.local_addr().unwrap_or(addr);
     let _ = ADDR.set(bound);
-    if !bound.ip().is_loopback() {
-        report::warn(&format!(
-            "greenhub: the stats endpoint listens on {bound}, not on loopback: whoever can reach \
-             that address can read every thread's name and spawn site (bind 127.0.0.1 and put \
-             an authenticating proxy in front to publish it)"
-        ));
+    if let Some(warning) = exposure(bound) {
+        report::warn(&warning);
     }
     let spawned = std::thread::Builder::new()
         .name("greenhub-stats".into())
@@ -77,6 +73,17 @@ pub(crate) fn start(addr: SocketAddr) {
     if let Err(e) = spawned {
         report::warn(&format!("greenhub: cannot start the stats thread: {e}"));
     }
+}
+
+/// The warning for an address others than local users can reach.
+fn exposure(bound: SocketAddr) -> Option<String> {
+    (!bound.ip().is_loopback()).then(|| {
+        format!(
+            "greenhub: the stats endpoint listens on {bound}, not on loopback: whoever can reach \
+             that address can read every thread's name and spawn site (bind 127.0.0.1 and put \
+             an authenticating proxy in front to publish it)"
+        )
+    })
 }
 
 const JSON: &str = "application/json";
@@ -207,4 +214,18 @@ fn decode(value: &str) -> Result<String, String> {
         i += 1;
     }
     String::from_utf8(out).map_err(|_| format!("`{value}` is not UTF-8"))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn an_address_beyond_loopback_is_warned_about() {
+        for quiet in ["127.0.0.1:9100", "[::1]:9100", "127.8.0.1:1"] {
+            assert_eq!(super::exposure(quiet.parse().unwrap()), None, "{quiet}");
+        }
+        for open in ["0.0.0.0:9100", "[::]:9100", "192.0.2.7:80"] {
+            let warning = super::exposure(open.parse().unwrap()).expect(open);
+            assert!(warning.contains("not on loopback"), "{warning}");
+        }
+    }
 }
