@@ -413,7 +413,7 @@ impl<M: Backend> Inner<M> {
         );
         book.leaks += 1;
         drop(book);
-        log::warn!("{line}");
+        greenhub::ext::warn(&line);
     }
 
     /// Books a connection back in (the connection itself has gone back to r2d2).
@@ -424,13 +424,13 @@ impl<M: Backend> Inner<M> {
             book.hold_time.record(held);
             if c.leaked {
                 drop(book);
-                log::warn!(
+                greenhub::ext::warn(&format!(
                     "greenhub-dbpool: pool {:?}: the connection reported as leaked (checked out \
                      at {}) came back after {} ms",
                     self.name,
                     c.site,
                     held.as_millis()
-                );
+                ));
             }
         }
     }
@@ -1004,7 +1004,9 @@ impl<M: Backend> Drop for Inner<M> {
                 .spawn(move || drop(r2d2));
             // Without a thread, close here rather than leak the connections.
             if let Err(e) = closer {
-                log::warn!("greenhub-dbpool: closing idle connections on a worker: {e}");
+                greenhub::ext::warn(&format!(
+                    "greenhub-dbpool: closing idle connections on a worker: {e}"
+                ));
             }
         }
     }

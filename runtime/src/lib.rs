@@ -188,8 +188,9 @@ pub mod inspect {
 pub mod ext {
     //! For crates that build waitable objects on greenhub (a thread pool, a connection pool):
     //! the [`Waiter`] every greenhub wait is made of and its [`Token`], the vocabulary of
-    //! waits, the registration that lists an object in the snapshot, and batched wakes from OS
-    //! threads. Applications do not need this module.
+    //! waits, the registration that lists an object in the snapshot, batched wakes from OS
+    //! threads, and [`warn`] for reports that must not be lost when no logger is installed.
+    //! Applications do not need this module.
     //!
     //! ```
     //! use greenhub::ext::{ObjectKind, WaitOn, Waiter};
@@ -207,6 +208,7 @@ pub mod ext {
     pub use crate::core::inbox::wake_batched;
     pub use crate::core::object::Registration;
     pub use crate::core::registry::Inspect;
+    pub use crate::core::report::warn;
     pub use crate::core::token::Token;
     pub use crate::core::wait::{FdWatch, Waiter};
     pub use crate::green::time::without_deadline;

@@ -263,12 +263,12 @@ fn close(w: &Watch, now: Instant) {
         })
     };
     if let Some(b) = closed {
-        log::warn!(
+        report::warn(&format!(
             "greenhub: {} released worker {} after {} ms",
             describe(&b),
             b.worker,
             b.duration.as_millis()
-        );
+        ));
     }
 }
 

@@ -16,9 +16,10 @@ use std::time::{Duration, Instant};
 
 use may::io::CoIo;
 
+use crate::core::report::{self, Throttle};
 use crate::core::timeout::{IsTimeout, TimedOut};
 use crate::core::wait::wait_io;
-use crate::green::time::deadline;
+use crate::green::time::{deadline, sleep};
 use crate::start;
 use greenhub_snapshot::Interest;
 
@@ -60,6 +61,35 @@ impl<T: AsRawFd> Registered<T> {
 
     /// Runs `op` until it does not report `WouldBlock`, waiting for readiness in between,
     /// bounded by the enclosing deadline scope (then `ErrorKind::TimedOut`).
+    /// `accept` by `op`, as [`Registered::io`], except that a lack of descriptors or memory
+    /// (EMFILE, ENFILE, ENOBUFS, ENOMEM) is waited out rather than returned: the caller pauses
+    /// (5 ms, doubling to 100 ms) and tries again, so an accept loop neither spins nor fails,
+    /// and takes connections again as soon as descriptors are free. It is reported once a
+    /// minute. A connection the client aborted before it was taken is skipped. The wait stays
+    /// bounded by the deadline scope and ends on a kill.
+    pub(crate) fn accept<R>(&self, mut op: impl FnMut(&T) -> io::Result<R>) -> io::Result<R> {
+        static REPORTED: Throttle = Throttle::new();
+        let mut pause = Duration::from_millis(5);
+        loop {
+            match self.io(Interest::Read, None, &mut op) {
+                Err(e) if out_of_resources(&e) => {
+                    if REPORTED.allow(Duration::from_secs(60)) {
+                        report::warn(&format!(
+                            "greenhub: accept on descriptor {} failed: {e}; waiting for \
+                             descriptors to free up (raise the open-files limit, `ulimit -n`, \
+                             if this goes on)",
+                            self.fd()
+                        ));
+                    }
+                    sleep(pause).map_err(|_| timed_out())?;
+                    pause = (pause * 2).min(Duration::from_millis(100));
+                }
+                Err(e) if e.raw_os_error() == Some(libc::ECONNABORTED) => {}
+                other => return other,
+            }
+        }
+    }
+
     pub(crate) fn io<R>(
         &self,
         interest: Interest,
@@ -90,6 +120,15 @@ pub(crate) fn earliest(scope: Option<Instant>, timeout: Option<Duration>) -> Opt
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     }
+}
+
+/// Errors that retrying at once cannot cure: the process or system is out of descriptors or
+/// memory until something is closed.
+fn out_of_resources(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
 }
 
 /// The error a socket operation returns when the enclosing deadline passes.

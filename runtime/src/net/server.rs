@@ -14,6 +14,7 @@ use greenhub_snapshot::{ObjectInfo, ObjectKind};
 
 use crate::core::object::Registration;
 use crate::core::registry::Inspect;
+use crate::core::report::{self, Throttle};
 use crate::green::thread::{Builder, GreenThread};
 use crate::green::time::sleep;
 use crate::net::socket::{TcpListener, TcpStream};
@@ -133,11 +134,15 @@ where
         let (conn, peer) = match listener.accept() {
             Ok(accepted) => accepted,
             Err(e) => {
-                log::warn!(
-                    "greenhub: server {:?}: accept failed: {e}",
-                    listener.local_addr()
-                );
-                // Out of descriptors, say: give handlers a moment to close some.
+                // `accept` waits out a lack of descriptors itself; what is left is rare and
+                // may last (a listener shut down under it): said once a minute.
+                static REPORTED: Throttle = Throttle::new();
+                if REPORTED.allow(Duration::from_secs(60)) {
+                    report::warn(&format!(
+                        "greenhub: server {:?}: accept failed: {e}",
+                        listener.local_addr()
+                    ));
+                }
                 if sleep(Duration::from_millis(10)).is_err() {
                     return;
                 }

@@ -181,12 +181,18 @@ impl TcpListener {
     }
 
     /// Waits for a connection.
+    ///
+    /// Out of descriptors (EMFILE, ENFILE) or memory, it does not fail: it waits, trying
+    /// again every few milliseconds (at most every 100 ms), and says so once a minute, so an
+    /// accept loop neither spins nor stops, and takes connections again as soon as
+    /// descriptors are free. The wait is bounded by the deadline scope.
     pub fn accept(&self) -> io::Result<(TcpStream, SocketAddr)> {
-        let (stream, peer) = self.inner.io(Interest::Read, None, |l| l.accept())?;
+        let (stream, peer) = self.inner.accept(|l| l.accept())?;
         Ok((TcpStream::from_std(stream)?, peer))
     }
 
-    /// The connections, as they come.
+    /// The connections, as they come ([`TcpListener::accept`] in a loop: a lack of
+    /// descriptors is waited out, not returned).
     pub fn incoming(&self) -> impl Iterator<Item = io::Result<TcpStream>> + '_ {
         std::iter::repeat_with(move || self.accept().map(|(s, _)| s))
     }
@@ -555,9 +561,10 @@ impl UnixListener {
         })
     }
 
-    /// Waits for a connection.
+    /// Waits for a connection; a lack of descriptors is waited out, as
+    /// [`TcpListener::accept`] does.
     pub fn accept(&self) -> io::Result<UnixStream> {
-        let (s, _) = self.inner.io(Interest::Read, None, |l| l.accept())?;
+        let (s, _) = self.inner.accept(|l| l.accept())?;
         UnixStream::from_std(s)
     }
 }
