@@ -4,3 +4,4 @@
 pub mod chat;
 pub mod crawler;
 pub mod pipeline;
+pub mod stop;

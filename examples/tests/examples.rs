@@ -43,6 +43,17 @@ fn the_demo_runs_and_loses_no_job_and_no_confirmed_write() {
 
 #[test]
 fn the_demo_says_how_to_watch_it_and_stops_cleanly_on_ctrl_c() {
+    demo_stops_cleanly_on(libc::SIGINT, "SIGINT");
+}
+
+#[test]
+fn the_demo_stops_cleanly_on_sigterm_and_leaves_nothing_behind() {
+    demo_stops_cleanly_on(libc::SIGTERM, "SIGTERM");
+}
+
+/// Runs the demo, checks how it says to watch it, sends `signal`, and checks that it winds
+/// down, checks its work and removes its attach socket and its database directory.
+fn demo_stops_cleanly_on(signal: i32, name: &str) {
     use std::io::{BufRead, BufReader, Read};
     let mut child = Command::new(env!("CARGO_BIN_EXE_demo"))
         .args(["--duration", "120", "--sessions", "300"])
@@ -54,6 +65,7 @@ fn the_demo_says_how_to_watch_it_and_stops_cleanly_on_ctrl_c() {
     let mut out = BufReader::new(child.stdout.take().unwrap());
     let mut head = String::new();
     let mut stats_url = None;
+    let mut database = None;
     // Up to the first progress line: the pid, the attach command and the stats address.
     while !head.lines().any(|l| l.starts_with("t=")) {
         let mut line = String::new();
@@ -63,6 +75,9 @@ fn the_demo_says_how_to_watch_it_and_stops_cleanly_on_ctrl_c() {
         );
         if let Some(rest) = line.strip_prefix("stats: http://") {
             stats_url = rest.split('/').next().map(str::to_owned);
+        }
+        if let Some(rest) = line.strip_prefix("database: SQLite at ") {
+            database = rest.split(' ').next().map(std::path::PathBuf::from);
         }
         head.push_str(&line);
     }
@@ -80,10 +95,14 @@ fn the_demo_says_how_to_watch_it_and_stops_cleanly_on_ctrl_c() {
     s.read_to_string(&mut metrics).unwrap();
     assert!(metrics.contains("greenhub_dbpool_in_use"), "{metrics}");
 
-    // Ctrl-C: it stops starting jobs, lets the running ones end and checks its work.
+    let database = database.unwrap_or_else(|| panic!("no database line in {head}"));
+    let socket = greenhub::inspect::attach::socket_path(pid);
+    assert!(database.exists() && socket.exists(), "{head}");
+
+    // The signal: it stops starting jobs, lets the running ones end and checks its work.
     let started = std::time::Instant::now();
-    // SAFETY: sends SIGINT to the child this test started.
-    assert_eq!(unsafe { libc::kill(pid as libc::pid_t, libc::SIGINT) }, 0);
+    // SAFETY: sends a signal to the child this test started.
+    assert_eq!(unsafe { libc::kill(pid as libc::pid_t, signal) }, 0);
     let mut rest = String::new();
     out.read_to_string(&mut rest).unwrap();
     let status = child.wait().unwrap();
@@ -92,7 +111,12 @@ fn the_demo_says_how_to_watch_it_and_stops_cleanly_on_ctrl_c() {
         started.elapsed() < std::time::Duration::from_secs(60),
         "stopped long before its 120 s"
     );
-    assert!(rest.contains("interrupted (Ctrl-C)"), "{rest}");
+    assert!(rest.contains(&format!("interrupted ({name})")), "{rest}");
+    assert!(!socket.exists(), "the attach socket was left behind");
+    assert!(
+        !database.parent().unwrap().exists(),
+        "the database directory was left behind"
+    );
     assert!(rest.contains("writes confirmed: none lost"), "{rest}");
     assert!(!rest.contains("jobs lost"), "{rest}");
 }
@@ -128,4 +152,53 @@ fn the_echo_example_echoes_and_stops_on_time() {
     let mut rest = String::new();
     out.read_to_string(&mut rest).unwrap();
     assert!(rest.contains("stopped after 2s"), "{rest}");
+}
+
+#[test]
+fn the_echo_server_without_a_duration_stops_cleanly_on_sigterm() {
+    use std::io::{BufRead, BufReader, Read};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_echo"))
+        .args(["--addr", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run the echo example");
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    out.read_line(&mut first).unwrap();
+    assert!(first.contains("listening"), "{first}");
+    let pid = child.id() as libc::pid_t;
+    // SAFETY: sends SIGTERM to the child this test started.
+    let sent = unsafe { libc::kill(pid, libc::SIGTERM) };
+    assert_eq!(sent, 0);
+    let mut rest = String::new();
+    out.read_to_string(&mut rest).unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?} {rest}");
+    assert!(rest.contains("stopped on SIGTERM"), "{rest}");
+}
+
+#[test]
+fn bad_settings_stop_the_demo_at_start_with_their_message() {
+    for (var, value, says) in [
+        (
+            "GREENHUB_TPOOL_THREADS",
+            "abc",
+            "GREENHUB_TPOOL_THREADS=\"abc\" is not a thread count",
+        ),
+        ("GREENHUB_MAX_THREADS", "10", "limit of 10"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_demo"))
+            .args(["--duration", "5", "--sessions", "100"])
+            .env_remove("DATABASE_URL")
+            .env(var, value)
+            .output()
+            .expect("run the demo");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{var}={value} ran anyway");
+        assert!(stderr.contains(says), "{var}={value}: {stderr}");
+        assert!(
+            !stderr.contains("ThreadLimit {") && !stderr.contains("InvalidEnv {"),
+            "a Debug form reached the user: {stderr}"
+        );
+    }
 }

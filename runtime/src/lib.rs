@@ -100,16 +100,35 @@
 //! poll [`kill_requested`].
 
 // The layers, lowest first; each file imports only from its own layer and those before it
-// (tests/layers.rs checks it): core, observe, start, green, sync, net.
+// (tests/layers.rs checks it): core, observe, start, green, sync, net, process.
 mod core;
 mod green;
 pub mod net;
 mod observe;
+mod process;
 mod start;
 mod sync;
 
 pub use crate::core::config;
 pub use crate::sync::{event, greenpool, queue, semaphore};
+
+pub mod signal {
+    //! Unix signals as green waits (gevent's `signal_handler`): [`Signals`] waits for the next
+    //! of a set of signals, [`handle`] runs a function in a new green thread on each one. No
+    //! code runs in signal context; a wait is bounded by deadline scopes and ended by a kill.
+    //! While a signal is subscribed to, its default action (terminating, for SIGTERM) waits
+    //! for the program; once nobody subscribes, it applies again.
+    //!
+    //! ```
+    //! use greenhub::signal::Signals;
+    //!
+    //! let usr1 = Signals::new([libc::SIGUSR1]).unwrap();
+    //! // SAFETY: sends a signal this process handles to itself.
+    //! unsafe { libc::kill(libc::getpid(), libc::SIGUSR1) };
+    //! assert_eq!(usr1.wait(), Ok(libc::SIGUSR1));
+    //! ```
+    pub use crate::process::signal::{Handler, SignalError, Signals, handle, name};
+}
 
 pub mod thread {
     //! Green threads (eventlet's `greenthread`, gevent's `Greenlet`): spawn, wait for the

@@ -7,7 +7,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-const LAYERS: [&str; 6] = ["core", "observe", "start", "green", "sync", "net"];
+const LAYERS: [&str; 7] = [
+    "core", "observe", "start", "green", "sync", "net", "process",
+];
 
 fn rank(layer: &str) -> Option<usize> {
     LAYERS.iter().position(|l| *l == layer)

@@ -4,9 +4,9 @@
 //! Run it with `cargo run --release --bin chat`, then in two or more other terminals
 //! `nc 127.0.0.1 6001` and type: each line appears in every other terminal. People join and
 //! leave (Ctrl-C in a terminal) at any time. `-- --addr HOST:PORT` listens elsewhere;
-//! `-- --duration N` stops after N seconds.
+//! `-- --duration N` stops after N seconds; Ctrl-C or SIGTERM stops it cleanly at any time.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use greenhub::net::TcpListener;
 
@@ -44,6 +44,14 @@ fn main() {
             std::process::exit(1);
         }
     };
+    // Before saying it listens: a SIGTERM from then on is a clean stop.
+    let stop = match greenhub_examples::stop::on_signal() {
+        Ok(stop) => stop,
+        Err(e) => {
+            eprintln!("cannot handle Ctrl-C and SIGTERM: {e}");
+            std::process::exit(1);
+        }
+    };
     let local = server.local_addr();
     println!(
         "chat server listening on {local} (pid {}); join with: nc {} {}",
@@ -51,19 +59,29 @@ fn main() {
         local.ip(),
         local.port()
     );
-    match duration {
-        Some(d) => {
-            std::thread::sleep(d);
-            let stopped = server.stop(Duration::from_secs(1));
-            println!(
-                "chat server stopped after {}s ({} participants were still in)",
-                d.as_secs(),
-                stopped.killed + stopped.finished
-            );
+    // Every 10 s a line on the room, until the duration is over or a signal comes.
+    let until = duration.map(|d| Instant::now() + d);
+    let signal = loop {
+        let next = Duration::from_secs(10);
+        let wait = until.map_or(next, |u| {
+            u.saturating_duration_since(Instant::now()).min(next)
+        });
+        if let Ok(signal) = stop.wait_timeout(wait) {
+            break Some(signal);
         }
-        None => loop {
-            std::thread::sleep(Duration::from_secs(10));
-            println!("{} participants", room.len());
-        },
-    }
+        if until.is_some_and(|u| Instant::now() >= u) {
+            break None;
+        }
+        println!("{} participants", room.len());
+    };
+    let stopped = server.stop(Duration::from_secs(1));
+    let why = match (signal, duration) {
+        (Some(s), _) => format!("on {}", greenhub::signal::name(s)),
+        (None, Some(d)) => format!("after {}s", d.as_secs()),
+        (None, None) => String::new(),
+    };
+    println!(
+        "chat server stopped {why} ({} participants were still in)",
+        stopped.killed + stopped.finished
+    );
 }

@@ -11,24 +11,15 @@
 //!
 //! Run it with `cargo run --release --bin demo` (add `-- --duration 30` to watch longer). It
 //! prints how to watch it live (`inspector attach <pid>`, and its HTTP stats endpoint on
-//! loopback), and stops cleanly on Ctrl-C, checking its work as at the end of its time.
+//! loopback), and stops cleanly on Ctrl-C or SIGTERM, checking its work as at the end of its
+//! time; a second one ends it at once.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use greenhub::{GreenThread, sleep, thread::Builder, with_timeout};
 use greenhub_dbpool::{Param, PgManager, PgPool, Pool, SqliteConnectionManager, SqlitePool};
-
-/// Set by the first Ctrl-C: the dispatcher stops starting jobs and the demo winds down.
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_interrupt(_: libc::c_int) {
-    INTERRUPTED.store(true, Ordering::Relaxed);
-    // A second Ctrl-C ends the process at once. `signal` is async-signal-safe.
-    // SAFETY: restoring the default disposition from a handler is allowed.
-    unsafe { libc::signal(libc::SIGINT, libc::SIG_DFL) };
-}
 
 #[derive(Default)]
 struct Stats {
@@ -193,7 +184,7 @@ fn job(n: u64, stats: Arc<Stats>, db: Db) {
         }),
     ];
     for t in subtasks {
-        let t = t.expect("the demo stays far below the thread limit");
+        let t = spawned(t);
         stats.subtasks.fetch_add(1, Ordering::Relaxed);
         if !matches!(t.wait(), Ok(true)) {
             stats.timed_out.fetch_add(1, Ordering::Relaxed);
@@ -210,10 +201,10 @@ fn main() {
             std::process::exit(2);
         }
     };
-    start_runtime();
+    let stop = start_runtime();
     let pid = std::process::id();
     println!(
-        "greenhub demo (pid {pid}): a job service on green threads for {}s (Ctrl-C stops it)",
+        "greenhub demo (pid {pid}): a job service on green threads for {}s (Ctrl-C or SIGTERM stops it)",
         duration.as_secs()
     );
     println!("watch it live: cargo run --release --bin inspector -- attach {pid}");
@@ -242,19 +233,23 @@ fn main() {
     // Idle sessions: green threads that wait, as a server's idle connections do.
     let idle: Vec<_> = (0..sessions)
         .map(|i| {
-            Builder::new()
-                .name(format!("session-{i}"))
-                .spawn(move || sleep(duration + Duration::from_secs(60)))
-                .expect("the demo stays far below the thread limit")
+            spawned(
+                Builder::new()
+                    .name(format!("session-{i}"))
+                    .spawn(move || sleep(duration + Duration::from_secs(60))),
+            )
         })
         .collect();
 
-    let dispatcher = dispatch(stats.clone(), db.clone(), stop_at);
+    let dispatcher = dispatch(stats.clone(), db.clone(), stop_at, stop.clone());
 
     watch(&dispatcher, &stats, &db, started, stop_at);
     let started_jobs = dispatcher.wait().unwrap_or(0);
-    if INTERRUPTED.load(Ordering::Relaxed) {
-        println!("\ninterrupted (Ctrl-C): the jobs under way finished; checking the work");
+    if let Some(Ok(signal)) = stop.peek() {
+        println!(
+            "\ninterrupted ({}): the jobs under way finished; checking the work",
+            greenhub::signal::name(signal)
+        );
     }
 
     let dump = greenhub::inspect::format_run_info();
@@ -272,8 +267,9 @@ fn main() {
 }
 
 /// Configures and starts greenhub (the stats endpoint on a free loopback port unless
-/// `GREENHUB_STATS_ADDR` chose one) and installs the Ctrl-C handler.
-fn start_runtime() {
+/// `GREENHUB_STATS_ADDR` chose one), checks tpool's setting, and returns the event the first
+/// Ctrl-C or SIGTERM sets.
+fn start_runtime() -> greenhub::Event<i32> {
     // The stats endpoint on a free loopback port, unless GREENHUB_STATS_ADDR chose one.
     let config = match greenhub::Config::from_env() {
         Ok(c) if c.settings().stats_addr.is_some() => c,
@@ -287,63 +283,73 @@ fn start_runtime() {
         eprintln!("error: {e}");
         std::process::exit(2);
     }
-    // SAFETY: installs a handler that only stores to an atomic and calls `signal`.
-    unsafe {
-        libc::signal(
-            libc::SIGINT,
-            on_interrupt as *const () as libc::sighandler_t,
-        )
-    };
-    // SAFETY: installs a handler that only stores to an atomic and calls `signal`.
-    unsafe {
-        libc::signal(
-            libc::SIGINT,
-            on_interrupt as *const () as libc::sighandler_t,
-        )
-    };
+    // Checked now, like greenhub's own variables, rather than failing every blocking call.
+    if let Err(e) = greenhub_tpool::default_pool() {
+        eprintln!("error: {e}");
+        std::process::exit(2);
+    }
+    match greenhub_examples::stop::on_signal() {
+        Ok(stop) => stop,
+        Err(e) => {
+            eprintln!("error: cannot handle Ctrl-C and SIGTERM: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+/// A spawned green thread, or the end of the demo with the reason (a thread limit set too
+/// low, say) in words.
+fn spawned<T>(thread: Result<GreenThread<T>, greenhub::thread::SpawnError>) -> GreenThread<T> {
+    thread.unwrap_or_else(|e| {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    })
 }
 
 /// The dispatcher: starts jobs in batches until `stop_at` (or Ctrl-C), collects them, and
 /// returns how many it started.
-fn dispatch(stats: Arc<Stats>, db: Db, stop_at: Instant) -> GreenThread<u64> {
-    Builder::new()
-        .name("dispatcher")
-        .spawn(move || {
-            let mut n = 0u64;
-            let mut running = Vec::new();
-            while Instant::now() < stop_at && !INTERRUPTED.load(Ordering::Relaxed) {
-                for _ in 0..20 {
-                    n += 1;
-                    let (s, db) = (stats.clone(), db.clone());
-                    let t = Builder::new()
+fn dispatch(
+    stats: Arc<Stats>,
+    db: Db,
+    stop_at: Instant,
+    stop: greenhub::Event<i32>,
+) -> GreenThread<u64> {
+    spawned(Builder::new().name("dispatcher").spawn(move || {
+        let mut n = 0u64;
+        let mut running = Vec::new();
+        while Instant::now() < stop_at && !stop.is_set() {
+            for _ in 0..20 {
+                n += 1;
+                let (s, db) = (stats.clone(), db.clone());
+                let t = spawned(
+                    Builder::new()
                         .name(format!("job-{n}"))
-                        .spawn(move || job(n, s, db))
-                        .expect("the demo stays far below the thread limit");
-                    let s = stats.clone();
-                    t.link(move |r| {
-                        s.jobs.fetch_add(1, Ordering::Relaxed);
-                        if r.is_err() {
-                            s.panicked.fetch_add(1, Ordering::Relaxed);
-                        }
-                    });
-                    running.push(t);
-                }
-                // Collect the finished ones (a panic collected by `wait` is not reported
-                // again as unobserved; the link has counted it).
-                let (done, rest): (Vec<_>, Vec<_>) = running.into_iter().partition(|t| t.is_done());
-                running = rest;
-                for t in done {
-                    let _ = t.wait();
-                }
-                sleep(Duration::from_millis(10)).ok();
+                        .spawn(move || job(n, s, db)),
+                );
+                let s = stats.clone();
+                t.link(move |r| {
+                    s.jobs.fetch_add(1, Ordering::Relaxed);
+                    if r.is_err() {
+                        s.panicked.fetch_add(1, Ordering::Relaxed);
+                    }
+                });
+                running.push(t);
             }
-            // Let the last jobs finish; their panics were counted by the links.
-            for t in running {
+            // Collect the finished ones (a panic collected by `wait` is not reported
+            // again as unobserved; the link has counted it).
+            let (done, rest): (Vec<_>, Vec<_>) = running.into_iter().partition(|t| t.is_done());
+            running = rest;
+            for t in done {
                 let _ = t.wait();
             }
-            n
-        })
-        .expect("the demo stays far below the thread limit")
+            sleep(Duration::from_millis(10)).ok();
+        }
+        // Let the last jobs finish; their panics were counted by the links.
+        for t in running {
+            let _ = t.wait();
+        }
+        n
+    }))
 }
 
 /// Prints a progress line about every second until the dispatcher is done.
