@@ -45,6 +45,44 @@ pub fn snapshot_cost(case: &str, n: u64) -> f64 {
     times[times.len() / 2]
 }
 
+/// Nanoseconds of the worst lateness of a 1 ms green sleep, with `n` threads parked: over 2 s
+/// with no snapshot, or over 20 snapshots 50 ms apart. A snapshot that kept a worker from
+/// switching would show as a late wake-up of the sleepers on it.
+pub fn snapshot_pause(case: &str, n: u64) -> f64 {
+    let _release = park(n);
+    let measuring = Arc::new(AtomicBool::new(true));
+    let worst = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let tickers: Vec<_> = (0..4)
+        .map(|_| {
+            let (measuring, worst) = (measuring.clone(), worst.clone());
+            greenhub::spawn(move || {
+                while measuring.load(Ordering::Relaxed) {
+                    let t0 = Instant::now();
+                    greenhub::sleep(Duration::from_millis(1)).expect("no deadline");
+                    let late = t0.elapsed().saturating_sub(Duration::from_millis(1));
+                    worst.fetch_max(late.as_nanos() as u64, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    // Warm-up, then measure from zero.
+    std::thread::sleep(Duration::from_millis(300));
+    worst.store(0, Ordering::Relaxed);
+    if case.contains("snapshots") {
+        for _ in 0..20 {
+            std::hint::black_box(greenhub::inspect::snapshot().threads.len());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    } else {
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    measuring.store(false, Ordering::Relaxed);
+    for t in tickers {
+        t.wait().expect("a ticker ends");
+    }
+    worst.load(Ordering::Relaxed) as f64
+}
+
 /// Nanoseconds per ping-pong round trip (2 workers) with 10,000 more green threads parked,
 /// with no inspector, or with one asking for a full snapshot every 100 ms over the attach
 /// socket, as `inspector attach` at its fastest refresh does.

@@ -268,6 +268,27 @@ const SUITES: &[Suite] = &[
         scale: 1e6,
     },
     Suite {
+        id: "snapshot_pause_10k",
+        title: "Worst pause a snapshot causes, 10,000 green threads",
+        unit: "ms of worst lateness of a 1 ms sleep",
+        what: "a process with N green threads parked and four green threads sleeping 1 ms in a \
+               loop: the worst lateness of their wake-ups over 2 s without snapshots, and over \
+               20 snapshots taken 50 ms apart (how long a snapshot keeps a worker from \
+               switching, plus the machine's own noise)",
+        workers: 2,
+        cases: &[("no snapshot", 10_000), ("20 snapshots", 10_000)],
+        scale: 1e6,
+    },
+    Suite {
+        id: "snapshot_pause_100k",
+        title: "Worst pause a snapshot causes, 100,000 green threads",
+        unit: "ms of worst lateness of a 1 ms sleep",
+        what: "as above with N = 100,000 (16 KiB stacks; needs vm.max_map_count above 220,000)",
+        workers: 2,
+        cases: &[("no snapshot", 100_000), ("20 snapshots", 100_000)],
+        scale: 1e6,
+    },
+    Suite {
         id: "inspector_attached",
         title: "Overhead of an attached inspector",
         unit: "ns per round trip",
@@ -372,6 +393,7 @@ fn child(args: &[String]) {
         "db_select1_p50" => db::select1(runtime, workers, n, db::Figure::Latency(0.5)),
         "db_select1_p99" => db::select1(runtime, workers, n, db::Figure::Latency(0.99)),
         "snapshot_10k" | "snapshot_100k" => inspect::snapshot_cost(runtime, n),
+        "snapshot_pause_10k" | "snapshot_pause_100k" => inspect::snapshot_pause(runtime, n),
         "inspector_attached" => inspect::attached(runtime, n),
         "tui_100k" => inspect::tui(runtime, n),
         "watched_memory" => inspect::watched_memory(runtime, n),

@@ -177,9 +177,9 @@ pub mod inspect {
     //! ```
     pub use greenhub_snapshot::attach;
     pub use greenhub_snapshot::{
-        BlockedInfo, DescriptorInfo, FinishedInfo, InboxStats, ObjectInfo, Outcome, RuntimeInfo,
-        SCHEMA_VERSION, Snapshot, ThreadInfo, ThreadState, TimerInfo, TimerKindInfo, Totals,
-        WorkerInfo, format_us,
+        BlockedCause, BlockedInfo, DescriptorInfo, FinishedInfo, InboxStats, ObjectInfo, Outcome,
+        RuntimeInfo, SCHEMA_VERSION, Snapshot, ThreadInfo, ThreadState, TimerInfo, TimerKindInfo,
+        Totals, WorkerInfo, format_us,
     };
 
     /// Takes a snapshot of the registry. Costs one pass over the live threads; the green

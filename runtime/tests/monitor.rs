@@ -65,6 +65,11 @@ fn a_thread_that_blocks_its_worker_is_reported_with_name_site_and_duration() {
             .contains(&format!("monitor.rs:{line}"))
     );
     assert!(ongoing.duration_us >= 50_000, "{}", ongoing.duration_us);
+    assert_eq!(
+        ongoing.cause,
+        Some(greenhub::inspect::BlockedCause::Blocking),
+        "asleep in the kernel, not computing"
+    );
     t.wait().unwrap();
     // After: closed, with about the full length.
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -86,7 +91,7 @@ fn a_thread_that_blocks_its_worker_is_reported_with_name_site_and_duration() {
     assert!(
         reported
             .iter()
-            .any(|l| l.starts_with("WARN") && l.contains("busy")),
+            .any(|l| l.starts_with("WARN") && l.contains("busy") && l.contains("blocking call")),
         "{reported:?}"
     );
     assert!(
@@ -124,6 +129,55 @@ fn waiting_threads_are_never_reported() {
         s.blocked.iter().all(|b| !ids.contains(&b.thread)),
         "{:?}",
         s.blocked
+    );
+}
+
+/// CPU time of the calling OS thread.
+fn thread_cpu() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: fills a valid timespec; the clock exists on every Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+#[test]
+fn a_loop_that_never_waits_is_reported_as_computing_not_as_a_blocking_call() {
+    setup();
+    let t = spawn_named("cruncher", || {
+        // CPU time, not wall time: on a busy machine the loop still computes this long.
+        let start = thread_cpu();
+        let mut x = 0u64;
+        while thread_cpu() - start < Duration::from_millis(300) {
+            x = x.wrapping_add(1);
+        }
+        x
+    });
+    let id = t.id();
+    t.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let report = loop {
+        let s = snapshot();
+        if let Some(b) = s.blocked.iter().find(|b| b.thread == id && !b.ongoing) {
+            break b.clone();
+        }
+        assert!(Instant::now() < deadline, "the loop was never reported");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert_eq!(
+        report.cause,
+        Some(greenhub::inspect::BlockedCause::Computing)
+    );
+    assert!(report.on_cpu_us.unwrap() >= 50_000, "{report:?}");
+    let logs = LOGS.lock().unwrap();
+    assert!(
+        logs.iter()
+            .any(|l| l.contains(&format!("#{id} \"cruncher\""))
+                && l.contains("it computed")
+                && l.contains("yield_now")),
+        "{logs:?}"
     );
 }
 

@@ -280,6 +280,35 @@ pub struct BlockedInfo {
     pub duration_us: u64,
     /// Whether the worker is still held.
     pub ongoing: bool,
+    /// What held it, when the worker's scheduler statistics could tell.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cause: Option<BlockedCause>,
+    /// Of `duration_us`, the time the worker spent on a CPU (the rest it slept in the kernel
+    /// or waited for a CPU), when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_cpu_us: Option<u64>,
+}
+
+/// What kept a worker from switching, told apart by the worker's own CPU time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BlockedCause {
+    /// The green thread computed: the worker was on a CPU most of the time (a loop that
+    /// never waits; yield in it, or run it on a thread pool).
+    Computing,
+    /// The green thread made a blocking call: the worker slept in the kernel most of the
+    /// time (a blocking syscall, a synchronous driver; run it on a thread pool).
+    Blocking,
+}
+
+impl BlockedCause {
+    /// "computing" or "blocking call".
+    pub fn name(self) -> &'static str {
+        match self {
+            BlockedCause::Computing => "computing",
+            BlockedCause::Blocking => "blocking call",
+        }
+    }
 }
 
 /// The counters of the wake inbox, which batches wakes from OS threads (tpool completions)

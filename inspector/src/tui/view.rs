@@ -347,6 +347,7 @@ fn blocked_body(app: &App, w: &Window) -> Body {
             Cell::from(b.name.clone().unwrap_or_default()),
             Cell::from(format!("{} (tid {})", b.worker, b.tid)),
             Cell::from(format_us(b.duration_us)),
+            Cell::from(b.cause.map_or("", |c| c.name())),
             Cell::from(if b.ongoing {
                 "now".to_string()
             } else {
@@ -366,8 +367,16 @@ fn blocked_body(app: &App, w: &Window) -> Body {
             all.len(),
             filter_note(app)
         ),
-        &["THREAD", "NAME", "WORKER", "BUSY FOR", "WHEN", "SPAWNED AT"],
-        &[10, 18, 16, 10, 12, 20],
+        &[
+            "THREAD",
+            "NAME",
+            "WORKER",
+            "BUSY FOR",
+            "WHY",
+            "WHEN",
+            "SPAWNED AT",
+        ],
+        &[10, 18, 14, 10, 14, 12, 20],
         rows,
     )
 }

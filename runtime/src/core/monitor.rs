@@ -12,6 +12,16 @@
 //!   is reported (not raised, unlike eventlet's SIGALRM): to `log` and to a bounded history in
 //!   the snapshot, and the report is closed with its final length when the worker switches.
 //!
+//! The worker's own CPU clock (`pthread_getcpuclockid`) and scheduler state
+//! (`/proc/self/task/<tid>/stat`) keep the report honest on a busy machine. Past the limit:
+//! - a worker that spent the limit on a CPU computed (a loop that never waits);
+//! - a worker asleep in the kernel now is in a blocking call;
+//! - a worker that is runnable with little CPU time is waiting for the OS to give it a CPU
+//!   (the machine is busier than its cores): that is not its green thread's doing, so it is
+//!   not reported against it (it is said once a minute instead) and is watched on.
+//!
+//! The report says which of the first two it is.
+//!
 //! A thread that is waiting has given its worker back, so it can never be reported. Waits done
 //! directly with `may`'s own APIs are not bracketed by greenhub and look like running.
 
@@ -24,9 +34,12 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
+use greenhub_snapshot::BlockedCause;
+
 use crate::core::clock;
+use crate::core::graveyard;
 use crate::core::registry::registry;
-use crate::core::{graveyard, report};
+use crate::core::report::{self, Throttle};
 
 /// How often the monitor samples the workers.
 pub(crate) const TICK: Duration = Duration::from_millis(10);
@@ -36,6 +49,38 @@ pub(crate) struct WorkerSlot {
     pub tid: i32,
     current: AtomicU64,
     generation: AtomicU64,
+    /// The worker's CPU clock.
+    cpu_clock: Option<libc::clockid_t>,
+    /// `/proc/self/task/<tid>/stat`, opened once, for the worker's scheduler state.
+    stat: Option<std::fs::File>,
+}
+
+impl WorkerSlot {
+    /// The worker's CPU time so far.
+    fn on_cpu(&self) -> Option<Duration> {
+        let clock = self.cpu_clock?;
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: fills a valid timespec; a clock of a thread that has ended is an error.
+        let ok = unsafe { libc::clock_gettime(clock, &mut ts) } == 0;
+        ok.then(|| Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32))
+    }
+
+    /// Whether the worker is asleep in the kernel now (state S or D), read through the file
+    /// opened at registration.
+    fn asleep(&self) -> Option<bool> {
+        use std::os::unix::fs::FileExt;
+        let file = self.stat.as_ref()?;
+        let mut buf = [0u8; 512];
+        let n = file.read_at(&mut buf, 0).ok()?;
+        let text = &buf[..n];
+        // The state follows the command name, which is in parentheses and may hold any byte.
+        let close = text.iter().rposition(|b| *b == b')')?;
+        let state = text.get(close + 2)?;
+        Some(matches!(state, b'S' | b'D'))
+    }
 }
 
 static SLOTS: Mutex<Vec<&'static WorkerSlot>> = Mutex::new(Vec::new());
@@ -48,12 +93,19 @@ thread_local! {
 fn register_slot() -> &'static WorkerSlot {
     let mut slots = SLOTS.lock();
     // Leaked on purpose: one per OS thread that ever runs a green thread (the workers).
+    // SAFETY: gettid has no preconditions.
+    let tid = unsafe { libc::gettid() };
+    let mut clock: libc::clockid_t = 0;
+    // SAFETY: pthread_self is this thread; the call fills `clock`.
+    let cpu_clock = (unsafe { libc::pthread_getcpuclockid(libc::pthread_self(), &mut clock) } == 0)
+        .then_some(clock);
     let slot: &'static WorkerSlot = Box::leak(Box::new(WorkerSlot {
         index: slots.len(),
-        // SAFETY: gettid has no preconditions.
-        tid: unsafe { libc::gettid() },
+        tid,
         current: AtomicU64::new(0),
         generation: AtomicU64::new(0),
+        cpu_clock,
+        stat: std::fs::File::open(format!("/proc/self/task/{tid}/stat")).ok(),
     }));
     slots.push(slot);
     SLOT.with(|s| s.set(Some(slot)));
@@ -102,6 +154,8 @@ pub(crate) struct Blocked {
     pub started_ns: u64,
     pub duration: Duration,
     pub ongoing: bool,
+    pub cause: Option<BlockedCause>,
+    pub on_cpu: Option<Duration>,
 }
 
 struct Reports {
@@ -134,7 +188,42 @@ struct Watch {
     thread: u64,
     generation: u64,
     since: Instant,
+    /// The worker's CPU time when the watch began.
+    on_cpu: Option<Duration>,
     report: Option<u64>,
+}
+
+/// What a watched stretch is, from the worker's CPU time and scheduler state.
+#[derive(Clone, Copy, Debug)]
+struct Spent {
+    on_cpu: Option<Duration>,
+    cause: Option<BlockedCause>,
+    /// The OS, not the green thread, holds the worker: runnable with little CPU time.
+    starved: bool,
+}
+
+impl Spent {
+    fn of(busy: Duration, limit: Duration, from: Option<Duration>, slot: &WorkerSlot) -> Spent {
+        let (Some(from), Some(now)) = (from, slot.on_cpu()) else {
+            return Spent {
+                on_cpu: None,
+                cause: None,
+                starved: false,
+            };
+        };
+        let on_cpu = now.saturating_sub(from).min(busy);
+        let asleep = slot.asleep();
+        let cause = if on_cpu * 2 >= busy || asleep == Some(false) {
+            BlockedCause::Computing
+        } else {
+            BlockedCause::Blocking
+        };
+        Spent {
+            on_cpu: Some(on_cpu),
+            cause: Some(cause),
+            starved: on_cpu < limit && asleep == Some(false),
+        }
+    }
 }
 
 static STARTED: OnceLock<()> = OnceLock::new();
@@ -188,6 +277,7 @@ fn run(max_blocking_time: Option<Duration>) {
                         thread,
                         generation,
                         since: now,
+                        on_cpu: slot.on_cpu(),
                         report: None,
                     });
                 }
@@ -196,18 +286,41 @@ fn run(max_blocking_time: Option<Duration>) {
             let Some(w) = watch.as_mut() else { continue };
             // Counted from the first tick that saw it: never early, at most one tick late.
             let busy = now - w.since;
-            match (w.report, max_blocking_time) {
-                (Some(seq), _) => update(seq, busy),
-                (None, Some(limit)) if busy >= limit => {
-                    w.report = Some(open(slot, w.thread, busy));
-                }
-                _ => {}
+            let Some(limit) = max_blocking_time else {
+                continue;
+            };
+            if w.report.is_none() && busy < limit {
+                continue;
+            }
+            let spent = Spent::of(busy, limit, w.on_cpu, slot);
+            match w.report {
+                Some(seq) => update(seq, busy, spent),
+                // Held past the limit by the OS, not by its green thread: said as such, once
+                // in a while, and watched on.
+                None if spent.starved => preempted(slot, busy, spent.on_cpu),
+                None => w.report = Some(open(slot, w.thread, busy, spent)),
             }
         }
     }
 }
 
-fn open(slot: &WorkerSlot, thread: u64, busy: Duration) -> u64 {
+/// Says (once a minute) that the OS, not a green thread, kept a worker off its CPU.
+fn preempted(slot: &WorkerSlot, busy: Duration, on_cpu: Option<Duration>) {
+    static SAID: Throttle = Throttle::new();
+    if SAID.allow(Duration::from_secs(60)) {
+        report::warn(&format!(
+            "greenhub: worker {} (tid {}) has waited for a CPU: {} ms without switching, only \
+             {} ms of it on a CPU; the machine is busier than its cores (preempted by the OS, \
+             not held by a green thread; its green threads are delayed as long)",
+            slot.index,
+            slot.tid,
+            busy.as_millis(),
+            on_cpu.unwrap_or_default().as_millis()
+        ));
+    }
+}
+
+fn open(slot: &WorkerSlot, thread: u64, busy: Duration, spent: Spent) -> u64 {
     let record = registry().thread(thread);
     let name = record.as_ref().and_then(|r| r.name.clone());
     let site = record.as_ref().map(|r| r.site);
@@ -225,6 +338,8 @@ fn open(slot: &WorkerSlot, thread: u64, busy: Duration) -> u64 {
             started_ns: clock::precise_ns().saturating_sub(busy.as_nanos() as u64),
             duration: busy,
             ongoing: true,
+            cause: spent.cause,
+            on_cpu: spent.on_cpu,
         };
         if reports.history.len() >= reports.capacity {
             reports.history.pop_front();
@@ -233,10 +348,24 @@ fn open(slot: &WorkerSlot, thread: u64, busy: Duration) -> u64 {
         blocked
     };
     let label = describe(&blocked);
+    let why = match (spent.cause, spent.on_cpu) {
+        (Some(BlockedCause::Computing), Some(cpu)) => format!(
+            "it computed ({} ms on a CPU): a loop that never waits delays every green thread \
+             on its worker; call greenhub::yield_now() in it, or run it through greenhub-tpool",
+            cpu.as_millis()
+        ),
+        (Some(BlockedCause::Blocking), Some(cpu)) => format!(
+            "it made a blocking call ({} ms on a CPU, the rest asleep in the kernel): a \
+             blocking call in a green thread freezes every green thread on its worker; run it \
+             through greenhub-tpool",
+            cpu.as_millis()
+        ),
+        _ => "a blocking call or a long computation in a green thread freezes every green \
+              thread on its worker; run it through greenhub-tpool"
+            .to_string(),
+    };
     report::warn(&format!(
-        "greenhub: {label} has kept worker {} (tid {}) busy for {} ms without switching; \
-         a blocking call in a green thread freezes every green thread on its worker: \
-         run it through greenhub-tpool",
+        "greenhub: {label} has kept worker {} (tid {}) busy for {} ms without switching: {why}",
         blocked.worker,
         blocked.tid,
         busy.as_millis()
@@ -244,10 +373,12 @@ fn open(slot: &WorkerSlot, thread: u64, busy: Duration) -> u64 {
     blocked.seq
 }
 
-fn update(seq: u64, busy: Duration) {
+fn update(seq: u64, busy: Duration, spent: Spent) {
     let mut reports = REPORTS.lock();
     if let Some(b) = reports.history.iter_mut().find(|b| b.seq == seq) {
         b.duration = busy;
+        b.on_cpu = spent.on_cpu;
+        b.cause = spent.cause.or(b.cause);
     }
 }
 

@@ -263,6 +263,8 @@ fn blocked_info(b: Blocked, at: &Now) -> BlockedInfo {
         started_ago_us: us(at.precise.saturating_sub(b.started_ns)),
         duration_us: b.duration.as_micros() as u64,
         ongoing: b.ongoing,
+        cause: b.cause,
+        on_cpu_us: b.on_cpu.map(|d| d.as_micros() as u64),
     }
 }
 
