@@ -72,7 +72,10 @@ pub type SqlitePool = Pool<SqliteConnectionManager>;
 /// What can go wrong with a pool or a call on one of its connections.
 #[derive(Debug, Error)]
 pub enum Error {
-    /// The pool could not open a connection within the time it had; the driver's reason.
+    /// The pool could not open a connection; the driver's reason. A checkout fails this way
+    /// as soon as a connect attempt made while it waits fails with no connection open (a wrong
+    /// password, a refused port, a server down), not at its timeout: nothing could be handed
+    /// to it sooner. The pool keeps trying in the background, at least once a second.
     #[error("cannot connect to the database: {reason}")]
     Connect {
         /// The driver's last error.
@@ -95,8 +98,9 @@ pub enum Error {
     /// runs to its end on its thread; its connection then goes back to the pool.
     #[error("the enclosing deadline passed while waiting for the database")]
     TimedOut,
-    /// The connection broke during the call (the server closed it, or went away). The pool
-    /// closes it; check out another to retry.
+    /// The connection broke during the call: the server closed it or went away (an I/O error,
+    /// a terminated backend, a server shutting down: SQLSTATE 57P01, 57P02, 57P03 and class
+    /// 08). The pool closes it; check out another to retry.
     #[error("the database connection was lost: {reason}; check out another connection to retry")]
     ConnectionLost {
         /// The driver's error.
@@ -150,17 +154,36 @@ impl From<rusqlite::Error> for Error {
     }
 }
 
-/// PostgreSQL's errors: a closed connection is a lost one, anything else a database error.
+/// PostgreSQL's errors: a lost connection is [`Error::ConnectionLost`] (a closed connection,
+/// an I/O error, the server shutting down or terminating the backend: SQLSTATE 57P01, 57P02,
+/// 57P03, and class 08, connection exceptions), anything else a database error.
 impl From<pg::Error> for Error {
     fn from(e: pg::Error) -> Error {
-        if e.is_closed() {
-            Error::ConnectionLost {
-                reason: e.to_string(),
-            }
+        if connection_lost(&e) {
+            Error::ConnectionLost { reason: chain(&e) }
         } else {
             Error::Database(Box::new(e))
         }
     }
+}
+
+/// Whether a PostgreSQL error means the connection is gone.
+fn connection_lost(e: &pg::Error) -> bool {
+    use pg::error::SqlState;
+    if e.is_closed() {
+        return true;
+    }
+    if let Some(code) = e.code() {
+        return [
+            SqlState::ADMIN_SHUTDOWN,
+            SqlState::CRASH_SHUTDOWN,
+            SqlState::CANNOT_CONNECT_NOW,
+        ]
+        .contains(code)
+            || code.code().starts_with("08");
+    }
+    // An I/O error under the driver's: reset by peer, broken pipe, end of stream.
+    std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>())
 }
 
 /// An error and its sources, joined: drivers often say only "db error" at the top.

@@ -36,6 +36,10 @@ pub(crate) struct Counters {
     pub invalid: AtomicU64,
     pub idle: AtomicU64,
     pub last_connect_error: Mutex<Option<String>>,
+    /// When the last connect attempt failed; cleared by a success.
+    pub failing_since: Mutex<Option<Instant>>,
+    /// When the last connect attempt ended (either way).
+    pub last_attempt: Mutex<Option<Instant>>,
 }
 
 /// A pooled connection and what the pool knows of it.
@@ -84,6 +88,8 @@ pub(crate) struct Managed<M> {
     pub manager: Arc<M>,
     pub counters: Arc<Counters>,
     pub max_lifetime: Option<Duration>,
+    /// The pool's name, for the reports of an outage.
+    pub name: String,
     jitter: RandomState,
 }
 
@@ -92,11 +98,13 @@ impl<M> Managed<M> {
         manager: Arc<M>,
         counters: Arc<Counters>,
         max_lifetime: Option<Duration>,
+        name: String,
     ) -> Self {
         Managed {
             manager,
             counters,
             max_lifetime,
+            name,
             jitter: RandomState::new(),
         }
     }
@@ -121,9 +129,23 @@ impl<M: Backend> ManageConnection for Managed<M> {
     type Error = M::Error;
 
     fn connect(&self) -> Result<Self::Connection, Self::Error> {
-        match self.manager.connect() {
+        let result = self.manager.connect();
+        // `last_attempt` is set after the failure state, so that a reader that sees this
+        // attempt's time also sees its outcome.
+        let done = || *self.counters.last_attempt.lock() = Some(Instant::now());
+        match result {
             Ok(conn) => {
                 *self.counters.last_connect_error.lock() = None;
+                // The end of an outage is said once, as its start was.
+                if let Some(since) = self.counters.failing_since.lock().take() {
+                    greenhub::ext::warn(&format!(
+                        "greenhub-dbpool: pool {:?} reaches the database again (after {} ms of \
+                         failed connects)",
+                        self.name,
+                        since.elapsed().as_millis()
+                    ));
+                }
+                done();
                 let serial = self.counters.created.fetch_add(1, Ordering::Relaxed);
                 let now = Instant::now();
                 Ok(Tracked {
@@ -141,7 +163,24 @@ impl<M: Backend> ManageConnection for Managed<M> {
                 self.counters
                     .connect_failures
                     .fetch_add(1, Ordering::Relaxed);
-                *self.counters.last_connect_error.lock() = Some(crate::chain(&e));
+                let reason = crate::chain(&e);
+                *self.counters.last_connect_error.lock() = Some(reason.clone());
+                // Said once per outage (and at start, when the database was never reached),
+                // not once per retry.
+                let mut failing = self.counters.failing_since.lock();
+                let first = failing.is_none();
+                if first {
+                    *failing = Some(Instant::now());
+                }
+                drop(failing);
+                done();
+                if first {
+                    greenhub::ext::warn(&format!(
+                        "greenhub-dbpool: pool {:?} cannot connect to the database: {reason} \
+                         (retrying; checkouts fail at once while no connection is open)",
+                        self.name
+                    ));
+                }
                 Err(e)
             }
         }

@@ -100,6 +100,12 @@ struct Book {
 }
 
 /// The longest duration a setting takes: beyond it, deadlines would overflow `Instant`.
+/// The longest pause between two connect attempts while the database cannot be reached.
+const RECONNECT_CAP: Duration = Duration::from_secs(1);
+
+/// How long a checkout waits on r2d2 at a time before it looks at the connect attempts.
+const CHECKOUT_SLICE: Duration = Duration::from_millis(50);
+
 const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 
 pub(crate) struct Settings {
@@ -315,6 +321,11 @@ impl<M: Backend> Inner<M> {
     }
 
     /// On a pool thread, holding a permit: a connection from r2d2, tested if it sat idle.
+    ///
+    /// It asks r2d2 in short slices so that a pool with no connection open and a connect
+    /// that failed since the checkout began fails now, with the server's reason (a wrong
+    /// password, a refused port), instead of at its timeout: nothing could come back to it
+    /// sooner than the next connect. While connections are open, a checkout waits for one.
     fn checkout_blocking(
         self: &Arc<Self>,
         permit: Permit<M>,
@@ -323,13 +334,20 @@ impl<M: Backend> Inner<M> {
         holder: Option<(u64, Option<String>)>,
         asked_at: Instant,
     ) -> Result<Lease<M>, Error> {
+        let began = Instant::now();
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Err(self.out_of_time());
             }
-            let mut pooled = match self.r2d2().get_timeout(left) {
+            let mut pooled = match self.r2d2().get_timeout(left.min(CHECKOUT_SLICE)) {
                 Ok(pooled) => pooled,
+                Err(_) if left > CHECKOUT_SLICE => {
+                    if let Some(reason) = self.refused_since(began) {
+                        return Err(Error::Connect { reason });
+                    }
+                    continue;
+                }
                 // r2d2 says only that it timed out; why is in the last connect error.
                 Err(_) => return Err(self.out_of_time()),
             };
@@ -385,6 +403,21 @@ impl<M: Backend> Inner<M> {
             })
         });
         (id, leak_timer)
+    }
+
+    /// The last connect error, when the pool has no connection open and a connect attempt
+    /// has failed since `since`.
+    fn refused_since(&self, since: Instant) -> Option<String> {
+        if self.r2d2().state().connections > 0 {
+            return None;
+        }
+        // A success clears `failing_since` before it sets `last_attempt`.
+        let last = (*self.counters.last_attempt.lock())?;
+        self.counters.failing_since.lock().as_ref()?;
+        if last < since {
+            return None;
+        }
+        self.counters.last_connect_error.lock().clone()
     }
 
     /// The deadline passed before a connection could be had: the server's refusal when a
@@ -679,12 +712,20 @@ impl<M: Backend> Builder<M> {
             .build()?;
         let manager = Arc::new(manager);
         let counters = Arc::new(Counters::default());
-        let managed = Managed::new(manager.clone(), counters.clone(), self.max_lifetime);
+        let managed = Managed::new(
+            manager.clone(),
+            counters.clone(),
+            self.max_lifetime,
+            self.name.clone(),
+        );
         let last_error = counters.clone();
         let r2d2_builder = r2d2::Pool::builder()
             .max_size(self.max_size)
             .min_idle(Some(self.min_idle))
-            .connection_timeout(self.connection_timeout)
+            // r2d2 retries a failed connect after a delay that doubles up to half this:
+            // capped so that the pool reconnects within a second of the server's return. The
+            // pool's own `connection_timeout` bounds checkouts (`checkout_blocking`).
+            .connection_timeout(self.connection_timeout.min(RECONNECT_CAP * 2))
             .idle_timeout(self.idle_timeout)
             .max_lifetime(self.max_lifetime)
             .test_on_check_out(false)

@@ -12,7 +12,7 @@ use r2d2_postgres::postgres::types::ToSql;
 use r2d2_postgres::postgres::{Client, Error as PgError, NoTls, Row, Statement, Transaction};
 
 use crate::conn::Presence;
-use crate::managed::Tracked;
+use crate::managed::{CloseReason, Tracked};
 use crate::{Conn, Error, Pool};
 
 /// The PostgreSQL manager without TLS (loopback and trusted networks).
@@ -107,6 +107,10 @@ fn statement<R>(
     t.dirty = true;
     let result = run(t);
     t.dirty = before || opens_transaction(sql);
+    if matches!(result, Err(Error::ConnectionLost { .. })) {
+        // Gone, whatever the driver says of it yet: never handed out again.
+        t.close = Some(CloseReason::Broken);
+    }
     result
 }
 
