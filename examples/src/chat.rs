@@ -1,36 +1,54 @@
 //! The chat server from eventlet's introduction: every line a participant sends reaches all
 //! the others, in order; people join and leave at any time.
 //!
-//! As in eventlet's version, a participant's green thread reads its lines and writes each one
-//! to every other participant; a green mutex per participant keeps lines whole when several
-//! senders write to the same participant, and keeps each sender's lines in order. So a
-//! participant costs one green thread and its socket (two descriptors: the reading handle and
-//! the writing one). A participant that does not read for [`WRITE_TIMEOUT`] is dropped rather
-//! than let it hold every sender back.
+//! Each participant has two green threads: the one `serve` gives it reads its lines and hands
+//! each to every other participant's outbox; a writer of its own empties its outbox to its
+//! socket. Handing a line over never waits, so a sender is never held by a slow receiver, and
+//! a line is one shared buffer however many receive it. The rules that keep the server up
+//! under real traffic:
+//! - An outbox holds at most [`OUTBOX`] lines. A participant that falls that far behind, or
+//!   whose socket takes nothing for [`WRITE_TIMEOUT`], is dropped: it cannot hold anyone back
+//!   or make the server buffer without end.
+//! - A line is at most [`MAX_LINE`] bytes; a longer one arrives cut into lines of that size.
+//! - A participant whose client has left is out of the room as soon as its reader sees the
+//!   end: its outbox closes and its writer ends.
+//!
+//! A participant costs two green threads and two descriptors (its socket, and a second handle
+//! on it for the writer).
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use greenhub::net::Server;
 use greenhub::net::{TcpListener, TcpStream};
-use parking_lot::Mutex;
+use greenhub::{GreenThread, Queue};
+use parking_lot::RwLock;
 
 /// How long a write to a participant may wait before the participant is dropped.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The participants and their writing handles.
+/// The lines a participant may have waiting to be written before it is dropped as too slow.
+pub const OUTBOX: usize = 8192;
+
+/// The longest line; a longer one is cut.
+pub const MAX_LINE: usize = 4096;
+
+/// A line on its way: one buffer shared by every receiver.
+type Line = Arc<[u8]>;
+
+/// The participants, by green thread id, and their outboxes.
 #[derive(Clone, Default)]
 pub struct Room {
-    members: Arc<Mutex<HashMap<u64, Arc<greenhub::Mutex<TcpStream>>>>>,
+    members: Arc<RwLock<HashMap<u64, Queue<Line>>>>,
 }
 
 impl Room {
     /// How many participants are in the room.
     pub fn len(&self) -> usize {
-        self.members.lock().len()
+        self.members.read().len()
     }
 
     /// Whether nobody is in the room.
@@ -38,35 +56,67 @@ impl Room {
         self.len() == 0
     }
 
+    fn join(&self, id: u64) -> Queue<Line> {
+        let outbox = Queue::bounded(OUTBOX).named("chat outbox");
+        self.members.write().insert(id, outbox.clone());
+        outbox
+    }
+
+    /// Takes `id` out; its writer sees its outbox closed and ends.
     fn leave(&self, id: u64) {
-        // Out of the table first: the green lock below may wait, never under the table's lock.
-        let removed = self.members.lock().remove(&id);
-        if let Some(out) = removed
-            && let Ok(out) = out.lock()
-        {
-            // Its reader sees the end too, and leaves.
-            let _ = out.shutdown(std::net::Shutdown::Both);
+        if let Some(outbox) = self.members.write().remove(&id) {
+            outbox.close();
         }
     }
 
-    /// Writes `line` to every other participant; those that cannot take it are dropped.
-    fn broadcast(&self, from: u64, line: &[u8]) {
-        let others: Vec<(u64, Arc<greenhub::Mutex<TcpStream>>)> = self
-            .members
-            .lock()
-            .iter()
-            .filter(|(id, _)| **id != from)
-            .map(|(id, out)| (*id, out.clone()))
-            .collect();
-        for (id, out) in others {
-            let sent = match out.lock() {
-                Ok(mut out) => out.write_all(line).is_ok(),
-                Err(_) => false,
-            };
-            if !sent {
-                self.leave(id);
+    /// Hands `line` to every other participant, without waiting; a participant whose outbox
+    /// is full is dropped.
+    fn broadcast(&self, from: u64, line: &Line) {
+        let mut behind = Vec::new();
+        for (id, outbox) in self.members.read().iter() {
+            if *id != from && outbox.try_put(line.clone()).is_err() {
+                behind.push(*id);
             }
         }
+        for id in behind {
+            self.leave(id);
+        }
+    }
+}
+
+/// Writes a participant's outbox to its socket, several lines per write when they are there,
+/// until the outbox closes or the client stops taking them.
+fn writer(outbox: Queue<Line>, mut out: TcpStream) {
+    let mut batch = Vec::with_capacity(MAX_LINE);
+    while let Ok(line) = outbox.get() {
+        batch.clear();
+        batch.extend_from_slice(&line);
+        while batch.len() < 16 * 1024 {
+            match outbox.try_get() {
+                Ok(more) => batch.extend_from_slice(&more),
+                Err(_) => break,
+            }
+        }
+        if out.write_all(&batch).is_err() {
+            break;
+        }
+    }
+    // Gone or too slow: its reader sees the end and leaves the room.
+    let _ = out.shutdown(std::net::Shutdown::Both);
+}
+
+/// Takes a participant out of the room however its reader ends (the client left, the server
+/// stopped and killed it), and ends its writer.
+struct Membership {
+    room: Room,
+    id: u64,
+    writer: GreenThread<()>,
+}
+
+impl Drop for Membership {
+    fn drop(&mut self) {
+        self.room.leave(self.id);
+        self.writer.kill();
     }
 }
 
@@ -81,25 +131,40 @@ fn participant(room: Room, conn: TcpStream, _peer: SocketAddr) {
     if out.set_write_timeout(Some(WRITE_TIMEOUT)).is_err() {
         return;
     }
-    room.members
-        .lock()
-        .insert(id, Arc::new(greenhub::Mutex::new(out)));
+    let outbox = room.join(id);
+    let writer = match greenhub::thread::Builder::new()
+        .name("chat writer")
+        .spawn(move || writer(outbox, out))
+    {
+        Ok(w) => w,
+        Err(_) => {
+            room.leave(id);
+            return;
+        }
+    };
+    let _member = Membership {
+        room: room.clone(),
+        id,
+        writer,
+    };
     // A small buffer: an idle participant costs little (longer lines still come whole).
     let mut reader = BufReader::with_capacity(512, &conn);
     let mut line = Vec::new();
     loop {
         line.clear();
-        match reader.read_until(b'\n', &mut line) {
+        match (&mut reader)
+            .take(MAX_LINE as u64 - 1)
+            .read_until(b'\n', &mut line)
+        {
             Ok(0) | Err(_) => break,
             Ok(_) => {
                 if line.last() != Some(&b'\n') {
                     line.push(b'\n');
                 }
-                room.broadcast(id, &line);
+                room.broadcast(id, &Line::from(line.as_slice()));
             }
         }
     }
-    room.leave(id);
 }
 
 /// Starts a chat server on `listener`; the room shows who is in.
