@@ -358,7 +358,7 @@ fn the_inspector_binary_shows_the_target_on_a_terminal_and_quits_on_q() {
     let seen = term.output().len();
     term.keys("2");
     term.wait_for("soonest first", seen);
-    term.wait_for("Sleep", seen);
+    term.wait_for("sleep", seen);
     term.keys("q");
     let give_up = std::time::Instant::now() + Duration::from_secs(30);
     let status = loop {

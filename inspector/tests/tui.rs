@@ -380,3 +380,117 @@ fn many_threads_are_each_shown_once_in_every_order() {
         assert!(t.wait().unwrap());
     }
 }
+
+#[test]
+fn the_selection_and_its_details_follow_the_thread_not_the_row() {
+    let scene = Scene::new("follow");
+    let mut app = app_with_snapshot();
+    type_filter(&mut app, "follow-child");
+    while app.sort != Column::Name {
+        app.key(Key::Char('s'));
+    }
+    // On the second row: follow-child-b.
+    app.key(Key::Down);
+    assert_eq!(
+        app.thread_rows()[app.selected].thread.name.as_deref(),
+        Some("follow-child-b")
+    );
+    app.key(Key::Enter);
+    // A new child sorts before it: the row numbers shift, the selection must not.
+    let early = greenhub::thread::Builder::new()
+        .name("follow-child-0")
+        .spawn(|| greenhub::sleep(Duration::from_secs(30)))
+        .unwrap();
+    let give_up = Instant::now() + Duration::from_secs(10);
+    loop {
+        app.update(snapshot(), Instant::now());
+        if app.thread_rows().len() == 4 {
+            break;
+        }
+        assert!(Instant::now() < give_up, "the new thread never showed");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert_eq!(app.selected, 2, "the selection moved with its thread");
+    let lines = app.detail_lines().join("\n");
+    assert!(lines.contains("\"follow-child-b\""), "{lines}");
+    early.kill();
+    // Once the thread ends, its open details say so instead of showing another thread.
+    scene.end();
+    let give_up = Instant::now() + Duration::from_secs(10);
+    loop {
+        app.update(snapshot(), Instant::now());
+        let lines = app.detail_lines().join("\n");
+        if lines.contains("has ended") {
+            break;
+        }
+        assert!(
+            !lines.contains("follow-child-0"),
+            "details jumped to another thread: {lines}"
+        );
+        assert!(Instant::now() < give_up, "the end was never shown");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+#[test]
+fn question_mark_shows_every_key_and_any_key_closes_it() {
+    let mut app = app_with_snapshot();
+    app.key(Key::Char('?'));
+    assert!(app.help);
+    let text = render_text(&app, 80, 24);
+    for key in [
+        "Enter", "filter", "sort", "tree", "pause", "quit", "refresh",
+    ] {
+        assert!(text.contains(key), "{key} missing from the help:\n{text}");
+    }
+    app.key(Key::Char('x'));
+    assert!(!app.help);
+    assert!(!app.quit, "the key that closes the help does nothing else");
+    assert!(render_text(&app, 80, 24).contains("? help"));
+}
+
+#[test]
+fn details_of_timers_descriptors_and_reports_are_words_not_debug_output() {
+    let sleeper = greenhub::thread::Builder::new()
+        .name("words-sleeper")
+        .spawn(|| greenhub::sleep(Duration::from_secs(30)))
+        .unwrap();
+    while !snapshot()
+        .timers
+        .iter()
+        .any(|t| t.owner == Some(sleeper.id()))
+    {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let mut app = app_with_snapshot();
+    app.key(Key::Char('2'));
+    type_filter(&mut app, &format!("#{}", sleeper.id()));
+    app.key(Key::Enter);
+    let lines = app.detail_lines().join("\n");
+    assert!(lines.contains("kind          sleep"), "{lines}");
+    assert!(lines.contains("due           in "), "{lines}");
+    assert!(
+        !lines.contains("TimerInfo") && !lines.contains('{'),
+        "{lines}"
+    );
+    let text = render_text(&app, 80, 24);
+    assert!(!text.contains("Sleep"), "the KIND column in words: {text}");
+    sleeper.kill();
+}
+
+#[test]
+fn at_80_by_24_the_name_keeps_its_width() {
+    let scene = Scene::new("narrow-screen-name");
+    let mut app = app_with_snapshot();
+    type_filter(&mut app, "narrow-screen-name-child");
+    let text = render_text(&app, 80, 24);
+    assert!(
+        text.contains("narrow-screen-name-c"),
+        "the name is cut short at 80 columns:\n{text}"
+    );
+    assert!(
+        text.contains("NAME") && text.contains("WAITING ON"),
+        "{text}"
+    );
+    scene.end();
+}

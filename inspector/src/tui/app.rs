@@ -206,6 +206,11 @@ pub struct App {
     pub selected: usize,
     /// Whether the details of the selected row are open.
     pub detail: bool,
+    /// Whether the help screen is open.
+    pub help: bool,
+    /// What the selection is on: it stays on that entry when a new snapshot reorders the
+    /// rows, and the details keep showing it.
+    pinned: Option<Entry>,
     /// Whether refreshing is paused.
     pub paused: bool,
     /// Time between refreshes.
@@ -224,6 +229,16 @@ pub struct App {
     search_view: Option<View>,
     /// Thread id to its index in the snapshot.
     by_id: HashMap<u64, usize>,
+}
+
+/// An entry of a view, by what identifies it across snapshots.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Entry {
+    Thread(u64),
+    Timer(u64),
+    Descriptor(i32),
+    Object(u64),
+    Blocked(u64),
 }
 
 /// Everything the rows depend on besides the snapshot.
@@ -253,6 +268,8 @@ impl App {
             tree: false,
             selected: 0,
             detail: false,
+            help: false,
+            pinned: None,
             paused: false,
             refresh: Duration::from_secs(1),
             quit: false,
@@ -286,7 +303,40 @@ impl App {
         self.error = None;
         self.built = None;
         self.search_view = None;
+        self.rebuild();
+        // The selection stays on its entry wherever the new snapshot puts it.
+        if let Some(at) = self.pinned.and_then(|e| self.position(e)) {
+            self.selected = at;
+        }
         self.clamp();
+        // Open details keep their entry even once it has gone (they say so); otherwise the
+        // selection is on the row shown.
+        if !self.detail {
+            self.pinned = self.entry_at(self.selected);
+        }
+    }
+
+    /// The entry on row `row` of the current view.
+    fn entry_at(&self, row: usize) -> Option<Entry> {
+        let snap = self.snapshot.as_ref()?;
+        let &(i, _) = self.rows.get(row)?;
+        Some(match self.view {
+            View::Threads => Entry::Thread(snap.threads.get(i)?.id),
+            View::Timers => Entry::Timer(snap.timers.get(i)?.id),
+            View::Descriptors => Entry::Descriptor(snap.descriptors.get(i)?.fd),
+            View::Pools => Entry::Object(snap.objects.get(i)?.id),
+            View::Blocked => Entry::Blocked(snap.blocked.get(i)?.seq),
+        })
+    }
+
+    /// The row of `entry` in the current view, if it is still there.
+    fn position(&self, entry: Entry) -> Option<usize> {
+        (0..self.rows.len()).find(|r| self.entry_at(*r) == Some(entry))
+    }
+
+    /// The entry the details are about: the pinned one (even if it has left the snapshot).
+    fn detailed(&self) -> Option<Entry> {
+        self.pinned.or_else(|| self.entry_at(self.selected))
     }
 
     /// Notes that a refresh failed; the last snapshot stays on screen.
@@ -311,6 +361,12 @@ impl App {
             }
             self.selected = 0;
             self.clamp();
+            self.pinned = self.entry_at(self.selected);
+            return;
+        }
+        if self.help {
+            // Any key closes the help.
+            self.help = false;
             return;
         }
         if self.detail {
@@ -322,6 +378,7 @@ impl App {
         let page = 20;
         match key {
             Key::Char('q') => self.quit = true,
+            Key::Char('?') | Key::Char('h') => self.help = true,
             Key::Char('/') => self.editing_filter = true,
             Key::Esc => self.filter.clear(),
             Key::Char('t') => self.tree = !self.tree,
@@ -356,6 +413,7 @@ impl App {
             _ => {}
         }
         self.clamp();
+        self.pinned = self.entry_at(self.selected);
     }
 
     fn step_view(&mut self, by: usize) {
@@ -370,6 +428,7 @@ impl App {
         }
         self.view = view;
         self.selected = 0;
+        self.pinned = None;
     }
 
     fn step_rate(&mut self, by: isize) {
@@ -382,7 +441,8 @@ impl App {
         self.rebuild();
         let n = self.rows.len();
         self.selected = self.selected.min(n.saturating_sub(1));
-        if n == 0 {
+        // Open details of an entry stay open when it leaves the view (they say it has gone).
+        if n == 0 && self.pinned.is_none() {
             self.detail = false;
         }
     }
@@ -653,23 +713,23 @@ impl App {
         self.entries(View::Blocked, |s| &s.blocked)
     }
 
-    /// The lines of the details of the selected row.
+    /// The lines of the details of the selected entry. They follow the entry, not the row:
+    /// a refresh that moves it keeps showing it, and one that no longer has it says so.
     pub fn detail_lines(&self) -> Vec<String> {
         let Some(snap) = &self.snapshot else {
             return Vec::new();
         };
-        match self.view {
-            View::Threads => {
-                let rows = self.thread_rows();
-                let Some(row) = rows.get(self.selected) else {
-                    return Vec::new();
-                };
-                self.thread_detail(snap, row.thread)
-            }
-            View::Pools => {
-                let rows = self.object_rows();
-                let Some(o) = rows.get(self.selected) else {
-                    return Vec::new();
+        let Some(entry) = self.detailed() else {
+            return Vec::new();
+        };
+        match entry {
+            Entry::Thread(id) => match self.thread(id) {
+                Some(t) => self.thread_detail(snap, t),
+                None => vec![format!("green thread #{id} has ended")],
+            },
+            Entry::Object(id) => {
+                let Some(o) = snap.objects.iter().find(|o| o.id == id) else {
+                    return vec![format!("object #{id} is gone")];
                 };
                 let mut lines = vec![o.describe(), String::new()];
                 if let Some(detail) = &o.detail {
@@ -691,21 +751,66 @@ impl App {
                 }
                 lines
             }
-            View::Timers => self
-                .timer_rows()
-                .get(self.selected)
-                .map(|t| self.owner_detail(t.owner, format!("{t:#?}")))
-                .unwrap_or_default(),
-            View::Descriptors => self
-                .descriptor_rows()
-                .get(self.selected)
-                .map(|d| self.owner_detail(d.owner, format!("{d:#?}")))
-                .unwrap_or_default(),
-            View::Blocked => self
-                .blocked_rows()
-                .get(self.selected)
-                .map(|b| self.owner_detail(Some(b.thread), format!("{b:#?}")))
-                .unwrap_or_default(),
+            Entry::Timer(id) => match snap.timers.iter().find(|t| t.id == id) {
+                Some(t) => self.owner_detail(
+                    t.owner,
+                    vec![
+                        format!("timer #{}", t.id),
+                        String::new(),
+                        format!("kind          {}", timer_kind(t.kind)),
+                        format!("due           {}", due(t.due_in_us)),
+                        format!("created at    {}", t.site),
+                    ],
+                ),
+                None => vec![format!("timer #{id} has fired or was cancelled")],
+            },
+            Entry::Descriptor(fd) => match snap.descriptors.iter().find(|d| d.fd == fd) {
+                Some(d) => self.owner_detail(
+                    d.owner,
+                    vec![
+                        format!("descriptor {}", d.fd),
+                        String::new(),
+                        format!("waited for    {}", d.interest.name()),
+                        format!("for           {}", format_us(d.waiting_us)),
+                    ],
+                ),
+                None => vec![format!("nobody waits on descriptor {fd} any more")],
+            },
+            Entry::Blocked(seq) => match snap.blocked.iter().find(|b| b.seq == seq) {
+                Some(b) => self.owner_detail(
+                    Some(b.thread),
+                    vec![
+                        format!(
+                            "report {}: green thread #{} kept its worker busy",
+                            b.seq, b.thread
+                        ),
+                        String::new(),
+                        format!(
+                            "thread        #{} {}",
+                            b.thread,
+                            b.name.as_deref().unwrap_or("")
+                        ),
+                        format!("spawned at    {}", b.spawn_site.as_deref().unwrap_or("-")),
+                        format!("worker        {} (tid {})", b.worker, b.tid),
+                        format!(
+                            "busy for      {}{}",
+                            format_us(b.duration_us),
+                            if b.ongoing { ", still now" } else { "" }
+                        ),
+                        format!("began         {} ago", format_us(b.started_ago_us)),
+                        format!(
+                            "why           {}",
+                            match (b.cause, b.on_cpu_us) {
+                                (Some(c), Some(cpu)) =>
+                                    format!("{} ({} on a CPU)", c.name(), format_us(cpu)),
+                                (Some(c), None) => c.name().to_string(),
+                                _ => "-".to_string(),
+                            }
+                        ),
+                    ],
+                ),
+                None => vec![format!("report {seq} has left the history")],
+            },
         }
     }
 
@@ -826,13 +931,32 @@ impl App {
         lines
     }
 
-    fn owner_detail(&self, owner: Option<u64>, what: String) -> Vec<String> {
-        let mut lines: Vec<String> = what.lines().map(String::from).collect();
+    fn owner_detail(&self, owner: Option<u64>, mut lines: Vec<String>) -> Vec<String> {
         if let Some(t) = owner.and_then(|o| self.thread(o)) {
             lines.push(String::new());
             lines.push("owner:".into());
             lines.push(format!("  {}", t.describe()));
         }
         lines
+    }
+}
+
+/// A timer's kind in words.
+pub(crate) fn timer_kind(kind: greenhub_snapshot::TimerKindInfo) -> &'static str {
+    use greenhub_snapshot::TimerKindInfo as K;
+    match kind {
+        K::Sleep => "sleep",
+        K::CallAfter => "call_after",
+        K::SpawnAfter => "spawn_after",
+        K::Deadline => "deadline",
+    }
+}
+
+/// When a timer is due: "in 3ms", or "overdue by 2ms".
+fn due(us: i64) -> String {
+    if us >= 0 {
+        format!("in {}", format_us(us as u64))
+    } else {
+        format!("overdue by {}", format_us(us.unsigned_abs()))
     }
 }

@@ -112,6 +112,21 @@ impl Fetcher {
 /// Takes a new snapshot, reconnecting if the connection was lost: the process closes a
 /// connection that sat idle while other inspectors wanted its slot (a paused TUI's).
 fn fetch(pid: u32, client: &mut Option<Client>) -> Result<Snapshot, String> {
+    fetch_once(pid, client).map_err(|e| {
+        if exited(pid) {
+            format!("process {pid} exited (the last snapshot stays on screen; q quits)")
+        } else {
+            e
+        }
+    })
+}
+
+/// Whether no process `pid` exists any more.
+fn exited(pid: u32) -> bool {
+    !std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+fn fetch_once(pid: u32, client: &mut Option<Client>) -> Result<Snapshot, String> {
     let mut fresh = false;
     loop {
         if client.is_none() {
@@ -148,4 +163,16 @@ fn map(code: KeyCode) -> Option<Key> {
         KeyCode::End => Key::End,
         _ => return None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_target_that_has_ended_is_said_to_have_exited() {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        let said = super::fetch(pid, &mut None).unwrap_err();
+        assert!(said.contains(&format!("process {pid} exited")), "{said}");
+    }
 }

@@ -10,7 +10,7 @@ use ratatui::{Frame, Terminal};
 
 use greenhub_snapshot::{ThreadState, format_us};
 
-use super::app::{App, Column, View, waiting_on};
+use super::app::{App, Column, View, timer_kind, waiting_on};
 
 /// Draws the whole screen.
 pub fn render(frame: &mut Frame<'_>, app: &App) {
@@ -39,6 +39,56 @@ pub fn render(frame: &mut Frame<'_>, app: &App) {
     if app.detail {
         render_detail(frame, body, app);
     }
+    if app.help {
+        render_help(frame, body);
+    }
+}
+
+/// Every key, for the help screen.
+const HELP: &[(&str, &str)] = &[
+    (
+        "1-5, Tab, Shift-Tab",
+        "views: threads, timers, descriptors, pools, blocked workers",
+    ),
+    ("Up, Down, PgUp, PgDn, Home, End", "move the selection"),
+    (
+        "Enter",
+        "details of the selected entry (Enter or Esc closes them)",
+    ),
+    ("/", "filter rows by text (Enter keeps it, Esc clears it)"),
+    ("Esc", "clear the filter"),
+    ("s, S", "sort the threads by the next (previous) column"),
+    ("r", "reverse the sort"),
+    ("t", "threads as a tree by parent"),
+    ("p, Space", "pause or resume refreshing"),
+    ("+, -", "refresh faster or slower"),
+    ("?, h", "this help (any key closes it)"),
+    ("q, Ctrl-C", "quit"),
+];
+
+fn render_help(frame: &mut Frame<'_>, body: Rect) {
+    let width = body.width.min(76);
+    let area = Rect {
+        x: body.x + (body.width - width) / 2,
+        y: body.y,
+        width,
+        height: body.height.min(HELP.len() as u16 + 2),
+    };
+    let keys = HELP.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+    let lines: Vec<Line<'_>> = HELP
+        .iter()
+        .map(|(k, what)| {
+            Line::from(vec![
+                Span::from(format!("{k:keys$}  ")).bold(),
+                Span::from(*what),
+            ])
+        })
+        .collect();
+    frame.render_widget(Clear, area);
+    frame.render_widget(
+        Paragraph::new(lines).block(Block::default().borders(Borders::ALL).title("keys")),
+        area,
+    );
 }
 
 /// Draws the whole screen off-screen, `width` by `height`, and returns its text, a line per
@@ -143,6 +193,7 @@ fn render_body(frame: &mut Frame<'_>, area: Rect, app: &App) {
         start: offset(app.selected, visible),
         visible,
         selected: app.selected,
+        width: area.width,
     };
     let body = match app.view {
         View::Threads => threads_body(app, &window),
@@ -193,6 +244,8 @@ struct Window {
     start: usize,
     visible: usize,
     selected: usize,
+    /// The body's width, borders included.
+    width: u16,
 }
 
 impl Window {
@@ -216,8 +269,18 @@ impl Window {
     }
 }
 
+/// The threads view's columns that a terminal narrower than this leaves out (deadline, run
+/// time, switches), so that the name keeps its width before the spawn site.
+const WIDE: u16 = 120;
+
 fn threads_body(app: &App, w: &Window) -> Body {
     let all = app.thread_rows();
+    let narrow = w.width < WIDE;
+    let shown: Vec<Column> = Column::ALL
+        .iter()
+        .copied()
+        .filter(|c| !narrow || !matches!(c, Column::Deadline | Column::Run | Column::Switches))
+        .collect();
     let rows = w.rows(&all, |i, r| {
         let t = r.thread;
         let state = match t.state {
@@ -225,18 +288,22 @@ fn threads_body(app: &App, w: &Window) -> Body {
             ThreadState::Waiting => Span::from("waiting"),
             ThreadState::Scheduled => Span::from("scheduled").dim(),
         };
-        Row::new(vec![
-            Cell::from(t.id.to_string()),
-            Cell::from(tree_name(r.depth, t.name.as_deref())),
-            Cell::from(state),
-            Cell::from(waiting_on(t)),
-            Cell::from(format_us(t.state_for_us)),
-            Cell::from(deadline(t.deadline_in_us)),
-            Cell::from(format_us(t.run_time_us)),
-            Cell::from(t.switches.to_string()),
-            Cell::from(t.spawn_site.clone()),
-        ])
-        .style(w.style(i))
+        let mut state = Some(state);
+        let cells: Vec<Cell<'static>> = shown
+            .iter()
+            .map(|c| match c {
+                Column::Id => Cell::from(t.id.to_string()),
+                Column::Name => Cell::from(tree_name(r.depth, t.name.as_deref())),
+                Column::State => Cell::from(state.take().unwrap_or_default()),
+                Column::WaitingOn => Cell::from(waiting_on(t)),
+                Column::For => Cell::from(format_us(t.state_for_us)),
+                Column::Deadline => Cell::from(deadline(t.deadline_in_us)),
+                Column::Run => Cell::from(format_us(t.run_time_us)),
+                Column::Switches => Cell::from(t.switches.to_string()),
+                Column::Site => Cell::from(t.spawn_site.clone()),
+            })
+            .collect();
+        Row::new(cells).style(w.style(i))
     });
     let title = format!(
         "{} of {} threads{}{}",
@@ -245,8 +312,22 @@ fn threads_body(app: &App, w: &Window) -> Body {
         if app.tree { ", tree by parent" } else { "" },
         filter_note(app)
     );
-    let mut body = Body::new(title, &[], &[10, 24, 9, 24, 8, 9, 8, 9, 20], rows);
-    body.heading = Column::ALL
+    let widths: Vec<u16> = shown
+        .iter()
+        .map(|c| match c {
+            Column::Id => 8,
+            Column::Name => 20,
+            Column::State => 9,
+            Column::WaitingOn => 22,
+            Column::For => 7,
+            Column::Deadline => 9,
+            Column::Run => 8,
+            Column::Switches => 9,
+            Column::Site => 10,
+        })
+        .collect();
+    let mut body = Body::new(title, &[], &widths, rows);
+    body.heading = shown
         .iter()
         .map(|c| {
             if *c == app.sort {
@@ -265,7 +346,7 @@ fn timers_body(app: &App, w: &Window) -> Body {
         Row::new(vec![
             Cell::from(t.id.to_string()),
             Cell::from(deadline(Some(t.due_in_us))),
-            Cell::from(format!("{:?}", t.kind)),
+            Cell::from(timer_kind(t.kind)),
             Cell::from(t.owner.map(|o| format!("#{o}")).unwrap_or_default()),
             Cell::from(t.site.clone()),
         ])
@@ -415,7 +496,7 @@ fn render_footer(frame: &mut Frame<'_>, area: Rect, app: &App) {
         ])
     } else {
         Line::from(
-            "q quit  1-5/Tab views  ↑↓ PgUp PgDn move  Enter details  / filter  s/S sort column  \
+            "? help  q quit  1-5/Tab views  ↑↓ move  Enter details  / filter  s/S sort  \
              r reverse  t tree  p pause  +/- refresh",
         )
         .dim()
