@@ -389,11 +389,19 @@ fn sleep_zero_and_yield_let_others_run() {
 
 #[test]
 fn call_after_fires_once_and_cancel_prevents_it() {
+    // Every third timer is far off, so that cancelling it surely comes first however busy
+    // the machine is; the rest are due soon and race their cancel: whichever wins, a
+    // cancelled timer never fires and a fired one cannot be cancelled.
     let fired = Arc::new(AtomicUsize::new(0));
     let mut timers = Vec::new();
-    for i in 0..300 {
+    for i in 0..300u64 {
         let f = fired.clone();
-        let timer = greenhub::call_after(Duration::from_millis(20 + i % 10), move || {
+        let due = if i % 3 == 0 {
+            Duration::from_secs(600)
+        } else {
+            Duration::from_millis(20 + i % 10)
+        };
+        let timer = greenhub::call_after(due, move || {
             // The function runs in a green thread and may wait.
             sleep(Duration::from_millis(1)).unwrap();
             f.fetch_add(1, Ordering::SeqCst);
@@ -401,18 +409,23 @@ fn call_after_fires_once_and_cancel_prevents_it() {
         timers.push(timer);
     }
     let mut cancelled = 0;
-    for t in timers.iter().step_by(3) {
-        assert!(t.is_pending());
-        assert!(t.cancel());
-        assert!(!t.cancel(), "a second cancel finds nothing");
-        cancelled += 1;
+    for (i, t) in timers.iter().enumerate() {
+        if i % 3 == 0 {
+            assert!(t.is_pending(), "a timer due in ten minutes");
+            assert!(t.cancel());
+            assert!(!t.cancel(), "a second cancel finds nothing");
+            cancelled += 1;
+        } else if i % 3 == 1 && t.cancel() {
+            assert!(!t.cancel(), "a second cancel finds nothing");
+            cancelled += 1;
+        }
     }
     let expected = 300 - cancelled;
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + Duration::from_secs(60);
     while fired.load(Ordering::SeqCst) < expected && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(5));
     }
-    // The cancelled ones were due long ago; give them a chance to misfire.
+    // Give a cancelled one the chance to misfire.
     std::thread::sleep(Duration::from_millis(50));
     assert_eq!(fired.load(Ordering::SeqCst), expected);
     for t in &timers {
