@@ -3,17 +3,20 @@
 //!
 //! Rules, each against a way an outside client could take the endpoint down:
 //! - At most [`Limits::connections`] connections are open at once; the rest wait in the
-//!   kernel's backlog and are taken in order. When every slot is taken and someone waits, the
-//!   slot of the connection that has sent nothing for longest (and at least
-//!   [`Limits::evict_after`]) is given to the newcomer, so silent clients cannot lock the
-//!   endpoint.
+//!   kernel's backlog and are taken in order. When every slot is taken and someone waits, a
+//!   stalled connection gives its slot to the newcomer: one whose answer is out (closing),
+//!   one that has sent nothing for [`Limits::evict_after`], or one that has taken no byte of
+//!   its answer for [`STALLED`]; the longest stalled first. So clients that neither send nor
+//!   read cannot lock the endpoint.
 //! - A request's head (line and headers) is at most [`Limits::request`] bytes (431 past it)
 //!   and must arrive within [`Limits::read`] of the connection's last answer or opening;
 //!   requests have no body (GET and HEAD only).
 //! - An answer is written without blocking, at most one per connection at a time (pipelined
 //!   requests wait in the socket until it is out), and a client that does not read it within
 //!   [`Limits::write`] is disconnected: a client that never reads holds one slot, not the
-//!   endpoint.
+//!   endpoint. A connection answers at most [`ANSWERS_PER_TURN`] pipelined requests before the
+//!   others get their turn.
+//! - A client that sends a request and then closes its side still gets its answer.
 //! - `accept` failing for want of descriptors (EMFILE, ENFILE) or memory stops accepting for
 //!   [`Limits::backoff`] and is reported once per minute; the endpoint serves again as soon as
 //!   descriptors are free.
@@ -98,6 +101,12 @@ struct Server {
     last_report: Option<Instant>,
 }
 
+/// How long a connection may take no byte of its answer before a newcomer may take its slot.
+pub(crate) const STALLED: Duration = Duration::from_secs(1);
+
+/// The most pipelined requests one connection gets answered in one turn of the server.
+pub(crate) const ANSWERS_PER_TURN: usize = 16;
+
 enum Phase {
     /// Waiting for a request's head; `buf` holds what has arrived.
     Reading,
@@ -122,8 +131,29 @@ struct Conn {
     phase: Phase,
     /// When the current phase must be over.
     deadline: Instant,
-    /// When the client last sent a byte (or the connection opened).
-    heard: Instant,
+    /// When the client last sent a byte or took one (or the connection opened).
+    active: Instant,
+    /// The client has closed its side: what it sent is answered, then the connection closes.
+    eof: bool,
+    /// Its last turn ended at [`ANSWERS_PER_TURN`] with work left: it goes on at the next turn
+    /// without waiting for its socket.
+    more: bool,
+}
+
+impl Conn {
+    /// When a newcomer may take this connection's slot.
+    fn evictable_at(&self, limits: &Limits) -> Instant {
+        match self.phase {
+            Phase::Draining { .. } => self.active,
+            Phase::Reading => self.active + limits.evict_after,
+            Phase::Writing { .. } => self.active + STALLED,
+        }
+    }
+
+    /// Whether it has work left that its socket's readiness would not announce.
+    fn has_backlog(&self) -> bool {
+        self.more
+    }
 }
 
 impl Server {
@@ -138,8 +168,7 @@ impl Server {
         let evictable_at = self
             .conns
             .iter()
-            .filter(|c| matches!(c.phase, Phase::Reading))
-            .map(|c| c.heard + self.limits.evict_after)
+            .map(|c| c.evictable_at(&self.limits))
             .min();
         let listen =
             self.paused_until.is_none() && (!full || evictable_at.is_some_and(|t| t <= now));
@@ -162,14 +191,20 @@ impl Server {
         {
             wake = Some(wake.map_or(t, |w| w.min(t)));
         }
-        let timeout_ms = wake.map_or(-1, |w| {
-            // Rounded up, so that a wake-up is never early and never spins.
-            let ms = w
-                .saturating_duration_since(now)
-                .as_nanos()
-                .div_ceil(1_000_000);
-            ms.min(i32::MAX as u128) as i32
-        });
+        // Pipelined requests already read are answered without waiting for the socket.
+        let backlog = self.conns.iter().any(Conn::has_backlog);
+        let timeout_ms = if backlog {
+            0
+        } else {
+            wake.map_or(-1, |w| {
+                // Rounded up, so that a wake-up is never early and never spins.
+                let ms = w
+                    .saturating_duration_since(now)
+                    .as_nanos()
+                    .div_ceil(1_000_000);
+                ms.min(i32::MAX as u128) as i32
+            })
+        };
         // SAFETY: `fds` is a valid array of `fds.len()` pollfd entries for the whole call.
         let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
         if n < 0 {
@@ -180,7 +215,7 @@ impl Server {
         // `fds` lists the connections first, in order, then the listener.
         let mut keep = Vec::with_capacity(self.conns.len());
         for (mut conn, fd) in std::mem::take(&mut self.conns).into_iter().zip(&fds) {
-            if fd.revents == 0 || conn.progress(&self.limits, answer) {
+            if (fd.revents == 0 && !conn.has_backlog()) || conn.progress(&self.limits, answer) {
                 keep.push(conn);
             }
         }
@@ -207,7 +242,9 @@ impl Server {
                         buf: Vec::new(),
                         phase: Phase::Reading,
                         deadline: now + self.limits.read,
-                        heard: now,
+                        active: now,
+                        eof: false,
+                        more: false,
                     });
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -235,20 +272,17 @@ impl Server {
         }
     }
 
-    /// Closes the connection silent for longest, if one has been silent long enough.
+    /// Closes the connection stalled for longest, if one is stalled.
     fn evict_one(&mut self) -> bool {
         let now = Instant::now();
-        let oldest = self
+        let stalled = self
             .conns
             .iter()
             .enumerate()
-            .filter(|(_, c)| {
-                matches!(c.phase, Phase::Reading)
-                    && now.duration_since(c.heard) >= self.limits.evict_after
-            })
-            .min_by_key(|(_, c)| c.heard)
+            .filter(|(_, c)| c.evictable_at(&self.limits) <= now)
+            .min_by_key(|(_, c)| c.evictable_at(&self.limits))
             .map(|(i, _)| i);
-        match oldest {
+        match stalled {
             Some(i) => {
                 self.conns.swap_remove(i);
                 true
@@ -259,15 +293,114 @@ impl Server {
 }
 
 impl Conn {
-    /// Reads or writes what the socket allows. False when the connection is over.
+    /// Reads, answers and writes what the socket allows, up to [`ANSWERS_PER_TURN`] answers.
+    /// False when the connection is over.
     fn progress(&mut self, limits: &Limits, answer: &impl Fn(&str) -> Answer) -> bool {
-        match self.phase {
-            Phase::Reading => self.read(limits, answer),
-            Phase::Writing { .. } => self.write(limits, answer),
-            Phase::Draining { .. } => self.drain(),
+        self.more = false;
+        for _ in 0..ANSWERS_PER_TURN {
+            let step = match self.phase {
+                Phase::Reading => self.read(limits, answer),
+                Phase::Writing { .. } => self.write(limits),
+                Phase::Draining { .. } => return self.drain(),
+            };
+            match step {
+                Step::Wait => return true,
+                Step::Close => return false,
+                Step::Again => {}
+            }
         }
+        self.more = true;
+        true
     }
 
+    /// Reads what has arrived; answers the request at the front of `buf` once it is whole.
+    fn read(&mut self, limits: &Limits, answer: &impl Fn(&str) -> Answer) -> Step {
+        let mut chunk = [0u8; 4096];
+        while !self.eof {
+            // One byte past the limit tells a head that is too long from one that fits.
+            let room = (limits.request + 1).saturating_sub(self.buf.len());
+            if room == 0 {
+                break;
+            }
+            let want = room.min(chunk.len());
+            match self.stream.read(&mut chunk[..want]) {
+                Ok(0) => self.eof = true,
+                Ok(n) => {
+                    self.active = Instant::now();
+                    self.buf.extend_from_slice(&chunk[..n]);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return Step::Close,
+            }
+        }
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut req = httparse::Request::new(&mut headers);
+        let (reply, consumed) = match req.parse(&self.buf) {
+            // The last request of a client that has closed its side is the last answered.
+            Ok(httparse::Status::Complete(len)) => {
+                let last = self.eof && self.buf.len() == len;
+                (reply_to(&req, answer, last), len)
+            }
+            Ok(httparse::Status::Partial) if self.buf.len() > limits.request => (
+                Reply::fail(431, "the request's head is too long"),
+                self.buf.len(),
+            ),
+            // Nothing more will come: an unfinished request is dropped with the connection.
+            Ok(httparse::Status::Partial) if self.eof => return Step::Close,
+            Ok(httparse::Status::Partial) => return Step::Wait,
+            Err(httparse::Error::TooManyHeaders) => {
+                (Reply::fail(431, "too many header fields"), self.buf.len())
+            }
+            Err(e) => (
+                Reply::fail(400, &format!("malformed request: {e}")),
+                self.buf.len(),
+            ),
+        };
+        self.buf.drain(..consumed);
+        self.phase = Phase::Writing {
+            out: reply.bytes,
+            sent: 0,
+            close: reply.close,
+        };
+        self.deadline = Instant::now() + limits.write;
+        // The socket is most likely writable now: no need to wait a round for it.
+        Step::Again
+    }
+
+    fn write(&mut self, limits: &Limits) -> Step {
+        let Phase::Writing { out, sent, close } = &mut self.phase else {
+            return Step::Again;
+        };
+        while *sent < out.len() {
+            match self.stream.write(&out[*sent..]) {
+                Ok(0) => return Step::Close,
+                Ok(n) => {
+                    *sent += n;
+                    self.active = Instant::now();
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Step::Wait,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return Step::Close,
+            }
+        }
+        let now = Instant::now();
+        if *close {
+            let _ = self.stream.shutdown(std::net::Shutdown::Write);
+            self.buf = Vec::new();
+            self.phase = Phase::Draining { dropped: 0 };
+            // Short: the answer is out, and a newcomer may take the slot at once.
+            self.deadline = now + limits.write.min(STALLED);
+            self.active = now;
+            return Step::Again;
+        }
+        self.phase = Phase::Reading;
+        self.deadline = now + limits.read;
+        self.active = now;
+        Step::Again
+    }
+
+    /// Reads and drops what a closing client still sends. False when it is done.
     fn drain(&mut self) -> bool {
         let Phase::Draining { dropped } = &mut self.phase else {
             return false;
@@ -288,91 +421,16 @@ impl Conn {
             }
         }
     }
+}
 
-    fn read(&mut self, limits: &Limits, answer: &impl Fn(&str) -> Answer) -> bool {
-        let mut chunk = [0u8; 4096];
-        loop {
-            // One byte past the limit tells a head that is too long from one that fits.
-            let room = (limits.request + 1).saturating_sub(self.buf.len());
-            if room == 0 {
-                break;
-            }
-            let want = room.min(chunk.len());
-            match self.stream.read(&mut chunk[..want]) {
-                Ok(0) => return false,
-                Ok(n) => {
-                    self.heard = Instant::now();
-                    self.buf.extend_from_slice(&chunk[..n]);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => return false,
-            }
-        }
-        self.respond(limits, answer)
-    }
-
-    /// Answers the request at the front of `buf`, if it is whole.
-    fn respond(&mut self, limits: &Limits, answer: &impl Fn(&str) -> Answer) -> bool {
-        let mut headers = [httparse::EMPTY_HEADER; 32];
-        let mut req = httparse::Request::new(&mut headers);
-        let (reply, consumed) = match req.parse(&self.buf) {
-            Ok(httparse::Status::Complete(len)) => (reply_to(&req, answer), len),
-            Ok(httparse::Status::Partial) if self.buf.len() > limits.request => (
-                Reply::fail(431, "the request's head is too long"),
-                self.buf.len(),
-            ),
-            Ok(httparse::Status::Partial) => return true,
-            Err(httparse::Error::TooManyHeaders) => {
-                (Reply::fail(431, "too many header fields"), self.buf.len())
-            }
-            Err(e) => (
-                Reply::fail(400, &format!("malformed request: {e}")),
-                self.buf.len(),
-            ),
-        };
-        self.buf.drain(..consumed);
-        self.phase = Phase::Writing {
-            out: reply.bytes,
-            sent: 0,
-            close: reply.close,
-        };
-        self.deadline = Instant::now() + limits.write;
-        // The socket is most likely writable now: no need to wait a round for it.
-        self.write(limits, answer)
-    }
-
-    fn write(&mut self, limits: &Limits, answer: &impl Fn(&str) -> Answer) -> bool {
-        let Phase::Writing { out, sent, close } = &mut self.phase else {
-            return true;
-        };
-        while *sent < out.len() {
-            match self.stream.write(&out[*sent..]) {
-                Ok(0) => return false,
-                Ok(n) => *sent += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => return false,
-            }
-        }
-        if *close {
-            let _ = self.stream.shutdown(std::net::Shutdown::Write);
-            self.buf = Vec::new();
-            self.phase = Phase::Draining { dropped: 0 };
-            self.deadline = Instant::now() + limits.write;
-            return self.drain();
-        }
-        let now = Instant::now();
-        self.phase = Phase::Reading;
-        self.deadline = now + limits.read;
-        self.heard = now;
-        if self.buf.is_empty() {
-            true
-        } else {
-            // A pipelined request already arrived.
-            self.respond(limits, answer)
-        }
-    }
+/// What a connection needs next.
+enum Step {
+    /// Readiness of its socket.
+    Wait,
+    /// Nothing: it is over.
+    Close,
+    /// Another step now.
+    Again,
 }
 
 /// An answer on the wire.
@@ -408,8 +466,8 @@ impl Reply {
     }
 }
 
-/// The reply to a whole request head.
-fn reply_to(req: &httparse::Request, answer: &impl Fn(&str) -> Answer) -> Reply {
+/// The reply to a whole request head; `last` closes the connection after it.
+fn reply_to(req: &httparse::Request, answer: &impl Fn(&str) -> Answer, last: bool) -> Reply {
     let method = req.method.unwrap_or("");
     let target = req.path.unwrap_or("/");
     let header = |name: &str| {
@@ -419,12 +477,13 @@ fn reply_to(req: &httparse::Request, answer: &impl Fn(&str) -> Answer) -> Reply 
             .map(|h| String::from_utf8_lossy(h.value).trim().to_ascii_lowercase())
     };
     // HTTP/1.0 closes unless asked to keep alive; 1.1 keeps alive unless asked to close.
-    let close = match (req.version, header("connection").as_deref()) {
-        (_, Some(c)) if c.split(',').any(|t| t.trim() == "close") => true,
-        (Some(0), Some(c)) => !c.split(',').any(|t| t.trim() == "keep-alive"),
-        (Some(0), None) => true,
-        _ => false,
-    };
+    let close = last
+        || match (req.version, header("connection").as_deref()) {
+            (_, Some(c)) if c.split(',').any(|t| t.trim() == "close") => true,
+            (Some(0), Some(c)) => !c.split(',').any(|t| t.trim() == "keep-alive"),
+            (Some(0), None) => true,
+            _ => false,
+        };
     if method != "GET" && method != "HEAD" {
         // Any body of it is unread: the connection cannot go on.
         return Reply::fail(405, "only GET and HEAD are served");
@@ -683,6 +742,74 @@ mod tests {
         }
         assert!(closed, "a trickling client was never cut off");
         drop(silent);
+    }
+
+    #[test]
+    fn clients_that_take_their_answer_and_stall_lock_nobody_out() {
+        let (addr, _) = server(short(), 64 * 1024 * 1024);
+        // Every slot taken by clients that read nothing and close nothing: two asked for a
+        // huge answer (stalled writing), two asked to close (draining), the rest sent half a
+        // request. A polite client still gets in.
+        let mut stalled = Vec::new();
+        for i in 0..8 {
+            let mut s = TcpStream::connect(addr).unwrap();
+            let req: &[u8] = match i % 3 {
+                0 => b"GET /big HTTP/1.1\r\n\r\n",
+                1 => b"GET /ok HTTP/1.1\r\nConnection: close\r\n\r\n",
+                _ => b"GET /ok HTTP/1.1\r\nHost",
+            };
+            s.write_all(req).unwrap();
+            stalled.push(s);
+        }
+        for _ in 0..5 {
+            assert!(polite(addr).ends_with("you asked /ok"));
+        }
+        drop(stalled);
+    }
+
+    #[test]
+    fn a_request_then_a_half_close_is_answered() {
+        let (addr, _) = server(short(), 10);
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        s.write_all(b"GET /ok HTTP/1.1\r\n\r\nGET /nope HTTP/1.1\r\n\r\n")
+            .unwrap();
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        assert!(out.contains("you asked /ok"), "{out}");
+        assert!(out.ends_with("you asked /nope"), "{out}");
+    }
+
+    #[test]
+    fn hundreds_of_pipelined_requests_are_all_answered_in_order() {
+        let (addr, _) = server(short(), 10);
+        let n = 400;
+        // As many as fit in the head bound, several times over.
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let reqs: String = (0..n)
+            .map(|i| format!("GET /{i} HTTP/1.1\r\n\r\n"))
+            .collect();
+        let writer = {
+            let mut w = s.try_clone().unwrap();
+            std::thread::spawn(move || {
+                w.write_all(reqs.as_bytes()).unwrap();
+                w.shutdown(std::net::Shutdown::Write).unwrap();
+            })
+        };
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        writer.join().unwrap();
+        let asked: Vec<&str> = out
+            .split("you asked /")
+            .skip(1)
+            .map(|rest| rest.split("HTTP/1.1").next().unwrap())
+            .collect();
+        assert_eq!(asked.len(), n, "{}", &out[..out.len().min(500)]);
+        for (i, a) in asked.iter().enumerate() {
+            assert_eq!(*a, i.to_string());
+        }
     }
 
     /// OS threads of this process.
