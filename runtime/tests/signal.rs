@@ -186,6 +186,15 @@ fn signal_child() {
             std::thread::sleep(Duration::from_secs(600));
             println!("still alive");
         }
+        "ignored" => {
+            // Rust programs ignore SIGPIPE; a subscription that comes and goes leaves it so.
+            drop(Signals::new([libc::SIGPIPE]).unwrap());
+            println!("ready");
+            // SAFETY: raises a signal this process ignores.
+            unsafe { libc::raise(libc::SIGPIPE) };
+            std::thread::sleep(Duration::from_millis(100));
+            println!("survived");
+        }
         other => panic!("unknown child mode {other}"),
     }
 }
@@ -283,4 +292,12 @@ fn without_a_subscriber_sigterm_ends_the_process_as_before() {
     c.send(libc::SIGTERM);
     let status = c.status();
     assert_eq!(status.signal(), Some(libc::SIGTERM), "{status:?}");
+}
+
+#[test]
+fn a_signal_ignored_before_stays_ignored_once_nobody_subscribes() {
+    let mut c = Child::start("ignored");
+    c.expect("survived");
+    let status = c.status();
+    assert!(status.success(), "{status:?}");
 }

@@ -12,7 +12,11 @@
 //! Rules:
 //! - While at least one subscription wants a signal, its default action (terminating the
 //!   process, for SIGTERM, SIGINT and SIGHUP) does not happen: the program decides. When the
-//!   last one is dropped, the default action applies again.
+//!   last one is dropped, what the signal did before greenhub took it applies again: its
+//!   default action, or nothing if it was ignored (SIGPIPE in Rust programs, SIGHUP under
+//!   `nohup`). A handler installed before greenhub's (with `sigaction` or signal-hook) runs
+//!   first, as signal-hook chains it; one added later with signal-hook runs after, and not at
+//!   all when the default action ends the process.
 //! - Signals coalesce, as Unix signals do: a subscription holds each signal at most once until
 //!   it is taken, so a burst of one signal costs one item, and memory stays bounded.
 //! - SIGKILL, SIGSTOP and the signals of faults (SIGSEGV, SIGILL, SIGFPE, SIGBUS) cannot be
@@ -327,6 +331,8 @@ struct SignalState {
     pending: AtomicBool,
     /// The action is installed (once per process).
     installed: OnceLock<Result<(), String>>,
+    /// The signal was ignored before greenhub took it: with no subscriber, it stays ignored.
+    was_ignored: AtomicBool,
 }
 
 /// The signals' shared state and the delivering thread's eventfd.
@@ -376,6 +382,16 @@ impl Hub {
         self.signals[signal as usize]
             .installed
             .get_or_init(|| {
+                // What the signal did before: ignored stays ignored once nobody subscribes.
+                // SAFETY: sigaction with no new action only reads the current one into `old`.
+                let ignored = unsafe {
+                    let mut old: libc::sigaction = std::mem::zeroed();
+                    libc::sigaction(signal, std::ptr::null(), &mut old) == 0
+                        && old.sa_sigaction == libc::SIG_IGN
+                };
+                self.signals[signal as usize]
+                    .was_ignored
+                    .store(ignored, Ordering::SeqCst);
                 let action = move || self.on_signal(signal);
                 // SAFETY: the action is async-signal-safe: it reads and writes atomics, calls
                 // write(2) on an eventfd, and emulate_default_handler, which signal-hook
@@ -392,7 +408,9 @@ impl Hub {
         let state = &self.signals[signal as usize];
         if state.subscribers.load(Ordering::SeqCst) == 0 {
             // Nobody handles it any more: what would have happened without greenhub.
-            let _ = signal_hook::low_level::emulate_default_handler(signal);
+            if !state.was_ignored.load(Ordering::SeqCst) {
+                let _ = signal_hook::low_level::emulate_default_handler(signal);
+            }
             return;
         }
         state.pending.store(true, Ordering::SeqCst);
@@ -428,16 +446,21 @@ fn deliver(hub: &'static Hub) {
             ));
             return;
         }
+        // The pending signals first, the subscriptions after: a subscription is listed before
+        // its signals are counted, so every signal taken here finds every subscription that
+        // wanted it when it arrived.
+        let pending: Vec<i32> = (1..=MAX_SIGNAL as i32)
+            .filter(|s| {
+                hub.signals[*s as usize]
+                    .pending
+                    .swap(false, Ordering::SeqCst)
+            })
+            .collect();
         let subs: Vec<Arc<Subscription>> =
             hub.subs.lock().iter().filter_map(Weak::upgrade).collect();
-        for signal in 1..=MAX_SIGNAL as i32 {
-            if hub.signals[signal as usize]
-                .pending
-                .swap(false, Ordering::SeqCst)
-            {
-                for sub in &subs {
-                    sub.deliver(signal);
-                }
+        for signal in pending {
+            for sub in &subs {
+                sub.deliver(signal);
             }
         }
     }
