@@ -173,17 +173,34 @@ fn connection_lost(e: &pg::Error) -> bool {
     if e.is_closed() {
         return true;
     }
-    if let Some(code) = e.code() {
-        return [
-            SqlState::ADMIN_SHUTDOWN,
-            SqlState::CRASH_SHUTDOWN,
-            SqlState::CANNOT_CONNECT_NOW,
-        ]
-        .contains(code)
-            || code.code().starts_with("08");
+    if let Some(db) = e.as_db_error() {
+        // A FATAL or PANIC error ends the session, whatever its code.
+        return matches!(db.severity(), "FATAL" | "PANIC")
+            || [
+                SqlState::ADMIN_SHUTDOWN,
+                SqlState::CRASH_SHUTDOWN,
+                SqlState::CANNOT_CONNECT_NOW,
+            ]
+            .contains(db.code())
+            || db.code().code().starts_with("08");
     }
-    // An I/O error under the driver's: reset by peer, broken pipe, end of stream.
-    std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>())
+    // An I/O error of the connection itself (reset by peer, broken pipe, end of stream); the
+    // driver's refusals to encode a value (a NUL in a string, too many parameters) are
+    // I/O errors of other kinds and leave the connection as it was.
+    std::error::Error::source(e)
+        .and_then(|s| s.downcast_ref::<std::io::Error>())
+        .is_some_and(|io| {
+            use std::io::ErrorKind as K;
+            matches!(
+                io.kind(),
+                K::ConnectionReset
+                    | K::ConnectionAborted
+                    | K::BrokenPipe
+                    | K::UnexpectedEof
+                    | K::NotConnected
+                    | K::TimedOut
+            )
+        })
 }
 
 /// An error and its sources, joined: drivers often say only "db error" at the top.

@@ -40,6 +40,8 @@ pub(crate) struct Counters {
     pub failing_since: Mutex<Option<Instant>>,
     /// When the last connect attempt ended (either way).
     pub last_attempt: Mutex<Option<Instant>>,
+    /// When the last successful connect attempt began.
+    pub last_success: Mutex<Option<Instant>>,
 }
 
 /// A pooled connection and what the pool knows of it.
@@ -129,6 +131,7 @@ impl<M: Backend> ManageConnection for Managed<M> {
     type Error = M::Error;
 
     fn connect(&self) -> Result<Self::Connection, Self::Error> {
+        let started = Instant::now();
         let result = self.manager.connect();
         // `last_attempt` is set after the failure state, so that a reader that sees this
         // attempt's time also sees its outcome.
@@ -136,6 +139,7 @@ impl<M: Backend> ManageConnection for Managed<M> {
         match result {
             Ok(conn) => {
                 *self.counters.last_connect_error.lock() = None;
+                *self.counters.last_success.lock() = Some(started);
                 // The end of an outage is said once, as its start was.
                 if let Some(since) = self.counters.failing_since.lock().take() {
                     greenhub::ext::warn(&format!(
@@ -164,6 +168,17 @@ impl<M: Backend> ManageConnection for Managed<M> {
                     .connect_failures
                     .fetch_add(1, Ordering::Relaxed);
                 let reason = crate::chain(&e);
+                // An attempt that began before a later one succeeded says nothing of now: an
+                // outage that has ended is not started again by a straggler.
+                if self
+                    .counters
+                    .last_success
+                    .lock()
+                    .is_some_and(|ok| ok > started)
+                {
+                    done();
+                    return Err(e);
+                }
                 *self.counters.last_connect_error.lock() = Some(reason.clone());
                 // Said once per outage (and at start, when the database was never reached),
                 // not once per retry.

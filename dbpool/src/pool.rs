@@ -99,13 +99,13 @@ struct Book {
     current: HashMap<u64, Checkout>,
 }
 
-/// The longest duration a setting takes: beyond it, deadlines would overflow `Instant`.
 /// The longest pause between two connect attempts while the database cannot be reached.
 const RECONNECT_CAP: Duration = Duration::from_secs(1);
 
 /// How long a checkout waits on r2d2 at a time before it looks at the connect attempts.
 const CHECKOUT_SLICE: Duration = Duration::from_millis(50);
 
+/// The longest duration a setting takes: beyond it, deadlines would overflow `Instant`.
 const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 
 pub(crate) struct Settings {
@@ -730,15 +730,37 @@ impl<M: Backend> Builder<M> {
             .max_lifetime(self.max_lifetime)
             .test_on_check_out(false)
             .error_handler(Box::new(r2d2::NopErrorHandler));
-        let built = match tpool.execute(move || r2d2_builder.build(managed)) {
+        // r2d2's own wait for `min_idle` would last only its capped timeout: the pool waits
+        // the whole `connection_timeout` itself, and fails at once when no connect succeeds.
+        let (min_idle, timeout) = (self.min_idle, self.connection_timeout);
+        let built = match tpool.execute(move || {
+            let r2d2 = r2d2_builder.build_unchecked(managed);
+            let began = Instant::now();
+            let deadline = began + timeout;
+            loop {
+                let state = r2d2.state();
+                if state.idle_connections >= min_idle {
+                    return Ok(r2d2);
+                }
+                let refused = state.connections == 0
+                    && last_error.failing_since.lock().is_some()
+                    && last_error.last_attempt.lock().is_some_and(|t| t >= began);
+                if refused || Instant::now() >= deadline {
+                    return Err(last_error.last_connect_error.lock().clone().unwrap_or_else(
+                        || {
+                            format!(
+                                "{} of {min_idle} connections opened within {} ms",
+                                state.idle_connections,
+                                timeout.as_millis()
+                            )
+                        },
+                    ));
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }) {
             Ok(Ok(r2d2)) => Ok(r2d2),
-            Ok(Err(e)) => Err(Error::Connect {
-                reason: last_error
-                    .last_connect_error
-                    .lock()
-                    .clone()
-                    .unwrap_or_else(|| e.to_string()),
-            }),
+            Ok(Err(reason)) => Err(Error::Connect { reason }),
             Err(e) => Err(e.into()),
         };
         let r2d2 = match built {

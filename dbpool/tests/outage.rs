@@ -250,3 +250,61 @@ fn after_an_outage_the_pool_is_back_within_about_a_second_of_the_server() {
         "{lines:?}"
     );
 }
+
+#[test]
+fn a_value_the_driver_cannot_send_is_not_a_lost_connection() {
+    let pg = Pg::start();
+    let pool: PgPool = Pool::builder()
+        .name("nul")
+        .max_size(1)
+        .build(pg.manager())
+        .unwrap();
+    let pid: i32 = pool
+        .query_one("SELECT pg_backend_pid()", vec![])
+        .unwrap()
+        .get(0);
+    // A NUL byte cannot be sent to PostgreSQL: the driver refuses it before the server sees it.
+    match pool.query_one("SELECT $1::text", vec![Box::new("a\0b".to_string())]) {
+        Err(Error::Database(e)) => assert!(!e.to_string().is_empty()),
+        other => panic!("expected a database error, got {other:?}"),
+    }
+    match pool.batch_execute("SELECT 1;\0") {
+        Err(Error::Database(_)) => {}
+        other => panic!("expected a database error, got {other:?}"),
+    }
+    // The same connection serves on.
+    let again: i32 = pool
+        .query_one("SELECT pg_backend_pid()", vec![])
+        .unwrap()
+        .get(0);
+    assert_eq!(again, pid);
+    assert_eq!(pool.stats().closed.broken, 0);
+}
+
+#[test]
+fn building_for_min_idle_waits_the_whole_timeout_and_fails_at_once_when_refused() {
+    let pg = Pg::start();
+    let pool: PgPool = Pool::builder()
+        .name("warm")
+        .max_size(4)
+        .min_idle(4)
+        .connection_timeout(Duration::from_secs(30))
+        .build(pg.manager())
+        .unwrap();
+    assert_eq!(pool.state().idle, 4);
+    let began = Instant::now();
+    let refused = Pool::builder()
+        .name("warm-refused")
+        .min_idle(2)
+        .build(pg.manager_for(&pg.with_password("wrong")));
+    match refused {
+        Err(Error::Connect { reason }) => {
+            assert!(
+                reason.contains("password authentication failed"),
+                "{reason}"
+            )
+        }
+        other => panic!("expected a connect error, got {:?}", other.map(|_| ())),
+    }
+    assert!(began.elapsed() < Duration::from_secs(10));
+}
