@@ -62,7 +62,12 @@ impl Room {
         outbox
     }
 
-    /// Takes `id` out; its writer sees its outbox closed and ends.
+    fn contains(&self, id: u64) -> bool {
+        self.members.read().contains_key(&id)
+    }
+
+    /// Takes `id` out; its writer sees its outbox closed and ends without writing what is left
+    /// in it, and its reader sees the end of its socket.
     fn leave(&self, id: u64) {
         if let Some(outbox) = self.members.write().remove(&id) {
             outbox.close();
@@ -89,6 +94,10 @@ impl Room {
 fn writer(outbox: Queue<Line>, mut out: TcpStream) {
     let mut batch = Vec::with_capacity(MAX_LINE);
     while let Ok(line) = outbox.get() {
+        if outbox.is_closed() {
+            // Out of the room (gone or too slow): what is left is not written.
+            break;
+        }
         batch.clear();
         batch.extend_from_slice(&line);
         while batch.len() < 16 * 1024 {
@@ -157,6 +166,8 @@ fn participant(room: Room, conn: TcpStream, _peer: SocketAddr) {
             .read_until(b'\n', &mut line)
         {
             Ok(0) | Err(_) => break,
+            // Dropped from the room (too slow a reader): it says nothing more.
+            Ok(_) if !room.contains(id) => break,
             Ok(_) => {
                 if line.last() != Some(&b'\n') {
                     line.push(b'\n');

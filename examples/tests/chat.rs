@@ -120,6 +120,10 @@ fn every_line_reaches_every_other_participant_once_and_in_order() {
     let rounds = [(20, 50), (60, 20), (100, 10), (500, 10)];
     let (churners, times) = (20, 100);
     let total: usize = rounds.iter().map(|(n, m)| n * m).sum::<usize>() + churners * times;
+    // How many lines the quiet one has read: each phase waits for it to catch up, so that
+    // however slow the machine, it never falls `chat::OUTBOX` lines behind and is dropped.
+    let heard = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = heard.clone();
     let listener = spawn(move || {
         let mut reader = BufReader::new(&quiet);
         let mut line = String::new();
@@ -128,17 +132,27 @@ fn every_line_reaches_every_other_participant_once_and_in_order() {
             line.clear();
             match reader.read_line(&mut line) {
                 Ok(0) | Err(_) => break,
-                Ok(_) => lines.push(line.trim_end().to_string()),
+                Ok(_) => {
+                    lines.push(line.trim_end().to_string());
+                    counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
             }
         }
         drop(reader);
         // Still connected: the rounds count it in the room until they are all done.
         (lines, quiet)
     });
-    let mut first = 1;
+    let caught_up = |sent: usize| {
+        wait_until("the quiet one caught up", || {
+            heard.load(std::sync::atomic::Ordering::SeqCst) >= sent
+        })
+    };
+    let (mut first, mut sent) = (1, 0);
     for (n, m) in rounds {
         round(addr, &room, first, n, m);
         first += n;
+        sent += n * m;
+        caught_up(sent);
     }
 
     // Churn: memory and descriptors come back, nobody stays stuck in the room.
@@ -184,6 +198,10 @@ fn a_client_that_stops_reading_is_dropped_and_holds_nobody_back() {
     let pad = "x".repeat(1000);
     let text = move |k: usize| format!("line {k} {pad}\n");
     let expect = text.clone();
+    // The talker keeps at most 100 lines ahead of the listener: the listener is never too slow,
+    // however busy the machine, while the deaf one falls behind without end.
+    let read = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let progress = read.clone();
     let reader = spawn(move || {
         let mut reader = BufReader::new(&listener);
         let mut line = String::new();
@@ -191,11 +209,15 @@ fn a_client_that_stops_reading_is_dropped_and_holds_nobody_back() {
             line.clear();
             reader.read_line(&mut line).unwrap();
             assert_eq!(line, expect(k));
+            progress.store(k + 1, std::sync::atomic::Ordering::SeqCst);
         }
         listener
     });
     let mut w = &talker;
     for k in 0..lines {
+        while k >= read.load(std::sync::atomic::Ordering::SeqCst) + 100 {
+            greenhub::sleep(Duration::from_millis(1)).unwrap();
+        }
         w.write_all(text(k).as_bytes()).unwrap();
     }
     // The listener got every line in order while the deaf one was dropped.

@@ -213,7 +213,9 @@ impl Spent {
         };
         let on_cpu = now.saturating_sub(from).min(busy);
         let asleep = slot.asleep();
-        let cause = if on_cpu * 2 >= busy || asleep == Some(false) {
+        // What the stretch mostly was, from its CPU time; a worker kept off its CPU by the OS
+        // still computed if it spent the whole limit on a CPU.
+        let cause = if on_cpu * 2 >= busy || on_cpu >= limit {
             BlockedCause::Computing
         } else {
             BlockedCause::Blocking
