@@ -392,3 +392,24 @@ fn stats_totals_count_what_the_full_snapshot_lists() {
         s.kill();
     }
 }
+
+#[test]
+fn counters_of_objects_that_leave_never_go_down() {
+    setup();
+    let series = "greenhub_timed_thing_served_total{name=\"leaver\"}";
+    let count = "greenhub_timed_thing_wait_seconds_count{name=\"leaver\"}";
+    let first = timed(Some("leaver"));
+    let (_, text) = get("GET", "/metrics");
+    assert_eq!(samples(&text)[series], 5.0);
+    drop(first);
+    let (_, text) = get("GET", "/metrics");
+    let s = samples(&text);
+    assert_eq!(s[series], 5.0, "the total of a dropped object stays");
+    assert_eq!(s[count], 4.0);
+    let second = timed(Some("leaver"));
+    let (_, text) = get("GET", "/metrics");
+    assert_eq!(samples(&text)[series], 10.0, "the new one adds to it");
+    let complaints = promtool(&text);
+    assert!(complaints.is_empty(), "promtool: {complaints}");
+    drop(second);
+}

@@ -9,6 +9,9 @@
 //! - A running total is a counter named `..._total`; a level is a gauge; a latency is a
 //!   summary in seconds with `_sum` and `_count`, whose quantiles cover every sample since
 //!   the object was made.
+//! - A counter never goes down: when an object leaves, the totals it had at the last scrape
+//!   stay in its series ([`Ledger`]), so `rate()` sees no reset when connections or queues
+//!   come and go. (What it counted after the last scrape before it left is not seen.)
 //! - Every family has its own HELP and TYPE once, and names never collide: a family whose name
 //!   another one (or its `_sum`/`_count`) already holds is left out.
 //!
@@ -16,20 +19,101 @@
 //! snapshot on every scrape, not from instruments, and the text format is small (the test
 //! checks it with `promtool`).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
 
 use greenhub_snapshot::{ObjectInfo, Snapshot};
 
 use super::process;
 
-/// The exposition of a snapshot and of the process.
-pub(crate) fn metrics(s: &Snapshot) -> String {
+/// The exposition of a snapshot and of the process; `ledger` keeps the totals of objects
+/// that have left from one scrape to the next.
+pub(crate) fn metrics(s: &Snapshot, ledger: &mut Ledger) -> String {
     let mut m = Exposition::default();
     threads(&mut m, s);
-    objects(&mut m, &s.objects);
+    ledger.observe(&s.objects);
+    objects(&mut m, &s.objects, ledger);
     process::metrics(&mut m);
     m.text()
+}
+
+/// A series' key: an object kind's metric part and a name ("" for unnamed objects).
+type Key = (String, String);
+
+/// What only grows in an object: its running totals, and its latencies' counts and sums.
+#[derive(Clone, Default)]
+struct Growing {
+    totals: BTreeMap<String, u64>,
+    /// field -> (count, sum in µs)
+    latencies: BTreeMap<String, (u64, u64)>,
+}
+
+impl Growing {
+    fn of(o: &ObjectInfo) -> Growing {
+        let mut g = Growing {
+            totals: o.totals.clone(),
+            latencies: BTreeMap::new(),
+        };
+        if let Some(serde_json::Value::Object(detail)) = &o.detail {
+            for (field, value) in detail {
+                let get = |k: &str| value.get(k).and_then(|v| v.as_u64());
+                if let (Some(count), Some(sum)) = (get("count"), get("sum_us")) {
+                    g.latencies.insert(field.clone(), (count, sum));
+                }
+            }
+        }
+        g
+    }
+
+    fn is_empty(&self) -> bool {
+        self.totals.is_empty() && self.latencies.is_empty()
+    }
+
+    fn add(&mut self, other: &Growing) {
+        for (k, v) in &other.totals {
+            *self.totals.entry(k.clone()).or_default() += v;
+        }
+        for (k, (c, s)) in &other.latencies {
+            let e = self.latencies.entry(k.clone()).or_default();
+            e.0 += c;
+            e.1 += s;
+        }
+    }
+}
+
+/// The running totals of objects between scrapes: what each live object had at the last
+/// scrape, and what the objects that have left had, by series. Bounded by the live objects
+/// that count something and by the names in use.
+#[derive(Default)]
+pub(crate) struct Ledger {
+    seen: HashMap<u64, (Key, Growing)>,
+    retired: HashMap<Key, Growing>,
+}
+
+impl Ledger {
+    /// Records the objects of a scrape; those seen before and absent now are retired.
+    fn observe(&mut self, objects: &[ObjectInfo]) {
+        let mut now: HashMap<u64, (Key, Growing)> = HashMap::new();
+        for o in objects {
+            let g = Growing::of(o);
+            if !g.is_empty() {
+                now.insert(o.id, (key(o), g));
+            }
+        }
+        for (id, (k, g)) in self.seen.drain() {
+            if !now.contains_key(&id) {
+                self.retired.entry(k).or_default().add(&g);
+            }
+        }
+        self.seen = now;
+    }
+}
+
+fn key(o: &ObjectInfo) -> Key {
+    (
+        metric_part(o.kind.name()),
+        o.name.clone().unwrap_or_default(),
+    )
 }
 
 fn threads(m: &mut Exposition, s: &Snapshot) {
@@ -129,7 +213,7 @@ struct Latency {
     p99_us: u64,
 }
 
-fn objects(m: &mut Exposition, objects: &[ObjectInfo]) {
+fn objects(m: &mut Exposition, objects: &[ObjectInfo], ledger: &Ledger) {
     // kind's metric part -> (kind's name, name -> group)
     let mut kinds: BTreeMap<String, (&str, BTreeMap<&str, Group>)> = BTreeMap::new();
     for o in objects {
@@ -177,6 +261,22 @@ fn objects(m: &mut Exposition, objects: &[ObjectInfo]) {
         };
     }
 
+    // Objects that have left keep their totals in their series.
+    for ((part, name), gone) in &ledger.retired {
+        // A kind with no live object left is named by its metric part.
+        let (_, groups) = kinds
+            .entry(part.clone())
+            .or_insert_with(|| (part.as_str(), BTreeMap::new()));
+        let g = groups.entry(name.as_str()).or_default();
+        for (k, v) in &gone.totals {
+            *g.totals.entry(k.as_str()).or_default() += v;
+        }
+        for (k, (c, sum)) in &gone.latencies {
+            let e = g.latency_sums.entry(k.as_str()).or_default();
+            e.0 += c;
+            e.1 += sum;
+        }
+    }
     let f = "greenhub_objects";
     if m.family(f, Kind::Gauge, "Live registered objects, by kind.") {
         for (kind, groups) in kinds.values() {
@@ -196,7 +296,7 @@ fn objects(m: &mut Exposition, objects: &[ObjectInfo]) {
                 m.sample(&waiting, "", &[("name", name)], g.waiting as f64);
             }
         }
-        let count_names: std::collections::BTreeSet<&str> = groups
+        let count_names: BTreeSet<&str> = groups
             .values()
             .flat_map(|g| g.counts.keys().copied())
             .collect();
@@ -211,7 +311,7 @@ fn objects(m: &mut Exposition, objects: &[ObjectInfo]) {
                 }
             }
         }
-        let total_names: std::collections::BTreeSet<&str> = groups
+        let total_names: BTreeSet<&str> = groups
             .values()
             .flat_map(|g| g.totals.keys().copied())
             .collect();
@@ -229,7 +329,7 @@ fn objects(m: &mut Exposition, objects: &[ObjectInfo]) {
                 }
             }
         }
-        let latency_names: std::collections::BTreeSet<&str> = groups
+        let latency_names: BTreeSet<&str> = groups
             .values()
             .flat_map(|g| g.latency_sums.keys().copied())
             .collect();

@@ -31,7 +31,9 @@ mod metrics;
 mod process;
 
 use std::net::{SocketAddr, TcpListener};
-use std::sync::OnceLock;
+use std::sync::{LazyLock, OnceLock};
+
+use parking_lot::Mutex;
 
 use serde::Serialize;
 
@@ -107,7 +109,12 @@ fn route(target: &str) -> (u16, &'static str, String) {
             Ok(snap) => (200, JSON, to_json(&snap)),
             Err(why) => (400, JSON, error(&why)),
         },
-        "/metrics" => (200, PROMETHEUS, metrics::metrics(&overview())),
+        "/metrics" => {
+            // Only the stats thread scrapes: the lock is never contended.
+            static LEDGER: LazyLock<Mutex<metrics::Ledger>> = LazyLock::new(Default::default);
+            let text = metrics::metrics(&overview(), &mut LEDGER.lock());
+            (200, PROMETHEUS, text)
+        }
         _ => (
             404,
             JSON,
