@@ -4,7 +4,8 @@
 
 use std::time::Duration;
 
-use greenhub::{Queue, thread::Builder};
+use greenhub::Queue;
+use greenhub::thread::{Builder, SpawnError};
 
 /// What a pipeline run saw.
 #[derive(Debug)]
@@ -17,10 +18,22 @@ pub struct Outcome {
 
 /// Sends `items` numbers through `workers` green threads that each square a number (taking
 /// `work` per item, a green sleep standing for I/O), with queues of `capacity` between the
-/// stages. Runs in green threads; the caller waits for the consumer.
-pub fn run(items: u64, workers: usize, capacity: usize, work: Duration) -> Outcome {
+/// stages. Runs in green threads; the caller waits for the consumer. A thread that cannot be
+/// spawned (the thread limit, say) ends the run with its error, the queues closed so that the
+/// threads already started end too.
+pub fn run(
+    items: u64,
+    workers: usize,
+    capacity: usize,
+    work: Duration,
+) -> Result<Outcome, SpawnError> {
     let raw: Queue<Option<u64>> = Queue::bounded(capacity).named("pipeline-raw");
     let cooked: Queue<Option<u64>> = Queue::bounded(capacity).named("pipeline-cooked");
+    let failed = |e: SpawnError| {
+        raw.close();
+        cooked.close();
+        e
+    };
     let producer = {
         let raw = raw.clone();
         Builder::new()
@@ -40,9 +53,9 @@ pub fn run(items: u64, workers: usize, capacity: usize, work: Duration) -> Outco
                 }
                 most
             })
-            .expect("spawn the producer")
+            .map_err(failed)?
     };
-    let stage: Vec<_> = (0..workers)
+    let stage: Vec<greenhub::GreenThread<()>> = (0..workers)
         .map(|w| {
             let (raw, cooked) = (raw.clone(), cooked.clone());
             Builder::new()
@@ -56,9 +69,9 @@ pub fn run(items: u64, workers: usize, capacity: usize, work: Duration) -> Outco
                     }
                     let _ = cooked.put(None);
                 })
-                .expect("spawn a worker")
+                .map_err(failed)
         })
-        .collect();
+        .collect::<Result<_, _>>()?;
     let consumer = {
         let cooked = cooked.clone();
         Builder::new()
@@ -75,15 +88,15 @@ pub fn run(items: u64, workers: usize, capacity: usize, work: Duration) -> Outco
                 }
                 received
             })
-            .expect("spawn the consumer")
+            .map_err(failed)?
     };
     let received = consumer.wait().unwrap_or_default();
     for w in stage {
         let _ = w.wait();
     }
     let most_queued = producer.wait().unwrap_or(0);
-    Outcome {
+    Ok(Outcome {
         received,
         most_queued,
-    }
+    })
 }

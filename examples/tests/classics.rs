@@ -49,10 +49,11 @@ fn the_crawler_stops_at_its_limit() {
 fn the_pipeline_delivers_every_item_once_and_holds_its_bound() {
     for (items, workers, capacity) in [(5_000u64, 50usize, 16usize), (3_000, 1, 4), (2_000, 200, 8)]
     {
-        let outcome =
-            greenhub::spawn(move || pipeline::run(items, workers, capacity, Duration::ZERO))
-                .wait()
-                .unwrap();
+        let outcome = greenhub::spawn(move || {
+            pipeline::run(items, workers, capacity, Duration::ZERO).expect("below the limit")
+        })
+        .wait()
+        .unwrap();
         let mut got = outcome.received.clone();
         got.sort_unstable();
         let want: Vec<u64> = (0..items).map(|i| i * i).collect();

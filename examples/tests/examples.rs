@@ -178,6 +178,30 @@ fn the_echo_server_without_a_duration_stops_cleanly_on_sigterm() {
 }
 
 #[test]
+fn a_thread_limit_too_low_ends_the_classics_with_its_message() {
+    for (bin, args) in [
+        (
+            env!("CARGO_BIN_EXE_pipeline"),
+            &["--items", "100", "--workers", "20"][..],
+        ),
+        (
+            env!("CARGO_BIN_EXE_crawler"),
+            &["--pages", "50", "--pool", "20"][..],
+        ),
+    ] {
+        let out = Command::new(bin)
+            .args(args)
+            .env("GREENHUB_MAX_THREADS", "1")
+            .output()
+            .expect("run the example");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{bin} ran anyway");
+        assert!(stderr.contains("limit of 1"), "{bin}: {stderr}");
+        assert!(!stderr.contains("ThreadLimit {"), "{bin}: {stderr}");
+    }
+}
+
+#[test]
 fn bad_settings_stop_the_demo_at_start_with_their_message() {
     for (var, value, says) in [
         (

@@ -40,9 +40,18 @@ fn main() {
         std::process::id()
     );
     let t0 = Instant::now();
-    let result = greenhub::spawn(move || crawl(addr, "/page/0", pool, usize::MAX))
-        .wait()
-        .expect("the crawl ran");
+    let crawled = greenhub::thread::Builder::new()
+        .name("crawl")
+        .spawn(move || crawl(addr, "/page/0", pool, usize::MAX))
+        .map_err(|e| e.to_string())
+        .and_then(|t| t.wait().map_err(|e| e.to_string()));
+    let result = match crawled {
+        Ok(result) => result,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(1);
+        }
+    };
     let took = t0.elapsed();
     println!(
         "fetched {} pages ({} failed) in {:.2}s: the site answered at most {} requests at once; \

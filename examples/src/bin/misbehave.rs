@@ -34,7 +34,7 @@ fn main() {
     let blocker = Builder::new()
         .name("blocker")
         .spawn(|| std::thread::sleep(Duration::from_millis(300)))
-        .expect("spawn");
+        .unwrap_or_else(|e| fail(&e));
     blocker.wait().expect("the blocker ends");
     let report = snapshot()
         .blocked
@@ -74,7 +74,7 @@ fn main() {
                 let _ = greenhub::sleep(Duration::from_millis(600));
                 drop(conn);
             })
-            .expect("spawn")
+            .unwrap_or_else(|e| fail(&e))
     };
     holder.wait().expect("the holder ends");
     // The holder only waited (a green sleep): it must not be reported as blocking. (A false
@@ -110,4 +110,10 @@ fn main() {
         println!("holding for {hold}s: attach now");
         let _ = greenhub::spawn(move || greenhub::sleep(Duration::from_secs(hold))).wait();
     }
+}
+
+/// Ends the program with an error's message (a thread limit set too low, say).
+fn fail(e: &dyn std::fmt::Display) -> ! {
+    eprintln!("error: {e}");
+    std::process::exit(1);
 }

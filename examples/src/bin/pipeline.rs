@@ -30,11 +30,21 @@ fn main() {
         std::process::id()
     );
     let t0 = Instant::now();
-    let outcome = greenhub::spawn(move || {
-        greenhub_examples::pipeline::run(items, workers, capacity, Duration::from_millis(1))
-    })
-    .wait()
-    .expect("the pipeline ran");
+    let ran = greenhub::thread::Builder::new()
+        .name("pipeline")
+        .spawn(move || {
+            greenhub_examples::pipeline::run(items, workers, capacity, Duration::from_millis(1))
+        })
+        .map_err(|e| e.to_string())
+        .and_then(|t| t.wait().map_err(|e| e.to_string()))
+        .and_then(|r| r.map_err(|e| e.to_string()));
+    let outcome = match ran {
+        Ok(outcome) => outcome,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(1);
+        }
+    };
     let took = t0.elapsed();
     let distinct: HashSet<u64> = outcome.received.iter().copied().collect();
     println!(
