@@ -130,6 +130,32 @@ pub mod signal {
     pub use crate::process::signal::{Handler, SignalError, Signals, handle, name};
 }
 
+pub mod subprocess {
+    //! Child processes for green threads (gevent's `subprocess`): [`Command`] is
+    //! `std::process::Command` whose children have green pipes and a green exit. Reading a
+    //! child's output, writing its input and waiting for its end park the green thread, not
+    //! the worker; every wait is bounded by deadline scopes, ends on a kill, and shows in the
+    //! snapshot as a wait on the process. [`Command::output`] and [`Child::communicate`] under
+    //! a deadline that passes kill and reap the child. A dropped child that still runs is
+    //! reaped in the background, leaving no zombie.
+    //!
+    //! ```
+    //! use std::io::Read;
+    //! use greenhub::subprocess::{Command, Stdio};
+    //!
+    //! let t = greenhub::spawn(|| -> std::io::Result<String> {
+    //!     let mut child = Command::new("echo").arg("hello").stdout(Stdio::piped()).spawn()?;
+    //!     let mut said = String::new();
+    //!     child.stdout.take().unwrap().read_to_string(&mut said)?;
+    //!     assert!(child.wait()?.success());
+    //!     Ok(said)
+    //! });
+    //! assert_eq!(t.wait().unwrap().unwrap(), "hello\n");
+    //! ```
+    pub use crate::process::child::{Child, ChildStderr, ChildStdin, ChildStdout, Command};
+    pub use std::process::{ExitStatus, Output, Stdio};
+}
+
 pub mod thread {
     //! Green threads (eventlet's `greenthread`, gevent's `Greenlet`): spawn, wait for the
     //! value, kill, link a callback, start later; and the current thread's identity.

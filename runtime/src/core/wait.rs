@@ -212,6 +212,7 @@ pub(crate) fn wait_io<T: std::os::fd::AsRawFd>(
     io: &may::io::CoIo<T>,
     interest: Interest,
     deadline: Option<Instant>,
+    on: Option<WaitOn>,
 ) {
     use may::io::WaitIo;
     use std::os::fd::AsRawFd;
@@ -229,7 +230,8 @@ pub(crate) fn wait_io<T: std::os::fd::AsRawFd>(
     context::with(|ctx| match ctx.record() {
         Some(record) => {
             check_kill(record);
-            record.begin_wait(WaitOn::Fd { fd, interest }, deadline.map(clock::instant_ns));
+            let on = on.unwrap_or(WaitOn::Fd { fd, interest });
+            record.begin_wait(on, deadline.map(clock::instant_ns));
             monitor::mark_idle();
             let _resume = Resume(record);
             io.wait_io();

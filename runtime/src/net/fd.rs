@@ -21,7 +21,7 @@ use crate::core::timeout::{IsTimeout, TimedOut};
 use crate::core::wait::wait_io;
 use crate::green::time::{deadline, sleep};
 use crate::start;
-use greenhub_snapshot::Interest;
+use greenhub_snapshot::{Interest, WaitOn};
 
 /// A descriptor registered with the hub: non-blocking, its readiness reported by the poller.
 ///
@@ -94,6 +94,18 @@ impl<T: AsRawFd> Registered<T> {
         &self,
         interest: Interest,
         timeout: Option<Duration>,
+        op: impl FnMut(&T) -> io::Result<R>,
+    ) -> io::Result<R> {
+        self.io_as(interest, timeout, None, op)
+    }
+
+    /// [`Registered::io`], the wait shown in the registry as a wait `on` an object (a child
+    /// process, say) rather than on the descriptor.
+    pub(crate) fn io_as<R>(
+        &self,
+        interest: Interest,
+        timeout: Option<Duration>,
+        on: Option<WaitOn>,
         mut op: impl FnMut(&T) -> io::Result<R>,
     ) -> io::Result<R> {
         let deadline = earliest(deadline(), timeout);
@@ -106,7 +118,7 @@ impl<T: AsRawFd> Registered<T> {
                 return Err(timed_out());
             }
             if may::coroutine::is_coroutine() {
-                wait_io(&self.io, interest, deadline);
+                wait_io(&self.io, interest, deadline, on);
             } else {
                 poll(self.fd(), interest, deadline)?;
             }
@@ -235,7 +247,7 @@ pub fn trampoline(
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 break Ok(false);
             }
-            wait_io(&registered.io, interest, deadline);
+            wait_io(&registered.io, interest, deadline, None);
         };
         drop(registered);
         ready

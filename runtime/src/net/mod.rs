@@ -35,7 +35,7 @@
 //!
 //! This layer may use `core`, `start.rs`, `green` and `sync`.
 
-mod fd;
+pub(crate) mod fd;
 mod server;
 mod socket;
 
