@@ -170,6 +170,23 @@ const SUITES: &[Suite] = &[
         scale: 1.0,
     },
     Suite {
+        id: "block_on",
+        title: "Async futures from a green thread",
+        unit: "ns per call (p50)",
+        what: "one green thread calls greenhub::block_on N times in a row (2 workers), after \
+               1,000 warm-up calls; the median of the N latencies: a future ready at once, and \
+               one pending once (tokio's yield_now, which wakes itself through the waker \
+               before the green thread parks: a second poll, the wait named in the registry, \
+               no park); beside it, the same thread's tpool round trip to an OS thread",
+        workers: 2,
+        cases: &[
+            ("block_on, ready future", 200_000),
+            ("block_on, pending once", 200_000),
+            ("tpool round trip", 200_000),
+        ],
+        scale: 1.0,
+    },
+    Suite {
         id: "tpool_rtt_p99",
         title: "Thread pool round trip, 99th percentile",
         unit: "ns per call (p99)",
@@ -384,6 +401,7 @@ fn child(args: &[String]) {
         "queue_4to1" => runtimes::queue_4to1(runtime, workers, n),
         "semaphore" => runtimes::semaphore(runtime, workers, n),
         "tpool_rtt_p50" => runtimes::tpool_rtt(runtime, workers, n, 0.5),
+        "block_on" => runtimes::block_on_rtt(runtime, workers, n),
         "tpool_rtt_p99" => runtimes::tpool_rtt(runtime, workers, n, 0.99),
         "tpool_throughput" => runtimes::tpool_throughput(runtime, workers, n, 1000),
         "echo_1" => echo::echo(runtime, workers, 1, n),

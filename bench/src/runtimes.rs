@@ -661,6 +661,34 @@ pub fn tpool_rtt(runtime: &str, workers: usize, n: u64, quantile: f64) -> f64 {
     samples[i] as f64
 }
 
+/// Sequential `greenhub::block_on` calls from one green thread: the median latency in ns.
+pub fn block_on_rtt(case: &str, workers: usize, n: u64) -> f64 {
+    start_greenhub(workers, None);
+    let case = case.to_owned();
+    let mut samples: Vec<u64> = greenhub::spawn(move || {
+        let call = || -> u64 {
+            let t = Instant::now();
+            if case.contains("ready") {
+                let v = greenhub::block_on(async { std::hint::black_box(1) });
+                assert_eq!(v, Ok(1), "the future's value");
+            } else if case.contains("pending") {
+                greenhub::block_on(tokio::task::yield_now()).expect("no deadline");
+            } else {
+                greenhub_tpool::execute(|| std::hint::black_box(1)).expect("a pool thread");
+            }
+            t.elapsed().as_nanos() as u64
+        };
+        for _ in 0..1000 {
+            call();
+        }
+        (0..n).map(|_| call()).collect::<Vec<u64>>()
+    })
+    .wait()
+    .expect("the caller ends");
+    samples.sort_unstable();
+    samples[samples.len() / 2] as f64
+}
+
 /// `callers` tasks make `n` trivial pool calls in all: ns per call.
 pub fn tpool_throughput(runtime: &str, workers: usize, n: u64, callers: u64) -> f64 {
     let per = n / callers;

@@ -263,6 +263,7 @@ pub mod ext {
 pub use crate::core::config::Config;
 pub use crate::core::panic::{CaughtPanic, catch_panic};
 pub use crate::core::timeout::TimedOut;
+pub use crate::green::future::block_on;
 pub use crate::green::thread::{GreenThread, current, spawn};
 pub use crate::green::time::{kill_requested, sleep, with_timeout, yield_now};
 pub use crate::green::timer::call_after;

@@ -38,6 +38,18 @@ pub struct Token {
     pub(crate) record: Option<Arc<ThreadRecord>>,
 }
 
+/// A token is a `std::task::Waker`: an async future's wake-up wakes the green thread (or OS
+/// thread) waiting on it.
+impl std::task::Wake for Token {
+    fn wake(self: Arc<Self>) {
+        Token::wake(&self);
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        Token::wake(self);
+    }
+}
+
 impl Token {
     /// Wakes the waiter. Returns `false` if it had already given up (deadline passed, killed)
     /// or was already woken: whatever was being handed to it must go elsewhere.
