@@ -496,3 +496,79 @@ fn detached_threads_woken_as_they_park_finish_without_hanging_a_worker() {
         std::thread::sleep(Duration::from_millis(1));
     }
 }
+
+#[test]
+fn wait_any_returns_a_thread_that_ended_and_leaves_the_values_in_place() {
+    for round in 0..50u64 {
+        let threads: Vec<_> = (0..10u64)
+            .map(|i| {
+                greenhub::spawn(move || {
+                    // One of them ends at once, the others much later.
+                    if i == round % 10 {
+                        return i;
+                    }
+                    let _ = sleep(Duration::from_secs(30));
+                    i
+                })
+            })
+            .collect();
+        let first = greenhub::thread::wait_any(&threads, None).unwrap();
+        assert_eq!(first as u64, round % 10, "round {round}");
+        assert!(threads[first].is_done());
+        assert_eq!(threads[first].wait().unwrap(), round % 10);
+        greenhub::thread::kill_all(&threads, Some(Duration::from_secs(30))).unwrap();
+        for (i, t) in threads.iter().enumerate() {
+            if i != first {
+                assert!(matches!(
+                    t.wait(),
+                    Err(greenhub::thread::JoinError::Killed { .. })
+                ));
+            }
+        }
+    }
+}
+
+#[test]
+fn wait_any_join_all_and_kill_and_wait_honour_their_timeouts() {
+    let sleepers: Vec<_> = (0..20)
+        .map(|_| greenhub::spawn(|| sleep(Duration::from_secs(60)).is_ok()))
+        .collect();
+    assert_eq!(
+        greenhub::thread::wait_any(&sleepers, Some(Duration::from_millis(20))),
+        Err(greenhub::TimedOut)
+    );
+    assert_eq!(
+        greenhub::thread::join_all(&sleepers, Some(Duration::from_millis(20))),
+        Err(greenhub::TimedOut)
+    );
+    // Under a deadline scope too, from a green thread.
+    let probe = greenhub::spawn(|| {
+        let t = greenhub::spawn(|| sleep(Duration::from_secs(60)).is_ok());
+        let r = greenhub::with_timeout(Duration::from_millis(20), || {
+            greenhub::thread::join_all(std::slice::from_ref(&t), None)
+        });
+        t.kill_and_wait(Duration::from_secs(30)).unwrap();
+        assert!(t.is_done());
+        r
+    });
+    assert_eq!(probe.wait().unwrap(), Err(greenhub::TimedOut));
+    greenhub::thread::kill_all(&sleepers, Some(Duration::from_secs(30))).unwrap();
+    assert!(sleepers.iter().all(|t| t.is_done()));
+    assert_eq!(
+        greenhub::thread::wait_any::<()>(&[], None),
+        Err(greenhub::TimedOut),
+        "nothing to wait for"
+    );
+    // join_all on threads that all end gives every value back afterwards.
+    let workers: Vec<_> = (0..100u64)
+        .map(|i| {
+            greenhub::spawn(move || {
+                sleep(Duration::from_millis(i % 7)).unwrap();
+                i
+            })
+        })
+        .collect();
+    greenhub::thread::join_all(&workers, None).unwrap();
+    let values: Vec<u64> = workers.iter().map(|t| t.wait().unwrap()).collect();
+    assert_eq!(values, (0..100).collect::<Vec<_>>());
+}

@@ -3,7 +3,7 @@
 use std::panic::{AssertUnwindSafe, Location, catch_unwind};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use thiserror::Error;
@@ -691,6 +691,119 @@ impl<T: Send + 'static> GreenThread<T> {
             }
         }
     }
+}
+
+impl<T: Send + 'static> GreenThread<T> {
+    /// Kills the thread and waits up to `timeout` (or an enclosing deadline) for it to end
+    /// (gevent's `kill(block=True, timeout=...)`): `Ok(())` once it has ended.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let t = greenhub::spawn(|| greenhub::sleep(Duration::from_secs(60)));
+    /// assert!(t.kill_and_wait(Duration::from_secs(5)).is_ok());
+    /// assert!(t.is_done());
+    /// ```
+    pub fn kill_and_wait(&self, timeout: Duration) -> Result<(), TimedOut> {
+        self.kill();
+        self.wait_timeout(timeout)
+    }
+
+    /// Adds `token` to the waiters of the thread's end; false if it has ended already.
+    fn watch_end(&self, token: &Arc<Token>) -> bool {
+        let mut st = self.shared.join.lock();
+        if st.finished {
+            return false;
+        }
+        st.waiters.push(token.clone());
+        true
+    }
+}
+
+/// Waits until one of `threads` has ended and returns its index (gevent's `wait(count=1)`),
+/// or `Err(TimedOut)` past `timeout` or the enclosing deadline. The threads' values stay in
+/// them, for [`GreenThread::wait`]. An empty list is a timeout at once.
+///
+/// ```
+/// use std::time::Duration;
+///
+/// let slow = greenhub::spawn(|| { greenhub::sleep(Duration::from_secs(30)).ok(); 1 });
+/// let quick = greenhub::spawn(|| 2);
+/// let threads = [slow, quick];
+/// assert_eq!(greenhub::thread::wait_any(&threads, None), Ok(1));
+/// assert_eq!(threads[1].wait().unwrap(), 2);
+/// threads[0].kill();
+/// ```
+pub fn wait_any<T: Send + 'static>(
+    threads: &[GreenThread<T>],
+    timeout: Option<Duration>,
+) -> Result<usize, TimedOut> {
+    let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+    let Some(first) = threads.first() else {
+        return Err(TimedOut);
+    };
+    loop {
+        if let Some(i) = threads.iter().position(|t| t.is_done()) {
+            return Ok(i);
+        }
+        // One wait, its token among the waiters of every thread: the first end wakes it.
+        let waiter = Waiter::until(WaitOn::Join { thread: first.id() }, deadline);
+        for (i, t) in threads.iter().enumerate() {
+            if !t.watch_end(waiter.token()) {
+                return Ok(i);
+            }
+        }
+        waiter.wait()?;
+    }
+}
+
+/// Waits until every one of `threads` has ended (gevent's `joinall`), up to `timeout` or the
+/// enclosing deadline (`Err(TimedOut)`; the threads run on). Their values stay in them.
+///
+/// ```
+/// let threads: Vec<_> = (0..10).map(|i| greenhub::spawn(move || i * 2)).collect();
+/// greenhub::thread::join_all(&threads, None).unwrap();
+/// assert!(threads.iter().all(|t| t.is_done()));
+/// ```
+pub fn join_all<T: Send + 'static>(
+    threads: &[GreenThread<T>],
+    timeout: Option<Duration>,
+) -> Result<(), TimedOut> {
+    let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+    for t in threads {
+        loop {
+            if t.is_done() {
+                break;
+            }
+            let waiter = Waiter::until(WaitOn::Join { thread: t.id() }, deadline);
+            if t.watch_end(waiter.token()) {
+                waiter.wait()?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Kills every one of `threads` and waits until all have ended (gevent's `killall`), up to
+/// `timeout` or the enclosing deadline (`Err(TimedOut)`: some have not ended yet).
+///
+/// ```
+/// use std::time::Duration;
+///
+/// let threads: Vec<_> = (0..10)
+///     .map(|_| greenhub::spawn(|| greenhub::sleep(Duration::from_secs(60))))
+///     .collect();
+/// greenhub::thread::kill_all(&threads, Some(Duration::from_secs(5))).unwrap();
+/// assert!(threads.iter().all(|t| t.is_done()));
+/// ```
+pub fn kill_all<T: Send + 'static>(
+    threads: &[GreenThread<T>],
+    timeout: Option<Duration>,
+) -> Result<(), TimedOut> {
+    for t in threads {
+        t.kill();
+    }
+    join_all(threads, timeout)
 }
 
 impl<T> Drop for GreenThread<T> {
