@@ -65,6 +65,18 @@ impl Scene {
     }
 }
 
+/// A green thread named `name` that sleeps 30 s, once its timer shows in the snapshot.
+fn sleeper(name: &str) -> greenhub::GreenThread<Result<(), greenhub::TimedOut>> {
+    let t = greenhub::thread::Builder::new()
+        .name(name)
+        .spawn(|| greenhub::sleep(Duration::from_secs(30)))
+        .unwrap();
+    while !snapshot().timers.iter().any(|tm| tm.owner == Some(t.id())) {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    t
+}
+
 fn app_with_snapshot() -> App {
     let mut app = App::new(std::process::id());
     app.update(snapshot(), Instant::now());
@@ -209,17 +221,7 @@ fn details_show_the_parent_chain_and_the_children() {
 #[test]
 fn the_other_views_list_objects_timers_and_reports() {
     let scene = Scene::new("others");
-    let sleeper = greenhub::thread::Builder::new()
-        .name("others-sleeper")
-        .spawn(|| greenhub::sleep(Duration::from_secs(30)))
-        .unwrap();
-    while !snapshot()
-        .timers
-        .iter()
-        .any(|t| t.owner == Some(sleeper.id()))
-    {
-        std::thread::sleep(Duration::from_millis(2));
-    }
+    let sleeper = sleeper("others-sleeper");
     let mut app = app_with_snapshot();
     app.key(Key::Char('4'));
     assert_eq!(app.view, View::Pools);
@@ -451,17 +453,7 @@ fn question_mark_shows_every_key_and_any_key_closes_it() {
 
 #[test]
 fn details_of_timers_descriptors_and_reports_are_words_not_debug_output() {
-    let sleeper = greenhub::thread::Builder::new()
-        .name("words-sleeper")
-        .spawn(|| greenhub::sleep(Duration::from_secs(30)))
-        .unwrap();
-    while !snapshot()
-        .timers
-        .iter()
-        .any(|t| t.owner == Some(sleeper.id()))
-    {
-        std::thread::sleep(Duration::from_millis(2));
-    }
+    let sleeper = sleeper("words-sleeper");
     let mut app = app_with_snapshot();
     app.key(Key::Char('2'));
     type_filter(&mut app, &format!("#{}", sleeper.id()));

@@ -4,34 +4,21 @@
 #![cfg(feature = "tokio")]
 
 use std::sync::Arc;
+use std::sync::Once;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Mutex, Once};
 use std::time::{Duration, Instant};
 
 use greenhub::timeout::with_timeout;
 use greenhub::{Config, TimedOut, block_on};
 
-static LOGS: Mutex<Vec<String>> = Mutex::new(Vec::new());
-
-struct Capture;
-
-impl log::Log for Capture {
-    fn enabled(&self, _: &log::Metadata) -> bool {
-        true
-    }
-    fn log(&self, record: &log::Record) {
-        LOGS.lock().unwrap().push(record.args().to_string());
-    }
-    fn flush(&self) {}
-}
+mod common;
 
 /// One worker and a 50 ms blocked-worker threshold: a future that blocked its worker would be
 /// reported.
 fn setup() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
-        log::set_logger(&Capture).unwrap();
-        log::set_max_level(log::LevelFilter::Warn);
+        common::capture_logs(log::LevelFilter::Warn);
         Config::new()
             .workers(1)
             .max_blocking_time(Some(Duration::from_millis(50)))
@@ -91,7 +78,7 @@ fn ready_futures_and_many_pending_ones_all_complete_without_blocking_the_worker(
     assert!(ticks.load(Ordering::SeqCst) > 0, "the worker was held");
     stop.store(true, Ordering::SeqCst);
     ticker.wait().unwrap();
-    let logs = LOGS.lock().unwrap();
+    let logs = common::capture_logs(log::LevelFilter::Warn).lock().unwrap();
     assert!(
         !logs.iter().any(|l| l.contains("busy for")),
         "a worker was reported blocked: {logs:?}"

@@ -1,33 +1,18 @@
 //! The monitor: blocked-worker reports and sampled run time. Its own process, so that it can
 //! set the threshold.
 
-use std::sync::{Mutex, Once};
+use std::sync::Once;
 use std::time::{Duration, Instant};
 
 use greenhub::inspect::snapshot;
 use greenhub::{Config, sleep, thread::Builder};
 
-static LOGS: Mutex<Vec<String>> = Mutex::new(Vec::new());
-
-struct Capture;
-
-impl log::Log for Capture {
-    fn enabled(&self, _: &log::Metadata) -> bool {
-        true
-    }
-    fn log(&self, record: &log::Record) {
-        LOGS.lock()
-            .unwrap()
-            .push(format!("{} {}", record.level(), record.args()));
-    }
-    fn flush(&self) {}
-}
+mod common;
 
 fn setup() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
-        log::set_logger(&Capture).unwrap();
-        log::set_max_level(log::LevelFilter::Info);
+        common::capture_logs(log::LevelFilter::Info);
         Config::new()
             .workers(2)
             .max_blocking_time(Some(Duration::from_millis(50)))
@@ -83,7 +68,7 @@ fn a_thread_that_blocks_its_worker_is_reported_with_name_site_and_duration() {
         std::thread::sleep(Duration::from_millis(10));
     };
     assert!(closed.duration_us >= 300_000, "{}", closed.duration_us);
-    let logs = LOGS.lock().unwrap();
+    let logs = common::capture_logs(log::LevelFilter::Info).lock().unwrap();
     let reported: Vec<_> = logs
         .iter()
         .filter(|l| l.contains(&format!("#{id} \"hog\"")))
@@ -132,25 +117,14 @@ fn waiting_threads_are_never_reported() {
     );
 }
 
-/// CPU time of the calling OS thread.
-fn thread_cpu() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: fills a valid timespec; the clock exists on every Linux.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
-}
-
 #[test]
 fn a_loop_that_never_waits_is_reported_as_computing_not_as_a_blocking_call() {
     setup();
     let t = spawn_named("cruncher", || {
         // CPU time, not wall time: on a busy machine the loop still computes this long.
-        let start = thread_cpu();
+        let start = common::thread_cpu();
         let mut x = 0u64;
-        while thread_cpu() - start < Duration::from_millis(300) {
+        while common::thread_cpu() - start < Duration::from_millis(300) {
             x = x.wrapping_add(1);
         }
         x
@@ -171,7 +145,7 @@ fn a_loop_that_never_waits_is_reported_as_computing_not_as_a_blocking_call() {
         Some(greenhub::inspect::BlockedCause::Computing)
     );
     assert!(report.on_cpu_us.unwrap() >= 50_000, "{report:?}");
-    let logs = LOGS.lock().unwrap();
+    let logs = common::capture_logs(log::LevelFilter::Info).lock().unwrap();
     assert!(
         logs.iter()
             .any(|l| l.contains(&format!("#{id} \"cruncher\""))

@@ -3,36 +3,13 @@
 //! `max_blocking_time`, and the monitor says the machine is busy instead of blaming the
 //! thread. Its own process: it starves its only worker on purpose.
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use greenhub::Config;
 use greenhub::inspect::snapshot;
 
-static LOGS: Mutex<Vec<String>> = Mutex::new(Vec::new());
-
-struct Capture;
-
-impl log::Log for Capture {
-    fn enabled(&self, _: &log::Metadata) -> bool {
-        true
-    }
-    fn log(&self, record: &log::Record) {
-        LOGS.lock().unwrap().push(record.args().to_string());
-    }
-    fn flush(&self) {}
-}
-
-fn thread_cpu() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: fills a valid timespec; the clock exists on every Linux.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
-}
+mod common;
 
 /// Pins the thread `tid` (0: the caller) to `cpu`.
 fn pin(tid: i32, cpu: usize) {
@@ -65,8 +42,7 @@ fn first_cpu() -> usize {
 
 #[test]
 fn a_worker_starved_by_the_os_is_not_blamed_on_its_green_thread() {
-    log::set_logger(&Capture).unwrap();
-    log::set_max_level(log::LevelFilter::Warn);
+    let logs = common::capture_logs(log::LevelFilter::Warn);
     Config::new()
         .workers(1)
         .max_blocking_time(Some(Duration::from_millis(50)))
@@ -104,9 +80,9 @@ fn a_worker_starved_by_the_os_is_not_blamed_on_its_green_thread() {
     let t = greenhub::thread::Builder::new()
         .name("short job")
         .spawn(|| {
-            let start = thread_cpu();
+            let start = common::thread_cpu();
             let mut x = 0u64;
-            while thread_cpu() - start < Duration::from_millis(5) {
+            while common::thread_cpu() - start < Duration::from_millis(5) {
                 x = std::hint::black_box(x.wrapping_add(1));
             }
         })
@@ -133,7 +109,7 @@ fn a_worker_starved_by_the_os_is_not_blamed_on_its_green_thread() {
         "a thread that computed 5 ms was blamed for {wall:?} of OS starvation: {:?}",
         s.blocked
     );
-    let logs = LOGS.lock().unwrap();
+    let logs = logs.lock().unwrap();
     assert!(
         logs.iter()
             .any(|l| l.contains("waited") && l.contains("for a CPU")),

@@ -4,25 +4,13 @@
 //! process's descriptors.
 
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use greenhub::net::TcpListener;
 
-/// Keeps the runtime's warnings.
-struct Keep(Arc<Mutex<Vec<String>>>);
-
-impl log::Log for Keep {
-    fn enabled(&self, _: &log::Metadata) -> bool {
-        true
-    }
-    fn log(&self, record: &log::Record) {
-        self.0.lock().unwrap().push(record.args().to_string());
-    }
-    fn flush(&self) {}
-}
+mod common;
 
 /// CPU time of the whole process.
 fn cpu() -> Duration {
@@ -38,9 +26,7 @@ fn cpu() -> Duration {
 
 #[test]
 fn accept_out_of_descriptors_waits_says_so_once_and_takes_the_client_later() {
-    let said = Arc::new(Mutex::new(Vec::new()));
-    log::set_logger(Box::leak(Box::new(Keep(said.clone())))).unwrap();
-    log::set_max_level(log::LevelFilter::Warn);
+    let said = common::capture_logs(log::LevelFilter::Warn);
     greenhub::Config::new().attach(false).init().unwrap();
 
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -64,25 +50,7 @@ fn accept_out_of_descriptors_waits_says_so_once_and_takes_the_client_later() {
         }
     });
 
-    // SAFETY: getrlimit/setrlimit fill and read the struct given.
-    unsafe {
-        let mut limit: libc::rlimit = std::mem::zeroed();
-        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
-        limit.rlim_cur = limit.rlim_cur.min(512);
-        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
-    }
-    let probe = std::fs::File::open("/dev/null").unwrap();
-    let mut hoard = Vec::new();
-    loop {
-        // SAFETY: dup of a descriptor this test owns; the result is owned below.
-        let fd = unsafe { libc::dup(probe.as_raw_fd()) };
-        if fd < 0 {
-            break;
-        }
-        // SAFETY: `fd` was just returned by dup and nothing else owns it.
-        hoard.push(unsafe { OwnedFd::from_raw_fd(fd) });
-    }
-    hoard.pop();
+    let hoard = common::use_up_descriptors();
     let mut client = std::net::TcpStream::connect(addr).expect("the kernel takes the connection");
     client.write_all(b"hello").unwrap();
 
@@ -104,7 +72,6 @@ fn accept_out_of_descriptors_waits_says_so_once_and_takes_the_client_later() {
     std::thread::sleep(Duration::from_millis(1000));
     let spent = cpu() - cpu_before;
     let elapsed = started.elapsed();
-    drop(probe);
     drop(hoard);
 
     client

@@ -1,39 +1,20 @@
 //! A panic nobody waits for is reported exactly once through `log`.
 
-use std::sync::{Mutex, Once};
 use std::time::{Duration, Instant};
 
 use greenhub::{sleep, spawn};
 
-static LOGS: Mutex<Vec<(log::Level, String)>> = Mutex::new(Vec::new());
-
-struct Capture;
-
-impl log::Log for Capture {
-    fn enabled(&self, _: &log::Metadata) -> bool {
-        true
-    }
-    fn log(&self, record: &log::Record) {
-        LOGS.lock()
-            .unwrap()
-            .push((record.level(), record.args().to_string()));
-    }
-    fn flush(&self) {}
-}
+mod common;
 
 fn setup() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        log::set_logger(&Capture).unwrap();
-        log::set_max_level(log::LevelFilter::Warn);
-    });
+    common::capture_logs(log::LevelFilter::Warn);
 }
 
+/// Error lines that contain `marker`.
 fn reports_of(marker: &str) -> usize {
-    LOGS.lock()
-        .unwrap()
+    common::logged(marker)
         .iter()
-        .filter(|(level, text)| *level == log::Level::Error && text.contains(marker))
+        .filter(|l| l.starts_with("ERROR "))
         .count()
 }
 
@@ -68,14 +49,9 @@ fn a_panic_after_the_handle_is_dropped_is_reported_once() {
     let id = t.id();
     drop(t);
     assert_eq!(settle("late-panic", 1), 1);
-    let logs = LOGS.lock().unwrap();
-    let line = logs.iter().find(|(_, t)| t.contains("late-panic")).unwrap();
-    assert!(
-        line.1.contains(&format!("green thread #{id}")),
-        "{}",
-        line.1
-    );
-    assert!(line.1.contains("panic_log.rs"), "names where: {}", line.1);
+    let line = common::logged("late-panic").remove(0);
+    assert!(line.contains(&format!("green thread #{id}")), "{line}");
+    assert!(line.contains("panic_log.rs"), "names where: {line}");
 }
 
 #[test]

@@ -5,22 +5,9 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// Keeps the runtime's warnings.
-struct Keep(Arc<Mutex<Vec<String>>>);
-
-impl log::Log for Keep {
-    fn enabled(&self, _: &log::Metadata) -> bool {
-        true
-    }
-    fn log(&self, record: &log::Record) {
-        self.0.lock().unwrap().push(record.args().to_string());
-    }
-    fn flush(&self) {}
-}
+mod common;
 
 /// The CPU time of one thread of this process, read through a file opened beforehand (reading
 /// needs no new descriptor, so it works while none is free).
@@ -64,9 +51,7 @@ impl ThreadCpu {
 
 #[test]
 fn out_of_descriptors_the_endpoint_waits_says_so_once_and_comes_back() {
-    let said = Arc::new(Mutex::new(Vec::new()));
-    log::set_logger(Box::leak(Box::new(Keep(said.clone())))).unwrap();
-    log::set_max_level(log::LevelFilter::Warn);
+    let said = common::capture_logs(log::LevelFilter::Warn);
     greenhub::Config::new()
         .stats_addr(Some("127.0.0.1:0".parse().unwrap()))
         .attach(false)
@@ -75,27 +60,7 @@ fn out_of_descriptors_the_endpoint_waits_says_so_once_and_comes_back() {
     let addr = greenhub::inspect::stats_addr().expect("the endpoint is up");
 
     let cpu = ThreadCpu::of("greenhub-stats");
-    // A low limit, so that using up every descriptor is quick.
-    // SAFETY: getrlimit/setrlimit fill and read the struct given.
-    unsafe {
-        let mut limit: libc::rlimit = std::mem::zeroed();
-        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
-        limit.rlim_cur = limit.rlim_cur.min(512);
-        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
-    }
-    // Every free descriptor but one is taken; the last one is the client's.
-    let mut hoard = Vec::new();
-    let probe = std::fs::File::open("/dev/null").unwrap();
-    loop {
-        // SAFETY: dup of a descriptor this test owns; the result is owned below.
-        let fd = unsafe { libc::dup(probe.as_raw_fd()) };
-        if fd < 0 {
-            break;
-        }
-        // SAFETY: `fd` was just returned by dup and nothing else owns it.
-        hoard.push(unsafe { OwnedFd::from_raw_fd(fd) });
-    }
-    hoard.pop();
+    let mut hoard = common::use_up_descriptors();
     let mut client = TcpStream::connect(addr).expect("the kernel takes the connection");
     client
         .set_read_timeout(Some(Duration::from_secs(60)))
@@ -123,7 +88,6 @@ fn out_of_descriptors_the_endpoint_waits_says_so_once_and_comes_back() {
     std::thread::sleep(Duration::from_millis(1000));
     let spent = cpu.now() - cpu_before;
     let elapsed = started.elapsed();
-    drop(probe);
     hoard.truncate(hoard.len().saturating_sub(64));
     let reports = said
         .lock()

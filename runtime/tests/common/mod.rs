@@ -111,3 +111,80 @@ pub fn watchdog(limit: Duration) -> Watchdog {
 
 /// Disarms the watchdog when dropped.
 pub struct Watchdog(std::sync::mpsc::Sender<()>);
+
+/// The log lines of this test binary, as "LEVEL message", once [`capture_logs`] installed the
+/// logger.
+static LOGS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+struct Capture;
+
+impl log::Log for Capture {
+    fn enabled(&self, _: &log::Metadata) -> bool {
+        true
+    }
+    fn log(&self, record: &log::Record) {
+        LOGS.lock()
+            .unwrap()
+            .push(format!("{} {}", record.level(), record.args()));
+    }
+    fn flush(&self) {}
+}
+
+/// Installs (once) a logger that keeps every line at `level` and above; returns the lines.
+pub fn capture_logs(level: log::LevelFilter) -> &'static std::sync::Mutex<Vec<String>> {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        log::set_logger(&Capture).unwrap();
+        log::set_max_level(level);
+    });
+    &LOGS
+}
+
+/// The lines logged so far that contain `text`.
+pub fn logged(text: &str) -> Vec<String> {
+    LOGS.lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l.contains(text))
+        .cloned()
+        .collect()
+}
+
+/// CPU time of the calling OS thread.
+pub fn thread_cpu() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: fills a valid timespec; the clock exists on every Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// Lowers this process's open-files limit to at most 512 and opens descriptors until none is
+/// left but one: the caller's next descriptor is the last. Dropping the result frees them.
+pub fn use_up_descriptors() -> Vec<std::os::fd::OwnedFd> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    // SAFETY: getrlimit/setrlimit fill and read the struct given.
+    unsafe {
+        let mut limit: libc::rlimit = std::mem::zeroed();
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
+        limit.rlim_cur = limit.rlim_cur.min(512);
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
+    }
+    let probe: OwnedFd = std::fs::File::open("/dev/null").unwrap().into();
+    let mut hoard = Vec::new();
+    loop {
+        // SAFETY: dup of a descriptor this function owns; the result is owned below.
+        let fd = unsafe { libc::dup(probe.as_raw_fd()) };
+        if fd < 0 {
+            break;
+        }
+        // SAFETY: `fd` was just returned by dup and nothing else owns it.
+        hoard.push(unsafe { OwnedFd::from_raw_fd(fd) });
+    }
+    // Exactly one free.
+    hoard.pop();
+    hoard.push(probe);
+    hoard
+}
