@@ -206,6 +206,9 @@ struct Group<'a> {
     latency_sums: BTreeMap<&'a str, (u64, u64)>,
 }
 
+/// Which of a group's maps of values a family reads.
+type Values = for<'g> fn(&'g Group<'g>) -> &'g BTreeMap<&'g str, u64>;
+
 #[derive(Clone, Copy)]
 struct Latency {
     p50_us: u64,
@@ -296,35 +299,25 @@ fn objects(m: &mut Exposition, objects: &[ObjectInfo], ledger: &Ledger) {
                 m.sample(&waiting, "", &[("name", name)], g.waiting as f64);
             }
         }
-        let count_names: BTreeSet<&str> = groups
-            .values()
-            .flat_map(|g| g.counts.keys().copied())
-            .collect();
-        for c in count_names {
-            let family = format!("greenhub_{part}_{}", metric_part(c));
-            let help = format!("The `{}` count of {kind} objects, by name.", help_text(c));
-            if m.family(&family, Kind::Gauge, &help) {
-                for (name, g) in groups {
-                    if let Some(v) = g.counts.get(c) {
-                        m.sample(&family, "", &[("name", name)], *v as f64);
-                    }
-                }
-            }
-        }
-        let total_names: BTreeSet<&str> = groups
-            .values()
-            .flat_map(|g| g.totals.keys().copied())
-            .collect();
-        for t in total_names {
-            let family = format!("greenhub_{part}_{}_total", metric_part(t));
-            let help = format!(
-                "The `{}` running total of {kind} objects, by name.",
-                help_text(t)
-            );
-            if m.family(&family, Kind::Counter, &help) {
-                for (name, g) in groups {
-                    if let Some(v) = g.totals.get(t) {
-                        m.sample(&family, "", &[("name", name)], *v as f64);
+        // Levels as gauges, running totals as counters: one family per name, a series per
+        // group that has it.
+        let per_group: [(&str, Kind, &str, Values); 2] = [
+            ("", Kind::Gauge, "count", |g| &g.counts),
+            ("_total", Kind::Counter, "running total", |g| &g.totals),
+        ];
+        for (suffix, family_kind, what, values) in per_group {
+            let names: BTreeSet<&str> = groups
+                .values()
+                .flat_map(|g| values(g).keys().copied())
+                .collect();
+            for n in names {
+                let family = format!("greenhub_{part}_{}{suffix}", metric_part(n));
+                let help = format!("The `{}` {what} of {kind} objects, by name.", help_text(n));
+                if m.family(&family, family_kind, &help) {
+                    for (name, g) in groups {
+                        if let Some(v) = values(g).get(n) {
+                            m.sample(&family, "", &[("name", name)], *v as f64);
+                        }
                     }
                 }
             }
