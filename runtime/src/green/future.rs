@@ -15,6 +15,9 @@
 //! - A deadline scope that passes, or a kill, drops the future (inside the runtime, so that
 //!   what it holds can deregister) and `block_on` returns [`TimedOut`] (a kill unwinds).
 //! - A future that is ready at its first poll costs one poll and no registration.
+//! - A future's `poll` must not make greenhub waits itself (a green `sleep`, a green socket
+//!   read): the thread could resume on another worker inside tokio's context. Await tokio's
+//!   own timers and sockets inside it; make greenhub calls around `block_on`.
 //!
 //! It uses `core` (the waiter, the registry) only.
 
