@@ -572,3 +572,38 @@ fn wait_any_join_all_and_kill_and_wait_honour_their_timeouts() {
     let values: Vec<u64> = workers.iter().map(|t| t.wait().unwrap()).collect();
     assert_eq!(values, (0..100).collect::<Vec<_>>());
 }
+
+#[test]
+fn value_links_run_on_values_and_error_links_on_errors_only() {
+    use std::sync::mpsc;
+    let (tx, rx) = mpsc::channel::<String>();
+    for round in 0..100u32 {
+        let outcome = round % 3;
+        let t = greenhub::spawn(move || match outcome {
+            0 => round,
+            1 => panic!("boom {round}"),
+            _ => {
+                let _ = sleep(Duration::from_secs(60));
+                round
+            }
+        });
+        let (v, e) = (tx.clone(), tx.clone());
+        t.link_value(move |x| v.send(format!("value {x}")).unwrap());
+        t.link_error(move |err| e.send(format!("error {err}")).unwrap());
+        if outcome == 2 {
+            t.kill();
+        }
+        let said = rx.recv_timeout(Duration::from_secs(60)).unwrap();
+        match outcome {
+            0 => assert_eq!(said, format!("value {round}")),
+            1 => assert!(said.starts_with("error") && said.contains("boom"), "{said}"),
+            _ => assert!(
+                said.starts_with("error") && said.contains("killed"),
+                "{said}"
+            ),
+        }
+        // Exactly one of the two ran.
+        assert!(rx.recv_timeout(Duration::from_millis(20)).is_err());
+        let _ = t.wait();
+    }
+}

@@ -709,6 +709,51 @@ impl<T: Send + 'static> GreenThread<T> {
         self.wait_timeout(timeout)
     }
 
+    /// Calls `f` with the thread's value if it returns one (gevent's `link_value`); nothing
+    /// if it panicked or was killed. Runs as [`GreenThread::link`] callbacks do.
+    ///
+    /// ```
+    /// use std::sync::mpsc;
+    ///
+    /// let (tx, rx) = mpsc::channel();
+    /// let t = greenhub::spawn(|| 5);
+    /// t.link_value(move |v| tx.send(*v).unwrap());
+    /// assert_eq!(rx.recv().unwrap(), 5);
+    /// ```
+    pub fn link_value<F>(&self, f: F)
+    where
+        F: FnOnce(&T) + Send + 'static,
+    {
+        self.link(move |r| {
+            if let Ok(v) = r {
+                f(v)
+            }
+        });
+    }
+
+    /// Calls `f` with why the thread has no value (it panicked, was killed, or could not
+    /// start; gevent's `link_exception`); nothing if it returned one. Runs as
+    /// [`GreenThread::link`] callbacks do.
+    ///
+    /// ```
+    /// use std::sync::mpsc;
+    ///
+    /// let (tx, rx) = mpsc::channel();
+    /// let t = greenhub::spawn(|| -> u8 { panic!("boom") });
+    /// t.link_error(move |e| tx.send(e.to_string()).unwrap());
+    /// assert!(rx.recv().unwrap().contains("boom"));
+    /// ```
+    pub fn link_error<F>(&self, f: F)
+    where
+        F: FnOnce(&JoinError) + Send + 'static,
+    {
+        self.link(move |r| {
+            if let Err(e) = r {
+                f(e)
+            }
+        });
+    }
+
     /// Adds `token` to the waiters of the thread's end; false if it has ended already.
     fn watch_end(&self, token: &Arc<Token>) -> bool {
         let mut st = self.shared.join.lock();
