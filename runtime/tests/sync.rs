@@ -599,3 +599,118 @@ fn no_semaphore_waiter_starves_under_contention() {
         "a semaphore waiter was starved: {counts:?}"
     );
 }
+
+#[test]
+fn rwlock_readers_share_writers_are_alone_and_no_write_is_lost() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let lock = Arc::new(greenhub::RwLock::new(0u64));
+    let (reading, writing) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let most_readers = Arc::new(AtomicUsize::new(0));
+    let threads: Vec<_> = (0..200u64)
+        .map(|i| {
+            let (lock, reading, writing, most) = (
+                lock.clone(),
+                reading.clone(),
+                writing.clone(),
+                most_readers.clone(),
+            );
+            greenhub::spawn(move || {
+                if i % 4 == 0 {
+                    let mut w = lock.write().unwrap();
+                    assert_eq!(
+                        reading.load(Ordering::SeqCst),
+                        0,
+                        "a reader beside a writer"
+                    );
+                    assert_eq!(writing.fetch_add(1, Ordering::SeqCst), 0, "two writers");
+                    let seen = *w;
+                    greenhub::yield_now();
+                    *w = seen + 1;
+                    writing.fetch_sub(1, Ordering::SeqCst);
+                } else {
+                    let r = lock.read().unwrap();
+                    assert_eq!(
+                        writing.load(Ordering::SeqCst),
+                        0,
+                        "a writer beside a reader"
+                    );
+                    let now = reading.fetch_add(1, Ordering::SeqCst) + 1;
+                    most.fetch_max(now, Ordering::SeqCst);
+                    greenhub::yield_now();
+                    let _ = *r;
+                    reading.fetch_sub(1, Ordering::SeqCst);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.wait().unwrap();
+    }
+    assert_eq!(*lock.read().unwrap(), 50, "every write counted once");
+    assert!(
+        most_readers.load(Ordering::SeqCst) > 1,
+        "readers never shared"
+    );
+}
+
+#[test]
+fn rwlock_serves_in_arrival_order_so_a_waiting_writer_is_not_starved() {
+    let lock = Arc::new(greenhub::RwLock::new(()));
+    let order = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let first = lock.read().unwrap();
+    // A writer waits behind the reader; a reader that comes after waits behind the writer.
+    let spawn = |name: &'static str, write: bool| {
+        let (lock, order) = (lock.clone(), order.clone());
+        let t = greenhub::spawn(move || {
+            if write {
+                let _w = lock.write().unwrap();
+                order.lock().unwrap().push(name);
+            } else {
+                let _r = lock.read().unwrap();
+                order.lock().unwrap().push(name);
+            }
+        });
+        // Each is queued before the next comes.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while greenhub::inspect::snapshot()
+            .threads
+            .iter()
+            .all(|th| th.id != t.id() || th.state != greenhub::inspect::ThreadState::Waiting)
+        {
+            assert!(std::time::Instant::now() < deadline, "{name} never queued");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        t
+    };
+    let w = spawn("writer", true);
+    let r = spawn("late reader", false);
+    assert!(
+        lock.try_read().is_none(),
+        "a reader may not pass a queued writer"
+    );
+    drop(first);
+    w.wait().unwrap();
+    r.wait().unwrap();
+    assert_eq!(*order.lock().unwrap(), ["writer", "late reader"]);
+}
+
+#[test]
+fn rwlock_timeouts_and_kills_lose_nothing() {
+    let lock = Arc::new(greenhub::RwLock::new(0u32));
+    let reader = lock.read().unwrap();
+    assert!(lock.write_timeout(Duration::from_millis(20)).is_err());
+    // A writer killed while it waits does not block the next one.
+    let l = lock.clone();
+    let doomed = greenhub::spawn(move || l.write().map(|_| ()));
+    std::thread::sleep(Duration::from_millis(20));
+    doomed.kill();
+    assert!(doomed.wait().is_err());
+    let l = lock.clone();
+    let next = greenhub::spawn(move || {
+        *l.write().unwrap() += 1;
+    });
+    drop(reader);
+    next.wait().unwrap();
+    assert_eq!(*lock.read().unwrap(), 1);
+    assert!(lock.try_write().is_some(), "free again");
+}

@@ -66,6 +66,20 @@ impl<S> WaitList<S> {
         None
     }
 
+    /// The slot of the first waiter that still waits, dropping those that gave up before it.
+    pub(crate) fn front(&mut self) -> Option<&S> {
+        while self.entries.front().is_some_and(|(t, _)| !t.is_waiting()) {
+            self.entries.pop_front();
+        }
+        self.entries.front().map(|(_, s)| s)
+    }
+
+    /// Takes the first waiter off the list and wakes it; false if it gave up meanwhile (then
+    /// the caller looks at the new first one).
+    pub(crate) fn wake_front(&mut self) -> bool {
+        self.entries.pop_front().is_some_and(|(t, _)| t.wake())
+    }
+
     /// Wakes every waiter; `fill` prepares each slot first (under whatever lock it takes).
     pub(crate) fn wake_all(&mut self, mut fill: impl FnMut(&S)) {
         for (token, slot) in self.entries.drain(..) {
