@@ -272,7 +272,7 @@ pub use crate::sync::event::Event;
 pub use crate::sync::greenpool::{GreenPile, GreenPool};
 pub use crate::sync::queue::Queue;
 pub use crate::sync::rwlock::RwLock;
-pub use crate::sync::semaphore::{Mutex, Semaphore};
+pub use crate::sync::semaphore::{Condition, Mutex, Semaphore};
 
 /// Declares per-green-thread storage: the safe replacement for `thread_local!` in green
 /// threads (a re-export of `may`'s `coroutine_local!`). On a plain OS thread it behaves as a

@@ -714,3 +714,66 @@ fn rwlock_timeouts_and_kills_lose_nothing() {
     assert_eq!(*lock.read().unwrap(), 1);
     assert!(lock.try_write().is_some(), "free again");
 }
+
+#[test]
+fn condition_hands_every_item_to_exactly_one_consumer() {
+    use std::collections::VecDeque;
+    let shared = Arc::new((
+        greenhub::Mutex::new((VecDeque::<u32>::new(), false)),
+        greenhub::Condition::new(),
+    ));
+    let consumers: Vec<_> = (0..4)
+        .map(|_| {
+            let shared = shared.clone();
+            greenhub::spawn(move || {
+                let (lock, cond) = &*shared;
+                let mut got = Vec::new();
+                let mut g = lock.lock().unwrap();
+                loop {
+                    if let Some(item) = g.0.pop_front() {
+                        got.push(item);
+                        continue;
+                    }
+                    if g.1 {
+                        return got;
+                    }
+                    g = cond.wait(g).unwrap();
+                }
+            })
+        })
+        .collect();
+    for i in 0..2000u32 {
+        let (lock, cond) = &*shared;
+        lock.lock().unwrap().0.push_back(i);
+        cond.notify_one();
+        if i % 100 == 0 {
+            greenhub::yield_now();
+        }
+    }
+    {
+        let (lock, cond) = &*shared;
+        lock.lock().unwrap().1 = true;
+        cond.notify_all();
+    }
+    let mut all: Vec<u32> = Vec::new();
+    for c in consumers {
+        let got = c.wait().unwrap();
+        assert!(
+            got.windows(2).all(|w| w[0] < w[1]),
+            "each consumer in order"
+        );
+        all.extend(got);
+    }
+    all.sort_unstable();
+    assert_eq!(all, (0..2000).collect::<Vec<_>>(), "none lost, none twice");
+}
+
+#[test]
+fn a_condition_wait_that_times_out_leaves_the_mutex_unlocked() {
+    let lock = greenhub::Mutex::new(());
+    let cond = greenhub::Condition::new();
+    let g = lock.lock().unwrap();
+    assert!(cond.wait_timeout(g, Duration::from_millis(20)).is_err());
+    assert!(lock.try_lock().is_some(), "unlocked after the timeout");
+    assert!(!cond.notify_one(), "nobody waits any more");
+}

@@ -1,4 +1,5 @@
-//! [`Semaphore`] (plain and bounded) and the green [`Mutex`], on one fair permit core.
+//! [`Semaphore`] (plain and bounded) and the green [`Mutex`], on one fair permit core, and
+//! the mutex's [`Condition`] variable.
 //!
 //! ```
 //! use greenhub::Semaphore;
@@ -421,5 +422,124 @@ impl<T: ?Sized + std::fmt::Debug> std::fmt::Debug for MutexGuard<'_, T> {
 impl<T: ?Sized> Drop for MutexGuard<'_, T> {
     fn drop(&mut self) {
         let _ = self.mutex.core.release();
+    }
+}
+
+/// A condition variable for the green [`Mutex`] (Python's `threading.Condition`, Go's
+/// `sync.Cond`): [`Condition::wait`] unlocks the mutex and waits for a notification, then
+/// locks it again. Waiters are notified in arrival order; a notification finds every thread
+/// that was waiting when it was sent (a wait joins the list before it unlocks, so none is
+/// lost between the two). Waits are bounded by deadline scopes and end on a kill.
+///
+/// ```
+/// use std::sync::Arc;
+/// use greenhub::{Condition, Mutex};
+///
+/// let state = Arc::new((Mutex::new(false), Condition::new()));
+/// let s = state.clone();
+/// let waiter = greenhub::spawn(move || {
+///     let (ready, cond) = &*s;
+///     let mut r = ready.lock().unwrap();
+///     while !*r {
+///         r = cond.wait(r).unwrap();
+///     }
+/// });
+/// let (ready, cond) = &*state;
+/// *ready.lock().unwrap() = true;
+/// cond.notify_all();
+/// waiter.wait().unwrap();
+/// ```
+pub struct Condition {
+    inner: Arc<CondInner>,
+}
+
+struct CondInner {
+    reg: Registration,
+    waiters: parking_lot::Mutex<WaitList<()>>,
+}
+
+impl Inspect for CondInner {
+    fn inspect(&self) -> ObjectInfo {
+        ObjectInfo::new(*CONDITION, self.reg.id(), None, self.waiters.lock().live())
+    }
+}
+
+/// The kind of a condition variable in the snapshot.
+static CONDITION: std::sync::LazyLock<ObjectKind> =
+    std::sync::LazyLock::new(|| ObjectKind::named("condition"));
+
+impl Default for Condition {
+    fn default() -> Self {
+        Condition::new()
+    }
+}
+
+impl std::fmt::Debug for Condition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Condition")
+            .field("id", &self.inner.reg.id())
+            .finish()
+    }
+}
+
+impl Condition {
+    /// A condition nobody waits on.
+    pub fn new() -> Condition {
+        Condition {
+            inner: Arc::new_cyclic(|weak: &Weak<CondInner>| CondInner {
+                reg: Registration::new(weak.clone()),
+                waiters: parking_lot::Mutex::new(WaitList::default()),
+            }),
+        }
+    }
+
+    /// Unlocks `guard`'s mutex, waits for a notification, and locks it again. Past the
+    /// enclosing deadline (while waiting for the notification or for the lock) it returns
+    /// `Err(TimedOut)` with the mutex unlocked.
+    pub fn wait<'a, T: ?Sized>(
+        &self,
+        guard: MutexGuard<'a, T>,
+    ) -> Result<MutexGuard<'a, T>, TimedOut> {
+        self.wait_until(guard, None)
+    }
+
+    /// Like [`Condition::wait`], giving up after `timeout`.
+    pub fn wait_timeout<'a, T: ?Sized>(
+        &self,
+        guard: MutexGuard<'a, T>,
+        timeout: Duration,
+    ) -> Result<MutexGuard<'a, T>, TimedOut> {
+        self.wait_until(guard, Instant::now().checked_add(timeout))
+    }
+
+    fn wait_until<'a, T: ?Sized>(
+        &self,
+        guard: MutexGuard<'a, T>,
+        deadline: Option<Instant>,
+    ) -> Result<MutexGuard<'a, T>, TimedOut> {
+        let mutex = guard.mutex;
+        let on = WaitOn::Object {
+            object: *CONDITION,
+            id: self.inner.reg.id(),
+        };
+        let waiter = Waiter::until(on, deadline);
+        let deadline = waiter.deadline();
+        // On the list before the mutex is unlocked: a notification sent after the unlock
+        // finds this wait.
+        self.inner.waiters.lock().push(waiter.token().clone(), ());
+        drop(guard);
+        waiter.wait()?;
+        mutex.core.acquire_until(deadline)?;
+        Ok(MutexGuard { mutex })
+    }
+
+    /// Wakes the thread that has waited longest, if any; true if one was woken.
+    pub fn notify_one(&self) -> bool {
+        self.inner.waiters.lock().wake_first().is_some()
+    }
+
+    /// Wakes every thread waiting now.
+    pub fn notify_all(&self) {
+        self.inner.waiters.lock().wake_all(|_| {});
     }
 }
