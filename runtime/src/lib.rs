@@ -110,7 +110,7 @@ mod start;
 mod sync;
 
 pub use crate::core::config;
-pub use crate::sync::{event, greenpool, queue, rwlock, semaphore};
+pub use crate::sync::{event, greenpool, queue, rlock, rwlock, semaphore};
 
 pub mod signal {
     //! Unix signals as green waits (gevent's `signal_handler`): [`Signals`] waits for the next
@@ -271,6 +271,7 @@ pub use crate::green::timer::call_after;
 pub use crate::sync::event::Event;
 pub use crate::sync::greenpool::{GreenPile, GreenPool};
 pub use crate::sync::queue::Queue;
+pub use crate::sync::rlock::RLock;
 pub use crate::sync::rwlock::RwLock;
 pub use crate::sync::semaphore::{Condition, Mutex, Semaphore};
 

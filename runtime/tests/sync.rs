@@ -777,3 +777,54 @@ fn a_condition_wait_that_times_out_leaves_the_mutex_unlocked() {
     assert!(lock.try_lock().is_some(), "unlocked after the timeout");
     assert!(!cond.notify_one(), "nobody waits any more");
 }
+
+#[test]
+fn rlock_is_reentrant_for_its_holder_and_exclusive_for_others() {
+    use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+    let lock = greenhub::RLock::new();
+    let inside = Arc::new(AtomicUsize::new(0));
+    let total = Arc::new(AtomicU64::new(0));
+    let threads: Vec<_> = (0..100)
+        .map(|_| {
+            let (lock, inside, total) = (lock.clone(), inside.clone(), total.clone());
+            greenhub::spawn(move || {
+                let _outer = lock.lock().unwrap();
+                assert_eq!(inside.fetch_add(1, Ordering::SeqCst), 0, "two holders");
+                // Re-entered across a wait: the same green thread, maybe another worker.
+                greenhub::yield_now();
+                let _inner = lock.lock().unwrap();
+                let seen = total.load(Ordering::SeqCst);
+                greenhub::yield_now();
+                total.store(seen + 1, Ordering::SeqCst);
+                inside.fetch_sub(1, Ordering::SeqCst);
+            })
+        })
+        .collect();
+    for t in threads {
+        t.wait().unwrap();
+    }
+    assert_eq!(total.load(Ordering::SeqCst), 100);
+    assert!(!lock.is_locked());
+    // A plain OS thread is an owner too, and another one waits for it.
+    let held = lock.lock().unwrap();
+    let again = lock.try_lock();
+    assert!(again.is_some(), "re-entrant on an OS thread");
+    let other = {
+        let lock = lock.clone();
+        std::thread::spawn(move || lock.lock_timeout(Duration::from_millis(20)).is_err())
+    };
+    assert!(other.join().unwrap(), "another thread got a held lock");
+    drop(again);
+    drop(held);
+    // A waiter killed while it waits does not keep it from the next one.
+    let holder = lock.lock().unwrap();
+    let l = lock.clone();
+    let doomed = greenhub::spawn(move || l.lock().map(|_| ()));
+    std::thread::sleep(Duration::from_millis(20));
+    doomed.kill();
+    let _ = doomed.wait();
+    drop(holder);
+    let l = lock.clone();
+    assert!(greenhub::spawn(move || l.lock().is_ok()).wait().unwrap());
+    assert!(!lock.is_locked());
+}
