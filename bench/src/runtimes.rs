@@ -35,14 +35,18 @@ pub fn start_may(workers: usize) {
     may::config().set_workers(workers).set_worker_pin(false);
 }
 
+/// A tokio runtime as applications build it: its timers and I/O driver enabled (without
+/// them, a task that sleeps panics, and a case would measure panicked tasks).
 fn tokio_rt(workers: usize) -> tokio::runtime::Runtime {
     if workers == 1 {
         tokio::runtime::Builder::new_current_thread()
+            .enable_all()
             .build()
             .unwrap()
     } else {
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(workers)
+            .enable_all()
             .build()
             .unwrap()
     }
@@ -322,6 +326,13 @@ pub fn idle_memory(runtime: &str, n: u64) -> f64 {
                 .collect();
             settle(|| parked.load(Ordering::Relaxed) >= n);
             let after = rss_bytes();
+            // Every task must be asleep, as the case says: one that ended (a panic, say)
+            // would make the figure meaningless.
+            let ended = hs.iter().filter(|h| h.is_finished()).count();
+            assert_eq!(
+                ended, 0,
+                "{ended} of {n} tokio tasks ended instead of sleeping"
+            );
             for h in hs {
                 h.abort();
             }
