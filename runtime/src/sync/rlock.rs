@@ -54,6 +54,20 @@ struct State {
 }
 
 impl State {
+    /// Takes the lock (again) for `me` if `me` holds it or it is free with nobody waiting.
+    fn try_take(&mut self, me: u64) -> bool {
+        let nobody_waits = self.waiters.front().is_none();
+        match self.owner {
+            Some(o) if o == me => self.depth += 1,
+            None if nobody_waits => {
+                self.owner = Some(me);
+                self.depth = 1;
+            }
+            _ => return false,
+        }
+        true
+    }
+
     /// Gives the lock to the first waiter still waiting, or frees it.
     fn hand_on(&mut self) {
         match self.waiters.wake_first() {
@@ -156,18 +170,8 @@ impl RLock {
 
     /// Locks if this thread holds it already or it is free with nobody waiting.
     pub fn try_lock(&self) -> Option<RLockGuard<'_>> {
-        let me = me();
-        let mut st = self.core.state.lock();
-        let nobody_waits = st.waiters.front().is_none();
-        match st.owner {
-            Some(o) if o == me => st.depth += 1,
-            None if nobody_waits => {
-                st.owner = Some(me);
-                st.depth = 1;
-            }
-            _ => return None,
-        }
-        Some(self.guard())
+        let taken = self.core.state.lock().try_take(me());
+        taken.then(|| self.guard())
     }
 
     /// Whether some thread holds it now.
@@ -186,18 +190,8 @@ impl RLock {
         let me = me();
         let (waiter, token) = {
             let mut st = self.core.state.lock();
-            let nobody_waits = st.waiters.front().is_none();
-            match st.owner {
-                Some(o) if o == me => {
-                    st.depth += 1;
-                    return Ok(self.guard());
-                }
-                None if nobody_waits => {
-                    st.owner = Some(me);
-                    st.depth = 1;
-                    return Ok(self.guard());
-                }
-                _ => {}
+            if st.try_take(me) {
+                return Ok(self.guard());
             }
             let on = WaitOn::Object {
                 object: *KIND,

@@ -81,6 +81,22 @@ impl State {
         }
     }
 
+    /// Takes the lock for `want` if it is free for it and nobody waits to pass.
+    fn try_take(&mut self, want: Want) -> bool {
+        let free = match want {
+            Want::Read => !self.writer,
+            Want::Write => !self.writer && self.readers == 0,
+        };
+        if !free || self.waiters.front().is_some() {
+            return false;
+        }
+        match want {
+            Want::Read => self.readers += 1,
+            Want::Write => self.writer = true,
+        }
+        true
+    }
+
     fn release(&mut self, had: Want) {
         match had {
             Want::Read => self.readers -= 1,
@@ -114,16 +130,7 @@ impl Core {
     fn acquire(&self, want: Want, deadline: Option<Instant>) -> Result<(), TimedOut> {
         let (waiter, token) = {
             let mut st = self.state.lock();
-            // Nobody queued: no one to pass.
-            let free = match want {
-                Want::Read => !st.writer,
-                Want::Write => !st.writer && st.readers == 0,
-            };
-            if free && st.waiters.front().is_none() {
-                match want {
-                    Want::Read => st.readers += 1,
-                    Want::Write => st.writer = true,
-                }
+            if st.try_take(want) {
                 return Ok(());
             }
             let on = WaitOn::Object {
@@ -146,19 +153,7 @@ impl Core {
     }
 
     fn try_acquire(&self, want: Want) -> bool {
-        let mut st = self.state.lock();
-        let free = match want {
-            Want::Read => !st.writer,
-            Want::Write => !st.writer && st.readers == 0,
-        };
-        if !free || st.waiters.front().is_some() {
-            return false;
-        }
-        match want {
-            Want::Read => st.readers += 1,
-            Want::Write => st.writer = true,
-        }
-        true
+        self.state.lock().try_take(want)
     }
 }
 
