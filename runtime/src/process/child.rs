@@ -57,12 +57,17 @@ static KIND: LazyLock<ObjectKind> = LazyLock::new(|| ObjectKind::named("process"
 #[derive(Debug)]
 pub struct Command {
     inner: std::process::Command,
+    /// Whether `stdin` was set: `output` leaves the input empty otherwise.
+    stdin_set: bool,
 }
 
 impl From<std::process::Command> for Command {
     /// A command configured with everything `std` offers (`CommandExt` included).
     fn from(inner: std::process::Command) -> Command {
-        Command { inner }
+        Command {
+            inner,
+            stdin_set: false,
+        }
     }
 }
 
@@ -71,6 +76,7 @@ impl Command {
     pub fn new(program: impl AsRef<OsStr>) -> Command {
         Command {
             inner: std::process::Command::new(program),
+            stdin_set: false,
         }
     }
 
@@ -118,6 +124,7 @@ impl Command {
     /// `output`); `Stdio::piped()` gives [`Child::stdin`].
     pub fn stdin(&mut self, cfg: impl Into<Stdio>) -> &mut Command {
         self.inner.stdin(cfg);
+        self.stdin_set = true;
         self
     }
 
@@ -138,14 +145,15 @@ impl Command {
         Child::new(self.inner.spawn()?, &self.inner)
     }
 
-    /// Runs the child to its end with its outputs collected (its input empty unless set),
-    /// as `std::process::Command::output`. Under a deadline that passes, the child is killed
-    /// and reaped, and the error is `TimedOut`.
+    /// Runs the child to its end with both outputs collected and its input empty unless
+    /// [`Command::stdin`] set one, as `std::process::Command::output`; the command keeps
+    /// these settings for later spawns. Under a deadline that passes, the child is killed and
+    /// reaped, and the error is `TimedOut`.
     pub fn output(&mut self) -> io::Result<Output> {
-        self.inner
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        if !self.stdin_set {
+            self.inner.stdin(Stdio::null());
+        }
+        self.inner.stdout(Stdio::piped()).stderr(Stdio::piped());
         self.spawn()?.communicate(&[])
     }
 
