@@ -110,7 +110,7 @@ mod start;
 mod sync;
 
 pub use crate::core::config;
-pub use crate::sync::{event, greenpool, queue, rlock, rwlock, semaphore};
+pub use crate::sync::{event, greenpool, queue, rlock, rwlock, select, semaphore};
 
 pub mod signal {
     //! Unix signals as green waits (gevent's `signal_handler`): [`Signals`] waits for the next
@@ -273,6 +273,7 @@ pub use crate::sync::greenpool::{GreenPile, GreenPool};
 pub use crate::sync::queue::Queue;
 pub use crate::sync::rlock::RLock;
 pub use crate::sync::rwlock::RwLock;
+pub use crate::sync::select::Select;
 pub use crate::sync::semaphore::{Condition, Mutex, Semaphore};
 
 /// Declares per-green-thread storage: the safe replacement for `thread_local!` in green

@@ -84,6 +84,16 @@ impl Token {
         }
     }
 
+    /// Wakes the waiter from its own thread, before it parks: the same hand-off as
+    /// [`Token::wake`] (false if something else woke it first), without an unpark, which
+    /// would make a later park of the running thread return at once.
+    #[inline]
+    pub(crate) fn claim(&self) -> bool {
+        self.state
+            .compare_exchange(WAITING, WOKEN, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
     /// Unparks the waiter without waking it (its token stays waiting), so that it looks at
     /// its deadline again: what the alarm thread does when a timed wait expires.
     pub(crate) fn poke(&self) {

@@ -110,6 +110,12 @@ impl Waiter {
         }
     }
 
+    /// Changes what the wait shows it waits on, before [`Waiter::wait`]: a wait on several
+    /// things knows which object lists them only once it knows it must park.
+    pub(crate) fn set_on(&mut self, on: WaitOn) {
+        self.on = on;
+    }
+
     /// The token to hand to the waker.
     pub fn token(&self) -> &Arc<Token> {
         &self.token

@@ -756,12 +756,42 @@ impl<T: Send + 'static> GreenThread<T> {
 
     /// Adds `token` to the waiters of the thread's end; false if it has ended already.
     fn watch_end(&self, token: &Arc<Token>) -> bool {
-        let mut st = self.shared.join.lock();
+        self.shared.watch(token)
+    }
+
+    /// The thread's end, to wait for without knowing its value type.
+    pub(crate) fn end_watch(&self) -> Arc<dyn EndWatch> {
+        self.shared.clone()
+    }
+}
+
+/// The end of a green thread, whatever its value type: what a wait on several things
+/// watches.
+pub(crate) trait EndWatch: Send + Sync {
+    /// Adds `token` to the waiters of the end; false if the thread has ended already.
+    fn watch(&self, token: &Arc<Token>) -> bool;
+    /// Whether the thread has ended.
+    fn ended(&self) -> bool;
+    /// The thread's id.
+    fn id(&self) -> u64;
+}
+
+impl<T: Send + 'static> EndWatch for Shared<T> {
+    fn watch(&self, token: &Arc<Token>) -> bool {
+        let mut st = self.join.lock();
         if st.finished {
             return false;
         }
         st.waiters.push(token.clone());
         true
+    }
+
+    fn ended(&self) -> bool {
+        self.done.load(Ordering::Acquire)
+    }
+
+    fn id(&self) -> u64 {
+        self.record.id
     }
 }
 

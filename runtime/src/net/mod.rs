@@ -36,6 +36,7 @@
 //! This layer may use `core`, `start.rs`, `green` and `sync`.
 
 pub(crate) mod fd;
+mod ready;
 mod server;
 mod socket;
 

@@ -3,7 +3,7 @@
 use std::any::Any;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, ToSocketAddrs};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -209,6 +209,12 @@ impl AsRawFd for TcpListener {
     }
 }
 
+impl AsFd for TcpListener {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.inner.get().as_fd()
+    }
+}
+
 /// A TCP connection whose reads and writes park the green thread.
 ///
 /// One handle serves one waiting green thread at a time: to read in one green thread and
@@ -383,6 +389,12 @@ impl AsRawFd for TcpStream {
     }
 }
 
+impl AsFd for TcpStream {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.inner.get().as_fd()
+    }
+}
+
 /// A UDP socket whose sends and receives park the green thread (gevent's `DatagramServer`
 /// is a loop over [`UdpSocket::recv_from`]).
 ///
@@ -472,6 +484,12 @@ impl AsRawFd for UdpSocket {
     }
 }
 
+impl AsFd for UdpSocket {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.inner.get().as_fd()
+    }
+}
+
 /// A Unix stream socket whose reads and writes park the green thread.
 ///
 /// ```
@@ -547,10 +565,22 @@ impl AsRawFd for UnixStream {
     }
 }
 
+impl AsFd for UnixStream {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.inner.get().as_fd()
+    }
+}
+
 /// A Unix socket listener whose `accept` parks the green thread.
 #[derive(Debug)]
 pub struct UnixListener {
     inner: Registered<std::os::unix::net::UnixListener>,
+}
+
+impl AsFd for UnixListener {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.inner.get().as_fd()
+    }
 }
 
 impl UnixListener {

@@ -36,8 +36,10 @@ use greenhub_snapshot::ObjectKind;
 
 use crate::core::report;
 use crate::core::timeout::TimedOut;
+use crate::core::token::Token;
 use crate::green::thread::{Builder, GreenThread};
-use crate::sync::queue::{GetError, Queue};
+use crate::sync::queue::{GetArm, GetError, Queue};
+use crate::sync::select::{Arm, Key, Outcome, Select};
 
 /// Signal numbers run from 1 to 64 on Linux.
 const MAX_SIGNAL: usize = 64;
@@ -188,6 +190,62 @@ impl Signals {
     /// The next signal already delivered, if any, without waiting.
     pub fn try_wait(&self) -> Option<i32> {
         self.sub.take()
+    }
+}
+
+struct SignalArm {
+    sub: Arc<Subscription>,
+    bell: GetArm<()>,
+    out: Outcome<i32>,
+}
+
+impl Arm for SignalArm {
+    fn arm(&mut self, token: &Arc<Token>) {
+        self.bell.arm(token);
+    }
+
+    fn settle(&mut self, _handed_only: bool) -> bool {
+        // A ring whose bit another waiter took fires nothing: the select waits again.
+        if self.bell.handed().is_some()
+            && let Some(signal) = self.sub.take()
+        {
+            self.out.set(signal);
+            return true;
+        }
+        false
+    }
+
+    fn disarm(&mut self) {
+        self.bell.disarm();
+    }
+
+    fn describe(&self) -> String {
+        self.bell.describe()
+    }
+}
+
+impl Select<'_> {
+    /// A branch that fires with the next signal of `signals`, taking it as
+    /// [`Signals::wait`] would: a server's "stop on SIGTERM, or serve the next job".
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use greenhub::{Queue, Select, signal::Signals};
+    ///
+    /// let usr2 = Signals::new([libc::SIGUSR2]).unwrap();
+    /// let jobs: Queue<u32> = Queue::unbounded();
+    /// unsafe { libc::raise(libc::SIGUSR2) };
+    /// let mut sel = Select::new();
+    /// let sig = sel.signal(&usr2);
+    /// let job = sel.get(&jobs);
+    /// sel.wait_timeout(Duration::from_secs(10)).unwrap();
+    /// assert_eq!(sig.take(), Some(libc::SIGUSR2));
+    /// assert!(job.take().is_none());
+    /// ```
+    pub fn signal(&mut self, signals: &Signals) -> Key<i32> {
+        let sub = signals.sub.clone();
+        let bell = GetArm::new(&sub.bell);
+        self.add(|out| Box::new(SignalArm { sub, bell, out }))
     }
 }
 

@@ -27,8 +27,10 @@ use greenhub_snapshot::{ObjectInfo, ObjectKind, WaitOn};
 use crate::core::object::Registration;
 use crate::core::registry::Inspect;
 use crate::core::timeout::{IsTimeout, TimedOut};
+use crate::core::token::Token;
 use crate::core::wait::Waiter;
 use crate::core::waitlist::{self, Slot, WaitList};
+use crate::sync::select::{self, Arm, Key, Outcome, Select};
 
 /// Why [`Event::wait`] returned no value.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Error)]
@@ -231,5 +233,84 @@ where
             .take()
             .expect("an event fills the slot before waking");
         value.map_err(EventError::Failed)
+    }
+}
+
+struct EventArm<T, E> {
+    event: Event<T, E>,
+    slot: Slot<Result<T, E>>,
+    out: Outcome<Result<T, E>>,
+}
+
+impl<T, E> Arm for EventArm<T, E>
+where
+    T: Clone + Send + 'static,
+    E: Clone + Send + 'static,
+{
+    fn arm(&mut self, token: &Arc<Token>) {
+        let mut st = self.event.inner.state.lock();
+        self.slot = waitlist::slot();
+        match &st.value {
+            Some(v) => {
+                if token.claim() {
+                    *self.slot.lock() = Some(v.clone());
+                }
+            }
+            None => st.waiters.push(token.clone(), self.slot.clone()),
+        }
+    }
+
+    fn settle(&mut self, _handed_only: bool) -> bool {
+        // A set wakes every waiter with a clone: a filled slot of a branch that lost the race
+        // to wake the token holds nothing anyone else needs.
+        match self.slot.lock().take() {
+            Some(v) => {
+                self.out.set(v);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn disarm(&mut self) {
+        self.slot.lock().take();
+    }
+
+    fn describe(&self) -> String {
+        let inner = &self.event.inner;
+        select::describe_object(
+            ObjectKind::EVENT,
+            inner.reg.id(),
+            inner.name.get().map(String::as_str),
+        )
+    }
+}
+
+impl Select<'_> {
+    /// A branch that fires when `event` is set, with its value (`Ok`) or error (`Err`).
+    ///
+    /// ```
+    /// use greenhub::{Event, Select};
+    ///
+    /// let done: Event<u32, String> = Event::new();
+    /// done.set_error("disk full".into()).unwrap();
+    /// let mut sel = Select::new();
+    /// let d = sel.event(&done);
+    /// sel.wait().unwrap();
+    /// assert_eq!(d.take(), Some(Err("disk full".to_string())));
+    /// ```
+    pub fn event<T, E>(&mut self, event: &Event<T, E>) -> Key<Result<T, E>>
+    where
+        T: Clone + Send + 'static,
+        E: Clone + Send + 'static,
+    {
+        let event = event.clone();
+        self.add(|out| {
+            Box::new(EventArm {
+                event,
+                slot: waitlist::slot(),
+                out,
+            })
+        })
     }
 }

@@ -1,5 +1,6 @@
 //! The objects green threads talk through: [`event`], [`queue`], [`semaphore`] (with the
-//! green mutex and its condition), [`rlock`], [`rwlock`] and [`greenpool`]. Each serves its waiters in arrival order by handing the
+//! green mutex and its condition), [`rlock`], [`rwlock`] and [`greenpool`], and
+//! [`select`], one wait on several of them at once. Each serves its waiters in arrival order by handing the
 //! item or permit to the first of them, works from plain OS threads too, and registers itself
 //! in the registry.
 //!
@@ -10,4 +11,5 @@ pub mod greenpool;
 pub mod queue;
 pub mod rlock;
 pub mod rwlock;
+pub mod select;
 pub mod semaphore;

@@ -37,8 +37,10 @@ use greenhub_snapshot::{ObjectInfo, ObjectKind, WaitOn};
 use crate::core::object::Registration;
 use crate::core::registry::Inspect;
 use crate::core::timeout::{IsTimeout, TimedOut};
+use crate::core::token::Token;
 use crate::core::wait::Waiter;
 use crate::core::waitlist::{self, Slot, WaitList};
+use crate::sync::select::{self, Arm, Key, Outcome, Select};
 
 /// Why a put did not queue its item. The item comes back in every case.
 #[derive(Clone, Copy, PartialEq, Eq, Error)]
@@ -625,5 +627,129 @@ impl<T> Drop for GiveBack<'_, T> {
         if let Some(v) = self.slot.lock().take() {
             st.give_back(v);
         }
+    }
+}
+
+/// A get from a queue as one branch of a wait on several things: the queue's side of
+/// [`Select::get`], also used by objects built on a queue (a signal subscription's bell).
+pub(crate) struct GetArm<T: Send + 'static> {
+    queue: Queue<T>,
+    /// Where the queue hands this wait its item: a new slot per wait, so that the entry a
+    /// finished wait leaves in the getters' list never reaches a later one.
+    slot: Slot<T>,
+}
+
+impl<T: Send + 'static> GetArm<T> {
+    pub(crate) fn new(queue: &Queue<T>) -> GetArm<T> {
+        GetArm {
+            queue: queue.clone(),
+            slot: waitlist::slot(),
+        }
+    }
+
+    /// Joins the getters, or takes an item now and claims the token for it.
+    pub(crate) fn arm(&mut self, token: &Arc<Token>) {
+        let mut st = self.queue.inner.state.lock();
+        if let Some(v) = st.take() {
+            if token.claim() {
+                *self.slot.lock() = Some(v);
+            } else {
+                st.give_back(v);
+            }
+            return;
+        }
+        if st.closed {
+            token.claim();
+            return;
+        }
+        self.slot = waitlist::slot();
+        st.getters.push(token.clone(), self.slot.clone());
+    }
+
+    /// The item the queue handed this wait, if any.
+    pub(crate) fn handed(&mut self) -> Option<T> {
+        self.slot.lock().take()
+    }
+
+    /// Whether the queue is closed and empty: a get would return [`GetError::Closed`].
+    pub(crate) fn drained(&self) -> bool {
+        let st = self.queue.inner.state.lock();
+        st.closed && st.buf.len() == 0
+    }
+
+    /// Gives back an item handed and not taken.
+    pub(crate) fn disarm(&mut self) {
+        // The queue's lock first, as in `GiveBack`.
+        let mut st = self.queue.inner.state.lock();
+        if let Some(v) = self.slot.lock().take() {
+            st.give_back(v);
+        }
+    }
+
+    /// The queue, as a branch describes it.
+    pub(crate) fn describe(&self) -> String {
+        let inner = &self.queue.inner;
+        select::describe_object(
+            inner.kind,
+            inner.reg.id(),
+            inner.name.get().map(String::as_str),
+        )
+    }
+}
+
+struct QueueArm<T: Send + 'static> {
+    get: GetArm<T>,
+    out: Outcome<Result<T, GetError>>,
+}
+
+impl<T: Send + 'static> Arm for QueueArm<T> {
+    fn arm(&mut self, token: &Arc<Token>) {
+        self.get.arm(token);
+    }
+
+    fn settle(&mut self, handed_only: bool) -> bool {
+        if let Some(v) = self.get.handed() {
+            self.out.set(Ok(v));
+            return true;
+        }
+        if !handed_only && self.get.drained() {
+            self.out.set(Err(GetError::Closed));
+            return true;
+        }
+        false
+    }
+
+    fn disarm(&mut self) {
+        self.get.disarm();
+    }
+
+    fn describe(&self) -> String {
+        self.get.describe()
+    }
+}
+
+impl Select<'_> {
+    /// A branch that takes the next item of `queue`: `Ok(item)`, or `Err(GetError::Closed)`
+    /// once the queue is closed and drained. It takes an item only when it wins: otherwise
+    /// the item stays in the queue (or goes back to it) for its other getters.
+    ///
+    /// ```
+    /// use greenhub::{Queue, Select};
+    ///
+    /// let high: Queue<&str> = Queue::unbounded();
+    /// let low: Queue<&str> = Queue::unbounded();
+    /// low.put("later").unwrap();
+    /// high.put("now").unwrap();
+    /// let mut sel = Select::new();
+    /// let h = sel.get(&high);
+    /// let l = sel.get(&low);
+    /// assert_eq!(sel.wait(), Ok(h.index()));
+    /// assert_eq!(h.take(), Some(Ok("now")));
+    /// assert_eq!(l.take(), None);
+    /// assert_eq!(low.len(), 1); // untouched
+    /// ```
+    pub fn get<T: Send + 'static>(&mut self, queue: &Queue<T>) -> Key<Result<T, GetError>> {
+        let get = GetArm::new(queue);
+        self.add(|out| Box::new(QueueArm { get, out }))
     }
 }
