@@ -110,7 +110,7 @@ mod start;
 mod sync;
 
 pub use crate::core::config;
-pub use crate::sync::{event, greenpool, queue, rlock, rwlock, select, semaphore};
+pub use crate::sync::{event, greenpool, pool, queue, rlock, rwlock, select, semaphore};
 
 pub mod signal {
     //! Unix signals as green waits (gevent's `signal_handler`): [`Signals`] waits for the next
