@@ -158,7 +158,8 @@ pub mod subprocess {
 
 pub mod thread {
     //! Green threads (eventlet's `greenthread`, gevent's `Greenlet`): spawn, wait for the
-    //! value, kill, link a callback, start later; and the current thread's identity.
+    //! value, kill, link a callback, start later; the current thread's identity; and its
+    //! local values ([`Local`], inherited by children when declared so).
     //!
     //! ```
     //! use greenhub::thread::Builder;
@@ -167,9 +168,10 @@ pub mod thread {
     //! assert_eq!(t.wait().unwrap(), 42);
     //! ```
     pub use crate::core::limits::SpawnError;
+    pub use crate::green::local::Local;
     pub use crate::green::thread::{
-        Builder, Current, GreenThread, JoinError, current, join_all, kill_all, spawn, spawn_after,
-        wait_any,
+        Builder, Current, GreenThread, JoinError, current, join_all, kill_all, run_until_idle,
+        spawn, spawn_after, wait_any,
     };
     pub use crate::green::time::{kill_requested, sleep, yield_now};
     pub use crate::green::timer::{Timer, call_after};
@@ -265,7 +267,7 @@ pub use crate::core::config::Config;
 pub use crate::core::panic::{CaughtPanic, catch_panic};
 pub use crate::core::timeout::TimedOut;
 pub use crate::green::future::block_on;
-pub use crate::green::thread::{GreenThread, current, spawn};
+pub use crate::green::thread::{GreenThread, current, run_until_idle, spawn};
 pub use crate::green::time::{kill_requested, sleep, with_timeout, yield_now};
 pub use crate::green::timer::call_after;
 pub use crate::sync::event::Event;

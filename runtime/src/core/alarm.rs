@@ -249,8 +249,10 @@ fn run() {
             wait.fire();
         }
         for (id, job) in fired.drain(..) {
-            registry().remove_timer(id);
+            // Listed until its job has run: a `call_after` is never in neither the timers nor
+            // the threads (what `run_until_idle` counts).
             run_job(job);
+            registry().remove_timer(id);
         }
         for job in jobs.drain(..) {
             run_job(job);

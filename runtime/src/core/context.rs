@@ -6,6 +6,7 @@
 //! belong to two different OS threads. On a plain OS thread the same storage falls back to a
 //! thread-local, which is sound there because an OS thread does not migrate.
 
+use std::any::Any;
 use std::cell::{Cell, OnceCell, RefCell};
 use std::sync::Arc;
 use std::time::Instant;
@@ -34,6 +35,126 @@ pub(crate) struct Context {
     /// Set by the spawn wrapper when the body has returned (or unwound) and its outcome is
     /// published.
     pub ended: Cell<bool>,
+    /// The thread's local values (`green/local.rs`), few enough to search in order.
+    pub locals: RefCell<Vec<LocalEntry>>,
+    /// The thread's span, entered while it runs and left while it waits.
+    #[cfg(feature = "tracing")]
+    pub span: RefCell<ThreadSpan>,
+}
+
+/// A green thread's `tracing` span: entered on the worker that runs the thread, left before
+/// every wait, since a subscriber's current span is per OS thread and the thread may resume
+/// on another worker (or another thread may run on this one meanwhile).
+#[cfg(feature = "tracing")]
+#[derive(Default)]
+pub(crate) enum ThreadSpan {
+    #[default]
+    None,
+    Entered(tracing::span::EnteredSpan),
+    Left(tracing::Span),
+}
+
+/// What a spawned thread takes from its spawner: inherited locals, and the span its own
+/// span descends from.
+pub(crate) struct Inheritance {
+    pub locals: Vec<LocalEntry>,
+    #[cfg(feature = "tracing")]
+    pub span: tracing::Span,
+}
+
+impl Inheritance {
+    /// What the current thread hands a thread it spawns now.
+    pub(crate) fn capture() -> Inheritance {
+        Inheritance {
+            locals: inherited_locals(),
+            #[cfg(feature = "tracing")]
+            span: tracing::Span::current(),
+        }
+    }
+
+    /// Installs it in the new thread's context, in the new thread.
+    pub(crate) fn install(self, c: &Context, record: &ThreadRecord) {
+        if !self.locals.is_empty() {
+            *c.locals.borrow_mut() = self.locals;
+        }
+        #[cfg(feature = "tracing")]
+        {
+            let span = tracing::info_span!(
+                target: "greenhub",
+                parent: &self.span,
+                "green_thread",
+                id = record.id,
+                name = record.name.as_deref(),
+                site = %record.site,
+            );
+            *c.span.borrow_mut() = ThreadSpan::Entered(span.entered());
+        }
+        #[cfg(not(feature = "tracing"))]
+        let _ = record;
+    }
+}
+
+/// Leaves the current green thread's span before it waits.
+#[inline]
+pub(crate) fn leave_span(_c: &Context) {
+    #[cfg(feature = "tracing")]
+    {
+        let mut span = _c.span.borrow_mut();
+        if let ThreadSpan::Entered(_) = &*span
+            && let ThreadSpan::Entered(entered) = std::mem::take(&mut *span)
+        {
+            *span = ThreadSpan::Left(entered.exit());
+        }
+    }
+}
+
+/// Enters the current green thread's span again after a wait.
+#[inline]
+pub(crate) fn return_to_span(_c: &Context) {
+    #[cfg(feature = "tracing")]
+    {
+        let mut span = _c.span.borrow_mut();
+        if let ThreadSpan::Left(_) = &*span
+            && let ThreadSpan::Left(left) = std::mem::take(&mut *span)
+        {
+            *span = ThreadSpan::Entered(left.entered());
+        }
+    }
+}
+
+/// Leaves the span for good: the thread's body has ended.
+pub(crate) fn end_span(_c: &Context) {
+    #[cfg(feature = "tracing")]
+    drop(std::mem::take(&mut *_c.span.borrow_mut()));
+}
+
+/// Makes a child's copy of an inherited local value.
+pub(crate) type Inherit = fn(&(dyn Any + Send)) -> Box<dyn Any + Send>;
+
+/// One local value of a thread: its key (the address of its `Local`), the value, and how a
+/// child inherits it (`None`: not inherited).
+pub(crate) struct LocalEntry {
+    pub key: usize,
+    pub value: Box<dyn Any + Send>,
+    pub inherit: Option<Inherit>,
+}
+
+/// The current thread's inherited local values, copied for a child it spawns (nothing
+/// allocated when there are none).
+pub(crate) fn inherited_locals() -> Vec<LocalEntry> {
+    with(|c| {
+        c.locals
+            .borrow()
+            .iter()
+            .filter_map(|e| {
+                e.inherit.map(|copy| LocalEntry {
+                    key: e.key,
+                    value: copy(&*e.value),
+                    inherit: e.inherit,
+                })
+            })
+            .collect()
+    })
 }
 
 impl Drop for Context {

@@ -357,7 +357,8 @@ impl Registry {
     /// Moves a thread from the live table to the bounded history.
     pub(crate) fn finish_thread(&self, id: u64, ending: Ending) {
         let c = &self.counters;
-        c.finished.fetch_add(1, Ordering::Relaxed);
+        // Release: whoever sees this end also sees the spawns the thread made (`quiet`).
+        c.finished.fetch_add(1, Ordering::Release);
         match ending {
             Ending::Panicked(_) => c.panicked.fetch_add(1, Ordering::Relaxed),
             Ending::Killed => c.killed.fetch_add(1, Ordering::Relaxed),
@@ -475,6 +476,31 @@ impl Registry {
 
     pub(crate) fn remove_fd(&self, id: u64) {
         self.fds[Self::shard(id)].lock().remove(&id);
+    }
+
+    /// Whether no green thread is alive but `me` of them (the caller's own) and no
+    /// `call_after` is pending. Conservative: never true while a thread lives. The ends are
+    /// read before the spawns, so a thread spawned by one that has ended is always counted.
+    pub(crate) fn quiet(&self, me: u64) -> bool {
+        if self.pending_calls() > 0 {
+            return false;
+        }
+        let finished = self.counters.finished.load(Ordering::Acquire);
+        let spawned = self.counters.spawned.load(Ordering::Acquire);
+        spawned.saturating_sub(finished) <= me
+    }
+
+    /// The number of pending `call_after` timers (work still to come).
+    fn pending_calls(&self) -> usize {
+        self.timers
+            .iter()
+            .map(|s| {
+                s.lock()
+                    .values()
+                    .filter(|t| matches!(t.kind, TimerKind::CallAfter))
+                    .count()
+            })
+            .sum()
     }
 
     /// The number of pending timers.

@@ -145,7 +145,7 @@ impl Waiter {
         check_kill(record);
         record.begin_wait(self.on, self.deadline.map(clock::instant_ns));
         monitor::mark_idle();
-        let _resume = Resume(record);
+        let _resume = Resume::new(record);
         self.park_loop(true)
     }
 
@@ -239,7 +239,7 @@ pub(crate) fn wait_io<T: std::os::fd::AsRawFd>(
             let on = on.unwrap_or(WaitOn::Fd { fd, interest });
             record.begin_wait(on, deadline.map(clock::instant_ns));
             monitor::mark_idle();
-            let _resume = Resume(record);
+            let _resume = Resume::new(record);
             io.wait_io();
         }
         None => {
@@ -293,10 +293,21 @@ impl Drop for FdWatch {
 /// Marks the thread running again however the wait ends, unwinding included.
 struct Resume<'a>(&'a ThreadRecord);
 
+impl<'a> Resume<'a> {
+    /// Leaves the thread's span for the wait; [`Resume`]'s drop enters it again.
+    fn new(record: &'a ThreadRecord) -> Resume<'a> {
+        #[cfg(feature = "tracing")]
+        context::with(context::leave_span);
+        Resume(record)
+    }
+}
+
 impl Drop for Resume<'_> {
     fn drop(&mut self) {
         self.0.set_running();
         monitor::mark_running(self.0.id);
+        #[cfg(feature = "tracing")]
+        context::with(context::return_to_span);
     }
 }
 

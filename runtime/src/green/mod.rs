@@ -5,6 +5,7 @@
 //! It may use `core` and `start.rs` (a spawn starts the runtime), nothing else of this crate.
 
 pub(crate) mod future;
+pub(crate) mod local;
 pub(crate) mod thread;
 pub(crate) mod time;
 pub(crate) mod timer;

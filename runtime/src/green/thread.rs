@@ -11,7 +11,7 @@ use thiserror::Error;
 use greenhub_snapshot::WaitOn;
 
 use crate::core::config;
-use crate::core::context::{self, PanicReport};
+use crate::core::context::{self, Inheritance, PanicReport};
 use crate::core::limits::{SpawnError, StackPermit};
 use crate::core::registry::{Ending, Phase, ThreadRecord, TimerKind, registry};
 use crate::core::report::payload_message;
@@ -19,6 +19,7 @@ use crate::core::timeout::{IsTimeout, TimedOut};
 use crate::core::token::Token;
 use crate::core::wait::Waiter;
 use crate::core::{alarm, graveyard, monitor, report};
+use crate::green::time::sleep;
 use crate::start;
 
 /// How a green thread failed to produce its value.
@@ -196,9 +197,10 @@ impl Builder {
         let stack = self.checked_stack_size()?;
         let shared = self.create(site, context::current_id(), stack, Phase::Scheduled);
         let starter = shared.clone();
+        let inherited = Inheritance::capture();
         let job = Box::new(move || {
             starter.start_timer.store(0, Ordering::Release);
-            if let Err(source) = starter.clone().start(stack, f) {
+            if let Err(source) = starter.clone().start(stack, f, inherited) {
                 let id = starter.record.id;
                 starter.finish(Err(JoinError::NotStarted { id, source }));
             }
@@ -226,7 +228,7 @@ impl Builder {
     {
         let stack = self.checked_stack_size()?;
         let shared = self.create(site, parent, stack, Phase::Running);
-        match shared.clone().start(stack, f) {
+        match shared.clone().start(stack, f, Inheritance::capture()) {
             Ok(()) => Ok(GreenThread { shared }),
             Err(e) => {
                 // Never started: it leaves no trace but the error.
@@ -338,7 +340,12 @@ where
 impl<T: Send + 'static> Shared<T> {
     /// Creates the coroutine. The stack permit travels with it and is given back when the
     /// body returns (just before `may` recycles or unmaps the stack).
-    fn start<F>(self: Arc<Self>, stack: usize, f: F) -> Result<(), SpawnError>
+    fn start<F>(
+        self: Arc<Self>,
+        stack: usize,
+        f: F,
+        inherited: Inheritance,
+    ) -> Result<(), SpawnError>
     where
         F: FnOnce() -> T + Send + 'static,
     {
@@ -346,7 +353,7 @@ impl<T: Send + 'static> Shared<T> {
         graveyard::sweep_if_large();
         let permit = rt.budget.acquire(stack)?;
         let shared = self.clone();
-        let body = move || shared.run(f, permit);
+        let body = move || shared.run(f, permit, inherited);
         let builder =
             may::coroutine::Builder::new().stack_size(stack / std::mem::size_of::<usize>());
         let spawned = context::capturing_panics(|| {
@@ -386,7 +393,7 @@ impl<T: Send + 'static> Shared<T> {
     }
 
     /// The coroutine's body.
-    fn run<F>(self: Arc<Self>, f: F, permit: StackPermit)
+    fn run<F>(self: Arc<Self>, f: F, permit: StackPermit, inherited: Inheritance)
     where
         F: FnOnce() -> T,
     {
@@ -394,6 +401,7 @@ impl<T: Send + 'static> Shared<T> {
         let id = record.id;
         context::with(|c| {
             let _ = c.record.set(record.clone());
+            inherited.install(c, &record);
         });
         record.set_running();
         monitor::mark_running(id);
@@ -407,7 +415,10 @@ impl<T: Send + 'static> Shared<T> {
             }
         };
         self.finish(result);
-        context::with(|c| c.ended.set(true));
+        context::with(|c| {
+            context::end_span(c);
+            c.ended.set(true);
+        });
         monitor::mark_idle();
         drop(permit);
         graveyard::bury_current();
@@ -879,6 +890,57 @@ pub fn kill_all<T: Send + 'static>(
         t.kill();
     }
     join_all(threads, timeout)
+}
+
+/// Waits until every green thread has ended and no [`call_after`](crate::call_after) is
+/// pending (gevent's `hub.join()`), up to `timeout` or the enclosing deadline
+/// (`Err(TimedOut)`). For tests and small scripts: "run what was started, then go on".
+///
+/// Called from a green thread, that thread is not counted, but one waiting for it is, and
+/// keeps the process from ever being idle: call it from the main thread. A green thread that
+/// never ends (a server's accept loop, a signal handler) keeps it waiting until the timeout.
+/// It looks at the registry every few milliseconds.
+///
+/// ```
+/// use std::sync::atomic::{AtomicUsize, Ordering};
+/// use std::sync::Arc;
+/// use std::time::Duration;
+///
+/// let done = Arc::new(AtomicUsize::new(0));
+/// for _ in 0..10 {
+///     let done = done.clone();
+///     greenhub::spawn(move || {
+///         greenhub::sleep(Duration::from_millis(2)).unwrap();
+///         // Threads spawned meanwhile, and timers, are waited for too.
+///         greenhub::call_after(Duration::from_millis(2), move || {
+///             done.fetch_add(1, Ordering::SeqCst);
+///         });
+///     });
+/// }
+/// greenhub::run_until_idle(Some(Duration::from_secs(30))).unwrap();
+/// assert_eq!(done.load(Ordering::SeqCst), 10);
+/// ```
+pub fn run_until_idle(timeout: Option<Duration>) -> Result<(), TimedOut> {
+    let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+    let me = u64::from(context::current_id().is_some());
+    let mut pause = Duration::from_millis(1);
+    loop {
+        if registry().quiet(me) {
+            return Ok(());
+        }
+        let pause_now = match deadline {
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(TimedOut);
+                }
+                pause.min(left)
+            }
+            None => pause,
+        };
+        sleep(pause_now)?;
+        pause = (pause * 2).min(Duration::from_millis(10));
+    }
 }
 
 impl<T> Drop for GreenThread<T> {

@@ -164,12 +164,14 @@ pub fn yield_now() {
             monitor::mark_idle();
             let deferred = budget::switch()
                 .is_some_and(|drain| drain.defer(may::coroutine::current()).is_ok());
+            context::leave_span(ctx);
             if deferred {
                 // The drain's finisher unparks it, after what waited outside this worker.
                 may::coroutine::park();
             } else {
                 may::coroutine::yield_now();
             }
+            context::return_to_span(ctx);
             monitor::mark_running(record.id);
         }
         None => may::coroutine::yield_now(),

@@ -21,17 +21,17 @@
 //!     unreachable!("the queue had an item, and ready branches are taken in order");
 //! }
 //! ```
-//!
-//! How it works: a select is one [`Waiter`] whose token sits in the waiter list of every
-//! branch's object at once. Objects hand things to waiters only through the token's one-time
-//! wake, so the first object to hand something over wins, and every other object finds the
-//! token woken and keeps what it would have handed (a queue keeps its item). A branch whose
-//! object is ready when it is armed wakes the token itself. What a branch was handed but did
-//! not win with (a killed wait) goes back where it came from.
-//!
-//! Each object adds its own branch method to [`Select`] in its own file (`Select::get` in
-//! `queue.rs`, `Select::readable` in the `net` layer), through the [`Arm`] trait here, so this
-//! file knows no object but green threads and timers.
+
+// How it works: a select is one `Waiter` whose token sits in the waiter list of every
+// branch's object at once. Objects hand things to waiters only through the token's one-time
+// wake, so the first object to hand something over wins, and every other object finds the
+// token woken and keeps what it would have handed (a queue keeps its item). A branch whose
+// object is ready when it is armed wakes the token itself. What a branch was handed but did
+// not win with (a killed wait) goes back where it came from.
+//
+// Each object adds its own branch method to `Select` in its own file (`Select::get` in
+// `queue.rs`, `Select::readable` in the `net` layer), through the `Arm` trait here, so this
+// file knows no object but green threads and timers.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock, Weak};
