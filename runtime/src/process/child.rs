@@ -5,8 +5,9 @@
 //! How it waits: each pipe is registered with the hub like a socket, so reading a child's
 //! output or writing its input parks the green thread, not the worker. The exit is watched
 //! through a pidfd (Linux 5.3 and later), readable when the child ends; where the kernel has
-//! none, the waiter looks again every few milliseconds (up to 50 ms apart), still without
-//! blocking its worker. Every wait is bounded by the deadline scope, ends on a kill, and shows
+//! none, through SIGCHLD: whichever waiter takes the signal tells every waiter to look at its
+//! child again (and each looks at least once a second, in case another action took the
+//! signal), still without blocking its worker. Every wait is bounded by the deadline scope, ends on a kill, and shows
 //! in the snapshot as a wait on an object of kind `process` named after the child ("pid 4242:
 //! sleep"). From a plain OS thread the same calls block that thread.
 //!
@@ -36,9 +37,13 @@ use greenhub_snapshot::{Interest, ObjectInfo, ObjectKind, WaitOn};
 
 use crate::core::object::Registration;
 use crate::core::registry::Inspect;
+use crate::core::report;
 use crate::green::thread::{Builder, GreenThread};
-use crate::green::time::{sleep, without_deadline};
+use crate::green::time::{deadline, sleep, without_deadline};
 use crate::net::fd::{Registered, timed_out};
+use crate::process::signal::Signals;
+use crate::sync::event::Event;
+use crate::sync::select::{Select, SelectError};
 
 /// The kind of a child process in the snapshot.
 static KIND: LazyLock<ObjectKind> = LazyLock::new(|| ObjectKind::named("process"));
@@ -339,8 +344,32 @@ impl Proc {
         result
     }
 
-    /// Without a pidfd: looks again every few milliseconds, up to 50 ms apart.
+    /// Without a pidfd: looks again at each SIGCHLD (see [`Reaping`]), and at least once a
+    /// second (a SIGCHLD is lost if someone else's action takes it); every few milliseconds
+    /// if SIGCHLD cannot be subscribed to.
     fn poll_exit(&mut self) -> io::Result<ExitStatus> {
+        let Some(reaping) = Reaping::get() else {
+            return self.poll_exit_slowly();
+        };
+        loop {
+            // Taken before the look: an exit after it comes with a SIGCHLD that sets it.
+            let exited = reaping.exited.lock().clone();
+            if let Some(status) = self.try_wait()? {
+                return Ok(status);
+            }
+            let mut sel = Select::new();
+            let signal = sel.signal(&reaping.sigchld);
+            sel.event(&exited);
+            match sel.wait_timeout(Duration::from_secs(1)) {
+                Ok(_) if signal.take().is_some() => reaping.tell_everyone(),
+                Ok(_) => {}
+                Err(SelectError::TimedOut) if deadline_passed() => return Err(timed_out()),
+                Err(_) => {}
+            }
+        }
+    }
+
+    fn poll_exit_slowly(&mut self) -> io::Result<ExitStatus> {
         let mut pause = Duration::from_millis(1);
         loop {
             if let Some(status) = self.try_wait()? {
@@ -448,8 +477,60 @@ impl Drop for Child {
     }
 }
 
+/// Where the kernel has no pidfd, how waiters learn that some child has ended: SIGCHLD
+/// (which coalesces, and names no child) is taken by whichever waiter gets it, which then
+/// sets `exited` and puts a fresh event in its place, so that every waiter looks at its own
+/// child again.
+struct Reaping {
+    sigchld: Signals,
+    exited: parking_lot::Mutex<Event>,
+}
+
+impl Reaping {
+    /// The process's reaping, made on first use; `None` if SIGCHLD cannot be subscribed to.
+    fn get() -> Option<&'static Reaping> {
+        static REAPING: LazyLock<Option<Reaping>> = LazyLock::new(|| {
+            let sigchld = Signals::child_exits()
+                .map_err(|e| {
+                    report::warn(&format!(
+                        "greenhub: cannot watch SIGCHLD ({e}); without pidfds, waits for child \
+                     processes look for their end every few milliseconds"
+                    ))
+                })
+                .ok()?;
+            Some(Reaping {
+                sigchld,
+                exited: parking_lot::Mutex::new(Event::new()),
+            })
+        });
+        REAPING.as_ref()
+    }
+
+    fn tell_everyone(&self) {
+        #[cfg(test)]
+        TOLD.fetch_add(1, Ordering::Relaxed);
+        let told = std::mem::take(&mut *self.exited.lock());
+        let _ = told.set(());
+    }
+}
+
+/// Whether the enclosing deadline scope has passed.
+fn deadline_passed() -> bool {
+    deadline().is_some_and(|d| std::time::Instant::now() >= d)
+}
+
+/// Tests force the path of kernels without pidfds, and count the SIGCHLDs passed on.
+#[cfg(test)]
+static NO_PIDFD: AtomicBool = AtomicBool::new(false);
+#[cfg(test)]
+static TOLD: AtomicUsize = AtomicUsize::new(0);
+
 /// A pidfd for `pid`, registered with the hub, or `None` where the kernel has none.
 fn pidfd(pid: u32) -> Option<Registered<OwnedFd>> {
+    #[cfg(test)]
+    if NO_PIDFD.load(Ordering::Relaxed) {
+        return None;
+    }
     // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
     if fd < 0 {
@@ -510,5 +591,56 @@ impl Read for ChildStdout {
 impl Read for ChildStderr {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         self.0.io(Interest::Read, None, |f| (&*f).read(buf))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::green::thread::spawn;
+    use crate::green::time::with_timeout;
+
+    /// Kernels without pidfds: exits come through SIGCHLD. Many children ending at different
+    /// times, waited for at once; one that ended before anyone waited; one waited for past a
+    /// deadline, then killed.
+    #[test]
+    fn without_pidfds_each_exit_reaches_its_waiter_through_sigchld() {
+        NO_PIDFD.store(true, Ordering::Relaxed);
+        let waiters: Vec<_> = (0..40)
+            .map(|i| {
+                spawn(move || {
+                    let script = format!("sleep 0.0{}; exit {}", i % 7, i % 5);
+                    let status = Command::new("sh").args(["-c", &script]).status().unwrap();
+                    (i, status.code())
+                })
+            })
+            .collect();
+        for w in waiters {
+            let (i, code) = w.wait().unwrap();
+            assert_eq!(code, Some(i % 5));
+        }
+        assert!(
+            TOLD.load(Ordering::Relaxed) > 0,
+            "no SIGCHLD reached a waiter"
+        );
+        let mut early = Command::new("true").spawn().unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(early.wait().unwrap().success());
+
+        let mut slow = Command::new("sleep").arg("30").spawn().unwrap();
+        let t0 = std::time::Instant::now();
+        let timed = with_timeout(Duration::from_millis(50), || slow.wait());
+        assert_eq!(timed.unwrap_err().kind(), io::ErrorKind::TimedOut);
+        assert!(
+            t0.elapsed() < Duration::from_secs(25),
+            "the deadline did not end the wait"
+        );
+        slow.kill().unwrap();
+        let status = slow.wait().unwrap();
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(libc::SIGKILL)
+        );
+        NO_PIDFD.store(false, Ordering::Relaxed);
     }
 }

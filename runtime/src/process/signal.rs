@@ -137,6 +137,15 @@ impl Signals {
         if wanted == 0 {
             return Err(SignalError::Empty);
         }
+        Signals::subscribe(wanted)
+    }
+
+    /// SIGCHLD, for child-process handling only (`child.rs`, where the kernel has no pidfd).
+    pub(crate) fn child_exits() -> Result<Signals, SignalError> {
+        Signals::subscribe(bit(libc::SIGCHLD))
+    }
+
+    fn subscribe(wanted: u64) -> Result<Signals, SignalError> {
         let hub = hub().map_err(|reason| SignalError::Setup {
             name: names(wanted),
             reason,
