@@ -170,8 +170,8 @@ pub mod thread {
     pub use crate::core::limits::SpawnError;
     pub use crate::green::local::Local;
     pub use crate::green::thread::{
-        Builder, Current, GreenThread, JoinError, current, join_all, kill_all, run_until_idle,
-        spawn, spawn_after, wait_any,
+        Builder, Current, GreenThread, JoinError, current, join_all, kill, kill_all,
+        run_until_idle, spawn, spawn_after, wait_any,
     };
     pub use crate::green::time::{kill_requested, sleep, yield_now};
     pub use crate::green::timer::{Timer, call_after};

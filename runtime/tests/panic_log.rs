@@ -74,3 +74,38 @@ fn a_kill_is_not_a_panic() {
     drop(t);
     assert_eq!(settle("killed-quietly", 1), 0);
 }
+
+#[test]
+fn catch_panic_around_code_that_waits_on_any_worker() {
+    setup();
+    // The code moves between workers at its waits; what catch_panic counts moves with it.
+    let threads: Vec<_> = (0..200)
+        .map(|i| {
+            spawn(move || {
+                let caught = greenhub::catch_panic(|| {
+                    for _ in 0..3 {
+                        sleep(Duration::from_micros(100)).unwrap();
+                        greenhub::yield_now();
+                    }
+                    if i % 2 == 0 {
+                        panic!("caught-after-waits-{i}");
+                    }
+                    i
+                });
+                // Later panics of the thread are still its own, reported as usual.
+                caught.map_err(|p| p.message)
+            })
+        })
+        .collect();
+    for (i, t) in threads.into_iter().enumerate() {
+        match t.wait().unwrap() {
+            Ok(v) => assert_eq!(v, i),
+            Err(m) => assert_eq!(m, format!("caught-after-waits-{i}")),
+        }
+    }
+    assert_eq!(
+        settle("caught-after-waits", 0),
+        0,
+        "a caught panic was reported"
+    );
+}

@@ -37,6 +37,9 @@ pub(crate) struct Context {
     pub ended: Cell<bool>,
     /// The thread's local values (`green/local.rs`), few enough to search in order.
     pub locals: RefCell<Vec<LocalEntry>>,
+    /// Non-zero while greenhub captures the panics of code it runs for a caller that
+    /// reports them itself (`catch_panic`, a stack that cannot be mapped).
+    pub capture: Cell<u32>,
     /// The thread's span, entered while it runs and left while it waits.
     #[cfg(feature = "tracing")]
     pub span: RefCell<ThreadSpan>,
@@ -187,13 +190,6 @@ impl Drop for Context {
     }
 }
 
-thread_local! {
-    /// Non-zero while greenhub catches panics of its own call into `may` (a stack that cannot be
-    /// mapped). A thread-local is sound here: that call never waits, so the green thread cannot
-    /// move to another OS thread between setting and clearing it.
-    static CAPTURE: Cell<u32> = const { Cell::new(0) };
-}
-
 impl Context {
     pub(crate) fn record(&self) -> Option<&Arc<ThreadRecord>> {
         self.record.get()
@@ -201,7 +197,7 @@ impl Context {
 
     /// Whether the panic hook should hand panics to greenhub instead of printing them.
     pub(crate) fn captures_panics(&self) -> bool {
-        self.record.get().is_some() || CAPTURE.with(|c| c.get()) > 0
+        self.record.get().is_some() || self.capture.get() > 0
     }
 }
 
@@ -230,15 +226,17 @@ pub(crate) fn current_id() -> Option<u64> {
     with(|c| c.record().map(|r| r.id))
 }
 
-/// Runs `f` with panics captured into the context instead of printed.
+/// Runs `f` with panics captured into the context instead of printed. `f` may wait: the
+/// count lives in the context, which moves with a green thread to whichever worker resumes
+/// it.
 pub(crate) fn capturing_panics<R>(f: impl FnOnce() -> R) -> R {
     struct Depth;
     impl Drop for Depth {
         fn drop(&mut self) {
-            CAPTURE.with(|c| c.set(c.get() - 1));
+            with(|c| c.capture.set(c.capture.get().saturating_sub(1)));
         }
     }
-    CAPTURE.with(|c| c.set(c.get() + 1));
+    with(|c| c.capture.set(c.capture.get() + 1));
     let _depth = Depth;
     f()
 }

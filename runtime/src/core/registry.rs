@@ -64,6 +64,8 @@ pub(crate) struct ThreadRecord {
     /// Sampled time on a worker, added by the monitor thread.
     pub run_ns: AtomicU64,
     pub kill_requested: AtomicBool,
+    /// How to kill it by id: its handle's shared state, held weakly (set once at spawn).
+    pub killer: OnceLock<Weak<dyn Killer>>,
     seq: AtomicU64,
     phase: AtomicU8,
     wait_kind: AtomicU8,
@@ -71,6 +73,11 @@ pub(crate) struct ThreadRecord {
     wait_b: AtomicU64,
     since_ns: AtomicU64,
     deadline_ns: AtomicU64,
+}
+
+/// Kills a green thread as its handle would (`green/thread.rs`), for a kill by id.
+pub(crate) trait Killer: Send + Sync {
+    fn kill(&self);
 }
 
 /// A consistent read of a record's state.
@@ -104,6 +111,7 @@ impl ThreadRecord {
             switches: AtomicU64::new(0),
             run_ns: AtomicU64::new(0),
             kill_requested: AtomicBool::new(false),
+            killer: OnceLock::new(),
             seq: AtomicU64::new(0),
             phase: AtomicU8::new(phase as u8),
             wait_kind: AtomicU8::new(0),

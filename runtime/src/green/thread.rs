@@ -2,7 +2,7 @@
 
 use std::panic::{AssertUnwindSafe, Location, catch_unwind};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -13,7 +13,7 @@ use greenhub_snapshot::WaitOn;
 use crate::core::config;
 use crate::core::context::{self, Inheritance, PanicReport};
 use crate::core::limits::{SpawnError, StackPermit};
-use crate::core::registry::{Ending, Phase, ThreadRecord, TimerKind, registry};
+use crate::core::registry::{Ending, Killer, Phase, ThreadRecord, TimerKind, registry};
 use crate::core::report::payload_message;
 use crate::core::timeout::{IsTimeout, TimedOut};
 use crate::core::token::Token;
@@ -252,7 +252,7 @@ impl Builder {
         }
     }
 
-    fn create<T>(
+    fn create<T: Send + 'static>(
         self,
         site: &'static Location<'static>,
         parent: Option<u64>,
@@ -269,7 +269,7 @@ impl Builder {
             phase,
         ));
         reg.insert_thread(record.clone());
-        Arc::new(Shared {
+        let shared = Arc::new(Shared {
             record,
             coroutine: OnceLock::new(),
             start_timer: AtomicU64::new(0),
@@ -282,7 +282,10 @@ impl Builder {
                 handle_alive: true,
                 taken: false,
             }),
-        })
+        });
+        let killer: Weak<dyn Killer> = Arc::downgrade(&shared) as Weak<dyn Killer>;
+        let _ = shared.record.killer.set(killer);
+        shared
     }
 }
 
@@ -434,6 +437,19 @@ impl<T: Send + 'static> Shared<T> {
             // only sets a flag on its handle.
             unsafe { co.cancel() };
         }
+    }
+
+    fn kill(&self) {
+        if self.done.load(Ordering::Acquire) {
+            return;
+        }
+        self.record.kill_requested.store(true, Ordering::SeqCst);
+        let timer_id = self.start_timer.swap(0, Ordering::AcqRel);
+        if timer_id != 0 && alarm::cancel(timer_id) {
+            self.finish(Err(JoinError::Killed { id: self.record.id }));
+            return;
+        }
+        self.cancel_coroutine();
     }
 
     /// Publishes the outcome: runs the links, leaves the live registry, wakes the waiters.
@@ -645,19 +661,7 @@ impl<T: Send + 'static> GreenThread<T> {
     /// [`GreenThread::wait`] tells when it has ended. A thread that never waits cannot be
     /// killed (it can poll [`crate::kill_requested`]).
     pub fn kill(&self) {
-        let shared = &self.shared;
-        if shared.done.load(Ordering::Acquire) {
-            return;
-        }
-        shared.record.kill_requested.store(true, Ordering::SeqCst);
-        let timer_id = shared.start_timer.swap(0, Ordering::AcqRel);
-        if timer_id != 0 && alarm::cancel(timer_id) {
-            shared.finish(Err(JoinError::Killed {
-                id: shared.record.id,
-            }));
-            return;
-        }
-        shared.cancel_coroutine();
+        self.shared.kill();
     }
 
     /// Calls `f` when the thread ends, whatever the outcome (eventlet's `link`). `f` runs in a
@@ -785,6 +789,36 @@ pub(crate) trait EndWatch: Send + Sync {
     fn ended(&self) -> bool;
     /// The thread's id.
     fn id(&self) -> u64;
+}
+
+impl<T: Send + 'static> Killer for Shared<T> {
+    fn kill(&self) {
+        Shared::kill(self);
+    }
+}
+
+/// Kills the green thread `id`, as [`GreenThread::kill`] does, without its handle (what an
+/// operator does from the inspector). Returns `false` if no such thread is alive.
+///
+/// ```
+/// use std::time::Duration;
+///
+/// let t = greenhub::spawn(|| greenhub::sleep(Duration::from_secs(60)));
+/// assert!(greenhub::thread::kill(t.id()));
+/// assert!(t.wait().is_err());
+/// assert!(!greenhub::thread::kill(t.id()), "it has ended");
+/// ```
+pub fn kill(id: u64) -> bool {
+    let Some(record) = registry().thread(id) else {
+        return false;
+    };
+    match record.killer.get().and_then(Weak::upgrade) {
+        Some(k) => {
+            k.kill();
+            true
+        }
+        None => false,
+    }
 }
 
 impl<T: Send + 'static> EndWatch for Shared<T> {

@@ -1,0 +1,257 @@
+//! One request and its response on one connection, and the idle connections kept per origin
+//! for reuse.
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::time::{Duration, Instant};
+
+use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
+use http::{HeaderMap, Method, StatusCode, Version};
+use parking_lot::Mutex;
+
+use crate::wire::body::{Decoder, write_chunk, write_last_chunk};
+use crate::wire::head::{HeadLimits, ResponseHead, parse_response};
+use crate::wire::{Stream, Wire};
+
+/// Where a connection goes: scheme, host and port.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct Origin {
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+}
+
+/// A connection to an origin.
+pub(crate) type Conn = Wire<Box<dyn Stream>>;
+
+/// What a request sends.
+pub(crate) enum Outgoing<'a> {
+    Empty,
+    Bytes(&'a [u8]),
+    Stream(&'a mut (dyn Read + Send)),
+}
+
+/// How an exchange failed, and whether it may be tried again on a new connection: only if
+/// the connection was a reused one and nothing of a response came back (the server had
+/// closed it while it was idle).
+#[derive(Debug)]
+pub(crate) struct Failed {
+    pub error: io::Error,
+    pub retry: bool,
+}
+
+/// A response read whole.
+pub(crate) struct Received {
+    pub status: StatusCode,
+    pub version: Version,
+    pub headers: HeaderMap,
+    pub body: Vec<u8>,
+    /// The connection can carry another request.
+    pub reusable: bool,
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn exchange(
+    conn: &mut Conn,
+    reused: bool,
+    method: &Method,
+    origin: &Origin,
+    target: &str,
+    headers: &HeaderMap,
+    body: Outgoing<'_>,
+    limits: &HeadLimits,
+    max_body: u64,
+) -> Result<Received, Failed> {
+    let mut got_any = false;
+    let fail = |error: io::Error, got_any: bool| Failed {
+        error,
+        retry: reused && !got_any,
+    };
+    write_request(conn, method, origin, target, headers, body).map_err(|e| fail(e, false))?;
+    // Interim (1xx) responses come before the final one.
+    let head: ResponseHead = loop {
+        let parsed = loop {
+            match parse_response(conn.buffered(), method, limits) {
+                Ok(Some(done)) => break done,
+                Ok(None) => {}
+                Err(e) => {
+                    return Err(fail(
+                        io::Error::new(io::ErrorKind::InvalidData, e.reason()),
+                        true,
+                    ));
+                }
+            }
+            match conn.fill() {
+                Ok(0) if conn.is_full() => {
+                    return Err(fail(
+                        io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            "the response head is too large",
+                        ),
+                        true,
+                    ));
+                }
+                Ok(0) => {
+                    return Err(fail(
+                        io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "the server closed the connection without a response",
+                        ),
+                        got_any,
+                    ));
+                }
+                Ok(_) => got_any = true,
+                Err(e) => return Err(fail(e, got_any)),
+            }
+        };
+        let (head, len) = parsed;
+        conn.consume(len);
+        if head.status.is_informational() && head.status != StatusCode::SWITCHING_PROTOCOLS {
+            got_any = true;
+            continue;
+        }
+        break head;
+    };
+    let mut decoder = Decoder::new(head.framing);
+    let mut body = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        let n = decoder.read(conn, &mut buf).map_err(|e| fail(e, true))?;
+        if n == 0 {
+            break;
+        }
+        if body.len() as u64 + n as u64 > max_body {
+            return Err(fail(
+                io::Error::other(format!(
+                    "the response body is larger than the limit of {max_body} bytes"
+                )),
+                true,
+            ));
+        }
+        body.extend_from_slice(&buf[..n]);
+    }
+    Ok(Received {
+        status: head.status,
+        version: head.version,
+        headers: head.headers,
+        body,
+        reusable: head.keep_alive && decoder.is_done() && conn.buffered().is_empty(),
+    })
+}
+
+fn write_request(
+    conn: &mut Conn,
+    method: &Method,
+    origin: &Origin,
+    target: &str,
+    headers: &HeaderMap,
+    body: Outgoing<'_>,
+) -> io::Result<()> {
+    let out = &mut conn.out;
+    out.clear();
+    let _ = write!(out, "{method} {target} HTTP/1.1\r\n");
+    if !headers.contains_key(HOST) {
+        let default_port = if origin.tls { 443 } else { 80 };
+        if origin.port == default_port {
+            let _ = write!(out, "host: {}\r\n", origin.host);
+        } else {
+            let _ = write!(out, "host: {}:{}\r\n", origin.host, origin.port);
+        }
+    }
+    for (name, value) in headers {
+        if name == CONTENT_LENGTH || name == TRANSFER_ENCODING {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    match body {
+        Outgoing::Empty => {
+            if method == Method::POST || method == Method::PUT || method == Method::PATCH {
+                out.extend_from_slice(b"content-length: 0\r\n");
+            }
+            out.extend_from_slice(b"\r\n");
+            conn.flush()
+        }
+        Outgoing::Bytes(b) => {
+            let _ = write!(out, "content-length: {}\r\n\r\n", b.len());
+            if b.len() <= 16 * 1024 {
+                out.extend_from_slice(b);
+                conn.flush()
+            } else {
+                conn.flush()?;
+                conn.io.write_all(b)?;
+                conn.io.flush()
+            }
+        }
+        Outgoing::Stream(reader) => {
+            out.extend_from_slice(b"transfer-encoding: chunked\r\n\r\n");
+            conn.flush()?;
+            let mut buf = vec![0u8; 16 * 1024];
+            loop {
+                let n = match reader.read(&mut buf) {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e),
+                };
+                if n == 0 {
+                    break;
+                }
+                write_chunk(&mut conn.out, &buf[..n]);
+                conn.flush()?;
+            }
+            write_last_chunk(&mut conn.out);
+            conn.flush()
+        }
+    }
+}
+
+/// Idle connections, by origin, newest last.
+pub(crate) struct Idle {
+    conns: Mutex<HashMap<Origin, Vec<(Conn, Instant)>>>,
+    per_origin: usize,
+    idle_timeout: Duration,
+}
+
+impl Idle {
+    pub(crate) fn new(per_origin: usize, idle_timeout: Duration) -> Idle {
+        Idle {
+            conns: Mutex::new(HashMap::new()),
+            per_origin,
+            idle_timeout,
+        }
+    }
+
+    /// The most recently used idle connection to `origin` that has not idled too long.
+    pub(crate) fn take(&self, origin: &Origin) -> Option<Conn> {
+        let mut conns = self.conns.lock();
+        let list = conns.get_mut(origin)?;
+        while let Some((conn, since)) = list.pop() {
+            if since.elapsed() < self.idle_timeout {
+                return Some(conn);
+            }
+        }
+        None
+    }
+
+    /// Keeps a connection for reuse, dropping the oldest past the per-origin limit.
+    pub(crate) fn put(&self, origin: Origin, conn: Conn) {
+        if self.per_origin == 0 {
+            return;
+        }
+        let dropped = {
+            let mut conns = self.conns.lock();
+            let list = conns.entry(origin).or_default();
+            list.push((conn, Instant::now()));
+            (list.len() > self.per_origin).then(|| list.remove(0))
+        };
+        drop(dropped);
+    }
+
+    /// Idle connections now, to all origins.
+    pub(crate) fn count(&self) -> usize {
+        self.conns.lock().values().map(Vec::len).sum()
+    }
+}
