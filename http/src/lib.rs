@@ -27,6 +27,7 @@ mod date;
 pub mod response;
 mod server;
 mod wire;
+pub mod ws;
 
 pub use body::{Body, BodyError, Payload};
 pub use response::Response;

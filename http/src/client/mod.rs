@@ -171,11 +171,7 @@ impl ClientBuilder {
     pub fn build(self) -> Client {
         let idle = Idle::new(self.idle_per_origin, self.idle_timeout);
         Client {
-            inner: Arc::new(Inner {
-                config: self,
-                idle,
-                default_tls: std::sync::OnceLock::new(),
-            }),
+            inner: Arc::new(Inner { config: self, idle }),
         }
     }
 }
@@ -183,7 +179,20 @@ impl ClientBuilder {
 struct Inner {
     config: ClientBuilder,
     idle: Idle,
-    default_tls: std::sync::OnceLock<TlsConnector>,
+}
+
+/// A TLS connector that trusts the web's roots (webpki-roots), made once.
+pub(crate) fn web_roots() -> &'static TlsConnector {
+    static CONNECTOR: std::sync::OnceLock<TlsConnector> = std::sync::OnceLock::new();
+    CONNECTOR.get_or_init(|| {
+        let roots = greenhub_tls::rustls::RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        };
+        let config = greenhub_tls::rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        TlsConnector::new(Arc::new(config))
+    })
 }
 
 /// A green HTTP client. A handle: clones share the idle connections; share one across the
@@ -247,18 +256,10 @@ impl Client {
     }
 
     fn tls(&self) -> &TlsConnector {
-        if let Some(c) = &self.inner.config.tls {
-            return c;
+        match &self.inner.config.tls {
+            Some(c) => c,
+            None => web_roots(),
         }
-        self.inner.default_tls.get_or_init(|| {
-            let roots = greenhub_tls::rustls::RootCertStore {
-                roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-            };
-            let config = greenhub_tls::rustls::ClientConfig::builder()
-                .with_root_certificates(roots)
-                .with_no_client_auth();
-            TlsConnector::new(Arc::new(config))
-        })
     }
 
     fn connect(&self, origin: &Origin) -> Result<Conn, ClientError> {

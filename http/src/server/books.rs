@@ -28,6 +28,8 @@ pub(crate) enum Phase {
     },
     /// Writing the response.
     Writing,
+    /// Handed over by an upgrade (a WebSocket): the handler's function runs.
+    Upgraded,
     /// Closing: the last answer is out, what the client still sends is read and dropped. A
     /// graceful stop may close it now.
     Closing,
@@ -42,6 +44,7 @@ impl Phase {
             Phase::Handling { .. } => "handling",
             Phase::Writing => "writing",
             Phase::Closing => "closing",
+            Phase::Upgraded => "upgraded",
         }
     }
 }

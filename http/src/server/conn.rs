@@ -98,10 +98,13 @@ pub(crate) fn serve<S: Stream>(shared: &Shared, conn: &Connection, io: S) {
             Next::Close => break,
             Next::Done => return,
             Next::Upgrade(f) => {
+                conn.set(Phase::Upgraded);
                 let (io, early) = wire.into_parts();
                 f(Upgraded {
                     io: Box::new(io),
                     early,
+                    read_timeout: None,
+                    write_timeout: None,
                 });
                 return;
             }
@@ -420,13 +423,13 @@ fn write_response<S: Stream>(
         "HTTP/1.1 {code} {}\r\n",
         status.canonical_reason().unwrap_or("")
     );
-    write_headers(out, &parts.headers);
+    let upgrade = matches!(payload, Payload::Upgrade(_));
+    write_headers(out, &parts.headers, upgrade);
     if !parts.headers.contains_key(DATE) {
         out.extend_from_slice(b"date: ");
         out.extend_from_slice(crate::date::header().as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    let upgrade = matches!(payload, Payload::Upgrade(_));
     if !(upgrade || status.is_informational() || status == StatusCode::NO_CONTENT) {
         match length {
             Some(n) => {
@@ -502,10 +505,11 @@ fn write_response<S: Stream>(
     })
 }
 
-/// The handler's headers, but those the server sets itself from the payload.
-fn write_headers(out: &mut Vec<u8>, headers: &HeaderMap) {
+/// The handler's headers, but those the server sets itself from the payload (an upgrade's
+/// `Connection` is the handler's).
+fn write_headers(out: &mut Vec<u8>, headers: &HeaderMap, upgrade: bool) {
     for (name, value) in headers {
-        if name == CONTENT_LENGTH || name == TRANSFER_ENCODING || name == CONNECTION {
+        if name == CONTENT_LENGTH || name == TRANSFER_ENCODING || (name == CONNECTION && !upgrade) {
             continue;
         }
         out.extend_from_slice(name.as_str().as_bytes());

@@ -152,6 +152,10 @@ impl Stream for Box<dyn Stream> {
 pub struct Upgraded {
     pub(crate) io: Box<dyn Stream>,
     pub(crate) early: Vec<u8>,
+    /// Each read within this (then `TimedOut`).
+    pub(crate) read_timeout: Option<std::time::Duration>,
+    /// Each write within this (then `TimedOut`).
+    pub(crate) write_timeout: Option<std::time::Duration>,
 }
 
 impl std::fmt::Debug for Upgraded {
@@ -170,13 +174,19 @@ impl Read for Upgraded {
             self.early.drain(..n);
             return Ok(n);
         }
-        self.io.read(buf)
+        match self.read_timeout {
+            Some(t) => greenhub::with_timeout(t, || self.io.read(buf)),
+            None => self.io.read(buf),
+        }
     }
 }
 
 impl Write for Upgraded {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.io.write(buf)
+        match self.write_timeout {
+            Some(t) => greenhub::with_timeout(t, || self.io.write(buf)),
+            None => self.io.write(buf),
+        }
     }
 
     fn flush(&mut self) -> io::Result<()> {
