@@ -5,3 +5,4 @@ pub mod chat;
 pub mod crawler;
 pub mod pipeline;
 pub mod stop;
+pub mod web;
