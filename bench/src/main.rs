@@ -9,6 +9,7 @@
 
 mod db;
 mod echo;
+mod http;
 mod idle;
 mod inspect;
 mod runtimes;
@@ -379,11 +380,15 @@ struct Report {
     machine: BTreeMap<String, String>,
     rounds: usize,
     suites: Vec<SuiteResult>,
+    /// The HTTP servers under wrk (`http.rs`), if that suite ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    http: Option<http::Report>,
 }
 
 fn child(args: &[String]) {
     match args {
         [s] if s == "idle_server" => idle::server(),
+        [s, kind] if s == "http_server" => http::server(kind),
         [s, addr, n] if s == "idle_clients" => idle::clients(addr, n.parse().expect("n")),
         [s, n] if s == "watched_target" => inspect::watched_target(n.parse().expect("n")),
         _ => {}
@@ -575,6 +580,9 @@ fn markdown(report: &Report) -> String {
             );
         }
     }
+    if let Some(h) = &report.http {
+        md.push_str(&http::markdown(h));
+    }
     md
 }
 
@@ -642,7 +650,7 @@ fn main() {
             "-h" | "--help" => {
                 println!(
                     "usage: greenhub-bench [--quick | --rounds N] [--suite ID] [--no-write]\n\
-                     suites: {}, idle_connections",
+                     suites: {}, idle_connections, http",
                     SUITES.iter().map(|s| s.id).collect::<Vec<_>>().join(", ")
                 );
                 return;
@@ -672,7 +680,7 @@ fn main() {
             fits
         })
         .collect();
-    if suites.is_empty() && only.as_deref() != Some("idle_connections") {
+    if suites.is_empty() && !matches!(only.as_deref(), Some("idle_connections" | "http")) {
         eprintln!("no suite named {only:?}");
         std::process::exit(2);
     }
@@ -731,19 +739,31 @@ fn main() {
     if only.as_deref().is_none_or(|o| o == "idle_connections") {
         results.push(idle_connections(rounds.min(3)));
     }
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("bench/ sits in the workspace")
+        .to_path_buf();
+    let http_report = if only.as_deref().is_none_or(|o| o == "http") {
+        match http::run(&root, rounds.min(3), 5) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                eprintln!("http: {e}");
+                std::process::exit(1);
+            }
+        }
+    } else {
+        None
+    };
     let report = Report {
         date: command_output("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
         machine: machine(),
         rounds,
         suites: results,
+        http: http_report,
     };
     let md = markdown(&report);
     println!("{md}");
     if write {
-        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .expect("bench/ sits in the workspace")
-            .to_path_buf();
         let only_some = only.is_some();
         if only_some {
             eprintln!(

@@ -159,3 +159,25 @@ fn refused_handshakes_and_the_inspector() {
     let _ = held.wait();
     server.stop(Duration::from_secs(5));
 }
+
+#[test]
+fn the_servers_http_time_limits_do_not_apply_to_an_upgraded_socket() {
+    let ends = Queue::unbounded();
+    let server = Builder::new()
+        .limits(greenhub_http::Limits {
+            idle_timeout: Duration::from_millis(100),
+            ..greenhub_http::Limits::default()
+        })
+        .bind("127.0.0.1:0", echo(Config::default(), ends))
+        .unwrap();
+    let url = format!("ws://{}/ws", server.local_addr());
+    let t = greenhub::spawn(move || {
+        let (mut s, _) = ws::connect(&url, Config::default()).unwrap();
+        // Quiet for longer than the HTTP idle limit: the socket's own limit (minutes) holds.
+        greenhub::sleep(Duration::from_millis(400)).unwrap();
+        s.send(Message::text("still here")).unwrap();
+        s.read().unwrap()
+    });
+    assert_eq!(t.wait().unwrap(), Message::text("still here"));
+    server.stop(Duration::from_secs(5));
+}

@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use greenhub::GreenThread;
@@ -12,7 +12,8 @@ use http::{Method, Uri};
 use parking_lot::Mutex;
 
 /// Where a connection is in its life.
-#[derive(Clone, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
 pub(crate) enum Phase {
     /// The TLS handshake.
     Handshake,
@@ -20,12 +21,8 @@ pub(crate) enum Phase {
     Idle,
     /// Reading a request head.
     Reading,
-    /// A handler runs.
-    Handling {
-        method: Method,
-        uri: Uri,
-        since: Instant,
-    },
+    /// A handler runs (the request is in `Connection::request`).
+    Handling,
     /// Writing the response.
     Writing,
     /// Handed over by an upgrade (a WebSocket): the handler's function runs.
@@ -36,27 +33,56 @@ pub(crate) enum Phase {
 }
 
 impl Phase {
-    fn name(&self) -> &'static str {
+    const ALL: [Phase; 7] = [
+        Phase::Handshake,
+        Phase::Idle,
+        Phase::Reading,
+        Phase::Handling,
+        Phase::Writing,
+        Phase::Upgraded,
+        Phase::Closing,
+    ];
+
+    fn name(self) -> &'static str {
         match self {
             Phase::Handshake => "handshake",
             Phase::Idle => "idle",
             Phase::Reading => "reading",
-            Phase::Handling { .. } => "handling",
+            Phase::Handling => "handling",
             Phase::Writing => "writing",
-            Phase::Closing => "closing",
             Phase::Upgraded => "upgraded",
+            Phase::Closing => "closing",
         }
+    }
+
+    /// Whether a graceful stop closes a connection in this phase at once.
+    pub(crate) fn stoppable(self) -> bool {
+        matches!(self, Phase::Handshake | Phase::Idle | Phase::Closing)
     }
 }
 
+/// The request a handler is answering.
+#[derive(Clone, Debug)]
+pub(crate) struct InFlight {
+    pub method: Method,
+    pub uri: Uri,
+    pub since: Instant,
+}
+
 /// One connection, shared by its green thread and the server.
+///
+/// The phase is an atomic that a graceful stop reads without a lock: the connection stores
+/// `Idle` then reads the server's `stopping`, the stop stores `stopping` then reads the phase
+/// (both sequentially consistent), so at least one of them sees the other.
 pub(crate) struct Connection {
     pub id: u64,
     pub peer: SocketAddr,
     pub since: Instant,
     /// Its green thread, to kill on a stop.
     pub thread: OnceLock<GreenThread<()>>,
-    pub phase: Mutex<Phase>,
+    phase: AtomicU8,
+    /// The request in flight, valid while the phase is `Handling`.
+    pub request: Mutex<Option<InFlight>>,
     pub requests: AtomicU64,
 }
 
@@ -67,15 +93,30 @@ impl Connection {
             peer,
             since: Instant::now(),
             thread: OnceLock::new(),
-            phase: Mutex::new(Phase::Handshake),
+            phase: AtomicU8::new(Phase::Handshake as u8),
+            request: Mutex::new(None),
             requests: AtomicU64::new(0),
         }
     }
 
     pub(crate) fn set(&self, phase: Phase) {
-        *self.phase.lock() = phase;
+        self.phase.store(phase as u8, Ordering::SeqCst);
+    }
+
+    pub(crate) fn phase(&self) -> Phase {
+        Phase::ALL[self.phase.load(Ordering::SeqCst) as usize]
+    }
+
+    /// Enters `Handling` for this request.
+    pub(crate) fn handling(&self, request: InFlight) {
+        *self.request.lock() = Some(request);
+        self.set(Phase::Handling);
     }
 }
+
+/// Latency histograms are kept in this many shards (a connection records into one, by its
+/// id), so that connections on different workers rarely share a lock.
+const SHARDS: usize = 8;
 
 /// Counts and latency histograms (microseconds) by status class.
 pub(crate) struct Books {
@@ -84,7 +125,7 @@ pub(crate) struct Books {
     /// Requests refused before a handler saw them (malformed, too large, too slow).
     pub refused: AtomicU64,
     pub panics: AtomicU64,
-    classes: Mutex<[Histogram<u64>; 5]>,
+    shards: [Mutex<[Histogram<u64>; 5]>; SHARDS],
 }
 
 impl Books {
@@ -95,23 +136,36 @@ impl Books {
             requests: AtomicU64::new(0),
             refused: AtomicU64::new(0),
             panics: AtomicU64::new(0),
-            classes: Mutex::new([h(), h(), h(), h(), h()]),
+            shards: std::array::from_fn(|_| Mutex::new([h(), h(), h(), h(), h()])),
         }
     }
 
-    /// A response went out with `status` after `took`.
-    pub(crate) fn answered(&self, status: u16, took: Duration) {
+    /// A response went out on connection `conn` with `status` after `took`.
+    pub(crate) fn answered(&self, conn: u64, status: u16, took: Duration) {
         let class = (usize::from(status / 100)).clamp(1, 5) - 1;
         let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX).max(1);
-        self.classes.lock()[class].saturating_record(us);
+        self.shards[conn as usize % SHARDS].lock()[class].saturating_record(us);
+    }
+
+    /// The shards merged.
+    fn classes(&self) -> [Histogram<u64>; 5] {
+        let mut all: [Histogram<u64>; 5] = std::array::from_fn(|_| {
+            Histogram::new_with_bounds(1, 3_600_000_000, 2).expect("valid bounds")
+        });
+        for shard in &self.shards {
+            let shard = shard.lock();
+            for (sum, h) in all.iter_mut().zip(shard.iter()) {
+                let _ = sum.add(h);
+            }
+        }
+        all
     }
 
     /// The detail of the snapshot: latency by class, requests in flight, connections.
     pub(crate) fn detail(&self, conns: &[std::sync::Arc<Connection>]) -> serde_json::Value {
         let now = Instant::now();
         let latency: serde_json::Map<String, serde_json::Value> = self
-            .classes
-            .lock()
+            .classes()
             .iter()
             .enumerate()
             .filter(|(_, h)| !h.is_empty())
@@ -130,15 +184,16 @@ impl Books {
         let mut in_flight = Vec::new();
         let mut connections = Vec::new();
         for c in conns {
-            let phase = c.phase.lock().clone();
-            if let Phase::Handling { method, uri, since } = &phase {
+            let phase = c.phase();
+            let request = c.request.lock().clone();
+            if let (Phase::Handling, Some(r)) = (phase, request) {
                 in_flight.push(serde_json::json!({
                     "connection": c.id,
                     "thread": c.thread.get().map(|t| t.id()),
                     "peer": c.peer.to_string(),
-                    "method": method.as_str(),
-                    "target": uri.to_string(),
-                    "for_us": now.saturating_duration_since(*since).as_micros() as u64,
+                    "method": r.method.as_str(),
+                    "target": r.uri.to_string(),
+                    "for_us": now.saturating_duration_since(r.since).as_micros() as u64,
                 }));
             }
             if connections.len() < 1000 {
@@ -161,7 +216,7 @@ impl Books {
 
     /// Responses by class, as totals.
     pub(crate) fn by_class(&self) -> [u64; 5] {
-        let classes = self.classes.lock();
+        let classes = self.classes();
         std::array::from_fn(|i| classes[i].len())
     }
 }

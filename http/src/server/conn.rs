@@ -11,7 +11,7 @@ use http::{HeaderMap, Method, StatusCode, Version};
 
 use crate::body::{Body, Payload, TooLarge};
 use crate::response::{self, Response};
-use crate::server::books::{Connection, Phase};
+use crate::server::books::{Connection, InFlight, Phase};
 use crate::server::{RemoteAddr, Shared};
 use crate::wire::body::{Decoder, write_chunk, write_last_chunk};
 use crate::wire::head::{Framing, HeadError, HeadLimits, RequestHead, parse_request};
@@ -49,17 +49,18 @@ pub(crate) fn serve<S: Stream>(shared: &Shared, conn: &Connection, io: S) {
         fields: limits.fields,
     };
     let mut wire = Wire::new(io, 4096, limits.head.max(4096));
+    // Each wait for the first byte of a request is bounded by the socket's read timeout (the
+    // header limit for the first request, the idle limit after), and each write's wait by
+    // its write timeout: cheaper than a deadline scope per request, which costs even when
+    // nothing waits.
+    wire.io
+        .set_timeouts(Some(limits.header_timeout), limits.write_timeout);
     loop {
         if wire.buffered().is_empty() {
             if !enter_idle(shared, conn) {
                 break;
             }
-            let first = if conn.requests.load(Ordering::Relaxed) == 0 {
-                limits.header_timeout
-            } else {
-                limits.idle_timeout
-            };
-            match greenhub::with_timeout(first, || wire.fill()) {
+            match wire.fill() {
                 Ok(n) if n > 0 => {}
                 // Closed, or silent past the limit: nothing was asked, nothing to answer.
                 _ => return,
@@ -67,8 +68,14 @@ pub(crate) fn serve<S: Stream>(shared: &Shared, conn: &Connection, io: S) {
         }
         conn.set(Phase::Reading);
         let started = Instant::now();
-        let head =
-            greenhub::with_timeout(limits.header_timeout, || read_head(&mut wire, &head_limits));
+        // Most heads arrive whole; one that does not is read under the header limit.
+        let head = match parse_request(wire.buffered(), &head_limits) {
+            Ok(Some(head)) => Ok(Some(head)),
+            Ok(None) => {
+                greenhub::with_timeout(limits.header_timeout, || read_head(&mut wire, &head_limits))
+            }
+            Err(e) => Err(Refusal::Head(e)),
+        };
         let (head, len) = match head {
             Ok(Some(h)) => h,
             Ok(None) => return,
@@ -91,7 +98,10 @@ pub(crate) fn serve<S: Stream>(shared: &Shared, conn: &Connection, io: S) {
             Err(Refusal::Io) => return,
         };
         wire.consume(len);
-        conn.requests.fetch_add(1, Ordering::Relaxed);
+        if conn.requests.fetch_add(1, Ordering::Relaxed) == 0 {
+            wire.io
+                .set_timeouts(Some(limits.idle_timeout), limits.write_timeout);
+        }
         shared.books.requests.fetch_add(1, Ordering::Relaxed);
         match answer(shared, conn, &mut wire, head, started) {
             Next::Keep => {}
@@ -100,6 +110,8 @@ pub(crate) fn serve<S: Stream>(shared: &Shared, conn: &Connection, io: S) {
             Next::Upgrade(f) => {
                 conn.set(Phase::Upgraded);
                 let (io, early) = wire.into_parts();
+                // The new protocol sets its own time limits (the upgrade's function).
+                io.set_timeouts(None, None);
                 f(Upgraded {
                     io: Box::new(io),
                     early,
@@ -114,14 +126,11 @@ pub(crate) fn serve<S: Stream>(shared: &Shared, conn: &Connection, io: S) {
     close(wire);
 }
 
-/// Marks the connection idle, unless the server is stopping (then it closes).
+/// Marks the connection idle, unless the server is stopping (then it closes). The phase is
+/// stored before `stopping` is read (see `Connection`).
 fn enter_idle(shared: &Shared, conn: &Connection) -> bool {
-    let mut phase = conn.phase.lock();
-    if shared.stopping.load(Ordering::SeqCst) {
-        return false;
-    }
-    *phase = Phase::Idle;
-    true
+    conn.set(Phase::Idle);
+    !shared.stopping.load(Ordering::SeqCst)
 }
 
 enum Refusal {
@@ -170,7 +179,9 @@ fn refuse<S: Stream>(
         crate::date::header().to_str().unwrap_or(""),
     );
     let _ = greenhub::with_timeout(Duration::from_secs(5), || wire.flush());
-    shared.books.answered(status.as_u16(), started.elapsed());
+    shared
+        .books
+        .answered(conn.id, status.as_u16(), started.elapsed());
     if shared.access_log {
         access_log(conn, "-", status.as_u16(), body.len() as u64);
     }
@@ -309,7 +320,7 @@ fn answer<S: Stream>(
         _ => None,
     };
     let is_head = method == Method::HEAD;
-    conn.set(Phase::Handling {
+    conn.handling(InFlight {
         method: method.clone(),
         uri: uri.clone(),
         since: started,
@@ -352,26 +363,21 @@ fn answer<S: Stream>(
     conn.set(Phase::Writing);
     let stopping = shared.stopping.load(Ordering::SeqCst);
     let keep = keep_alive && drained && !stopping;
-    let written = match limits.write_timeout {
-        Some(t) => {
-            greenhub::with_timeout(t, || write_response(wire, response, version, is_head, keep))
-        }
-        None => write_response(wire, response, version, is_head, keep),
-    };
+    let written = write_response(wire, response, version, is_head, keep, limits.write_timeout);
     match written {
         Ok(Written::Sent {
             status,
             bytes,
             keep,
         }) => {
-            shared.books.answered(status, started.elapsed());
+            shared.books.answered(conn.id, status, started.elapsed());
             if shared.access_log {
                 access_log_request(conn, &method, &target, version, status, bytes);
             }
             if keep { Next::Keep } else { Next::Close }
         }
         Ok(Written::Upgrade(status, f)) => {
-            shared.books.answered(status, started.elapsed());
+            shared.books.answered(conn.id, status, started.elapsed());
             if shared.access_log {
                 access_log_request(conn, &method, &target, version, status, 0);
             }
@@ -395,6 +401,7 @@ fn write_response<S: Stream>(
     version: Version,
     is_head: bool,
     keep: bool,
+    write_timeout: Option<Duration>,
 ) -> io::Result<Written> {
     let (parts, payload) = response.into_parts();
     let status = parts.status;
@@ -464,34 +471,19 @@ fn write_response<S: Stream>(
                 wire.out.extend_from_slice(&b);
             }
         }
-        Payload::Stream(mut reader) => {
-            wire.flush()?;
-            let mut buf = vec![0u8; 16 * 1024];
-            loop {
-                let n = match reader.read(&mut buf) {
-                    Ok(n) => n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    // The body breaks off: the client sees an incomplete response.
-                    Err(_) => return Err(io::Error::other("the response stream failed")),
-                };
-                if n == 0 {
-                    break;
-                }
-                bytes += n as u64;
-                if chunked_ok {
-                    write_chunk(&mut wire.out, &buf[..n]);
-                } else {
-                    wire.out.extend_from_slice(&buf[..n]);
-                }
-                wire.flush()?;
-            }
-            if chunked_ok {
-                write_last_chunk(&mut wire.out);
-            }
+        Payload::Stream(reader) => {
+            // A stream's whole answer within the limit (its producer may be slow too).
+            bytes = match write_timeout {
+                Some(t) => greenhub::with_timeout(t, || send_stream(wire, reader, chunked_ok))?,
+                None => send_stream(wire, reader, chunked_ok)?,
+            };
         }
         Payload::File { file, len } => {
             wire.flush()?;
-            bytes = send_file(wire, file, len)?;
+            bytes = match write_timeout {
+                Some(t) => greenhub::with_timeout(t, || send_file(wire, file, len))?,
+                None => send_file(wire, file, len)?,
+            };
         }
     }
     // Pipelined requests waiting: their answers go out with this one.
@@ -503,6 +495,39 @@ fn write_response<S: Stream>(
         bytes,
         keep,
     })
+}
+
+/// Sends what `reader` gives, chunked (to an HTTP/1.0 client: as it is).
+fn send_stream<S: Stream>(
+    wire: &mut Wire<S>,
+    mut reader: Box<dyn Read + Send>,
+    chunked_ok: bool,
+) -> io::Result<u64> {
+    let mut bytes = 0u64;
+    wire.flush()?;
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match reader.read(&mut buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            // The body breaks off: the client sees an incomplete response.
+            Err(_) => return Err(io::Error::other("the response stream failed")),
+        };
+        if n == 0 {
+            break;
+        }
+        bytes += n as u64;
+        if chunked_ok {
+            write_chunk(&mut wire.out, &buf[..n]);
+        } else {
+            wire.out.extend_from_slice(&buf[..n]);
+        }
+        wire.flush()?;
+    }
+    if chunked_ok {
+        write_last_chunk(&mut wire.out);
+    }
+    Ok(bytes)
 }
 
 /// The handler's headers, but those the server sets itself from the payload (an upgrade's

@@ -65,7 +65,8 @@ pub struct Limits {
     /// A request body, in bytes (413 past it). Default 16 MiB.
     pub body: u64,
     /// From a request's first byte to the end of its head (408 past it): a client sending
-    /// its head slowly (slowloris) is closed here. Default 10 s.
+    /// its head slowly (slowloris) is closed here. A new connection also gets this long to
+    /// send its first byte. Default 10 s.
     pub header_timeout: Duration,
     /// For the whole request body, from when the handler starts (408 to a handler reading
     /// it). Default 60 s.
@@ -73,7 +74,9 @@ pub struct Limits {
     /// A kept-alive connection waits this long for its next request, then closes. Default
     /// 30 s.
     pub idle_timeout: Duration,
-    /// For writing a whole response (a client that does not read is closed). Default 60 s.
+    /// A write of a response that makes no progress for this long closes the connection (a
+    /// client that does not read); a streamed or file response must also be written whole
+    /// within it. Default 60 s.
     pub write_timeout: Option<Duration>,
 }
 
@@ -264,7 +267,7 @@ impl Inspect for Shared {
         let conns: Vec<Arc<Connection>> = self.conns.lock().values().cloned().collect();
         let in_flight = conns
             .iter()
-            .filter(|c| matches!(*c.phase.lock(), Phase::Handling { .. }))
+            .filter(|c| c.phase() == Phase::Handling)
             .count();
         let [c1, c2, c3, c4, c5] = self.books.by_class();
         ObjectInfo::new(*KIND, self.reg.id(), Some(&self.name), 0)
@@ -416,11 +419,9 @@ impl Server {
         let conns: Vec<Arc<Connection>> = self.shared.conns.lock().values().cloned().collect();
         for c in &conns {
             // A connection that goes idle after this sees `stopping` and closes itself.
-            let idle = matches!(
-                *c.phase.lock(),
-                Phase::Idle | Phase::Handshake | Phase::Closing
-            );
-            if idle && let Some(t) = c.thread.get() {
+            if c.phase().stoppable()
+                && let Some(t) = c.thread.get()
+            {
                 t.kill();
             }
         }

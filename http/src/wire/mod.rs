@@ -6,6 +6,7 @@ pub(crate) mod body;
 pub(crate) mod head;
 
 use std::io::{self, Read, Write};
+use std::time::Duration;
 
 use greenhub::net::TcpStream;
 
@@ -118,11 +119,20 @@ impl<S: Read + Write> Wire<S> {
 pub(crate) trait Stream: Read + Write + Send + 'static {
     /// Ends the sending side (TLS: with its close_notify first).
     fn close_write(&mut self);
+
+    /// Bounds each wait of a read or a write on the socket (`None`: no bound of its own).
+    /// Cheaper than a deadline scope: nothing is set up unless the operation waits.
+    fn set_timeouts(&self, read: Option<Duration>, write: Option<Duration>);
 }
 
 impl Stream for TcpStream {
     fn close_write(&mut self) {
         let _ = self.shutdown(std::net::Shutdown::Write);
+    }
+
+    fn set_timeouts(&self, read: Option<Duration>, write: Option<Duration>) {
+        let _ = self.set_read_timeout(read.filter(|d| !d.is_zero()));
+        let _ = self.set_write_timeout(write.filter(|d| !d.is_zero()));
     }
 }
 
@@ -131,6 +141,10 @@ impl Stream for greenhub_tls::ServerStream<TcpStream> {
         let _ = self.shutdown();
         let _ = self.get_ref().shutdown(std::net::Shutdown::Write);
     }
+
+    fn set_timeouts(&self, read: Option<Duration>, write: Option<Duration>) {
+        self.get_ref().set_timeouts(read, write);
+    }
 }
 
 impl Stream for greenhub_tls::ClientStream<TcpStream> {
@@ -138,11 +152,19 @@ impl Stream for greenhub_tls::ClientStream<TcpStream> {
         let _ = self.shutdown();
         let _ = self.get_ref().shutdown(std::net::Shutdown::Write);
     }
+
+    fn set_timeouts(&self, read: Option<Duration>, write: Option<Duration>) {
+        self.get_ref().set_timeouts(read, write);
+    }
 }
 
 impl Stream for Box<dyn Stream> {
     fn close_write(&mut self) {
         (**self).close_write();
+    }
+
+    fn set_timeouts(&self, read: Option<Duration>, write: Option<Duration>) {
+        (**self).set_timeouts(read, write);
     }
 }
 
