@@ -61,6 +61,8 @@ pub struct Config {
     pub read_timeout: Option<Duration>,
     /// A write that makes no progress for this long fails with `TimedOut`. Default 30 s.
     pub write_timeout: Option<Duration>,
+    /// [`connect`]: the connection, TLS and the handshake within this. Default 10 s.
+    pub connect_timeout: Duration,
 }
 
 impl Default for Config {
@@ -70,6 +72,7 @@ impl Default for Config {
             max_frame: 4 << 20,
             read_timeout: Some(Duration::from_secs(300)),
             write_timeout: Some(Duration::from_secs(30)),
+            connect_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -165,32 +168,35 @@ pub fn connect_with(
         .trim_end_matches(']')
         .to_string();
     let port = uri.port_u16().unwrap_or(if secure { 443 } else { 80 });
-    let tcp = TcpStream::connect((host.clone(), port))?;
-    let _ = tcp.set_nodelay(true);
-    let io: Box<dyn Stream> = if secure {
-        let connector = tls.unwrap_or_else(|| web_roots());
-        let stream = connector
-            .connect(&host, tcp)
-            .map_err(|e| Error::Io(std::io::Error::other(e)))?;
-        Box::new(stream)
-    } else {
-        Box::new(tcp)
-    };
-    let io = Upgraded {
-        io,
-        early: Vec::new(),
-        read_timeout: config.read_timeout,
-        write_timeout: config.write_timeout,
-    };
-    tungstenite::client::client_with_config(url, io, Some(config.tungstenite())).map_err(
-        |e| match e {
-            tungstenite::HandshakeError::Failure(e) => e,
-            tungstenite::HandshakeError::Interrupted(_) => Error::Io(std::io::Error::new(
-                std::io::ErrorKind::WouldBlock,
-                "the handshake was interrupted",
-            )),
-        },
-    )
+    // A silent peer cannot hold the caller: connection, TLS and handshake within the limit.
+    greenhub::with_timeout(config.connect_timeout, || {
+        let tcp = TcpStream::connect((host.clone(), port))?;
+        let _ = tcp.set_nodelay(true);
+        let io: Box<dyn Stream> = if secure {
+            let connector = tls.unwrap_or_else(|| web_roots());
+            let stream = connector
+                .connect(&host, tcp)
+                .map_err(|e| Error::Io(std::io::Error::other(e)))?;
+            Box::new(stream)
+        } else {
+            Box::new(tcp)
+        };
+        let io = Upgraded {
+            io,
+            early: Vec::new(),
+            read_timeout: config.read_timeout,
+            write_timeout: config.write_timeout,
+        };
+        tungstenite::client::client_with_config(url, io, Some(config.tungstenite())).map_err(|e| {
+            match e {
+                tungstenite::HandshakeError::Failure(e) => e,
+                tungstenite::HandshakeError::Interrupted(_) => Error::Io(std::io::Error::new(
+                    std::io::ErrorKind::WouldBlock,
+                    "the handshake was interrupted",
+                )),
+            }
+        })
+    })
 }
 
 fn bad_url(url: &str) -> Error {

@@ -41,11 +41,25 @@ fn app(mut req: Request<'_>) -> Response {
         "/keep" => redirect(StatusCode::TEMPORARY_REDIRECT, "/echo"),
         "/loop" => redirect(StatusCode::FOUND, "/loop"),
         "/auth" => response::text(auth.unwrap_or_else(|| "none".into())),
+        "/seen" => response::text(req.uri().to_string()),
         "/slow" => {
             greenhub::sleep(Duration::from_secs(10)).ok();
             response::text("late")
         }
         "/big" => response::text(vec![b'b'; 2_000_000]),
+        "/query" => redirect(StatusCode::FOUND, "/seen?page=2"),
+        "/rel" if req.uri().query() == Some("page=3") => response::text(req.uri().to_string()),
+        "/rel" => redirect(StatusCode::FOUND, "?page=3"),
+        "/switch" => {
+            // A 101 with nothing after it: the client must not send HTTP on this connection.
+            let mut r = response::status(StatusCode::SWITCHING_PROTOCOLS);
+            r.headers_mut()
+                .insert("upgrade", "nothing".parse().unwrap());
+            r.headers_mut()
+                .insert("connection", "upgrade".parse().unwrap());
+            *r.body_mut() = greenhub_http::Payload::Upgrade(Box::new(|_io| {}));
+            r
+        }
         _ => response::status(StatusCode::NOT_FOUND),
     }
 }
@@ -342,4 +356,64 @@ fn https_with_a_connector_that_trusts_the_servers_certificate() {
         .unwrap();
     assert!(matches!(t.wait().unwrap(), Err(ClientError::Tls { .. })));
     server.stop(Duration::from_secs(5));
+}
+
+#[test]
+fn a_101_connection_is_not_reused_and_query_redirects_keep_the_path() {
+    let server = start();
+    let base = format!("http://{}", server.local_addr());
+    let client = Client::new();
+    let r = client.get(&format!("{base}/switch")).send().unwrap();
+    assert_eq!(r.status(), 101);
+    assert_eq!(
+        client.idle_connections(),
+        0,
+        "a switched connection is not kept"
+    );
+    assert_eq!(
+        client.get(&format!("{base}/hello")).send().unwrap().text(),
+        "hello"
+    );
+    let r = client.get(&format!("{base}/query")).send().unwrap();
+    assert_eq!(r.text(), "/seen?page=2");
+    // `?page=3` is relative to /rel: the same path with a new query.
+    let r = client.get(&format!("{base}/rel")).send().unwrap();
+    assert_eq!(r.text(), "/rel?page=3");
+    server.stop(Duration::from_secs(5));
+}
+
+#[test]
+fn kept_connections_the_server_closed_are_noticed_before_use_even_for_a_post() {
+    // A server that closes each connection soon after answering, without saying so.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let served = Arc::new(AtomicUsize::new(0));
+    let count = served.clone();
+    let acceptor = greenhub::spawn(move || {
+        while let Ok((mut s, _)) = listener.accept() {
+            count.fetch_add(1, Ordering::SeqCst);
+            greenhub::spawn(move || {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf);
+                let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+                greenhub::sleep(Duration::from_millis(20)).ok();
+            });
+        }
+    });
+    let client = Client::new();
+    for _ in 0..5 {
+        let r = client
+            .post(&format!("http://{addr}/"))
+            .body("x")
+            .send()
+            .unwrap();
+        assert_eq!(r.text(), "ok");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        served.load(Ordering::SeqCst),
+        5,
+        "a new connection for each, no failure"
+    );
+    acceptor.kill();
 }

@@ -48,6 +48,18 @@ fn app(gate: Event) -> impl Fn(Request<'_>) -> Response + Send + Sync + 'static 
                 Err(e) => e.response(),
             },
             "/nocontent" => response::status(StatusCode::NO_CONTENT),
+            "/notmodified" => {
+                let mut r = http::Response::new(greenhub_http::Payload::Empty);
+                *r.status_mut() = StatusCode::NOT_MODIFIED;
+                r
+            }
+            "/declared" => {
+                // A HEAD handler that says how long the GET answer would be, without it.
+                let mut r = http::Response::new(greenhub_http::Payload::Empty);
+                r.headers_mut()
+                    .insert("content-length", "1234".parse().unwrap());
+                r
+            }
             _ => response::text(format!("path {path}")),
         }
     }
@@ -530,4 +542,56 @@ fn handlers_can_be_called_directly() {
     *req.uri_mut() = "/echo".parse().unwrap();
     let r = handler(req);
     assert_eq!(r.status(), 200);
+}
+
+#[test]
+fn a_crlf_after_a_body_is_not_a_request_and_answers_are_not_held_back() {
+    let (server, _) = start(Limits::default());
+    let mut c = Client::connect(server.local_addr());
+    // Older clients end a body with CRLF: the answer comes at once, no 408 follows.
+    c.send(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\nhi\r\n");
+    let t0 = Instant::now();
+    assert_eq!(c.read(false).text(), "hi");
+    assert!(
+        t0.elapsed() < Duration::from_secs(5),
+        "the answer waited for the next request"
+    );
+    assert_eq!(c.get("/next").text(), "path /next");
+    // A pipelined request and half of the next: the first answer does not wait for the rest.
+    c.send(b"GET /whole HTTP/1.1\r\nHost: t\r\n\r\nGET /half HTTP/1.1\r\nHo");
+    assert_eq!(c.read(false).text(), "path /whole");
+    c.send(b"st: t\r\n\r\n");
+    assert_eq!(c.read(false).text(), "path /half");
+    server.stop(Duration::from_secs(5));
+}
+
+#[test]
+fn body_less_answers_keep_the_length_their_handler_gave() {
+    let (server, _) = start(Limits::default());
+    let mut c = Client::connect(server.local_addr());
+    c.send(b"HEAD /declared HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(c.read(true).header("content-length"), Some("1234"));
+    let n = c.get("/notmodified");
+    assert_eq!((n.status, n.header("content-length")), (304, None));
+    assert_eq!(c.get("/after").text(), "path /after");
+    server.stop(Duration::from_secs(5));
+}
+
+#[test]
+fn wait_returns_when_another_thread_stops_the_server() {
+    let (server, _) = start(Limits::default());
+    let server = Arc::new(server);
+    let addr = server.local_addr();
+    let waiter = {
+        let server = server.clone();
+        greenhub::spawn(move || server.wait())
+    };
+    let mut idle = Client::connect(addr);
+    assert_eq!(idle.get("/x").status, 200);
+    let stopped = server.stop(Duration::from_secs(5));
+    assert_eq!(stopped.killed, 0);
+    waiter.wait().unwrap();
+    assert!(idle.closed_within(Duration::from_secs(10)));
+    // Stopped means no longer accepting.
+    assert!(std::net::TcpStream::connect(addr).is_err());
 }

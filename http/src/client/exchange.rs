@@ -21,6 +21,24 @@ pub(crate) struct Origin {
     pub port: u16,
 }
 
+impl Origin {
+    /// The origin as a `Host` header writes it: an IPv6 address in brackets, the port unless
+    /// it is the scheme's default.
+    pub(crate) fn authority(&self) -> String {
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        let default_port = if self.tls { 443 } else { 80 };
+        if self.port == default_port {
+            host
+        } else {
+            format!("{host}:{}", self.port)
+        }
+    }
+}
+
 /// A connection to an origin.
 pub(crate) type Conn = Wire<Box<dyn Stream>>;
 
@@ -135,7 +153,11 @@ pub(crate) fn exchange(
         version: head.version,
         headers: head.headers,
         body,
-        reusable: head.keep_alive && decoder.is_done() && conn.buffered().is_empty(),
+        // After a 101 the connection speaks another protocol: never reused for HTTP.
+        reusable: head.keep_alive
+            && head.status != StatusCode::SWITCHING_PROTOCOLS
+            && decoder.is_done()
+            && conn.buffered().is_empty(),
     })
 }
 
@@ -151,12 +173,7 @@ fn write_request(
     out.clear();
     let _ = write!(out, "{method} {target} HTTP/1.1\r\n");
     if !headers.contains_key(HOST) {
-        let default_port = if origin.tls { 443 } else { 80 };
-        if origin.port == default_port {
-            let _ = write!(out, "host: {}\r\n", origin.host);
-        } else {
-            let _ = write!(out, "host: {}:{}\r\n", origin.host, origin.port);
-        }
+        let _ = write!(out, "host: {}\r\n", origin.authority());
     }
     for (name, value) in headers {
         if name == CONTENT_LENGTH || name == TRANSFER_ENCODING {
@@ -224,29 +241,42 @@ impl Idle {
         }
     }
 
-    /// The most recently used idle connection to `origin` that has not idled too long.
+    /// The most recently used idle connection to `origin` that has not idled too long and
+    /// that the server has not closed (nor sent anything on) meanwhile.
     pub(crate) fn take(&self, origin: &Origin) -> Option<Conn> {
-        let mut conns = self.conns.lock();
-        let list = conns.get_mut(origin)?;
-        while let Some((conn, since)) = list.pop() {
-            if since.elapsed() < self.idle_timeout {
+        loop {
+            let (conn, since) = self.conns.lock().get_mut(origin)?.pop()?;
+            if since.elapsed() < self.idle_timeout && !conn.io.peer_closed() {
                 return Some(conn);
             }
         }
-        None
     }
 
-    /// Keeps a connection for reuse, dropping the oldest past the per-origin limit.
+    /// Keeps a connection for reuse, dropping the oldest past the per-origin limit and any
+    /// that has idled too long, to this origin or another.
     pub(crate) fn put(&self, origin: Origin, conn: Conn) {
         if self.per_origin == 0 {
             return;
         }
-        let dropped = {
+        let mut dropped = Vec::new();
+        {
             let mut conns = self.conns.lock();
+            for list in conns.values_mut() {
+                while list
+                    .first()
+                    .is_some_and(|(_, since)| since.elapsed() >= self.idle_timeout)
+                {
+                    dropped.push(list.remove(0));
+                }
+            }
+            conns.retain(|_, list| !list.is_empty());
             let list = conns.entry(origin).or_default();
             list.push((conn, Instant::now()));
-            (list.len() > self.per_origin).then(|| list.remove(0))
-        };
+            if list.len() > self.per_origin {
+                dropped.push(list.remove(0));
+            }
+        }
+        // Closed outside the lock.
         drop(dropped);
     }
 

@@ -419,6 +419,10 @@ fn resolve(base: &Uri, location: &str) -> String {
     if let Some(rest) = location.strip_prefix("//") {
         return format!("{scheme}://{rest}");
     }
+    // A new query (or fragment) for the same path.
+    if location.starts_with('?') || location.starts_with('#') {
+        return format!("{scheme}://{authority}{}{location}", base.path());
+    }
     if location.starts_with('/') {
         return format!("{scheme}://{authority}{location}");
     }
@@ -443,7 +447,13 @@ fn send(mut req: RequestBuilder<'_>) -> Result<Response, ClientError> {
             let mut attempt = 0;
             loop {
                 attempt += 1;
-                let (mut conn, reused) = match client.inner.idle.take(&origin) {
+                // A retry makes a new connection: the other kept ones may be as stale.
+                let kept = if attempt == 1 {
+                    client.inner.idle.take(&origin)
+                } else {
+                    None
+                };
+                let (mut conn, reused) = match kept {
                     Some(c) => (c, true),
                     None => (client.connect(&origin)?, false),
                 };
@@ -511,11 +521,12 @@ fn send(mut req: RequestBuilder<'_>) -> Result<Response, ClientError> {
                 req.body = RequestBody::Empty;
                 req.headers.remove(CONTENT_TYPE);
             }
-            // Credentials stay with the origin they were given for.
+            // Credentials, and a Host set by the caller, stay with their origin.
             if let Ok((next_origin, _, _)) = parse_url(&next)
                 && next_origin != origin
             {
                 req.headers.remove(AUTHORIZATION);
+                req.headers.remove(http::header::HOST);
             }
             redirects += 1;
             url = next;

@@ -30,10 +30,12 @@ pub(crate) enum Phase {
     /// Closing: the last answer is out, what the client still sends is read and dropped. A
     /// graceful stop may close it now.
     Closing,
+    /// Claimed by a graceful stop, which kills it: the connection takes no more requests.
+    Stopping,
 }
 
 impl Phase {
-    const ALL: [Phase; 7] = [
+    const ALL: [Phase; 8] = [
         Phase::Handshake,
         Phase::Idle,
         Phase::Reading,
@@ -41,6 +43,7 @@ impl Phase {
         Phase::Writing,
         Phase::Upgraded,
         Phase::Closing,
+        Phase::Stopping,
     ];
 
     fn name(self) -> &'static str {
@@ -52,12 +55,8 @@ impl Phase {
             Phase::Writing => "writing",
             Phase::Upgraded => "upgraded",
             Phase::Closing => "closing",
+            Phase::Stopping => "stopping",
         }
-    }
-
-    /// Whether a graceful stop closes a connection in this phase at once.
-    pub(crate) fn stoppable(self) -> bool {
-        matches!(self, Phase::Handshake | Phase::Idle | Phase::Closing)
     }
 }
 
@@ -71,9 +70,12 @@ pub(crate) struct InFlight {
 
 /// One connection, shared by its green thread and the server.
 ///
-/// The phase is an atomic that a graceful stop reads without a lock: the connection stores
-/// `Idle` then reads the server's `stopping`, the stop stores `stopping` then reads the phase
-/// (both sequentially consistent), so at least one of them sees the other.
+/// The phase is an atomic that a graceful stop reads without a lock. Going idle, the
+/// connection stores `Idle` then reads the server's `stopping`; the stop stores `stopping`
+/// then reads the phase (all sequentially consistent), so at least one of them sees the
+/// other. A stop claims an idle (or handshaking, or closing) connection by swapping its phase
+/// to `Stopping`, and the connection leaves `Idle` for `Reading` by a swap too: only one of
+/// them wins, so a connection that has started on a request is never killed for being idle.
 pub(crate) struct Connection {
     pub id: u64,
     pub peer: SocketAddr,
@@ -105,6 +107,35 @@ impl Connection {
 
     pub(crate) fn phase(&self) -> Phase {
         Phase::ALL[self.phase.load(Ordering::SeqCst) as usize]
+    }
+
+    /// The connection leaves `Idle` for `Reading`; false if a stop claimed it first.
+    pub(crate) fn start_reading(&self) -> bool {
+        self.phase
+            .compare_exchange(
+                Phase::Idle as u8,
+                Phase::Reading as u8,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            )
+            .is_ok()
+    }
+
+    /// A graceful stop claims the connection if it is idle, handshaking or closing (then it
+    /// may be killed); false if it is busy with a request.
+    pub(crate) fn claim_for_stop(&self) -> bool {
+        [Phase::Idle, Phase::Handshake, Phase::Closing]
+            .into_iter()
+            .any(|from| {
+                self.phase
+                    .compare_exchange(
+                        from as u8,
+                        Phase::Stopping as u8,
+                        Ordering::SeqCst,
+                        Ordering::SeqCst,
+                    )
+                    .is_ok()
+            })
     }
 
     /// Enters `Handling` for this request.

@@ -56,8 +56,17 @@ pub(crate) fn serve<S: Stream>(shared: &Shared, conn: &Connection, io: S) {
     wire.io
         .set_timeouts(Some(limits.header_timeout), limits.write_timeout);
     loop {
+        // Blank lines between requests are skipped (RFC 9112, section 2.2): a client that
+        // sends CRLF after a body is not starting a request.
+        let blank = wire
+            .buffered()
+            .iter()
+            .take_while(|b| **b == b'\r' || **b == b'\n')
+            .count();
+        wire.consume(blank);
         if wire.buffered().is_empty() {
-            if !enter_idle(shared, conn) {
+            // Nothing more to answer for now: what is waiting goes out before the wait.
+            if wire.flush().is_err() || !enter_idle(shared, conn) {
                 break;
             }
             match wire.fill() {
@@ -65,6 +74,11 @@ pub(crate) fn serve<S: Stream>(shared: &Shared, conn: &Connection, io: S) {
                 // Closed, or silent past the limit: nothing was asked, nothing to answer.
                 _ => return,
             }
+            if !conn.start_reading() {
+                // A graceful stop claimed the idle connection: it is closing.
+                return;
+            }
+            continue;
         }
         conn.set(Phase::Reading);
         let started = Instant::now();
@@ -72,6 +86,10 @@ pub(crate) fn serve<S: Stream>(shared: &Shared, conn: &Connection, io: S) {
         let head = match parse_request(wire.buffered(), &head_limits) {
             Ok(Some(head)) => Ok(Some(head)),
             Ok(None) => {
+                // The rest of the head must be waited for: earlier answers go out first.
+                if wire.flush().is_err() {
+                    return;
+                }
                 greenhub::with_timeout(limits.header_timeout, || read_head(&mut wire, &head_limits))
             }
             Err(e) => Err(Refusal::Head(e)),
@@ -431,13 +449,21 @@ fn write_response<S: Stream>(
         status.canonical_reason().unwrap_or("")
     );
     let upgrade = matches!(payload, Payload::Upgrade(_));
-    write_headers(out, &parts.headers, upgrade);
+    // A body-less answer with no payload (HEAD, 304) keeps the length its handler gave.
+    let given_length =
+        bodiless && matches!(payload, Payload::Empty) && parts.headers.contains_key(CONTENT_LENGTH);
+    write_headers(out, &parts.headers, upgrade, given_length);
     if !parts.headers.contains_key(DATE) {
         out.extend_from_slice(b"date: ");
         out.extend_from_slice(crate::date::header().as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    if !(upgrade || status.is_informational() || status == StatusCode::NO_CONTENT) {
+    let no_length = upgrade
+        || given_length
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || (status == StatusCode::NOT_MODIFIED && matches!(payload, Payload::Empty));
+    if !no_length {
         match length {
             Some(n) => {
                 let _ = write!(out, "content-length: {n}\r\n");
@@ -486,8 +512,9 @@ fn write_response<S: Stream>(
             };
         }
     }
-    // Pipelined requests waiting: their answers go out with this one.
-    if !keep || wire.buffered().is_empty() || wire.out.len() >= BATCH {
+    // Answers to pipelined requests leave together: the buffer is sent when it is large, when
+    // the connection closes, or (in `serve`) before any wait for more of the client's bytes.
+    if !keep || wire.out.len() >= BATCH {
         wire.flush()?;
     }
     Ok(Written::Sent {
@@ -531,10 +558,13 @@ fn send_stream<S: Stream>(
 }
 
 /// The handler's headers, but those the server sets itself from the payload (an upgrade's
-/// `Connection` is the handler's).
-fn write_headers(out: &mut Vec<u8>, headers: &HeaderMap, upgrade: bool) {
+/// `Connection`, and a body-less answer's given length, are the handler's).
+fn write_headers(out: &mut Vec<u8>, headers: &HeaderMap, upgrade: bool, given_length: bool) {
     for (name, value) in headers {
-        if name == CONTENT_LENGTH || name == TRANSFER_ENCODING || (name == CONNECTION && !upgrade) {
+        let ours = (name == CONTENT_LENGTH && !given_length)
+            || name == TRANSFER_ENCODING
+            || (name == CONNECTION && !upgrade);
+        if ours {
             continue;
         }
         out.extend_from_slice(name.as_str().as_bytes());

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use greenhub::ext::{Inspect, ObjectInfo, ObjectKind, Registration};
 use greenhub::net::{TcpListener, TcpStream};
-use greenhub::{GreenThread, Semaphore};
+use greenhub::{Event, GreenThread, Semaphore};
 use greenhub_tls::TlsAcceptor;
 use parking_lot::Mutex;
 
@@ -207,6 +207,7 @@ impl Builder {
             conns: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(1),
             acceptor: Mutex::new(None),
+            stopped: Event::new(),
             permits: Semaphore::new(self.max_connections),
             books: Books::new(),
         });
@@ -258,6 +259,8 @@ pub(crate) struct Shared {
     conns: Mutex<HashMap<u64, Arc<Connection>>>,
     next_conn: AtomicU64,
     acceptor: Mutex<Option<GreenThread<()>>>,
+    /// Set when a stop has ended every connection.
+    stopped: Event,
     permits: Semaphore,
     pub(crate) books: Books,
 }
@@ -308,19 +311,22 @@ fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
         let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
         let conn = Arc::new(Connection::new(id, peer));
         shared.conns.lock().insert(id, conn.clone());
-        let (s, c) = (shared.clone(), conn.clone());
+        let leave = Leave {
+            shared: shared.clone(),
+            id,
+        };
+        let c = conn.clone();
         let mut builder = greenhub::thread::Builder::new().name(format!("http {peer}"));
         if let Some(bytes) = shared.stack_size {
             builder = builder.stack_size(bytes);
         }
-        let spawned = builder.spawn(move || run_connection(s, c, stream));
+        let spawned = builder.spawn(move || run_connection(leave, c, stream));
         match spawned {
             Ok(t) => {
                 let _ = conn.thread.set(t);
             }
+            // The closure, and the guard in it, are dropped: the place is given back.
             Err(e) => {
-                shared.conns.lock().remove(&id);
-                let _ = shared.permits.release();
                 log::warn!(
                     "greenhub-http: {}: no green thread for {peer}: {e}",
                     shared.name
@@ -330,24 +336,22 @@ fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
     }
 }
 
-/// Leaves the books and gives the place back however the connection ends.
-struct Leave<'a> {
-    shared: &'a Shared,
+/// Leaves the books and gives the place back however the connection ends, also when its
+/// green thread is killed before it first runs (the closure holding this is dropped).
+struct Leave {
+    shared: Arc<Shared>,
     id: u64,
 }
 
-impl Drop for Leave<'_> {
+impl Drop for Leave {
     fn drop(&mut self) {
         self.shared.conns.lock().remove(&self.id);
         let _ = self.shared.permits.release();
     }
 }
 
-fn run_connection(shared: Arc<Shared>, conn: Arc<Connection>, stream: TcpStream) {
-    let _leave = Leave {
-        shared: &shared,
-        id: conn.id,
-    };
+fn run_connection(leave: Leave, conn: Arc<Connection>, stream: TcpStream) {
+    let shared = leave.shared.clone();
     let _ = stream.set_nodelay(true);
     match &shared.tls {
         None => conn::serve(&shared, &conn, stream),
@@ -419,7 +423,7 @@ impl Server {
         let conns: Vec<Arc<Connection>> = self.shared.conns.lock().values().cloned().collect();
         for c in &conns {
             // A connection that goes idle after this sees `stopping` and closes itself.
-            if c.phase().stoppable()
+            if c.claim_for_stop()
                 && let Some(t) = c.thread.get()
             {
                 t.kill();
@@ -439,17 +443,13 @@ impl Server {
                 stopped.killed += 1;
             }
         }
+        let _ = self.shared.stopped.set(());
         stopped
     }
 
-    /// Waits until the server has stopped (another green thread calls [`Server::stop`]).
+    /// Waits until the server has stopped: another green thread (or a signal handler) calls
+    /// [`Server::stop`], and every connection has ended.
     pub fn wait(&self) {
-        let acceptor = self.shared.acceptor.lock().take();
-        if let Some(a) = acceptor {
-            let _ = a.wait();
-        }
-        while self.connections() > 0 {
-            greenhub::sleep(Duration::from_millis(10)).ok();
-        }
+        let _ = self.shared.stopped.wait();
     }
 }

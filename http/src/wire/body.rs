@@ -114,9 +114,9 @@ impl Decoder {
                 }
                 State::ChunkSize => {
                     let (used, size) = loop {
-                        match httparse::parse_chunk_size(wire.buffered()) {
-                            Ok(httparse::Status::Complete(done)) => break done,
-                            Ok(httparse::Status::Partial) => {
+                        match chunk_size(wire.buffered())? {
+                            Some(done) => break done,
+                            None => {
                                 if wire.buffered().len() > MAX_CHUNK_LINE {
                                     return Err(bad("a chunk-size line is too long"));
                                 }
@@ -128,7 +128,6 @@ impl Decoder {
                                     });
                                 }
                             }
-                            Err(_) => return Err(bad("malformed chunk size")),
                         }
                     };
                     wire.consume(used);
@@ -150,9 +149,13 @@ impl Decoder {
                     self.state = State::ChunkSize;
                 }
                 State::Trailers(seen) => {
-                    // Trailer fields are read and dropped, up to an empty line.
+                    // Trailer fields are read and dropped, up to an empty line; every line ends
+                    // with CRLF, as the chunk lines do.
                     let line = loop {
                         if let Some(at) = wire.buffered().iter().position(|b| *b == b'\n') {
+                            if at == 0 || wire.buffered()[at - 1] != b'\r' {
+                                return Err(bad("a trailer line does not end with CRLF"));
+                            }
                             break at + 1;
                         }
                         if seen + wire.buffered().len() > MAX_TRAILERS {
@@ -166,9 +169,7 @@ impl Decoder {
                             });
                         }
                     };
-                    let empty = wire.buffered()[..line]
-                        .iter()
-                        .all(|b| *b == b'\r' || *b == b'\n');
+                    let empty = line == 2;
                     wire.consume(line);
                     if seen + line > MAX_TRAILERS {
                         return Err(bad("the trailer section is too large"));
@@ -182,6 +183,50 @@ impl Decoder {
             }
         }
     }
+}
+
+/// Parses a chunk-size line at the start of `buf` (RFC 9112, section 7.1): at least one hex
+/// digit, optional extensions of visible characters (ignored), CRLF. `Ok(None)` while the
+/// line is incomplete; otherwise the line's length and the size. Stricter than parsers that
+/// take a bare LF or an empty size, so that a proxy in front cannot read the body otherwise.
+fn chunk_size(buf: &[u8]) -> io::Result<Option<(usize, u64)>> {
+    let Some(lf) = buf.iter().position(|b| *b == b'\n') else {
+        // A byte no chunk-size line may hold is refused before the line is complete.
+        if let Some(b) = buf
+            .iter()
+            .find(|b| b.is_ascii_control() && **b != b'\r' && **b != b'\t')
+        {
+            return Err(bad(if *b == 0 {
+                "a NUL in a chunk-size line"
+            } else {
+                "a control character in a chunk-size line"
+            }));
+        }
+        return Ok(None);
+    };
+    if lf == 0 || buf[lf - 1] != b'\r' {
+        return Err(bad("a chunk-size line does not end with CRLF"));
+    }
+    let line = &buf[..lf - 1];
+    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    if digits == 0 {
+        return Err(bad("a chunk-size line without a size"));
+    }
+    if digits > 15 {
+        return Err(bad("a chunk size too large"));
+    }
+    let rest = &line[digits..];
+    let ext = rest.trim_ascii_start();
+    if !(rest.is_empty() || ext.starts_with(b";")) {
+        return Err(bad("malformed chunk size"));
+    }
+    if ext.iter().any(|b| b.is_ascii_control() && *b != b'\t') {
+        return Err(bad("a control character in a chunk extension"));
+    }
+    let size = line[..digits].iter().fold(0u64, |n, d| {
+        n * 16 + (*d as char).to_digit(16).unwrap_or(0) as u64
+    });
+    Ok(Some((lf + 1, size)))
 }
 
 /// Appends one chunk of `data` (nothing for empty data: an empty chunk ends the body).
@@ -272,6 +317,17 @@ mod tests {
             (b"5\r\nhelloXX0\r\n\r\n", io::ErrorKind::InvalidData),
             (b"5\r\nhel", io::ErrorKind::UnexpectedEof),
             (b"ffffffffffffffffff\r\n", io::ErrorKind::InvalidData),
+            // An empty size, a bare LF, control characters: refused, not read as the end.
+            (b"\r\nhello", io::ErrorKind::InvalidData),
+            (b";ext\r\nhello", io::ErrorKind::InvalidData),
+            (b"5\nhello\r\n0\r\n\r\n", io::ErrorKind::InvalidData),
+            (
+                b"5;a\x01b\r\nhello\r\n0\r\n\r\n",
+                io::ErrorKind::InvalidData,
+            ),
+            (b"5 x\r\nhello\r\n0\r\n\r\n", io::ErrorKind::InvalidData),
+            (b"5\r\nhello\r\n0\r\nX: y\n\r\n", io::ErrorKind::InvalidData),
+            (b"5\r\nhello\r\n0\r\n\n", io::ErrorKind::InvalidData),
         ] {
             let (body, _) = decode(Framing::Chunked, input, 4);
             assert_eq!(

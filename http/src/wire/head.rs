@@ -211,6 +211,9 @@ fn request_framing(headers: &HeaderMap, version: Version) -> Result<Framing, Hea
         );
     }
     let lengths = headers.get_all(CONTENT_LENGTH);
+    if headers.contains_key(TRANSFER_ENCODING) && codings.is_empty() {
+        return Err(HeadError::Malformed("an empty Transfer-Encoding"));
+    }
     if !codings.is_empty() {
         if version == Version::HTTP_10 {
             return Err(HeadError::Malformed(
@@ -379,6 +382,8 @@ mod tests {
             (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", 501),
             (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n", 501),
             (b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
+            (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding:\r\nContent-Length: 3\r\n\r\n", 400),
+            (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: ,\r\n\r\n", 400),
             (b"GET / HTTP/1.1\r\n\r\n", 400),
             (b"GET / HTTP/2.0\r\nHost: x\r\n\r\n", 505),
             (b"G\x01T / HTTP/1.1\r\nHost: x\r\n\r\n", 400),

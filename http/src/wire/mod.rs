@@ -123,6 +123,21 @@ pub(crate) trait Stream: Read + Write + Send + 'static {
     /// Bounds each wait of a read or a write on the socket (`None`: no bound of its own).
     /// Cheaper than a deadline scope: nothing is set up unless the operation waits.
     fn set_timeouts(&self, read: Option<Duration>, write: Option<Duration>);
+
+    /// Whether the socket is readable now, which an idle kept connection should not be: the
+    /// peer closed it (or sent something unasked).
+    fn peer_closed(&self) -> bool;
+}
+
+/// Whether `fd` is readable (or hung up, or in error) right now.
+fn readable_now(fd: std::os::fd::RawFd) -> bool {
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd for the duration of the call; a zero timeout never waits.
+    unsafe { libc::poll(&mut pfd, 1, 0) != 0 }
 }
 
 impl Stream for TcpStream {
@@ -133,6 +148,11 @@ impl Stream for TcpStream {
     fn set_timeouts(&self, read: Option<Duration>, write: Option<Duration>) {
         let _ = self.set_read_timeout(read.filter(|d| !d.is_zero()));
         let _ = self.set_write_timeout(write.filter(|d| !d.is_zero()));
+    }
+
+    fn peer_closed(&self) -> bool {
+        use std::os::fd::AsRawFd;
+        readable_now(self.as_raw_fd())
     }
 }
 
@@ -145,6 +165,10 @@ impl Stream for greenhub_tls::ServerStream<TcpStream> {
     fn set_timeouts(&self, read: Option<Duration>, write: Option<Duration>) {
         self.get_ref().set_timeouts(read, write);
     }
+
+    fn peer_closed(&self) -> bool {
+        self.get_ref().peer_closed()
+    }
 }
 
 impl Stream for greenhub_tls::ClientStream<TcpStream> {
@@ -156,6 +180,10 @@ impl Stream for greenhub_tls::ClientStream<TcpStream> {
     fn set_timeouts(&self, read: Option<Duration>, write: Option<Duration>) {
         self.get_ref().set_timeouts(read, write);
     }
+
+    fn peer_closed(&self) -> bool {
+        self.get_ref().peer_closed()
+    }
 }
 
 impl Stream for Box<dyn Stream> {
@@ -165,6 +193,10 @@ impl Stream for Box<dyn Stream> {
 
     fn set_timeouts(&self, read: Option<Duration>, write: Option<Duration>) {
         (**self).set_timeouts(read, write);
+    }
+
+    fn peer_closed(&self) -> bool {
+        (**self).peer_closed()
     }
 }
 

@@ -647,15 +647,20 @@ impl<T: Send + 'static> GetArm<T> {
         }
     }
 
-    /// Joins the getters, or takes an item now and claims the token for it.
+    /// Joins the getters, or, if an item is there, claims the token and then takes it. The
+    /// claim comes first: a take that failed to claim would have to put the item back, and a
+    /// take can let a waiting putter's item into the buffer, which would then hold one too
+    /// many.
     pub(crate) fn arm(&mut self, token: &Arc<Token>) {
         let mut st = self.queue.inner.state.lock();
-        if let Some(v) = st.take() {
-            if token.claim() {
+        if st.buf.len() > 0 || st.putters.front().is_some() {
+            if token.claim()
+                && let Some(v) = st.take()
+            {
                 *self.slot.lock() = Some(v);
-            } else {
-                st.give_back(v);
             }
+            // Claimed with nothing taken (the putter gave up meanwhile): the select looks
+            // at its branches again.
             return;
         }
         if st.closed {
