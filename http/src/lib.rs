@@ -30,6 +30,7 @@ mod wire;
 pub mod ws;
 
 pub use body::{Body, BodyError, Payload};
+pub use greenhub::net::Stopped;
 pub use response::Response;
-pub use server::{Builder, Handler, Limits, RemoteAddr, Request, Server, Stopped, serve};
+pub use server::{Builder, Handler, Limits, RemoteAddr, Request, Server, serve};
 pub use wire::Upgraded;

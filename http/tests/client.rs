@@ -308,27 +308,14 @@ fn broken_servers_and_bad_urls_are_reported_for_what_they_are() {
 
 #[test]
 fn https_with_a_connector_that_trusts_the_servers_certificate() {
-    use greenhub_tls::rustls::{self, pki_types::PrivateKeyDer};
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-    let key = PrivateKeyDer::try_from(cert.signing_key.serialize_der()).unwrap();
-    let server_config = rustls::ServerConfig::builder()
-        .with_no_client_auth()
-        .with_single_cert(vec![cert.cert.der().clone()], key)
-        .unwrap();
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(cert.cert.der().clone()).unwrap();
-    let client_config = rustls::ClientConfig::builder()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let (acceptor, connector) = common::certified();
     let server = Builder::new()
-        .tls(greenhub_tls::TlsAcceptor::new(Arc::new(server_config)))
+        .tls(acceptor)
         .stack_size(512 * 1024)
         .bind("127.0.0.1:0", app)
         .unwrap();
     let port = server.local_addr().port();
-    let client = Client::builder()
-        .tls(greenhub_tls::TlsConnector::new(Arc::new(client_config)))
-        .build();
+    let client = Client::builder().tls(connector).build();
     let t = greenhub::thread::Builder::new()
         .stack_size(512 * 1024)
         .spawn(move || {

@@ -4,36 +4,15 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::sync::Arc;
 use std::time::Duration;
 
 use greenhub::net::TcpStream;
 use greenhub_http::{Builder, Limits, Request, response};
-use greenhub_tls::rustls::{self, pki_types::PrivateKeyDer};
-use greenhub_tls::{TlsAcceptor, TlsConnector};
-
-fn certified() -> (TlsAcceptor, TlsConnector) {
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-    let key = PrivateKeyDer::try_from(cert.signing_key.serialize_der()).unwrap();
-    let server = rustls::ServerConfig::builder()
-        .with_no_client_auth()
-        .with_single_cert(vec![cert.cert.der().clone()], key)
-        .unwrap();
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(cert.cert.der().clone()).unwrap();
-    let client = rustls::ClientConfig::builder()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    (
-        TlsAcceptor::new(Arc::new(server)),
-        TlsConnector::new(Arc::new(client)),
-    )
-}
 
 #[test]
 fn https_keep_alive_and_clients_that_do_not_speak_tls() {
     common::show_logs();
-    let (acceptor, connector) = certified();
+    let (acceptor, connector) = common::certified();
     let server = Builder::new()
         .tls(acceptor)
         .stack_size(512 * 1024)

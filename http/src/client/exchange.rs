@@ -9,8 +9,8 @@ use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 use http::{HeaderMap, Method, StatusCode, Version};
 use parking_lot::Mutex;
 
-use crate::wire::body::{Decoder, write_chunk, write_last_chunk};
-use crate::wire::head::{HeadLimits, ResponseHead, parse_response};
+use crate::wire::body::{Decoder, send_stream};
+use crate::wire::head::{HeadLimits, ResponseHead, parse_response, write_field};
 use crate::wire::{Stream, Wire};
 
 /// Where a connection goes: scheme, host and port.
@@ -179,10 +179,7 @@ fn write_request(
         if name == CONTENT_LENGTH || name == TRANSFER_ENCODING {
             continue;
         }
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        write_field(out, name, value);
     }
     match body {
         Outgoing::Empty => {
@@ -205,21 +202,7 @@ fn write_request(
         }
         Outgoing::Stream(reader) => {
             out.extend_from_slice(b"transfer-encoding: chunked\r\n\r\n");
-            conn.flush()?;
-            let mut buf = vec![0u8; 16 * 1024];
-            loop {
-                let n = match reader.read(&mut buf) {
-                    Ok(n) => n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => return Err(e),
-                };
-                if n == 0 {
-                    break;
-                }
-                write_chunk(&mut conn.out, &buf[..n]);
-                conn.flush()?;
-            }
-            write_last_chunk(&mut conn.out);
+            send_stream(conn, reader, true)?;
             conn.flush()
         }
     }

@@ -13,8 +13,8 @@ use crate::body::{Body, Payload, TooLarge};
 use crate::response::{self, Response};
 use crate::server::books::{Connection, InFlight, Phase};
 use crate::server::{RemoteAddr, Shared};
-use crate::wire::body::{Decoder, write_chunk, write_last_chunk};
-use crate::wire::head::{Framing, HeadError, HeadLimits, RequestHead, parse_request};
+use crate::wire::body::{Decoder, send_stream};
+use crate::wire::head::{Framing, HeadError, HeadLimits, RequestHead, parse_request, write_field};
 use crate::wire::{Stream, Upgraded, Wire};
 
 /// A request body left unread is skipped if at most this much of it is left; past that the
@@ -497,11 +497,13 @@ fn write_response<S: Stream>(
                 wire.out.extend_from_slice(&b);
             }
         }
-        Payload::Stream(reader) => {
+        Payload::Stream(mut reader) => {
             // A stream's whole answer within the limit (its producer may be slow too).
             bytes = match write_timeout {
-                Some(t) => greenhub::with_timeout(t, || send_stream(wire, reader, chunked_ok))?,
-                None => send_stream(wire, reader, chunked_ok)?,
+                Some(t) => {
+                    greenhub::with_timeout(t, || send_stream(wire, &mut *reader, chunked_ok))?
+                }
+                None => send_stream(wire, &mut *reader, chunked_ok)?,
             };
         }
         Payload::File { file, len } => {
@@ -524,39 +526,6 @@ fn write_response<S: Stream>(
     })
 }
 
-/// Sends what `reader` gives, chunked (to an HTTP/1.0 client: as it is).
-fn send_stream<S: Stream>(
-    wire: &mut Wire<S>,
-    mut reader: Box<dyn Read + Send>,
-    chunked_ok: bool,
-) -> io::Result<u64> {
-    let mut bytes = 0u64;
-    wire.flush()?;
-    let mut buf = vec![0u8; 16 * 1024];
-    loop {
-        let n = match reader.read(&mut buf) {
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            // The body breaks off: the client sees an incomplete response.
-            Err(_) => return Err(io::Error::other("the response stream failed")),
-        };
-        if n == 0 {
-            break;
-        }
-        bytes += n as u64;
-        if chunked_ok {
-            write_chunk(&mut wire.out, &buf[..n]);
-        } else {
-            wire.out.extend_from_slice(&buf[..n]);
-        }
-        wire.flush()?;
-    }
-    if chunked_ok {
-        write_last_chunk(&mut wire.out);
-    }
-    Ok(bytes)
-}
-
 /// The handler's headers, but those the server sets itself from the payload (an upgrade's
 /// `Connection`, and a body-less answer's given length, are the handler's).
 fn write_headers(out: &mut Vec<u8>, headers: &HeaderMap, upgrade: bool, given_length: bool) {
@@ -567,10 +536,7 @@ fn write_headers(out: &mut Vec<u8>, headers: &HeaderMap, upgrade: bool, given_le
         if ours {
             continue;
         }
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        write_field(out, name, value);
     }
 }
 

@@ -14,7 +14,7 @@ use std::sync::{Arc, LazyLock, Weak};
 use std::time::{Duration, Instant};
 
 use greenhub::ext::{Inspect, ObjectInfo, ObjectKind, Registration};
-use greenhub::net::{TcpListener, TcpStream};
+use greenhub::net::{Stopped, TcpListener, TcpStream};
 use greenhub::{Event, GreenThread, Semaphore};
 use greenhub_tls::TlsAcceptor;
 use parking_lot::Mutex;
@@ -385,16 +385,6 @@ impl std::fmt::Debug for Server {
     }
 }
 
-/// What [`Server::stop`] did.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Stopped {
-    /// Connections that ended by themselves: idle ones closed, busy ones after their
-    /// response.
-    pub finished: usize,
-    /// Connections still busy at the timeout, killed.
-    pub killed: usize,
-}
-
 impl Server {
     /// The address it listens on.
     pub fn local_addr(&self) -> SocketAddr {
@@ -413,7 +403,8 @@ impl Server {
 
     /// Stops gracefully: accepts no more connections, closes idle ones, lets requests in
     /// flight finish (each answered with `Connection: close`) for up to `timeout`, then
-    /// kills what is left. Returns when every connection has ended.
+    /// kills what is left. Returns when every connection has ended, with how many ended by
+    /// themselves (idle ones closed, busy ones after their answer) and how many were killed.
     pub fn stop(&self, timeout: Duration) -> Stopped {
         let deadline = Instant::now() + timeout;
         self.shared.stopping.store(true, Ordering::SeqCst);

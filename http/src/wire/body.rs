@@ -3,8 +3,8 @@
 
 use std::io::{self, Read, Write};
 
-use crate::wire::Wire;
 use crate::wire::head::Framing;
+use crate::wire::{Stream, Wire};
 
 /// The most bytes a chunk-size line or the trailer section may take.
 const MAX_CHUNK_LINE: usize = 1024;
@@ -242,6 +242,40 @@ pub(crate) fn write_chunk(out: &mut Vec<u8>, data: &[u8]) {
 /// Appends the last chunk, with no trailers.
 pub(crate) fn write_last_chunk(out: &mut Vec<u8>) {
     out.extend_from_slice(b"0\r\n\r\n");
+}
+
+/// Sends what `reader` gives as a body, a piece at a time: chunked, the last chunk left in
+/// the write buffer; or, not `chunked` (to an HTTP/1.0 client, ended by the close), as it is.
+/// Returns the body's length.
+pub(crate) fn send_stream<S: Stream>(
+    wire: &mut Wire<S>,
+    reader: &mut (dyn Read + Send),
+    chunked: bool,
+) -> io::Result<u64> {
+    let mut sent = 0u64;
+    wire.flush()?;
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match reader.read(&mut buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if n == 0 {
+            break;
+        }
+        sent += n as u64;
+        if chunked {
+            write_chunk(&mut wire.out, &buf[..n]);
+        } else {
+            wire.out.extend_from_slice(&buf[..n]);
+        }
+        wire.flush()?;
+    }
+    if chunked {
+        write_last_chunk(&mut wire.out);
+    }
+    Ok(sent)
 }
 
 #[cfg(test)]

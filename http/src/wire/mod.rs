@@ -156,22 +156,13 @@ impl Stream for TcpStream {
     }
 }
 
-impl Stream for greenhub_tls::ServerStream<TcpStream> {
-    fn close_write(&mut self) {
-        let _ = self.shutdown();
-        let _ = self.get_ref().shutdown(std::net::Shutdown::Write);
-    }
-
-    fn set_timeouts(&self, read: Option<Duration>, write: Option<Duration>) {
-        self.get_ref().set_timeouts(read, write);
-    }
-
-    fn peer_closed(&self) -> bool {
-        self.get_ref().peer_closed()
-    }
-}
-
-impl Stream for greenhub_tls::ClientStream<TcpStream> {
+/// Either side of TLS over TCP.
+impl<C, D> Stream for greenhub_tls::TlsStream<C, TcpStream>
+where
+    C: std::ops::DerefMut + std::ops::Deref<Target = greenhub_tls::rustls::ConnectionCommon<D>>,
+    C: Send + 'static,
+    D: greenhub_tls::rustls::SideData,
+{
     fn close_write(&mut self) {
         let _ = self.shutdown();
         let _ = self.get_ref().shutdown(std::net::Shutdown::Write);

@@ -142,3 +142,25 @@ pub fn show_logs() {
         log::set_max_level(log::LevelFilter::Debug);
     });
 }
+
+/// A server and a client TLS configuration for `localhost`, with a certificate made now that
+/// only this client trusts.
+pub fn certified() -> (greenhub_tls::TlsAcceptor, greenhub_tls::TlsConnector) {
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let key =
+        greenhub_tls::rustls::pki_types::PrivateKeyDer::try_from(cert.signing_key.serialize_der())
+            .unwrap();
+    let server = greenhub_tls::rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.cert.der().clone()], key)
+        .unwrap();
+    let mut roots = greenhub_tls::rustls::RootCertStore::empty();
+    roots.add(cert.cert.der().clone()).unwrap();
+    let client = greenhub_tls::rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    (
+        greenhub_tls::TlsAcceptor::new(std::sync::Arc::new(server)),
+        greenhub_tls::TlsConnector::new(std::sync::Arc::new(client)),
+    )
+}

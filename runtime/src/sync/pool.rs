@@ -136,7 +136,7 @@ impl<T> std::fmt::Debug for Pool<T> {
         let st = self.inner.state.lock();
         f.debug_struct("Pool")
             .field("id", &self.inner.reg.id())
-            .field("name", &self.inner.name)
+            .field("name", &self.inner.settings.name)
             .field("max_size", &st.max)
             .field("size", &st.live)
             .field("idle", &st.idle.len())
@@ -146,14 +146,7 @@ impl<T> std::fmt::Debug for Pool<T> {
 
 struct Inner<T> {
     reg: Registration,
-    name: Option<String>,
-    create: Box<Create<T>>,
-    validate: Option<Box<Check<T>>>,
-    recycle: Option<Box<Check<T>>>,
-    max_lifetime: Option<Duration>,
-    idle_timeout: Option<Duration>,
-    leak_threshold: Option<Duration>,
-    fifo: bool,
+    settings: Settings<T>,
     state: Mutex<State<T>>,
     book: Mutex<Book>,
     next_checkout: AtomicU64,
@@ -190,11 +183,9 @@ struct Checkout {
     leaked: bool,
 }
 
-/// Builds a [`Pool`]: its `create` function, size, checks, ages, order and name.
-pub struct PoolBuilder<T> {
+/// What a pool is made with: its builder's settings, kept by the pool.
+struct Settings<T> {
     create: Box<Create<T>>,
-    max_size: usize,
-    min_size: usize,
     validate: Option<Box<Check<T>>>,
     recycle: Option<Box<Check<T>>>,
     max_lifetime: Option<Duration>,
@@ -204,12 +195,19 @@ pub struct PoolBuilder<T> {
     name: Option<String>,
 }
 
+/// Builds a [`Pool`]: its `create` function, size, checks, ages, order and name.
+pub struct PoolBuilder<T> {
+    settings: Settings<T>,
+    max_size: usize,
+    min_size: usize,
+}
+
 impl<T> std::fmt::Debug for PoolBuilder<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PoolBuilder")
             .field("max_size", &self.max_size)
             .field("min_size", &self.min_size)
-            .field("name", &self.name)
+            .field("name", &self.settings.name)
             .finish()
     }
 }
@@ -230,44 +228,44 @@ impl<T: Send + 'static> PoolBuilder<T> {
     /// Checks an idle item before handing it out; `false` discards it and the get goes on
     /// with the next one (or creates one).
     pub fn validate(mut self, check: impl Fn(&mut T) -> bool + Send + Sync + 'static) -> Self {
-        self.validate = Some(Box::new(check));
+        self.settings.validate = Some(Box::new(check));
         self
     }
 
     /// Checks an item coming back; `false` discards it instead of keeping it idle.
     pub fn recycle(mut self, check: impl Fn(&mut T) -> bool + Send + Sync + 'static) -> Self {
-        self.recycle = Some(Box::new(check));
+        self.settings.recycle = Some(Box::new(check));
         self
     }
 
     /// Discards an item older than this at its next checkout.
     pub fn max_lifetime(mut self, age: Duration) -> Self {
-        self.max_lifetime = Some(age);
+        self.settings.max_lifetime = Some(age);
         self
     }
 
     /// Discards an item idle longer than this at its next checkout.
     pub fn idle_timeout(mut self, idle: Duration) -> Self {
-        self.idle_timeout = Some(idle);
+        self.settings.idle_timeout = Some(idle);
         self
     }
 
     /// Reports (through `log`) a checkout held longer than this.
     pub fn leak_threshold(mut self, held: Duration) -> Self {
-        self.leak_threshold = Some(held);
+        self.settings.leak_threshold = Some(held);
         self
     }
 
     /// Hands idle items out oldest-returned first (eventlet's default), spreading use over
     /// every item, instead of most-recently-returned first.
     pub fn fifo(mut self) -> Self {
-        self.fifo = true;
+        self.settings.fifo = true;
         self
     }
 
     /// Names the pool in the snapshot and in its reports.
     pub fn name(mut self, name: impl Into<String>) -> Self {
-        self.name = Some(name.into());
+        self.settings.name = Some(name.into());
         self
     }
 
@@ -277,14 +275,7 @@ impl<T: Send + 'static> PoolBuilder<T> {
         let min = self.min_size.min(self.max_size);
         let inner = Arc::new_cyclic(|weak: &Weak<Inner<T>>| Inner {
             reg: Registration::new(weak.clone()),
-            name: self.name,
-            create: self.create,
-            validate: self.validate,
-            recycle: self.recycle,
-            max_lifetime: self.max_lifetime,
-            idle_timeout: self.idle_timeout,
-            leak_threshold: self.leak_threshold,
-            fifo: self.fifo,
+            settings: self.settings,
             state: Mutex::new(State {
                 max: self.max_size,
                 live: 0,
@@ -310,16 +301,18 @@ impl<T: Send + 'static> Pool<T> {
         E: Into<CreateError>,
     {
         PoolBuilder {
-            create: Box::new(move || create().map_err(Into::into)),
+            settings: Settings {
+                create: Box::new(move || create().map_err(Into::into)),
+                validate: None,
+                recycle: None,
+                max_lifetime: None,
+                idle_timeout: None,
+                leak_threshold: None,
+                fifo: false,
+                name: None,
+            },
             max_size: 10,
             min_size: 0,
-            validate: None,
-            recycle: None,
-            max_lifetime: None,
-            idle_timeout: None,
-            leak_threshold: None,
-            fifo: false,
-            name: None,
         }
     }
 
@@ -424,7 +417,7 @@ impl<T: Send + 'static> Inner<T> {
     }
 
     fn grant_locked(&self, st: &mut State<T>) -> Option<Grant<T>> {
-        let idle = if self.fifo {
+        let idle = if self.settings.fifo {
             st.idle.pop_front()
         } else {
             st.idle.pop_back()
@@ -494,12 +487,20 @@ impl<T: Send + 'static> Inner<T> {
             Grant::Item(mut idle) => {
                 let now = Instant::now();
                 let expired = self
+                    .settings
                     .max_lifetime
                     .is_some_and(|age| now.saturating_duration_since(idle.created) >= age)
                     || self
+                        .settings
                         .idle_timeout
                         .is_some_and(|t| now.saturating_duration_since(idle.returned) >= t);
-                if expired || !self.validate.as_ref().is_none_or(|ok| ok(&mut idle.item)) {
+                if expired
+                    || !self
+                        .settings
+                        .validate
+                        .as_ref()
+                        .is_none_or(|ok| ok(&mut idle.item))
+                {
                     held.done = true;
                     drop(held);
                     self.discard(idle.item);
@@ -527,7 +528,7 @@ impl<T: Send + 'static> Inner<T> {
         };
         held.done = true;
         let id = self.book_checkout(site, asked);
-        let leak_timer = self.leak_threshold.map(|threshold| {
+        let leak_timer = self.settings.leak_threshold.map(|threshold| {
             let weak = Arc::downgrade(self);
             call_after(threshold, move || {
                 if let Some(inner) = weak.upgrade() {
@@ -545,7 +546,7 @@ impl<T: Send + 'static> Inner<T> {
     }
 
     fn make(&self) -> Result<T, PoolError> {
-        match (self.create)() {
+        match (self.settings.create)() {
             Ok(item) => {
                 self.book.lock().created += 1;
                 Ok(item)
@@ -660,7 +661,7 @@ impl<T: Send + 'static> Inner<T> {
     }
 
     fn label(&self) -> String {
-        match &self.name {
+        match &self.settings.name {
             Some(n) => format!("{n:?} #{}", self.reg.id()),
             None => format!("#{}", self.reg.id()),
         }
@@ -697,7 +698,7 @@ impl<T: Send + 'static> Inspect for Inner<T> {
                 })
             })
             .collect();
-        ObjectInfo::new(*KIND, self.reg.id(), self.name.as_deref(), waiters)
+        ObjectInfo::new(*KIND, self.reg.id(), self.settings.name.as_deref(), waiters)
             .count("max_size", max as u64)
             .count("size", live as u64)
             .count("idle", idle as u64)
@@ -816,8 +817,13 @@ impl<T: Send + 'static> Drop for Pooled<T> {
             return;
         };
         self.finish();
-        let keep =
-            !std::thread::panicking() && self.pool.recycle.as_ref().is_none_or(|ok| ok(&mut item));
+        let keep = !std::thread::panicking()
+            && self
+                .pool
+                .settings
+                .recycle
+                .as_ref()
+                .is_none_or(|ok| ok(&mut item));
         if keep {
             self.pool.put_back(item, self.created);
         } else {
