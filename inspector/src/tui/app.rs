@@ -573,8 +573,12 @@ impl App {
                     TPOOL_CALL | TPOOL_QUEUE => 0,
                     DBPOOL => 1,
                     _ if k == ObjectKind::GREENPOOL => 2,
+                    // greenhub::net::serve's servers, and greenhub-http's with their
+                    // connections and requests in flight in the details.
+                    "http server" => 3,
                     _ if k == ObjectKind::SERVER => 3,
-                    _ => 4,
+                    "pool" => 4,
+                    _ => 5,
                 };
                 let mut rows = self.kept(shape, snap.objects.len());
                 rows.sort_by_key(|i| (rank(snap.objects[*i].kind), snap.objects[*i].id));
