@@ -363,6 +363,12 @@ struct CaseResult {
     median: f64,
     min: f64,
     max: f64,
+    /// CPU time (user and system, all threads) of the measuring process per operation, in
+    /// nanoseconds: its whole run divided by N, set-up included; per round, and the median.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    cpu_ns_per_op: Vec<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cpu_ns_per_op_median: Option<f64>,
 }
 
 #[derive(Serialize)]
@@ -427,7 +433,30 @@ fn child(args: &[String]) {
     std::process::exit(0);
 }
 
-fn measure(suite: &Suite, runtime: &str, n: u64) -> Result<f64, String> {
+/// The CPU time (user and system) of this process's children that have ended and been
+/// waited for.
+fn children_cpu() -> std::time::Duration {
+    // SAFETY: getrusage fills the struct it is given.
+    let usage = unsafe {
+        let mut u: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_CHILDREN, &mut u);
+        u
+    };
+    let tv = |t: libc::timeval| {
+        std::time::Duration::new(t.tv_sec as u64, (t.tv_usec as u32).saturating_mul(1000))
+    };
+    tv(usage.ru_utime) + tv(usage.ru_stime)
+}
+
+/// A figure and the CPU time its child spent per operation (ns).
+fn measure(suite: &Suite, runtime: &str, n: u64) -> Result<(f64, f64), String> {
+    let before = children_cpu();
+    let figure = measure_figure(suite, runtime, n)?;
+    let cpu = children_cpu().saturating_sub(before);
+    Ok((figure, cpu.as_nanos() as f64 / n.max(1) as f64))
+}
+
+fn measure_figure(suite: &Suite, runtime: &str, n: u64) -> Result<f64, String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let out = Command::new(exe)
         .args([
@@ -521,7 +550,11 @@ fn markdown(report: &Report) -> String {
         "Produced by `cargo run --release -p greenhub-bench` on {}; do not edit by hand. \
          Each figure is measured in a fresh process; the runtimes of a table take turns in \
          each of {} rounds (after a warm-up round), and the table shows the median with the \
-         min and max. Lower is better everywhere. Raw samples: `bench/results.json`.\n",
+         min and max. Lower is better everywhere. Where the figure is a time per operation, \
+         the last column is the CPU time the measuring process spent per operation: all its \
+         threads (workers, spinning pool threads, the runtime's own) over its whole run, set-up \
+         included, divided by N; a runtime that is fast by burning more cores shows it there. \
+         Raw samples: `bench/results.json`.\n",
         report.date, report.rounds
     );
     let _ = writeln!(
@@ -538,12 +571,23 @@ fn markdown(report: &Report) -> String {
             .iter()
             .find(|c| c.runtime.starts_with("greenhub"))
             .map(|c| c.median);
+        // CPU per operation, where the figure is a time per operation.
+        let with_cpu = suite.unit.starts_with("ns") || suite.unit.starts_with("µs");
         let _ = writeln!(
             md,
-            "| runtime | N | median ({}) | min | max | relative to greenhub |",
-            suite.unit
+            "| runtime | N | median ({}) | min | max | relative to greenhub |{}",
+            suite.unit,
+            if with_cpu {
+                " CPU per op (ns, all threads) |"
+            } else {
+                ""
+            }
         );
-        let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|");
+        let _ = writeln!(
+            md,
+            "|---|---:|---:|---:|---:|---:|{}",
+            if with_cpu { "---:|" } else { "" }
+        );
         let scale = SUITES
             .iter()
             .find(|s| s.id == suite.id)
@@ -553,9 +597,14 @@ fn markdown(report: &Report) -> String {
                 .filter(|b| *b > 0.0)
                 .map(|b| format!("{:.2}x", c.median / b))
                 .unwrap_or_default();
+            let cpu = match (with_cpu, c.cpu_ns_per_op_median) {
+                (true, Some(ns)) => format!(" {} |", fmt_figure(ns)),
+                (true, None) => " |".to_string(),
+                (false, _) => String::new(),
+            };
             let _ = writeln!(
                 md,
-                "| {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} |{cpu}",
                 c.runtime,
                 c.n,
                 fmt_figure(c.median / scale),
@@ -610,6 +659,8 @@ fn idle_connections(runs: usize) -> SuiteResult {
         min: s.iter().copied().fold(f64::INFINITY, f64::min),
         max: s.iter().copied().fold(f64::NEG_INFINITY, f64::max),
         samples: s,
+        cpu_ns_per_op: Vec::new(),
+        cpu_ns_per_op_median: None,
     };
     let connections = median(&held) as u64;
     SuiteResult {
@@ -703,10 +754,14 @@ fn main() {
             }
         }
         let mut samples: Vec<Vec<f64>> = vec![Vec::new(); suite.cases.len()];
+        let mut cpu: Vec<Vec<f64>> = vec![Vec::new(); suite.cases.len()];
         for round in 0..rounds {
             for (i, (runtime, n)) in suite.cases.iter().enumerate() {
                 match measure(suite, runtime, *n) {
-                    Ok(v) => samples[i].push(v),
+                    Ok((v, c)) => {
+                        samples[i].push(v);
+                        cpu[i].push(c);
+                    }
                     Err(e) => {
                         eprintln!("{e}");
                         std::process::exit(1);
@@ -719,13 +774,16 @@ fn main() {
             .cases
             .iter()
             .zip(samples)
-            .map(|((runtime, n), s)| CaseResult {
+            .zip(cpu)
+            .map(|(((runtime, n), s), c)| CaseResult {
                 runtime: runtime.to_string(),
                 n: *n,
                 median: median(&s),
                 min: s.iter().copied().fold(f64::INFINITY, f64::min),
                 max: s.iter().copied().fold(f64::NEG_INFINITY, f64::max),
                 samples: s,
+                cpu_ns_per_op_median: Some(median(&c)),
+                cpu_ns_per_op: c,
             })
             .collect();
         results.push(SuiteResult {
