@@ -371,20 +371,20 @@ fn a_101_connection_is_not_reused_and_query_redirects_keep_the_path() {
 
 #[test]
 fn kept_connections_the_server_closed_are_noticed_before_use_even_for_a_post() {
-    // A server that closes each connection soon after answering, without saying so.
+    // A server that closes each connection after answering, without saying so.
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let served = Arc::new(AtomicUsize::new(0));
-    let count = served.clone();
+    let closed: greenhub::Queue<()> = greenhub::Queue::unbounded();
+    let (count, told) = (served.clone(), closed.clone());
     let acceptor = greenhub::spawn(move || {
         while let Ok((mut s, _)) = listener.accept() {
             count.fetch_add(1, Ordering::SeqCst);
-            greenhub::spawn(move || {
-                let mut buf = [0u8; 4096];
-                let _ = s.read(&mut buf);
-                let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
-                greenhub::sleep(Duration::from_millis(20)).ok();
-            });
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+            drop(s);
+            let _ = told.put(());
         }
     });
     let client = Client::new();
@@ -395,7 +395,8 @@ fn kept_connections_the_server_closed_are_noticed_before_use_even_for_a_post() {
             .send()
             .unwrap();
         assert_eq!(r.text(), "ok");
-        std::thread::sleep(Duration::from_millis(100));
+        // The server has closed the kept connection before the next request is made.
+        closed.get_timeout(Duration::from_secs(30)).unwrap();
     }
     assert_eq!(
         served.load(Ordering::SeqCst),

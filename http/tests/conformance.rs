@@ -213,7 +213,12 @@ fn http_1_0_and_connection_close() {
 
 #[test]
 fn every_limit_answers_with_its_status_and_closes() {
-    let (server, _) = start(quick_limits());
+    // Sizes are what this test is about: time limits generous enough for a busy machine.
+    let (server, _) = start(Limits {
+        header_timeout: Duration::from_secs(30),
+        body_timeout: Some(Duration::from_secs(30)),
+        ..quick_limits()
+    });
     let cases: Vec<(Vec<u8>, u16)> = vec![
         (format!("GET /{} HTTP/1.1\r\nHost: t\r\n\r\n", "a".repeat(300)).into_bytes(), 414),
         (format!("GET / HTTP/1.1\r\nHost: t\r\nX-Big: {}\r\n\r\n", "b".repeat(2000)).into_bytes(), 431),
@@ -546,16 +551,16 @@ fn handlers_can_be_called_directly() {
 
 #[test]
 fn a_crlf_after_a_body_is_not_a_request_and_answers_are_not_held_back() {
-    let (server, _) = start(Limits::default());
+    let (server, _) = start(Limits {
+        header_timeout: Duration::from_secs(120),
+        ..Limits::default()
+    });
     let mut c = Client::connect(server.local_addr());
     // Older clients end a body with CRLF: the answer comes at once, no 408 follows.
+    // (Held back, it would come only with a 408 after the header limit, past the client's
+    // read timeout.)
     c.send(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\nhi\r\n");
-    let t0 = Instant::now();
     assert_eq!(c.read(false).text(), "hi");
-    assert!(
-        t0.elapsed() < Duration::from_secs(5),
-        "the answer waited for the next request"
-    );
     assert_eq!(c.get("/next").text(), "path /next");
     // A pipelined request and half of the next: the first answer does not wait for the rest.
     c.send(b"GET /whole HTTP/1.1\r\nHost: t\r\n\r\nGET /half HTTP/1.1\r\nHo");
