@@ -27,8 +27,9 @@ pub(crate) enum Phase {
     Writing,
     /// Handed over by an upgrade (a WebSocket): the handler's function runs.
     Upgraded,
-    /// Closing: the last answer is out, what the client still sends is read and dropped. A
-    /// graceful stop may close it now.
+    /// Closing: the last answer is out, what the client still sends is read and dropped for
+    /// up to two seconds, so that a reset does not destroy the answer before the client has
+    /// read it. A graceful stop lets it end by itself.
     Closing,
     /// Claimed by a graceful stop, which kills it: the connection takes no more requests.
     Stopping,
@@ -73,7 +74,7 @@ pub(crate) struct InFlight {
 /// The phase is an atomic that a graceful stop reads without a lock. Going idle, the
 /// connection stores `Idle` then reads the server's `stopping`; the stop stores `stopping`
 /// then reads the phase (all sequentially consistent), so at least one of them sees the
-/// other. A stop claims an idle (or handshaking, or closing) connection by swapping its phase
+/// other. A stop claims an idle (or handshaking) connection by swapping its phase
 /// to `Stopping`, and the connection leaves `Idle` for `Reading` by a swap too: only one of
 /// them wins, so a connection that has started on a request is never killed for being idle.
 pub(crate) struct Connection {
@@ -121,21 +122,19 @@ impl Connection {
             .is_ok()
     }
 
-    /// A graceful stop claims the connection if it is idle, handshaking or closing (then it
-    /// may be killed); false if it is busy with a request.
+    /// A graceful stop claims the connection if it is idle or handshaking (then it may be
+    /// killed); false if it is busy with a request or closing.
     pub(crate) fn claim_for_stop(&self) -> bool {
-        [Phase::Idle, Phase::Handshake, Phase::Closing]
-            .into_iter()
-            .any(|from| {
-                self.phase
-                    .compare_exchange(
-                        from as u8,
-                        Phase::Stopping as u8,
-                        Ordering::SeqCst,
-                        Ordering::SeqCst,
-                    )
-                    .is_ok()
-            })
+        [Phase::Idle, Phase::Handshake].into_iter().any(|from| {
+            self.phase
+                .compare_exchange(
+                    from as u8,
+                    Phase::Stopping as u8,
+                    Ordering::SeqCst,
+                    Ordering::SeqCst,
+                )
+                .is_ok()
+        })
     }
 
     /// Enters `Handling` for this request.

@@ -402,8 +402,8 @@ impl Server {
     }
 
     /// Stops gracefully: accepts no more connections, closes idle ones, lets requests in
-    /// flight finish (each answered with `Connection: close`) for up to `timeout`, then
-    /// kills what is left. Returns when every connection has ended, with how many ended by
+    /// flight finish (each answered with `Connection: close`, and the connection given up to
+    /// two seconds for the client to read it) for up to `timeout`, then kills what is left. Returns when every connection has ended, with how many ended by
     /// themselves (idle ones closed, busy ones after their answer) and how many were killed.
     pub fn stop(&self, timeout: Duration) -> Stopped {
         let deadline = Instant::now() + timeout;
