@@ -435,6 +435,58 @@ fn graceful_stop_finishes_requests_in_flight_closes_idle_ones_and_loses_none() {
 }
 
 #[test]
+fn graceful_stop_under_steady_keep_alive_load_answers_every_request_sent() {
+    // Clients that send their next request the moment an answer arrives: at any instant
+    // some of their connections are idle between two requests. Each request sent is
+    // answered; the last one says `Connection: close`; none is cut.
+    for round in 0..5 {
+        let (server, _) = start(Limits {
+            drain_idle: Duration::from_secs(10),
+            ..Limits::default()
+        });
+        let addr = server.local_addr();
+        let clients: Vec<_> = (0..16)
+            .map(|i| {
+                std::thread::spawn(move || {
+                    let mut c = Client::connect(addr);
+                    let mut answered = 0u64;
+                    loop {
+                        c.send(
+                            format!("GET /n{i}-{answered} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes(),
+                        );
+                        let Some(a) = c.try_read(false) else {
+                            return Err(format!("client {i}: cut after {answered} answers"));
+                        };
+                        assert_eq!(a.text(), format!("path /n{i}-{answered}"));
+                        answered += 1;
+                        if a.header("connection") == Some("close") {
+                            return Ok(answered);
+                        }
+                    }
+                })
+            })
+            .collect();
+        let t0 = Instant::now();
+        while server.requests() < 16 * 20 {
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "round {round}: load never started"
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let stopped = server.stop(Duration::from_secs(30));
+        for c in clients {
+            let answered = c
+                .join()
+                .unwrap()
+                .unwrap_or_else(|e| panic!("round {round}: {e}"));
+            assert!(answered > 0);
+        }
+        assert_eq!((stopped.finished, stopped.killed), (16, 0), "round {round}");
+    }
+}
+
+#[test]
 fn graceful_stop_kills_what_outlives_its_timeout() {
     let (server, _gate) = start(Limits::default());
     let mut stuck = Client::connect(server.local_addr());

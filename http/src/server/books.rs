@@ -71,12 +71,11 @@ pub(crate) struct InFlight {
 
 /// One connection, shared by its green thread and the server.
 ///
-/// The phase is an atomic that a graceful stop reads without a lock. Going idle, the
-/// connection stores `Idle` then reads the server's `stopping`; the stop stores `stopping`
-/// then reads the phase (all sequentially consistent), so at least one of them sees the
-/// other. A stop claims an idle (or handshaking) connection by swapping its phase
-/// to `Stopping`, and the connection leaves `Idle` for `Reading` by a swap too: only one of
-/// them wins, so a connection that has started on a request is never killed for being idle.
+/// The phase is an atomic that a graceful stop reads without a lock. Once its grace for idle
+/// connections has passed, a stop claims an idle (or handshaking) connection by swapping its
+/// phase to `Stopping`, and the connection leaves `Idle` for `Reading` by a swap too: only
+/// one of them wins, so a connection that has started on a request is never killed for being
+/// idle.
 pub(crate) struct Connection {
     pub id: u64,
     pub peer: SocketAddr,

@@ -66,9 +66,13 @@ pub(crate) fn serve<S: Stream>(shared: &Shared, conn: &Connection, io: S) {
         wire.consume(blank);
         if wire.buffered().is_empty() {
             // Nothing more to answer for now: what is waiting goes out before the wait.
-            if wire.flush().is_err() || !enter_idle(shared, conn) {
+            if wire.flush().is_err() {
                 break;
             }
+            // Idle, even while the server stops: the previous answer may have left before
+            // the stop began, so the client may be sending another request; it is answered
+            // with `Connection: close`, and the stop closes a connection that stays silent.
+            conn.set(Phase::Idle);
             match wire.fill() {
                 Ok(n) if n > 0 => {}
                 // Closed, or silent past the limit: nothing was asked, nothing to answer.
@@ -142,13 +146,6 @@ pub(crate) fn serve<S: Stream>(shared: &Shared, conn: &Connection, io: S) {
     }
     conn.set(Phase::Closing);
     close(wire);
-}
-
-/// Marks the connection idle, unless the server is stopping (then it closes). The phase is
-/// stored before `stopping` is read (see `Connection`).
-fn enter_idle(shared: &Shared, conn: &Connection) -> bool {
-    conn.set(Phase::Idle);
-    !shared.stopping.load(Ordering::SeqCst)
 }
 
 enum Refusal {

@@ -78,6 +78,10 @@ pub struct Limits {
     /// client that does not read); a streamed or file response must also be written whole
     /// within it. Default 60 s.
     pub write_timeout: Option<Duration>,
+    /// During a graceful stop, how long an idle kept-alive connection is given for its next
+    /// request (answered with `Connection: close`) before it is closed: a client that sent a
+    /// request just as the stop began is answered, not cut. Default 1 s.
+    pub drain_idle: Duration,
 }
 
 impl Default for Limits {
@@ -91,6 +95,7 @@ impl Default for Limits {
             body_timeout: Some(Duration::from_secs(60)),
             idle_timeout: Duration::from_secs(30),
             write_timeout: Some(Duration::from_secs(60)),
+            drain_idle: Duration::from_secs(1),
         }
     }
 }
@@ -205,6 +210,7 @@ impl Builder {
             max_connections: self.max_connections,
             stopping: AtomicBool::new(false),
             conns: Mutex::new(HashMap::new()),
+            ended: AtomicU64::new(0),
             next_conn: AtomicU64::new(1),
             acceptor: Mutex::new(None),
             stopped: Event::new(),
@@ -257,6 +263,8 @@ pub(crate) struct Shared {
     max_connections: usize,
     pub(crate) stopping: AtomicBool,
     conns: Mutex<HashMap<u64, Arc<Connection>>>,
+    /// Connections that have left `conns`.
+    ended: AtomicU64,
     next_conn: AtomicU64,
     acceptor: Mutex<Option<GreenThread<()>>>,
     /// Set when a stop has ended every connection.
@@ -345,7 +353,9 @@ struct Leave {
 
 impl Drop for Leave {
     fn drop(&mut self) {
-        self.shared.conns.lock().remove(&self.id);
+        if self.shared.conns.lock().remove(&self.id).is_some() {
+            self.shared.ended.fetch_add(1, Ordering::SeqCst);
+        }
         let _ = self.shared.permits.release();
     }
 }
@@ -369,6 +379,9 @@ fn run_connection(leave: Leave, conn: Arc<Connection>, stream: TcpStream) {
         }
     }
 }
+
+/// How often a graceful stop looks at its connections.
+const STOP_POLL: Duration = Duration::from_millis(5);
 
 /// A running server. Dropping the handle leaves it running; [`Server::stop`] stops it.
 pub struct Server {
@@ -396,44 +409,70 @@ impl Server {
         self.shared.reg.id()
     }
 
+    /// Requests read so far (answered, being answered, or refused for a bad head).
+    pub fn requests(&self) -> u64 {
+        self.shared.books.requests.load(Ordering::Relaxed)
+    }
+
     /// Open connections now.
     pub fn connections(&self) -> usize {
         self.shared.conns.lock().len()
     }
 
-    /// Stops gracefully: accepts no more connections, closes idle ones, lets requests in
-    /// flight finish (each answered with `Connection: close`, and the connection given up to
-    /// two seconds for the client to read it) for up to `timeout`, then kills what is left. Returns when every connection has ended, with how many ended by
+    /// Stops gracefully: accepts no more connections; lets requests in flight finish, each
+    /// answered with `Connection: close` (and the connection given up to two seconds for the
+    /// client to read it); gives idle kept-alive connections [`Limits::drain_idle`] for their
+    /// next request, answered the same way, then closes the silent ones; at `timeout` kills
+    /// what is left. Returns when every connection has ended, with how many ended by
     /// themselves (idle ones closed, busy ones after their answer) and how many were killed.
+    ///
+    /// A client under steady keep-alive load sees every request it sent answered: the one
+    /// it sent just as the stop began is answered with `Connection: close`, not cut.
     pub fn stop(&self, timeout: Duration) -> Stopped {
-        let deadline = Instant::now() + timeout;
+        let started = Instant::now();
+        let deadline = started + timeout;
+        let grace_end = started + self.shared.limits.drain_idle.min(timeout);
+        let ended_before = self.shared.ended.load(Ordering::SeqCst);
         self.shared.stopping.store(true, Ordering::SeqCst);
         if let Some(acceptor) = self.shared.acceptor.lock().take() {
             let _ = acceptor.kill_and_wait(Duration::from_secs(5));
         }
-        let conns: Vec<Arc<Connection>> = self.shared.conns.lock().values().cloned().collect();
-        for c in &conns {
-            // A connection that goes idle after this sees `stopping` and closes itself.
-            if c.claim_for_stop()
-                && let Some(t) = c.thread.get()
-            {
-                t.kill();
+        let mut killed = 0;
+        loop {
+            let left: Vec<Arc<Connection>> = self.shared.conns.lock().values().cloned().collect();
+            if left.is_empty() {
+                break;
             }
+            let now = Instant::now();
+            if now >= deadline {
+                for c in &left {
+                    if let Some(t) = c.thread.get() {
+                        let _ = greenhub::ext::without_deadline(|| {
+                            t.kill_and_wait(Duration::from_secs(5))
+                        });
+                    }
+                    killed += 1;
+                }
+                break;
+            }
+            if now >= grace_end {
+                for c in &left {
+                    // Idle past the grace: the client is silent, the connection closes.
+                    if c.claim_for_stop()
+                        && let Some(t) = c.thread.get()
+                    {
+                        t.kill();
+                    }
+                }
+            }
+            let _ = greenhub::ext::without_deadline(|| greenhub::sleep(STOP_POLL));
         }
-        let mut stopped = Stopped {
-            finished: 0,
-            killed: 0,
+        // Every connection open when the stop began, or accepted since, has left the map.
+        let ended = self.shared.ended.load(Ordering::SeqCst) - ended_before;
+        let stopped = Stopped {
+            finished: (ended as usize).saturating_sub(killed),
+            killed,
         };
-        for c in &conns {
-            let Some(t) = c.thread.get() else { continue };
-            let left = deadline.saturating_duration_since(Instant::now());
-            if greenhub::ext::without_deadline(|| t.wait_timeout(left)).is_ok() {
-                stopped.finished += 1;
-            } else {
-                let _ = greenhub::ext::without_deadline(|| t.kill_and_wait(Duration::from_secs(5)));
-                stopped.killed += 1;
-            }
-        }
         let _ = self.shared.stopped.set(());
         stopped
     }
