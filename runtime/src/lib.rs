@@ -130,6 +130,24 @@ pub mod signal {
     pub use crate::process::signal::{Handler, SignalError, Signals, handle, name};
 }
 
+pub mod notify {
+    //! Telling a supervisor (`greenhub-serve`, systemd) how the process is doing, in
+    //! systemd's `sd_notify` protocol: [`ready`] once warmed up (which also starts the
+    //! heartbeat the supervisor asked for), [`stopping`], [`status`]. Unsupervised (no
+    //! `NOTIFY_SOCKET`), every call does nothing. The listening sockets a supervisor hands
+    //! over are in [`net::take_inherited`](crate::net::take_inherited).
+    //!
+    //! ```
+    //! let listener = greenhub::net::listen_or_inherit("127.0.0.1:0").unwrap();
+    //! // ... fill pools, load what the first request needs ...
+    //! greenhub::notify::ready().unwrap();
+    //! # drop(listener);
+    //! ```
+    pub use crate::process::notify::{
+        NotifyError, heartbeat_field, is_supervised, ready, send, status, stopping,
+    };
+}
+
 pub mod subprocess {
     //! Child processes for green threads (gevent's `subprocess`): [`Command`] is
     //! `std::process::Command` whose children have green pipes and a green exit. Reading a

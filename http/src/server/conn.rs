@@ -12,7 +12,7 @@ use http::{HeaderMap, Method, StatusCode, Version};
 use crate::body::{Body, Payload, TooLarge};
 use crate::response::{self, Response};
 use crate::server::books::{Connection, InFlight, Phase};
-use crate::server::{RemoteAddr, Shared};
+use crate::server::{RemoteAddr, SERVED, Shared};
 use crate::wire::body::{Decoder, send_stream};
 use crate::wire::head::{Framing, HeadError, HeadLimits, RequestHead, parse_request, write_field};
 use crate::wire::{Stream, Upgraded, Wire};
@@ -125,6 +125,7 @@ pub(crate) fn serve<S: Stream>(shared: &Shared, conn: &Connection, io: S) {
                 .set_timeouts(Some(limits.idle_timeout), limits.write_timeout);
         }
         shared.books.requests.fetch_add(1, Ordering::Relaxed);
+        SERVED.fetch_add(1, Ordering::Relaxed);
         match answer(shared, conn, &mut wire, head, started) {
             Next::Keep => {}
             Next::Close => break,

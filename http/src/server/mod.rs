@@ -194,6 +194,8 @@ impl Builder {
 
     /// Serves an open listener with `handler`.
     pub fn serve(self, listener: TcpListener, handler: impl Handler) -> io::Result<Server> {
+        // The name is valid, so registering cannot fail.
+        let _ = greenhub::notify::heartbeat_field("REQUESTS", served);
         let local = listener.local_addr()?;
         let name = self.name.unwrap_or_else(|| local.to_string());
         let mut limits = self.limits;
@@ -378,6 +380,15 @@ fn run_connection(leave: Leave, conn: Arc<Connection>, stream: TcpStream) {
             }
         }
     }
+}
+
+/// Requests read by every server of the process: sent to a supervisor with each heartbeat
+/// (`X_GREENHUB_REQUESTS`, see `greenhub::notify`), which may recycle the process after a
+/// number of them.
+pub(crate) static SERVED: AtomicU64 = AtomicU64::new(0);
+
+fn served() -> u64 {
+    SERVED.load(Ordering::Relaxed)
 }
 
 /// How often a graceful stop looks at its connections.

@@ -31,15 +31,19 @@
 
 //!
 //! Also here: [`serve`], a connection per green thread from a bounded pool with a graceful
-//! stop, and [`trampoline`], a wait for readiness of any descriptor.
+//! stop; [`trampoline`], a wait for readiness of any descriptor; and [`take_inherited`] and
+//! [`listen_or_inherit`], the listening sockets a supervisor (`greenhub-serve`, systemd)
+//! hands the process in the `LISTEN_FDS` convention.
 //!
 //! This layer may use `core`, `start.rs`, `green` and `sync`.
 
 pub(crate) mod fd;
+mod inherited;
 mod ready;
 mod server;
 mod socket;
 
 pub use fd::{TrampolineError, trampoline};
+pub use inherited::{Inherited, ListenError, MAX_INHERITED, listen_or_inherit, take_inherited};
 pub use server::{Server, Stopped, serve};
 pub use socket::{Listen, TcpListener, TcpStream, UdpSocket, UnixListener, UnixStream};

@@ -591,6 +591,13 @@ impl UnixListener {
         })
     }
 
+    /// Makes a standard listener cooperative (it is switched to non-blocking mode).
+    pub fn from_std(listener: std::os::unix::net::UnixListener) -> io::Result<UnixListener> {
+        Ok(UnixListener {
+            inner: Registered::new(listener)?,
+        })
+    }
+
     /// Waits for a connection; a lack of descriptors is waited out, as
     /// [`TcpListener::accept`] does.
     pub fn accept(&self) -> io::Result<UnixStream> {

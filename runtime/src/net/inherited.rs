@@ -1,0 +1,304 @@
+//! Listening sockets handed to the process by its supervisor (`greenhub-serve`, systemd's
+//! socket activation) in the `LISTEN_FDS` convention: descriptors 3, 4, ... are open
+//! listening sockets, `LISTEN_FDS` says how many, `LISTEN_PID` names the process they are
+//! for, `LISTEN_FDNAMES` optionally names them (colon-separated).
+//!
+//! A program written this way also runs alone: [`listen_or_inherit`] takes the first handed
+//! socket, or binds an address when there is none.
+//!
+//! This file may use `net/socket.rs`.
+
+use std::io;
+use std::net::ToSocketAddrs;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::net::socket::{TcpListener, UnixListener};
+
+/// The first descriptor of the convention.
+const FIRST_FD: RawFd = 3;
+
+/// The most descriptors accepted from `LISTEN_FDS`: a larger count is refused as malformed,
+/// not trusted to walk the descriptor table.
+pub const MAX_INHERITED: usize = 1024;
+
+/// Whether the handed descriptors have been taken (they are owned once).
+static TAKEN: AtomicBool = AtomicBool::new(false);
+
+/// What is wrong with the handed sockets, or with binding one.
+#[derive(Debug, thiserror::Error)]
+pub enum ListenError {
+    /// A variable of the convention does not parse; the supervisor that started the process
+    /// set it wrong.
+    #[error("{var}={value:?} is not valid: {why}")]
+    Malformed {
+        /// `LISTEN_FDS`, `LISTEN_PID` or `LISTEN_FDNAMES`.
+        var: &'static str,
+        /// What it holds.
+        value: String,
+        /// What is wrong with it.
+        why: &'static str,
+    },
+    /// A descriptor the convention promises is not open.
+    #[error("descriptor {fd} ({name:?}) was announced in LISTEN_FDS but is not open")]
+    NotOpen {
+        /// The descriptor.
+        fd: RawFd,
+        /// Its name (`LISTEN_FDNAMES`, or `unknown`).
+        name: String,
+    },
+    /// A handed descriptor is not the kind of socket asked for.
+    #[error("descriptor {fd} ({name:?}) is not a listening {wanted} socket: {found}")]
+    WrongKind {
+        /// The descriptor.
+        fd: RawFd,
+        /// Its name.
+        name: String,
+        /// What was asked for (`TCP`, `Unix`).
+        wanted: &'static str,
+        /// What it is.
+        found: String,
+    },
+    /// Binding the fallback address failed.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address as given.
+        addr: String,
+        /// Why.
+        source: io::Error,
+    },
+    /// A system call on a handed descriptor failed.
+    #[error("descriptor {fd}: {source}")]
+    Io {
+        /// The descriptor.
+        fd: RawFd,
+        /// Why.
+        source: io::Error,
+    },
+}
+
+/// One socket handed to the process.
+#[derive(Debug)]
+pub struct Inherited {
+    fd: OwnedFd,
+    name: String,
+}
+
+impl Inherited {
+    /// Its name from `LISTEN_FDNAMES`, `unknown` when the supervisor gave none (systemd's
+    /// rule).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The descriptor number.
+    pub fn raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    /// The socket as a cooperative TCP listener, if it is one (a listening stream socket of
+    /// IPv4 or IPv6).
+    pub fn into_tcp_listener(self) -> Result<TcpListener, ListenError> {
+        let fd = self.fd.as_raw_fd();
+        let socket = self.check(socket2::Type::STREAM, "TCP", |a| a.is_ipv4() || a.is_ipv6())?;
+        TcpListener::from_std(socket.into()).map_err(|source| ListenError::Io { fd, source })
+    }
+
+    /// The socket as a cooperative Unix listener, if it is one.
+    pub fn into_unix_listener(self) -> Result<UnixListener, ListenError> {
+        let fd = self.fd.as_raw_fd();
+        let socket = self.check(socket2::Type::STREAM, "Unix", |a| a.is_unix())?;
+        UnixListener::from_std(socket.into()).map_err(|source| ListenError::Io { fd, source })
+    }
+
+    /// The descriptor itself, for a socket greenhub has no type for.
+    pub fn into_fd(self) -> OwnedFd {
+        self.fd
+    }
+
+    fn check(
+        self,
+        ty: socket2::Type,
+        wanted: &'static str,
+        family: impl Fn(&socket2::SockAddr) -> bool,
+    ) -> Result<socket2::Socket, ListenError> {
+        let fd = self.fd.as_raw_fd();
+        let name = self.name;
+        let socket = socket2::Socket::from(self.fd);
+        let wrong = |found: String| ListenError::WrongKind {
+            fd,
+            name: name.clone(),
+            wanted,
+            found,
+        };
+        let io = |source| ListenError::Io { fd, source };
+        let found_ty = match socket.r#type() {
+            Ok(t) => t,
+            Err(e) if e.raw_os_error() == Some(libc::ENOTSOCK) => {
+                return Err(wrong("not a socket".into()));
+            }
+            Err(e) => return Err(io(e)),
+        };
+        if found_ty != ty {
+            return Err(wrong(format!("a socket of type {found_ty:?}")));
+        }
+        let local = socket.local_addr().map_err(io)?;
+        if !family(&local) {
+            return Err(wrong(format!("a socket of family {:?}", local.family())));
+        }
+        if !socket.is_listener().map_err(io)? {
+            return Err(wrong("a socket that does not listen".into()));
+        }
+        Ok(socket)
+    }
+}
+
+/// Takes the sockets handed to this process, in order. The first call owns them (each is
+/// made close-on-exec, so the process's own children do not inherit them); later calls, and
+/// a process that was handed none or whose `LISTEN_PID` names another process, get an empty
+/// list. The variables stay in the environment: a child sees a `LISTEN_PID` that is not its
+/// own and ignores them.
+///
+/// ```
+/// // Run alone, nothing was handed over.
+/// assert!(greenhub::net::take_inherited().unwrap().is_empty());
+/// ```
+pub fn take_inherited() -> Result<Vec<Inherited>, ListenError> {
+    let var = |name| std::env::var(name).ok();
+    let parsed = parse(
+        var("LISTEN_PID").as_deref(),
+        var("LISTEN_FDS").as_deref(),
+        var("LISTEN_FDNAMES").as_deref(),
+        std::process::id(),
+    )?;
+    let Some(names) = parsed else {
+        return Ok(Vec::new());
+    };
+    if TAKEN.swap(true, Ordering::SeqCst) {
+        return Ok(Vec::new());
+    }
+    let mut taken = Vec::with_capacity(names.len());
+    for (i, name) in names.into_iter().enumerate() {
+        let fd = FIRST_FD + i as RawFd;
+        // SAFETY: F_GETFD only reads the descriptor's flags; it fails with EBADF if closed.
+        let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+        if flags < 0 {
+            return Err(ListenError::NotOpen { fd, name });
+        }
+        // SAFETY: as above; setting FD_CLOEXEC changes only this descriptor's flags.
+        unsafe { libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC) };
+        // SAFETY: the descriptor is open, and the convention hands it to this process, which
+        // takes it exactly once (TAKEN): nothing else in the process owns it.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        taken.push(Inherited { fd, name });
+    }
+    Ok(taken)
+}
+
+/// The names of the descriptors handed to process `pid`, or `None` if none were.
+fn parse(
+    pid: Option<&str>,
+    fds: Option<&str>,
+    names: Option<&str>,
+    me: u32,
+) -> Result<Option<Vec<String>>, ListenError> {
+    let (Some(pid), Some(fds)) = (pid, fds) else {
+        return Ok(None);
+    };
+    let malformed = |var, value: &str, why| ListenError::Malformed {
+        var,
+        value: value.chars().take(64).collect(),
+        why,
+    };
+    let for_pid: u32 = pid
+        .trim()
+        .parse()
+        .map_err(|_| malformed("LISTEN_PID", pid, "not a process id"))?;
+    if for_pid != me {
+        return Ok(None);
+    }
+    let n: usize = fds
+        .trim()
+        .parse()
+        .map_err(|_| malformed("LISTEN_FDS", fds, "not a count"))?;
+    if n > MAX_INHERITED {
+        return Err(malformed("LISTEN_FDS", fds, "more than 1024 descriptors"));
+    }
+    let names: Vec<String> = match names {
+        None => vec!["unknown".to_string(); n],
+        Some(list) => {
+            let names: Vec<String> = list.split(':').map(str::to_string).collect();
+            if names.len() != n || (n == 0 && !list.is_empty()) {
+                return Err(malformed(
+                    "LISTEN_FDNAMES",
+                    list,
+                    "not one name per descriptor of LISTEN_FDS",
+                ));
+            }
+            names
+        }
+    };
+    Ok(Some(names).filter(|n| !n.is_empty()))
+}
+
+/// The first TCP socket handed to the process, or, when none was, a new listener on `addr`
+/// (with [`Listen`](crate::net::Listen)'s defaults). A program that serves this way runs
+/// both alone and under a supervisor that hands it its socket.
+///
+/// ```
+/// let listener = greenhub::net::listen_or_inherit("127.0.0.1:0").unwrap();
+/// assert!(listener.local_addr().unwrap().ip().is_loopback());
+/// ```
+pub fn listen_or_inherit<A>(addr: A) -> Result<TcpListener, ListenError>
+where
+    A: ToSocketAddrs + Send + std::fmt::Debug + 'static,
+{
+    if let Some(first) = take_inherited()?.into_iter().next() {
+        return first.into_tcp_listener();
+    }
+    let shown = format!("{addr:?}");
+    TcpListener::bind(addr).map_err(|source| ListenError::Bind {
+        addr: shown.trim_matches('"').to_string(),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_convention_parses_strictly() {
+        assert!(parse(None, None, None, 7).unwrap().is_none());
+        assert!(
+            parse(Some("8"), Some("2"), None, 7).unwrap().is_none(),
+            "not for us"
+        );
+        assert_eq!(
+            parse(Some("7"), Some("2"), None, 7).unwrap().unwrap(),
+            ["unknown", "unknown"]
+        );
+        assert_eq!(
+            parse(Some("7"), Some("2"), Some("http:admin"), 7)
+                .unwrap()
+                .unwrap(),
+            ["http", "admin"]
+        );
+        assert!(parse(Some("7"), Some("0"), None, 7).unwrap().is_none());
+        for (pid, fds, names) in [
+            ("x", "1", None),
+            ("7", "-1", None),
+            ("7", "99999999999999999999", None),
+            ("7", "1025", None),
+            ("7", "2", Some("one")),
+            ("7", "1", Some("a:b")),
+        ] {
+            let e = parse(Some(pid), Some(fds), names, 7).unwrap_err();
+            assert!(matches!(e, ListenError::Malformed { .. }), "{e}");
+        }
+        // A hostile value is shown cut short.
+        let long = "9".repeat(10_000);
+        let e = parse(Some("7"), Some(&long), None, 7).unwrap_err();
+        assert!(e.to_string().len() < 200, "{e}");
+    }
+}
