@@ -1,0 +1,638 @@
+//! greenhub-serve end to end: the master runs this test binary as its worker program (in
+//! child mode: a greenhub-http server on the handed socket), under load from client threads
+//! that count every request: reloads, crashes, recycling, the watchdog and stops.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const CHILD: &str = "GREENHUB_TEST_CHILD";
+const WORKER: &str = "worker_program";
+
+/// The worker program: serves `/` (its pid), `/leak` (keeps 8 MiB), `/block` (holds its
+/// worker thread for 5 s), `/freeze` (holds every worker thread); ready after
+/// `READY_DELAY_MS`; exits with 3 at once if the file `MODE_FILE` says `fail`, never says
+/// ready if it says `silent`; drains on SIGTERM.
+#[test]
+fn worker_program() {
+    if std::env::var(CHILD).as_deref() != Ok(WORKER) {
+        return;
+    }
+    let mode = std::env::var("MODE_FILE")
+        .ok()
+        .and_then(|f| std::fs::read_to_string(f).ok())
+        .unwrap_or_default();
+    if mode.trim() == "fail" {
+        std::process::exit(3);
+    }
+    let term = greenhub::signal::Signals::new([libc::SIGTERM, libc::SIGINT]).unwrap();
+    let listener = greenhub::net::listen_or_inherit("127.0.0.1:0").unwrap();
+    let kept: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
+    let server = greenhub_http::Builder::new()
+        .access_log(false)
+        .serve(listener, move |req: greenhub_http::Request<'_>| {
+            match req.uri().path() {
+                "/leak" => {
+                    kept.lock().unwrap().push(vec![1u8; 8 << 20]);
+                }
+                "/block" => std::thread::sleep(Duration::from_secs(5)),
+                "/freeze" => {
+                    for _ in 0..8 {
+                        greenhub::spawn(|| std::thread::sleep(Duration::from_secs(60)));
+                    }
+                    std::thread::sleep(Duration::from_secs(60));
+                }
+                _ => {}
+            }
+            greenhub_http::response::text(std::process::id().to_string())
+        })
+        .unwrap();
+    if let Some(ms) = std::env::var("READY_DELAY_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        greenhub::sleep(Duration::from_millis(ms)).unwrap();
+    }
+    if mode.trim() != "silent" {
+        greenhub::notify::ready().unwrap();
+    }
+    let _ = term.wait();
+    let _ = greenhub::notify::stopping();
+    server.stop(Duration::from_secs(10));
+    std::process::exit(0);
+}
+
+/// A running master and its log.
+struct Serve {
+    child: Child,
+    log: Arc<Mutex<Vec<String>>>,
+    addr: SocketAddr,
+    dir: tempfile::TempDir,
+}
+
+impl Serve {
+    fn start(workers: usize, flags: &[&str], envs: &[(&str, &str)]) -> Serve {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let config = dir.path().join("serve.toml");
+        let mode = dir.path().join("mode");
+        std::fs::write(&mode, "web").unwrap();
+        let exe = std::env::current_exe().unwrap();
+        let mut env = format!(
+            "[env]\n{CHILD} = \"{WORKER}\"\nMODE_FILE = \"{}\"\nGREENHUB_WORKERS = \"2\"\n",
+            mode.display()
+        );
+        for (k, v) in envs {
+            env.push_str(&format!("{k} = \"{v}\"\n"));
+        }
+        let toml = format!(
+            "command = [\"{}\", \"{WORKER}\", \"--exact\", \"--nocapture\", \"--test-threads=1\"]\nworkers = {workers}\nlisten = [\"http=127.0.0.1:{port}\"]\nheartbeat = \"100ms\"\nstop_timeout = \"15s\"\npid_file = \"{}\"\n{env}",
+            exe.display(),
+            dir.path().join("pid").display()
+        );
+        std::fs::write(&config, toml).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_greenhub-serve"))
+            .arg("--config")
+            .arg(&config)
+            .args(flags)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let log: Arc<Mutex<Vec<String>>> = Arc::default();
+        let stderr = child.stderr.take().unwrap();
+        {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    log.lock().unwrap().push(line);
+                }
+            });
+        }
+        let s = Serve {
+            child,
+            log,
+            addr: format!("127.0.0.1:{port}").parse().unwrap(),
+            dir,
+        };
+        s.await_log(workers, " ready in ");
+        s
+    }
+
+    fn lines(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+
+    fn count(&self, needle: &str) -> usize {
+        self.lines().iter().filter(|l| l.contains(needle)).count()
+    }
+
+    /// Waits until `n` log lines contain `needle`.
+    fn await_log(&self, n: usize, needle: &str) {
+        let t0 = Instant::now();
+        while self.count(needle) < n {
+            assert!(
+                t0.elapsed() < Duration::from_secs(120),
+                "waited for {n} lines with {needle:?}; the log:\n{}",
+                self.lines().join("\n")
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn signal(&self, sig: i32) {
+        // SAFETY: signals the master this test started.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+
+    fn set_mode(&self, mode: &str) {
+        std::fs::write(self.dir.path().join("mode"), mode).unwrap();
+    }
+
+    /// Stops the master gracefully and waits for it.
+    fn stop(mut self) -> Vec<String> {
+        self.signal(libc::SIGTERM);
+        let t0 = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                assert!(status.success(), "master: {status}");
+                break;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(60),
+                "master did not stop"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(
+            !self.dir.path().join("pid").exists(),
+            "the pid file is removed"
+        );
+        self.lines()
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            // SIGINT: the master stops its workers fast, then exits.
+            self.signal(libc::SIGINT);
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One GET on a kept-alive connection: the answering pid, and whether the server closes.
+fn get(conn: &mut BufReader<TcpStream>, path: &str) -> Result<(u32, bool), String> {
+    conn.get_mut()
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
+        .map_err(|e| format!("send: {e}"))?;
+    let mut close = false;
+    let mut len = 0usize;
+    let mut line = String::new();
+    conn.read_line(&mut line)
+        .map_err(|e| format!("status: {e}"))?;
+    if !line.starts_with("HTTP/1.1 200") {
+        return Err(format!("status line {line:?}"));
+    }
+    loop {
+        line.clear();
+        conn.read_line(&mut line)
+            .map_err(|e| format!("head: {e}"))?;
+        let l = line.trim_end().to_ascii_lowercase();
+        if l.is_empty() {
+            break;
+        }
+        if l == "connection: close" {
+            close = true;
+        }
+        if let Some(v) = l.strip_prefix("content-length: ") {
+            len = v.parse().unwrap();
+        }
+    }
+    let mut body = vec![0; len];
+    conn.read_exact(&mut body)
+        .map_err(|e| format!("body: {e}"))?;
+    let pid = String::from_utf8_lossy(&body)
+        .parse()
+        .map_err(|_| "body".to_string())?;
+    Ok((pid, close))
+}
+
+fn connect(addr: SocketAddr) -> Result<BufReader<TcpStream>, String> {
+    let s = TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    Ok(BufReader::new(s))
+}
+
+/// A failed request: what failed, and the pid that last answered on its connection.
+type Failure = (String, Option<u32>);
+
+/// Client threads that send requests back to back until stopped, reconnecting when an
+/// answer says `Connection: close`; every failure is recorded with the pid that last
+/// answered on that connection.
+struct Load {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+    threads: Vec<std::thread::JoinHandle<Vec<Failure>>>,
+}
+
+impl Load {
+    fn start(addr: SocketAddr, clients: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicU64::new(0));
+        let threads = (0..clients)
+            .map(|_| {
+                let (stop, ok) = (stop.clone(), ok.clone());
+                std::thread::spawn(move || {
+                    let mut failures = Vec::new();
+                    let mut conn: Option<BufReader<TcpStream>> = None;
+                    let mut last: Option<u32> = None;
+                    while !stop.load(Ordering::Relaxed) {
+                        let c = match conn.as_mut() {
+                            Some(c) => c,
+                            None => match connect(addr) {
+                                Ok(c) => {
+                                    last = None;
+                                    conn.insert(c)
+                                }
+                                Err(e) => {
+                                    failures.push((e, None));
+                                    std::thread::sleep(Duration::from_millis(10));
+                                    continue;
+                                }
+                            },
+                        };
+                        match get(c, "/") {
+                            Ok((pid, close)) => {
+                                ok.fetch_add(1, Ordering::Relaxed);
+                                last = Some(pid);
+                                if close {
+                                    conn = None;
+                                }
+                            }
+                            Err(e) => {
+                                failures.push((e, last));
+                                conn = None;
+                            }
+                        }
+                    }
+                    failures
+                })
+            })
+            .collect();
+        Load { stop, ok, threads }
+    }
+
+    fn served(&self) -> u64 {
+        self.ok.load(Ordering::Relaxed)
+    }
+
+    /// Waits until `n` more requests have been answered.
+    fn await_more(&self, n: u64) {
+        let from = self.served();
+        let t0 = Instant::now();
+        while self.served() < from + n {
+            assert!(t0.elapsed() < Duration::from_secs(60), "the load stalled");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    fn finish(self) -> Vec<Failure> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.threads
+            .into_iter()
+            .flat_map(|t| t.join().unwrap())
+            .collect()
+    }
+}
+
+/// Replays the log: workers ready and not draining, at each drain, never below `n`.
+fn assert_capacity_kept(lines: &[String], n: usize) {
+    let mut ready = std::collections::HashSet::new();
+    let pid_of = |s: &str| -> Option<u32> {
+        let rest = s.split("(pid ").nth(1)?;
+        rest.split([',', ')']).next()?.parse().ok()
+    };
+    for l in lines {
+        if l.contains(" ready in ") {
+            ready.insert(pid_of(l).unwrap());
+        }
+        if let Some(drained) = l.split("; draining ").nth(1) {
+            ready.remove(&pid_of(drained).unwrap());
+            assert!(ready.len() >= n, "capacity fell to {} at {l}", ready.len());
+        }
+        if l.contains(" ended") || l.contains(" exited") {
+            ready.remove(&pid_of(l).unwrap());
+        }
+    }
+}
+
+#[test]
+fn twenty_reloads_under_load_lose_no_request_and_keep_capacity() {
+    let serve = Serve::start(2, &[], &[]);
+    let load = Load::start(serve.addr, 8);
+    load.await_more(200);
+    for g in 2..=21 {
+        serve.signal(libc::SIGHUP);
+        serve.await_log(1, &format!("reload to generation {g} done"));
+        load.await_more(50);
+    }
+    let failures = load.finish();
+    let lines = serve.stop();
+    assert!(failures.is_empty(), "failed requests: {failures:?}");
+    assert_capacity_kept(&lines, 2);
+    // Every worker of generations 1 to 20 was replaced and drained.
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| l.contains("ended after its drain"))
+            .count(),
+        2 * 21,
+        "{}",
+        lines.join("\n")
+    );
+}
+
+#[test]
+fn a_reload_whose_new_worker_fails_keeps_the_old_workers() {
+    let serve = Serve::start(2, &[], &[]);
+    let load = Load::start(serve.addr, 4);
+    load.await_more(100);
+    serve.set_mode("fail");
+    serve.signal(libc::SIGHUP);
+    serve.await_log(1, "reload to generation 2 stopped");
+    load.await_more(100);
+    serve.set_mode("silent");
+    serve.signal(libc::SIGHUP);
+    serve.await_log(1, "not ready after");
+    serve.await_log(1, "reload to generation 3 stopped");
+    load.await_more(100);
+    assert_eq!(
+        serve.count("ended after its drain"),
+        0,
+        "no old worker drained"
+    );
+    serve.set_mode("web");
+    serve.signal(libc::SIGHUP);
+    serve.await_log(1, "reload to generation 4 done");
+    load.await_more(100);
+    let failures = load.finish();
+    let lines = serve.stop();
+    assert!(failures.is_empty(), "failed requests: {failures:?}");
+    assert_capacity_kept(&lines, 2);
+}
+
+#[test]
+fn a_killed_worker_is_replaced_and_the_others_serve_on() {
+    let serve = Serve::start(2, &[], &[]);
+    let load = Load::start(serve.addr, 8);
+    load.await_more(200);
+    let victim: u32 = {
+        let mut c = connect(serve.addr).unwrap();
+        get(&mut c, "/").unwrap().0
+    };
+    // SAFETY: kills a worker of the master this test started.
+    unsafe { libc::kill(victim as i32, libc::SIGKILL) };
+    serve.await_log(1, "exited on its own (killed by SIGKILL)");
+    serve.await_log(3, " ready in ");
+    load.await_more(200);
+    let failures = load.finish();
+    serve.stop();
+    // Only connections the killed worker held failed.
+    for (why, last) in &failures {
+        assert_eq!(*last, Some(victim), "a request failed elsewhere: {why}");
+    }
+}
+
+#[test]
+fn workers_are_recycled_by_requests_age_and_memory() {
+    let serve = Serve::start(
+        1,
+        &[
+            "--max-requests",
+            "300",
+            "--max-requests-jitter",
+            "50",
+            "--max-memory",
+            "150MiB",
+            "--memory-grace",
+            "300ms",
+        ],
+        &[],
+    );
+    let load = Load::start(serve.addr, 2);
+    serve.await_log(1, "will be recycled: served");
+    serve.await_log(2, " ready in ");
+    serve.await_log(1, "ended after its drain");
+    let failures = load.finish();
+    assert!(failures.is_empty(), "failed requests: {failures:?}");
+    // Memory: a worker that keeps 8 MiB per request.
+    let drained = serve.count("ended after its drain");
+    let mut c = connect(serve.addr).unwrap();
+    let leaker = get(&mut c, "/").unwrap().0;
+    for _ in 0..24 {
+        match get(&mut c, "/leak") {
+            Ok((pid, false)) => assert_eq!(pid, leaker),
+            _ => break,
+        }
+    }
+    serve.await_log(1, "will be recycled: resident memory");
+    serve.await_log(drained + 1, "ended after its drain");
+    drop(c);
+    let lines = serve.stop();
+    assert_capacity_kept(&lines, 1);
+
+    let serve = Serve::start(2, &["--max-age", "1s", "--max-age-jitter", "500ms"], &[]);
+    let load = Load::start(serve.addr, 2);
+    serve.await_log(2, "will be recycled: reached its age limit");
+    serve.await_log(2, "ended after its drain");
+    let failures = load.finish();
+    assert!(failures.is_empty(), "failed requests: {failures:?}");
+    serve.stop();
+}
+
+#[test]
+fn the_watchdog_logs_a_stuck_worker_and_replaces_it() {
+    // A green thread holding its worker thread past the limit.
+    let serve = Serve::start(
+        1,
+        &["--blocked-limit", "300ms"],
+        &[("GREENHUB_MAX_BLOCKING_MS", "50")],
+    );
+    let mut c = connect(serve.addr).unwrap();
+    let stuck = get(&mut c, "/").unwrap().0;
+    let blocker = std::thread::spawn(move || get(&mut c, "/block"));
+    serve.await_log(1, "watchdog: a green thread has held one of its workers");
+    serve.await_log(1, "what its green threads are doing");
+    serve.await_log(1, "ended: watchdog");
+    serve.await_log(2, " ready in ");
+    let _ = blocker.join();
+    let mut c = connect(serve.addr).unwrap();
+    assert_ne!(get(&mut c, "/").unwrap().0, stuck);
+    drop(c);
+    let lines = serve.stop();
+    let info: Vec<&String> = lines
+        .iter()
+        .skip_while(|l| !l.contains("what its green threads are doing"))
+        .collect();
+    assert!(
+        info.iter().any(|l| l.contains("http accept")),
+        "the run info names the server's threads: {}",
+        lines.join("\n")
+    );
+
+    // Every worker thread stuck: the heartbeat goes silent.
+    let serve = Serve::start(
+        1,
+        &["--blocked-limit", "off", "--heartbeat-timeout", "1s"],
+        &[],
+    );
+    let mut c = connect(serve.addr).unwrap();
+    let frozen = std::thread::spawn(move || get(&mut c, "/freeze"));
+    serve.await_log(1, "watchdog: heartbeat silent");
+    serve.await_log(1, "what its green threads are doing");
+    serve.await_log(2, " ready in ");
+    let _ = frozen.join();
+    serve.stop();
+}
+
+#[test]
+fn a_crash_loop_is_reported_and_does_not_spin() {
+    let serve = Serve::start(1, &["--restart-backoff", "2s"], &[]);
+    serve.set_mode("fail");
+    let mut c = connect(serve.addr).unwrap();
+    let pid = get(&mut c, "/").unwrap().0;
+    // SAFETY: kills the worker of the master this test started.
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    serve.await_log(1, "crash loop: 5 workers failed");
+    let t0 = Instant::now();
+    std::thread::sleep(Duration::from_secs(3));
+    let starts = serve.count(" started");
+    assert!(
+        starts < 20,
+        "{starts} starts in {:?}: the master spins",
+        t0.elapsed()
+    );
+    // Fixed, it serves again.
+    serve.set_mode("web");
+    serve.await_log(2, " ready in ");
+    serve.stop();
+}
+
+#[test]
+fn more_or_fewer_workers_on_ttin_and_ttou() {
+    let serve = Serve::start(1, &[], &[]);
+    // Signals of one kind coalesce: each is sent once the one before has been seen.
+    serve.signal(libc::SIGTTIN);
+    serve.await_log(1, "SIGTTIN: 2 workers");
+    serve.signal(libc::SIGTTIN);
+    serve.await_log(1, "SIGTTIN: 3 workers");
+    serve.await_log(3, " ready in ");
+    let load = Load::start(serve.addr, 4);
+    load.await_more(100);
+    serve.signal(libc::SIGTTOU);
+    serve.await_log(1, "fewer workers wanted");
+    serve.await_log(1, "ended after its drain");
+    load.await_more(100);
+    let failures = load.finish();
+    assert!(failures.is_empty(), "failed requests: {failures:?}");
+    serve.stop();
+}
+
+#[test]
+fn a_graceful_stop_answers_the_requests_in_flight() {
+    let serve = Serve::start(2, &[], &[]);
+    let load = Load::start(serve.addr, 8);
+    load.await_more(200);
+    let lines = serve.stop();
+    let served = load.served();
+    let failures = load.finish();
+    // A kept-alive connection is never cut: its last answer says `Connection: close`.
+    // Only new connections fail once every worker has stopped accepting.
+    assert!(
+        failures.iter().all(|(_, last)| last.is_none()),
+        "{failures:?}"
+    );
+    assert!(served >= 200);
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| l.contains("ended after its drain"))
+            .count(),
+        2
+    );
+}
+
+#[test]
+fn check_validates_and_refuses_with_reasons() {
+    let serve = env!("CARGO_BIN_EXE_greenhub-serve");
+    let run = |args: &[&str]| {
+        let out = Command::new(serve).args(args).output().unwrap();
+        (
+            out.status.code(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    let (code, out) = run(&["--check", "--listen", "127.0.0.1:0", "--", "true"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("configuration valid"), "{out}");
+    let (code, out) = run(&[
+        "--check",
+        "--listen",
+        "127.0.0.1:0",
+        "--",
+        "no-such-program-xyz",
+    ]);
+    assert_eq!(code, Some(2));
+    assert!(out.contains("cannot run no-such-program-xyz"), "{out}");
+    let (code, out) = run(&["--check", "--", "true"]);
+    assert_eq!(code, Some(2));
+    assert!(out.contains("listen: no socket to serve"), "{out}");
+    let (code, out) = run(&[
+        "--check",
+        "--listen",
+        "127.0.0.1:0",
+        "--max-memory",
+        "\x1b[31mlots",
+        "--",
+        "true",
+    ]);
+    assert_eq!(code, Some(2));
+    assert!(
+        out.contains("\\u{1b}[31mlots") && !out.contains('\x1b'),
+        "{out:?}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bad.toml");
+    std::fs::write(
+        &file,
+        "listen = [\"127.0.0.1:0\"]\ncommand = [\"true\"]\nworkres = 3\n",
+    )
+    .unwrap();
+    let (code, out) = run(&["--check", "--config", file.to_str().unwrap()]);
+    assert_eq!(code, Some(2));
+    assert!(out.contains("workres") && out.contains("line 3"), "{out}");
+    // A port in use is a clear error at start.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let (code, out) = run(&["--listen", &addr, "--", "true"]);
+    assert_eq!(code, Some(2));
+    assert!(out.contains(&format!("cannot listen on {addr}")), "{out}");
+}
