@@ -219,6 +219,12 @@ impl FileConfig {
                 "no socket to serve: give `--listen 127.0.0.1:8080` or `listen = [...]`".into(),
             ));
         }
+        if listen.len() > 64 {
+            return Err(invalid(
+                "listen",
+                format!("{} sockets: at most 64", listen.len()),
+            ));
+        }
         let mut names: Vec<&str> = listen.iter().map(|l| l.name.as_str()).collect();
         names.sort_unstable();
         if names.windows(2).any(|w| w[0] == w[1]) {

@@ -7,6 +7,9 @@
 //! - SIGHUP reloads: one worker at a time is replaced by a new one, and the old one drains
 //!   (SIGTERM: it stops accepting and finishes what it has) only once the new one is ready;
 //!   a new worker that fails stops the reload and the old ones keep serving.
+//! - SIGUSR2 upgrades the master's own binary: the new master takes the listening sockets
+//!   over a Unix socket (`SCM_RIGHTS`), and the old one drains once the new one's workers
+//!   are ready.
 //! - SIGTERM stops gracefully, SIGINT and SIGQUIT fast; SIGTTIN and SIGTTOU add or remove a
 //!   worker.
 //! - Workers are recycled by resident memory, requests served and age; crashed ones are
@@ -37,6 +40,7 @@ pub mod master;
 mod notify;
 mod signals;
 pub mod spawn;
+mod upgrade;
 
 pub use config::{Config, ConfigError, FileConfig};
 pub use master::{Master, MasterError};

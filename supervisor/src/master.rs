@@ -15,7 +15,12 @@
 //!   its attach socket, which answers even when every worker is stuck) written to the log,
 //!   then SIGKILL.
 //!
-//! It uses `config.rs`, `listen.rs`, `notify.rs`, `signals.rs`, `spawn.rs`, `dump.rs`.
+//! - **An upgrade keeps the sockets open.** SIGUSR2 starts the master's binary anew; it
+//!   takes the listening sockets over the control socket (`upgrade.rs`), and this master
+//!   drains only once the new one's workers are all ready.
+//!
+//! It uses `config.rs`, `listen.rs`, `notify.rs`, `signals.rs`, `spawn.rs`, `dump.rs`,
+//! `upgrade.rs`.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::os::fd::BorrowedFd;
@@ -32,6 +37,7 @@ use crate::listen::{self, Listener};
 use crate::notify::{Message, NotifySocket};
 use crate::signals::Signals;
 use crate::spawn::{self, Program, SpawnError};
+use crate::upgrade::{self, Control, UpgradeError};
 
 /// The first pause before restarting a crashed worker.
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
@@ -54,6 +60,9 @@ pub enum MasterError {
     /// The worker program.
     #[error(transparent)]
     Spawn(#[from] SpawnError),
+    /// Taking the sockets over from an old master.
+    #[error(transparent)]
+    Upgrade(#[from] UpgradeError),
     /// The notify socket, the signal actions or the pid file.
     #[error("{what}: {source}")]
     Setup {
@@ -143,12 +152,27 @@ struct Stop {
     fast: bool,
 }
 
+/// An upgrade under way: the new master this one started.
+#[derive(Debug)]
+struct Upgrade {
+    pid: u32,
+    started: Instant,
+    /// Its control connection, once it has taken the sockets.
+    conn: Option<std::os::unix::net::UnixStream>,
+}
+
 /// The master process.
 pub struct Master {
     cfg: Config,
     program: Program,
     listeners: Vec<Listener>,
+    // Declared before `_dir`: the sockets go before their directory.
     notify: NotifySocket,
+    control: Control,
+    _dir: tempfile::TempDir,
+    upgrade: Option<Upgrade>,
+    /// The old master's control connection, while this master takes over from it.
+    takeover: Option<(std::os::unix::net::UnixStream, String)>,
     signals: Signals,
     workers: BTreeMap<u32, Worker>,
     target: usize,
@@ -168,11 +192,20 @@ impl Master {
     /// No worker runs yet.
     pub fn new(cfg: Config) -> Result<Master, MasterError> {
         let program = Program::resolve(&cfg.command)?;
-        let listeners = listen::open(&cfg.listen, cfg.backlog)?;
-        let notify = NotifySocket::bind().map_err(|source| MasterError::Setup {
-            what: "the notify socket",
-            source,
-        })?;
+        let (listeners, takeover) = match std::env::var_os(upgrade::TAKEOVER_VAR) {
+            Some(path) => {
+                let (listeners, conn) = upgrade::take(std::path::Path::new(&path))?;
+                (listeners, Some((conn, path.to_string_lossy().into_owned())))
+            }
+            None => (listen::open(&cfg.listen, cfg.backlog)?, None),
+        };
+        let setup = |what| move |source| MasterError::Setup { what, source };
+        let dir = tempfile::Builder::new()
+            .prefix("greenhub-serve-")
+            .tempdir()
+            .map_err(setup("the master's directory"))?;
+        let notify = NotifySocket::bind(dir.path()).map_err(setup("the notify socket"))?;
+        let control = Control::bind(dir.path()).map_err(setup("the control socket"))?;
         let signals = Signals::install().map_err(|source| MasterError::Setup {
             what: "the signal actions",
             source,
@@ -196,6 +229,10 @@ impl Master {
             program,
             listeners,
             notify,
+            control,
+            _dir: dir,
+            upgrade: None,
+            takeover,
             signals,
             workers: BTreeMap::new(),
             generation: 1,
@@ -239,6 +276,7 @@ impl Master {
                 self.sample_memory();
             }
             self.check(now);
+            self.follow_upgrade(now);
             match self.stop {
                 Some(_) if self.workers.is_empty() => break,
                 Some(_) => {}
@@ -263,9 +301,12 @@ impl Master {
                 BorrowedFd::borrow_raw(self.notify.raw()),
             )
         };
+        // SAFETY: as above.
+        let ctl = unsafe { BorrowedFd::borrow_raw(self.control.raw()) };
         let mut fds = [
             PollFd::new(sig, PollFlags::POLLIN),
             PollFd::new(note, PollFlags::POLLIN),
+            PollFd::new(ctl, PollFlags::POLLIN),
         ];
         let _ = poll(&mut fds, PollTimeout::from(TICK.as_millis() as u16));
     }
@@ -301,12 +342,109 @@ impl Master {
                 }
                 log::info!("SIGTTOU: {} workers", self.target);
             }
-            libc::SIGUSR2 => {
-                log::warn!(
-                    "SIGUSR2: a binary upgrade is not supported by this master; use SIGHUP to reload the workers"
-                );
-            }
+            libc::SIGUSR2 if self.stop.is_none() => self.begin_upgrade(),
             _ => {}
+        }
+    }
+
+    fn begin_upgrade(&mut self) {
+        if let Some(up) = &self.upgrade {
+            log::warn!(
+                "SIGUSR2: an upgrade is under way already (new master pid {})",
+                up.pid
+            );
+            return;
+        }
+        let me = match Program::this_master() {
+            Ok(p) => p,
+            Err(e) => {
+                log::error!("SIGUSR2: cannot upgrade: {e}");
+                return;
+            }
+        };
+        let env = [(
+            upgrade::TAKEOVER_VAR.to_string(),
+            self.control.path().display().to_string(),
+        )];
+        match spawn::spawn(&me, &env, &[], None) {
+            Ok(pid) => {
+                log::info!(
+                    "SIGUSR2: upgrade: new master pid {pid} started from {}; this one drains once its workers are ready",
+                    me.shown()
+                );
+                self.upgrade = Some(Upgrade {
+                    pid,
+                    started: Instant::now(),
+                    conn: None,
+                });
+            }
+            Err(e) => log::error!("SIGUSR2: cannot upgrade: {e}"),
+        }
+    }
+
+    /// Hands the sockets to the new master, and drains this one once it is ready; on the
+    /// new master's side, tells the old one when every worker is ready.
+    fn follow_upgrade(&mut self, now: Instant) {
+        if let Some((stream, expected)) = self
+            .control
+            .serve(&self.listeners, self.upgrade.as_ref().map(|u| u.pid))
+            && let Some(up) = self.upgrade.as_mut()
+            && up.pid == expected
+        {
+            up.conn = Some(stream);
+        }
+        if let Some(up) = &self.upgrade
+            && self.stop.is_none()
+        {
+            let verdict = up.conn.as_ref().and_then(upgrade::said_ready);
+            let limit = self.cfg.ready_timeout * 2 + Duration::from_secs(10);
+            match verdict {
+                Some(true) => {
+                    log::info!(
+                        "upgrade: new master pid {} has its workers ready; this master drains its own and exits",
+                        up.pid
+                    );
+                    self.begin_stop(false);
+                }
+                Some(false) => {
+                    log::error!(
+                        "upgrade stopped: new master pid {} left before its workers were ready; this master keeps serving",
+                        up.pid
+                    );
+                    let _ = kill(Pid::from_raw(up.pid as i32), Signal::SIGTERM);
+                    self.upgrade = None;
+                }
+                None if now.duration_since(up.started) > limit => {
+                    log::error!(
+                        "upgrade stopped: new master pid {} not ready after {} s; this master keeps serving",
+                        up.pid,
+                        limit.as_secs()
+                    );
+                    let _ = kill(Pid::from_raw(up.pid as i32), Signal::SIGTERM);
+                    self.upgrade = None;
+                }
+                None => {}
+            }
+        }
+        if self.takeover.is_some() && self.stop.is_none() {
+            let ready = self
+                .workers
+                .values()
+                .filter(|w| w.state == State::Ready)
+                .count();
+            if ready >= self.target
+                && let Some((mut conn, path)) = self.takeover.take()
+            {
+                use std::io::Write;
+                match conn.write_all(format!("{}\n", upgrade::READY).as_bytes()) {
+                    Ok(()) => {
+                        log::info!("took the sockets over ({path}); the old master drains now")
+                    }
+                    Err(e) => {
+                        log::warn!("cannot tell the old master ({path}) this one is ready: {e}")
+                    }
+                }
+            }
         }
     }
 
@@ -357,6 +495,15 @@ impl Master {
     }
 
     fn on_exit(&mut self, pid: u32, how: &str, clean: bool) {
+        if self.upgrade.as_ref().is_some_and(|u| u.pid == pid) {
+            if self.stop.is_none() {
+                log::error!(
+                    "upgrade stopped: new master pid {pid} exited ({how}); this master keeps serving"
+                );
+                self.upgrade = None;
+            }
+            return;
+        }
         let Some(w) = self.workers.remove(&pid) else {
             return;
         };

@@ -1,5 +1,5 @@
-//! The master's end of the `sd_notify` protocol: one datagram socket in a directory only
-//! the master's user can enter, named to every worker by `NOTIFY_SOCKET`. The kernel stamps
+//! The master's end of the `sd_notify` protocol: one datagram socket in the master's private
+//! directory (mode 0700), named to every worker by `NOTIFY_SOCKET`. The kernel stamps
 //! each datagram with its sender's pid (`SO_PASSCRED`), so a message counts only for the
 //! worker that sent it (a worker's own children, or anything else that reaches the socket,
 //! are not believed).
@@ -17,12 +17,11 @@ use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg, setsockopt, socko
 /// The largest message read; longer ones are cut (systemd reads up to 4 KiB too).
 const MAX_MESSAGE: usize = 4096;
 
-/// The socket and its directory (removed when this is dropped).
+/// The socket.
 #[derive(Debug)]
 pub struct NotifySocket {
     socket: UnixDatagram,
     path: PathBuf,
-    _dir: tempfile::TempDir,
 }
 
 /// One message: its sender and its `KEY=VALUE` lines.
@@ -35,12 +34,9 @@ pub struct Message {
 }
 
 impl NotifySocket {
-    /// Makes the directory and binds the socket in it.
-    pub fn bind() -> std::io::Result<NotifySocket> {
-        let dir = tempfile::Builder::new()
-            .prefix("greenhub-serve-")
-            .tempdir()?;
-        let path = dir.path().join("notify");
+    /// Binds `dir/notify`; `dir` is the master's private directory.
+    pub fn bind(dir: &std::path::Path) -> std::io::Result<NotifySocket> {
+        let path = dir.join("notify");
         if path.as_os_str().len() >= 108 {
             return Err(std::io::Error::other(format!(
                 "{} is too long for a Unix socket (set TMPDIR to a shorter directory)",
@@ -50,11 +46,7 @@ impl NotifySocket {
         let socket = UnixDatagram::bind(&path)?;
         socket.set_nonblocking(true)?;
         setsockopt(&socket.as_fd(), sockopt::PassCred, &true).map_err(std::io::Error::from)?;
-        Ok(NotifySocket {
-            socket,
-            path,
-            _dir: dir,
-        })
+        Ok(NotifySocket { socket, path })
     }
 
     /// What `NOTIFY_SOCKET` says.
@@ -109,5 +101,30 @@ impl NotifySocket {
                 fields,
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_carry_the_senders_pid_and_junk_is_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let n = NotifySocket::bind(dir.path()).unwrap();
+        assert!(n.receive().is_none(), "nothing waiting");
+        let tx = UnixDatagram::unbound().unwrap();
+        tx.send_to(&[0xff, 0xfe, b'\n'], n.path()).unwrap();
+        tx.send_to(b"READY=1\nSTATUS=a=b\nno equals sign", n.path())
+            .unwrap();
+        let m = n.receive().expect("the text message");
+        assert_eq!(m.pid, std::process::id());
+        assert_eq!(m.fields["READY"], "1");
+        assert_eq!(m.fields["STATUS"], "a=b");
+        assert_eq!(m.fields.len(), 2);
+        assert!(n.receive().is_none());
+        // An oversized datagram is cut, not a crash.
+        tx.send_to(&vec![b'A'; 60_000], n.path()).unwrap();
+        assert!(n.receive().is_some_and(|m| m.fields.is_empty()));
     }
 }

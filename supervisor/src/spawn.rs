@@ -61,6 +61,32 @@ impl Program {
         })
     }
 
+    /// The master's own binary, as it was started (its path now, so that a binary replaced
+    /// on disk is the one an upgrade runs), with its arguments.
+    pub fn this_master() -> Result<Program, SpawnError> {
+        let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+        let first = args.first().cloned().unwrap_or_default();
+        let shown = first.to_string_lossy().into_owned();
+        let path = if first.as_bytes().contains(&b'/') {
+            std::env::current_dir()
+                .map(|d| d.join(&first))
+                .map_err(SpawnError::System)?
+        } else {
+            find(&shown).ok_or_else(|| SpawnError::Exec {
+                program: shown.clone(),
+                source: io::Error::new(io::ErrorKind::NotFound, "not found in PATH"),
+            })?
+        };
+        Ok(Program {
+            path: cstring(path.as_os_str().as_bytes())?,
+            argv: args
+                .iter()
+                .map(|a| cstring(a.as_bytes()))
+                .collect::<Result<Vec<_>, _>>()?,
+            shown,
+        })
+    }
+
     /// What the program is called in messages.
     pub fn shown(&self) -> &str {
         &self.shown
@@ -92,7 +118,8 @@ fn find(program: &str) -> Option<PathBuf> {
 }
 
 /// Starts `program` with the master's environment minus what the master itself was given
-/// by its own supervisor (`LISTEN_*`, `NOTIFY_SOCKET`, `WATCHDOG_*`), plus `env`, with
+/// by its own supervisor (`LISTEN_*`, `NOTIFY_SOCKET`, `WATCHDOG_*`, `GREENHUB_SERVE_*`),
+/// plus `env`, with
 /// `sockets` at descriptors 3, 4, ... (`LISTEN_FDS`, `LISTEN_FDNAMES`, `LISTEN_PID`).
 /// `orphan_signal`: the signal the worker gets if the master dies (`None` for a process
 /// that outlives it, as a new master does). Returns once the program runs: an exec that
@@ -121,7 +148,10 @@ pub(crate) fn spawn(
 
     let skip = |k: &OsStr| {
         let k = k.as_bytes();
-        k.starts_with(b"LISTEN_") || k == b"NOTIFY_SOCKET" || k.starts_with(b"WATCHDOG_")
+        k.starts_with(b"LISTEN_")
+            || k == b"NOTIFY_SOCKET"
+            || k.starts_with(b"WATCHDOG_")
+            || k.starts_with(b"GREENHUB_SERVE_")
     };
     let mut vars: Vec<CString> = Vec::new();
     for (k, v) in std::env::vars_os() {

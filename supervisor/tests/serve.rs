@@ -366,6 +366,83 @@ fn twenty_reloads_under_load_lose_no_request_and_keep_capacity() {
     );
 }
 
+/// Whether process `pid` is gone (or a zombie nobody has reaped yet).
+fn gone(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
+    }
+}
+
+#[test]
+fn an_upgrade_of_the_master_hands_the_sockets_over_and_loses_no_request() {
+    let mut serve = Serve::start(2, &[], &[]);
+    let old = serve.child.id();
+    let load = Load::start(serve.addr, 8);
+    load.await_more(200);
+    serve.signal(libc::SIGUSR2);
+    serve.await_log(1, "took the sockets over");
+    // The old master drains its workers and exits by itself.
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(s) = serve.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "the old master stays"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(status.success(), "{status}");
+    let new: u32 = std::fs::read_to_string(serve.dir.path().join("pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_ne!(new, old);
+    load.await_more(200);
+    // A second upgrade, from the new master, works the same way.
+    // SAFETY: signals the master this test's master started.
+    unsafe { libc::kill(new as i32, libc::SIGUSR2) };
+    serve.await_log(2, "took the sockets over");
+    let t0 = Instant::now();
+    while !gone(new) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "the second master stays"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    load.await_more(200);
+    let failures = load.finish();
+    let newest: u32 = std::fs::read_to_string(serve.dir.path().join("pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // SAFETY: stops the master the upgrades started.
+    unsafe { libc::kill(newest as i32, libc::SIGTERM) };
+    let t0 = Instant::now();
+    while !gone(newest) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "the last master stays"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(failures.is_empty(), "failed requests: {failures:?}");
+    assert_eq!(
+        serve.count("ended after its drain"),
+        6,
+        "{}",
+        serve.lines().join("\n")
+    );
+}
+
 #[test]
 fn a_reload_whose_new_worker_fails_keeps_the_old_workers() {
     let serve = Serve::start(2, &[], &[]);
