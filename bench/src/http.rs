@@ -277,12 +277,12 @@ else:
     wsgi.server(sock, app, log=open(os.devnull, "w"), log_output=False, max_size=10000)
 "#;
 
-/// A venv with gevent and eventlet under `target/`, made once; `None` (and why) if pip fails.
-fn venv(root: &Path) -> Result<PathBuf, String> {
+/// A venv with gevent, eventlet and gunicorn under `target/`, made once; `None` (and why) if pip fails.
+pub(crate) fn venv(root: &Path) -> Result<PathBuf, String> {
     let dir = root.join("target/bench-venv");
     let python = dir.join("bin/python");
     let ready = Command::new(&python)
-        .args(["-c", "import gevent, eventlet"])
+        .args(["-c", "import gevent, eventlet, gunicorn.workers.ggevent"])
         .output()
         .is_ok_and(|o| o.status.success());
     if ready {
@@ -297,11 +297,18 @@ fn venv(root: &Path) -> Result<PathBuf, String> {
         return Err("python3 -m venv failed".into());
     }
     let pip = Command::new(dir.join("bin/pip"))
-        .args(["install", "-q", "gevent", "eventlet"])
+        .args([
+            "install",
+            "-q",
+            "gevent",
+            "eventlet",
+            "gunicorn",
+            "packaging",
+        ])
         .status()
         .map_err(|e| format!("pip: {e}"))?;
     if !pip.success() {
-        return Err("pip install gevent eventlet failed".into());
+        return Err("pip install gevent eventlet gunicorn packaging failed".into());
     }
     Ok(python)
 }
@@ -360,7 +367,7 @@ fn start(server: &str, python: Option<&Path>, app: &Path) -> Result<Running, Str
 }
 
 /// Asks `path` once by hand and checks the answer's status and body.
-fn check_answer(server: &str, addr: SocketAddr, path: &str) -> Result<(), String> {
+pub(crate) fn check_answer(server: &str, addr: SocketAddr, path: &str) -> Result<(), String> {
     let mut s = std::net::TcpStream::connect(addr).map_err(|e| e.to_string())?;
     s.set_read_timeout(Some(Duration::from_secs(10))).ok();
     write!(
@@ -398,7 +405,7 @@ fn cpu_us(pid: u32) -> f64 {
     ticks / hz * 1e6
 }
 
-fn duration_us(s: &str) -> Option<f64> {
+pub(crate) fn duration_us(s: &str) -> Option<f64> {
     let s = s.trim();
     let (num, mult) = if let Some(v) = s.strip_suffix("us") {
         (v, 1.0)
@@ -537,7 +544,7 @@ pub fn run(root: &Path, rounds: usize, secs: u64) -> Result<Report, String> {
     })
 }
 
-fn median_of(v: impl Iterator<Item = f64>) -> f64 {
+pub(crate) fn median_of(v: impl Iterator<Item = f64>) -> f64 {
     let v: Vec<f64> = v.filter(|x| x.is_finite()).collect();
     if v.is_empty() {
         return f64::NAN;

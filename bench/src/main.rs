@@ -12,6 +12,7 @@ mod echo;
 mod http;
 mod idle;
 mod inspect;
+mod reload;
 mod runtimes;
 
 use std::collections::BTreeMap;
@@ -389,12 +390,17 @@ struct Report {
     /// The HTTP servers under wrk (`http.rs`), if that suite ran.
     #[serde(skip_serializing_if = "Option::is_none")]
     http: Option<http::Report>,
+    /// Reloads under load (`reload.rs`), if that suite ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reload: Option<reload::Report>,
 }
 
 fn child(args: &[String]) {
     match args {
         [s] if s == "idle_server" => idle::server(),
         [s, kind] if s == "http_server" => http::server(kind),
+        [s, port] if s == "serve_master" => reload::master(port),
+        [s] if s == "reload_worker" => reload::worker(),
         [s, addr, n] if s == "idle_clients" => idle::clients(addr, n.parse().expect("n")),
         [s, n] if s == "watched_target" => inspect::watched_target(n.parse().expect("n")),
         _ => {}
@@ -632,6 +638,9 @@ fn markdown(report: &Report) -> String {
     if let Some(h) = &report.http {
         md.push_str(&http::markdown(h));
     }
+    if let Some(r) = &report.reload {
+        md.push_str(&reload::markdown(r));
+    }
     md
 }
 
@@ -701,7 +710,7 @@ fn main() {
             "-h" | "--help" => {
                 println!(
                     "usage: greenhub-bench [--quick | --rounds N] [--suite ID] [--no-write]\n\
-                     suites: {}, idle_connections, http",
+                     suites: {}, idle_connections, http, reload",
                     SUITES.iter().map(|s| s.id).collect::<Vec<_>>().join(", ")
                 );
                 return;
@@ -731,7 +740,12 @@ fn main() {
             fits
         })
         .collect();
-    if suites.is_empty() && !matches!(only.as_deref(), Some("idle_connections" | "http")) {
+    if suites.is_empty()
+        && !matches!(
+            only.as_deref(),
+            Some("idle_connections" | "http" | "reload")
+        )
+    {
         eprintln!("no suite named {only:?}");
         std::process::exit(2);
     }
@@ -812,12 +826,24 @@ fn main() {
     } else {
         None
     };
+    let reload_report = if only.as_deref().is_none_or(|o| o == "reload") {
+        match reload::run(&root, rounds.min(3), 12) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                eprintln!("reload: {e}");
+                std::process::exit(1);
+            }
+        }
+    } else {
+        None
+    };
     let report = Report {
         date: command_output("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
         machine: machine(),
         rounds,
         suites: results,
         http: http_report,
+        reload: reload_report,
     };
     let md = markdown(&report);
     println!("{md}");

@@ -44,6 +44,71 @@ enum Command {
     },
 }
 
+/// `inspector list`: one row per process; a `greenhub-serve` master's workers under it, a
+/// worker's place beside its name.
+fn listing(found: &[greenhub_inspector::Listed]) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:>8}  {:<16} {:>9}  {:>10}  ROLE",
+        "PID", "NAME", "THREADS", "UPTIME"
+    );
+    for p in found {
+        let s = match &p.summary {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = writeln!(out, "{:>8}  ({e})", p.pid);
+                continue;
+            }
+        };
+        let role = match (&s.workers, &s.supervised) {
+            (Some(w), _) => format!("master of {} workers", w.len()),
+            (None, Some(sv)) => format!(
+                "worker {} (generation {}) of master {}",
+                sv.worker, sv.generation, sv.master
+            ),
+            (None, None) => String::new(),
+        };
+        let _ = writeln!(
+            out,
+            "{:>8}  {:<16} {:>9}  {:>10}  {}",
+            p.pid,
+            greenhub_snapshot::escape_controls(&s.process),
+            if s.workers.is_some() {
+                "-".to_string()
+            } else {
+                s.threads.to_string()
+            },
+            format_us(s.uptime_us),
+            role
+        );
+        for w in s.workers.iter().flatten() {
+            let _ = writeln!(
+                out,
+                "{:>8}  ├ worker {} generation {}: {}, up {}, {} requests, {} MiB{}{}",
+                w.pid,
+                w.id,
+                w.generation,
+                greenhub_snapshot::escape_controls(&w.state),
+                format_us(w.age_us),
+                w.requests,
+                w.rss_bytes >> 20,
+                if w.blocked_ms > 0 {
+                    format!(", a worker thread held {} ms", w.blocked_ms)
+                } else {
+                    String::new()
+                },
+                w.retiring
+                    .as_deref()
+                    .map(|r| format!(", retiring: {}", greenhub_snapshot::escape_controls(r)))
+                    .unwrap_or_default()
+            );
+        }
+    }
+    out
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli.command) {
@@ -65,22 +130,7 @@ fn run(command: Command) -> Result<(), String> {
                     greenhub_snapshot::attach::directory().display()
                 )
             })?;
-            println!(
-                "{:>8}  {:<16} {:>9}  {:>10}",
-                "PID", "NAME", "THREADS", "UPTIME"
-            );
-            for p in found {
-                match p.summary {
-                    Ok(s) => println!(
-                        "{:>8}  {:<16} {:>9}  {:>10}",
-                        p.pid,
-                        greenhub_snapshot::escape_controls(&s.process),
-                        s.threads,
-                        format_us(s.uptime_us)
-                    ),
-                    Err(e) => println!("{:>8}  ({e})", p.pid),
-                }
-            }
+            print!("{}", listing(&found));
             Ok(())
         }
         Command::Dump { pid } => {

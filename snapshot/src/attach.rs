@@ -7,7 +7,7 @@
 //! | request | answer |
 //! |---|---|
 //! | [`REQUEST_SNAPSHOT`] | the [`Snapshot`](crate::Snapshot) |
-//! | [`REQUEST_SUMMARY`] | [`Summary`]: pid, process name, live green threads, uptime |
+//! | [`REQUEST_SUMMARY`] | [`Summary`]: pid, process name, live green threads, uptime; for a worker of `greenhub-serve` its place ([`Supervised`]); for a master, its workers ([`WorkerInfo`]) |
 //!
 //! Anything else gets `{"error": "..."}` and the connection stays usable; a request longer
 //! than [`MAX_REQUEST`] bytes gets an error and the connection is closed. At most
@@ -45,6 +45,86 @@ pub struct Summary {
     pub threads: u64,
     /// Time since the runtime started.
     pub uptime_us: u64,
+    /// For a worker of `greenhub-serve`: which.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub supervised: Option<Supervised>,
+    /// For a `greenhub-serve` master (which runs no green threads): its workers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workers: Option<Vec<WorkerInfo>>,
+}
+
+/// A worker's place under its `greenhub-serve` master (from `GREENHUB_SERVE_WORKER` and
+/// `GREENHUB_SERVE_GENERATION`, which the master sets).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Supervised {
+    /// The master's pid.
+    pub master: u32,
+    /// The worker's number, counted by the master from 1.
+    pub worker: u64,
+    /// The reload generation it was started in.
+    pub generation: u32,
+}
+
+impl Supervised {
+    /// This process's place, if a master started it.
+    pub fn from_env() -> Option<Supervised> {
+        let var = |name| std::env::var(name).ok()?.trim().parse().ok();
+        Some(Supervised {
+            // SAFETY: getppid has no failure mode.
+            master: unsafe { libc::getppid() } as u32,
+            worker: var("GREENHUB_SERVE_WORKER")?,
+            generation: var("GREENHUB_SERVE_GENERATION")? as u32,
+        })
+    }
+}
+
+/// A worker as its master sees it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WorkerInfo {
+    /// The worker's number, counted by the master from 1.
+    pub id: u64,
+    /// Its pid.
+    pub pid: u32,
+    /// The reload generation it was started in.
+    pub generation: u32,
+    /// `starting`, `ready`, `draining` or `killed`.
+    pub state: String,
+    /// Time since it started.
+    pub age_us: u64,
+    /// Requests it has served, from its last heartbeat.
+    pub requests: u64,
+    /// Its resident memory, in bytes.
+    pub rss_bytes: u64,
+    /// How long its longest ongoing blocked-worker report has lasted, in milliseconds.
+    pub blocked_ms: u64,
+    /// Why it is to be replaced, if it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retiring: Option<String>,
+}
+
+/// Creates `dir` private to this user, or checks that it is: a real directory, owned by the
+/// effective user, with no access for group or others. A directory someone else controls
+/// could let them answer in a process's place, so it is refused, not repaired.
+pub fn private_directory(dir: &std::path::Path) -> io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
+        _ => {}
+    }
+    let meta = std::fs::symlink_metadata(dir)?;
+    // SAFETY: geteuid has no failure mode.
+    let uid = unsafe { libc::geteuid() };
+    if !meta.is_dir() || meta.uid() != uid || meta.mode() & 0o077 != 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "{} must be a directory owned by uid {uid} with mode 0700 (set \
+                 GREENHUB_ATTACH_DIR to another)",
+                dir.display()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// The directory of this user's attach sockets: `GREENHUB_ATTACH_DIR` if set, else

@@ -40,6 +40,7 @@ pub mod master;
 mod notify;
 mod signals;
 pub mod spawn;
+mod status;
 mod upgrade;
 
 pub use config::{Config, ConfigError, FileConfig};

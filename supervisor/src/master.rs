@@ -20,12 +20,13 @@
 //!   drains only once the new one's workers are all ready.
 //!
 //! It uses `config.rs`, `listen.rs`, `notify.rs`, `signals.rs`, `spawn.rs`, `dump.rs`,
-//! `upgrade.rs`.
+//! `upgrade.rs`, `status.rs`.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::os::fd::BorrowedFd;
 use std::time::{Duration, Instant};
 
+use greenhub_snapshot::attach::WorkerInfo;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
@@ -37,6 +38,7 @@ use crate::listen::{self, Listener};
 use crate::notify::{Message, NotifySocket};
 use crate::signals::Signals;
 use crate::spawn::{self, Program, SpawnError};
+use crate::status::{Published, Status};
 use crate::upgrade::{self, Control, UpgradeError};
 
 /// The first pause before restarting a crashed worker.
@@ -171,6 +173,8 @@ pub struct Master {
     control: Control,
     _dir: tempfile::TempDir,
     upgrade: Option<Upgrade>,
+    /// The attach socket, if it could be made.
+    status: Option<Status>,
     /// The old master's control connection, while this master takes over from it.
     takeover: Option<(std::os::unix::net::UnixStream, String)>,
     signals: Signals,
@@ -232,6 +236,11 @@ impl Master {
             control,
             _dir: dir,
             upgrade: None,
+            status: Status::start()
+                .inspect_err(|e| {
+                    log::warn!("no attach socket, `inspector list` will not show this master: {e}")
+                })
+                .ok(),
             takeover,
             signals,
             workers: BTreeMap::new(),
@@ -277,6 +286,7 @@ impl Master {
             }
             self.check(now);
             self.follow_upgrade(now);
+            self.publish(now);
             match self.stop {
                 Some(_) if self.workers.is_empty() => break,
                 Some(_) => {}
@@ -290,6 +300,33 @@ impl Master {
             let _ = std::fs::remove_file(path);
         }
         log::info!("greenhub-serve {}: stopped", std::process::id());
+    }
+
+    /// What inspectors see.
+    fn publish(&self, now: Instant) {
+        let Some(status) = &self.status else { return };
+        let workers = self
+            .workers
+            .values()
+            .map(|w| WorkerInfo {
+                id: w.id,
+                pid: w.pid,
+                generation: w.generation,
+                state: match w.state {
+                    State::Starting => "starting",
+                    State::Ready => "ready",
+                    State::Draining { .. } => "draining",
+                    State::Killed(_) => "killed",
+                }
+                .to_string(),
+                age_us: now.duration_since(w.started).as_micros() as u64,
+                requests: w.requests,
+                rss_bytes: w.rss,
+                blocked_ms: w.blocked_ms,
+                retiring: w.retire.as_ref().map(|r| r.to_string()),
+            })
+            .collect();
+        status.publish(Published { workers });
     }
 
     /// Sleeps until a signal, a message, or the next tick.

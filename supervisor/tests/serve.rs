@@ -496,18 +496,10 @@ fn a_killed_worker_is_replaced_and_the_others_serve_on() {
 
 #[test]
 fn workers_are_recycled_by_requests_age_and_memory() {
+    // Requests.
     let serve = Serve::start(
         1,
-        &[
-            "--max-requests",
-            "300",
-            "--max-requests-jitter",
-            "50",
-            "--max-memory",
-            "150MiB",
-            "--memory-grace",
-            "300ms",
-        ],
+        &["--max-requests", "300", "--max-requests-jitter", "50"],
         &[],
     );
     let load = Load::start(serve.addr, 2);
@@ -516,22 +508,31 @@ fn workers_are_recycled_by_requests_age_and_memory() {
     serve.await_log(1, "ended after its drain");
     let failures = load.finish();
     assert!(failures.is_empty(), "failed requests: {failures:?}");
+    let lines = serve.stop();
+    assert_capacity_kept(&lines, 1);
+
     // Memory: a worker that keeps 8 MiB per request.
-    let drained = serve.count("ended after its drain");
+    let serve = Serve::start(
+        1,
+        &["--max-memory", "150MiB", "--memory-grace", "300ms"],
+        &[],
+    );
     let mut c = connect(serve.addr).unwrap();
     let leaker = get(&mut c, "/").unwrap().0;
     for _ in 0..24 {
-        match get(&mut c, "/leak") {
-            Ok((pid, false)) => assert_eq!(pid, leaker),
-            _ => break,
-        }
+        let (pid, _) = get(&mut c, "/leak").unwrap();
+        assert_eq!(pid, leaker);
     }
     serve.await_log(1, "will be recycled: resident memory");
-    serve.await_log(drained + 1, "ended after its drain");
+    serve.await_log(1, "ended after its drain");
+    drop(c);
+    let mut c = connect(serve.addr).unwrap();
+    assert_ne!(get(&mut c, "/").unwrap().0, leaker);
     drop(c);
     let lines = serve.stop();
     assert_capacity_kept(&lines, 1);
 
+    // Age.
     let serve = Serve::start(2, &["--max-age", "1s", "--max-age-jitter", "500ms"], &[]);
     let load = Load::start(serve.addr, 2);
     serve.await_log(2, "will be recycled: reached its age limit");
@@ -650,6 +651,63 @@ fn a_graceful_stop_answers_the_requests_in_flight() {
             .filter(|l| l.contains("ended after its drain"))
             .count(),
         2
+    );
+}
+
+/// Asks the attach socket of `pid` one request.
+fn ask(pid: u32, request: &str) -> String {
+    let path = greenhub_snapshot::attach::socket_path(pid);
+    let s = std::os::unix::net::UnixStream::connect(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    (&s).write_all(format!("{request}\n").as_bytes()).unwrap();
+    let mut line = String::new();
+    BufReader::new(&s).read_line(&mut line).unwrap();
+    line
+}
+
+#[test]
+fn inspectors_see_the_master_its_workers_and_their_generations() {
+    let serve = Serve::start(2, &[], &[]);
+    serve.signal(libc::SIGHUP);
+    serve.await_log(1, "reload to generation 2 done");
+    let master = serve.child.id();
+    // The master publishes each tick: wait until it shows the new generation only.
+    let t0 = Instant::now();
+    let summary = loop {
+        let s: greenhub_snapshot::attach::Summary =
+            serde_json::from_str(&ask(master, "summary")).unwrap();
+        let workers = s.workers.clone().expect("a master lists its workers");
+        if workers.len() == 2
+            && workers
+                .iter()
+                .all(|w| w.generation == 2 && w.state == "ready")
+        {
+            break s;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(60), "{workers:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(summary.process, "greenhub-serve");
+    assert_eq!(summary.pid, master);
+    for w in summary.workers.unwrap() {
+        let ws: greenhub_snapshot::attach::Summary =
+            serde_json::from_str(&ask(w.pid, "summary")).unwrap();
+        let place = ws.supervised.expect("a worker knows its place");
+        assert_eq!(
+            (place.master, place.worker, place.generation),
+            (master, w.id, 2)
+        );
+        assert!(ws.threads > 0);
+    }
+    // A snapshot of the master is refused with the way to a worker's.
+    assert!(ask(master, "snapshot").contains("runs no green threads"));
+    assert!(ask(master, "nonsense\x1b").contains("unknown request"));
+    let lines = serve.stop();
+    assert!(
+        !greenhub_snapshot::attach::socket_path(master).exists(),
+        "{}",
+        lines.join("\n")
     );
 }
 

@@ -8,6 +8,11 @@
 //! elsewhere, `-- --duration 10` stops after ten seconds, `-- --check` asks every endpoint
 //! once, checks the answers and stops. Ctrl-C or SIGTERM stops it gracefully: requests in
 //! flight finish, idle connections close.
+//!
+//! It is also a worker for `greenhub-serve`, which hands it its socket and reloads it
+//! without dropping a request: `cargo build --release --bin web --bin greenhub-serve`, then
+//! `target/release/greenhub-serve --workers 2 --listen 127.0.0.1:8080 -- target/release/web`
+//! and `kill -HUP <master pid>`.
 
 use std::time::Duration;
 
@@ -91,17 +96,29 @@ fn main() {
     // A handler's stack: JSON, the database pool and a WebSocket fit in 256 KiB even in a
     // debug build (greenhub's default of 64 KiB is for small green threads); only the pages
     // a connection touches cost memory.
-    let server = match greenhub_http::Builder::new()
-        .name("web")
-        .stack_size(256 * 1024)
-        .bind(args.addr.clone(), web::handler(db))
-    {
-        Ok(s) => s,
+    // The socket greenhub-serve (or systemd) handed over, else our own.
+    let listener = match greenhub::net::listen_or_inherit(args.addr.clone()) {
+        Ok(l) => l,
         Err(e) => {
-            eprintln!("error: cannot listen on {}: {e}", args.addr);
+            eprintln!("error: {e}");
             std::process::exit(1);
         }
     };
+    let server = match greenhub_http::Builder::new()
+        .name("web")
+        .stack_size(256 * 1024)
+        .serve(listener, web::handler(db))
+    {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: cannot serve: {e}");
+            std::process::exit(1);
+        }
+    };
+    // The database is open and the server accepts: a supervisor may drain an old worker now.
+    if let Err(e) = greenhub::notify::ready() {
+        eprintln!("warning: {e}");
+    }
     let base = format!("http://{}", server.local_addr());
     println!(
         "web service on {base} (pid {}), database: {which}",
@@ -130,7 +147,13 @@ fn main() {
             println!("stopping on {}", greenhub::signal::name(signal));
         }
     }
-    let stopped = server.stop(Duration::from_secs(10));
+    let _ = greenhub::notify::stopping();
+    // Under greenhub-serve, its stop timeout; alone, ten seconds.
+    let grace = std::env::var("GREENHUB_SERVE_STOP_TIMEOUT_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map_or(Duration::from_secs(10), Duration::from_millis);
+    let stopped = server.stop(grace);
     println!(
         "stopped: {} connections finished, {} cut at the deadline",
         stopped.finished, stopped.killed

@@ -4,6 +4,7 @@
 //! a terminal, which is how they are tested (ratatui's test backend).
 
 mod app;
+mod master;
 mod view;
 
 use std::sync::mpsc;
@@ -12,16 +13,93 @@ use std::time::{Duration, Instant};
 use ratatui::crossterm::event::{self, Event, KeyCode, KeyEventKind, KeyModifiers};
 
 pub use app::{App, Column, Key, PoolTotals, ThreadRow, View};
+pub use master::{Action, MasterView, render_master, render_master_text};
 pub use view::{render, render_text};
 
 use greenhub_snapshot::Snapshot;
+use greenhub_snapshot::attach::Summary;
 
 use crate::{Client, InspectError};
 
 /// Runs the TUI on the terminal until the user quits. The process may end meanwhile: the last
 /// snapshot stays on screen with the error above it, and the view reconnects if it comes back.
+/// A `greenhub-serve` master shows its workers, any of which can be attached to from there.
 pub fn run(pid: u32) -> Result<(), String> {
-    let client = Client::connect(pid).map_err(|e| e.to_string())?;
+    let mut client = Client::connect(pid).map_err(|e| e.to_string())?;
+    if let Ok(summary) = client.summary()
+        && summary.workers.is_some()
+    {
+        return run_master(pid, client, summary);
+    }
+    run_process(pid, client)
+}
+
+/// The master's view: its workers, refreshed each second; Enter runs the process view of
+/// the selected worker and comes back when it quits.
+fn run_master(pid: u32, mut client: Client, first: Summary) -> Result<(), String> {
+    let mut view = MasterView::new(pid);
+    view.update(first);
+    let mut terminal = ratatui::try_init().map_err(|e| format!("cannot use the terminal: {e}"))?;
+    let mut next = Instant::now() + Duration::from_secs(1);
+    let result = loop {
+        if Instant::now() >= next {
+            next = Instant::now() + Duration::from_secs(1);
+            match client.summary() {
+                Ok(s) => view.update(s),
+                Err(e) => {
+                    view.error = Some(if exited(pid) {
+                        format!("master {pid} exited (q quits)")
+                    } else {
+                        e.to_string()
+                    });
+                    if let Ok(c) = Client::connect(pid) {
+                        client = c;
+                    }
+                }
+            }
+        }
+        if let Err(e) = terminal.draw(|f| render_master(f, &view)) {
+            break Err(format!("cannot draw: {e}"));
+        }
+        let wait = next
+            .saturating_duration_since(Instant::now())
+            .min(Duration::from_millis(250));
+        let key = match event::poll(wait) {
+            Ok(true) => match event::read() {
+                Ok(Event::Key(k)) if k.kind != KeyEventKind::Release => {
+                    if k.modifiers.contains(KeyModifiers::CONTROL) && k.code == KeyCode::Char('c') {
+                        break Ok(());
+                    }
+                    map(k.code)
+                }
+                Ok(_) => None,
+                Err(e) => break Err(format!("cannot read the terminal: {e}")),
+            },
+            Ok(false) => None,
+            Err(e) => break Err(format!("cannot read the terminal: {e}")),
+        };
+        match key.map(|k| view.key(k)) {
+            Some(Action::Quit) => break Ok(()),
+            Some(Action::Attach(worker)) => {
+                ratatui::restore();
+                let attached = Client::connect(worker)
+                    .map_err(|e| e.to_string())
+                    .and_then(|c| run_process(worker, c));
+                terminal =
+                    ratatui::try_init().map_err(|e| format!("cannot use the terminal: {e}"))?;
+                if let Err(e) = attached {
+                    view.error = Some(format!("worker {worker}: {e}"));
+                }
+            }
+            _ => {}
+        }
+    };
+    ratatui::restore();
+    result
+}
+
+/// The process view: its green threads, objects and workers.
+fn run_process(pid: u32, client: Client) -> Result<(), String> {
     let fetcher = Fetcher::start(pid, client);
     let mut app = App::new(pid);
     let mut terminal = ratatui::try_init().map_err(|e| format!("cannot use the terminal: {e}"))?;

@@ -28,17 +28,17 @@
 //! `GREENHUB_ATTACH_DIR` puts the sockets in another private directory.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use greenhub_snapshot::SCHEMA_VERSION;
 use greenhub_snapshot::attach::{
-    MAX_CLIENTS, MAX_REQUEST, REQUEST_SNAPSHOT, REQUEST_SUMMARY, Summary, directory, peer_uid,
-    socket_path,
+    MAX_CLIENTS, MAX_REQUEST, REQUEST_SNAPSHOT, REQUEST_SUMMARY, Summary, Supervised, directory,
+    peer_uid, socket_path,
 };
 
 use crate::core::registry::registry;
@@ -65,7 +65,7 @@ pub(crate) fn start() {
 
 fn try_start() -> io::Result<()> {
     let dir = directory();
-    private_directory(&dir)?;
+    greenhub_snapshot::attach::private_directory(&dir)?;
     let path = socket_path(std::process::id());
     // A socket of this pid can only be left by a process that has ended.
     match std::fs::remove_file(&path) {
@@ -87,30 +87,6 @@ extern "C" fn remove_socket() {
     if let Some(path) = PATH.get() {
         let _ = std::fs::remove_file(path);
     }
-}
-
-/// Creates `dir` private to this user, or checks that it is: a real directory, owned by the
-/// effective user, with no access for group or others. A directory someone else controls
-/// could let them answer in our place, so it is refused, not repaired.
-fn private_directory(dir: &Path) -> io::Result<()> {
-    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
-        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
-        _ => {}
-    }
-    let meta = std::fs::symlink_metadata(dir)?;
-    // SAFETY: geteuid has no failure mode.
-    let uid = unsafe { libc::geteuid() };
-    if !meta.is_dir() || meta.uid() != uid || meta.mode() & 0o077 != 0 {
-        return Err(io::Error::new(
-            io::ErrorKind::PermissionDenied,
-            format!(
-                "{} must be a directory owned by uid {uid} with mode 0700 (set \
-                 GREENHUB_ATTACH_DIR to another)",
-                dir.display()
-            ),
-        ));
-    }
-    Ok(())
 }
 
 /// A served inspector: its connection (to close it) and when it last asked something.
@@ -243,6 +219,9 @@ fn client(conn: UnixStream, last_ms: &AtomicU64) -> io::Result<()> {
     }
 }
 
+/// This process's place under a `greenhub-serve` master, read once.
+static SUPERVISED: std::sync::OnceLock<Option<Supervised>> = std::sync::OnceLock::new();
+
 fn summary() -> Summary {
     Summary {
         schema_version: SCHEMA_VERSION,
@@ -250,6 +229,8 @@ fn summary() -> Summary {
         process: process_name(),
         threads: registry().live_count() as u64,
         uptime_us: clock::uptime().as_micros() as u64,
+        supervised: SUPERVISED.get_or_init(Supervised::from_env).clone(),
+        workers: None,
     }
 }
 
