@@ -7,7 +7,7 @@
 //! | request | answer |
 //! |---|---|
 //! | [`REQUEST_SNAPSHOT`] | the [`Snapshot`](crate::Snapshot) |
-//! | [`REQUEST_SUMMARY`] | [`Summary`]: pid, process name, live green threads, uptime; for a worker of `greenhub-serve` its place ([`Supervised`]); for a master, its workers ([`WorkerInfo`]) |
+//! | [`REQUEST_SUMMARY`] | [`Summary`]: pid, process name, live green threads, uptime; for a worker of `greenhub-serve` its place ([`Supervised`]); for a master, its workers ([`WorkerProcess`]) |
 //!
 //! Anything else gets `{"error": "..."}` and the connection stays usable; a request longer
 //! than [`MAX_REQUEST`] bytes gets an error and the connection is closed. At most
@@ -50,7 +50,7 @@ pub struct Summary {
     pub supervised: Option<Supervised>,
     /// For a `greenhub-serve` master (which runs no green threads): its workers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub workers: Option<Vec<WorkerInfo>>,
+    pub workers: Option<Vec<WorkerProcess>>,
 }
 
 /// A worker's place under its `greenhub-serve` master (from `GREENHUB_SERVE_WORKER` and
@@ -80,7 +80,7 @@ impl Supervised {
 
 /// A worker as its master sees it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct WorkerInfo {
+pub struct WorkerProcess {
     /// The worker's number, counted by the master from 1.
     pub id: u64,
     /// Its pid.

@@ -81,6 +81,8 @@ pub struct Config {
     pub crash_window: Duration,
     /// Where the master writes its pid.
     pub pid_file: Option<PathBuf>,
+    /// Where the master serves Prometheus `/metrics` (its own and its workers').
+    pub stats: Option<std::net::SocketAddr>,
 }
 
 /// One listening socket.
@@ -145,6 +147,8 @@ pub struct FileConfig {
     pub crash_window: Option<String>,
     /// A path.
     pub pid_file: Option<PathBuf>,
+    /// `HOST:PORT` with a numeric host.
+    pub stats: Option<String>,
 }
 
 impl FileConfig {
@@ -185,7 +189,8 @@ impl FileConfig {
             restart_backoff,
             crash_loop,
             crash_window,
-            pid_file
+            pid_file,
+            stats
         )
     }
 
@@ -304,6 +309,17 @@ impl FileConfig {
             crash_loop,
             crash_window: d("crash_window", self.crash_window, Duration::from_secs(60))?,
             pid_file: self.pid_file,
+            stats: self
+                .stats
+                .map(|s| {
+                    s.parse().map_err(|_| {
+                        invalid(
+                            "stats",
+                            format!("{s:?} is not HOST:PORT with a numeric host"),
+                        )
+                    })
+                })
+                .transpose()?,
         })
     }
 }

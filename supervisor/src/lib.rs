@@ -37,6 +37,7 @@ pub mod config;
 mod dump;
 pub mod listen;
 pub mod master;
+mod metrics;
 mod notify;
 mod signals;
 pub mod spawn;

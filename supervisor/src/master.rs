@@ -20,13 +20,14 @@
 //!   drains only once the new one's workers are all ready.
 //!
 //! It uses `config.rs`, `listen.rs`, `notify.rs`, `signals.rs`, `spawn.rs`, `dump.rs`,
-//! `upgrade.rs`, `status.rs`.
+//! `upgrade.rs`, `status.rs`, `metrics.rs`.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::os::fd::BorrowedFd;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use greenhub_snapshot::attach::WorkerInfo;
+use greenhub_snapshot::attach::WorkerProcess;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
@@ -35,6 +36,7 @@ use nix::unistd::Pid;
 use crate::config::Config;
 use crate::dump;
 use crate::listen::{self, Listener};
+use crate::metrics::{self, Counters};
 use crate::notify::{Message, NotifySocket};
 use crate::signals::Signals;
 use crate::spawn::{self, Program, SpawnError};
@@ -82,6 +84,18 @@ enum Reason {
     Memory { rss: u64, limit: u64 },
     Requests(u64),
     Age(Duration),
+}
+
+impl Reason {
+    /// Its label in the metrics.
+    fn kind(&self) -> &'static str {
+        match self {
+            Reason::Reload(_) => "reload",
+            Reason::Memory { .. } => "memory",
+            Reason::Requests(_) => "requests",
+            Reason::Age(_) => "age",
+        }
+    }
 }
 
 impl std::fmt::Display for Reason {
@@ -132,6 +146,8 @@ struct Worker {
     over_memory_since: Option<Instant>,
     max_requests: Option<u64>,
     max_age: Option<Duration>,
+    /// Its stats endpoint, from its heartbeat.
+    stats: Option<std::net::SocketAddr>,
 }
 
 impl Worker {
@@ -173,8 +189,13 @@ pub struct Master {
     control: Control,
     _dir: tempfile::TempDir,
     upgrade: Option<Upgrade>,
-    /// The attach socket, if it could be made.
-    status: Option<Status>,
+    /// The attach socket, if it could be made (removed when the master ends).
+    _status: Option<Status>,
+    /// What the attach socket and the metrics endpoint read.
+    shared: Arc<Mutex<Published>>,
+    /// Where the metrics endpoint listens, if it does.
+    metrics_addr: Option<std::net::SocketAddr>,
+    counters: Counters,
     /// The old master's control connection, while this master takes over from it.
     takeover: Option<(std::os::unix::net::UnixStream, String)>,
     signals: Signals,
@@ -222,6 +243,13 @@ impl Master {
                 }
             })?;
         }
+        let shared: Arc<Mutex<Published>> = Arc::default();
+        let metrics_addr = match cfg.stats {
+            Some(addr) => {
+                Some(metrics::start(addr, shared.clone()).map_err(setup("the metrics endpoint"))?)
+            }
+            None => None,
+        };
         let now = Instant::now();
         let seed = u64::from(std::process::id())
             ^ std::time::SystemTime::now()
@@ -236,11 +264,14 @@ impl Master {
             control,
             _dir: dir,
             upgrade: None,
-            status: Status::start()
+            _status: Status::start(shared.clone())
                 .inspect_err(|e| {
                     log::warn!("no attach socket, `inspector list` will not show this master: {e}")
                 })
                 .ok(),
+            shared,
+            metrics_addr,
+            counters: Counters::default(),
             takeover,
             signals,
             workers: BTreeMap::new(),
@@ -254,6 +285,11 @@ impl Master {
             last_memory: now,
             seed: seed | 1,
         })
+    }
+
+    /// Where the metrics endpoint listens, if it does.
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics_addr
     }
 
     /// What the sockets listen on, in order.
@@ -270,6 +306,9 @@ impl Master {
             self.program.shown(),
             self.addresses().join(", ")
         );
+        if let Some(addr) = self.metrics_addr {
+            log::info!("metrics on http://{addr}/metrics");
+        }
         loop {
             self.wait();
             for sig in self.signals.take() {
@@ -304,11 +343,10 @@ impl Master {
 
     /// What inspectors see.
     fn publish(&self, now: Instant) {
-        let Some(status) = &self.status else { return };
-        let workers = self
+        let workers: Vec<WorkerProcess> = self
             .workers
             .values()
-            .map(|w| WorkerInfo {
+            .map(|w| WorkerProcess {
                 id: w.id,
                 pid: w.pid,
                 generation: w.generation,
@@ -326,7 +364,14 @@ impl Master {
                 retiring: w.retire.as_ref().map(|r| r.to_string()),
             })
             .collect();
-        status.publish(Published { workers });
+        let stats = self.workers.values().map(|w| w.stats).collect();
+        *self.shared.lock().unwrap_or_else(|e| e.into_inner()) = Published {
+            workers,
+            stats,
+            target: self.target,
+            generation: self.generation,
+            counters: self.counters.clone(),
+        };
     }
 
     /// Sleeps until a signal, a message, or the next tick.
@@ -544,6 +589,7 @@ impl Master {
         let Some(w) = self.workers.remove(&pid) else {
             return;
         };
+        self.counters.retired_requests += w.requests;
         // A replacement in flight for this worker now simply adds capacity.
         for other in self.workers.values_mut() {
             if other.replaces == Some(pid) {
@@ -572,12 +618,18 @@ impl Master {
                 true
             }
         };
+        if failed {
+            self.counters.failed += 1;
+        } else {
+            self.counters.drained += 1;
+        }
         if !failed || self.stop.is_some() {
             return;
         }
         if w.replaces.is_some()
             && let Some((generation, _)) = self.reload.take()
         {
+            self.counters.reloads_stopped += 1;
             log::error!(
                 "reload to generation {generation} stopped: its new worker failed; the workers still serving keep serving (send SIGHUP to try again)"
             );
@@ -634,6 +686,13 @@ impl Master {
         {
             w.blocked_ms = n;
         }
+        if let Some(addr) = m
+            .fields
+            .get("X_GREENHUB_STATS")
+            .and_then(|v| v.parse().ok())
+        {
+            w.stats = Some(addr);
+        }
         if m.fields.get("WATCHDOG").is_some_and(|v| v == "1") {
             w.last_beat = now;
             w.beating = true;
@@ -646,6 +705,9 @@ impl Master {
             let took = now.duration_since(w.started);
             match replaces.and_then(|old| self.workers.get(&old).map(|o| (old, o.retire.clone()))) {
                 Some((old, why)) => {
+                    if let Some(r) = &why {
+                        *self.counters.recycled.entry(r.kind()).or_default() += 1;
+                    }
                     let why = why.map_or_else(String::new, |r| format!(": {r}"));
                     log::info!(
                         "{label} ready in {} ms; draining {}{why}",
@@ -756,6 +818,7 @@ impl Master {
         }
         for (pid, why, show) in kills {
             if show {
+                self.counters.watchdog_kills += 1;
                 dump::log_run_info(pid, &why);
             }
             log::warn!("worker pid {pid}: {why}: SIGKILL");
@@ -828,6 +891,7 @@ impl Master {
                         "reload to generation {generation} done in {:.1} s",
                         now.duration_since(began).as_secs_f64()
                     );
+                    self.counters.reloads_done += 1;
                     self.reload = None;
                 }
             }
@@ -849,6 +913,10 @@ impl Master {
         ));
         if let Some(h) = self.cfg.heartbeat {
             env.push(("WATCHDOG_USEC".into(), h.as_micros().to_string()));
+        }
+        if self.metrics_addr.is_some() && !self.cfg.env.contains_key("GREENHUB_STATS_ADDR") {
+            // Each worker's own endpoint, on a loopback port its heartbeat names.
+            env.push(("GREENHUB_STATS_ADDR".into(), "127.0.0.1:0".into()));
         }
         env.push(("GREENHUB_SERVE_WORKER".into(), id.to_string()));
         env.push((
@@ -890,7 +958,9 @@ impl Master {
                     over_memory_since: None,
                     max_requests,
                     max_age,
+                    stats: None,
                 };
+                self.counters.starts += 1;
                 log::info!("{} started", w.label());
                 self.workers.insert(pid, w);
             }
@@ -899,6 +969,7 @@ impl Master {
                 if replaces.is_some()
                     && let Some((generation, _)) = self.reload.take()
                 {
+                    self.counters.reloads_stopped += 1;
                     log::error!("reload to generation {generation} stopped");
                 }
                 self.crashed(now);

@@ -9,7 +9,7 @@
 //! line of at most `MAX_REQUEST` bytes; a silent connection is closed after a while; at most
 //! `MAX_CLIENTS` are served at once, and a newcomer past that is told so.
 //!
-//! It uses nothing else of the crate.
+//! It uses `metrics.rs` (the counters it publishes).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -21,28 +21,35 @@ use std::time::{Duration, Instant};
 
 use greenhub_snapshot::SCHEMA_VERSION;
 use greenhub_snapshot::attach::{
-    self, MAX_CLIENTS, MAX_REQUEST, REQUEST_SNAPSHOT, REQUEST_SUMMARY, Summary, WorkerInfo,
+    self, MAX_CLIENTS, MAX_REQUEST, REQUEST_SNAPSHOT, REQUEST_SUMMARY, Summary, WorkerProcess,
 };
 
 /// How long a connection may stay silent.
 const IDLE: Duration = Duration::from_secs(30);
 
-/// The state an inspector sees, replaced by the master's loop.
+/// The state inspectors and scrapes see, replaced by the master's loop.
 #[derive(Clone, Default)]
 pub struct Published {
     /// The workers.
-    pub workers: Vec<WorkerInfo>,
+    pub workers: Vec<WorkerProcess>,
+    /// Each worker's stats endpoint, in the order of `workers`, once its heartbeat said it.
+    pub stats: Vec<Option<std::net::SocketAddr>>,
+    /// Workers wanted.
+    pub target: usize,
+    /// The generation new workers start in.
+    pub generation: u32,
+    /// The master's counters.
+    pub counters: crate::metrics::Counters,
 }
 
 /// The attach socket; removed when dropped.
 pub struct Status {
     path: PathBuf,
-    shared: Arc<Mutex<Published>>,
 }
 
 impl Status {
-    /// Binds the socket and starts its thread.
-    pub fn start() -> std::io::Result<Status> {
+    /// Binds the socket and starts its thread, which reads `shared`.
+    pub fn start(shared: Arc<Mutex<Published>>) -> std::io::Result<Status> {
         let dir = attach::directory();
         attach::private_directory(&dir)?;
         let path = attach::socket_path(std::process::id());
@@ -52,18 +59,12 @@ impl Status {
         }
         let listener = UnixListener::bind(&path)?;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
-        let shared: Arc<Mutex<Published>> = Arc::default();
         let state = shared.clone();
         let started = Instant::now();
         std::thread::Builder::new()
             .name("greenhub-serve-attach".into())
             .spawn(move || serve(listener, state, started))?;
-        Ok(Status { path, shared })
-    }
-
-    /// Replaces what inspectors see.
-    pub fn publish(&self, state: Published) {
-        *self.shared.lock().unwrap_or_else(|e| e.into_inner()) = state;
+        Ok(Status { path })
     }
 }
 

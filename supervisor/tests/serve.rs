@@ -711,6 +711,121 @@ fn inspectors_see_the_master_its_workers_and_their_generations() {
     );
 }
 
+/// `promtool check metrics` on an exposition: its complaints, empty when it is valid.
+fn promtool(text: &str) -> String {
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package `prometheus`) runs the exposition check");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    if out.status.success() {
+        String::new()
+    } else {
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+    }
+}
+
+fn scrape(addr: &str) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    body.to_string()
+}
+
+fn value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+}
+
+#[test]
+fn the_masters_metrics_merge_its_workers_and_survive_reloads() {
+    let serve = Serve::start(2, &["--stats", "127.0.0.1:0"], &[]);
+    let addr = serve
+        .lines()
+        .iter()
+        .find_map(|l| {
+            l.split("metrics on http://")
+                .nth(1)
+                .map(|a| a.trim_end_matches("/metrics").to_string())
+        })
+        .expect("the log says where the metrics are");
+    let load = Load::start(serve.addr, 2);
+    load.await_more(500);
+    // The workers' own series arrive once their heartbeats have named their endpoints.
+    let t0 = Instant::now();
+    let first = loop {
+        let text = scrape(&addr);
+        let merged = text.lines().filter(|l| {
+            l.starts_with("greenhub_")
+                && !l.starts_with("greenhub_serve_")
+                && l.contains("worker=\"")
+        });
+        let workers: std::collections::HashSet<&str> = merged
+            .filter_map(|l| l.split("worker=\"").nth(1)?.split('"').next())
+            .collect();
+        if workers.len() == 2 && value(&text, "greenhub_serve_requests_total") > 0.0 {
+            break text;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(60), "{text}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(promtool(&first), "", "{first}");
+    assert_eq!(
+        value(&first, "greenhub_serve_workers{state=\"ready\"}"),
+        2.0
+    );
+    let before = value(&first, "greenhub_serve_requests_total");
+    serve.signal(libc::SIGHUP);
+    serve.await_log(1, "reload to generation 2 done");
+    load.await_more(200);
+    let t0 = Instant::now();
+    let after = loop {
+        let text = scrape(&addr);
+        if value(&text, "greenhub_serve_reloads_total{outcome=\"done\"}") == 1.0
+            && value(&text, "greenhub_serve_worker_exits_total{how=\"drained\"}") == 2.0
+        {
+            break text;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(60), "{text}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(promtool(&after), "", "{after}");
+    // The requests of the workers that ended still count.
+    assert!(value(&after, "greenhub_serve_requests_total") >= before);
+    assert_eq!(
+        value(&after, "greenhub_serve_recycles_total{reason=\"reload\"}"),
+        2.0
+    );
+    assert!(after.contains("generation=\"2\""));
+    // Anything but /metrics is not found; a slow client does not hold the endpoint.
+    let silent = TcpStream::connect(&addr).unwrap();
+    let mut s = TcpStream::connect(&addr).unwrap();
+    s.write_all(b"GET /other HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    assert!(text.starts_with("HTTP/1.1 404"), "{text}");
+    drop(silent);
+    let failures = load.finish();
+    assert!(failures.is_empty(), "failed requests: {failures:?}");
+    serve.stop();
+}
+
 #[test]
 fn check_validates_and_refuses_with_reasons() {
     let serve = env!("CARGO_BIN_EXE_greenhub-serve");

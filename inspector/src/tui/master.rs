@@ -5,7 +5,7 @@
 //! [`MasterView`] holds what is shown and how keys change it; [`render_master`] draws it;
 //! both work without a terminal.
 
-use greenhub_snapshot::attach::{Summary, WorkerInfo};
+use greenhub_snapshot::attach::{Summary, WorkerProcess};
 use greenhub_snapshot::{escape_controls, format_us};
 use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout};
@@ -51,7 +51,7 @@ impl MasterView {
     }
 
     /// The workers shown, in the master's order.
-    pub fn workers(&self) -> &[WorkerInfo] {
+    pub fn workers(&self) -> &[WorkerProcess] {
         self.summary
             .as_ref()
             .and_then(|s| s.workers.as_deref())
@@ -188,8 +188,8 @@ pub fn render_master_text(view: &MasterView, width: u16, height: u16) -> String 
 mod tests {
     use super::*;
 
-    fn worker(pid: u32, generation: u32, state: &str) -> WorkerInfo {
-        WorkerInfo {
+    fn worker(pid: u32, generation: u32, state: &str) -> WorkerProcess {
+        WorkerProcess {
             id: u64::from(pid) - 100,
             pid,
             generation,
@@ -202,7 +202,7 @@ mod tests {
         }
     }
 
-    fn summary(workers: Vec<WorkerInfo>) -> Summary {
+    fn summary(workers: Vec<WorkerProcess>) -> Summary {
         Summary {
             schema_version: greenhub_snapshot::SCHEMA_VERSION,
             pid: 100,

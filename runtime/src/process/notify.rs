@@ -8,14 +8,16 @@
 //! `WATCHDOG=1` every half period. It runs on the workers like any green thread, so a
 //! process whose workers are all stuck stops beating and its supervisor sees it; with each
 //! beat go `X_GREENHUB_BLOCKED_MS` (how long the longest ongoing blocked-worker report has
-//! lasted, 0 without one) and the fields registered with [`heartbeat_field`] (greenhub-http
-//! adds `X_GREENHUB_REQUESTS`).
+//! lasted, 0 without one), `X_GREENHUB_STATS` (the stats endpoint's address, when it runs)
+//! and the fields registered with [`heartbeat_field`] (greenhub-http adds
+//! `X_GREENHUB_REQUESTS`).
 //!
 //! Without `NOTIFY_SOCKET` every call does nothing and returns `Ok(false)`: a program that
 //! notifies also runs alone. A send never blocks: a supervisor whose queue is full misses
 //! that message (the call says so) and the next beat goes again.
 //!
-//! It uses `core` (the monitor's reports, warnings) and `green` (the heartbeat's thread).
+//! It uses `core` (the monitor's reports, warnings), `observe` (the stats endpoint's address)
+//! and `green` (the heartbeat's thread).
 
 use std::io;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
@@ -205,6 +207,10 @@ fn beat() -> String {
         .max()
         .unwrap_or(0);
     let mut msg = format!("WATCHDOG=1\nX_GREENHUB_BLOCKED_MS={blocked}");
+    #[cfg(feature = "stats")]
+    if let Some(addr) = crate::observe::stats::local_addr() {
+        msg.push_str(&format!("\nX_GREENHUB_STATS={addr}"));
+    }
     for (name, value) in FIELDS.lock().iter() {
         msg.push_str(&format!("\nX_GREENHUB_{name}={}", value()));
     }

@@ -70,6 +70,9 @@ struct Args {
     /// Write the master's pid here.
     #[arg(long)]
     pid_file: Option<PathBuf>,
+    /// Serve Prometheus metrics (the master's and its workers') on HOST:PORT.
+    #[arg(long)]
+    stats: Option<String>,
     /// The worker program and its arguments.
     #[arg(last = true)]
     command: Vec<String>,
@@ -152,6 +155,7 @@ fn main() {
         crash_loop: None,
         crash_window: None,
         pid_file: args.pid_file,
+        stats: args.stats,
     };
     let cfg = match from_file.merge(flags).finish() {
         Ok(c) => c,

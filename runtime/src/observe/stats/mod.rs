@@ -26,7 +26,6 @@
 //! // curl 127.0.0.1:9100/metrics
 //! ```
 
-mod http;
 mod metrics;
 mod process;
 
@@ -44,7 +43,7 @@ use greenhub_snapshot::{
 use crate::core::report;
 use crate::observe::snapshot::{overview, snapshot};
 
-use self::http::{Answer, Limits};
+use greenhub_stats_http::{Answer, Limits};
 
 static ADDR: OnceLock<SocketAddr> = OnceLock::new();
 
@@ -71,7 +70,9 @@ pub(crate) fn start(addr: SocketAddr) {
     }
     let spawned = std::thread::Builder::new()
         .name("greenhub-stats".into())
-        .spawn(move || http::serve(listener, Limits::default(), answer, report::warn));
+        .spawn(move || {
+            greenhub_stats_http::serve(listener, Limits::default(), answer, report::warn)
+        });
     if let Err(e) = spawned {
         report::warn(&format!("greenhub: cannot start the stats thread: {e}"));
     }

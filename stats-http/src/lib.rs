@@ -1,5 +1,24 @@
-//! The endpoint's HTTP/1.1 server: one OS thread, non-blocking sockets and `poll(2)`, so that
-//! no client can hold it and no client costs a thread.
+//! A small HTTP/1.1 server for stats endpoints (`/metrics` and the like): GET and HEAD only,
+//! one OS thread, non-blocking sockets and `poll(2)`, so that no client can hold it and no
+//! client costs a thread. greenhub's stats endpoint and `greenhub-serve`'s master serve their
+//! metrics with it; it knows nothing of either.
+//!
+//! ```no_run
+//! use greenhub_stats_http::{Answer, Limits, serve};
+//!
+//! let listener = std::net::TcpListener::bind("127.0.0.1:9100").unwrap();
+//! std::thread::spawn(move || {
+//!     serve(
+//!         listener,
+//!         Limits::default(),
+//!         |target: &str| match target {
+//!             "/metrics" => Answer { status: 200, content_type: "text/plain; version=0.0.4", body: "up 1\n".into() },
+//!             _ => Answer { status: 404, content_type: "text/plain", body: "not found\n".into() },
+//!         },
+//!         |trouble: &str| eprintln!("{trouble}"),
+//!     )
+//! });
+//! ```
 //!
 //! Rules, each against a way an outside client could take the endpoint down:
 //! - At most [`Limits::connections`] connections are open at once; the rest wait in the
@@ -21,8 +40,7 @@
 //!   [`Limits::backoff`] and is reported once per minute; the endpoint serves again as soon as
 //!   descriptors are free.
 //!
-//! It knows nothing of greenhub: the caller gives it a function from a request's target (path
-//! and query) to an answer.
+//! The caller gives it a function from a request's target (path and query) to an answer.
 
 use std::io::{self, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -31,7 +49,7 @@ use std::time::{Duration, Instant};
 
 /// What the server allows each client.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct Limits {
+pub struct Limits {
     /// Connections served at once.
     pub connections: usize,
     /// Bytes in a request's line and headers.
@@ -60,9 +78,12 @@ impl Default for Limits {
 }
 
 /// An answer: status, content type and body.
-pub(crate) struct Answer {
+pub struct Answer {
+    /// The status code.
     pub status: u16,
+    /// The `Content-Type`.
     pub content_type: &'static str,
+    /// The body.
     pub body: String,
 }
 
@@ -70,14 +91,14 @@ pub(crate) struct Answer {
 const REPORT_EVERY: Duration = Duration::from_secs(60);
 
 /// Serves `listener` forever with `answer`. `report` receives the server's own troubles.
-pub(crate) fn serve(
+pub fn serve(
     listener: TcpListener,
     limits: Limits,
     answer: impl Fn(&str) -> Answer,
     report: impl Fn(&str),
 ) {
     if let Err(e) = listener.set_nonblocking(true) {
-        report(&format!("greenhub: the stats endpoint cannot run: {e}"));
+        report(&format!("the stats endpoint cannot run: {e}"));
         return;
     }
     let mut server = Server {
@@ -102,10 +123,10 @@ struct Server {
 }
 
 /// How long a connection may take no byte of its answer before a newcomer may take its slot.
-pub(crate) const STALLED: Duration = Duration::from_secs(1);
+pub const STALLED: Duration = Duration::from_secs(1);
 
 /// The most pipelined requests one connection gets answered in one turn of the server.
-pub(crate) const ANSWERS_PER_TURN: usize = 16;
+pub const ANSWERS_PER_TURN: usize = 16;
 
 enum Phase {
     /// Waiting for a request's head; `buf` holds what has arrived.
