@@ -397,12 +397,17 @@ struct Report {
 
 fn child(args: &[String]) {
     match args {
-        [s] if s == "idle_server" => idle::server(),
-        [s, kind] if s == "http_server" => http::server(kind),
-        [s, port] if s == "serve_master" => reload::master(port),
-        [s] if s == "reload_worker" => reload::worker(),
-        [s, addr, n] if s == "idle_clients" => idle::clients(addr, n.parse().expect("n")),
-        [s, n] if s == "watched_target" => inspect::watched_target(n.parse().expect("n")),
+        // The servers and helpers; each returns when its work is done.
+        [s] if s == "idle_server" => return idle::server(),
+        [s, kind] if s == "http_server" => return http::server(kind),
+        [s, port] if s == "serve_master" => return reload::master(port),
+        [s] if s == "reload_worker" => return reload::worker(),
+        [s, addr, n] if s == "idle_clients" => {
+            return idle::clients(addr, n.parse().expect("n"));
+        }
+        [s, n] if s == "watched_target" => {
+            return inspect::watched_target(n.parse().expect("n"));
+        }
         _ => {}
     }
     let [suite, runtime, workers, n] = args else {

@@ -276,6 +276,16 @@ impl FileConfig {
         if crash_loop == 0 {
             return Err(invalid("crash_loop", "give at least 1".into()));
         }
+        // Bounds that keep the arithmetic on them exact.
+        const MAX_COUNT: u64 = 1_000_000_000_000;
+        for (setting, v) in [
+            ("max_requests", self.max_requests),
+            ("max_requests_jitter", self.max_requests_jitter),
+        ] {
+            if v.is_some_and(|n| n > MAX_COUNT) {
+                return Err(invalid(setting, format!("at most {MAX_COUNT}")));
+            }
+        }
         let backlog = self.backlog.unwrap_or(1024);
         if backlog == 0 {
             return Err(invalid("backlog", "give at least 1".into()));

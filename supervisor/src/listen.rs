@@ -101,6 +101,7 @@ fn bind(spec: &ListenSpec, backlog: u32) -> Result<Listener, ListenError> {
             s
         }
         ListenAddr::Unix(path) => {
+            remove_stale(path);
             let s = Socket::new(Domain::UNIX, Type::STREAM, None).map_err(fail)?;
             s.bind(&SockAddr::unix(path).map_err(fail)?).map_err(fail)?;
             s
@@ -117,6 +118,20 @@ fn bind(spec: &ListenSpec, backlog: u32) -> Result<Listener, ListenError> {
         fd,
         shown,
     })
+}
+
+/// Removes a socket file nobody listens on any more (left by a master that crashed), so
+/// that binding it again works; a file that is not a socket, or a socket someone serves,
+/// stays (the bind then says the address is in use).
+fn remove_stale(path: &std::path::Path) {
+    use std::os::unix::fs::FileTypeExt;
+    let is_socket = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket());
+    if is_socket
+        && std::os::unix::net::UnixStream::connect(path)
+            .is_err_and(|e| e.kind() == io::ErrorKind::ConnectionRefused)
+    {
+        let _ = std::fs::remove_file(path);
+    }
 }
 
 /// What a listening socket is bound to, for messages.

@@ -49,6 +49,17 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 /// How long a fast stop waits before SIGKILL.
 const FAST_STOP: Duration = Duration::from_secs(1);
 
+/// How long the kill of a stuck worker waits for its run info to be written.
+const DUMP_LIMIT: Duration = Duration::from_secs(10);
+
+/// The most notifications read in one pass of the loop: a flood cannot starve the rest.
+const MESSAGES_PER_PASS: usize = 256;
+
+/// A pass of the loop that took longer than this (the machine stalled, the master was
+/// stopped) moves the workers' heartbeat and start times on by as much, so that nobody is
+/// killed for the master's own silence.
+const STALL: Duration = Duration::from_secs(1);
+
 /// How often resident memory is read.
 const MEMORY_EVERY: Duration = Duration::from_secs(1);
 
@@ -119,9 +130,10 @@ enum State {
     /// Started, not ready yet.
     Starting,
     Ready,
-    /// Told to stop (SIGTERM); killed at the deadline.
+    /// Told to stop (SIGTERM); killed at the deadline (`killed` once it has been).
     Draining {
         deadline: Instant,
+        killed: bool,
     },
     /// Sent SIGKILL for this reason; its exit counts as a failure.
     Killed(String),
@@ -209,6 +221,16 @@ pub struct Master {
     next_start: Instant,
     loop_reported: bool,
     last_memory: Instant,
+    last_pass: Instant,
+    /// Stuck workers whose run info is being read, with when to kill them anyway.
+    dumps: Vec<(u32, std::sync::mpsc::Receiver<()>, Instant)>,
+    /// The control socket is not polled until then (its accept failed for want of
+    /// descriptors).
+    control_paused: Option<Instant>,
+    /// Unix socket files this master bound, removed when it stops for good.
+    unix_paths: Vec<std::path::PathBuf>,
+    /// A new master has taken the sockets over and serves them.
+    handed_over: bool,
     seed: u64,
 }
 
@@ -227,7 +249,7 @@ impl Master {
         let setup = |what| move |source| MasterError::Setup { what, source };
         let dir = tempfile::Builder::new()
             .prefix("greenhub-serve-")
-            .tempdir()
+            .tempdir_in(runtime_dir())
             .map_err(setup("the master's directory"))?;
         let notify = NotifySocket::bind(dir.path()).map_err(setup("the notify socket"))?;
         let control = Control::bind(dir.path()).map_err(setup("the control socket"))?;
@@ -235,14 +257,21 @@ impl Master {
             what: "the signal actions",
             source,
         })?;
-        if let Some(path) = &cfg.pid_file {
-            std::fs::write(path, format!("{}\n", std::process::id())).map_err(|source| {
-                MasterError::Setup {
-                    what: "the pid file",
-                    source,
-                }
-            })?;
+        // A new master names itself in the pid file once the old one hands over to it.
+        if takeover.is_none() {
+            write_pid_file(&cfg).map_err(setup("the pid file"))?;
         }
+        let unix_paths = if takeover.is_none() {
+            cfg.listen
+                .iter()
+                .filter_map(|l| match &l.addr {
+                    crate::config::ListenAddr::Unix(p) => Some(p.clone()),
+                    crate::config::ListenAddr::Tcp(_) => None,
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         let shared: Arc<Mutex<Published>> = Arc::default();
         let metrics_addr = match cfg.stats {
             Some(addr) => {
@@ -283,6 +312,11 @@ impl Master {
             next_start: now,
             loop_reported: false,
             last_memory: now,
+            last_pass: now,
+            dumps: Vec::new(),
+            control_paused: None,
+            unix_paths,
+            handed_over: false,
             seed: seed | 1,
         })
     }
@@ -315,10 +349,25 @@ impl Master {
                 self.on_signal(sig);
             }
             self.reap();
-            while let Some(m) = self.notify.receive() {
+            for _ in 0..MESSAGES_PER_PASS {
+                let Some(m) = self.notify.receive() else {
+                    break;
+                };
                 self.on_message(m);
             }
             let now = Instant::now();
+            let gap = now.duration_since(self.last_pass);
+            self.last_pass = now;
+            if gap > STALL {
+                log::warn!(
+                    "the master's loop stalled for {:.1} s; the workers' timers move on as much",
+                    gap.as_secs_f64()
+                );
+                for w in self.workers.values_mut() {
+                    w.last_beat += gap;
+                    w.started += gap;
+                }
+            }
             if now.duration_since(self.last_memory) >= MEMORY_EVERY {
                 self.last_memory = now;
                 self.sample_memory();
@@ -337,6 +386,12 @@ impl Master {
                 .is_ok_and(|s| s.trim() == std::process::id().to_string())
         {
             let _ = std::fs::remove_file(path);
+        }
+        // After an upgrade the new master serves on these paths: they stay.
+        if !self.handed_over {
+            for p in &self.unix_paths {
+                let _ = std::fs::remove_file(p);
+            }
         }
         log::info!("greenhub-serve {}: stopped", std::process::id());
     }
@@ -385,11 +440,13 @@ impl Master {
         };
         // SAFETY: as above.
         let ctl = unsafe { BorrowedFd::borrow_raw(self.control.raw()) };
-        let mut fds = [
+        let mut fds = vec![
             PollFd::new(sig, PollFlags::POLLIN),
             PollFd::new(note, PollFlags::POLLIN),
-            PollFd::new(ctl, PollFlags::POLLIN),
         ];
+        if self.control_paused.is_none() {
+            fds.push(PollFd::new(ctl, PollFlags::POLLIN));
+        }
         let _ = poll(&mut fds, PollTimeout::from(TICK.as_millis() as u16));
     }
 
@@ -467,13 +524,25 @@ impl Master {
     /// Hands the sockets to the new master, and drains this one once it is ready; on the
     /// new master's side, tells the old one when every worker is ready.
     fn follow_upgrade(&mut self, now: Instant) {
-        if let Some((stream, expected)) = self
-            .control
-            .serve(&self.listeners, self.upgrade.as_ref().map(|u| u.pid))
-            && let Some(up) = self.upgrade.as_mut()
-            && up.pid == expected
-        {
-            up.conn = Some(stream);
+        let paused = self.control_paused.is_some_and(|until| now < until);
+        if !paused {
+            self.control_paused = None;
+            match self
+                .control
+                .serve(&self.listeners, self.upgrade.as_ref().map(|u| u.pid))
+            {
+                Ok(Some((stream, pid))) => {
+                    if let Some(up) = self.upgrade.as_mut()
+                        && up.pid == pid
+                    {
+                        up.conn = Some(stream);
+                    }
+                }
+                Ok(None) => {}
+                // Out of descriptors: the connection stays queued; look again in a tick
+                // instead of spinning on it.
+                Err(_) => self.control_paused = Some(now + TICK),
+            }
         }
         if let Some(up) = &self.upgrade
             && self.stop.is_none()
@@ -486,6 +555,8 @@ impl Master {
                         "upgrade: new master pid {} has its workers ready; this master drains its own and exits",
                         up.pid
                     );
+                    self.upgrade = None;
+                    self.handed_over = true;
                     self.begin_stop(false);
                 }
                 Some(false) => {
@@ -495,6 +566,7 @@ impl Master {
                     );
                     let _ = kill(Pid::from_raw(up.pid as i32), Signal::SIGTERM);
                     self.upgrade = None;
+                    let _ = write_pid_file(&self.cfg);
                 }
                 None if now.duration_since(up.started) > limit => {
                     log::error!(
@@ -504,6 +576,7 @@ impl Master {
                     );
                     let _ = kill(Pid::from_raw(up.pid as i32), Signal::SIGTERM);
                     self.upgrade = None;
+                    let _ = write_pid_file(&self.cfg);
                 }
                 None => {}
             }
@@ -520,7 +593,10 @@ impl Master {
                 use std::io::Write;
                 match conn.write_all(format!("{}\n", upgrade::READY).as_bytes()) {
                     Ok(()) => {
-                        log::info!("took the sockets over ({path}); the old master drains now")
+                        log::info!("took the sockets over ({path}); the old master drains now");
+                        if let Err(e) = write_pid_file(&self.cfg) {
+                            log::warn!("cannot write the pid file: {e}");
+                        }
                     }
                     Err(e) => {
                         log::warn!("cannot tell the old master ({path}) this one is ready: {e}")
@@ -540,6 +616,12 @@ impl Master {
             };
         self.stop = Some(Stop { deadline, fast });
         self.reload = None;
+        // A new master that has not taken over yet goes too: it must not be left holding
+        // the sockets.
+        if let Some(up) = self.upgrade.take() {
+            log::info!("stopping the new master pid {} too", up.pid);
+            let _ = kill(Pid::from_raw(up.pid as i32), Signal::SIGTERM);
+        }
         // New connections are refused from here on, not queued for workers that will not
         // take them (each worker closes its own copy when it stops accepting).
         self.listeners.clear();
@@ -555,7 +637,10 @@ impl Master {
                 Signal::SIGTERM
             };
             let _ = kill(Pid::from_raw(pid as i32), signal);
-            w.state = State::Draining { deadline };
+            w.state = State::Draining {
+                deadline,
+                killed: false,
+            };
         }
     }
 
@@ -583,6 +668,7 @@ impl Master {
                     "upgrade stopped: new master pid {pid} exited ({how}); this master keeps serving"
                 );
                 self.upgrade = None;
+                let _ = write_pid_file(&self.cfg);
             }
             return;
         }
@@ -626,15 +712,26 @@ impl Master {
         if !failed || self.stop.is_some() {
             return;
         }
-        if w.replaces.is_some()
-            && let Some((generation, _)) = self.reload.take()
-        {
-            self.counters.reloads_stopped += 1;
-            log::error!(
-                "reload to generation {generation} stopped: its new worker failed; the workers still serving keep serving (send SIGHUP to try again)"
-            );
+        if w.replaces.is_some() {
+            self.stop_reload("its new worker failed");
         }
         self.crashed(Instant::now());
+    }
+
+    /// Stops the reload under way, if any: the workers it had not replaced yet keep serving.
+    fn stop_reload(&mut self, why: &str) {
+        let Some((generation, _)) = self.reload.take() else {
+            return;
+        };
+        for w in self.workers.values_mut() {
+            if matches!(w.retire, Some(Reason::Reload(_))) {
+                w.retire = None;
+            }
+        }
+        self.counters.reloads_stopped += 1;
+        log::error!(
+            "reload to generation {generation} stopped: {why}; the workers still serving keep serving (send SIGHUP to try again)"
+        );
     }
 
     fn crashed(&mut self, now: Instant) {
@@ -731,6 +828,7 @@ impl Master {
         let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
         w.state = State::Draining {
             deadline: now + self.cfg.stop_timeout,
+            killed: false,
         };
     }
 
@@ -755,7 +853,10 @@ impl Master {
                         false,
                     ));
                 }
-                State::Draining { deadline } if now > *deadline => {
+                State::Draining {
+                    deadline,
+                    killed: false,
+                } if now > *deadline => {
                     kills.push((w.pid, "still running at its stop deadline".into(), false));
                 }
                 State::Ready => {
@@ -817,20 +918,51 @@ impl Master {
             }
         }
         for (pid, why, show) in kills {
+            let Some(w) = self.workers.get_mut(&pid) else {
+                continue;
+            };
+            w.state = match &w.state {
+                // A worker killed during its drain still ended by the master's will.
+                State::Draining { deadline, .. } => State::Draining {
+                    deadline: *deadline,
+                    killed: true,
+                },
+                _ => State::Killed(why.clone()),
+            };
             if show {
+                // The run info is read on a thread of its own (a stuck worker may answer
+                // slowly); the kill follows when it is written, or after DUMP_LIMIT.
                 self.counters.watchdog_kills += 1;
-                dump::log_run_info(pid, &why);
+                log::warn!("worker pid {pid}: {why}: reading its run info, then SIGKILL");
+                let (tx, rx) = std::sync::mpsc::channel();
+                let said = why.clone();
+                let spawned = std::thread::Builder::new()
+                    .name("greenhub-serve-dump".into())
+                    .spawn(move || {
+                        dump::log_run_info(pid, &said);
+                        let _ = tx.send(());
+                    });
+                if spawned.is_ok() {
+                    self.dumps.push((pid, rx, now + DUMP_LIMIT));
+                    continue;
+                }
             }
             log::warn!("worker pid {pid}: {why}: SIGKILL");
             let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
-            if let Some(w) = self.workers.get_mut(&pid) {
-                w.state = match &w.state {
-                    // A worker killed during its drain still ended by the master's will.
-                    State::Draining { .. } => State::Draining { deadline: now },
-                    _ => State::Killed(why),
-                };
-            }
         }
+        // Kills that waited for a run info.
+        let workers = &self.workers;
+        self.dumps.retain(|(pid, rx, deadline)| {
+            let done = !matches!(rx.try_recv(), Err(std::sync::mpsc::TryRecvError::Empty));
+            if !done && now < *deadline {
+                return true;
+            }
+            // Only a worker not reaped yet: a reaped pid may belong to another process now.
+            if workers.contains_key(pid) {
+                let _ = kill(Pid::from_raw(*pid as i32), Signal::SIGKILL);
+            }
+            false
+        });
     }
 
     /// Keeps the number of serving workers at the target, and replaces one retired worker
@@ -937,7 +1069,7 @@ impl Master {
                 let max_requests = self
                     .cfg
                     .max_requests
-                    .map(|m| m + self.random(self.cfg.max_requests_jitter));
+                    .map(|m| m.saturating_add(self.random(self.cfg.max_requests_jitter)));
                 let max_age = self.cfg.max_age.map(|a| {
                     let jitter = self.random(self.cfg.max_age_jitter.as_millis() as u64);
                     a + Duration::from_millis(jitter)
@@ -966,11 +1098,8 @@ impl Master {
             }
             Err(e) => {
                 log::error!("worker {id}: {e}");
-                if replaces.is_some()
-                    && let Some((generation, _)) = self.reload.take()
-                {
-                    self.counters.reloads_stopped += 1;
-                    log::error!("reload to generation {generation} stopped");
+                if replaces.is_some() {
+                    self.stop_reload("its new worker could not start");
                 }
                 self.crashed(now);
             }
@@ -985,7 +1114,25 @@ impl Master {
         self.seed ^= self.seed << 13;
         self.seed ^= self.seed >> 7;
         self.seed ^= self.seed << 17;
-        self.seed % (bound + 1)
+        self.seed % bound.saturating_add(1)
+    }
+}
+
+/// Where the master's private directory goes: systemd's `RUNTIME_DIRECTORY`, else
+/// `XDG_RUNTIME_DIR`, else the temporary directory (which cleaners of old files may reach).
+fn runtime_dir() -> std::path::PathBuf {
+    ["RUNTIME_DIRECTORY", "XDG_RUNTIME_DIR"]
+        .iter()
+        .filter_map(std::env::var_os)
+        .map(std::path::PathBuf::from)
+        .find(|d| d.is_dir())
+        .unwrap_or_else(std::env::temp_dir)
+}
+
+fn write_pid_file(cfg: &Config) -> std::io::Result<()> {
+    match &cfg.pid_file {
+        Some(path) => std::fs::write(path, format!("{}\n", std::process::id())),
+        None => Ok(()),
     }
 }
 

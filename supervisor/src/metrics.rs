@@ -58,17 +58,22 @@ pub fn start(addr: SocketAddr, state: Arc<Mutex<Published>>) -> std::io::Result<
     std::thread::Builder::new()
         .name("greenhub-serve-metrics".into())
         .spawn(move || {
+            let last = std::cell::RefCell::new(None);
             greenhub_stats_http::serve(
                 listener,
                 Limits::default(),
-                |target: &str| answer(target, &state),
+                |target: &str| answer(target, &state, &mut last.borrow_mut()),
                 |trouble: &str| log::warn!("metrics endpoint: {trouble}"),
             )
         })?;
     Ok(bound)
 }
 
-fn answer(target: &str, state: &Mutex<Published>) -> Answer {
+/// A scrape is reused for this long: scrapes that come faster (or pipelined by one client)
+/// do not multiply the load on the workers.
+const REUSE: Duration = Duration::from_secs(1);
+
+fn answer(target: &str, state: &Mutex<Published>, last: &mut Option<(Instant, String)>) -> Answer {
     let path = target.split('?').next().unwrap_or("");
     if path != "/metrics" {
         return Answer {
@@ -77,12 +82,35 @@ fn answer(target: &str, state: &Mutex<Published>) -> Answer {
             body: "greenhub-serve serves /metrics\n".into(),
         };
     }
-    let published = state.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let body = match last {
+        Some((at, body)) if at.elapsed() < REUSE => body.clone(),
+        _ => {
+            let published = state.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            let body = exposition(&published, fetch_all);
+            *last = Some((Instant::now(), body.clone()));
+            body
+        }
+    };
     Answer {
         status: 200,
         content_type: "text/plain; version=0.0.4; charset=utf-8",
-        body: exposition(&published, fetch),
+        body,
     }
+}
+
+/// Every worker's `/metrics` at once, within one [`FETCH_LIMIT`]; a worker whose address is
+/// not on loopback (only a worker's own heartbeat names it) is not asked.
+fn fetch_all(addrs: &[Option<SocketAddr>]) -> Vec<Option<String>> {
+    std::thread::scope(|scope| {
+        let asks: Vec<_> = addrs
+            .iter()
+            .map(|a| {
+                let a = a.filter(|a| a.ip().is_loopback());
+                scope.spawn(move || a.and_then(fetch))
+            })
+            .collect();
+        asks.into_iter().map(|t| t.join().ok().flatten()).collect()
+    })
 }
 
 /// One worker's `/metrics`, or `None` if it does not answer in time.
@@ -113,8 +141,11 @@ fn fetch(addr: SocketAddr) -> Option<String> {
     head.starts_with("HTTP/1.1 200").then(|| body.to_string())
 }
 
-/// The whole exposition; `fetch` reads a worker's.
-pub fn exposition(p: &Published, fetch: impl Fn(SocketAddr) -> Option<String>) -> String {
+/// The whole exposition; `fetch` reads the workers' (in the order of `p.stats`).
+pub fn exposition(
+    p: &Published,
+    fetch: impl Fn(&[Option<SocketAddr>]) -> Vec<Option<String>>,
+) -> String {
     let mut out = String::new();
     let family = |out: &mut String, name: &str, kind: &str, help: &str| {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
@@ -254,9 +285,8 @@ pub fn exposition(p: &Published, fetch: impl Fn(SocketAddr) -> Option<String>) -
         }
     }
     let mut merged = Merged::default();
-    for (w, addr) in p.workers.iter().zip(&p.stats) {
-        let Some(addr) = addr else { continue };
-        if let Some(text) = fetch(*addr) {
+    for (w, text) in p.workers.iter().zip(fetch(&p.stats)) {
+        if let Some(text) = text {
             merged.add(
                 &text,
                 &format!("worker=\"{}\",generation=\"{}\"", w.id, w.generation),

@@ -77,12 +77,27 @@ impl Control {
     /// Serves a waiting connection, if any: a takeover request from `expected` (the new
     /// master this one started) gets the sockets, and the connection is returned to wait for
     /// `ready` on. Anything else is closed.
+    /// An `accept` that fails for another reason than an empty queue (out of descriptors)
+    /// is the error: the caller stops polling the socket for a while.
     pub fn serve(
         &self,
         listeners: &[Listener],
         expected: Option<u32>,
+    ) -> std::io::Result<Option<(UnixStream, u32)>> {
+        match self.listener.accept() {
+            Ok((stream, _)) => Ok(self.answer(stream, listeners, expected)),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(None),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn answer(
+        &self,
+        stream: UnixStream,
+        listeners: &[Listener],
+        expected: Option<u32>,
     ) -> Option<(UnixStream, u32)> {
-        let (stream, _) = self.listener.accept().ok()?;
         let (uid, pid) = peer(&stream)?;
         if uid != nix::unistd::geteuid().as_raw() {
             log::warn!("control socket: refused a connection from uid {uid}");
@@ -232,7 +247,7 @@ mod tests {
         let path = control.path().to_path_buf();
         let asker = std::thread::spawn(move || take(&path).map(|(l, _)| l.len()));
         let t0 = std::time::Instant::now();
-        while control.serve(&listeners, Some(me + 1)).is_none() && !asker.is_finished() {
+        while control.serve(&listeners, Some(me + 1)).unwrap().is_none() && !asker.is_finished() {
             assert!(t0.elapsed() < Duration::from_secs(30));
             std::thread::sleep(Duration::from_millis(5));
         }
@@ -241,14 +256,14 @@ mod tests {
         let mut odd = UnixStream::connect(control.path()).unwrap();
         odd.write_all(b"give me everything\n").unwrap();
         std::thread::sleep(Duration::from_millis(20));
-        assert!(control.serve(&listeners, Some(me)).is_none());
+        assert!(control.serve(&listeners, Some(me)).unwrap().is_none());
         let mut rest = Vec::new();
         assert_eq!(odd.read_to_end(&mut rest).unwrap(), 0);
         // The expected one: every socket, named, listening on the same address.
         let path = control.path().to_path_buf();
         let asker = std::thread::spawn(move || take(&path));
         let (conn, pid) = loop {
-            if let Some(got) = control.serve(&listeners, Some(me)) {
+            if let Some(got) = control.serve(&listeners, Some(me)).unwrap() {
                 break got;
             }
             std::thread::sleep(Duration::from_millis(5));

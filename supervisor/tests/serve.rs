@@ -452,6 +452,16 @@ fn a_reload_whose_new_worker_fails_keeps_the_old_workers() {
     serve.signal(libc::SIGHUP);
     serve.await_log(1, "reload to generation 2 stopped");
     load.await_more(100);
+    // A stopped reload stays stopped: no new worker is tried until the next SIGHUP (the
+    // back-off after a failure is well under two seconds).
+    let starts = serve.count(" started");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        serve.count(" started"),
+        starts,
+        "{}",
+        serve.lines().join("\n")
+    );
     serve.set_mode("silent");
     serve.signal(libc::SIGHUP);
     serve.await_log(1, "not ready after");

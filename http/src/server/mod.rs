@@ -456,13 +456,20 @@ impl Server {
             }
             let now = Instant::now();
             if now >= deadline {
+                // Every one is told first, then all are waited for together: N stuck
+                // connections cost one wait, not N.
                 for c in &left {
                     if let Some(t) = c.thread.get() {
-                        let _ = greenhub::ext::without_deadline(|| {
-                            t.kill_and_wait(Duration::from_secs(5))
-                        });
+                        t.kill();
                     }
                     killed += 1;
+                }
+                let until = Instant::now() + Duration::from_secs(5);
+                for c in &left {
+                    if let Some(t) = c.thread.get() {
+                        let left = until.saturating_duration_since(Instant::now());
+                        let _ = greenhub::ext::without_deadline(|| t.wait_timeout(left));
+                    }
                 }
                 break;
             }

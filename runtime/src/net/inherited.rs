@@ -8,10 +8,12 @@
 //!
 //! This file may use `net/socket.rs`.
 
+use std::collections::VecDeque;
 use std::io;
 use std::net::ToSocketAddrs;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+
+use parking_lot::Mutex;
 
 use crate::net::socket::{TcpListener, UnixListener};
 
@@ -22,8 +24,12 @@ const FIRST_FD: RawFd = 3;
 /// not trusted to walk the descriptor table.
 pub const MAX_INHERITED: usize = 1024;
 
-/// Whether the handed descriptors have been taken (they are owned once).
-static TAKEN: AtomicBool = AtomicBool::new(false);
+/// The handed sockets not taken yet; `None` until the environment has been read.
+static LEFT: Mutex<Option<Handed>> = Mutex::new(None);
+
+/// What the environment handed: the sockets not taken yet, or the descriptor (and its name)
+/// that was announced but not open.
+type Handed = Result<VecDeque<Inherited>, (RawFd, String)>;
 
 /// What is wrong with the handed sockets, or with binding one.
 #[derive(Debug, thiserror::Error)]
@@ -153,46 +159,76 @@ impl Inherited {
     }
 }
 
-/// Takes the sockets handed to this process, in order. The first call owns them (each is
-/// made close-on-exec, so the process's own children do not inherit them); later calls, and
-/// a process that was handed none or whose `LISTEN_PID` names another process, get an empty
-/// list. The variables stay in the environment: a child sees a `LISTEN_PID` that is not its
-/// own and ignores them.
+/// Takes the sockets handed to this process that nobody has taken yet, in order. They are
+/// read from the environment once (each made close-on-exec, so the process's own children do
+/// not inherit them) and owned once: a later call, or a process that was handed none or
+/// whose `LISTEN_PID` names another process, gets what is left, often nothing. The variables
+/// stay in the environment: a child sees a `LISTEN_PID` that is not its own and ignores
+/// them.
 ///
 /// ```
 /// // Run alone, nothing was handed over.
 /// assert!(greenhub::net::take_inherited().unwrap().is_empty());
 /// ```
 pub fn take_inherited() -> Result<Vec<Inherited>, ListenError> {
-    let var = |name| std::env::var(name).ok();
-    let parsed = parse(
-        var("LISTEN_PID").as_deref(),
-        var("LISTEN_FDS").as_deref(),
-        var("LISTEN_FDNAMES").as_deref(),
-        std::process::id(),
-    )?;
-    let Some(names) = parsed else {
-        return Ok(Vec::new());
-    };
-    if TAKEN.swap(true, Ordering::SeqCst) {
-        return Ok(Vec::new());
+    parse_env()?;
+    let mut left = LEFT.lock();
+    Ok(handed(&mut left)?.drain(..).collect())
+}
+
+/// The sockets not taken yet: read from the environment on first use. A broken handover
+/// (a malformed variable, a descriptor that is not open) is an error at every call, never
+/// "nothing was handed": a program must not quietly bind its fallback address instead.
+fn handed(
+    left: &mut Option<Result<VecDeque<Inherited>, (RawFd, String)>>,
+) -> Result<&mut VecDeque<Inherited>, ListenError> {
+    if left.is_none() {
+        *left = Some(read_handed());
     }
-    let mut taken = Vec::with_capacity(names.len());
+    match left.as_mut() {
+        Some(Ok(list)) => Ok(list),
+        Some(Err((fd, name))) => Err(ListenError::NotOpen {
+            fd: *fd,
+            name: name.clone(),
+        }),
+        None => unreachable!("set above"),
+    }
+}
+
+/// The handed sockets, or the descriptor announced but not open. A malformed variable
+/// leaves nothing taken (each call says so again).
+fn read_handed() -> Handed {
+    let Ok(Some(names)) = parse_env() else {
+        return Ok(VecDeque::new());
+    };
+    let mut taken = VecDeque::with_capacity(names.len());
     for (i, name) in names.into_iter().enumerate() {
         let fd = FIRST_FD + i as RawFd;
         // SAFETY: F_GETFD only reads the descriptor's flags; it fails with EBADF if closed.
         let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
         if flags < 0 {
-            return Err(ListenError::NotOpen { fd, name });
+            return Err((fd, name));
         }
         // SAFETY: as above; setting FD_CLOEXEC changes only this descriptor's flags.
         unsafe { libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC) };
         // SAFETY: the descriptor is open, and the convention hands it to this process, which
-        // takes it exactly once (TAKEN): nothing else in the process owns it.
+        // reads the environment once (`LEFT` is set before the first read): nothing else in
+        // the process owns it.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        taken.push(Inherited { fd, name });
+        taken.push_back(Inherited { fd, name });
     }
     Ok(taken)
+}
+
+/// The names of the descriptors handed to this process, from its environment.
+fn parse_env() -> Result<Option<Vec<String>>, ListenError> {
+    let var = |name| std::env::var(name).ok();
+    parse(
+        var("LISTEN_PID").as_deref(),
+        var("LISTEN_FDS").as_deref(),
+        var("LISTEN_FDNAMES").as_deref(),
+        std::process::id(),
+    )
 }
 
 /// The names of the descriptors handed to process `pid`, or `None` if none were.
@@ -241,9 +277,11 @@ fn parse(
     Ok(Some(names).filter(|n| !n.is_empty()))
 }
 
-/// The first TCP socket handed to the process, or, when none was, a new listener on `addr`
-/// (with [`Listen`](crate::net::Listen)'s defaults). A program that serves this way runs
-/// both alone and under a supervisor that hands it its socket.
+/// The next TCP socket handed to the process and not taken yet (the first, then the
+/// second...), or, when there is none, a new listener on `addr` (with
+/// [`Listen`](crate::net::Listen)'s defaults). A program that serves this way runs both
+/// alone and under a supervisor that hands it its sockets: call it once per socket, in the
+/// supervisor's order.
 ///
 /// ```
 /// let listener = greenhub::net::listen_or_inherit("127.0.0.1:0").unwrap();
@@ -253,8 +291,10 @@ pub fn listen_or_inherit<A>(addr: A) -> Result<TcpListener, ListenError>
 where
     A: ToSocketAddrs + Send + std::fmt::Debug + 'static,
 {
-    if let Some(first) = take_inherited()?.into_iter().next() {
-        return first.into_tcp_listener();
+    parse_env()?;
+    let next = handed(&mut LEFT.lock())?.pop_front();
+    if let Some(next) = next {
+        return next.into_tcp_listener();
     }
     let shown = format!("{addr:?}");
     TcpListener::bind(addr).map_err(|source| ListenError::Bind {

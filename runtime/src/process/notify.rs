@@ -22,6 +22,7 @@
 use std::io;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -67,6 +68,9 @@ type Field = (&'static str, fn() -> u64);
 
 /// Fields sent with each heartbeat.
 static FIELDS: Mutex<Vec<Field>> = Mutex::new(Vec::new());
+
+/// Whether [`ready`] has been called.
+static READY: AtomicBool = AtomicBool::new(false);
 
 /// Whether the heartbeat has been started.
 static HEARTBEAT: OnceLock<()> = OnceLock::new();
@@ -141,17 +145,25 @@ fn field_name(key: &str) -> bool {
 }
 
 /// Says the process is ready to serve (`READY=1`), and starts the heartbeat if the
-/// supervisor asked for one. Call it once warm-up is done: listeners open, pools filled.
+/// supervisor asked for one (each beat repeats `READY=1`, so a supervisor whose queue was
+/// full at this call still learns it). Call it once warm-up is done: listeners open, pools
+/// filled.
 ///
 /// ```
 /// assert!(!greenhub::notify::ready().unwrap()); // not supervised here
 /// ```
 pub fn ready() -> Result<bool, NotifyError> {
-    let sent = send(&format!("READY=1\nMAINPID={}", std::process::id()))?;
-    if sent && let Some(period) = heartbeat_period() {
+    let Some(_) = channel()? else {
+        return Ok(false);
+    };
+    READY.store(true, Ordering::SeqCst);
+    let sent = send(&format!("READY=1\nMAINPID={}", std::process::id()));
+    // Each beat says READY=1 again: a supervisor whose queue was full when this one went
+    // learns it from the next beat.
+    if let Some(period) = heartbeat_period() {
         start_heartbeat(period);
     }
-    Ok(sent)
+    sent
 }
 
 /// Says the process has begun a graceful stop (`STOPPING=1`).
@@ -207,6 +219,9 @@ fn beat() -> String {
         .max()
         .unwrap_or(0);
     let mut msg = format!("WATCHDOG=1\nX_GREENHUB_BLOCKED_MS={blocked}");
+    if READY.load(Ordering::SeqCst) {
+        msg.push_str("\nREADY=1");
+    }
     #[cfg(feature = "stats")]
     if let Some(addr) = crate::observe::stats::local_addr() {
         msg.push_str(&format!("\nX_GREENHUB_STATS={addr}"));
