@@ -47,7 +47,8 @@ pub struct Config {
     pub env: BTreeMap<String, String>,
     /// How many workers serve at once.
     pub workers: usize,
-    /// The listening sockets, handed to every worker in this order.
+    /// The listening sockets, handed to every worker in this order (empty when systemd
+    /// handed the master its sockets and the configuration lists none: those are served).
     pub listen: Vec<ListenSpec>,
     /// The listen backlog of each socket the master binds.
     pub backlog: u32,
@@ -218,7 +219,7 @@ impl FileConfig {
             .map(|(i, s)| parse_listen(i, s))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|why| invalid("listen", why))?;
-        if listen.is_empty() {
+        if listen.is_empty() && !socket_activated() {
             return Err(invalid(
                 "listen",
                 "no socket to serve: give `--listen 127.0.0.1:8080` or `listen = [...]`".into(),
@@ -332,6 +333,16 @@ impl FileConfig {
                 .transpose()?,
         })
     }
+}
+
+/// Whether systemd handed this process its sockets (`LISTEN_PID` is ours and `LISTEN_FDS`
+/// set): then `listen` may stay empty, and the handed sockets are served.
+pub fn socket_activated() -> bool {
+    std::env::var("LISTEN_PID")
+        .ok()
+        .and_then(|p| p.trim().parse::<u32>().ok())
+        == Some(std::process::id())
+        && std::env::var_os("LISTEN_FDS").is_some()
 }
 
 /// `[name=]address`: a TCP address or `unix:PATH`.

@@ -54,11 +54,29 @@ impl Listener {
     }
 }
 
-/// The sockets of `specs`: those systemd handed the master when it did (then their count
-/// must match, and their names come from systemd), otherwise bound here.
+/// The sockets of `specs`: those systemd handed the master when it did (all of them when
+/// `specs` is empty; otherwise their count must match, and names systemd gives win), otherwise
+/// bound here.
 pub fn open(specs: &[ListenSpec], backlog: u32) -> Result<Vec<Listener>, ListenError> {
     let handed = greenhub::net::take_inherited()?;
     if !handed.is_empty() {
+        if specs.is_empty() {
+            return Ok(handed
+                .into_iter()
+                .enumerate()
+                .map(|(i, h)| {
+                    let name = if h.name() == "unknown" {
+                        format!("listen{i}")
+                    } else {
+                        h.name().to_string()
+                    };
+                    let fd = h.into_fd();
+                    let shown =
+                        describe(&fd).unwrap_or_else(|| format!("descriptor {}", fd.as_raw_fd()));
+                    Listener { name, fd, shown }
+                })
+                .collect());
+        }
         if handed.len() != specs.len() {
             return Err(ListenError::Count {
                 handed: handed.len(),

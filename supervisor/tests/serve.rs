@@ -837,6 +837,55 @@ fn the_masters_metrics_merge_its_workers_and_survive_reloads() {
 }
 
 #[test]
+fn a_socket_activated_master_serves_the_sockets_systemd_handed_it() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let fd = listener.as_raw_fd();
+    let exe = std::env::current_exe().unwrap();
+    let mut cmd = Command::new("/bin/sh");
+    cmd.args(["-c", "LISTEN_PID=$$ exec \"$0\" \"$@\""])
+        .arg(env!("CARGO_BIN_EXE_greenhub-serve"))
+        .args(["--workers", "1", "--heartbeat", "100ms", "--"])
+        .arg(&exe)
+        .args([WORKER, "--exact", "--nocapture", "--test-threads=1"])
+        .env("LISTEN_FDS", "1")
+        .env("LISTEN_FDNAMES", "web")
+        .env(CHILD, WORKER)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    // SAFETY: dup2 and fcntl are async-signal-safe; the closure allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            if fd == 3 {
+                let flags = libc::fcntl(3, libc::F_GETFD);
+                libc::fcntl(3, libc::F_SETFD, flags & !libc::FD_CLOEXEC);
+            } else if libc::dup2(fd, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    let mut log = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    while !line.contains(" ready in ") {
+        line.clear();
+        assert!(log.read_line(&mut line).unwrap() > 0, "the master ended");
+    }
+    // The master's own copy is the one handed; the test's copy can go.
+    drop(listener);
+    let mut c = connect(addr).unwrap();
+    let (pid, _) = get(&mut c, "/").unwrap();
+    assert_ne!(pid, child.id(), "a worker answers, not the master");
+    drop(c);
+    // SAFETY: stops the master this test started.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(child.wait().unwrap().success());
+}
+
+#[test]
 fn check_validates_and_refuses_with_reasons() {
     let serve = env!("CARGO_BIN_EXE_greenhub-serve");
     let run = |args: &[&str]| {
