@@ -50,8 +50,14 @@ fn accept_out_of_descriptors_waits_says_so_once_and_takes_the_client_later() {
         }
     });
 
+    // The client's socket is made before the descriptors run out (its connect needs none):
+    // the one descriptor left free may be taken by the runtime meanwhile.
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
     let hoard = common::use_up_descriptors();
-    let mut client = std::net::TcpStream::connect(addr).expect("the kernel takes the connection");
+    socket
+        .connect(&addr.into())
+        .expect("the kernel takes the connection");
+    let mut client: std::net::TcpStream = socket.into();
     client.write_all(b"hello").unwrap();
 
     let started = Instant::now();
