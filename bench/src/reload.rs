@@ -2,8 +2,10 @@
 //! running two greenhub-http workers) against gunicorn with two gevent workers (from PyPI, in
 //! the harness's venv), both serving the TechEmpower `/plaintext` answer. `wrk` loads each
 //! with 64 keep-alive connections, once steadily and once while the master gets SIGHUP ten
-//! times (each a rolling reload of every worker). Failed requests are every socket error and
-//! non-2xx answer wrk counts.
+//! times (each a rolling reload of every worker), and once while the master's own binary is
+//! upgraded (SIGUSR2: greenhub-serve's new master takes the sockets and the old one drains by
+//! itself; gunicorn's new master starts beside the old one, which is then sent SIGTERM, as its
+//! documentation says). Failed requests are every socket error and non-2xx answer wrk counts.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -22,6 +24,16 @@ const RELOADS: u32 = 10;
 /// wrk's connections.
 const CONNECTIONS: u32 = 64;
 
+impl Load {
+    fn name(self) -> &'static str {
+        match self {
+            Load::Steady => "steady",
+            Load::Reloads => "reloads",
+            Load::Upgrade => "binary upgrade",
+        }
+    }
+}
+
 /// One wrk run.
 #[derive(Clone, Copy, Debug, Serialize)]
 pub struct Run {
@@ -32,11 +44,22 @@ pub struct Run {
     pub failed: u64,
 }
 
-/// The runs of one (server, mode).
+/// What happens to the server during a run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum Load {
+    /// Nothing.
+    Steady,
+    /// [`RELOADS`] SIGHUPs.
+    Reloads,
+    /// One binary upgrade of the master, half-way through.
+    Upgrade,
+}
+
+/// The runs of one (server, load).
 #[derive(Debug, Serialize)]
 pub struct Row {
     pub server: String,
-    pub reloading: bool,
+    pub load: Load,
     pub runs: Vec<Run>,
 }
 
@@ -52,6 +75,7 @@ pub struct Report {
 /// The greenhub master, in a child process of the harness: `port`, two workers that are
 /// this binary again (`--child reload_worker`), one greenhub worker thread each.
 pub fn master(port: &str) {
+    let pid_file = std::env::var_os("GREENHUB_BENCH_PID_FILE").map(std::path::PathBuf::from);
     let exe = std::env::current_exe().expect("the harness's path");
     let file = greenhub_supervisor::FileConfig {
         command: Some(vec![
@@ -62,6 +86,7 @@ pub fn master(port: &str) {
         env: Some([("GREENHUB_WORKERS".to_string(), "1".to_string())].into()),
         workers: Some(WORKERS),
         listen: Some(vec![format!("127.0.0.1:{port}")]),
+        pid_file,
         ..Default::default()
     };
     let cfg = file.finish().expect("a valid configuration");
@@ -102,10 +127,28 @@ def app(environ, start_response):
 struct Server {
     child: Child,
     addr: SocketAddr,
+    /// Where the serving master writes its pid (after an upgrade, not the child's).
+    pid_file: PathBuf,
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
+        // After an upgrade the master that serves is another process: stopped first (gunicorn's
+        // new master writes `<pid file>.2` until the old one has gone).
+        let upgraded = [self.pid_file.clone(), second_pid_file(&self.pid_file)]
+            .iter()
+            .filter_map(|p| read_pid(p))
+            .find(|p| *p != self.child.id());
+        if let Some(pid) = upgraded {
+            // SAFETY: signals the master the upgrade started.
+            unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+            let t0 = Instant::now();
+            while std::path::Path::new(&format!("/proc/{pid}")).exists()
+                && t0.elapsed() < Duration::from_secs(30)
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
         // SAFETY: signals the server this suite started.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let t0 = Instant::now();
@@ -120,6 +163,16 @@ impl Drop for Server {
     }
 }
 
+fn second_pid_file(path: &Path) -> PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push(".2");
+    PathBuf::from(p)
+}
+
+fn read_pid(path: &Path) -> Option<u32> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
 fn free_port() -> Result<u16, String> {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -129,18 +182,25 @@ fn free_port() -> Result<u16, String> {
 
 fn start(server: &str, python: Option<&Path>, dir: &Path) -> Result<Server, String> {
     let port = free_port()?;
+    let pid_file = dir.join(format!("master-{port}.pid"));
     let mut cmd = match server {
         "greenhub-serve" => {
             let mut c = Command::new(std::env::current_exe().map_err(|e| e.to_string())?);
-            c.args(["--child", "serve_master", &port.to_string()]);
+            c.args(["--child", "serve_master", &port.to_string()])
+                .env("GREENHUB_BENCH_PID_FILE", &pid_file);
             c
         }
         _ => {
+            // The venv's `gunicorn` script, not `python -m gunicorn`: its binary upgrade
+            // re-executes the command it was started with, and `-m` would come back as a
+            // script path that shadows the standard library's `http` with gunicorn's.
             let python = python.ok_or("no Python venv")?;
-            let mut c = Command::new(python);
-            c.args(["-m", "gunicorn", "-k", "gevent", "-w"])
+            let mut c = Command::new(python.with_file_name("gunicorn"));
+            c.args(["-k", "gevent", "-w"])
                 .arg(WORKERS.to_string())
-                .args(["-b", &format!("127.0.0.1:{port}"), "--chdir"])
+                .args(["-b", &format!("127.0.0.1:{port}"), "--pid"])
+                .arg(&pid_file)
+                .arg("--chdir")
                 .arg(dir)
                 .args([
                     "--graceful-timeout",
@@ -160,7 +220,11 @@ fn start(server: &str, python: Option<&Path>, dir: &Path) -> Result<Server, Stri
         .spawn()
         .map_err(|e| format!("{server}: {e}"))?;
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("an address");
-    let s = Server { child, addr };
+    let s = Server {
+        child,
+        addr,
+        pid_file,
+    };
     // Ready once every worker can answer: a handful of answers in a row.
     let t0 = Instant::now();
     let mut ok = 0;
@@ -178,9 +242,9 @@ fn start(server: &str, python: Option<&Path>, dir: &Path) -> Result<Server, Stri
     Ok(s)
 }
 
-/// wrk for `secs` seconds; with `reload`, SIGHUP to `master` [`RELOADS`] times, spread over
-/// the run.
-fn load(addr: SocketAddr, secs: u64, reload: Option<u32>) -> Result<Run, String> {
+/// wrk for `secs` seconds against `server`, with `what` happening meanwhile.
+fn load(server: &Server, kind: &str, secs: u64, what: Load) -> Result<Run, String> {
+    let addr = server.addr;
     let wrk = Command::new("wrk")
         .args([
             "-t1",
@@ -195,12 +259,36 @@ fn load(addr: SocketAddr, secs: u64, reload: Option<u32>) -> Result<Run, String>
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| format!("wrk: {e}"))?;
-    if let Some(master) = reload {
-        let every = Duration::from_secs(secs) / (RELOADS + 1);
-        for _ in 0..RELOADS {
-            std::thread::sleep(every);
+    let master = server.child.id();
+    match what {
+        Load::Steady => {}
+        Load::Reloads => {
+            let every = Duration::from_secs(secs) / (RELOADS + 1);
+            for _ in 0..RELOADS {
+                std::thread::sleep(every);
+                // SAFETY: signals the master this suite started.
+                unsafe { libc::kill(master as i32, libc::SIGHUP) };
+            }
+        }
+        Load::Upgrade => {
+            std::thread::sleep(Duration::from_secs(secs) / 2);
             // SAFETY: signals the master this suite started.
-            unsafe { libc::kill(master as i32, libc::SIGHUP) };
+            unsafe { libc::kill(master as i32, libc::SIGUSR2) };
+            if kind != "greenhub-serve" {
+                // gunicorn: once the new master has written its pid (to `<pid file>.2`), the
+                // old one is told to stop gracefully (greenhub-serve's old master does this
+                // by itself).
+                let t0 = Instant::now();
+                while read_pid(&second_pid_file(&server.pid_file)).is_none()
+                    && t0.elapsed() < Duration::from_secs(10)
+                {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                // The new master's workers boot; then the old master goes.
+                std::thread::sleep(Duration::from_secs(1));
+                // SAFETY: signals the master this suite started.
+                unsafe { libc::kill(master as i32, libc::SIGTERM) };
+            }
         }
     }
     let out = wrk.wait_with_output().map_err(|e| format!("wrk: {e}"))?;
@@ -268,9 +356,9 @@ pub fn run(root: &Path, rounds: usize, secs: u64) -> Result<Report, String> {
     let mut rows: Vec<Row> = servers
         .iter()
         .flat_map(|s| {
-            [false, true].map(|reloading| Row {
+            [Load::Steady, Load::Reloads, Load::Upgrade].map(|load| Row {
                 server: s.to_string(),
-                reloading,
+                load,
                 runs: Vec::new(),
             })
         })
@@ -278,13 +366,12 @@ pub fn run(root: &Path, rounds: usize, secs: u64) -> Result<Report, String> {
     for round in 0..rounds {
         for row in rows.iter_mut() {
             let server = start(&row.server, python.as_deref(), &dir)?;
-            let master = row.reloading.then(|| server.child.id());
-            let r = load(server.addr, secs, master)?;
+            let r = load(&server, &row.server, secs, row.load)?;
             eprintln!(
                 "reload: round {}/{rounds}: {} {}: {:.0} req/s, {} failed, p99 {:.0} µs",
                 round + 1,
                 row.server,
-                if row.reloading { "reloading" } else { "steady" },
+                row.load.name(),
                 r.rps,
                 r.failed,
                 r.p99_us
@@ -314,8 +401,12 @@ pub fn markdown(report: &Report) -> String {
          {CONNECTIONS} keep-alive connections, once steadily and once while the master gets \
          SIGHUP {} times (each a rolling reload of every worker: greenhub-serve drains an old \
          worker once its replacement says it is ready; gunicorn starts new workers and stops the \
-         old ones gracefully). Failed requests are wrk's socket errors and non-2xx answers; \
-         medians over the rounds, failures summed.\n",
+         old ones gracefully), and once with an upgrade of the master's binary half-way \
+         (SIGUSR2: greenhub-serve's new master takes the sockets over and the old one drains by \
+         itself; gunicorn's new master starts beside the old one, which gets SIGTERM a second \
+         after the new one has written its pid file, as gunicorn's documentation describes). \
+         Failed requests are wrk's socket errors and non-2xx answers; medians over the rounds, \
+         failures summed.\n",
         report.seconds_per_run, report.reloads_per_run
     );
     let _ = writeln!(
@@ -329,10 +420,9 @@ pub fn markdown(report: &Report) -> String {
             md,
             "| {} | {} | {:.0} | {} | {} | {:.0} | {:.0} |",
             r.server,
-            if r.reloading {
-                format!("{} reloads", report.reloads_per_run)
-            } else {
-                "steady".to_string()
+            match r.load {
+                Load::Reloads => format!("{} reloads", report.reloads_per_run),
+                other => other.name().to_string(),
             },
             median(r.runs.iter().map(|x| x.rps).collect()),
             r.runs.iter().map(|x| x.failed).sum::<u64>(),
