@@ -710,6 +710,14 @@ fn inspectors_see_the_master_its_workers_and_their_generations() {
         );
         assert!(ws.threads > 0);
     }
+    // Only its user can reach the master's socket: mode 0600 in a 0700 directory (another
+    // user's connect is refused by the kernel, as for every greenhub process).
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let path = greenhub_snapshot::attach::socket_path(master);
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!((mode(&path), mode(path.parent().unwrap())), (0o600, 0o700));
+    }
     // A snapshot of the master is refused with the way to a worker's.
     assert!(ask(master, "snapshot").contains("runs no green threads"));
     assert!(ask(master, "nonsense\x1b").contains("unknown request"));
