@@ -441,30 +441,55 @@ fn wrk(
     if text.contains("Socket errors") || text.contains("Non-2xx") {
         return Err(format!("wrk saw errors against {addr}{path}:\n{text}"));
     }
+    let w = parse_wrk(&text)?;
+    Ok((w.rps, w.p50_us, w.p99_us, w.requests))
+}
+
+/// What wrk printed: rate, latency percentiles, requests, and requests that failed (socket
+/// errors of every kind and non-2xx answers).
+pub(crate) struct WrkOutput {
+    pub rps: f64,
+    pub p50_us: f64,
+    pub p99_us: f64,
+    pub requests: u64,
+    pub failed: u64,
+}
+
+pub(crate) fn parse_wrk(text: &str) -> Result<WrkOutput, String> {
     let field = |prefix: &str| {
-        text.lines().find_map(|l| {
-            l.trim()
-                .strip_prefix(prefix)
-                .map(str::trim)
-                .map(str::to_string)
-        })
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(prefix).map(|v| v.trim().to_string()))
     };
     let rps = field("Requests/sec:")
         .and_then(|v| v.parse::<f64>().ok())
         .ok_or_else(|| format!("no Requests/sec in wrk's output:\n{text}"))?;
-    let p50 = field("50%")
-        .and_then(|v| duration_us(&v))
-        .unwrap_or(f64::NAN);
-    let p99 = field("99%")
-        .and_then(|v| duration_us(&v))
-        .unwrap_or(f64::NAN);
-    let total = text
+    let errors: u64 = field("Socket errors:")
+        .map(|v| {
+            v.split(',')
+                .filter_map(|part| part.split_whitespace().last()?.parse::<u64>().ok())
+                .sum()
+        })
+        .unwrap_or(0);
+    let non2xx: u64 = field("Non-2xx or 3xx responses:")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let requests = text
         .lines()
         .find(|l| l.contains("requests in"))
         .and_then(|l| l.split_whitespace().next())
         .and_then(|n| n.parse::<u64>().ok())
         .unwrap_or(0);
-    Ok((rps, p50, p99, total))
+    Ok(WrkOutput {
+        rps,
+        p50_us: field("50%")
+            .and_then(|v| duration_us(&v))
+            .unwrap_or(f64::NAN),
+        p99_us: field("99%")
+            .and_then(|v| duration_us(&v))
+            .unwrap_or(f64::NAN),
+        requests,
+        failed: errors + non2xx,
+    })
 }
 
 /// Runs the suite: `rounds` rounds after a warm-up, `secs` seconds per wrk run.

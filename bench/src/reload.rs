@@ -292,40 +292,13 @@ fn load(server: &Server, kind: &str, secs: u64, what: Load) -> Result<Run, Strin
         }
     }
     let out = wrk.wait_with_output().map_err(|e| format!("wrk: {e}"))?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let field = |prefix: &str| {
-        text.lines()
-            .find_map(|l| l.trim().strip_prefix(prefix).map(|v| v.trim().to_string()))
-    };
-    let rps = field("Requests/sec:")
-        .and_then(|v| v.parse::<f64>().ok())
-        .ok_or_else(|| format!("no Requests/sec in wrk's output:\n{text}"))?;
-    let errors: u64 = field("Socket errors:")
-        .map(|v| {
-            v.split(',')
-                .filter_map(|part| part.split_whitespace().last()?.parse::<u64>().ok())
-                .sum()
-        })
-        .unwrap_or(0);
-    let non2xx: u64 = field("Non-2xx or 3xx responses:")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    let requests = text
-        .lines()
-        .find(|l| l.contains("requests in"))
-        .and_then(|l| l.split_whitespace().next())
-        .and_then(|n| n.parse::<u64>().ok())
-        .unwrap_or(0);
+    let w = crate::http::parse_wrk(&String::from_utf8_lossy(&out.stdout))?;
     Ok(Run {
-        rps,
-        p50_us: field("50%")
-            .and_then(|v| crate::http::duration_us(&v))
-            .unwrap_or(f64::NAN),
-        p99_us: field("99%")
-            .and_then(|v| crate::http::duration_us(&v))
-            .unwrap_or(f64::NAN),
-        requests,
-        failed: errors + non2xx,
+        rps: w.rps,
+        p50_us: w.p50_us,
+        p99_us: w.p99_us,
+        requests: w.requests,
+        failed: w.failed,
     })
 }
 

@@ -60,24 +60,7 @@ impl Listener {
 pub fn open(specs: &[ListenSpec], backlog: u32) -> Result<Vec<Listener>, ListenError> {
     let handed = greenhub::net::take_inherited()?;
     if !handed.is_empty() {
-        if specs.is_empty() {
-            return Ok(handed
-                .into_iter()
-                .enumerate()
-                .map(|(i, h)| {
-                    let name = if h.name() == "unknown" {
-                        format!("listen{i}")
-                    } else {
-                        h.name().to_string()
-                    };
-                    let fd = h.into_fd();
-                    let shown =
-                        describe(&fd).unwrap_or_else(|| format!("descriptor {}", fd.as_raw_fd()));
-                    Listener { name, fd, shown }
-                })
-                .collect());
-        }
-        if handed.len() != specs.len() {
+        if !specs.is_empty() && handed.len() != specs.len() {
             return Err(ListenError::Count {
                 handed: handed.len(),
                 listed: specs.len(),
@@ -85,12 +68,13 @@ pub fn open(specs: &[ListenSpec], backlog: u32) -> Result<Vec<Listener>, ListenE
         }
         return Ok(handed
             .into_iter()
-            .zip(specs)
-            .map(|(h, spec)| {
-                let name = if h.name() == "unknown" {
-                    spec.name.clone()
-                } else {
-                    h.name().to_string()
+            .enumerate()
+            .map(|(i, h)| {
+                // systemd's name wins; without one, the configuration's, else a number.
+                let name = match (h.name(), specs.get(i)) {
+                    ("unknown", Some(spec)) => spec.name.clone(),
+                    ("unknown", None) => format!("listen{i}"),
+                    (name, _) => name.to_string(),
                 };
                 let fd = h.into_fd();
                 let shown =

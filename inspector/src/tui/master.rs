@@ -165,23 +165,7 @@ pub fn render_master(f: &mut Frame<'_>, view: &MasterView) {
 
 /// The view drawn into text, `width` by `height` (for tests and `dump`-like uses).
 pub fn render_master_text(view: &MasterView, width: u16, height: u16) -> String {
-    let Ok(mut terminal) =
-        ratatui::Terminal::new(ratatui::backend::TestBackend::new(width, height))
-    else {
-        return String::new();
-    };
-    if terminal.draw(|f| render_master(f, view)).is_err() {
-        return String::new();
-    }
-    let buffer = terminal.backend().buffer();
-    (0..buffer.area.height)
-        .map(|y| {
-            (0..buffer.area.width)
-                .map(|x| buffer[(x, y)].symbol())
-                .collect::<String>()
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
+    crate::tui::view::draw_text(width, height, |f| render_master(f, view))
 }
 
 #[cfg(test)]

@@ -101,11 +101,16 @@ fn render_help(frame: &mut Frame<'_>, body: Rect) {
 /// assert!(text.lines().next().unwrap().contains("pid 42: waiting for the first snapshot"));
 /// ```
 pub fn render_text(app: &App, width: u16, height: u16) -> String {
+    draw_text(width, height, |f| render(f, app))
+}
+
+/// What `draw` puts on a terminal of `width` by `height`, as text, one line per row.
+pub(crate) fn draw_text(width: u16, height: u16, draw: impl FnOnce(&mut Frame<'_>)) -> String {
     // Drawing into memory has nothing that can fail; an empty text would show it if it did.
     let Ok(mut terminal) = Terminal::new(TestBackend::new(width, height)) else {
         return String::new();
     };
-    if terminal.draw(|f| render(f, app)).is_err() {
+    if terminal.draw(draw).is_err() {
         return String::new();
     }
     let buffer = terminal.backend().buffer();

@@ -89,39 +89,27 @@ impl log::Log for Stderr {
         if !self.enabled(r.metadata()) {
             return;
         }
-        let now = std::time::SystemTime::now()
+        let now = std::time::SystemTime::now();
+        let millis = now
             .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
-        let (secs, days) = (now.as_secs() % 86_400, (now.as_secs() / 86_400) as i64);
-        let (y, m, d) = civil(days);
+            .unwrap_or_default()
+            .subsec_millis();
+        // "Mon, 30 Nov 2026 21:06:01.123 GMT": the HTTP date with milliseconds.
+        let date = httpdate::fmt_http_date(now);
+        let date = date
+            .strip_suffix(" GMT")
+            .map_or(date.clone(), |d| format!("{d}.{millis:03} GMT"));
         let message = r.args().to_string();
         let text = greenhub_snapshot::escape_controls(&message);
         let _ = writeln!(
             std::io::stderr(),
-            "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z greenhub-serve[{}] {} {}",
-            secs / 3600,
-            secs / 60 % 60,
-            secs % 60,
-            now.subsec_millis(),
+            "{date} greenhub-serve[{}] {} {}",
             std::process::id(),
             r.level(),
             text
         );
     }
     fn flush(&self) {}
-}
-
-/// The date of a day counted from 1970-01-01 (Howard Hinnant's civil-from-days).
-fn civil(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
 fn main() {
