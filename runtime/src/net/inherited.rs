@@ -179,19 +179,13 @@ pub fn take_inherited() -> Result<Vec<Inherited>, ListenError> {
 /// The sockets not taken yet: read from the environment on first use. A broken handover
 /// (a malformed variable, a descriptor that is not open) is an error at every call, never
 /// "nothing was handed": a program must not quietly bind its fallback address instead.
-fn handed(
-    left: &mut Option<Result<VecDeque<Inherited>, (RawFd, String)>>,
-) -> Result<&mut VecDeque<Inherited>, ListenError> {
-    if left.is_none() {
-        *left = Some(read_handed());
-    }
-    match left.as_mut() {
-        Some(Ok(list)) => Ok(list),
-        Some(Err((fd, name))) => Err(ListenError::NotOpen {
+fn handed(left: &mut Option<Handed>) -> Result<&mut VecDeque<Inherited>, ListenError> {
+    match left.get_or_insert_with(read_handed) {
+        Ok(list) => Ok(list),
+        Err((fd, name)) => Err(ListenError::NotOpen {
             fd: *fd,
             name: name.clone(),
         }),
-        None => unreachable!("set above"),
     }
 }
 
