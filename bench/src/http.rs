@@ -445,8 +445,18 @@ fn wrk(
     Ok((w.rps, w.p50_us, w.p99_us, w.requests))
 }
 
+/// Fails with what to install when wrk is missing.
+pub(crate) fn require_wrk() -> Result<(), String> {
+    Command::new("wrk")
+        .arg("--version")
+        .output()
+        .map(drop)
+        .map_err(|_| "wrk is not installed (apt-get install wrk)".to_string())
+}
+
 /// What wrk printed: rate, latency percentiles, requests, and requests that failed (socket
 /// errors of every kind and non-2xx answers).
+#[derive(Clone, Copy, Debug, Serialize)]
 pub(crate) struct WrkOutput {
     pub rps: f64,
     pub p50_us: f64,
@@ -494,10 +504,7 @@ pub(crate) fn parse_wrk(text: &str) -> Result<WrkOutput, String> {
 
 /// Runs the suite: `rounds` rounds after a warm-up, `secs` seconds per wrk run.
 pub fn run(root: &Path, rounds: usize, secs: u64) -> Result<Report, String> {
-    Command::new("wrk")
-        .arg("--version")
-        .output()
-        .map_err(|_| "wrk is not installed (apt-get install wrk)".to_string())?;
+    require_wrk()?;
     let mut skipped = Vec::new();
     let python = match venv(root) {
         Ok(p) => Some(p),

@@ -35,14 +35,7 @@ impl Load {
 }
 
 /// One wrk run.
-#[derive(Clone, Copy, Debug, Serialize)]
-pub struct Run {
-    pub rps: f64,
-    pub p50_us: f64,
-    pub p99_us: f64,
-    pub requests: u64,
-    pub failed: u64,
-}
+pub type Run = crate::http::WrkOutput;
 
 /// What happens to the server during a run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -292,22 +285,12 @@ fn load(server: &Server, kind: &str, secs: u64, what: Load) -> Result<Run, Strin
         }
     }
     let out = wrk.wait_with_output().map_err(|e| format!("wrk: {e}"))?;
-    let w = crate::http::parse_wrk(&String::from_utf8_lossy(&out.stdout))?;
-    Ok(Run {
-        rps: w.rps,
-        p50_us: w.p50_us,
-        p99_us: w.p99_us,
-        requests: w.requests,
-        failed: w.failed,
-    })
+    crate::http::parse_wrk(&String::from_utf8_lossy(&out.stdout))
 }
 
 /// Runs the suite: `rounds` rounds, `secs` seconds per wrk run.
 pub fn run(root: &Path, rounds: usize, secs: u64) -> Result<Report, String> {
-    Command::new("wrk")
-        .arg("--version")
-        .output()
-        .map_err(|_| "wrk is not installed (apt-get install wrk)".to_string())?;
+    crate::http::require_wrk()?;
     let mut skipped = Vec::new();
     let python = match crate::http::venv(root) {
         Ok(p) => Some(p),
