@@ -39,6 +39,65 @@ pub trait Backend: ManageConnection {
 
     /// Rolls back the open transaction, if any. An error closes the connection.
     fn rollback(conn: &mut Self::Connection) -> Result<(), Self::Error>;
+
+    /// What stops the statement running on `conn` from another thread, taken on the pool
+    /// thread just before a caller's call runs; used when that caller leaves (deadline,
+    /// kill) before the call ends. `None` (the default): the call runs to its end.
+    fn canceller(&self, conn: &mut Self::Connection) -> Option<Canceller> {
+        let _ = conn;
+        None
+    }
+}
+
+/// Stops a running statement from another thread: a PostgreSQL cancel request, SQLite's
+/// interrupt. It runs on one of the pool's threads, never on a worker. A cancel that reaches
+/// the database before the statement does is lost, so the pool sends it again (after 50 ms,
+/// then doubling up to a second) for as long as the statement runs.
+pub struct Canceller {
+    stop: Box<dyn Fn() -> Result<(), String> + Send + Sync>,
+    late: bool,
+}
+
+impl Canceller {
+    /// A canceller that has taken effect, or never will, when it returns (SQLite's
+    /// interrupt, which is a no-op once no statement runs): the connection serves on after it.
+    pub fn immediate(stop: impl Fn() -> Result<(), String> + Send + Sync + 'static) -> Canceller {
+        Canceller {
+            stop: Box::new(stop),
+            late: false,
+        }
+    }
+
+    /// A canceller whose effect may land after it returns (a PostgreSQL cancel request is
+    /// a message to the server, acted on asynchronously): it could stop a later statement on
+    /// the same connection, so once it has been sent the pool closes the connection unless
+    /// its own statements saw the cancelled statement end (after a single send).
+    pub fn may_land_late(
+        stop: impl Fn() -> Result<(), String> + Send + Sync + 'static,
+    ) -> Canceller {
+        Canceller {
+            stop: Box::new(stop),
+            late: true,
+        }
+    }
+
+    /// Whether its effect may land after it returns.
+    pub(crate) fn lands_late(&self) -> bool {
+        self.late
+    }
+
+    /// Sends it; the driver's error if it could not be sent.
+    pub(crate) fn send(&self) -> Result<(), String> {
+        (self.stop)()
+    }
+}
+
+impl std::fmt::Debug for Canceller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Canceller")
+            .field("late", &self.late)
+            .finish()
+    }
 }
 
 impl Backend for SqliteConnectionManager {
@@ -52,6 +111,16 @@ impl Backend for SqliteConnectionManager {
         } else {
             conn.execute_batch("ROLLBACK")
         }
+    }
+
+    /// SQLite's interrupt: the running statement fails with `SQLITE_INTERRUPT`; with none
+    /// running it does nothing.
+    fn canceller(&self, conn: &mut rusqlite::Connection) -> Option<Canceller> {
+        let handle = conn.get_interrupt_handle();
+        Some(Canceller::immediate(move || {
+            handle.interrupt();
+            Ok(())
+        }))
     }
 }
 
@@ -75,5 +144,17 @@ where
     ) -> Result<(), r2d2_postgres::postgres::Error> {
         // Outside a transaction the server answers with a warning, not an error.
         conn.batch_execute("ROLLBACK")
+    }
+
+    /// A cancel request for the connection's backend, sent without TLS: the server accepts
+    /// cancel requests on a plain connection unless it demands TLS of every client, and then
+    /// the request fails and the statement runs to its end.
+    fn canceller(&self, conn: &mut r2d2_postgres::postgres::Client) -> Option<Canceller> {
+        let token = conn.cancel_token();
+        Some(Canceller::may_land_late(move || {
+            token
+                .cancel_query(r2d2_postgres::postgres::NoTls)
+                .map_err(|e| crate::chain(&e))
+        }))
     }
 }

@@ -3,20 +3,23 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use parking_lot::Mutex;
 use r2d2::PooledConnection;
 
 use std::panic::Location;
 
 use crate::managed::{CloseReason, Managed, Tracked};
-use crate::{Backend, Error};
+use crate::{Backend, Canceller, Error};
 
 /// What a lease needs of the pool it came from: the pool implements it, so this file does
 /// not depend on `pool.rs` (the pool depends on this one).
 pub(crate) trait Books<M: Backend>: Send + Sync {
     /// Whether the driver says the connection is broken.
     fn has_broken(&self, conn: &mut M::Connection) -> bool;
+    /// What stops the statement running on the connection (the backend's [`Canceller`]).
+    fn canceller(&self, conn: &mut M::Connection) -> Option<Canceller>;
     /// Books checkout `id` in.
     fn checked_in(&self, id: u64);
     /// Books a checkout out: its id, and its leak timer when a threshold is set.
@@ -70,10 +73,6 @@ impl<M: Backend> Lease<M> {
         }
     }
 
-    pub(crate) fn tracked(&mut self) -> Option<&mut Tracked<M::Connection>> {
-        self.pooled.as_deref_mut()
-    }
-
     /// On the pool thread that just ran a job on it: rolls back if needed and says whether
     /// the connection can serve the next job without going back to r2d2.
     pub(crate) fn reusable(&mut self) -> bool {
@@ -111,6 +110,46 @@ impl<M: Backend> Lease<M> {
         let (id, leak_timer) = books.book_checkout(holder, site, asked_at);
         self.id = id;
         self.leak_timer = leak_timer;
+    }
+
+    /// On a pool thread: runs a caller's call on the connection, stoppable on the server
+    /// while it runs if the caller leaves. `Err(Returned)` without a connection, and
+    /// `Err(TimedOut)` without running `f` when the caller has left already.
+    ///
+    /// A cancel that may still land (a PostgreSQL cancel request the call did not see take
+    /// effect) closes the connection when it comes back: it could stop the next statement.
+    pub(crate) fn run_for<R>(
+        &mut self,
+        presence: &Presence,
+        f: impl FnOnce(&mut Tracked<M::Connection>, &Presence) -> R,
+    ) -> Result<R, Error> {
+        let (Some(pooled), Some(permit)) = (self.pooled.as_mut(), self.permit.as_ref()) else {
+            return Err(Error::Returned);
+        };
+        let books = &permit.0;
+        let canceller = books.canceller(&mut pooled.conn);
+        if !presence.arm(canceller, books.tpool()) {
+            return Err(Error::TimedOut);
+        }
+        let t: &mut Tracked<M::Connection> = pooled;
+        t.cancel_seen = false;
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(t, presence)));
+        let cancelled = presence.disarm();
+        if cancelled != Cancelled::No {
+            t.counters.cancels.fetch_add(1, Ordering::Relaxed);
+        }
+        // Proof that no cancel is still on its way: a single one, seen to land.
+        let settled = match cancelled {
+            Cancelled::MayLand(sent) => sent == 1 && t.cancel_seen,
+            _ => true,
+        };
+        if !settled && t.close.is_none() {
+            t.close = Some(CloseReason::Cancelled);
+        }
+        match outcome {
+            Ok(value) => Ok(value),
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
     }
 
     fn tpool(&self) -> Option<greenhub_tpool::Pool> {
@@ -202,9 +241,10 @@ impl<M: Backend> Conn<M> {
     /// Runs `f` with the raw connection on a pool thread and returns its value; the calling
     /// green thread waits cooperatively (bounded by the enclosing deadline scope).
     ///
-    /// If the caller stops waiting (deadline, kill) the call still runs to its end; the
-    /// connection then goes back to the pool from there and this `Conn` is left empty
-    /// ([`Error::Returned`] on later calls). A panic in `f` comes back as
+    /// If the caller stops waiting (deadline, kill), the statement `f` is running is
+    /// cancelled on the database and `f` runs on to its end (its statements fail); the
+    /// connection then goes back to the pool from there (closed if a PostgreSQL cancel could
+    /// still land on it) and this `Conn` is left empty ([`Error::Returned`] on later calls). A panic in `f` comes back as
     /// [`Error::Panicked`] and the connection, rolled back, goes back to the pool.
     #[track_caller]
     pub fn run<R, F>(&mut self, f: F) -> Result<R, Error>
@@ -257,7 +297,7 @@ impl<M: Backend> Conn<M> {
         let tpool = lease.tpool().ok_or(Error::Returned)?;
         let (mut caller, presence) = StopsWaiting::arm();
         let mut call = tpool.submit(move || {
-            let value = lease.tracked().map(|t| f(t, &presence));
+            let value = lease.run_for(&presence, f);
             (lease, value)
         })?;
         let outcome = match call.wait() {
@@ -270,7 +310,7 @@ impl<M: Backend> Conn<M> {
         let (lease, value) = outcome?;
         caller.disarm();
         self.lease = Some(lease);
-        value.ok_or(Error::Returned)
+        value
     }
 }
 
@@ -280,19 +320,127 @@ impl<M: Backend> Conn<M> {
 /// ([`StopsWaiting::leave`]) unless the commit was claimed first, and then waits for the
 /// outcome. So a caller never reports as failed a commit that happened, and work whose caller
 /// has gone is never committed.
-pub(crate) struct Presence(AtomicU8);
+///
+/// It also carries the call's [`Canceller`] while the call runs: a caller that leaves then
+/// has the statement stopped (on a pool thread), and the call learns whether that happened.
+pub(crate) struct Presence {
+    state: AtomicU8,
+    cancel: Mutex<Cancel>,
+}
 
 const WAITING: u8 = 0;
 const GONE: u8 = 1;
 const COMMITTING: u8 = 2;
 
+/// Where a call's cancel stands. The pool thread that sends it holds the lock while it does,
+/// so the call, which takes the lock when it ends, never moves on with a cancel half-sent.
+enum Cancel {
+    /// Nothing runs for the caller (not yet started, or ended).
+    Idle,
+    /// The call runs; this stops it, from one of these threads.
+    Armed(Arc<Canceller>, greenhub_tpool::Pool),
+    /// The caller left while the call ran: the cancel is sent, and sent again while the call
+    /// runs (one that reached the database before the statement is lost).
+    Cancelling {
+        canceller: Arc<Canceller>,
+        tpool: greenhub_tpool::Pool,
+        sent: u32,
+    },
+}
+
+/// What a call learns of its cancel when it ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Cancelled {
+    /// No cancel was sent (or none could be).
+    No,
+    /// Sent, and taken effect (or never will) by now.
+    Settled,
+    /// Sent this many times, and one may still land on a later statement.
+    MayLand(u32),
+}
+
+/// The first pause before a cancel is sent again; it doubles up to [`RESEND_CAP`].
+const RESEND_FIRST: Duration = Duration::from_millis(50);
+const RESEND_CAP: Duration = Duration::from_secs(1);
+
 impl Presence {
     /// On the pool thread, just before committing: claims the outcome for the caller, who
     /// then waits for it even past its deadline. `false` if the caller has gone: roll back.
     pub(crate) fn commit(&self) -> bool {
-        self.0
+        self.state
             .compare_exchange(WAITING, COMMITTING, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
+    }
+
+    /// On the pool thread, as the call starts: keeps what stops it. `false` if the caller
+    /// has gone already: then the call does not run at all.
+    fn arm(&self, canceller: Option<Canceller>, tpool: &greenhub_tpool::Pool) -> bool {
+        let mut cancel = self.cancel.lock();
+        // Checked under the lock: a caller that leaves after this finds the canceller.
+        if self.state.load(Ordering::Acquire) == GONE {
+            return false;
+        }
+        if let Some(canceller) = canceller {
+            *cancel = Cancel::Armed(Arc::new(canceller), tpool.clone());
+        }
+        true
+    }
+
+    /// On the pool thread, as the call ends: whether its statement was cancelled. No cancel
+    /// is sent for it after this.
+    fn disarm(&self) -> Cancelled {
+        match std::mem::replace(&mut *self.cancel.lock(), Cancel::Idle) {
+            Cancel::Cancelling { sent: 0, .. } | Cancel::Idle | Cancel::Armed(..) => Cancelled::No,
+            Cancel::Cancelling {
+                canceller, sent, ..
+            } if canceller.lands_late() => Cancelled::MayLand(sent),
+            Cancel::Cancelling { .. } => Cancelled::Settled,
+        }
+    }
+
+    /// The caller has left: a running call's statement is stopped from a pool thread.
+    fn request_cancel(self: &Arc<Self>) {
+        let mut cancel = self.cancel.lock();
+        let Cancel::Armed(canceller, tpool) = std::mem::replace(&mut *cancel, Cancel::Idle) else {
+            return;
+        };
+        *cancel = Cancel::Cancelling {
+            canceller,
+            tpool: tpool.clone(),
+            sent: 0,
+        };
+        drop(cancel);
+        self.clone().send_cancel_on(&tpool, RESEND_FIRST);
+    }
+
+    /// Queues a send on the pool's threads. The queue has room: at most one send per
+    /// checked-out connection waits in it. If the pool's threads are gone, nothing is sent
+    /// and the call runs to its end.
+    fn send_cancel_on(self: Arc<Self>, tpool: &greenhub_tpool::Pool, next: Duration) {
+        let _ = tpool.spawn(move || self.send_cancel(next));
+    }
+
+    /// On a pool thread: sends the cancel if the call still runs, and schedules the next.
+    fn send_cancel(self: Arc<Self>, next: Duration) {
+        let mut cancel = self.cancel.lock();
+        let Cancel::Cancelling {
+            canceller, sent, ..
+        } = &mut *cancel
+        else {
+            return; // the call ended first
+        };
+        if canceller.send().is_ok() {
+            *sent += 1;
+        }
+        drop(cancel);
+        let presence = self;
+        greenhub::call_after(next, move || {
+            let tpool = match &*presence.cancel.lock() {
+                Cancel::Cancelling { tpool, .. } => tpool.clone(),
+                _ => return,
+            };
+            presence.send_cancel_on(&tpool, (next * 2).min(RESEND_CAP));
+        });
     }
 }
 
@@ -302,7 +450,10 @@ pub(crate) struct StopsWaiting(Option<Arc<Presence>>);
 
 impl StopsWaiting {
     pub(crate) fn arm() -> (StopsWaiting, Arc<Presence>) {
-        let presence = Arc::new(Presence(AtomicU8::new(WAITING)));
+        let presence = Arc::new(Presence {
+            state: AtomicU8::new(WAITING),
+            cancel: Mutex::new(Cancel::Idle),
+        });
         (StopsWaiting(Some(presence.clone())), presence)
     }
 
@@ -310,15 +461,21 @@ impl StopsWaiting {
         self.0 = None;
     }
 
-    /// The caller gives up. `false` if the call has claimed its commit: the caller must wait
-    /// for the outcome instead.
+    /// The caller gives up, and a statement running for it is cancelled. `false` if the call
+    /// has claimed its commit: the caller must wait for the outcome instead.
     pub(crate) fn leave(&self) -> bool {
-        match &self.0 {
-            Some(p) => {
-                p.0.compare_exchange(WAITING, GONE, Ordering::AcqRel, Ordering::Acquire)
-                    .map_or_else(|state| state == GONE, |_| true)
+        let Some(p) = &self.0 else {
+            return true;
+        };
+        match p
+            .state
+            .compare_exchange(WAITING, GONE, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => {
+                p.request_cancel();
+                true
             }
-            None => true,
+            Err(state) => state == GONE,
         }
     }
 }

@@ -124,12 +124,22 @@ impl<R> Slot<R> {
         }
     }
 
-    /// The caller leaves: a result already in is returned, a later one will be dropped.
-    pub(crate) fn abandon(&self) -> Option<Result<R, Error>> {
-        match std::mem::replace(&mut *self.0.lock(), State::Gone) {
+    /// The result if it is in; otherwise nothing changes.
+    pub(crate) fn take_ready(&self) -> Option<Result<R, Error>> {
+        let mut st = self.0.lock();
+        match std::mem::replace(&mut *st, State::Gone) {
             State::Done(value) => Some(value),
-            _ => None,
+            other => {
+                *st = other;
+                None
+            }
         }
+    }
+
+    /// The caller leaves: a result in now or later is dropped.
+    pub(crate) fn abandon(&self) {
+        let left = std::mem::replace(&mut *self.0.lock(), State::Gone);
+        drop(left);
     }
 }
 

@@ -22,9 +22,12 @@
 //! - [`Pool::get`] waits up to the pool's `connection_timeout` and never past the enclosing
 //!   [`greenhub::with_timeout`] scope; a killed waiter leaves the queue at once.
 //! - A [`Conn`] goes back to the pool when dropped, also when its holder panics or is killed,
-//!   and also when a call on it is abandoned (deadline, kill): the call finishes on its thread
-//!   and the connection returns from there. A connection left inside a transaction is rolled
-//!   back first; one that fails that, or that the driver reports broken, is closed and replaced.
+//!   and also when a call on it is abandoned (deadline, kill): the call's statement is then
+//!   stopped on the database (a PostgreSQL cancel request, SQLite's interrupt; see
+//!   [`Canceller`]), and the connection returns from the pool thread once the call has ended.
+//!   A connection left inside a transaction is rolled back first; one that fails that, that
+//!   the driver reports broken, or that a cancel request could still reach, is closed and
+//!   replaced.
 //! - Connections live at most `max_lifetime`, minus a random jitter of up to a tenth so that
 //!   they do not all expire together; an idle one is tested before use once it has sat idle
 //!   for `validate_after`.
@@ -47,7 +50,7 @@ mod stats;
 
 use thiserror::Error;
 
-pub use backend::Backend;
+pub use backend::{Backend, Canceller};
 
 use std::sync::LazyLock;
 
@@ -94,8 +97,9 @@ pub enum Error {
         /// The pool when it gave up.
         state: PoolState,
     },
-    /// The enclosing [`greenhub::with_timeout`] scope's deadline passed. A query already sent
-    /// runs to its end on its thread; its connection then goes back to the pool.
+    /// The enclosing [`greenhub::with_timeout`] scope's deadline passed. A statement already
+    /// running is cancelled on the database; its connection goes back to the pool once it
+    /// has stopped.
     #[error("the enclosing deadline passed while waiting for the database")]
     TimedOut,
     /// The connection broke during the call: the server closed it or went away (an I/O error,

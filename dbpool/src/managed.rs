@@ -25,6 +25,8 @@ pub(crate) enum CloseReason {
     Invalid,
     /// r2d2 closed it: idle too long, or the pool was dropped.
     Idle,
+    /// A cancel request sent for a caller that left may still land on it.
+    Cancelled,
 }
 
 #[derive(Default)]
@@ -35,6 +37,9 @@ pub(crate) struct Counters {
     pub lifetime: AtomicU64,
     pub invalid: AtomicU64,
     pub idle: AtomicU64,
+    pub cancelled: AtomicU64,
+    /// Statements cancelled for callers that left.
+    pub cancels: AtomicU64,
     pub last_connect_error: Mutex<Option<String>>,
     /// When the last connect attempt failed; cleared by a success.
     pub failing_since: Mutex<Option<Instant>>,
@@ -58,7 +63,10 @@ pub(crate) struct Tracked<C> {
     pub decided: bool,
     /// What a backend's helpers keep per connection (PostgreSQL: prepared statements).
     pub cache: Option<Box<dyn Any + Send>>,
-    counters: Arc<Counters>,
+    /// Set by the pool's own statements when one ended because it was cancelled: a cancel
+    /// request sent for it has landed and cannot stop a later one.
+    pub cancel_seen: bool,
+    pub counters: Arc<Counters>,
 }
 
 impl<C> Tracked<C> {
@@ -81,6 +89,7 @@ impl<C> Drop for Tracked<C> {
             CloseReason::Lifetime => &c.lifetime,
             CloseReason::Invalid => &c.invalid,
             CloseReason::Idle => &c.idle,
+            CloseReason::Cancelled => &c.cancelled,
         };
         counter.fetch_add(1, Ordering::Relaxed);
     }
@@ -157,6 +166,7 @@ impl<M: Backend> ManageConnection for Managed<M> {
                     expires: self.lifetime(serial).and_then(|l| now.checked_add(l)),
                     decided: false,
                     cache: None,
+                    cancel_seen: false,
                     last_checkin: now,
                     dirty: false,
                     close: None,

@@ -148,6 +148,10 @@ impl<M: Backend> Books<M> for Inner<M> {
         self.manager.has_broken(conn)
     }
 
+    fn canceller(&self, conn: &mut M::Connection) -> Option<crate::Canceller> {
+        self.manager.canceller(conn)
+    }
+
     fn checked_in(&self, id: u64) {
         Inner::checked_in(self, id);
     }
@@ -509,8 +513,10 @@ impl<M: Backend> Inner<M> {
                 lifetime: c.lifetime.load(Ordering::Relaxed),
                 invalid: c.invalid.load(Ordering::Relaxed),
                 idle: c.idle.load(Ordering::Relaxed),
+                cancelled: c.cancelled.load(Ordering::Relaxed),
             },
             leaks: book.leaks,
+            cancels: c.cancels.load(Ordering::Relaxed),
             acquire_wait: book.acquire_wait.summary(),
             hold_time: book.hold_time.summary(),
             current,
@@ -845,8 +851,10 @@ impl<M: Backend> Pool<M> {
     /// Checks a connection out, runs `f` with it on a pool thread, and returns it there: one
     /// round trip to a pool thread for the checkout, any number of statements and the return.
     ///
-    /// As with [`Conn::run`], a caller that stops waiting (deadline, kill) leaves `f` to run
-    /// to its end; the connection is then rolled back if needed and returned.
+    /// As with [`Conn::run`], a caller that stops waiting (deadline, kill) has the running
+    /// statement cancelled and leaves `f` to run to its end; the connection is then rolled
+    /// back if needed and returned. A call that has not started when its caller leaves never
+    /// runs.
     #[track_caller]
     pub fn run<R, F>(&self, f: F) -> Result<R, Error>
     where
@@ -900,11 +908,10 @@ impl<M: Backend> Pool<M> {
         let (mut caller, gone) = StopsWaiting::arm();
         let work: Work<M> = Box::new(move |lease| {
             let value = lease.and_then(|lease| {
-                let t = lease.tracked().ok_or(Error::Returned)?;
                 // The panic stays here: the connection is rolled back and returned by the
                 // runner, which goes on with the next job.
-                greenhub::catch_panic(|| f(t, &gone))
-                    .map_err(|p| Error::Panicked { message: p.message })
+                greenhub::catch_panic(|| lease.run_for(&gone, f))
+                    .map_err(|p| Error::Panicked { message: p.message })?
             });
             Box::new(move || reply.send(value))
         });
@@ -946,6 +953,11 @@ impl<M: Backend> Pool<M> {
             // thread is.
             if scope.is_some_and(|scope| Instant::now() >= scope) {
                 std::mem::forget(leave);
+                // A result in before the caller leaves is its own.
+                if let Some(value) = slot.take_ready() {
+                    caller.disarm();
+                    return value;
+                }
                 if !caller.leave() {
                     // A commit under way: its outcome is the caller's, deadline or not.
                     let value = greenhub::ext::without_deadline(|| {
@@ -961,10 +973,8 @@ impl<M: Backend> Pool<M> {
                     caller.disarm();
                     return value;
                 }
-                if let Some(value) = slot.abandon() {
-                    caller.disarm();
-                    return value;
-                }
+                // One that lands after it is the cancel's doing (or too late): dropped there.
+                slot.abandon();
                 inner.book.lock().timeouts += 1;
                 return Err(Error::TimedOut);
             }

@@ -107,9 +107,17 @@ fn statement<R>(
     t.dirty = true;
     let result = run(t);
     t.dirty = before || opens_transaction(sql);
-    if matches!(result, Err(Error::ConnectionLost { .. })) {
+    match &result {
         // Gone, whatever the driver says of it yet: never handed out again.
-        t.close = Some(CloseReason::Broken);
+        Err(Error::ConnectionLost { .. }) => t.close = Some(CloseReason::Broken),
+        // A cancel request has landed: none can stop a later statement.
+        Err(Error::Database(e))
+            if e.downcast_ref::<PgError>().and_then(PgError::code)
+                == Some(&SqlState::QUERY_CANCELED) =>
+        {
+            t.cancel_seen = true;
+        }
+        _ => {}
     }
     result
 }

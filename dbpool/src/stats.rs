@@ -40,6 +40,9 @@ pub struct Closed {
     pub invalid: u64,
     /// Idle too long (or the pool was dropped).
     pub idle: u64,
+    /// Closed after a cancel request that might still have landed on a later statement.
+    #[serde(default)]
+    pub cancelled: u64,
 }
 
 /// A connection checked out now.
@@ -82,6 +85,9 @@ pub struct DbPoolStats {
     pub closed: Closed,
     /// Checkouts held past the leak threshold so far.
     pub leaks: u64,
+    /// Statements stopped on the server (or interrupted) because their caller left.
+    #[serde(default)]
+    pub cancels: u64,
     /// Time from asking for a connection to holding one.
     pub acquire_wait: Summary,
     /// Time a connection was held.
