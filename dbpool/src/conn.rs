@@ -87,7 +87,7 @@ impl<M: Backend> Lease<M> {
             pooled.dirty = false;
         }
         pooled.close.is_none()
-            && !pooled.expired(Instant::now())
+            && pooled.retired(Instant::now()).is_none()
             && !books.has_broken(&mut pooled.conn)
     }
 
@@ -168,8 +168,8 @@ impl<M: Backend> Drop for Lease<M> {
         if pooled.close.is_none() {
             if books.has_broken(&mut pooled.conn) {
                 pooled.close = Some(CloseReason::Broken);
-            } else if pooled.expired(Instant::now()) {
-                pooled.close = Some(CloseReason::Lifetime);
+            } else {
+                pooled.close = pooled.retired(Instant::now());
             }
         }
         let closing = pooled.close.is_some();

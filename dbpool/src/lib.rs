@@ -42,6 +42,7 @@
 
 mod backend;
 mod conn;
+pub mod events;
 mod job;
 mod managed;
 mod pool;
@@ -60,6 +61,7 @@ use greenhub::ext::ObjectKind;
 /// threads waiting for a connection wait on it.
 pub static POOL_KIND: LazyLock<ObjectKind> = LazyLock::new(|| ObjectKind::named("dbpool"));
 pub use conn::Conn;
+pub use events::{CloseReason, HandleEvent};
 pub use pool::{Builder, Pool};
 pub use postgres::{Param, PgManager, PgPool};
 pub use r2d2;
@@ -67,7 +69,7 @@ pub use r2d2_postgres::PostgresConnectionManager;
 pub use r2d2_postgres::postgres as pg;
 pub use r2d2_sqlite::SqliteConnectionManager;
 pub use r2d2_sqlite::rusqlite;
-pub use stats::{CheckoutInfo, Closed, DbPoolStats, PoolState};
+pub use stats::{CheckoutInfo, CloseReport, Closed, DbPoolStats, PoolState};
 
 /// A pool of SQLite connections.
 pub type SqlitePool = Pool<SqliteConnectionManager>;
@@ -126,6 +128,9 @@ pub enum Error {
         "this connection went back to the pool when an earlier call on it was abandoned; check out another"
     )]
     Returned,
+    /// The pool was closed ([`Pool::close`]): it hands out no more connections.
+    #[error("the pool is closed; build a new one")]
+    Closed,
     /// The pool's threads were shut down.
     #[error("the pool's thread pool is shut down")]
     ShutDown,

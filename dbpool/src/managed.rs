@@ -6,31 +6,19 @@ use std::any::Any;
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use r2d2::ManageConnection;
 
 use crate::Backend;
+pub(crate) use crate::events::CloseReason;
+use crate::events::{self, HandleEvent};
 
-/// Why a connection was closed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum CloseReason {
-    /// The driver reported it broken, or a rollback on it failed.
-    Broken,
-    /// It reached its (jittered) lifetime.
-    Lifetime,
-    /// It failed the test before a checkout.
-    Invalid,
-    /// r2d2 closed it: idle too long, or the pool was dropped.
-    Idle,
-    /// A cancel request sent for a caller that left may still land on it.
-    Cancelled,
-}
-
-#[derive(Default)]
+/// What the pool counts of its connections, and the program's hook for their events.
 pub(crate) struct Counters {
+    pub events: Arc<dyn HandleEvent>,
     pub created: AtomicU64,
     pub connect_failures: AtomicU64,
     pub broken: AtomicU64,
@@ -38,6 +26,12 @@ pub(crate) struct Counters {
     pub invalid: AtomicU64,
     pub idle: AtomicU64,
     pub cancelled: AtomicU64,
+    pub evicted: AtomicU64,
+    pub pool_closed: AtomicU64,
+    /// The pool is closed: every connection is closed as it comes back.
+    pub closing: AtomicBool,
+    /// The eviction generation: connections opened in an earlier one are closed.
+    pub generation: AtomicU64,
     /// Statements cancelled for callers that left.
     pub cancels: AtomicU64,
     pub last_connect_error: Mutex<Option<String>>,
@@ -49,11 +43,43 @@ pub(crate) struct Counters {
     pub last_success: Mutex<Option<Instant>>,
 }
 
+impl Counters {
+    pub(crate) fn new(events: Arc<dyn HandleEvent>) -> Counters {
+        Counters {
+            events,
+            created: AtomicU64::new(0),
+            connect_failures: AtomicU64::new(0),
+            broken: AtomicU64::new(0),
+            lifetime: AtomicU64::new(0),
+            invalid: AtomicU64::new(0),
+            idle: AtomicU64::new(0),
+            cancelled: AtomicU64::new(0),
+            evicted: AtomicU64::new(0),
+            pool_closed: AtomicU64::new(0),
+            closing: AtomicBool::new(false),
+            generation: AtomicU64::new(0),
+            cancels: AtomicU64::new(0),
+            last_connect_error: Mutex::new(None),
+            failing_since: Mutex::new(None),
+            last_attempt: Mutex::new(None),
+            last_success: Mutex::new(None),
+        }
+    }
+}
+
 /// A pooled connection and what the pool knows of it.
 pub(crate) struct Tracked<C> {
     pub conn: C,
+    /// Its number in the pool, in the order connections were opened.
+    pub serial: u64,
+    pub born: Instant,
+    /// The pool's eviction generation when it was opened.
+    pub generation: u64,
     pub expires: Option<Instant>,
     pub last_checkin: Instant,
+    /// When it was last tested while idle (keepalive); its idle time for the test before a
+    /// checkout counts from the later of the two.
+    pub last_probe: Instant,
     /// Whether it may be inside a transaction that the driver cannot report.
     pub dirty: bool,
     /// Set when the pool decides to close it: r2d2 then discards it on return.
@@ -73,25 +99,45 @@ impl<C> Tracked<C> {
     pub(crate) fn expired(&self, now: Instant) -> bool {
         self.expires.is_some_and(|at| now >= at)
     }
+
+    /// Why it must not serve again although it works: the pool closed, an eviction, its
+    /// lifetime.
+    pub(crate) fn retired(&self, now: Instant) -> Option<CloseReason> {
+        if self.counters.closing.load(Ordering::Acquire) {
+            Some(CloseReason::PoolClosed)
+        } else if self.generation < self.counters.generation.load(Ordering::Acquire) {
+            Some(CloseReason::Evicted)
+        } else if self.expired(now) {
+            Some(CloseReason::Lifetime)
+        } else {
+            None
+        }
+    }
 }
 
 impl<C> Drop for Tracked<C> {
     fn drop(&mut self) {
         let c = &self.counters;
         // r2d2's reaper closes idle connections past their lifetime without asking us.
-        let reason = self.close.unwrap_or(if self.expired(Instant::now()) {
-            CloseReason::Lifetime
-        } else {
-            CloseReason::Idle
-        });
+        let reason = self
+            .close
+            .or_else(|| self.retired(Instant::now()))
+            .unwrap_or(CloseReason::Idle);
         let counter = match reason {
             CloseReason::Broken => &c.broken,
             CloseReason::Lifetime => &c.lifetime,
             CloseReason::Invalid => &c.invalid,
             CloseReason::Idle => &c.idle,
             CloseReason::Cancelled => &c.cancelled,
+            CloseReason::Evicted => &c.evicted,
+            CloseReason::PoolClosed => &c.pool_closed,
         };
         counter.fetch_add(1, Ordering::Relaxed);
+        c.events.closed(&events::Closed {
+            connection: self.serial,
+            reason,
+            age: self.born.elapsed(),
+        });
     }
 }
 
@@ -135,13 +181,26 @@ impl<M> Managed<M> {
     }
 }
 
+/// Why r2d2 got no connection: the driver's error, or the pool is closed (r2d2 would
+/// otherwise open connections again to keep `min_idle`).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ConnectError<E: std::error::Error + 'static> {
+    #[error(transparent)]
+    Driver(E),
+    #[error("the pool is closed")]
+    Closed,
+}
+
 impl<M: Backend> ManageConnection for Managed<M> {
     type Connection = Tracked<M::Connection>;
-    type Error = M::Error;
+    type Error = ConnectError<M::Error>;
 
     fn connect(&self) -> Result<Self::Connection, Self::Error> {
+        if self.counters.closing.load(Ordering::Acquire) {
+            return Err(ConnectError::Closed);
+        }
         let started = Instant::now();
-        let result = self.manager.connect();
+        let result = self.manager.connect().map_err(ConnectError::Driver);
         // `last_attempt` is set after the failure state, so that a reader that sees this
         // attempt's time also sees its outcome.
         let done = || *self.counters.last_attempt.lock() = Some(Instant::now());
@@ -161,13 +220,21 @@ impl<M: Backend> ManageConnection for Managed<M> {
                 done();
                 let serial = self.counters.created.fetch_add(1, Ordering::Relaxed);
                 let now = Instant::now();
+                self.counters.events.opened(&events::Opened {
+                    connection: serial,
+                    took: now.saturating_duration_since(started),
+                });
                 Ok(Tracked {
                     conn,
+                    serial,
+                    born: now,
+                    generation: self.counters.generation.load(Ordering::Acquire),
                     expires: self.lifetime(serial).and_then(|l| now.checked_add(l)),
                     decided: false,
                     cache: None,
                     cancel_seen: false,
                     last_checkin: now,
+                    last_probe: now,
                     dirty: false,
                     close: None,
                     counters: self.counters.clone(),
@@ -212,7 +279,9 @@ impl<M: Backend> ManageConnection for Managed<M> {
     }
 
     fn is_valid(&self, conn: &mut Self::Connection) -> Result<(), Self::Error> {
-        self.manager.is_valid(&mut conn.conn)
+        self.manager
+            .is_valid(&mut conn.conn)
+            .map_err(ConnectError::Driver)
     }
 
     fn has_broken(&self, conn: &mut Self::Connection) -> bool {
@@ -221,8 +290,8 @@ impl<M: Backend> ManageConnection for Managed<M> {
         }
         if self.manager.has_broken(&mut conn.conn) {
             conn.close = Some(CloseReason::Broken);
-        } else if conn.expired(Instant::now()) {
-            conn.close = Some(CloseReason::Lifetime);
+        } else {
+            conn.close = conn.retired(Instant::now());
         }
         conn.close.is_some()
     }

@@ -21,6 +21,7 @@ use greenhub_tpool::Durations;
 use parking_lot::Mutex;
 
 use crate::conn::{Books, Conn, Lease, Permit, Presence, StopsWaiting};
+use crate::events::{self, HandleEvent, NoEvents};
 use crate::job::{Delivery, Job, Reply, Slot, Work};
 use crate::managed::{CloseReason, Counters, Managed, Tracked};
 use crate::stats::{CheckoutInfo, Closed, DbPoolStats, PoolState};
@@ -55,6 +56,15 @@ struct Permits<M: Backend> {
     free: u32,
     queue: VecDeque<Entry<M>>,
     sweep_at: usize,
+    /// New checkouts wait at the gate ([`Pool::suspend`]).
+    suspended: bool,
+    /// For good ([`Pool::close`]): checkouts fail.
+    closed: bool,
+    /// Permits made up to wake the waiters of a closed pool (each wakes, sees the pool
+    /// closed and hands its permit on); consumed before the free count grows.
+    phantom: u32,
+    /// Green threads waiting at the gate of a suspended pool.
+    gate: Vec<Arc<Token>>,
 }
 
 const MIN_SWEEP: usize = 16;
@@ -70,6 +80,7 @@ impl<M: Backend> Permits<M> {
 
     fn waiting(&self) -> usize {
         self.queue.iter().filter(|e| e.live()).count()
+            + self.gate.iter().filter(|t| t.is_waiting()).count()
     }
 }
 
@@ -110,6 +121,9 @@ const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 
 pub(crate) struct Settings {
     pub max_size: u32,
+    pub min_idle: u32,
+    pub idle_timeout: Option<Duration>,
+    pub keepalive: Option<Duration>,
     pub connection_timeout: Duration,
     pub validate_after: Option<Duration>,
     pub leak_threshold: Option<Duration>,
@@ -118,8 +132,8 @@ pub(crate) struct Settings {
 pub(crate) struct Inner<M: Backend> {
     pub name: String,
     reg: Registration,
-    /// Always `Some` until dropped (see `Drop`).
-    r2d2: Option<r2d2::Pool<Managed<M>>>,
+    /// `Some` until the pool is closed or dropped.
+    r2d2: Mutex<Option<r2d2::Pool<Managed<M>>>>,
     pub manager: Arc<M>,
     pub tpool: greenhub_tpool::Pool,
     permits: Mutex<Permits<M>>,
@@ -179,10 +193,73 @@ impl<M: Backend> Inner<M> {
         self.reg.id()
     }
 
-    /// Takes a permit, waiting in arrival order until `deadline` (or the enclosing scope's).
-    fn acquire(self: &Arc<Self>, deadline: Instant) -> Result<Permit<M>, greenhub::TimedOut> {
+    /// Waits while the pool is suspended (bounded by the enclosing scope only); `Closed`
+    /// once it is closed.
+    fn pass_gate(&self, asked_at: Instant) -> Result<(), Error> {
+        loop {
+            let waiter = {
+                let mut p = self.permits.lock();
+                if p.closed {
+                    return Err(Error::Closed);
+                }
+                if !p.suspended {
+                    return Ok(());
+                }
+                let on = WaitOn::Object {
+                    object: *crate::POOL_KIND,
+                    id: self.id(),
+                };
+                let waiter = Waiter::until(on, greenhub::timeout::deadline());
+                if p.gate.len() >= MIN_SWEEP && p.gate.len().is_power_of_two() {
+                    p.gate.retain(|t| t.is_waiting());
+                }
+                p.gate.push(waiter.token().clone());
+                waiter
+            };
+            if waiter.wait().is_err() {
+                self.gave_up(asked_at);
+                return Err(Error::TimedOut);
+            }
+        }
+    }
+
+    /// Suspends or resumes new checkouts, or closes the pool for good: whoever waits at the
+    /// gate when it opens is woken, and on closing so is every queued waiter (each learns
+    /// the pool is closed).
+    fn set_gate(self: &Arc<Self>, suspended: bool, close: bool) {
+        let (woken, phantoms) = {
+            let mut p = self.permits.lock();
+            let mut phantoms = 0;
+            if close && !p.closed {
+                p.closed = true;
+                self.counters.closing.store(true, Ordering::Release);
+                phantoms = p.queue.iter().filter(|e| e.live()).count() as u32;
+                p.phantom += phantoms;
+            }
+            p.suspended = suspended && !p.closed;
+            let woken = if p.suspended {
+                Vec::new()
+            } else {
+                std::mem::take(&mut p.gate)
+            };
+            (woken, phantoms)
+        };
+        for token in woken {
+            token.wake();
+        }
+        for _ in 0..phantoms {
+            self.release();
+        }
+    }
+
+    /// Takes a permit, waiting in arrival order until `deadline` (or the enclosing scope's):
+    /// `Err(TimedOut)` past it, `Err(Closed)` once the pool is closed.
+    fn acquire(self: &Arc<Self>, deadline: Instant) -> Result<Permit<M>, Error> {
         let (waiter, token) = {
             let mut p = self.permits.lock();
+            if p.closed {
+                return Err(Error::Closed);
+            }
             if p.free > 0 {
                 p.free -= 1;
                 return Ok(Permit(self.clone()));
@@ -206,7 +283,13 @@ impl<M: Backend> Inner<M> {
         let outcome = waiter.wait();
         std::mem::forget(guard);
         // A deadline that lost the race with the hand-off returns Ok: the permit is ours.
-        outcome.map(|()| Permit(self.clone()))
+        outcome.map_err(|greenhub::TimedOut| Error::TimedOut)?;
+        let permit = Permit(self.clone());
+        if self.permits.lock().closed {
+            // Dropping it hands it on: to the next waiter, who learns the same.
+            return Err(Error::Closed);
+        }
+        Ok(permit)
     }
 
     /// Gives a permit back: to the first green thread or job still waiting, or to the free
@@ -233,7 +316,11 @@ impl<M: Backend> Inner<M> {
                 }
             }
         }
-        p.free += 1;
+        if p.phantom > 0 {
+            p.phantom -= 1;
+        } else {
+            p.free += 1;
+        }
         Freed::Settled
     }
 
@@ -258,9 +345,13 @@ impl<M: Backend> Inner<M> {
         }
     }
 
-    /// Queues a job, or starts it at once if a permit is free.
-    fn enqueue(self: &Arc<Self>, job: &Arc<Job<M>>) {
+    /// Queues a job, or starts it at once if a permit is free; `Closed` once the pool is.
+    fn enqueue(self: &Arc<Self>, job: &Arc<Job<M>>) -> Result<(), Error> {
         let mut p = self.permits.lock();
+        if p.closed {
+            job.cancel();
+            return Err(Error::Closed);
+        }
         if p.free > 0 && job.claim() {
             p.free -= 1;
             drop(p);
@@ -268,6 +359,7 @@ impl<M: Backend> Inner<M> {
         } else {
             p.push(Entry::Job(job.clone()));
         }
+        Ok(())
     }
 
     /// Runs a claimed job, and the jobs queued behind it, on a pool thread.
@@ -289,7 +381,7 @@ impl<M: Backend> Inner<M> {
         let mut lease = match checkout {
             Ok(lease) => lease,
             Err(e) => {
-                self.book.lock().timeouts += 1;
+                self.gave_up(first.asked_at);
                 deliver(first.run(Err(e)));
                 return;
             }
@@ -310,15 +402,15 @@ impl<M: Backend> Inner<M> {
     }
 
     pub(crate) fn state(&self) -> PoolState {
-        let r = self.r2d2().state();
+        let r = self.r2d2().map(|r| r.state());
         let (free, waiting) = {
             let p = self.permits.lock();
             (p.free, p.waiting() as u32)
         };
         PoolState {
             max_size: self.settings.max_size,
-            size: r.connections,
-            idle: r.idle_connections,
+            size: r.as_ref().map_or(0, |r| r.connections),
+            idle: r.as_ref().map_or(0, |r| r.idle_connections),
             in_use: self.settings.max_size.saturating_sub(free),
             waiting,
         }
@@ -339,12 +431,16 @@ impl<M: Backend> Inner<M> {
         asked_at: Instant,
     ) -> Result<Lease<M>, Error> {
         let began = Instant::now();
+        let r2d2 = self.r2d2().ok_or(Error::Closed)?;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Err(self.out_of_time());
             }
-            let mut pooled = match self.r2d2().get_timeout(left.min(CHECKOUT_SLICE)) {
+            if self.counters.closing.load(Ordering::Acquire) {
+                return Err(Error::Closed);
+            }
+            let mut pooled = match r2d2.get_timeout(left.min(CHECKOUT_SLICE)) {
                 Ok(pooled) => pooled,
                 Err(_) if left > CHECKOUT_SLICE => {
                     if let Some(reason) = self.refused_since(began) {
@@ -356,11 +452,12 @@ impl<M: Backend> Inner<M> {
                 Err(_) => return Err(self.out_of_time()),
             };
             let now = Instant::now();
-            if pooled.expired(now) {
-                pooled.close = Some(CloseReason::Lifetime);
+            if let Some(reason) = pooled.retired(now) {
+                pooled.close = Some(reason);
                 continue;
             }
-            let idle_for = now.saturating_duration_since(pooled.last_checkin);
+            let idle_for =
+                now.saturating_duration_since(pooled.last_checkin.max(pooled.last_probe));
             if self.settings.validate_after.is_some_and(|v| idle_for >= v)
                 && self.manager.is_valid(&mut pooled.conn).is_err()
             {
@@ -398,6 +495,10 @@ impl<M: Backend> Inner<M> {
                 },
             );
         }
+        self.counters.events.checked_out(&events::CheckedOut {
+            checkout: id,
+            waited: now.saturating_duration_since(asked_at),
+        });
         let leak_timer = self.settings.leak_threshold.map(|threshold| {
             let weak = Arc::downgrade(self);
             greenhub::call_after(threshold, move || {
@@ -412,7 +513,7 @@ impl<M: Backend> Inner<M> {
     /// The last connect error, when the pool has no connection open and a connect attempt
     /// has failed since `since`.
     fn refused_since(&self, since: Instant) -> Option<String> {
-        if self.r2d2().state().connections > 0 {
+        if self.r2d2().is_some_and(|r| r.state().connections > 0) {
             return None;
         }
         // A success clears `failing_since` before it sets `last_attempt`.
@@ -433,6 +534,180 @@ impl<M: Backend> Inner<M> {
         }
     }
 
+    /// How often idle connections are looked at: often enough for the keepalive and idle
+    /// timeouts, at least twice a minute, at most every 10 ms.
+    fn sweep_period(&self) -> Duration {
+        let s = &self.settings;
+        [s.keepalive, s.idle_timeout]
+            .into_iter()
+            .flatten()
+            .map(|d| d / 4)
+            .fold(Duration::from_secs(30), Duration::min)
+            .max(Duration::from_millis(10))
+    }
+
+    /// Runs [`Inner::sweep_idle`] on a pool thread after the sweep period, and again after
+    /// each, for as long as the pool lives and is open.
+    fn schedule_sweep(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        greenhub::call_after(self.sweep_period(), move || {
+            let Some(inner) = weak.upgrade() else {
+                return;
+            };
+            if inner.counters.closing.load(Ordering::Acquire) {
+                return;
+            }
+            let tpool = inner.tpool.clone();
+            // Full queue or no threads: the next period tries again.
+            let again = inner.clone();
+            if tpool.spawn(move || inner.sweep_idle()).is_err() {
+                again.schedule_sweep();
+            }
+        });
+    }
+
+    /// On a pool thread: the idle connections are taken out of r2d2 (with permits nobody
+    /// waits for, so no caller is held up for a permit) and looked at, oldest first: one
+    /// evicted or past its lifetime is closed, so is one idle past `idle_timeout` while more
+    /// than `min_idle` are open, and one idle past `keepalive` is tested (closed if it
+    /// fails). The rest go back in the order they came. Then the next sweep is scheduled.
+    fn sweep_idle(self: &Arc<Self>) {
+        self.sweep_once();
+        self.schedule_sweep();
+    }
+
+    fn sweep_once(self: &Arc<Self>) {
+        let Some(r2d2) = self.r2d2() else {
+            return;
+        };
+        let taken = {
+            let mut p = self.permits.lock();
+            if p.closed || p.queue.iter().any(Entry::live) {
+                return;
+            }
+            let n = p.free.min(r2d2.state().idle_connections);
+            p.free -= n;
+            n
+        };
+        // Created outside the lock: each gives its permit back when dropped.
+        let permits: Vec<Permit<M>> = (0..taken).map(|_| Permit(self.clone())).collect();
+        let mut idle = Vec::new();
+        for _ in 0..taken {
+            // Connections are idle and the permits ours: this does not wait, and does not
+            // open one (none is missing).
+            match r2d2.get_timeout(Duration::from_millis(1)) {
+                Ok(pooled) => idle.push(pooled),
+                Err(_) => break,
+            }
+        }
+        let now = Instant::now();
+        let s = &self.settings;
+        let mut open = r2d2.state().connections;
+        // Oldest first: r2d2 hands out the most recently returned first.
+        for pooled in idle.iter_mut().rev() {
+            let idle_for = now.saturating_duration_since(pooled.last_checkin);
+            if let Some(reason) = pooled.retired(now) {
+                pooled.close = Some(reason);
+            } else if s.idle_timeout.is_some_and(|t| idle_for >= t) && open > s.min_idle {
+                pooled.close = Some(CloseReason::Idle);
+            } else if s.keepalive.is_some_and(|k| {
+                now.saturating_duration_since(pooled.last_checkin.max(pooled.last_probe)) >= k
+            }) {
+                pooled.last_probe = now;
+                if self.manager.is_valid(&mut pooled.conn).is_err() {
+                    pooled.close = Some(CloseReason::Invalid);
+                }
+            }
+            if pooled.close.is_some() {
+                open = open.saturating_sub(1);
+            }
+        }
+        // Back in reverse, so that r2d2's stack keeps its order.
+        while let Some(pooled) = idle.pop() {
+            drop(pooled);
+        }
+        drop(permits);
+        // Closed ones below `min_idle` are replaced here, not by the next caller.
+        let _ = self.fill(None);
+    }
+
+    /// On a pool thread: opens connections until `min_idle` are open, with permits nobody
+    /// waits for (callers that wait open connections themselves). Without a deadline it
+    /// tries once per missing connection (the sweep); with one it fails at the deadline, or
+    /// at once when a connect is refused while none is open (building the pool).
+    fn fill(self: &Arc<Self>, deadline: Option<Instant>) -> Result<(), String> {
+        let Some(r2d2) = self.r2d2() else {
+            return Ok(());
+        };
+        let min_idle = self.settings.min_idle;
+        let began = Instant::now();
+        // Held until the end, so that each `get` opens a connection instead of handing back
+        // one just taken.
+        let mut held = Vec::new();
+        let outcome = loop {
+            if r2d2.state().connections >= min_idle || held.len() as u32 >= min_idle {
+                break Ok(());
+            }
+            {
+                let mut p = self.permits.lock();
+                if p.closed || p.free == 0 || p.queue.iter().any(Entry::live) {
+                    break Ok(());
+                }
+                p.free -= 1;
+            }
+            let permit = Permit(self.clone());
+            let slice = deadline.map_or(CHECKOUT_SLICE, |d| {
+                d.saturating_duration_since(Instant::now())
+                    .min(CHECKOUT_SLICE)
+            });
+            match r2d2.get_timeout(slice) {
+                Ok(pooled) => held.push((pooled, permit)),
+                Err(_) => {
+                    drop(permit);
+                    if let Some(reason) = self.refused_since(began) {
+                        break Err(reason);
+                    }
+                    match deadline {
+                        None => break Ok(()),
+                        Some(d) if Instant::now() >= d => {
+                            break Err(self
+                                .counters
+                                .last_connect_error
+                                .lock()
+                                .clone()
+                                .unwrap_or_else(|| {
+                                    format!(
+                                        "{} of {min_idle} connections opened within {} ms",
+                                        r2d2.state().connections,
+                                        self.settings.connection_timeout.as_millis()
+                                    )
+                                }));
+                        }
+                        Some(_) => {}
+                    }
+                }
+            }
+        };
+        // Back in reverse, so that r2d2's stack keeps its order; each permit after its
+        // connection.
+        while let Some((pooled, permit)) = held.pop() {
+            drop(pooled);
+            drop(permit);
+        }
+        outcome
+    }
+
+    /// A caller that asked at `asked_at` gave up waiting for a connection.
+    fn gave_up(&self, asked_at: Instant) {
+        self.book.lock().timeouts += 1;
+        self.counters
+            .events
+            .checkout_timed_out(&events::CheckoutTimedOut {
+                waited: asked_at.elapsed(),
+                state: self.state(),
+            });
+    }
+
     fn report_leak(&self, id: u64, threshold: Duration) {
         let mut book = self.book.lock();
         let Some(c) = book.current.get_mut(&id) else {
@@ -448,9 +723,17 @@ impl<M: Backend> Inner<M> {
             c.holder_name.as_deref().unwrap_or(""),
             c.site
         );
+        let event = events::LeakSuspected {
+            checkout: id,
+            holder: c.holder,
+            holder_name: c.holder_name.clone(),
+            site: c.site.to_string(),
+            held: c.since.elapsed(),
+        };
         book.leaks += 1;
         drop(book);
         greenhub::ext::warn(&line);
+        self.counters.events.leak_suspected(&event);
     }
 
     /// Books a connection back in (the connection itself has gone back to r2d2).
@@ -459,8 +742,11 @@ impl<M: Backend> Inner<M> {
         if let Some(c) = book.current.remove(&id) {
             let held = c.since.elapsed();
             book.hold_time.record(held);
+            drop(book);
+            self.counters
+                .events
+                .checked_in(&events::CheckedIn { checkout: id, held });
             if c.leaked {
-                drop(book);
                 greenhub::ext::warn(&format!(
                     "greenhub-dbpool: pool {:?}: the connection reported as leaked (checked out \
                      at {}) came back after {} ms",
@@ -514,6 +800,8 @@ impl<M: Backend> Inner<M> {
                 invalid: c.invalid.load(Ordering::Relaxed),
                 idle: c.idle.load(Ordering::Relaxed),
                 cancelled: c.cancelled.load(Ordering::Relaxed),
+                evicted: c.evicted.load(Ordering::Relaxed),
+                pool_closed: c.pool_closed.load(Ordering::Relaxed),
             },
             leaks: book.leaks,
             cancels: c.cancels.load(Ordering::Relaxed),
@@ -596,12 +884,15 @@ pub struct Builder<M> {
     max_lifetime: Option<Duration>,
     validate_after: Option<Duration>,
     leak_threshold: Option<Duration>,
+    keepalive: Option<Duration>,
+    events: Arc<dyn HandleEvent>,
 }
 
 impl<M> Clone for Builder<M> {
     fn clone(&self) -> Self {
         Builder {
             name: self.name.clone(),
+            events: self.events.clone(),
             ..*self
         }
     }
@@ -618,6 +909,7 @@ impl<M> std::fmt::Debug for Builder<M> {
             .field("max_lifetime", &self.max_lifetime)
             .field("validate_after", &self.validate_after)
             .field("leak_threshold", &self.leak_threshold)
+            .field("keepalive", &self.keepalive)
             .finish()
     }
 }
@@ -675,6 +967,23 @@ impl<M: Backend> Builder<M> {
         self
     }
 
+    /// An idle connection is tested (one round trip) once it has sat idle this long, as
+    /// HikariCP's `keepaliveTime`: a firewall or NAT that drops idle flows keeps it, and one
+    /// that died meanwhile is closed before a caller meets it (default 2 min; `None`: never).
+    /// A firewall that drops packets silently stalls the test until TCP gives up: set the
+    /// driver's `tcp_user_timeout` (PostgreSQL) to bound it.
+    pub fn keepalive(mut self, idle: Option<Duration>) -> Builder<M> {
+        self.keepalive = idle;
+        self
+    }
+
+    /// The hook told of the pool's events: connections opened and closed, checkouts,
+    /// returns, timeouts, suspected leaks (default: none).
+    pub fn events(mut self, handler: impl HandleEvent) -> Builder<M> {
+        self.events = Arc::new(handler);
+        self
+    }
+
     /// Builds the pool, opening `min_idle` connections first. From a green thread it waits
     /// cooperatively (the connects run on the pool's threads).
     pub fn build(self, manager: M) -> Result<Pool<M>, Error> {
@@ -692,6 +1001,7 @@ impl<M: Backend> Builder<M> {
             ("idle_timeout", self.idle_timeout),
             ("max_lifetime", self.max_lifetime),
             ("leak_threshold", self.leak_threshold),
+            ("keepalive", self.keepalive),
         ];
         for (what, value) in positive {
             if value.is_some_and(|v| v.is_zero()) {
@@ -717,68 +1027,34 @@ impl<M: Backend> Builder<M> {
             .queue_capacity(4 * max + 16)
             .build()?;
         let manager = Arc::new(manager);
-        let counters = Arc::new(Counters::default());
+        let counters = Arc::new(Counters::new(self.events.clone()));
         let managed = Managed::new(
             manager.clone(),
             counters.clone(),
             self.max_lifetime,
             self.name.clone(),
         );
-        let last_error = counters.clone();
-        let r2d2_builder = r2d2::Pool::builder()
+        let r2d2 = r2d2::Pool::builder()
             .max_size(self.max_size)
-            .min_idle(Some(self.min_idle))
+            // The pool keeps `min_idle` connections open itself (`fill`): r2d2 would open
+            // more each time its idle ones are taken out, by checkouts and by the sweep.
+            .min_idle(Some(0))
             // r2d2 retries a failed connect after a delay that doubles up to half this:
             // capped so that the pool reconnects within a second of the server's return. The
             // pool's own `connection_timeout` bounds checkouts (`checkout_blocking`).
             .connection_timeout(self.connection_timeout.min(RECONNECT_CAP * 2))
-            .idle_timeout(self.idle_timeout)
+            // Idle connections are closed by the pool's own sweep (`sweep_idle`): its
+            // keepalive tests would make r2d2 count them as just used.
+            .idle_timeout(None)
             .max_lifetime(self.max_lifetime)
             .test_on_check_out(false)
-            .error_handler(Box::new(r2d2::NopErrorHandler));
-        // r2d2's own wait for `min_idle` would last only its capped timeout: the pool waits
-        // the whole `connection_timeout` itself, and fails at once when no connect succeeds.
-        let (min_idle, timeout) = (self.min_idle, self.connection_timeout);
-        let built = match tpool.execute(move || {
-            let r2d2 = r2d2_builder.build_unchecked(managed);
-            let began = Instant::now();
-            let deadline = began + timeout;
-            loop {
-                let state = r2d2.state();
-                if state.idle_connections >= min_idle {
-                    return Ok(r2d2);
-                }
-                let refused = state.connections == 0
-                    && last_error.failing_since.lock().is_some()
-                    && last_error.last_attempt.lock().is_some_and(|t| t >= began);
-                if refused || Instant::now() >= deadline {
-                    return Err(last_error.last_connect_error.lock().clone().unwrap_or_else(
-                        || {
-                            format!(
-                                "{} of {min_idle} connections opened within {} ms",
-                                state.idle_connections,
-                                timeout.as_millis()
-                            )
-                        },
-                    ));
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        }) {
-            Ok(Ok(r2d2)) => Ok(r2d2),
-            Ok(Err(reason)) => Err(Error::Connect { reason }),
-            Err(e) => Err(e.into()),
-        };
-        let r2d2 = match built {
-            Ok(r2d2) => r2d2,
-            Err(e) => {
-                // Its thread would otherwise wait on the queue for ever.
-                tpool.shutdown(Duration::ZERO);
-                return Err(e);
-            }
-        };
+            .error_handler(Box::new(r2d2::NopErrorHandler))
+            .build_unchecked(managed);
         let settings = Settings {
             max_size: self.max_size,
+            min_idle: self.min_idle,
+            idle_timeout: self.idle_timeout,
+            keepalive: self.keepalive,
             connection_timeout: self.connection_timeout,
             validate_after: self.validate_after,
             leak_threshold: self.leak_threshold,
@@ -786,19 +1062,33 @@ impl<M: Backend> Builder<M> {
         let inner = Arc::new_cyclic(|weak: &Weak<Inner<M>>| Inner {
             name: self.name,
             reg: Registration::new(weak.clone()),
-            r2d2: Some(r2d2),
+            r2d2: Mutex::new(Some(r2d2)),
             manager,
             tpool,
             permits: Mutex::new(Permits {
                 free: self.max_size,
                 queue: VecDeque::new(),
                 sweep_at: MIN_SWEEP,
+                suspended: false,
+                closed: false,
+                phantom: 0,
+                gate: Vec::new(),
             }),
             settings,
             book: Mutex::new(Book::default()),
             counters,
             next_checkout: AtomicU64::new(1),
         });
+        // The whole `connection_timeout` for `min_idle` connections, failing at once when a
+        // connect is refused with none open.
+        let deadline = Instant::now() + self.connection_timeout;
+        let filler = inner.clone();
+        match inner.tpool.execute(move || filler.fill(Some(deadline))) {
+            Ok(Ok(())) => {}
+            Ok(Err(reason)) => return Err(Error::Connect { reason }),
+            Err(e) => return Err(e.into()),
+        }
+        inner.schedule_sweep();
         Ok(Pool { inner })
     }
 }
@@ -816,6 +1106,8 @@ impl<M: Backend> Pool<M> {
             max_lifetime: Some(Duration::from_secs(1800)),
             validate_after: Some(Duration::from_millis(500)),
             leak_threshold: None,
+            keepalive: Some(Duration::from_secs(120)),
+            events: Arc::new(NoEvents),
         }
     }
 }
@@ -839,6 +1131,113 @@ impl<M: Backend> Pool<M> {
     /// State, counters, histograms and the current checkouts.
     pub fn stats(&self) -> DbPoolStats {
         self.inner.stats()
+    }
+
+    /// Holds new checkouts (and calls) at the door until [`Pool::resume`], for a planned
+    /// failover: they wait, bounded only by their own deadline scopes (the pool's
+    /// `connection_timeout` counts from the resume), and nothing fails. Checkouts already
+    /// waiting for a connection, and connections checked out, carry on.
+    ///
+    /// ```
+    /// use greenhub_dbpool::{Pool, SqliteConnectionManager};
+    ///
+    /// let pool = Pool::builder().build(SqliteConnectionManager::memory()).unwrap();
+    /// pool.suspend();
+    /// let caller = { let pool = pool.clone(); greenhub::spawn(move || pool.run(|_| 7)) };
+    /// greenhub::sleep(std::time::Duration::from_millis(20)).unwrap();
+    /// assert!(!caller.is_done()); // waiting at the door
+    /// pool.evict(); // the connections opened so far will not serve again
+    /// pool.resume();
+    /// assert_eq!(caller.wait().unwrap().unwrap(), 7);
+    /// ```
+    pub fn suspend(&self) {
+        self.inner.set_gate(true, false);
+    }
+
+    /// Lets the checkouts held by [`Pool::suspend`] through.
+    pub fn resume(&self) {
+        self.inner.set_gate(false, false);
+    }
+
+    /// Whether new checkouts wait for [`Pool::resume`].
+    pub fn is_suspended(&self) -> bool {
+        self.inner.permits.lock().suspended
+    }
+
+    /// Closes every connection opened until now as soon as it is not in use: the idle ones
+    /// at once (on a pool thread), the checked-out ones when they come back. New connections
+    /// are opened as needed: after a failover, they reach the new server.
+    pub fn evict(&self) {
+        self.inner
+            .counters
+            .generation
+            .fetch_add(1, Ordering::AcqRel);
+        let inner = self.inner.clone();
+        // If the pool's threads are busy or gone, the periodic sweep or the next checkout
+        // of each idle connection closes it.
+        let _ = self.inner.tpool.spawn(move || inner.sweep_once());
+    }
+
+    /// Closes the pool: new checkouts and calls, and those waiting, fail with
+    /// [`Error::Closed`]; idle connections are closed at once; the caller then waits (up to
+    /// `grace`, cooperatively on a green thread) for the checked-out connections to come
+    /// back, each closed as it does. What is still out after `grace` is closed when it comes
+    /// back. Closing again does nothing more.
+    ///
+    /// ```
+    /// use greenhub_dbpool::{Error, Pool, SqliteConnectionManager};
+    /// use std::time::Duration;
+    ///
+    /// let pool = Pool::builder().build(SqliteConnectionManager::memory()).unwrap();
+    /// let conn = pool.get().unwrap();
+    /// let returner = greenhub::spawn(move || {
+    ///     greenhub::sleep(Duration::from_millis(20)).unwrap();
+    ///     drop(conn);
+    /// });
+    /// let report = pool.close(Duration::from_secs(10));
+    /// assert_eq!(report.still_out, 0);
+    /// assert!(matches!(pool.get(), Err(Error::Closed)));
+    /// # returner.wait().unwrap();
+    /// ```
+    pub fn close(&self, grace: Duration) -> crate::CloseReport {
+        let began = Instant::now();
+        let inner = &self.inner;
+        inner.set_gate(false, true);
+        if let Some(r2d2) = inner.r2d2.lock().take() {
+            // Closing idle connections talks to the server: on a pool thread.
+            let drain = move || {
+                while r2d2.state().idle_connections > 0 {
+                    match r2d2.get_timeout(Duration::from_millis(1)) {
+                        Ok(mut pooled) => pooled.close = Some(CloseReason::PoolClosed),
+                        Err(_) => break,
+                    }
+                }
+            };
+            if inner.tpool.execute(drain).is_err() {
+                greenhub::ext::warn(&format!(
+                    "greenhub-dbpool: pool {:?}: its threads are gone; its idle connections \
+                     close when the pool is dropped",
+                    inner.name
+                ));
+            }
+        }
+        let deadline = began + grace;
+        let out = || {
+            let p = inner.permits.lock();
+            inner.settings.max_size.saturating_sub(p.free)
+        };
+        while out() > 0 && Instant::now() < deadline {
+            let nap = deadline
+                .saturating_duration_since(Instant::now())
+                .min(Duration::from_millis(5));
+            if greenhub::sleep(nap).is_err() {
+                break; // the caller's own deadline
+            }
+        }
+        crate::CloseReport {
+            still_out: out(),
+            waited: began.elapsed(),
+        }
     }
 
     /// Checks a connection out, waiting cooperatively (first come, first served) up to the
@@ -900,7 +1299,9 @@ impl<M: Backend> Pool<M> {
         let site = Location::caller();
         let inner = &self.inner;
         let asked_at = Instant::now();
-        let own = asked_at + inner.settings.connection_timeout;
+        inner.pass_gate(asked_at)?;
+        // Time spent suspended does not count against the pool's own timeout.
+        let own = Instant::now() + inner.settings.connection_timeout;
         let scope = greenhub::timeout::deadline();
         let deadline = scope.map_or(own, |scope| scope.min(own));
         let slot = Slot::new();
@@ -917,7 +1318,7 @@ impl<M: Backend> Pool<M> {
         });
         let holder = greenhub::current().map(|c| (c.id(), c.name().map(str::to_string)));
         let job = Arc::new(Job::new(work, site, holder, asked_at, deadline));
-        inner.enqueue(&job);
+        inner.enqueue(&job)?;
         let on = WaitOn::Object {
             object: *crate::POOL_KIND,
             id: inner.id(),
@@ -938,7 +1339,7 @@ impl<M: Backend> Pool<M> {
             if job.cancel() {
                 std::mem::forget(leave);
                 caller.disarm();
-                inner.book.lock().timeouts += 1;
+                inner.gave_up(asked_at);
                 return Err(if Instant::now() < own {
                     Error::TimedOut
                 } else {
@@ -975,7 +1376,6 @@ impl<M: Backend> Pool<M> {
                 }
                 // One that lands after it is the cancel's doing (or too late): dropped there.
                 slot.abandon();
-                inner.book.lock().timeouts += 1;
                 return Err(Error::TimedOut);
             }
             until = None;
@@ -994,13 +1394,14 @@ impl<M: Backend> Pool<M> {
         let site = Location::caller();
         let inner = &self.inner;
         let asked_at = Instant::now();
-        let own = asked_at + inner.settings.connection_timeout;
+        inner.pass_gate(asked_at)?;
+        let own = Instant::now() + inner.settings.connection_timeout;
         // The checkout call keeps a permit until it ends: bound it by the scope too.
         let deadline = greenhub::timeout::deadline().map_or(own, |scope| scope.min(own));
         let permit = match inner.acquire(deadline) {
             Ok(permit) => permit,
-            Err(greenhub::TimedOut) => {
-                inner.book.lock().timeouts += 1;
+            Err(Error::TimedOut) => {
+                inner.gave_up(asked_at);
                 if Instant::now() < own {
                     return Err(Error::TimedOut);
                 }
@@ -1010,6 +1411,7 @@ impl<M: Backend> Pool<M> {
                     state: inner.state(),
                 });
             }
+            Err(e) => return Err(e),
         };
         let holder = greenhub::current().map(|c| (c.id(), c.name().map(str::to_string)));
         let worker = inner.clone();
@@ -1025,12 +1427,12 @@ impl<M: Backend> Pool<M> {
                 Ok(value)
             }
             Ok(Err(e)) => {
-                inner.book.lock().timeouts += 1;
+                inner.gave_up(asked_at);
                 Err(e)
             }
             Err(e) => {
                 if matches!(e, greenhub_tpool::Error::TimedOut) {
-                    inner.book.lock().timeouts += 1;
+                    inner.gave_up(asked_at);
                 }
                 Err(e.into())
             }
@@ -1056,11 +1458,9 @@ impl<M: Backend> Drop for Withdraw<'_, M> {
 }
 
 impl<M: Backend> Inner<M> {
-    fn r2d2(&self) -> &r2d2::Pool<Managed<M>> {
-        // Set at construction, taken only in `drop`.
-        self.r2d2
-            .as_ref()
-            .expect("the r2d2 pool lives as long as the pool")
+    /// r2d2's pool, until the pool is closed.
+    fn r2d2(&self) -> Option<r2d2::Pool<Managed<M>>> {
+        self.r2d2.lock().clone()
     }
 }
 
@@ -1069,7 +1469,7 @@ impl<M: Backend> Drop for Inner<M> {
         // The pool's threads end with it; calls still queued get `ShutDown`.
         self.tpool.shutdown(Duration::ZERO);
         // Closing the idle connections talks to the server: never on a worker.
-        if let Some(r2d2) = self.r2d2.take()
+        if let Some(r2d2) = self.r2d2.get_mut().take()
             && may::coroutine::is_coroutine()
         {
             let closer = std::thread::Builder::new()

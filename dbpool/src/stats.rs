@@ -43,6 +43,12 @@ pub struct Closed {
     /// Closed after a cancel request that might still have landed on a later statement.
     #[serde(default)]
     pub cancelled: u64,
+    /// Evicted (opened before [`Pool::evict`](crate::Pool::evict)).
+    #[serde(default)]
+    pub evicted: u64,
+    /// Closed by [`Pool::close`](crate::Pool::close).
+    #[serde(default)]
+    pub pool_closed: u64,
 }
 
 /// A connection checked out now.
@@ -94,4 +100,14 @@ pub struct DbPoolStats {
     pub hold_time: Summary,
     /// The connections checked out now, longest held first.
     pub current: Vec<CheckoutInfo>,
+}
+
+/// What [`Pool::close`](crate::Pool::close) saw.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CloseReport {
+    /// Connections still checked out when it stopped waiting (each is closed when it comes
+    /// back).
+    pub still_out: u32,
+    /// How long it waited.
+    pub waited: std::time::Duration,
 }

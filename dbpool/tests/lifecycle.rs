@@ -1,0 +1,349 @@
+//! The pool operations production needs: suspend and resume, eviction, a graceful close,
+//! idle connections closed past `idle_timeout` and kept alive through a firewall that drops
+//! idle flows, and the events a program can hook.
+
+#[allow(dead_code)] // shared by the test files; this one uses part of it
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{Managers, Pg};
+use greenhub::spawn;
+use greenhub_dbpool::events::{self, HandleEvent};
+use greenhub_dbpool::{CloseReason, Error, PgPool, Pool, SqliteConnectionManager, SqlitePool};
+
+fn manager(dir: &tempfile::TempDir) -> SqliteConnectionManager {
+    SqliteConnectionManager::file(dir.path().join("db.sqlite"))
+}
+
+/// Waits until `done` holds, for at most a minute; panics with `what` otherwise.
+fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    let give_up = Instant::now() + Duration::from_secs(60);
+    while !done() {
+        assert!(Instant::now() < give_up, "never: {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn suspended_callers_wait_past_the_pool_timeout_and_all_succeed_on_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let pool: SqlitePool = Pool::builder()
+        .max_size(4)
+        .connection_timeout(Duration::from_millis(100))
+        .build(manager(&dir))
+        .unwrap();
+    for round in 0..5 {
+        pool.suspend();
+        assert!(pool.is_suspended());
+        let callers: Vec<_> = (0..50)
+            .map(|i| {
+                let pool = pool.clone();
+                spawn(move || {
+                    if i % 2 == 0 {
+                        pool.run(move |_| i)
+                    } else {
+                        pool.get().map(|_| i)
+                    }
+                })
+            })
+            .collect();
+        // A caller with its own deadline still leaves at it.
+        let scoped = {
+            let pool = pool.clone();
+            spawn(move || greenhub::with_timeout(Duration::from_millis(30), || pool.run(|_| ())))
+        };
+        assert!(matches!(scoped.wait().unwrap(), Err(Error::TimedOut)));
+        eventually("all 50 wait at the door", || pool.state().waiting == 50);
+        // Longer than the pool's own timeout: nobody fails for it.
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(callers.iter().all(|c| !c.is_done()), "round {round}");
+        pool.resume();
+        let mut got: Vec<i32> = callers
+            .into_iter()
+            .map(|c| c.wait().unwrap().unwrap())
+            .collect();
+        got.sort();
+        assert_eq!(got, (0..50).collect::<Vec<_>>(), "round {round}");
+    }
+    assert!(!pool.is_suspended());
+    assert_eq!(pool.stats().timeouts, 5);
+}
+
+/// Counts what a pool tells its hook.
+#[derive(Default)]
+struct Tally {
+    opened: AtomicU64,
+    closed: Mutex<Vec<CloseReason>>,
+    out: AtomicU64,
+    back: AtomicU64,
+    timed_out: AtomicU64,
+    leaks: Mutex<Vec<events::LeakSuspected>>,
+}
+
+impl HandleEvent for Tally {
+    fn opened(&self, _: &events::Opened) {
+        self.opened.fetch_add(1, Ordering::SeqCst);
+    }
+    fn closed(&self, e: &events::Closed) {
+        self.closed.lock().unwrap().push(e.reason);
+    }
+    fn checked_out(&self, _: &events::CheckedOut) {
+        self.out.fetch_add(1, Ordering::SeqCst);
+    }
+    fn checked_in(&self, _: &events::CheckedIn) {
+        self.back.fetch_add(1, Ordering::SeqCst);
+    }
+    fn checkout_timed_out(&self, _: &events::CheckoutTimedOut) {
+        self.timed_out.fetch_add(1, Ordering::SeqCst);
+    }
+    fn leak_suspected(&self, e: &events::LeakSuspected) {
+        self.leaks.lock().unwrap().push(e.clone());
+    }
+}
+
+#[test]
+fn close_fails_waiters_at_once_waits_for_holders_and_closes_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let tally = Arc::new(Tally::default());
+    let pool: SqlitePool = Pool::builder()
+        .max_size(3)
+        .min_idle(3)
+        .events(tally.clone())
+        .build(manager(&dir))
+        .unwrap();
+    assert_eq!(pool.state().size, 3);
+    // Two held: one comes back within the grace, one long after.
+    let held_briefly = pool.get().unwrap();
+    let held_long = pool.get().unwrap();
+    let third = pool.get().unwrap();
+    let waiters: Vec<_> = (0..20)
+        .map(|i| {
+            let pool = pool.clone();
+            spawn(move || {
+                if i % 2 == 0 {
+                    pool.run(|_| ())
+                } else {
+                    pool.get().map(drop)
+                }
+            })
+        })
+        .collect();
+    eventually("20 waiting", || pool.state().waiting == 20);
+    drop(third); // idle again: its waiter takes it
+    let returner = spawn(move || {
+        greenhub::sleep(Duration::from_millis(50)).unwrap();
+        drop(held_briefly);
+    });
+    let report = pool.close(Duration::from_millis(500));
+    returner.wait().unwrap();
+    for w in waiters {
+        let r = w.wait().unwrap();
+        assert!(matches!(r, Ok(()) | Err(Error::Closed)), "{r:?}");
+    }
+    assert_eq!(report.still_out, 1, "{report:?}");
+    assert!(matches!(pool.get(), Err(Error::Closed)));
+    assert!(matches!(pool.run(|_| ()), Err(Error::Closed)));
+    drop(held_long);
+    eventually("every connection closed", || {
+        pool.stats().closed.pool_closed == 3
+    });
+    let reasons = tally.closed.lock().unwrap().clone();
+    assert_eq!(reasons, vec![CloseReason::PoolClosed; 3]);
+    assert_eq!(tally.opened.load(Ordering::SeqCst), 3);
+    assert_eq!(
+        tally.out.load(Ordering::SeqCst),
+        tally.back.load(Ordering::SeqCst)
+    );
+    // Nothing reopens connections for `min_idle` after the close.
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(pool.stats().created, 3);
+    // Closing again changes nothing.
+    assert_eq!(pool.close(Duration::ZERO).still_out, 0);
+}
+
+#[test]
+fn evicted_connections_close_idle_at_once_and_checked_out_on_return() {
+    let dir = tempfile::tempdir().unwrap();
+    let tally = Arc::new(Tally::default());
+    let pool: SqlitePool = Pool::builder()
+        .max_size(4)
+        .min_idle(3)
+        .events(tally.clone())
+        .build(manager(&dir))
+        .unwrap();
+    let held = pool.get().unwrap();
+    pool.evict();
+    eventually("the idle ones evicted", || pool.stats().closed.evicted == 2);
+    drop(held);
+    eventually("the held one evicted on return", || {
+        pool.stats().closed.evicted == 3
+    });
+    // Replaced as needed, and the new ones serve.
+    for _ in 0..10 {
+        assert_eq!(pool.run(|_| 1).unwrap(), 1);
+    }
+    let stats = pool.stats();
+    assert!(stats.created >= 4, "{stats:?}");
+    assert_eq!(stats.closed.evicted, 3);
+    assert_eq!(
+        tally
+            .closed
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| **r == CloseReason::Evicted)
+            .count(),
+        3
+    );
+}
+
+#[test]
+fn idle_connections_beyond_min_idle_close_after_idle_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let pool: SqlitePool = Pool::builder()
+        .max_size(6)
+        .min_idle(2)
+        .idle_timeout(Some(Duration::from_millis(200)))
+        .build(manager(&dir))
+        .unwrap();
+    let held: Vec<_> = (0..6).map(|_| pool.get().unwrap()).collect();
+    assert_eq!(pool.state().size, 6);
+    drop(held);
+    eventually("closed down to min_idle", || pool.state().size == 2);
+    let stats = pool.stats();
+    assert_eq!(stats.closed.idle, 4, "{stats:?}");
+    // And it stays there.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(pool.state().size, 2);
+}
+
+#[test]
+fn events_tell_checkouts_returns_timeouts_and_leaks() {
+    let tally = Arc::new(Tally::default());
+    let pool: SqlitePool = Pool::builder()
+        .max_size(2)
+        .connection_timeout(Duration::from_millis(50))
+        .leak_threshold(Some(Duration::from_millis(20)))
+        .events(tally.clone())
+        .build(SqliteConnectionManager::memory())
+        .unwrap();
+    for _ in 0..100 {
+        pool.run(|_| ()).unwrap();
+    }
+    let a = pool.get().unwrap();
+    let b = pool.get().unwrap();
+    assert!(matches!(pool.get(), Err(Error::PoolTimeout { .. })));
+    assert_eq!(tally.timed_out.load(Ordering::SeqCst), 1);
+    eventually("two leaks told", || tally.leaks.lock().unwrap().len() == 2);
+    let leak = tally.leaks.lock().unwrap()[0].clone();
+    assert!(leak.site.contains("lifecycle.rs"), "{leak:?}");
+    assert!(leak.held >= Duration::from_millis(20));
+    drop((a, b));
+    assert_eq!(tally.out.load(Ordering::SeqCst), 102);
+    assert_eq!(tally.back.load(Ordering::SeqCst), 102);
+    assert_eq!(tally.opened.load(Ordering::SeqCst), pool.stats().created);
+}
+
+/// A TCP proxy standing for a firewall that forgets flows idle longer than `idle`: it closes
+/// both sides. Returns its port; it serves until the test ends.
+fn firewall(to: u16, idle: Duration) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(client) = client else { continue };
+            let Ok(server) = TcpStream::connect(("127.0.0.1", to)) else {
+                continue;
+            };
+            let last = Arc::new(Mutex::new(Instant::now()));
+            for (mut from, mut into) in [
+                (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                (server.try_clone().unwrap(), client.try_clone().unwrap()),
+            ] {
+                let last = last.clone();
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 16384];
+                    while let Ok(n @ 1..) = from.read(&mut buf) {
+                        *last.lock().unwrap() = Instant::now();
+                        if into.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = into.shutdown(Shutdown::Both);
+                    let _ = from.shutdown(Shutdown::Both);
+                });
+            }
+            std::thread::spawn(move || {
+                loop {
+                    std::thread::sleep(idle / 10);
+                    if last.lock().unwrap().elapsed() >= idle {
+                        let _ = client.shutdown(Shutdown::Both);
+                        let _ = server.shutdown(Shutdown::Both);
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+/// Through a firewall that drops flows idle for 2 s: with a keepalive of 100 ms the idle
+/// connections live on (the same backends serve after 5 s); without one they are dropped,
+/// and the test before a checkout finds them dead and opens others.
+#[test]
+fn keepalive_keeps_idle_connections_through_a_firewall_that_drops_idle_flows() {
+    let pg = Pg::start();
+    if !pg.controlled() {
+        return;
+    }
+    let port: u16 = pg
+        .conninfo
+        .split_whitespace()
+        .find_map(|kv| kv.strip_prefix("port="))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let through = firewall(port, Duration::from_secs(2));
+    let conninfo = pg
+        .conninfo
+        .replace(&format!("port={port}"), &format!("port={through}"));
+    let pids = |pool: &PgPool| {
+        let held: Vec<_> = (0..2).map(|_| pool.get().unwrap()).collect();
+        let mut pids: Vec<i32> = held
+            .into_iter()
+            .map(|mut c| {
+                c.query_one("SELECT pg_backend_pid()", vec![])
+                    .unwrap()
+                    .get(0)
+            })
+            .collect();
+        pids.sort();
+        pids
+    };
+    for keepalive in [Some(Duration::from_millis(100)), None] {
+        let pool: PgPool = Pool::builder()
+            .max_size(2)
+            .min_idle(2)
+            .keepalive(keepalive)
+            .build(pg.manager_for(&conninfo))
+            .unwrap();
+        let before = pids(&pool);
+        std::thread::sleep(Duration::from_secs(5));
+        let after = pids(&pool);
+        let stats = pool.stats();
+        if keepalive.is_some() {
+            assert_eq!(before, after, "{stats:?}");
+            assert_eq!(stats.created, 2, "{stats:?}");
+            assert_eq!(stats.closed.invalid, 0, "{stats:?}");
+        } else {
+            assert_ne!(before, after, "{stats:?}");
+            assert!(stats.closed.invalid >= 1, "{stats:?}");
+        }
+    }
+}
