@@ -337,8 +337,13 @@ const COMMITTING: u8 = 2;
 enum Cancel {
     /// Nothing runs for the caller (not yet started, or ended).
     Idle,
-    /// The call runs; this stops it, from one of these threads.
-    Armed(Arc<Canceller>, greenhub_tpool::Pool),
+    /// The call runs; this stops it, from one of these threads. The server stops the
+    /// statement itself by `server_stops_by` (its `statement_timeout`), if set.
+    Armed {
+        canceller: Arc<Canceller>,
+        tpool: greenhub_tpool::Pool,
+        server_stops_by: Option<Instant>,
+    },
     /// The caller left while the call ran: the cancel is sent, and sent again while the call
     /// runs (one that reached the database before the statement is lost).
     Cancelling {
@@ -363,6 +368,10 @@ pub(crate) enum Cancelled {
 const RESEND_FIRST: Duration = Duration::from_millis(50);
 const RESEND_CAP: Duration = Duration::from_secs(1);
 
+/// A caller that leaves this close to the moment the server stops its statement (its
+/// `statement_timeout`, rounded up to the millisecond) leaves the stopping to the server.
+const SERVER_STOPS_SOON: Duration = Duration::from_millis(5);
+
 impl Presence {
     /// On the pool thread, just before committing: claims the outcome for the caller, who
     /// then waits for it even past its deadline. `false` if the caller has gone: roll back.
@@ -381,7 +390,11 @@ impl Presence {
             return false;
         }
         if let Some(canceller) = canceller {
-            *cancel = Cancel::Armed(Arc::new(canceller), tpool.clone());
+            *cancel = Cancel::Armed {
+                canceller: Arc::new(canceller),
+                tpool: tpool.clone(),
+                server_stops_by: None,
+            };
         }
         true
     }
@@ -390,7 +403,9 @@ impl Presence {
     /// is sent for it after this.
     fn disarm(&self) -> Cancelled {
         match std::mem::replace(&mut *self.cancel.lock(), Cancel::Idle) {
-            Cancel::Cancelling { sent: 0, .. } | Cancel::Idle | Cancel::Armed(..) => Cancelled::No,
+            Cancel::Cancelling { sent: 0, .. } | Cancel::Idle | Cancel::Armed { .. } => {
+                Cancelled::No
+            }
             Cancel::Cancelling {
                 canceller, sent, ..
             } if canceller.lands_late() => Cancelled::MayLand(sent),
@@ -398,12 +413,33 @@ impl Presence {
         }
     }
 
-    /// The caller has left: a running call's statement is stopped from a pool thread.
+    /// On the pool thread, while the call runs: the server stops the running statement
+    /// itself by `at` (a `statement_timeout`); a caller leaving at about that time sends no
+    /// cancel of its own, which could race the server's and reach a later statement.
+    pub(crate) fn server_stops_by(&self, at: Instant) {
+        if let Cancel::Armed {
+            server_stops_by, ..
+        } = &mut *self.cancel.lock()
+        {
+            *server_stops_by = Some(at);
+        }
+    }
+
+    /// The caller has left: a running call's statement is stopped from a pool thread,
+    /// unless the server is about to stop it.
     fn request_cancel(self: &Arc<Self>) {
         let mut cancel = self.cancel.lock();
-        let Cancel::Armed(canceller, tpool) = std::mem::replace(&mut *cancel, Cancel::Idle) else {
+        let Cancel::Armed {
+            canceller,
+            tpool,
+            server_stops_by,
+        } = std::mem::replace(&mut *cancel, Cancel::Idle)
+        else {
             return;
         };
+        if server_stops_by.is_some_and(|at| Instant::now() + SERVER_STOPS_SOON >= at) {
+            return;
+        }
         *cancel = Cancel::Cancelling {
             canceller,
             tpool: tpool.clone(),

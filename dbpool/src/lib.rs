@@ -63,7 +63,7 @@ pub static POOL_KIND: LazyLock<ObjectKind> = LazyLock::new(|| ObjectKind::named(
 pub use conn::Conn;
 pub use events::{CloseReason, HandleEvent};
 pub use pool::{Builder, Pool};
-pub use postgres::{Param, PgManager, PgPool};
+pub use postgres::{Param, PgManager, PgPool, Statements};
 pub use r2d2;
 pub use r2d2_postgres::PostgresConnectionManager;
 pub use r2d2_postgres::postgres as pg;

@@ -15,6 +15,7 @@ use r2d2::ManageConnection;
 use crate::Backend;
 pub(crate) use crate::events::CloseReason;
 use crate::events::{self, HandleEvent};
+use crate::postgres::StatementOptions;
 
 /// What the pool counts of its connections, and the program's hook for their events.
 pub(crate) struct Counters {
@@ -92,6 +93,8 @@ pub(crate) struct Tracked<C> {
     /// Set by the pool's own statements when one ended because it was cancelled: a cancel
     /// request sent for it has landed and cannot stop a later one.
     pub cancel_seen: bool,
+    /// How the backend's helpers send statements (the pool's settings).
+    pub options: StatementOptions,
     pub counters: Arc<Counters>,
 }
 
@@ -145,6 +148,7 @@ pub(crate) struct Managed<M> {
     pub manager: Arc<M>,
     pub counters: Arc<Counters>,
     pub max_lifetime: Option<Duration>,
+    pub options: StatementOptions,
     /// The pool's name, for the reports of an outage.
     pub name: String,
     jitter: RandomState,
@@ -155,12 +159,14 @@ impl<M> Managed<M> {
         manager: Arc<M>,
         counters: Arc<Counters>,
         max_lifetime: Option<Duration>,
+        options: StatementOptions,
         name: String,
     ) -> Self {
         Managed {
             manager,
             counters,
             max_lifetime,
+            options,
             name,
             jitter: RandomState::new(),
         }
@@ -233,6 +239,7 @@ impl<M: Backend> ManageConnection for Managed<M> {
                     decided: false,
                     cache: None,
                     cancel_seen: false,
+                    options: self.options,
                     last_checkin: now,
                     last_probe: now,
                     dirty: false,

@@ -24,6 +24,7 @@ use crate::conn::{Books, Conn, Lease, Permit, Presence, StopsWaiting};
 use crate::events::{self, HandleEvent, NoEvents};
 use crate::job::{Delivery, Job, Reply, Slot, Work};
 use crate::managed::{CloseReason, Counters, Managed, Tracked};
+use crate::postgres::{StatementOptions, Statements};
 use crate::stats::{CheckoutInfo, Closed, DbPoolStats, PoolState};
 use crate::{Backend, Error};
 
@@ -885,6 +886,7 @@ pub struct Builder<M> {
     validate_after: Option<Duration>,
     leak_threshold: Option<Duration>,
     keepalive: Option<Duration>,
+    options: StatementOptions,
     events: Arc<dyn HandleEvent>,
 }
 
@@ -910,6 +912,8 @@ impl<M> std::fmt::Debug for Builder<M> {
             .field("validate_after", &self.validate_after)
             .field("leak_threshold", &self.leak_threshold)
             .field("keepalive", &self.keepalive)
+            .field("statements", &self.options.statements)
+            .field("deadline_statement_timeout", &self.options.deadline_timeout)
             .finish()
     }
 }
@@ -1013,6 +1017,14 @@ impl<M: Backend> Builder<M> {
                 )));
             }
         }
+        if self.options.deadline_timeout && self.options.statements == Statements::Unnamed {
+            return Err(Error::Config(
+                "deadline_statement_timeout sets a session parameter, which a pooler in \
+                 transaction mode (Statements::Unnamed) would hand to other clients: use one \
+                 or the other"
+                    .into(),
+            ));
+        }
         if self.name.contains('\0') {
             return Err(Error::Config(
                 "the pool name must not contain a NUL byte".into(),
@@ -1032,6 +1044,7 @@ impl<M: Backend> Builder<M> {
             manager.clone(),
             counters.clone(),
             self.max_lifetime,
+            self.options,
             self.name.clone(),
         );
         let r2d2 = r2d2::Pool::builder()
@@ -1093,6 +1106,29 @@ impl<M: Backend> Builder<M> {
     }
 }
 
+/// Settings for the PostgreSQL helpers ([`Pool::query`], [`Conn::execute`](crate::Conn::execute),
+/// [`Pool::transaction`], ...).
+impl Builder<crate::PgManager> {
+    /// How the helpers send statements (default [`Statements::Prepared`]; behind pgbouncer
+    /// or another pooler in transaction mode, [`Statements::Unnamed`]).
+    pub fn statements(mut self, statements: Statements) -> Self {
+        self.options.statements = statements;
+        self
+    }
+
+    /// Bounds each helper statement on the server by the caller's deadline scope: the
+    /// server's `statement_timeout` is set to what is left of it (one round trip, skipped
+    /// while the value already set is within twice what is left; reset to the session's
+    /// default for a caller without a deadline). The server then stops the statement itself
+    /// even if a cancel request cannot reach it; the caller gets [`Error::TimedOut`]. Default
+    /// off: the caller's deadline already cancels its statement (see [`Canceller`](crate::Canceller)).
+    /// Not with [`Statements::Unnamed`]: a session setting would reach other clients.
+    pub fn deadline_statement_timeout(mut self, on: bool) -> Self {
+        self.options.deadline_timeout = on;
+        self
+    }
+}
+
 impl<M: Backend> Pool<M> {
     /// A builder with the defaults; the manager given to [`Builder::build`] picks the driver.
     pub fn builder() -> Builder<M> {
@@ -1107,6 +1143,7 @@ impl<M: Backend> Pool<M> {
             validate_after: Some(Duration::from_millis(500)),
             leak_threshold: None,
             keepalive: Some(Duration::from_secs(120)),
+            options: StatementOptions::default(),
             events: Arc::new(NoEvents),
         }
     }

@@ -2,13 +2,17 @@
 //! call on a pool thread, tracking whether they leave a transaction open so that a clean
 //! connection is returned without a rollback round trip. The helpers' statements are prepared
 //! once per connection and kept (up to 256), so a repeated query costs one round trip; one
-//! whose result type the schema changed is prepared again.
+//! whose result type the schema changed is prepared again. Behind a pooler in transaction
+//! mode they are sent unnamed instead ([`Statements::Unnamed`]). The server's
+//! `statement_timeout` can follow the caller's deadline.
 
 use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use r2d2_postgres::PostgresConnectionManager;
 use r2d2_postgres::postgres::error::SqlState;
-use r2d2_postgres::postgres::types::ToSql;
+use r2d2_postgres::postgres::fallible_iterator::FallibleIterator;
+use r2d2_postgres::postgres::types::{ToSql, Type};
 use r2d2_postgres::postgres::{Client, Error as PgError, NoTls, Row, Statement, Transaction};
 
 use crate::conn::Presence;
@@ -33,29 +37,79 @@ pub type PgPool = Pool<PgManager>;
 /// borrowed. `Box::new(42_i32) as Param`, or a `Vec<Param>` built with `params`.
 pub type Param = Box<dyn ToSql + Send + Sync>;
 
-/// One of the driver's parameterised calls (`query`, `query_one`, `execute`).
-type Run<R> = fn(&mut Client, &Statement, &[&(dyn ToSql + Sync)]) -> Result<R, PgError>;
+/// How the pool's PostgreSQL helpers ([`Pool::query`], [`Conn::execute`], ...) send their
+/// statements ([`Builder::statements`](crate::Builder::statements)).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Statements {
+    /// Prepared under a name once per connection and kept (up to 256): each later use is one
+    /// round trip with the plan cached by the server. The default.
+    #[default]
+    Prepared,
+    /// Sent unnamed each time, parsed by the server each time, in one round trip; the
+    /// parameter types of each statement are learned once per connection inside a short
+    /// transaction. For a pooler in transaction mode (pgbouncer before 1.21, or with
+    /// `max_prepared_statements = 0`), which runs consecutive statements of one client on
+    /// different server connections, where a named statement is missing or collides.
+    Unnamed,
+}
 
-/// A connection's prepared statements, by their SQL: a helper's statement is parsed by the
-/// server once per connection, and each later use is one round trip instead of two.
-#[derive(Default)]
-struct Statements(HashMap<String, Statement>);
+/// What the helpers are told by the pool's settings; a copy travels with each connection.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct StatementOptions {
+    pub statements: Statements,
+    /// Set the server's `statement_timeout` from the caller's deadline.
+    pub deadline_timeout: bool,
+}
+
+/// The server's `statement_timeout` on a connection, as far as the pool knows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ServerTimeout {
+    /// The session's default (the role's or the database's setting).
+    Default,
+    /// Set by the pool to this many milliseconds.
+    Millis(u64),
+    /// Unknown: set inside a transaction that may have been rolled back since.
+    Unknown,
+}
+
+/// What the helpers keep per connection: the prepared statements (or the parameter types
+/// of unnamed ones) by their SQL, and the server's `statement_timeout`.
+struct PgState {
+    prepared: HashMap<String, Statement>,
+    types: HashMap<String, Vec<Type>>,
+    timeout: ServerTimeout,
+}
 
 /// Past this many, a connection's statements are all forgotten (the server closes them).
 const MAX_STATEMENTS: usize = 256;
 
+fn state(t: &mut Tracked<Client>) -> &mut PgState {
+    let cache = t.cache.get_or_insert_with(|| {
+        Box::new(PgState {
+            prepared: HashMap::new(),
+            types: HashMap::new(),
+            timeout: ServerTimeout::Default,
+        })
+    });
+    if !cache.is::<PgState>() {
+        *cache = Box::new(PgState {
+            prepared: HashMap::new(),
+            types: HashMap::new(),
+            timeout: ServerTimeout::Unknown,
+        });
+    }
+    cache
+        .downcast_mut::<PgState>()
+        .expect("the cache was just made a PgState")
+}
+
 /// The prepared statement for `sql` on this connection, preparing it the first time.
 fn prepared(t: &mut Tracked<Client>, sql: &str) -> Result<Statement, Error> {
-    let cache = t
-        .cache
-        .get_or_insert_with(|| Box::new(Statements::default()));
-    let Some(Statements(cache)) = cache.downcast_mut::<Statements>() else {
-        return t.conn.prepare(sql).map_err(Error::from);
-    };
-    if let Some(statement) = cache.get(sql) {
+    if let Some(statement) = state(t).prepared.get(sql) {
         return Ok(statement.clone());
     }
     let statement = t.conn.prepare(sql).map_err(Error::from)?;
+    let cache = &mut state(t).prepared;
     if cache.len() >= MAX_STATEMENTS {
         cache.clear();
     }
@@ -63,11 +117,53 @@ fn prepared(t: &mut Tracked<Client>, sql: &str) -> Result<Statement, Error> {
     Ok(statement)
 }
 
+/// The parameter types of `sql`, learned once per connection without leaving a named
+/// statement on a server connection a pooler may hand to another client: prepared and
+/// closed inside a transaction (the caller's own if one is open, else a short one).
+fn param_types(t: &mut Tracked<Client>, sql: &str) -> Result<Vec<Type>, Error> {
+    if let Some(types) = state(t).types.get(sql) {
+        return Ok(types.clone());
+    }
+    let learn = |c: &mut Client| -> Result<Vec<Type>, PgError> {
+        let statement = c.prepare(sql)?;
+        Ok(statement.params().to_vec())
+        // Dropping the statement sends its Close ahead of the next message.
+    };
+    // Inside a transaction already? A savepoint outside one fails with 25P01 and changes
+    // nothing.
+    let in_transaction = t.dirty
+        && match t.conn.batch_execute("SAVEPOINT greenhub_types") {
+            Ok(()) => true,
+            Err(e) if e.code() == Some(&SqlState::NO_ACTIVE_SQL_TRANSACTION) => false,
+            Err(e) => return Err(Error::from(e)),
+        };
+    let types = if in_transaction {
+        let types = learn(&mut t.conn).map_err(Error::from)?;
+        t.conn
+            .batch_execute("RELEASE SAVEPOINT greenhub_types")
+            .map_err(Error::from)?;
+        types
+    } else {
+        let mut tx = t.conn.transaction().map_err(Error::from)?;
+        let statement = tx.prepare(sql).map_err(Error::from)?;
+        let types = statement.params().to_vec();
+        drop(statement);
+        tx.commit().map_err(Error::from)?;
+        types
+    };
+    let cache = &mut state(t).types;
+    if cache.len() >= MAX_STATEMENTS {
+        cache.clear();
+    }
+    cache.insert(sql.to_string(), types.clone());
+    Ok(types)
+}
+
 /// Forgets `sql`'s statement after an error: the schema may have changed under it.
 fn forget(t: &mut Tracked<Client>, sql: &str) {
-    if let Some(Statements(cache)) = t.cache.as_mut().and_then(|c| c.downcast_mut()) {
-        cache.remove(sql);
-    }
+    let st = state(t);
+    st.prepared.remove(sql);
+    st.types.remove(sql);
 }
 
 /// Whether statements may open a transaction the pool must roll back at check-in: any of
@@ -96,49 +192,199 @@ fn skip_comments(mut s: &str) -> &str {
     }
 }
 
-/// Runs one statement on the connection, keeping the transaction flag honest.
+/// Sets the server's `statement_timeout` to what is left of the caller's deadline (when the
+/// pool is told to), or back to the session's default without a deadline; skipped when the
+/// value set already bounds the statement within twice what is left. Returns when the
+/// server stops the statement, if it does.
+fn bound_by_deadline(
+    t: &mut Tracked<Client>,
+    deadline: Option<Instant>,
+    presence: &Presence,
+) -> Result<Option<Instant>, Error> {
+    if !t.options.deadline_timeout {
+        return Ok(None);
+    }
+    let now = Instant::now();
+    let current = state(t).timeout;
+    let Some(deadline) = deadline else {
+        if current != ServerTimeout::Default {
+            t.conn
+                .batch_execute("SET statement_timeout TO DEFAULT")
+                .map_err(Error::from)?;
+            state(t).timeout = ServerTimeout::Default;
+        }
+        return Ok(None);
+    };
+    let left = deadline.saturating_duration_since(now);
+    if left.is_zero() {
+        return Err(Error::TimedOut);
+    }
+    // Rounded up: the server never stops it before the caller's deadline.
+    let want = (left.as_nanos().div_ceil(1_000_000) as u64).max(1);
+    let millis = match current {
+        ServerTimeout::Millis(ms) if ms >= want && ms <= want.saturating_mul(2) => ms,
+        _ => {
+            t.conn
+                .batch_execute(&format!("SET statement_timeout = {want}"))
+                .map_err(Error::from)?;
+            state(t).timeout = ServerTimeout::Millis(want);
+            want
+        }
+    };
+    let stops_by = now + Duration::from_millis(millis);
+    presence.server_stops_by(stops_by);
+    Ok(Some(stops_by))
+}
+
+/// Runs one statement on the connection, keeping the transaction flag honest, bounded on the
+/// server by the caller's deadline when the pool is told to.
 fn statement<R>(
     t: &mut Tracked<Client>,
     sql: &str,
+    deadline: Option<Instant>,
+    presence: &Presence,
     run: impl FnOnce(&mut Tracked<Client>) -> Result<R, Error>,
 ) -> Result<R, Error> {
     let before = t.dirty;
+    let bounded = bound_by_deadline(t, deadline, presence)?;
     // Interrupted (a panic, a kill) means unknown: roll back.
     t.dirty = true;
     let result = run(t);
     t.dirty = before || opens_transaction(sql);
-    match &result {
-        // Gone, whatever the driver says of it yet: never handed out again.
-        Err(Error::ConnectionLost { .. }) => t.close = Some(CloseReason::Broken),
-        // A cancel request has landed: none can stop a later statement.
-        Err(Error::Database(e))
-            if e.downcast_ref::<PgError>().and_then(PgError::code)
-                == Some(&SqlState::QUERY_CANCELED) =>
-        {
-            t.cancel_seen = true;
-        }
-        _ => {}
+    if t.dirty && bounded.is_some() {
+        // Set inside a transaction, which a rollback undoes.
+        state(t).timeout = ServerTimeout::Unknown;
     }
-    result
+    let cancelled = |e: &Error| match e {
+        Error::Database(e) => {
+            e.downcast_ref::<PgError>().and_then(PgError::code) == Some(&SqlState::QUERY_CANCELED)
+        }
+        _ => false,
+    };
+    match result {
+        // Gone, whatever the driver says of it yet: never handed out again.
+        Err(Error::ConnectionLost { reason }) => {
+            t.close = Some(CloseReason::Broken);
+            Err(Error::ConnectionLost { reason })
+        }
+        // The server's timeout from the caller's deadline (or a cancel racing it: which one
+        // landed is unknown, so it does not count as seen).
+        Err(e) if bounded.is_some() && cancelled(&e) => Err(Error::TimedOut),
+        // A cancel request has landed: none can stop a later statement.
+        Err(e) if cancelled(&e) => {
+            t.cancel_seen = true;
+            Err(e)
+        }
+        other => other,
+    }
+}
+
+/// The three shapes of a parameterised statement's result, each sent prepared or unnamed.
+trait Shape: 'static {
+    type Out: Send + 'static;
+    fn prepared(
+        c: &mut Client,
+        statement: &Statement,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Self::Out, PgError>;
+    fn unnamed(
+        c: &mut Client,
+        sql: &str,
+        params: &[(&(dyn ToSql + Sync), Type)],
+    ) -> Result<Self::Out, PgError>;
+}
+
+/// All rows.
+struct Rows;
+/// Exactly one row.
+struct One;
+/// The number of rows changed.
+struct Count;
+
+impl Shape for Rows {
+    type Out = Vec<Row>;
+    fn prepared(
+        c: &mut Client,
+        s: &Statement,
+        p: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, PgError> {
+        c.query(s, p)
+    }
+    fn unnamed(
+        c: &mut Client,
+        sql: &str,
+        p: &[(&(dyn ToSql + Sync), Type)],
+    ) -> Result<Vec<Row>, PgError> {
+        c.query_typed(sql, p)
+    }
+}
+
+impl Shape for One {
+    type Out = Row;
+    fn prepared(c: &mut Client, s: &Statement, p: &[&(dyn ToSql + Sync)]) -> Result<Row, PgError> {
+        c.query_one(s, p)
+    }
+    fn unnamed(
+        c: &mut Client,
+        sql: &str,
+        p: &[(&(dyn ToSql + Sync), Type)],
+    ) -> Result<Row, PgError> {
+        c.query_typed_one(sql, p)
+    }
+}
+
+impl Shape for Count {
+    type Out = u64;
+    fn prepared(c: &mut Client, s: &Statement, p: &[&(dyn ToSql + Sync)]) -> Result<u64, PgError> {
+        c.execute(s, p)
+    }
+    fn unnamed(
+        c: &mut Client,
+        sql: &str,
+        p: &[(&(dyn ToSql + Sync), Type)],
+    ) -> Result<u64, PgError> {
+        let mut rows = c.query_typed_raw(sql, p.iter().map(|(v, t)| (*v, t.clone())))?;
+        while rows.next()?.is_some() {}
+        Ok(rows.rows_affected().unwrap_or(0))
+    }
 }
 
 /// One parameterised statement, as a job for a pool thread.
-fn with_params<R: Send + 'static>(
+fn with_params<S: Shape>(
     sql: &str,
     params: Vec<Param>,
-    run: Run<R>,
-) -> impl FnOnce(&mut Tracked<Client>, &Presence) -> Result<R, Error> + Send + 'static {
+) -> impl FnOnce(&mut Tracked<Client>, &Presence) -> Result<S::Out, Error> + Send + 'static {
     let sql = sql.to_string();
-    move |t, _| {
+    let deadline = greenhub::timeout::deadline();
+    move |t, presence| {
         // Outside a transaction, a statement the schema changed under can be prepared again.
         let may_retry = !t.dirty;
-        statement(t, &sql, |t| {
+        statement(t, &sql, deadline, presence, |t| {
             let params: Vec<&(dyn ToSql + Sync)> =
                 params.iter().map(|p| &**p as &(dyn ToSql + Sync)).collect();
+            if t.options.statements == Statements::Unnamed {
+                let types = param_types(t, &sql)?;
+                if types.len() != params.len() {
+                    return Err(Error::Database(
+                        format!(
+                            "the statement takes {} parameters, {} given",
+                            types.len(),
+                            params.len()
+                        )
+                        .into(),
+                    ));
+                }
+                let typed: Vec<(&(dyn ToSql + Sync), Type)> =
+                    params.iter().copied().zip(types).collect();
+                return S::unnamed(&mut t.conn, &sql, &typed).map_err(|e| {
+                    forget(t, &sql);
+                    Error::from(e)
+                });
+            }
             let mut tries = if may_retry { 2 } else { 1 };
             loop {
                 let prepared = prepared(t, &sql)?;
-                match run(&mut t.conn, &prepared, &params) {
+                match S::prepared(&mut t.conn, &prepared, &params) {
                     Ok(value) => return Ok(value),
                     Err(e) => {
                         forget(t, &sql);
@@ -158,7 +404,12 @@ fn batch(
     sql: &str,
 ) -> impl FnOnce(&mut Tracked<Client>, &Presence) -> Result<(), Error> + Send + use<> {
     let sql = sql.to_string();
-    move |t, _| statement(t, &sql, |t| t.conn.batch_execute(&sql).map_err(Error::from))
+    let deadline = greenhub::timeout::deadline();
+    move |t, presence| {
+        statement(t, &sql, deadline, presence, |t| {
+            t.conn.batch_execute(&sql).map_err(Error::from)
+        })
+    }
 }
 
 /// A transaction, as a job for a pool thread: never committed once its caller has gone.
@@ -168,8 +419,9 @@ fn transaction<R, F>(
 where
     F: FnOnce(&mut Transaction<'_>) -> Result<R, PgError> + Send,
 {
+    let deadline = greenhub::timeout::deadline();
     move |t, presence| {
-        statement(t, "", |t| {
+        statement(t, "", deadline, presence, |t| {
             let mut tx = t.conn.transaction().map_err(Error::from)?;
             let value = f(&mut tx).map_err(Error::from)?;
             if !presence.commit() {
@@ -194,19 +446,19 @@ impl Conn<PgManager> {
     /// ```
     #[track_caller]
     pub fn query(&mut self, sql: &str, params: Vec<Param>) -> Result<Vec<Row>, Error> {
-        self.call(with_params(sql, params, |c, sql, p| c.query(sql, p)))?
+        self.call(with_params::<Rows>(sql, params))?
     }
 
     /// Runs a query that returns exactly one row.
     #[track_caller]
     pub fn query_one(&mut self, sql: &str, params: Vec<Param>) -> Result<Row, Error> {
-        self.call(with_params(sql, params, |c, sql, p| c.query_one(sql, p)))?
+        self.call(with_params::<One>(sql, params))?
     }
 
     /// Runs a statement and returns how many rows it changed.
     #[track_caller]
     pub fn execute(&mut self, sql: &str, params: Vec<Param>) -> Result<u64, Error> {
-        self.call(with_params(sql, params, |c, sql, p| c.execute(sql, p)))?
+        self.call(with_params::<Count>(sql, params))?
     }
 
     /// Runs statements separated by semicolons, without parameters.
@@ -235,19 +487,19 @@ impl Pool<PgManager> {
     /// [`Conn::query`] on a connection checked out for it.
     #[track_caller]
     pub fn query(&self, sql: &str, params: Vec<Param>) -> Result<Vec<Row>, Error> {
-        self.call(with_params(sql, params, |c, sql, p| c.query(sql, p)))?
+        self.call(with_params::<Rows>(sql, params))?
     }
 
     /// [`Conn::query_one`] on a connection checked out for it.
     #[track_caller]
     pub fn query_one(&self, sql: &str, params: Vec<Param>) -> Result<Row, Error> {
-        self.call(with_params(sql, params, |c, sql, p| c.query_one(sql, p)))?
+        self.call(with_params::<One>(sql, params))?
     }
 
     /// [`Conn::execute`] on a connection checked out for it.
     #[track_caller]
     pub fn execute(&self, sql: &str, params: Vec<Param>) -> Result<u64, Error> {
-        self.call(with_params(sql, params, |c, sql, p| c.execute(sql, p)))?
+        self.call(with_params::<Count>(sql, params))?
     }
 
     /// [`Conn::batch_execute`] on a connection checked out for it.

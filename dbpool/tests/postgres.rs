@@ -476,3 +476,162 @@ fn a_commit_racing_the_deadline_is_never_reported_wrongly() {
          a transaction takes {typical:?})"
     );
 }
+
+/// Behind pgbouncer in transaction mode, consecutive statements of one client run on
+/// different server connections: named prepared statements break there (shown first, so the
+/// test is known to exercise the problem), unnamed ones work, under load, for every helper.
+#[test]
+fn unnamed_statements_work_behind_pgbouncer_in_transaction_mode() {
+    let pg = Pg::start();
+    if !pg.controlled() {
+        return;
+    }
+    let bouncer = greenhub_pgtest::Pgbouncer::start(&pg, "transaction", 2);
+    let build = |statements| -> PgPool {
+        Pool::builder()
+            .max_size(1)
+            .connection_timeout(Duration::from_secs(10))
+            .statements(statements)
+            .build(pg.manager_for(&bouncer.conninfo))
+            .unwrap()
+    };
+    pool(&pg, 1)
+        .batch_execute("CREATE TABLE bounced (x int PRIMARY KEY)")
+        .unwrap();
+
+    // Another client pins the server connection a statement was prepared on (the pooler
+    // hands out the most recently used one first), so the next use runs on the other.
+    let pinned = |pool: &PgPool| -> Result<i32, Error> {
+        pool.query_one("SELECT $1::int", p(1))?;
+        let conninfo = bouncer.conninfo.clone();
+        let blocker = greenhub_tpool::execute(move || {
+            let mut c = greenhub_dbpool::pg::Client::connect(&conninfo, greenhub_dbpool::pg::NoTls)
+                .unwrap();
+            c.batch_execute("BEGIN; SELECT 1").unwrap();
+            c
+        })
+        .unwrap();
+        let second = pool.query_one("SELECT $1::int", p(2)).map(|r| r.get(0));
+        greenhub_tpool::execute(move || drop(blocker)).unwrap();
+        second
+    };
+    let named = build(greenhub_dbpool::Statements::Prepared);
+    let broke = pinned(&named).unwrap_err();
+    assert!(broke.to_string().contains("does not exist"), "{broke}");
+
+    let unnamed = build(greenhub_dbpool::Statements::Unnamed);
+    for _ in 0..5 {
+        assert_eq!(pinned(&unnamed).unwrap(), 2);
+    }
+    let unnamed = Pool::builder()
+        .max_size(8)
+        .statements(greenhub_dbpool::Statements::Unnamed)
+        .build(pg.manager_for(&bouncer.conninfo))
+        .unwrap();
+    let threads: Vec<_> = (0..40)
+        .map(|w| {
+            let pool = unnamed.clone();
+            spawn(move || -> Result<(), Error> {
+                for r in 0..25 {
+                    let x = w * 25 + r;
+                    match x % 4 {
+                        0 => {
+                            assert_eq!(pool.execute("INSERT INTO bounced VALUES ($1)", p(x))?, 1);
+                        }
+                        1 => {
+                            let n: i32 = pool.query_one("SELECT $1::int * 2", p(x))?.get(0);
+                            assert_eq!(n, 2 * x);
+                        }
+                        2 => {
+                            let mut conn = pool.get()?;
+                            let rows = conn.query(
+                                "SELECT g FROM generate_series(1, $1) g",
+                                vec![Box::new(x % 7) as Param],
+                            )?;
+                            assert_eq!(rows.len() as i32, x % 7);
+                        }
+                        _ => {
+                            pool.transaction(move |tx| {
+                                tx.execute("INSERT INTO bounced VALUES ($1)", &[&x])?;
+                                tx.execute("UPDATE bounced SET x = -x WHERE x = $1", &[&x])
+                            })?;
+                        }
+                    }
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    for t in threads {
+        t.wait().unwrap().unwrap();
+    }
+    // Every insert exactly once: 250 plain, 250 negated in transactions.
+    let direct = pool(&pg, 1);
+    let row = direct
+        .query_one(
+            "SELECT count(*) FILTER (WHERE x >= 0), count(*) FILTER (WHERE x < 0) FROM bounced",
+            vec![],
+        )
+        .unwrap();
+    assert_eq!((row.get::<_, i64>(0), row.get::<_, i64>(1)), (250, 250));
+    // Inside a caller's own transaction, on a checked-out connection.
+    let mut conn = unnamed.get().unwrap();
+    conn.batch_execute("BEGIN").unwrap();
+    conn.execute("INSERT INTO bounced VALUES ($1)", p(100_000))
+        .unwrap();
+    let seen: i64 = conn
+        .query_one("SELECT count(*) FROM bounced WHERE x = $1", p(100_000))
+        .unwrap()
+        .get(0);
+    assert_eq!(seen, 1);
+    conn.batch_execute("ROLLBACK").unwrap();
+    drop(conn);
+    let kept: i64 = direct
+        .query_one("SELECT count(*) FROM bounced WHERE x = 100000", vec![])
+        .unwrap()
+        .get(0);
+    assert_eq!(kept, 0);
+}
+
+/// The server's own `statement_timeout` follows the caller's deadline: a statement stops at
+/// the deadline even where no cancel request is sent, the caller hears `TimedOut`, and a
+/// caller without a deadline runs with the session's default again.
+#[test]
+fn the_server_statement_timeout_follows_the_callers_deadline() {
+    let pg = Pg::start();
+    let pool: PgPool = Pool::builder()
+        .max_size(1)
+        .deadline_statement_timeout(true)
+        .build(pg.manager())
+        .unwrap();
+    let timeout = |pool: &PgPool| -> String {
+        pool.query_one("SELECT current_setting('statement_timeout')", vec![])
+            .unwrap()
+            .get(0)
+    };
+    assert_eq!(timeout(&pool), "0");
+    for round in 0..10 {
+        let outcome = greenhub::with_timeout(Duration::from_millis(100), || {
+            pool.batch_execute("SELECT pg_sleep(60)")
+        });
+        assert!(matches!(outcome, Err(Error::TimedOut)), "{outcome:?}");
+        // Set within the deadline (rounded up), and stopped by the server.
+        let inside: String = greenhub::with_timeout(Duration::from_secs(30), || {
+            pool.query_one("SELECT current_setting('statement_timeout')", vec![])
+        })
+        .unwrap()
+        .get(0);
+        assert!(inside.ends_with("s"), "round {round}: {inside}");
+        assert_eq!(timeout(&pool), "0", "round {round}");
+    }
+    let stats = pool.stats();
+    // The server stopped them: no connection had to be closed for a cancel in flight.
+    assert_eq!(stats.closed.cancelled, 0, "{stats:?}");
+    assert_eq!(stats.created, 1, "{stats:?}");
+    // Settings that contradict each other are refused.
+    let both = Pool::builder()
+        .deadline_statement_timeout(true)
+        .statements(greenhub_dbpool::Statements::Unnamed)
+        .build(pg.manager());
+    assert!(matches!(both, Err(Error::Config(_))), "{both:?}");
+}

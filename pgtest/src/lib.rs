@@ -169,6 +169,125 @@ impl Pg {
     }
 }
 
+/// A pgbouncer in front of a [`Pg`] server, for one test: its own configuration in a
+/// temporary directory, a free loopback port, stopped when dropped. It runs Debian's
+/// `pgbouncer` package (`.ci/run` installs it); as root, as the `postgres` user, since
+/// pgbouncer refuses root.
+pub struct Pgbouncer {
+    /// Connection parameters for clients of the pooler.
+    pub conninfo: String,
+    dir: tempfile::TempDir,
+}
+
+impl Pgbouncer {
+    /// Starts pgbouncer in `pool_mode` (`session`, `transaction`, `statement`) with at most
+    /// `server_connections` connections to the server, and waits until it accepts clients.
+    ///
+    /// # Panics
+    ///
+    /// When pgbouncer is missing or does not start: test infrastructure.
+    pub fn start(pg: &Pg, pool_mode: &str, server_connections: u32) -> Pgbouncer {
+        let param = |key: &str| {
+            pg.conninfo
+                .split_whitespace()
+                .find_map(|kv| kv.strip_prefix(key).and_then(|v| v.strip_prefix('=')))
+                .unwrap_or_else(|| panic!("no {key} in {:?}", pg.conninfo))
+                .to_string()
+        };
+        let (host, port, user, password) = (
+            param("host"),
+            param("port"),
+            param("user"),
+            param("password"),
+        );
+        let dir = tempfile::Builder::new()
+            .prefix("greenhub-pgbouncer-")
+            .tempdir()
+            .expect("a temporary directory");
+        let listen = free_port();
+        let config = format!(
+            "[databases]\n\
+             * = host={host} port={port} user={user} password={password}\n\
+             [pgbouncer]\n\
+             listen_addr = 127.0.0.1\n\
+             listen_port = {listen}\n\
+             unix_socket_dir =\n\
+             auth_type = trust\n\
+             auth_file = {dir}/users\n\
+             pool_mode = {pool_mode}\n\
+             default_pool_size = {server_connections}\n\
+             max_client_conn = 500\n\
+             logfile = {dir}/log\n\
+             pidfile = {dir}/pid\n",
+            dir = dir.path().display()
+        );
+        std::fs::write(dir.path().join("pgbouncer.ini"), config).expect("write pgbouncer.ini");
+        std::fs::write(dir.path().join("users"), format!("\"{user}\" \"\"\n"))
+            .expect("write the users file");
+        if is_root() {
+            let (uid, gid) = postgres_ids();
+            for f in ["", "pgbouncer.ini", "users"] {
+                std::os::unix::fs::chown(dir.path().join(f), Some(uid), Some(gid))
+                    .expect("chown to postgres");
+            }
+        }
+        // Debian puts it in /usr/sbin, which a user's PATH may lack.
+        let binary = if Path::new("/usr/sbin/pgbouncer").exists() {
+            "/usr/sbin/pgbouncer"
+        } else {
+            "pgbouncer"
+        };
+        let mut command = if is_root() {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--", binary]);
+            c
+        } else {
+            Command::new(binary)
+        };
+        let out = command
+            .arg("-d")
+            .arg(dir.path().join("pgbouncer.ini"))
+            .output()
+            .expect("cannot run pgbouncer: apt-get install pgbouncer (see .ci/run)");
+        assert!(
+            out.status.success(),
+            "pgbouncer did not start: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let began = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", listen)).is_err() {
+            assert!(
+                began.elapsed() < Duration::from_secs(60),
+                "pgbouncer does not listen: {}",
+                std::fs::read_to_string(dir.path().join("log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Pgbouncer {
+            conninfo: format!(
+                "host=127.0.0.1 port={listen} user={user} password={password} dbname=postgres"
+            ),
+            dir,
+        }
+    }
+}
+
+impl Drop for Pgbouncer {
+    fn drop(&mut self) {
+        let pid = std::fs::read_to_string(self.dir.path().join("pid"))
+            .ok()
+            .and_then(|p| p.trim().parse::<i32>().ok());
+        if let Some(pid) = pid {
+            // SAFETY: kill has no memory preconditions; the pid is the pooler this test
+            // started (from its own pid file).
+            unsafe {
+                libc::kill(pid, libc::SIGTERM);
+            }
+        }
+    }
+}
+
 impl Cluster {
     fn data(&self) -> String {
         self.dir.path().join("data").to_str().unwrap().to_string()
