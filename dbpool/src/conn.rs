@@ -11,6 +11,7 @@ use r2d2::PooledConnection;
 use std::panic::Location;
 
 use crate::managed::{CloseReason, Managed, Tracked};
+use crate::stats::Demand;
 use crate::{Backend, Canceller, Error};
 
 /// What a lease needs of the pool it came from: the pool implements it, so this file does
@@ -55,6 +56,8 @@ pub(crate) struct Lease<M: Backend> {
     leak_timer: Option<greenhub::thread::Timer>,
     /// Set on a lease handed to a pool thread to be returned there: never hand it on again.
     on_pool_thread: bool,
+    /// The holder's share of the pool's demand, for a checkout held by a [`Conn`].
+    pub demand: Option<Demand>,
 }
 
 impl<M: Backend> Lease<M> {
@@ -70,6 +73,7 @@ impl<M: Backend> Lease<M> {
             id,
             leak_timer,
             on_pool_thread: false,
+            demand: None,
         }
     }
 
@@ -183,6 +187,7 @@ impl<M: Backend> Drop for Lease<M> {
                 id: self.id,
                 leak_timer: self.leak_timer.take(),
                 on_pool_thread: true,
+                demand: self.demand.take(),
             };
             // If the pool's threads are shut down the closure is dropped here and the lease
             // returns inline (`on_pool_thread` stops it from being handed on again).

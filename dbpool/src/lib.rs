@@ -69,7 +69,7 @@ pub use r2d2_postgres::PostgresConnectionManager;
 pub use r2d2_postgres::postgres as pg;
 pub use r2d2_sqlite::SqliteConnectionManager;
 pub use r2d2_sqlite::rusqlite;
-pub use stats::{CheckoutInfo, CloseReport, Closed, DbPoolStats, PoolState};
+pub use stats::{CheckoutInfo, CloseReport, Closed, DbPoolStats, PoolState, SizeAdvice};
 
 /// A pool of SQLite connections.
 pub type SqlitePool = Pool<SqliteConnectionManager>;

@@ -25,7 +25,7 @@ use crate::events::{self, HandleEvent, NoEvents};
 use crate::job::{Delivery, Job, Reply, Slot, Work};
 use crate::managed::{CloseReason, Counters, Managed, Tracked};
 use crate::postgres::{StatementOptions, Statements};
-use crate::stats::{CheckoutInfo, Closed, DbPoolStats, PoolState};
+use crate::stats::{CheckoutInfo, Closed, DbPoolStats, DemandGauge, PoolState, SizeAdvice};
 use crate::{Backend, Error};
 
 /// Who waits for a connection: a green thread in [`Pool::get`], or a queued job.
@@ -109,6 +109,139 @@ struct Book {
     timeouts: u64,
     leaks: u64,
     current: HashMap<u64, Checkout>,
+    /// Connections held now by each green thread holding any.
+    held_by: HashMap<u64, u32>,
+    /// Checkouts held now by plain OS threads (each counts as its own holder).
+    held_anonymously: u32,
+    /// The last minutes, in slices, for the advisor.
+    slices: VecDeque<Slice>,
+}
+
+/// What the advisor keeps of [`SLICE`] of the pool's life.
+struct Slice {
+    start: Instant,
+    checkouts: u64,
+    returns: u64,
+    held: Duration,
+    peak_demand: u32,
+    most_held_by_one: u32,
+    peak_holders: u32,
+}
+
+/// The advisor's slices, and how many it keeps: five minutes.
+const SLICE: Duration = Duration::from_secs(10);
+const SLICES: usize = 30;
+
+impl Book {
+    /// The slice `now` falls in, starting a new one (and forgetting the oldest) as time
+    /// passes; a closed slice takes the demand's peak with it.
+    fn slice(&mut self, now: Instant, demand: &DemandGauge) -> &mut Slice {
+        let fresh = self
+            .slices
+            .back()
+            .is_none_or(|s| now.saturating_duration_since(s.start) >= SLICE);
+        if fresh {
+            if let Some(last) = self.slices.back_mut() {
+                last.peak_demand = last.peak_demand.max(demand.take_peak());
+            }
+            if self.slices.len() >= SLICES {
+                self.slices.pop_front();
+            }
+            self.slices.push_back(Slice {
+                start: now,
+                checkouts: 0,
+                returns: 0,
+                held: Duration::ZERO,
+                peak_demand: 0,
+                most_held_by_one: 0,
+                peak_holders: 0,
+            });
+        }
+        self.slices.back_mut().expect("a slice was just made")
+    }
+
+    /// The advice from the slices kept; `max_size` for the summary.
+    fn advice(&self, now: Instant, demand: &DemandGauge, max_size: u32) -> SizeAdvice {
+        let Some(first) = self.slices.front() else {
+            return SizeAdvice {
+                summary: "no checkouts yet".into(),
+                ..SizeAdvice::default()
+            };
+        };
+        let window = now
+            .saturating_duration_since(first.start)
+            .max(Duration::from_millis(1));
+        let checkouts: u64 = self.slices.iter().map(|s| s.checkouts).sum();
+        let returns: u64 = self.slices.iter().map(|s| s.returns).sum();
+        let held: Duration = self.slices.iter().map(|s| s.held).sum();
+        let last = self.slices.len() - 1;
+        let peak_demand = self
+            .slices
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                if i == last {
+                    s.peak_demand.max(demand.peak())
+                } else {
+                    s.peak_demand
+                }
+            })
+            .max()
+            .unwrap_or(0);
+        let cm = self
+            .slices
+            .iter()
+            .map(|s| s.most_held_by_one)
+            .max()
+            .unwrap_or(0);
+        let tn = self
+            .slices
+            .iter()
+            .map(|s| s.peak_holders)
+            .max()
+            .unwrap_or(0);
+        let rate = checkouts as f64 / window.as_secs_f64();
+        let mean_hold = if returns == 0 {
+            0.0
+        } else {
+            held.as_secs_f64() / returns as f64
+        };
+        let deadlock_safe_min = if cm <= 1 { 1 } else { tn * (cm - 1) + 1 };
+        let suggested = peak_demand.max(deadlock_safe_min).max(1);
+        let mut summary = format!(
+            "over {:.0} s: {:.1} checkouts/s held {:.2} ms on average, {:.2} in use on \
+             average, {} at most wanted at once",
+            window.as_secs_f64(),
+            rate,
+            mean_hold * 1e3,
+            rate * mean_hold,
+            peak_demand
+        );
+        if max_size < deadlock_safe_min {
+            summary.push_str(&format!(
+                "; max_size {max_size} is below the deadlock-safe minimum {deadlock_safe_min} \
+                 ({tn} threads held up to {cm} connections each)"
+            ));
+        } else if suggested > max_size {
+            summary.push_str(&format!(
+                "; callers waited: {suggested} connections would have served them"
+            ));
+        } else {
+            summary.push_str(&format!("; {suggested} would have been enough"));
+        }
+        SizeAdvice {
+            window_s: window.as_secs_f64(),
+            checkouts_per_s: rate,
+            mean_hold_ms: mean_hold * 1e3,
+            mean_in_use: rate * mean_hold,
+            peak_demand,
+            most_held_by_one_thread: cm,
+            peak_holders: tn,
+            deadlock_safe_min,
+            suggested_max_size: suggested,
+            summary,
+        }
+    }
 }
 
 /// The longest pause between two connect attempts while the database cannot be reached.
@@ -141,6 +274,8 @@ pub(crate) struct Inner<M: Backend> {
     pub settings: Settings,
     book: Mutex<Book>,
     counters: Arc<Counters>,
+    /// Callers holding or waiting for a connection, for the advisor.
+    demand: Arc<DemandGauge>,
     next_checkout: AtomicU64,
 }
 
@@ -485,6 +620,22 @@ impl<M: Backend> Inner<M> {
             book.checkouts += 1;
             book.acquire_wait
                 .record(now.saturating_duration_since(asked_at));
+            let by_one = match holder {
+                Some(h) => {
+                    let n = book.held_by.entry(h).or_insert(0);
+                    *n += 1;
+                    *n
+                }
+                None => {
+                    book.held_anonymously += 1;
+                    1
+                }
+            };
+            let holders = book.held_by.len() as u32 + book.held_anonymously;
+            let slice = book.slice(now, &self.demand);
+            slice.checkouts += 1;
+            slice.most_held_by_one = slice.most_held_by_one.max(by_one);
+            slice.peak_holders = slice.peak_holders.max(holders);
             book.current.insert(
                 id,
                 Checkout {
@@ -741,8 +892,23 @@ impl<M: Backend> Inner<M> {
     pub(crate) fn checked_in(&self, id: u64) {
         let mut book = self.book.lock();
         if let Some(c) = book.current.remove(&id) {
-            let held = c.since.elapsed();
+            let now = Instant::now();
+            let held = now.saturating_duration_since(c.since);
             book.hold_time.record(held);
+            match c.holder {
+                Some(h) => {
+                    if let Some(n) = book.held_by.get_mut(&h) {
+                        *n -= 1;
+                        if *n == 0 {
+                            book.held_by.remove(&h);
+                        }
+                    }
+                }
+                None => book.held_anonymously = book.held_anonymously.saturating_sub(1),
+            }
+            let slice = book.slice(now, &self.demand);
+            slice.returns += 1;
+            slice.held += held;
             drop(book);
             self.counters
                 .events
@@ -808,6 +974,7 @@ impl<M: Backend> Inner<M> {
             cancels: c.cancels.load(Ordering::Relaxed),
             acquire_wait: book.acquire_wait.summary(),
             hold_time: book.hold_time.summary(),
+            advice: book.advice(now, &self.demand, self.settings.max_size),
             current,
         }
     }
@@ -827,8 +994,10 @@ impl<M: Backend> Inspect for Inner<M> {
         .count("size", u64::from(s.size))
         .count("idle", u64::from(s.idle))
         .count("in_use", u64::from(s.in_use))
+        .count("suggested_size", u64::from(stats.advice.suggested_max_size))
         .total("timeouts", stats.timeouts)
-        .total("leaks", stats.leaks);
+        .total("leaks", stats.leaks)
+        .total("cancels", stats.cancels);
         if let Ok(detail) = serde_json::to_value(&stats) {
             info = info.with_detail(detail);
         }
@@ -1090,6 +1259,7 @@ impl<M: Backend> Builder<M> {
             settings,
             book: Mutex::new(Book::default()),
             counters,
+            demand: Arc::default(),
             next_checkout: AtomicU64::new(1),
         });
         // The whole `connection_timeout` for `min_idle` connections, failing at once when a
@@ -1281,7 +1451,11 @@ impl<M: Backend> Pool<M> {
     /// pool's `connection_timeout` and the enclosing deadline scope.
     #[track_caller]
     pub fn get(&self) -> Result<Conn<M>, Error> {
-        self.checkout_then(|lease, _| Conn::new(lease))
+        let demand = self.inner.demand.arrive();
+        self.checkout_then(move |mut lease, _| {
+            lease.demand = Some(demand);
+            Conn::new(lease)
+        })
     }
 
     /// Checks a connection out, runs `f` with it on a pool thread, and returns it there: one
@@ -1336,6 +1510,7 @@ impl<M: Backend> Pool<M> {
         let site = Location::caller();
         let inner = &self.inner;
         let asked_at = Instant::now();
+        let _demand = inner.demand.arrive();
         inner.pass_gate(asked_at)?;
         // Time spent suspended does not count against the pool's own timeout.
         let own = Instant::now() + inner.settings.connection_timeout;

@@ -1,6 +1,9 @@
 //! What a pool counts, and the shape it takes in the runtime's snapshot: an object of kind
 //! `db pool` whose [`detail`](greenhub::inspect::ObjectInfo::detail) is a [`DbPoolStats`].
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
 use greenhub_tpool::Summary;
 use serde::{Deserialize, Serialize};
 
@@ -100,6 +103,77 @@ pub struct DbPoolStats {
     pub hold_time: Summary,
     /// The connections checked out now, longest held first.
     pub current: Vec<CheckoutInfo>,
+    /// What size would have served the last minutes (Little's law over the pool's own
+    /// records), and HikariCP's deadlock-safe minimum for what was observed.
+    #[serde(default)]
+    pub advice: SizeAdvice,
+}
+
+/// The pool-size advisor: from the last minutes of checkouts and returns, the size at which
+/// nobody would have waited, and the smallest size that cannot deadlock given how many
+/// connections one green thread was seen to hold at once.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SizeAdvice {
+    /// The stretch of time looked at, in seconds (up to the last five minutes).
+    pub window_s: f64,
+    /// Checkouts per second over it (λ).
+    pub checkouts_per_s: f64,
+    /// Mean time a connection was held, in milliseconds (W).
+    pub mean_hold_ms: f64,
+    /// Connections in use on average: λ × W (Little's law).
+    pub mean_in_use: f64,
+    /// The most callers holding or waiting for a connection at once: with this many
+    /// connections, nobody would have waited.
+    pub peak_demand: u32,
+    /// The most connections one green thread held at once (Cm).
+    pub most_held_by_one_thread: u32,
+    /// The most green threads holding connections at once (Tn).
+    pub peak_holders: u32,
+    /// HikariCP's deadlock-safe minimum, Tn × (Cm − 1) + 1: below it, threads that each
+    /// hold one connection and wait for another can starve each other for ever.
+    pub deadlock_safe_min: u32,
+    /// The size that would have served the window without waiting and cannot deadlock:
+    /// the larger of the peak demand and the deadlock-safe minimum.
+    pub suggested_max_size: u32,
+    /// The advice in a sentence, for logs and the inspector.
+    pub summary: String,
+}
+
+/// Callers holding or waiting for a connection now, and the most at once since the last
+/// look: raised when a caller asks, lowered by the guard it holds.
+#[derive(Default)]
+pub(crate) struct DemandGauge {
+    now: AtomicU32,
+    peak: AtomicU32,
+}
+
+impl DemandGauge {
+    /// A caller asks for a connection; it counts until the guard drops.
+    pub(crate) fn arrive(self: &Arc<Self>) -> Demand {
+        let now = self.now.fetch_add(1, Ordering::AcqRel) + 1;
+        self.peak.fetch_max(now, Ordering::AcqRel);
+        Demand(self.clone())
+    }
+
+    /// The peak since the last call, restarting from the demand now.
+    pub(crate) fn take_peak(&self) -> u32 {
+        self.peak
+            .swap(self.now.load(Ordering::Acquire), Ordering::AcqRel)
+    }
+
+    /// The peak since the last [`DemandGauge::take_peak`].
+    pub(crate) fn peak(&self) -> u32 {
+        self.peak.load(Ordering::Acquire)
+    }
+}
+
+/// One caller's share of the demand: held while it waits for and holds a connection.
+pub(crate) struct Demand(Arc<DemandGauge>);
+
+impl Drop for Demand {
+    fn drop(&mut self) {
+        self.0.now.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// What [`Pool::close`](crate::Pool::close) saw.

@@ -347,3 +347,97 @@ fn keepalive_keeps_idle_connections_through_a_firewall_that_drops_idle_flows() {
         }
     }
 }
+
+/// The advisor sees the demand beyond the pool's size (four held, sixteen waiting: twenty
+/// would have served), and the pattern HikariCP's sizing rule exists for: green threads that
+/// hold a connection and ask for another, whose deadlock-safe minimum is Tn × (Cm − 1) + 1.
+#[test]
+fn the_advisor_sees_peak_demand_and_the_deadlock_safe_minimum() {
+    let pool: SqlitePool = Pool::builder()
+        .max_size(4)
+        .build(SqliteConnectionManager::memory())
+        .unwrap();
+    let held: Vec<_> = (0..4).map(|_| pool.get().unwrap()).collect();
+    let waiters: Vec<_> = (0..16)
+        .map(|_| {
+            let pool = pool.clone();
+            spawn(move || pool.run(|_| ()))
+        })
+        .collect();
+    eventually("16 waiting", || pool.state().waiting == 16);
+    drop(held);
+    for w in waiters {
+        w.wait().unwrap().unwrap();
+    }
+    let advice = pool.stats().advice;
+    assert_eq!(advice.peak_demand, 20, "{advice:?}");
+    assert_eq!(advice.suggested_max_size, 20, "{advice:?}");
+    assert_eq!(advice.most_held_by_one_thread, 1, "{advice:?}");
+    assert_eq!(advice.deadlock_safe_min, 1, "{advice:?}");
+    assert!(
+        advice.summary.contains("20 connections would have served"),
+        "{advice:?}"
+    );
+    assert!(
+        advice.checkouts_per_s > 0.0 && advice.mean_in_use > 0.0,
+        "{advice:?}"
+    );
+
+    // Three green threads, each holding one connection while a call takes a second.
+    let pool: SqlitePool = Pool::builder()
+        .max_size(10)
+        .build(SqliteConnectionManager::memory())
+        .unwrap();
+    let ready = Arc::new(AtomicU64::new(0));
+    let nested: Vec<_> = (0..3)
+        .map(|_| {
+            let (pool, ready) = (pool.clone(), ready.clone());
+            spawn(move || -> Result<(), Error> {
+                let _outer = pool.get()?;
+                ready.fetch_add(1, Ordering::SeqCst);
+                while ready.load(Ordering::SeqCst) < 3 {
+                    greenhub::sleep(Duration::from_millis(2)).unwrap();
+                }
+                pool.run(|_| ())
+            })
+        })
+        .collect();
+    for t in nested {
+        t.wait().unwrap().unwrap();
+    }
+    let advice = pool.stats().advice;
+    assert_eq!(advice.most_held_by_one_thread, 2, "{advice:?}");
+    assert_eq!(advice.peak_holders, 3, "{advice:?}");
+    assert_eq!(advice.deadlock_safe_min, 4, "{advice:?}");
+    // A pool of three would deadlock: the summary says so.
+    let small: SqlitePool = Pool::builder()
+        .max_size(3)
+        .connection_timeout(Duration::from_millis(200))
+        .build(SqliteConnectionManager::memory())
+        .unwrap();
+    let ready = Arc::new(AtomicU64::new(0));
+    let starved: Vec<_> = (0..3)
+        .map(|_| {
+            let (pool, ready) = (small.clone(), ready.clone());
+            spawn(move || -> Result<(), Error> {
+                let _outer = pool.get()?;
+                ready.fetch_add(1, Ordering::SeqCst);
+                while ready.load(Ordering::SeqCst) < 3 {
+                    greenhub::sleep(Duration::from_millis(2)).unwrap();
+                }
+                pool.run(|_| ())
+            })
+        })
+        .collect();
+    // Starved until one gives up and its connection lets the others through.
+    let timed_out = starved
+        .into_iter()
+        .filter(|t| matches!(t.wait().unwrap(), Err(Error::PoolTimeout { .. })))
+        .count();
+    assert!(timed_out >= 1);
+    let advice = small.stats().advice;
+    assert!(
+        advice.summary.contains("below the deadlock-safe minimum 4"),
+        "{advice:?}"
+    );
+}

@@ -486,3 +486,36 @@ fn at_80_by_24_the_name_keeps_its_width() {
     );
     scene.end();
 }
+
+#[test]
+fn a_database_pool_s_details_open_with_the_size_advisor() {
+    let pool = greenhub_dbpool::Pool::builder()
+        .name("advised\u{1b}[2J")
+        .max_size(2)
+        .build(greenhub_dbpool::SqliteConnectionManager::memory())
+        .unwrap();
+    for _ in 0..10 {
+        pool.run(|_| ()).unwrap();
+    }
+    let mut app = app_with_snapshot();
+    app.key(Key::Char('4'));
+    type_filter(&mut app, "advised");
+    assert!(
+        screen(&app).contains("suggested_size 1"),
+        "{}",
+        screen(&app)
+    );
+    // Its tpool's objects sort first; the pool comes after them.
+    while app.object_rows()[app.selected].kind.name() != "dbpool" {
+        app.key(Key::Down);
+    }
+    app.key(Key::Enter);
+    let lines = app.detail_lines();
+    let advice = lines
+        .iter()
+        .find(|l| l.starts_with("advice: "))
+        .unwrap_or_else(|| panic!("no advice in {lines:?}"));
+    assert!(advice.contains("1 would have been enough"), "{advice}");
+    assert!(!lines.join("\n").contains('\u{1b}'), "{lines:?}");
+    drop(pool);
+}

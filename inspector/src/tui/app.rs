@@ -736,6 +736,20 @@ impl App {
                     return vec![format!("object #{id} is gone")];
                 };
                 let mut lines = vec![o.describe(), String::new()];
+                // A database pool's advisor speaks first: the size it would take.
+                if o.kind.name() == DBPOOL
+                    && let Some(advice) = o
+                        .detail
+                        .as_ref()
+                        .and_then(|d| d.pointer("/advice/summary"))
+                        .and_then(|s| s.as_str())
+                {
+                    lines.push(format!(
+                        "advice: {}",
+                        greenhub_snapshot::escape_controls(advice)
+                    ));
+                    lines.push(String::new());
+                }
                 if let Some(detail) = &o.detail {
                     let text = serde_json::to_string_pretty(detail).unwrap_or_default();
                     lines.extend(text.lines().map(String::from));
