@@ -177,3 +177,222 @@ pub fn select1(runtime: &str, workers: usize, n: u64, figure: Figure) -> f64 {
         }
     }
 }
+
+/// The slow statement the abandoning callers send, and how long they wait for it.
+const SLOW: &str = "SELECT pg_sleep(0.05)";
+const ABANDON_AFTER: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// Half of 64 tasks run `SELECT 1` (`n` in all, each checked); the other half, until those
+/// are done, send a 50 ms statement and give up on it after 10 ms, each runtime in its own
+/// way: greenhub's deadline scope (the pool cancels the statement on the server), r2d2's
+/// OS threads with the server's `statement_timeout` set for the statement (`SET LOCAL` in
+/// the same round trip: a blocked thread cannot leave), deadpool with `tokio::time::timeout`
+/// (the future is dropped; the statement runs on and the connection goes back to the pool
+/// busy). Every `SELECT 1` is one round trip on each side (a cached statement, or an unnamed
+/// typed one for r2d2). Returns the latencies of the `SELECT 1`s, the wall time of the run
+/// and how many slow statements were abandoned.
+fn run_abandoning(runtime: &str, workers: usize, n: u64) -> (Vec<u64>, u64, u64) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let good_tasks = TASKS / 2;
+    let per = n / good_tasks;
+    let done = Arc::new(AtomicBool::new(false));
+    let abandoned = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let lat: Vec<u64> = match runtime {
+        "greenhub dbpool" => {
+            start_greenhub(workers, None);
+            let config = greenhub_dbpool::pg::Config::from_str(&conninfo()).expect("conninfo");
+            let pool: greenhub_dbpool::PgPool = greenhub_dbpool::Pool::builder()
+                .max_size(POOL)
+                .min_idle(POOL)
+                .build(greenhub_dbpool::PgManager::new(config, NoTls))
+                .expect("pool");
+            let slow: Vec<_> = (0..TASKS - good_tasks)
+                .map(|_| {
+                    let (pool, done, abandoned) = (pool.clone(), done.clone(), abandoned.clone());
+                    greenhub::spawn(move || {
+                        while !done.load(Ordering::Acquire) {
+                            match greenhub::with_timeout(ABANDON_AFTER, || pool.batch_execute(SLOW))
+                            {
+                                Err(greenhub_dbpool::Error::TimedOut) => {
+                                    abandoned.fetch_add(1, Ordering::Relaxed);
+                                }
+                                other => other.expect("slow statement"),
+                            }
+                        }
+                    })
+                })
+                .collect();
+            let good: Vec<_> = (0..good_tasks)
+                .map(|_| {
+                    let pool = pool.clone();
+                    greenhub::spawn(move || {
+                        (0..per)
+                            .map(|_| {
+                                let t = Instant::now();
+                                let row = pool.query_one("SELECT 1", vec![]).expect("query");
+                                assert_eq!(row.get::<_, i32>(0), 1);
+                                t.elapsed().as_nanos() as u64
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            let lat = good.into_iter().flat_map(|h| h.wait().unwrap()).collect();
+            done.store(true, Ordering::Release);
+            for s in slow {
+                s.wait().unwrap();
+            }
+            lat
+        }
+        "r2d2 + postgres (64 OS threads)" => {
+            let config = greenhub_dbpool::pg::Config::from_str(&conninfo()).expect("conninfo");
+            let manager = greenhub_dbpool::PostgresConnectionManager::new(config, NoTls);
+            let pool = greenhub_dbpool::r2d2::Pool::builder()
+                .max_size(POOL)
+                .min_idle(Some(POOL))
+                .test_on_check_out(false)
+                .build(manager)
+                .expect("pool");
+            let bounded = format!(
+                "SET LOCAL statement_timeout = {}; {SLOW}",
+                ABANDON_AFTER.as_millis()
+            );
+            let slow: Vec<_> = (0..TASKS - good_tasks)
+                .map(|_| {
+                    let (pool, done, abandoned) = (pool.clone(), done.clone(), abandoned.clone());
+                    let bounded = bounded.clone();
+                    std::thread::spawn(move || {
+                        while !done.load(Ordering::Acquire) {
+                            let mut c = pool.get().expect("checkout");
+                            match c.batch_execute(&bounded) {
+                                Err(e)
+                                    if e.code()
+                                        == Some(
+                                            &greenhub_dbpool::pg::error::SqlState::QUERY_CANCELED,
+                                        ) =>
+                                {
+                                    abandoned.fetch_add(1, Ordering::Relaxed);
+                                }
+                                other => other.expect("slow statement"),
+                            }
+                        }
+                    })
+                })
+                .collect();
+            let good: Vec<_> = (0..good_tasks)
+                .map(|_| {
+                    let pool = pool.clone();
+                    std::thread::spawn(move || {
+                        (0..per)
+                            .map(|_| {
+                                let t = Instant::now();
+                                let mut c = pool.get().expect("checkout");
+                                let row = c.query_typed_one("SELECT 1", &[]).expect("query");
+                                assert_eq!(row.get::<_, i32>(0), 1);
+                                t.elapsed().as_nanos() as u64
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            let lat = good.into_iter().flat_map(|h| h.join().unwrap()).collect();
+            done.store(true, Ordering::Release);
+            for s in slow {
+                s.join().unwrap();
+            }
+            lat
+        }
+        "deadpool-postgres (tokio)" => {
+            use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(workers)
+                .enable_all()
+                .build()
+                .expect("tokio runtime");
+            let (done, abandoned) = (done.clone(), abandoned.clone());
+            rt.block_on(async move {
+                let config = deadpool_postgres::tokio_postgres::Config::from_str(&conninfo())
+                    .expect("conninfo");
+                let manager = Manager::from_config(
+                    config,
+                    deadpool_postgres::tokio_postgres::NoTls,
+                    ManagerConfig {
+                        recycling_method: RecyclingMethod::Fast,
+                    },
+                );
+                let pool = Pool::builder(manager)
+                    .max_size(POOL as usize)
+                    .build()
+                    .expect("pool");
+                let slow: Vec<_> = (0..TASKS - good_tasks)
+                    .map(|_| {
+                        let (pool, done, abandoned) =
+                            (pool.clone(), done.clone(), abandoned.clone());
+                        tokio::spawn(async move {
+                            while !done.load(Ordering::Acquire) {
+                                let c = pool.get().await.expect("checkout");
+                                match tokio::time::timeout(ABANDON_AFTER, c.batch_execute(SLOW))
+                                    .await
+                                {
+                                    Err(_) => {
+                                        abandoned.fetch_add(1, Ordering::Relaxed);
+                                    }
+                                    Ok(r) => r.expect("slow statement"),
+                                }
+                            }
+                        })
+                    })
+                    .collect();
+                let good: Vec<_> = (0..good_tasks)
+                    .map(|_| {
+                        let pool = pool.clone();
+                        tokio::spawn(async move {
+                            let mut lat = Vec::with_capacity(per as usize);
+                            for _ in 0..per {
+                                let t = Instant::now();
+                                let c = pool.get().await.expect("checkout");
+                                let st = c.prepare_cached("SELECT 1").await.expect("prepare");
+                                let row = c.query_one(&st, &[]).await.expect("query");
+                                assert_eq!(row.get::<_, i32>(0), 1);
+                                lat.push(t.elapsed().as_nanos() as u64);
+                            }
+                            lat
+                        })
+                    })
+                    .collect();
+                let mut lat = Vec::new();
+                for h in good {
+                    lat.extend(h.await.unwrap());
+                }
+                done.store(true, Ordering::Release);
+                for s in slow {
+                    s.await.unwrap();
+                }
+                lat
+            })
+        }
+        other => panic!("unknown runtime {other}"),
+    };
+    let wall = started.elapsed().as_nanos() as u64;
+    (lat, wall, abandoned.load(Ordering::Relaxed))
+}
+
+/// `SELECT 1` throughput or latency while half the callers abandon slow statements.
+pub fn abandoning(runtime: &str, workers: usize, n: u64, figure: Figure) -> f64 {
+    let (mut lat, wall, abandoned) = run_abandoning(runtime, workers, n);
+    assert_eq!(
+        lat.len() as u64,
+        n / (TASKS / 2) * (TASKS / 2),
+        "lost queries"
+    );
+    assert!(abandoned > 0, "{runtime}: no slow statement was abandoned");
+    match figure {
+        Figure::PerQuery => wall as f64 / lat.len() as f64,
+        Figure::Latency(q) => {
+            lat.sort_unstable();
+            lat[((lat.len() as f64 - 1.0) * q).round() as usize] as f64
+        }
+    }
+}

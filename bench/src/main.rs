@@ -62,6 +62,23 @@ const DB_WHAT: &str = "64 tasks run N `SELECT 1` queries in all through a pool o
     `query_one` (two round trips) and with its opt-in `prepare_cached` (one); dbpool's \
     `query_one` keeps prepared statements per connection by itself (one)";
 
+/// Cases of the two suites where half the callers abandon slow statements.
+const DB_ABANDON_CASES: &[(&str, u64)] = &[
+    ("greenhub dbpool", 8_000),
+    ("r2d2 + postgres (64 OS threads)", 8_000),
+    ("deadpool-postgres (tokio)", 8_000),
+];
+
+const DB_ABANDON_WHAT: &str = "64 tasks share a pool of 8 connections to the same server: 32 \
+    run N `SELECT 1` queries in all (one round trip each: dbpool's and deadpool's cached \
+    statements, r2d2's unnamed typed query) while the other 32 keep sending a 50 ms statement \
+    (`pg_sleep(0.05)`) and give up on it after 10 ms, each in its runtime's own way: greenhub's \
+    deadline scope (dbpool sends the server a cancel request and takes the connection back \
+    once the statement has stopped), r2d2's OS threads with `SET LOCAL statement_timeout` in \
+    the same round trip (a blocked thread cannot leave, so the server bounds the statement), \
+    deadpool with `tokio::time::timeout` (the future is dropped; the statement runs on and \
+    its connection serves the next caller only after it); wall time per `SELECT 1` (2 workers)";
+
 const SUITES: &[Suite] = &[
     Suite {
         id: "spawn_join",
@@ -266,6 +283,25 @@ const SUITES: &[Suite] = &[
         scale: 1000.0,
     },
     Suite {
+        id: "db_abandon",
+        title: "Database pool: SELECT 1 while half the callers abandon slow statements",
+        unit: "µs per SELECT 1",
+        what: DB_ABANDON_WHAT,
+        workers: 2,
+        cases: DB_ABANDON_CASES,
+        scale: 1000.0,
+    },
+    Suite {
+        id: "db_abandon_p99",
+        title: "Database pool: SELECT 1 latency while half the callers abandon, 99th percentile",
+        unit: "µs per SELECT 1 (p99)",
+        what: "the same runs, the 99th percentile of a `SELECT 1` from asking for a connection \
+               to holding the result",
+        workers: 2,
+        cases: DB_ABANDON_CASES,
+        scale: 1000.0,
+    },
+    Suite {
         id: "snapshot_10k",
         title: "Snapshot of 10,000 green threads",
         unit: "ms per snapshot",
@@ -432,6 +468,8 @@ fn child(args: &[String]) {
         "db_select1" => db::select1(runtime, workers, n, db::Figure::PerQuery),
         "db_select1_p50" => db::select1(runtime, workers, n, db::Figure::Latency(0.5)),
         "db_select1_p99" => db::select1(runtime, workers, n, db::Figure::Latency(0.99)),
+        "db_abandon" => db::abandoning(runtime, workers, n, db::Figure::PerQuery),
+        "db_abandon_p99" => db::abandoning(runtime, workers, n, db::Figure::Latency(0.99)),
         "snapshot_10k" | "snapshot_100k" => inspect::snapshot_cost(runtime, n),
         "snapshot_pause_10k" | "snapshot_pause_100k" => inspect::snapshot_pause(runtime, n),
         "inspector_attached" => inspect::attached(runtime, n),

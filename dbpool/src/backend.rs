@@ -69,9 +69,10 @@ impl Canceller {
     }
 
     /// A canceller whose effect may land after it returns (a PostgreSQL cancel request is
-    /// a message to the server, acted on asynchronously): it could stop a later statement on
-    /// the same connection, so once it has been sent the pool closes the connection unless
-    /// its own statements saw the cancelled statement end (after a single send).
+    /// a message to the server, acted on asynchronously, under load tens of milliseconds
+    /// later, and nothing says when it has been): it could stop a later statement on the same
+    /// connection, so once one has been sent the pool closes the connection when the
+    /// statement ends, and opens another as needed.
     pub fn may_land_late(
         stop: impl Fn() -> Result<(), String> + Send + Sync + 'static,
     ) -> Canceller {

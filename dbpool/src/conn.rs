@@ -120,8 +120,9 @@ impl<M: Backend> Lease<M> {
     /// while it runs if the caller leaves. `Err(Returned)` without a connection, and
     /// `Err(TimedOut)` without running `f` when the caller has left already.
     ///
-    /// A cancel that may still land (a PostgreSQL cancel request the call did not see take
-    /// effect) closes the connection when it comes back: it could stop the next statement.
+    /// A cancel that may still land (a PostgreSQL cancel request: the server acts on it
+    /// asynchronously, under load tens of milliseconds later, and says nothing of when)
+    /// closes the connection when it comes back: it could stop the next statement.
     pub(crate) fn run_for<R>(
         &mut self,
         presence: &Presence,
@@ -136,18 +137,12 @@ impl<M: Backend> Lease<M> {
             return Err(Error::TimedOut);
         }
         let t: &mut Tracked<M::Connection> = pooled;
-        t.cancel_seen = false;
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(t, presence)));
         let cancelled = presence.disarm();
         if cancelled != Cancelled::No {
             t.counters.cancels.fetch_add(1, Ordering::Relaxed);
         }
-        // Proof that no cancel is still on its way: a single one, seen to land.
-        let settled = match cancelled {
-            Cancelled::MayLand(sent) => sent == 1 && t.cancel_seen,
-            _ => true,
-        };
-        if !settled && t.close.is_none() {
+        if cancelled == Cancelled::MayLand && t.close.is_none() {
             t.close = Some(CloseReason::Cancelled);
         }
         match outcome {
@@ -365,8 +360,8 @@ pub(crate) enum Cancelled {
     No,
     /// Sent, and taken effect (or never will) by now.
     Settled,
-    /// Sent this many times, and one may still land on a later statement.
-    MayLand(u32),
+    /// Sent, and may still land on a later statement.
+    MayLand,
 }
 
 /// The first pause before a cancel is sent again; it doubles up to [`RESEND_CAP`].
@@ -411,9 +406,7 @@ impl Presence {
             Cancel::Cancelling { sent: 0, .. } | Cancel::Idle | Cancel::Armed { .. } => {
                 Cancelled::No
             }
-            Cancel::Cancelling {
-                canceller, sent, ..
-            } if canceller.lands_late() => Cancelled::MayLand(sent),
+            Cancel::Cancelling { canceller, .. } if canceller.lands_late() => Cancelled::MayLand,
             Cancel::Cancelling { .. } => Cancelled::Settled,
         }
     }
@@ -470,9 +463,10 @@ impl Presence {
         else {
             return; // the call ended first
         };
-        if canceller.send().is_ok() {
-            *sent += 1;
-        }
+        // An error does not prove the request never reached the server (the connection
+        // may fail after it was read): every attempt counts as one that may land.
+        let _ = canceller.send();
+        *sent += 1;
         drop(cancel);
         let presence = self;
         greenhub::call_after(next, move || {

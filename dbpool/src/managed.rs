@@ -90,9 +90,6 @@ pub(crate) struct Tracked<C> {
     pub decided: bool,
     /// What a backend's helpers keep per connection (PostgreSQL: prepared statements).
     pub cache: Option<Box<dyn Any + Send>>,
-    /// Set by the pool's own statements when one ended because it was cancelled: a cancel
-    /// request sent for it has landed and cannot stop a later one.
-    pub cancel_seen: bool,
     /// How the backend's helpers send statements (the pool's settings).
     pub options: StatementOptions,
     pub counters: Arc<Counters>,
@@ -238,7 +235,6 @@ impl<M: Backend> ManageConnection for Managed<M> {
                     expires: self.lifetime(serial).and_then(|l| now.checked_add(l)),
                     decided: false,
                     cache: None,
-                    cancel_seen: false,
                     options: self.options,
                     last_checkin: now,
                     last_probe: now,

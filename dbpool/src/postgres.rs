@@ -267,14 +267,8 @@ fn statement<R>(
             t.close = Some(CloseReason::Broken);
             Err(Error::ConnectionLost { reason })
         }
-        // The server's timeout from the caller's deadline (or a cancel racing it: which one
-        // landed is unknown, so it does not count as seen).
+        // The server's timeout from the caller's deadline.
         Err(e) if bounded.is_some() && cancelled(&e) => Err(Error::TimedOut),
-        // A cancel request has landed: none can stop a later statement.
-        Err(e) if cancelled(&e) => {
-            t.cancel_seen = true;
-            Err(e)
-        }
         other => other,
     }
 }

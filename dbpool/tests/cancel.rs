@@ -120,13 +120,13 @@ fn a_hundred_callers_that_time_out_leave_nothing_running_on_the_server() {
         "cancels: {}",
         stats.cancels
     );
-    // The pool's statements saw their cancel land: no connection had to be closed for it.
-    assert_eq!(stats.closed.cancelled, 0, "{stats:?}");
+    // A cancel request may land late: each connection that had one was replaced.
+    assert_eq!(stats.closed.cancelled, stats.cancels, "{stats:?}");
 }
 
 /// A cancel request is acted on by the server asynchronously: it must never stop the next
-/// statement on the same connection. One connection, a caller that times out on a sleep,
-/// then at once a burst of quick statements: every one of them succeeds, round after round.
+/// statement on the connection. One connection at a time, a caller that times out on a
+/// sleep, then at once a burst of statements: every one of them succeeds, round after round.
 #[test]
 fn a_cancel_never_lands_on_the_next_statement() {
     let pg = Pg::start();
@@ -135,10 +135,6 @@ fn a_cancel_never_lands_on_the_next_statement() {
         .max_size(1)
         .build(pg.manager())
         .unwrap();
-    let pid: i32 = pool
-        .query_one("SELECT pg_backend_pid()", vec![])
-        .unwrap()
-        .get(0);
     for round in 0..30 {
         // Deadlines from 0 to 29 ms: some cancels race the start of the statement.
         let budget = Duration::from_millis(round);
@@ -146,10 +142,11 @@ fn a_cancel_never_lands_on_the_next_statement() {
             pool.batch_execute("SELECT pg_sleep(60) /* next */")
         });
         assert!(matches!(outcome, Err(Error::TimedOut)), "{outcome:?}");
-        for i in 0..20 {
+        for i in 0..5 {
+            // Long enough for a late cancel to find it running.
             let row = pool
                 .query_one(
-                    "SELECT $1::int",
+                    "SELECT $1::int FROM pg_sleep(0.005)",
                     vec![Box::new(i) as greenhub_dbpool::Param],
                 )
                 .unwrap_or_else(|e| panic!("round {round}, statement {i}: {e}"));
@@ -157,16 +154,12 @@ fn a_cancel_never_lands_on_the_next_statement() {
         }
     }
     assert_eq!(sleeping(&pg, "next"), 0);
-    // Still the same backend: a cancel seen to land keeps its connection.
-    let after: i32 = pool
-        .query_one("SELECT pg_backend_pid()", vec![])
-        .unwrap()
-        .get(0);
-    assert_eq!(after, pid);
+    let stats = pool.stats();
+    assert_eq!(stats.closed.cancelled, stats.cancels, "{stats:?}");
 }
 
-/// A killed holder's statement is cancelled too; a closure the pool cannot see into has its
-/// connection closed after a cancel (the cancel could still land), and the pool opens another.
+/// A killed holder's statement is cancelled too, as is a closure's; each connection is
+/// closed after its cancel (which could still land), and the pool opens others.
 #[test]
 fn a_killed_caller_is_cancelled_and_a_closure_s_connection_is_replaced() {
     let pg = Pg::start();
@@ -200,11 +193,12 @@ fn a_killed_caller_is_cancelled_and_a_closure_s_connection_is_replaced() {
     assert!(eventually(Duration::from_secs(20), || sleeping(
         &pg, "closure"
     ) == 0));
+    // Both connections had a cancel sent: both were replaced.
     assert!(eventually(Duration::from_secs(20), || pool
         .stats()
         .closed
         .cancelled
-        == 1));
+        == 2));
     let n: i32 = pool.query_one("SELECT 7", vec![]).unwrap().get(0);
     assert_eq!(n, 7);
     assert!(pool.stats().cancels >= 2);
@@ -325,4 +319,41 @@ fn a_lost_cancel_is_sent_again_while_the_statement_runs() {
         assert_eq!(stats.closed.cancelled, u64::from(late), "late {late}");
         assert_eq!(pool.run(|_| 5).unwrap(), 5);
     }
+}
+
+/// Under load the server acts on cancel requests late (tens of milliseconds, when its
+/// postmaster is busy): 32 callers keep abandoning sleeps on 8 connections, and none ever
+/// hears a cancel that was meant for another: each is told `TimedOut`, nothing else.
+#[test]
+fn under_load_no_caller_is_hit_by_a_cancel_meant_for_another() {
+    let pg = Pg::start();
+    let pool: PgPool = Pool::builder()
+        .name("crowd")
+        .max_size(8)
+        .build(pg.manager())
+        .unwrap();
+    let callers: Vec<_> = (0..32)
+        .map(|_| {
+            let pool = pool.clone();
+            spawn(move || {
+                (0..30)
+                    .map(|_| {
+                        greenhub::with_timeout(Duration::from_millis(10), || {
+                            pool.batch_execute("SELECT pg_sleep(0.05)")
+                        })
+                    })
+                    .filter(|r| !matches!(r, Err(Error::TimedOut)))
+                    .map(|r| format!("{r:?}"))
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let wrong: Vec<String> = callers
+        .into_iter()
+        .flat_map(|c| c.wait().unwrap())
+        .collect();
+    assert!(wrong.is_empty(), "{wrong:?}");
+    let stats = pool.stats();
+    assert!(stats.cancels > 0, "{stats:?}");
+    assert_eq!(stats.closed.cancelled, stats.cancels, "{stats:?}");
 }
