@@ -40,6 +40,15 @@ pub trait Backend: ManageConnection {
     /// Rolls back the open transaction, if any. An error closes the connection.
     fn rollback(conn: &mut Self::Connection) -> Result<(), Self::Error>;
 
+    /// Puts back the session settings the pool's own helpers change (PostgreSQL: the
+    /// `statement_timeout` set from a caller's deadline) before code the pool does not see
+    /// into ([`Pool::run`](crate::Pool::run), [`Conn::run`](crate::Conn::run)) runs on the
+    /// connection. Called only after a helper changed one; the default does nothing.
+    fn reset_session(conn: &mut Self::Connection) -> Result<(), Self::Error> {
+        let _ = conn;
+        Ok(())
+    }
+
     /// What stops the statement running on `conn` from another thread, taken on the pool
     /// thread just before a caller's call runs; used when that caller leaves (deadline,
     /// kill) before the call ends. `None` (the default): the call runs to its end.
@@ -145,6 +154,12 @@ where
     ) -> Result<(), r2d2_postgres::postgres::Error> {
         // Outside a transaction the server answers with a warning, not an error.
         conn.batch_execute("ROLLBACK")
+    }
+
+    fn reset_session(
+        conn: &mut r2d2_postgres::postgres::Client,
+    ) -> Result<(), r2d2_postgres::postgres::Error> {
+        conn.batch_execute("SET statement_timeout TO DEFAULT")
     }
 
     /// A cancel request for the connection's backend, sent without TLS: the server accepts

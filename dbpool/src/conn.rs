@@ -10,7 +10,7 @@ use r2d2::PooledConnection;
 
 use std::panic::Location;
 
-use crate::managed::{CloseReason, Managed, Tracked};
+use crate::managed::{CloseReason, Managed, ServerTimeout, Tracked};
 use crate::stats::Demand;
 use crate::{Backend, Canceller, Error};
 
@@ -204,6 +204,24 @@ impl<M: Backend> Drop for Lease<M> {
     }
 }
 
+/// Runs code the pool does not see into on the connection, on a pool thread: the session as
+/// its default (no `statement_timeout` left by a helper), and the connection counted as
+/// possibly inside a transaction afterwards.
+pub(crate) fn run_raw<M: Backend, R>(
+    t: &mut Tracked<M::Connection>,
+    f: impl FnOnce(&mut M::Connection) -> R,
+) -> R {
+    if t.server_timeout != ServerTimeout::Default {
+        t.server_timeout = match M::reset_session(&mut t.conn) {
+            Ok(()) => ServerTimeout::Default,
+            Err(_) => ServerTimeout::Unknown,
+        };
+    }
+    // Whatever `f` does, the pool cannot know whether it left a transaction open.
+    t.dirty = true;
+    f(&mut t.conn)
+}
+
 /// A connection checked out of a [`Pool`](crate::Pool). It goes back when dropped (see the
 /// [crate rules](crate)); calls on it run on the pool's threads.
 ///
@@ -252,11 +270,7 @@ impl<M: Backend> Conn<M> {
         R: Send + 'static,
         F: FnOnce(&mut M::Connection) -> R + Send + 'static,
     {
-        self.call(move |t, _| {
-            // Whatever `f` does, the pool cannot know whether it left a transaction open.
-            t.dirty = true;
-            f(&mut t.conn)
-        })
+        self.call(move |t, _| run_raw::<M, R>(t, f))
     }
 
     /// [`Conn::run`] for a closure that returns a `Result` whose error converts into the pool's

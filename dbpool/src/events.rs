@@ -119,9 +119,10 @@ pub struct LeakSuspected {
 /// Hooks for a pool's events ([`Builder::events`](crate::Builder::events)); every method
 /// does nothing unless overridden.
 ///
-/// A method runs on the thread where the event happens, which may be a green thread's
-/// worker or one of the pool's threads, and outside the pool's locks: it must return quickly
-/// and never block (bump a counter, send on a channel).
+/// A method runs on the thread where the event happens: a green thread's worker, one of the
+/// pool's threads, or one of r2d2's (connections opened and closed in the background). It
+/// must return quickly, never block (bump a counter, send on a channel), and not call back
+/// into the pool.
 ///
 /// ```
 /// use std::sync::atomic::{AtomicU64, Ordering};

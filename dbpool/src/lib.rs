@@ -143,6 +143,17 @@ pub enum Error {
     Threads(#[source] greenhub_tpool::Error),
 }
 
+impl Error {
+    /// Whether a checkout failed for want of a connection (a timeout, or no connect
+    /// succeeding), as opposed to a closed pool or missing threads.
+    pub(crate) fn is_checkout_failure(&self) -> bool {
+        matches!(
+            self,
+            Error::TimedOut | Error::PoolTimeout { .. } | Error::Connect { .. }
+        )
+    }
+}
+
 impl From<greenhub::TimedOut> for Error {
     fn from(_: greenhub::TimedOut) -> Error {
         Error::TimedOut

@@ -17,6 +17,18 @@ pub(crate) use crate::events::CloseReason;
 use crate::events::{self, HandleEvent};
 use crate::postgres::StatementOptions;
 
+/// The server's statement timeout on a connection, as far as the pool knows (the PostgreSQL
+/// helpers set it from callers' deadlines).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ServerTimeout {
+    /// The session's default (the role's or the database's setting).
+    Default,
+    /// Set by the pool to this many milliseconds.
+    Millis(u64),
+    /// Unknown: set inside a transaction that may have been rolled back since.
+    Unknown,
+}
+
 /// What the pool counts of its connections, and the program's hook for their events.
 pub(crate) struct Counters {
     pub events: Arc<dyn HandleEvent>,
@@ -92,6 +104,8 @@ pub(crate) struct Tracked<C> {
     pub cache: Option<Box<dyn Any + Send>>,
     /// How the backend's helpers send statements (the pool's settings).
     pub options: StatementOptions,
+    /// The server's statement timeout, as the helpers left it.
+    pub server_timeout: ServerTimeout,
     pub counters: Arc<Counters>,
 }
 
@@ -203,6 +217,8 @@ impl<M: Backend> ManageConnection for Managed<M> {
             return Err(ConnectError::Closed);
         }
         let started = Instant::now();
+        // Read first: a connect that began before an eviction belongs to the old generation.
+        let generation = self.counters.generation.load(Ordering::Acquire);
         let result = self.manager.connect().map_err(ConnectError::Driver);
         // `last_attempt` is set after the failure state, so that a reader that sees this
         // attempt's time also sees its outcome.
@@ -231,11 +247,12 @@ impl<M: Backend> ManageConnection for Managed<M> {
                     conn,
                     serial,
                     born: now,
-                    generation: self.counters.generation.load(Ordering::Acquire),
+                    generation,
                     expires: self.lifetime(serial).and_then(|l| now.checked_add(l)),
                     decided: false,
                     cache: None,
                     options: self.options,
+                    server_timeout: ServerTimeout::Default,
                     last_checkin: now,
                     last_probe: now,
                     dirty: false,

@@ -144,7 +144,15 @@ impl Book {
             if let Some(last) = self.slices.back_mut() {
                 last.peak_demand = last.peak_demand.max(demand.take_peak());
             }
-            if self.slices.len() >= SLICES {
+            // The last five minutes, however sparse the traffic.
+            let horizon = now.checked_sub(SLICE * SLICES as u32);
+            while self.slices.len() >= SLICES
+                || self
+                    .slices
+                    .front()
+                    .zip(horizon)
+                    .is_some_and(|(s, h)| s.start < h)
+            {
                 self.slices.pop_front();
             }
             self.slices.push_back(Slice {
@@ -162,21 +170,26 @@ impl Book {
 
     /// The advice from the slices kept; `max_size` for the summary.
     fn advice(&self, now: Instant, demand: &DemandGauge, max_size: u32) -> SizeAdvice {
-        let Some(first) = self.slices.front() else {
+        let horizon = now.checked_sub(SLICE * SLICES as u32);
+        let recent: Vec<&Slice> = self
+            .slices
+            .iter()
+            .filter(|s| horizon.is_none_or(|h| s.start >= h))
+            .collect();
+        let Some(first) = recent.first() else {
             return SizeAdvice {
-                summary: "no checkouts yet".into(),
+                summary: "no checkouts in the last five minutes".into(),
                 ..SizeAdvice::default()
             };
         };
         let window = now
             .saturating_duration_since(first.start)
             .max(Duration::from_millis(1));
-        let checkouts: u64 = self.slices.iter().map(|s| s.checkouts).sum();
-        let returns: u64 = self.slices.iter().map(|s| s.returns).sum();
-        let held: Duration = self.slices.iter().map(|s| s.held).sum();
-        let last = self.slices.len() - 1;
-        let peak_demand = self
-            .slices
+        let checkouts: u64 = recent.iter().map(|s| s.checkouts).sum();
+        let returns: u64 = recent.iter().map(|s| s.returns).sum();
+        let held: Duration = recent.iter().map(|s| s.held).sum();
+        let last = recent.len() - 1;
+        let peak_demand = recent
             .iter()
             .enumerate()
             .map(|(i, s)| {
@@ -188,18 +201,8 @@ impl Book {
             })
             .max()
             .unwrap_or(0);
-        let cm = self
-            .slices
-            .iter()
-            .map(|s| s.most_held_by_one)
-            .max()
-            .unwrap_or(0);
-        let tn = self
-            .slices
-            .iter()
-            .map(|s| s.peak_holders)
-            .max()
-            .unwrap_or(0);
+        let cm = recent.iter().map(|s| s.most_held_by_one).max().unwrap_or(0);
+        let tn = recent.iter().map(|s| s.peak_holders).max().unwrap_or(0);
         let rate = checkouts as f64 / window.as_secs_f64();
         let mean_hold = if returns == 0 {
             0.0
@@ -363,13 +366,27 @@ impl<M: Backend> Inner<M> {
     /// gate when it opens is woken, and on closing so is every queued waiter (each learns
     /// the pool is closed).
     fn set_gate(self: &Arc<Self>, suspended: bool, close: bool) {
-        let (woken, phantoms) = {
+        let (woken, phantoms, jobs) = {
             let mut p = self.permits.lock();
             let mut phantoms = 0;
+            let mut jobs = Vec::new();
             if close && !p.closed {
                 p.closed = true;
                 self.counters.closing.store(true, Ordering::Release);
-                phantoms = p.queue.iter().filter(|e| e.live()).count() as u32;
+                // Queued jobs are answered here; green waiters get a made-up permit each.
+                let queue = std::mem::take(&mut p.queue);
+                for entry in queue {
+                    match entry {
+                        Entry::Job(job) => {
+                            if job.claim() {
+                                jobs.push(job);
+                            }
+                        }
+                        green if green.live() => p.queue.push_back(green),
+                        _ => {}
+                    }
+                }
+                phantoms = p.queue.len() as u32;
                 p.phantom += phantoms;
             }
             p.suspended = suspended && !p.closed;
@@ -378,8 +395,12 @@ impl<M: Backend> Inner<M> {
             } else {
                 std::mem::take(&mut p.gate)
             };
-            (woken, phantoms)
+            (woken, phantoms, jobs)
         };
+        // Outside the lock: a job's closure may own a connection, whose return takes it.
+        for job in jobs {
+            deliver(job.run(Err(Error::Closed)));
+        }
         for token in woken {
             token.wake();
         }
@@ -485,6 +506,8 @@ impl<M: Backend> Inner<M> {
     fn enqueue(self: &Arc<Self>, job: &Arc<Job<M>>) -> Result<(), Error> {
         let mut p = self.permits.lock();
         if p.closed {
+            drop(p);
+            // Outside the lock: the closure dropped here may own a connection.
             job.cancel();
             return Err(Error::Closed);
         }
@@ -501,9 +524,12 @@ impl<M: Backend> Inner<M> {
     /// Runs a claimed job, and the jobs queued behind it, on a pool thread.
     fn start(self: &Arc<Self>, permit: Permit<M>, job: Arc<Job<M>>) {
         let inner = self.clone();
+        let answer = job.clone();
         // The queue has room (every queued call holds a permit). If the pool's threads are
-        // gone, the closure is dropped: the permit goes on, the job's caller hears `ShutDown`.
-        let _ = self.tpool.spawn(move || inner.run_jobs(permit, job));
+        // gone, the closure is dropped (its permit goes on) and the caller hears why.
+        if let Err(e) = self.tpool.spawn(move || inner.run_jobs(permit, job)) {
+            deliver(answer.run(Err(e.into())));
+        }
     }
 
     fn run_jobs(self: &Arc<Self>, permit: Permit<M>, first: Arc<Job<M>>) {
@@ -517,7 +543,9 @@ impl<M: Backend> Inner<M> {
         let mut lease = match checkout {
             Ok(lease) => lease,
             Err(e) => {
-                self.gave_up(first.asked_at);
+                if e.is_checkout_failure() {
+                    self.gave_up(first.asked_at);
+                }
                 deliver(first.run(Err(e)));
                 return;
             }
@@ -718,11 +746,12 @@ impl<M: Backend> Inner<M> {
         });
     }
 
-    /// On a pool thread: the idle connections are taken out of r2d2 (with permits nobody
-    /// waits for, so no caller is held up for a permit) and looked at, oldest first: one
-    /// evicted or past its lifetime is closed, so is one idle past `idle_timeout` while more
-    /// than `min_idle` are open, and one idle past `keepalive` is tested (closed if it
-    /// fails). The rest go back in the order they came. Then the next sweep is scheduled.
+    /// On a pool thread: the idle connections are taken out of r2d2 (with free permits, and
+    /// only while nobody waits) and looked at, oldest first: one evicted or past its lifetime
+    /// is closed, so is one idle past `idle_timeout` while more than `min_idle` are open; the
+    /// rest go back at once, but for those idle past `keepalive`, which are tested one at a
+    /// time (closed if they fail), each holding one permit meanwhile. Then the next sweep is
+    /// scheduled.
     fn sweep_idle(self: &Arc<Self>) {
         self.sweep_once();
         self.schedule_sweep();
@@ -742,45 +771,60 @@ impl<M: Backend> Inner<M> {
             n
         };
         // Created outside the lock: each gives its permit back when dropped.
-        let permits: Vec<Permit<M>> = (0..taken).map(|_| Permit(self.clone())).collect();
+        let mut permits: Vec<Permit<M>> = (0..taken).map(|_| Permit(self.clone())).collect();
         let mut idle = Vec::new();
         for _ in 0..taken {
-            // Connections are idle and the permits ours: this does not wait, and does not
-            // open one (none is missing).
-            match r2d2.get_timeout(Duration::from_millis(1)) {
-                Ok(pooled) => idle.push(pooled),
-                Err(_) => break,
+            // Never opens a connection, and never waits.
+            match r2d2.try_get() {
+                Some(pooled) => idle.push(pooled),
+                None => break,
             }
         }
         let now = Instant::now();
         let s = &self.settings;
         let mut open = r2d2.state().connections;
-        // Oldest first: r2d2 hands out the most recently returned first.
-        for pooled in idle.iter_mut().rev() {
+        // Oldest first (r2d2 hands out the most recently returned first): closed at once,
+        // kept, or due for a keepalive test.
+        let (mut back, mut due) = (Vec::new(), Vec::new());
+        for mut pooled in idle.into_iter().rev() {
             let idle_for = now.saturating_duration_since(pooled.last_checkin);
+            let tested = pooled.last_checkin.max(pooled.last_probe);
             if let Some(reason) = pooled.retired(now) {
                 pooled.close = Some(reason);
             } else if s.idle_timeout.is_some_and(|t| idle_for >= t) && open > s.min_idle {
                 pooled.close = Some(CloseReason::Idle);
-            } else if s.keepalive.is_some_and(|k| {
-                now.saturating_duration_since(pooled.last_checkin.max(pooled.last_probe)) >= k
-            }) {
-                pooled.last_probe = now;
-                if self.manager.is_valid(&mut pooled.conn).is_err() {
-                    pooled.close = Some(CloseReason::Invalid);
-                }
+            } else if s
+                .keepalive
+                .is_some_and(|k| now.saturating_duration_since(tested) >= k)
+            {
+                due.push(pooled);
+                continue;
             }
             if pooled.close.is_some() {
                 open = open.saturating_sub(1);
             }
+            back.push(pooled);
         }
-        // Back in reverse, so that r2d2's stack keeps its order.
-        while let Some(pooled) = idle.pop() {
+        // Back (oldest first, so that r2d2's stack keeps its order) with their permits, so
+        // that a test that stalls (a silently dropped flow) holds one connection only.
+        drop(back);
+        permits.truncate(due.len());
+        for mut pooled in due {
+            pooled.last_probe = Instant::now();
+            if self.manager.is_valid(&mut pooled.conn).is_err() {
+                pooled.close = Some(CloseReason::Invalid);
+            }
             drop(pooled);
+            drop(permits.pop());
         }
-        drop(permits);
         // Closed ones below `min_idle` are replaced here, not by the next caller.
         let _ = self.fill(None);
+    }
+
+    /// Connect attempts that have ended, either way.
+    fn connect_attempts(&self) -> u64 {
+        self.counters.created.load(Ordering::Acquire)
+            + self.counters.connect_failures.load(Ordering::Acquire)
     }
 
     /// On a pool thread: opens connections until `min_idle` are open, with permits nobody
@@ -812,10 +856,18 @@ impl<M: Backend> Inner<M> {
                 d.saturating_duration_since(Instant::now())
                     .min(CHECKOUT_SLICE)
             });
+            let attempts = self.connect_attempts();
             match r2d2.get_timeout(slice) {
                 Ok(pooled) => held.push((pooled, permit)),
                 Err(_) => {
                     drop(permit);
+                    // The connect that `get` started goes on: wait for it to end rather than
+                    // start another with the next `get`.
+                    while self.connect_attempts() == attempts
+                        && deadline.is_some_and(|d| Instant::now() < d)
+                    {
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
                     if let Some(reason) = self.refused_since(began) {
                         break Err(reason);
                     }
@@ -1100,7 +1152,8 @@ impl<M: Backend> Builder<M> {
         self
     }
 
-    /// Idle connections kept open (default 0). Building the pool opens them.
+    /// The fewest connections kept open, idle or not (default 0): building the pool opens
+    /// them, and the pool's sweep replaces those that close.
     pub fn min_idle(mut self, min_idle: u32) -> Builder<M> {
         self.min_idle = min_idle;
         self
@@ -1410,14 +1463,13 @@ impl<M: Backend> Pool<M> {
         let began = Instant::now();
         let inner = &self.inner;
         inner.set_gate(false, true);
-        if let Some(r2d2) = inner.r2d2.lock().take() {
+        // Taken out first: the lock is not held while the connections close.
+        let taken = inner.r2d2.lock().take();
+        if let Some(r2d2) = taken {
             // Closing idle connections talks to the server: on a pool thread.
             let drain = move || {
-                while r2d2.state().idle_connections > 0 {
-                    match r2d2.get_timeout(Duration::from_millis(1)) {
-                        Ok(mut pooled) => pooled.close = Some(CloseReason::PoolClosed),
-                        Err(_) => break,
-                    }
+                while let Some(mut pooled) = r2d2.try_get() {
+                    pooled.close = Some(CloseReason::PoolClosed);
                 }
             };
             if inner.tpool.execute(drain).is_err() {
@@ -1428,15 +1480,17 @@ impl<M: Backend> Pool<M> {
                 ));
             }
         }
-        let deadline = began + grace;
+        // `Duration::MAX`: as long as it takes.
+        let deadline = began.checked_add(grace);
         let out = || {
             let p = inner.permits.lock();
             inner.settings.max_size.saturating_sub(p.free)
         };
-        while out() > 0 && Instant::now() < deadline {
-            let nap = deadline
-                .saturating_duration_since(Instant::now())
-                .min(Duration::from_millis(5));
+        while out() > 0 && deadline.is_none_or(|d| Instant::now() < d) {
+            let nap = deadline.map_or(Duration::from_millis(5), |d| {
+                d.saturating_duration_since(Instant::now())
+                    .min(Duration::from_millis(5))
+            });
             if greenhub::sleep(nap).is_err() {
                 break; // the caller's own deadline
             }
@@ -1451,11 +1505,7 @@ impl<M: Backend> Pool<M> {
     /// pool's `connection_timeout` and the enclosing deadline scope.
     #[track_caller]
     pub fn get(&self) -> Result<Conn<M>, Error> {
-        let demand = self.inner.demand.arrive();
-        self.checkout_then(move |mut lease, _| {
-            lease.demand = Some(demand);
-            Conn::new(lease)
-        })
+        self.checkout_then(|lease, _| Conn::new(lease))
     }
 
     /// Checks a connection out, runs `f` with it on a pool thread, and returns it there: one
@@ -1471,10 +1521,7 @@ impl<M: Backend> Pool<M> {
         R: Send + 'static,
         F: FnOnce(&mut M::Connection) -> R + Send + 'static,
     {
-        self.call(move |t, _| {
-            t.dirty = true;
-            f(&mut t.conn)
-        })
+        self.call(move |t, _| crate::conn::run_raw::<M, R>(t, f))
     }
 
     /// [`Pool::run`] for a closure that returns a `Result` whose error converts into the pool's
@@ -1510,8 +1557,9 @@ impl<M: Backend> Pool<M> {
         let site = Location::caller();
         let inner = &self.inner;
         let asked_at = Instant::now();
-        let _demand = inner.demand.arrive();
         inner.pass_gate(asked_at)?;
+        // Counted from past the gate: callers held by a suspend are not demand on the size.
+        let _demand = inner.demand.arrive();
         // Time spent suspended does not count against the pool's own timeout.
         let own = Instant::now() + inner.settings.connection_timeout;
         let scope = greenhub::timeout::deadline();
@@ -1607,6 +1655,7 @@ impl<M: Backend> Pool<M> {
         let inner = &self.inner;
         let asked_at = Instant::now();
         inner.pass_gate(asked_at)?;
+        let demand = inner.demand.arrive();
         let own = Instant::now() + inner.settings.connection_timeout;
         // The checkout call keeps a permit until it ends: bound it by the scope too.
         let deadline = greenhub::timeout::deadline().map_or(own, |scope| scope.min(own));
@@ -1631,7 +1680,11 @@ impl<M: Backend> Pool<M> {
         let outcome = inner.tpool.execute(move || {
             worker
                 .checkout_blocking(permit, deadline, site, holder, asked_at)
-                .map(|lease| then(lease, &gone))
+                .map(|mut lease| {
+                    // The holder's share of the demand lasts as long as the lease.
+                    lease.demand = Some(demand);
+                    then(lease, &gone)
+                })
         });
         match outcome {
             Ok(Ok(value)) => {
@@ -1639,7 +1692,9 @@ impl<M: Backend> Pool<M> {
                 Ok(value)
             }
             Ok(Err(e)) => {
-                inner.gave_up(asked_at);
+                if e.is_checkout_failure() {
+                    inner.gave_up(asked_at);
+                }
                 Err(e)
             }
             Err(e) => {

@@ -16,7 +16,7 @@ use r2d2_postgres::postgres::types::{ToSql, Type};
 use r2d2_postgres::postgres::{Client, Error as PgError, NoTls, Row, Statement, Transaction};
 
 use crate::conn::Presence;
-use crate::managed::{CloseReason, Tracked};
+use crate::managed::{CloseReason, ServerTimeout, Tracked};
 use crate::{Conn, Error, Pool};
 
 /// The PostgreSQL manager without TLS (loopback and trusted networks).
@@ -61,24 +61,15 @@ pub(crate) struct StatementOptions {
     pub deadline_timeout: bool,
 }
 
-/// The server's `statement_timeout` on a connection, as far as the pool knows.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum ServerTimeout {
-    /// The session's default (the role's or the database's setting).
-    Default,
-    /// Set by the pool to this many milliseconds.
-    Millis(u64),
-    /// Unknown: set inside a transaction that may have been rolled back since.
-    Unknown,
-}
-
 /// What the helpers keep per connection: the prepared statements (or the parameter types
-/// of unnamed ones) by their SQL, and the server's `statement_timeout`.
+/// of unnamed ones) by their SQL.
 struct PgState {
     prepared: HashMap<String, Statement>,
     types: HashMap<String, Vec<Type>>,
-    timeout: ServerTimeout,
 }
+
+/// The longest `statement_timeout` the server takes.
+const MAX_STATEMENT_TIMEOUT: Duration = Duration::from_millis(i32::MAX as u64);
 
 /// Past this many, a connection's statements are all forgotten (the server closes them).
 const MAX_STATEMENTS: usize = 256;
@@ -88,14 +79,12 @@ fn state(t: &mut Tracked<Client>) -> &mut PgState {
         Box::new(PgState {
             prepared: HashMap::new(),
             types: HashMap::new(),
-            timeout: ServerTimeout::Default,
         })
     });
     if !cache.is::<PgState>() {
         *cache = Box::new(PgState {
             prepared: HashMap::new(),
             types: HashMap::new(),
-            timeout: ServerTimeout::Unknown,
         });
     }
     cache
@@ -120,7 +109,11 @@ fn prepared(t: &mut Tracked<Client>, sql: &str) -> Result<Statement, Error> {
 /// The parameter types of `sql`, learned once per connection without leaving a named
 /// statement on a server connection a pooler may hand to another client: prepared and
 /// closed inside a transaction (the caller's own if one is open, else a short one).
-fn param_types(t: &mut Tracked<Client>, sql: &str) -> Result<Vec<Type>, Error> {
+fn param_types(
+    t: &mut Tracked<Client>,
+    sql: &str,
+    maybe_in_transaction: bool,
+) -> Result<Vec<Type>, Error> {
     if let Some(types) = state(t).types.get(sql) {
         return Ok(types.clone());
     }
@@ -131,7 +124,7 @@ fn param_types(t: &mut Tracked<Client>, sql: &str) -> Result<Vec<Type>, Error> {
     };
     // Inside a transaction already? A savepoint outside one fails with 25P01 and changes
     // nothing.
-    let in_transaction = t.dirty
+    let in_transaction = maybe_in_transaction
         && match t.conn.batch_execute("SAVEPOINT greenhub_types") {
             Ok(()) => true,
             Err(e) if e.code() == Some(&SqlState::NO_ACTIVE_SQL_TRANSACTION) => false,
@@ -200,18 +193,21 @@ fn bound_by_deadline(
     t: &mut Tracked<Client>,
     deadline: Option<Instant>,
     presence: &Presence,
+    single: bool,
 ) -> Result<Option<Instant>, Error> {
     if !t.options.deadline_timeout {
         return Ok(None);
     }
     let now = Instant::now();
-    let current = state(t).timeout;
+    let current = t.server_timeout;
+    // Beyond what the server takes (i32 milliseconds, some 24 days): no bound.
+    let deadline = deadline.filter(|d| d.saturating_duration_since(now) < MAX_STATEMENT_TIMEOUT);
     let Some(deadline) = deadline else {
         if current != ServerTimeout::Default {
             t.conn
                 .batch_execute("SET statement_timeout TO DEFAULT")
                 .map_err(Error::from)?;
-            state(t).timeout = ServerTimeout::Default;
+            t.server_timeout = ServerTimeout::Default;
         }
         return Ok(None);
     };
@@ -227,12 +223,16 @@ fn bound_by_deadline(
             t.conn
                 .batch_execute(&format!("SET statement_timeout = {want}"))
                 .map_err(Error::from)?;
-            state(t).timeout = ServerTimeout::Millis(want);
+            t.server_timeout = ServerTimeout::Millis(want);
             want
         }
     };
     let stops_by = now + Duration::from_millis(millis);
-    presence.server_stops_by(stops_by);
+    // The server's timer starts again with each statement: only a single statement ends by
+    // then, and only then does a caller leaving at the deadline leave the stopping to it.
+    if single {
+        presence.server_stops_by(stops_by);
+    }
     Ok(Some(stops_by))
 }
 
@@ -243,17 +243,18 @@ fn statement<R>(
     sql: &str,
     deadline: Option<Instant>,
     presence: &Presence,
+    single: bool,
     run: impl FnOnce(&mut Tracked<Client>) -> Result<R, Error>,
 ) -> Result<R, Error> {
     let before = t.dirty;
-    let bounded = bound_by_deadline(t, deadline, presence)?;
+    let bounded = bound_by_deadline(t, deadline, presence, single)?;
     // Interrupted (a panic, a kill) means unknown: roll back.
     t.dirty = true;
     let result = run(t);
     t.dirty = before || opens_transaction(sql);
     if t.dirty && bounded.is_some() {
         // Set inside a transaction, which a rollback undoes.
-        state(t).timeout = ServerTimeout::Unknown;
+        t.server_timeout = ServerTimeout::Unknown;
     }
     let cancelled = |e: &Error| match e {
         Error::Database(e) => {
@@ -353,11 +354,12 @@ fn with_params<S: Shape>(
     move |t, presence| {
         // Outside a transaction, a statement the schema changed under can be prepared again.
         let may_retry = !t.dirty;
-        statement(t, &sql, deadline, presence, |t| {
+        let maybe_in_transaction = t.dirty;
+        statement(t, &sql, deadline, presence, true, |t| {
             let params: Vec<&(dyn ToSql + Sync)> =
                 params.iter().map(|p| &**p as &(dyn ToSql + Sync)).collect();
             if t.options.statements == Statements::Unnamed {
-                let types = param_types(t, &sql)?;
+                let types = param_types(t, &sql, maybe_in_transaction)?;
                 if types.len() != params.len() {
                     return Err(Error::Database(
                         format!(
@@ -400,7 +402,10 @@ fn batch(
     let sql = sql.to_string();
     let deadline = greenhub::timeout::deadline();
     move |t, presence| {
-        statement(t, &sql, deadline, presence, |t| {
+        // One statement unless a `;` separates two (one inside a string only costs a cancel
+        // the server would have made unneeded).
+        let single = !sql.trim_end().trim_end_matches(';').contains(';');
+        statement(t, &sql, deadline, presence, single, |t| {
             t.conn.batch_execute(&sql).map_err(Error::from)
         })
     }
@@ -415,7 +420,7 @@ where
 {
     let deadline = greenhub::timeout::deadline();
     move |t, presence| {
-        statement(t, "", deadline, presence, |t| {
+        statement(t, "", deadline, presence, false, |t| {
             let mut tx = t.conn.transaction().map_err(Error::from)?;
             let value = f(&mut tx).map_err(Error::from)?;
             if !presence.commit() {

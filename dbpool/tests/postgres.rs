@@ -625,6 +625,17 @@ fn the_server_statement_timeout_follows_the_callers_deadline() {
         .unwrap()
         .get(0);
         assert!(inside.ends_with("s"), "round {round}: {inside}");
+        // Code the pool does not see into runs with the session's default, even right after
+        // a helper under a deadline set a timeout.
+        let raw: String = greenhub::with_timeout(Duration::from_secs(30), || {
+            pool.query_one("SELECT 1", vec![])?;
+            pool.try_run(|c| {
+                c.query_one("SELECT current_setting('statement_timeout')", &[])
+                    .map(|r| r.get::<_, String>(0))
+            })
+        })
+        .unwrap();
+        assert_eq!(raw, "0", "round {round}");
         assert_eq!(timeout(&pool), "0", "round {round}");
     }
     let stats = pool.stats();
