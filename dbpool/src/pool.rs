@@ -377,11 +377,8 @@ impl<M: Backend> Inner<M> {
                 let queue = std::mem::take(&mut p.queue);
                 for entry in queue {
                     match entry {
-                        Entry::Job(job) => {
-                            if job.claim() {
-                                jobs.push(job);
-                            }
-                        }
+                        Entry::Job(job) if job.claim() => jobs.push(job),
+                        Entry::Job(_) => {}
                         green if green.live() => p.queue.push_back(green),
                         _ => {}
                     }
