@@ -47,6 +47,7 @@ mod job;
 mod managed;
 mod pool;
 mod postgres;
+mod statements;
 mod stats;
 
 use thiserror::Error;
@@ -63,12 +64,13 @@ pub static POOL_KIND: LazyLock<ObjectKind> = LazyLock::new(|| ObjectKind::named(
 pub use conn::Conn;
 pub use events::{CloseReason, HandleEvent};
 pub use pool::{Builder, Pool};
-pub use postgres::{Param, PgManager, PgPool, Statements};
+pub use postgres::{Param, PgManager, PgPool};
 pub use r2d2;
 pub use r2d2_postgres::PostgresConnectionManager;
 pub use r2d2_postgres::postgres as pg;
 pub use r2d2_sqlite::SqliteConnectionManager;
 pub use r2d2_sqlite::rusqlite;
+pub use statements::Statements;
 pub use stats::{CheckoutInfo, CloseReport, Closed, DbPoolStats, PoolState, SizeAdvice};
 
 /// A pool of SQLite connections.

@@ -15,7 +15,7 @@ use r2d2::ManageConnection;
 use crate::Backend;
 pub(crate) use crate::events::CloseReason;
 use crate::events::{self, HandleEvent};
-use crate::postgres::StatementOptions;
+use crate::statements::StatementOptions;
 
 /// The server's statement timeout on a connection, as far as the pool knows (the PostgreSQL
 /// helpers set it from callers' deadlines).

@@ -24,7 +24,7 @@ use crate::conn::{Books, Conn, Lease, Permit, Presence, StopsWaiting};
 use crate::events::{self, HandleEvent, NoEvents};
 use crate::job::{Delivery, Job, Reply, Slot, Work};
 use crate::managed::{CloseReason, Counters, Managed, Tracked};
-use crate::postgres::{StatementOptions, Statements};
+use crate::statements::{StatementOptions, Statements};
 use crate::stats::{CheckoutInfo, Closed, DbPoolStats, DemandGauge, PoolState, SizeAdvice};
 use crate::{Backend, Error};
 

@@ -17,6 +17,7 @@ use r2d2_postgres::postgres::{Client, Error as PgError, NoTls, Row, Statement, T
 
 use crate::conn::Presence;
 use crate::managed::{CloseReason, ServerTimeout, Tracked};
+use crate::statements::Statements;
 use crate::{Conn, Error, Pool};
 
 /// The PostgreSQL manager without TLS (loopback and trusted networks).
@@ -36,30 +37,6 @@ pub type PgPool = Pool<PgManager>;
 /// An owned query parameter: parameters travel to a pool thread, so they are owned, not
 /// borrowed. `Box::new(42_i32) as Param`, or a `Vec<Param>` built with `params`.
 pub type Param = Box<dyn ToSql + Send + Sync>;
-
-/// How the pool's PostgreSQL helpers ([`Pool::query`], [`Conn::execute`], ...) send their
-/// statements ([`Builder::statements`](crate::Builder::statements)).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Statements {
-    /// Prepared under a name once per connection and kept (up to 256): each later use is one
-    /// round trip with the plan cached by the server. The default.
-    #[default]
-    Prepared,
-    /// Sent unnamed each time, parsed by the server each time, in one round trip; the
-    /// parameter types of each statement are learned once per connection inside a short
-    /// transaction. For a pooler in transaction mode (pgbouncer before 1.21, or with
-    /// `max_prepared_statements = 0`), which runs consecutive statements of one client on
-    /// different server connections, where a named statement is missing or collides.
-    Unnamed,
-}
-
-/// What the helpers are told by the pool's settings; a copy travels with each connection.
-#[derive(Clone, Copy, Debug, Default)]
-pub(crate) struct StatementOptions {
-    pub statements: Statements,
-    /// Set the server's `statement_timeout` from the caller's deadline.
-    pub deadline_timeout: bool,
-}
 
 /// What the helpers keep per connection: the prepared statements (or the parameter types
 /// of unnamed ones) by their SQL.
