@@ -351,7 +351,9 @@ fn the_inspector_binary_shows_the_target_on_a_terminal_and_quits_on_q() {
     let target = Target::start(&dir);
     let mut term = Terminal::attach(&dir, target.pid());
     // The threads view of the live process, from the first snapshot.
-    term.wait_for(&format!("pid {}", target.pid()), 0);
+    // The pid alone: the terminal gets cursor moves, not spaces, where a cell stays blank.
+    term.wait_for("pid", 0);
+    term.wait_for(&target.pid().to_string(), 0);
     term.wait_for("root-job", 0);
     term.wait_for("child-2", 0);
     // Keys reach it: the timers view lists the sleeper's timer, owned by a thread.
