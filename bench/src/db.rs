@@ -30,135 +30,164 @@ fn conninfo() -> String {
         .expect("GREENHUB_BENCH_PG: run through the harness, which starts the server")
 }
 
-/// Each task's latencies, and the wall time of the whole run.
+/// greenhub's pool of `POOL` connections, all open.
+fn greenhub_pool() -> greenhub_dbpool::PgPool {
+    let config = greenhub_dbpool::pg::Config::from_str(&conninfo()).expect("conninfo");
+    greenhub_dbpool::Pool::builder()
+        .max_size(POOL)
+        .min_idle(POOL)
+        .build(greenhub_dbpool::PgManager::new(config, NoTls))
+        .expect("pool")
+}
+
+/// An r2d2 pool of `POOL` connections, all open.
+type R2d2Pool = greenhub_dbpool::r2d2::Pool<greenhub_dbpool::PostgresConnectionManager<NoTls>>;
+
+fn r2d2_pool() -> R2d2Pool {
+    let config = greenhub_dbpool::pg::Config::from_str(&conninfo()).expect("conninfo");
+    let manager = greenhub_dbpool::PostgresConnectionManager::new(config, NoTls);
+    // Like dbpool's default, no test on every checkout (dbpool tests after 500 ms idle).
+    greenhub_dbpool::r2d2::Pool::builder()
+        .max_size(POOL)
+        .min_idle(Some(POOL))
+        .test_on_check_out(false)
+        .build(manager)
+        .expect("pool")
+}
+
+/// A tokio runtime of `workers` threads, and a deadpool of `POOL` connections for it.
+fn deadpool(workers: usize) -> (tokio::runtime::Runtime, deadpool_postgres::Pool) {
+    use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let config =
+        deadpool_postgres::tokio_postgres::Config::from_str(&conninfo()).expect("conninfo");
+    let manager = Manager::from_config(
+        config,
+        deadpool_postgres::tokio_postgres::NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    let pool = Pool::builder(manager)
+        .max_size(POOL as usize)
+        .build()
+        .expect("pool");
+    (rt, pool)
+}
+
+/// `tasks` green threads run `per` checked `SELECT 1`s each; their latencies.
+fn greenhub_selects(pool: &greenhub_dbpool::PgPool, tasks: u64, per: u64) -> Vec<u64> {
+    let hs: Vec<_> = (0..tasks)
+        .map(|_| {
+            let pool = pool.clone();
+            greenhub::spawn(move || {
+                (0..per)
+                    .map(|_| {
+                        let t = Instant::now();
+                        let row = pool.query_one("SELECT 1", vec![]).expect("query");
+                        assert_eq!(row.get::<_, i32>(0), 1);
+                        t.elapsed().as_nanos() as u64
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    hs.into_iter().flat_map(|h| h.wait().unwrap()).collect()
+}
+
+/// `tasks` OS threads run `per` checked `SELECT 1`s each, sent by `query`; their latencies.
+fn r2d2_selects(
+    pool: &R2d2Pool,
+    tasks: u64,
+    per: u64,
+    query: fn(&mut greenhub_dbpool::pg::Client) -> greenhub_dbpool::pg::Row,
+) -> Vec<u64> {
+    let hs: Vec<_> = (0..tasks)
+        .map(|_| {
+            let pool = pool.clone();
+            std::thread::spawn(move || {
+                (0..per)
+                    .map(|_| {
+                        let t = Instant::now();
+                        let mut c = pool.get().expect("checkout");
+                        assert_eq!(query(&mut c).get::<_, i32>(0), 1);
+                        t.elapsed().as_nanos() as u64
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    hs.into_iter().flat_map(|h| h.join().unwrap()).collect()
+}
+
+/// `tasks` tokio tasks run `per` checked `SELECT 1`s each, with a cached statement or
+/// not; their latencies.
+async fn deadpool_selects(
+    pool: &deadpool_postgres::Pool,
+    tasks: u64,
+    per: u64,
+    cached: bool,
+) -> Vec<u64> {
+    let hs: Vec<_> = (0..tasks)
+        .map(|_| {
+            let pool = pool.clone();
+            tokio::spawn(async move {
+                let mut lat = Vec::with_capacity(per as usize);
+                for _ in 0..per {
+                    let t = Instant::now();
+                    let c = pool.get().await.expect("checkout");
+                    let row = if cached {
+                        let st = c.prepare_cached("SELECT 1").await.expect("prepare");
+                        c.query_one(&st, &[]).await
+                    } else {
+                        c.query_one("SELECT 1", &[]).await
+                    }
+                    .expect("query");
+                    assert_eq!(row.get::<_, i32>(0), 1);
+                    lat.push(t.elapsed().as_nanos() as u64);
+                }
+                lat
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for h in hs {
+        all.extend(h.await.unwrap());
+    }
+    all
+}
+
+/// Each task's latencies, and the wall time of the whole run (after a short warm-up).
 fn run(runtime: &str, workers: usize, n: u64) -> (Vec<u64>, u64) {
     let per = n / TASKS;
+    let timed = |lat: Vec<u64>, started: Instant| (lat, started.elapsed().as_nanos() as u64);
     match runtime {
         "greenhub dbpool" => {
             start_greenhub(workers, None);
-            let config = greenhub_dbpool::pg::Config::from_str(&conninfo()).expect("conninfo");
-            let pool: greenhub_dbpool::PgPool = greenhub_dbpool::Pool::builder()
-                .max_size(POOL)
-                .min_idle(POOL)
-                .build(greenhub_dbpool::PgManager::new(config, NoTls))
-                .expect("pool");
-            let round = |per: u64| {
-                let started = Instant::now();
-                let hs: Vec<_> = (0..TASKS)
-                    .map(|_| {
-                        let pool = pool.clone();
-                        greenhub::spawn(move || {
-                            (0..per)
-                                .map(|_| {
-                                    let t = Instant::now();
-                                    let row = pool.query_one("SELECT 1", vec![]).expect("query");
-                                    assert_eq!(row.get::<_, i32>(0), 1);
-                                    t.elapsed().as_nanos() as u64
-                                })
-                                .collect::<Vec<_>>()
-                        })
-                    })
-                    .collect();
-                let lat: Vec<u64> = hs.into_iter().flat_map(|h| h.wait().unwrap()).collect();
-                (lat, started.elapsed().as_nanos() as u64)
-            };
-            round(10);
-            round(per)
+            let pool = greenhub_pool();
+            greenhub_selects(&pool, TASKS, 10);
+            let started = Instant::now();
+            timed(greenhub_selects(&pool, TASKS, per), started)
         }
         "r2d2 + postgres (64 OS threads)" => {
-            let config = greenhub_dbpool::pg::Config::from_str(&conninfo()).expect("conninfo");
-            let manager = greenhub_dbpool::PostgresConnectionManager::new(config, NoTls);
-            // Like dbpool's default, no test on every checkout (dbpool tests after 500 ms idle).
-            let pool = greenhub_dbpool::r2d2::Pool::builder()
-                .max_size(POOL)
-                .min_idle(Some(POOL))
-                .test_on_check_out(false)
-                .build(manager)
-                .expect("pool");
-            let round = |per: u64| {
-                let started = Instant::now();
-                let hs: Vec<_> = (0..TASKS)
-                    .map(|_| {
-                        let pool = pool.clone();
-                        std::thread::spawn(move || {
-                            (0..per)
-                                .map(|_| {
-                                    let t = Instant::now();
-                                    let mut c = pool.get().expect("checkout");
-                                    let row = c.query_one("SELECT 1", &[]).expect("query");
-                                    assert_eq!(row.get::<_, i32>(0), 1);
-                                    t.elapsed().as_nanos() as u64
-                                })
-                                .collect::<Vec<_>>()
-                        })
-                    })
-                    .collect();
-                let lat: Vec<u64> = hs.into_iter().flat_map(|h| h.join().unwrap()).collect();
-                (lat, started.elapsed().as_nanos() as u64)
-            };
-            round(10);
-            round(per)
+            let pool = r2d2_pool();
+            let query =
+                |c: &mut greenhub_dbpool::pg::Client| c.query_one("SELECT 1", &[]).expect("query");
+            r2d2_selects(&pool, TASKS, 10, query);
+            let started = Instant::now();
+            timed(r2d2_selects(&pool, TASKS, per, query), started)
         }
         "deadpool-postgres (tokio)" | "deadpool-postgres, prepare_cached (tokio)" => {
-            use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
             let cached = runtime.contains("prepare_cached");
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(workers)
-                .enable_all()
-                .build()
-                .expect("tokio runtime");
+            let (rt, pool) = deadpool(workers);
             rt.block_on(async move {
-                let config = deadpool_postgres::tokio_postgres::Config::from_str(&conninfo())
-                    .expect("conninfo");
-                let manager = Manager::from_config(
-                    config,
-                    deadpool_postgres::tokio_postgres::NoTls,
-                    ManagerConfig {
-                        recycling_method: RecyclingMethod::Fast,
-                    },
-                );
-                let pool = Pool::builder(manager)
-                    .max_size(POOL as usize)
-                    .build()
-                    .expect("pool");
-                let round = |per: u64| {
-                    let pool = pool.clone();
-                    async move {
-                        let started = Instant::now();
-                        let hs: Vec<_> = (0..TASKS)
-                            .map(|_| {
-                                let pool = pool.clone();
-                                tokio::spawn(async move {
-                                    let mut lat = Vec::with_capacity(per as usize);
-                                    for _ in 0..per {
-                                        let t = Instant::now();
-                                        let c = pool.get().await.expect("checkout");
-                                        let row = if cached {
-                                            let st = c
-                                                .prepare_cached("SELECT 1")
-                                                .await
-                                                .expect("prepare");
-                                            c.query_one(&st, &[]).await
-                                        } else {
-                                            c.query_one("SELECT 1", &[]).await
-                                        }
-                                        .expect("query");
-                                        assert_eq!(row.get::<_, i32>(0), 1);
-                                        lat.push(t.elapsed().as_nanos() as u64);
-                                    }
-                                    lat
-                                })
-                            })
-                            .collect();
-                        let mut all = Vec::new();
-                        for h in hs {
-                            all.extend(h.await.unwrap());
-                        }
-                        (all, started.elapsed().as_nanos() as u64)
-                    }
-                };
-                round(10).await;
-                round(per).await
+                deadpool_selects(&pool, TASKS, 10, cached).await;
+                let started = Instant::now();
+                timed(deadpool_selects(&pool, TASKS, per, cached).await, started)
             })
         }
         other => panic!("unknown runtime {other}"),
@@ -198,16 +227,12 @@ fn run_abandoning(runtime: &str, workers: usize, n: u64) -> (Vec<u64>, u64, u64)
     let per = n / good_tasks;
     let done = Arc::new(AtomicBool::new(false));
     let abandoned = Arc::new(AtomicU64::new(0));
-    let started = Instant::now();
-    let lat: Vec<u64> = match runtime {
+    // Each side's clock starts once its pool is open.
+    let (lat, started): (Vec<u64>, Instant) = match runtime {
         "greenhub dbpool" => {
             start_greenhub(workers, None);
-            let config = greenhub_dbpool::pg::Config::from_str(&conninfo()).expect("conninfo");
-            let pool: greenhub_dbpool::PgPool = greenhub_dbpool::Pool::builder()
-                .max_size(POOL)
-                .min_idle(POOL)
-                .build(greenhub_dbpool::PgManager::new(config, NoTls))
-                .expect("pool");
+            let pool = greenhub_pool();
+            let started = Instant::now();
             let slow: Vec<_> = (0..TASKS - good_tasks)
                 .map(|_| {
                     let (pool, done, abandoned) = (pool.clone(), done.clone(), abandoned.clone());
@@ -224,37 +249,16 @@ fn run_abandoning(runtime: &str, workers: usize, n: u64) -> (Vec<u64>, u64, u64)
                     })
                 })
                 .collect();
-            let good: Vec<_> = (0..good_tasks)
-                .map(|_| {
-                    let pool = pool.clone();
-                    greenhub::spawn(move || {
-                        (0..per)
-                            .map(|_| {
-                                let t = Instant::now();
-                                let row = pool.query_one("SELECT 1", vec![]).expect("query");
-                                assert_eq!(row.get::<_, i32>(0), 1);
-                                t.elapsed().as_nanos() as u64
-                            })
-                            .collect::<Vec<_>>()
-                    })
-                })
-                .collect();
-            let lat = good.into_iter().flat_map(|h| h.wait().unwrap()).collect();
+            let lat = greenhub_selects(&pool, good_tasks, per);
             done.store(true, Ordering::Release);
             for s in slow {
                 s.wait().unwrap();
             }
-            lat
+            (lat, started)
         }
         "r2d2 + postgres (64 OS threads)" => {
-            let config = greenhub_dbpool::pg::Config::from_str(&conninfo()).expect("conninfo");
-            let manager = greenhub_dbpool::PostgresConnectionManager::new(config, NoTls);
-            let pool = greenhub_dbpool::r2d2::Pool::builder()
-                .max_size(POOL)
-                .min_idle(Some(POOL))
-                .test_on_check_out(false)
-                .build(manager)
-                .expect("pool");
+            let pool = r2d2_pool();
+            let started = Instant::now();
             let bounded = format!(
                 "SET LOCAL statement_timeout = {}; {SLOW}",
                 ABANDON_AFTER.as_millis()
@@ -281,51 +285,24 @@ fn run_abandoning(runtime: &str, workers: usize, n: u64) -> (Vec<u64>, u64, u64)
                     })
                 })
                 .collect();
-            let good: Vec<_> = (0..good_tasks)
-                .map(|_| {
-                    let pool = pool.clone();
-                    std::thread::spawn(move || {
-                        (0..per)
-                            .map(|_| {
-                                let t = Instant::now();
-                                let mut c = pool.get().expect("checkout");
-                                let row = c.query_typed_one("SELECT 1", &[]).expect("query");
-                                assert_eq!(row.get::<_, i32>(0), 1);
-                                t.elapsed().as_nanos() as u64
-                            })
-                            .collect::<Vec<_>>()
-                    })
-                })
-                .collect();
-            let lat = good.into_iter().flat_map(|h| h.join().unwrap()).collect();
+            // One round trip, as the other sides' cached statements.
+            let lat = r2d2_selects(&pool, good_tasks, per, |c| {
+                c.query_typed_one("SELECT 1", &[]).expect("query")
+            });
             done.store(true, Ordering::Release);
             for s in slow {
                 s.join().unwrap();
             }
-            lat
+            (lat, started)
         }
         "deadpool-postgres (tokio)" => {
-            use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(workers)
-                .enable_all()
-                .build()
-                .expect("tokio runtime");
+            let (rt, pool) = deadpool(workers);
             let (done, abandoned) = (done.clone(), abandoned.clone());
             rt.block_on(async move {
-                let config = deadpool_postgres::tokio_postgres::Config::from_str(&conninfo())
-                    .expect("conninfo");
-                let manager = Manager::from_config(
-                    config,
-                    deadpool_postgres::tokio_postgres::NoTls,
-                    ManagerConfig {
-                        recycling_method: RecyclingMethod::Fast,
-                    },
-                );
-                let pool = Pool::builder(manager)
-                    .max_size(POOL as usize)
-                    .build()
-                    .expect("pool");
+                // deadpool opens its connections on demand: open them all first.
+                let open: Vec<_> = open_all(&pool).await;
+                drop(open);
+                let started = Instant::now();
                 let slow: Vec<_> = (0..TASKS - good_tasks)
                     .map(|_| {
                         let (pool, done, abandoned) =
@@ -345,38 +322,27 @@ fn run_abandoning(runtime: &str, workers: usize, n: u64) -> (Vec<u64>, u64, u64)
                         })
                     })
                     .collect();
-                let good: Vec<_> = (0..good_tasks)
-                    .map(|_| {
-                        let pool = pool.clone();
-                        tokio::spawn(async move {
-                            let mut lat = Vec::with_capacity(per as usize);
-                            for _ in 0..per {
-                                let t = Instant::now();
-                                let c = pool.get().await.expect("checkout");
-                                let st = c.prepare_cached("SELECT 1").await.expect("prepare");
-                                let row = c.query_one(&st, &[]).await.expect("query");
-                                assert_eq!(row.get::<_, i32>(0), 1);
-                                lat.push(t.elapsed().as_nanos() as u64);
-                            }
-                            lat
-                        })
-                    })
-                    .collect();
-                let mut lat = Vec::new();
-                for h in good {
-                    lat.extend(h.await.unwrap());
-                }
+                let lat = deadpool_selects(&pool, good_tasks, per, true).await;
                 done.store(true, Ordering::Release);
                 for s in slow {
                     s.await.unwrap();
                 }
-                lat
+                (lat, started)
             })
         }
         other => panic!("unknown runtime {other}"),
     };
     let wall = started.elapsed().as_nanos() as u64;
     (lat, wall, abandoned.load(Ordering::Relaxed))
+}
+
+/// Every connection of a deadpool, checked out at once (so opened), to be dropped back.
+async fn open_all(pool: &deadpool_postgres::Pool) -> Vec<deadpool_postgres::Object> {
+    let mut held = Vec::new();
+    for _ in 0..POOL {
+        held.push(pool.get().await.expect("checkout"));
+    }
+    held
 }
 
 /// `SELECT 1` throughput or latency while half the callers abandon slow statements.

@@ -389,22 +389,8 @@ fn the_advisor_sees_peak_demand_and_the_deadlock_safe_minimum() {
         .max_size(10)
         .build(SqliteConnectionManager::memory())
         .unwrap();
-    let ready = Arc::new(AtomicU64::new(0));
-    let nested: Vec<_> = (0..3)
-        .map(|_| {
-            let (pool, ready) = (pool.clone(), ready.clone());
-            spawn(move || -> Result<(), Error> {
-                let _outer = pool.get()?;
-                ready.fetch_add(1, Ordering::SeqCst);
-                while ready.load(Ordering::SeqCst) < 3 {
-                    greenhub::sleep(Duration::from_millis(2)).unwrap();
-                }
-                pool.run(|_| ())
-            })
-        })
-        .collect();
-    for t in nested {
-        t.wait().unwrap().unwrap();
+    for outcome in hold_one_then_ask_another(&pool, 3) {
+        outcome.unwrap();
     }
     let advice = pool.stats().advice;
     assert_eq!(advice.most_held_by_one_thread, 2, "{advice:?}");
@@ -416,24 +402,11 @@ fn the_advisor_sees_peak_demand_and_the_deadlock_safe_minimum() {
         .connection_timeout(Duration::from_millis(200))
         .build(SqliteConnectionManager::memory())
         .unwrap();
-    let ready = Arc::new(AtomicU64::new(0));
-    let starved: Vec<_> = (0..3)
-        .map(|_| {
-            let (pool, ready) = (small.clone(), ready.clone());
-            spawn(move || -> Result<(), Error> {
-                let _outer = pool.get()?;
-                ready.fetch_add(1, Ordering::SeqCst);
-                while ready.load(Ordering::SeqCst) < 3 {
-                    greenhub::sleep(Duration::from_millis(2)).unwrap();
-                }
-                pool.run(|_| ())
-            })
-        })
-        .collect();
+    let starved = hold_one_then_ask_another(&small, 3);
     // Starved until one gives up and its connection lets the others through.
     let timed_out = starved
-        .into_iter()
-        .filter(|t| matches!(t.wait().unwrap(), Err(Error::PoolTimeout { .. })))
+        .iter()
+        .filter(|o| matches!(o, Err(Error::PoolTimeout { .. })))
         .count();
     assert!(timed_out >= 1);
     let advice = small.stats().advice;
@@ -441,4 +414,24 @@ fn the_advisor_sees_peak_demand_and_the_deadlock_safe_minimum() {
         advice.summary.contains("below the deadlock-safe minimum 4"),
         "{advice:?}"
     );
+}
+
+/// `threads` green threads each check a connection out, wait until all hold one, then ask
+/// the pool for another call: the pattern HikariCP's sizing rule is about. Their outcomes.
+fn hold_one_then_ask_another(pool: &SqlitePool, threads: u64) -> Vec<Result<(), Error>> {
+    let ready = Arc::new(AtomicU64::new(0));
+    let all: Vec<_> = (0..threads)
+        .map(|_| {
+            let (pool, ready) = (pool.clone(), ready.clone());
+            spawn(move || -> Result<(), Error> {
+                let _outer = pool.get()?;
+                ready.fetch_add(1, Ordering::SeqCst);
+                while ready.load(Ordering::SeqCst) < threads {
+                    greenhub::sleep(Duration::from_millis(2)).unwrap();
+                }
+                pool.run(|_| ())
+            })
+        })
+        .collect();
+    all.into_iter().map(|t| t.wait().unwrap()).collect()
 }
