@@ -64,10 +64,9 @@ const DB_WHAT: &str = "64 tasks run N `SELECT 1` queries in all through a pool o
 
 /// Cases of the two suites where half the callers abandon slow statements.
 const DB_ABANDON_CASES: &[(&str, u64)] = &[
-    ("greenhub dbpool", 2_000),
-    ("r2d2 + postgres (64 OS threads)", 2_000),
-    // Each of its queries waits for an abandoned 50 ms statement: fewer keep the run short.
-    ("deadpool-postgres (tokio)", 200),
+    ("greenhub dbpool", 1_000),
+    ("r2d2 + postgres (64 OS threads)", 1_000),
+    ("deadpool-postgres (tokio)", 1_000),
 ];
 
 const DB_ABANDON_WHAT: &str = "64 tasks share a pool of 8 connections to the same server: 32 \

@@ -132,7 +132,16 @@ impl<M: Backend> Lease<M> {
             return Err(Error::Returned);
         };
         let books = &permit.0;
-        let canceller = books.canceller(&mut pooled.conn);
+        // Made once per connection: a PostgreSQL cancel token copies the connection's
+        // configuration, too much to do for every call.
+        let canceller = match &pooled.canceller {
+            Some(made) => made.clone(),
+            None => {
+                let made = books.canceller(&mut pooled.conn).map(Arc::new);
+                pooled.canceller = Some(made.clone());
+                made
+            }
+        };
         if !presence.arm(canceller, books.tpool()) {
             return Err(Error::TimedOut);
         }
@@ -397,7 +406,7 @@ impl Presence {
 
     /// On the pool thread, as the call starts: keeps what stops it. `false` if the caller
     /// has gone already: then the call does not run at all.
-    fn arm(&self, canceller: Option<Canceller>, tpool: &greenhub_tpool::Pool) -> bool {
+    fn arm(&self, canceller: Option<Arc<Canceller>>, tpool: &greenhub_tpool::Pool) -> bool {
         let mut cancel = self.cancel.lock();
         // Checked under the lock: a caller that leaves after this finds the canceller.
         if self.state.load(Ordering::Acquire) == GONE {
@@ -405,7 +414,7 @@ impl Presence {
         }
         if let Some(canceller) = canceller {
             *cancel = Cancel::Armed {
-                canceller: Arc::new(canceller),
+                canceller,
                 tpool: tpool.clone(),
                 server_stops_by: None,
             };

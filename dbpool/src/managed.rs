@@ -12,10 +12,10 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use r2d2::ManageConnection;
 
-use crate::Backend;
 pub(crate) use crate::events::CloseReason;
 use crate::events::{self, HandleEvent};
 use crate::statements::StatementOptions;
+use crate::{Backend, Canceller};
 
 /// The server's statement timeout on a connection, as far as the pool knows (the PostgreSQL
 /// helpers set it from callers' deadlines).
@@ -106,6 +106,8 @@ pub(crate) struct Tracked<C> {
     pub options: StatementOptions,
     /// The server's statement timeout, as the helpers left it.
     pub server_timeout: ServerTimeout,
+    /// What stops its statements (made on first use; `Some(None)`: the backend has none).
+    pub canceller: Option<Option<Arc<Canceller>>>,
     pub counters: Arc<Counters>,
 }
 
@@ -253,6 +255,7 @@ impl<M: Backend> ManageConnection for Managed<M> {
                     cache: None,
                     options: self.options,
                     server_timeout: ServerTimeout::Default,
+                    canceller: None,
                     last_checkin: now,
                     last_probe: now,
                     dirty: false,
