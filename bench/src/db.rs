@@ -181,6 +181,16 @@ fn run(runtime: &str, workers: usize, n: u64) -> (Vec<u64>, u64) {
             let started = Instant::now();
             timed(r2d2_selects(&pool, TASKS, per, query), started)
         }
+        "r2d2 + postgres, query_typed_one (64 OS threads)" => {
+            // One round trip, as dbpool's cached statement: the equal-work row.
+            let pool = r2d2_pool();
+            let query = |c: &mut greenhub_dbpool::pg::Client| {
+                c.query_typed_one("SELECT 1", &[]).expect("query")
+            };
+            r2d2_selects(&pool, TASKS, 10, query);
+            let started = Instant::now();
+            timed(r2d2_selects(&pool, TASKS, per, query), started)
+        }
         "deadpool-postgres (tokio)" | "deadpool-postgres, prepare_cached (tokio)" => {
             let cached = runtime.contains("prepare_cached");
             let (rt, pool) = deadpool(workers);

@@ -15,7 +15,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -277,42 +277,6 @@ else:
     wsgi.server(sock, app, log=open(os.devnull, "w"), log_output=False, max_size=10000)
 "#;
 
-/// A venv with gevent, eventlet and gunicorn under `target/`, made once; `None` (and why) if pip fails.
-pub(crate) fn venv(root: &Path) -> Result<PathBuf, String> {
-    let dir = root.join("target/bench-venv");
-    let python = dir.join("bin/python");
-    let ready = Command::new(&python)
-        .args(["-c", "import gevent, eventlet, gunicorn.workers.ggevent"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if ready {
-        return Ok(python);
-    }
-    let made = Command::new("python3")
-        .args(["-m", "venv"])
-        .arg(&dir)
-        .status()
-        .map_err(|e| format!("python3 -m venv: {e}"))?;
-    if !made.success() {
-        return Err("python3 -m venv failed".into());
-    }
-    let pip = Command::new(dir.join("bin/pip"))
-        .args([
-            "install",
-            "-q",
-            "gevent",
-            "eventlet",
-            "gunicorn",
-            "packaging",
-        ])
-        .status()
-        .map_err(|e| format!("pip: {e}"))?;
-    if !pip.success() {
-        return Err("pip install gevent eventlet gunicorn packaging failed".into());
-    }
-    Ok(python)
-}
-
 // ---------------------------------------------------------------------------------------
 // Load.
 
@@ -506,7 +470,7 @@ pub(crate) fn parse_wrk(text: &str) -> Result<WrkOutput, String> {
 pub fn run(root: &Path, rounds: usize, secs: u64) -> Result<Report, String> {
     require_wrk()?;
     let mut skipped = Vec::new();
-    let python = match venv(root) {
+    let python = match crate::seeds::venv(root) {
         Ok(p) => Some(p),
         Err(e) => {
             skipped.push(format!("gevent pywsgi and eventlet.wsgi: {e}"));

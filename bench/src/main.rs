@@ -14,11 +14,13 @@ mod idle;
 mod inspect;
 mod reload;
 mod runtimes;
+mod seeds;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
@@ -32,6 +34,9 @@ struct Suite {
     cases: &'static [(&'static str, u64)],
     /// Divide the raw figure by this for display (bytes to KiB, ...).
     scale: f64,
+    /// CPU-bound processes the harness runs beside each case (as many as it has cores would
+    /// be a loaded machine).
+    busy: usize,
 }
 
 /// Cases of the two round-trip suites (median and 99th percentile).
@@ -39,7 +44,16 @@ const TPOOL_RTT_CASES: &[(&str, u64)] = &[
     ("greenhub tpool", 20_000),
     ("tokio spawn_blocking", 20_000),
     ("blocking crate", 20_000),
+    ("gevent threadpool", 20_000),
+    ("eventlet tpool", 20_000),
 ];
+
+/// What every thread-pool round-trip suite measures.
+const TPOOL_RTT_WHAT: &str = "one task calls a trivial function through the thread pool N \
+    times (2 workers), after 1,000 warm-up calls, timing each call: greenhub's tpool::execute, \
+    tokio's spawn_blocking, the blocking crate's unblock (driven by tokio), gevent's hub \
+    threadpool (`apply`) and eventlet's `tpool.execute` (one Python thread runs the tasks; \
+    their pools have 10 and 20 threads)";
 
 const ECHO_WHAT: &str = "clients send 64 bytes and read them back, N round trips in all \
     over the connections, against an echo server (a task per connection) in the same process \
@@ -49,6 +63,7 @@ const ECHO_WHAT: &str = "clients send 64 bytes and read them back, N round trips
 const DB_CASES: &[(&str, u64)] = &[
     ("greenhub dbpool", 64_000),
     ("r2d2 + postgres (64 OS threads)", 64_000),
+    ("r2d2 + postgres, query_typed_one (64 OS threads)", 64_000),
     ("deadpool-postgres (tokio)", 64_000),
     ("deadpool-postgres, prepare_cached (tokio)", 64_000),
 ];
@@ -57,8 +72,9 @@ const DB_WHAT: &str = "64 tasks run N `SELECT 1` queries in all through a pool o
     to the same local PostgreSQL server (a throwaway cluster the harness starts), each query a \
     checkout, the query and the return (2 workers); greenhub's dbpool on green threads, r2d2 \
     with the postgres driver on 64 OS threads (no test on checkout, as dbpool's default within \
-    500 ms of idleness; the driver has no statement cache, so each query prepares its \
-    statement: two round trips), deadpool-postgres on tokio (fast recycling), with plain \
+    500 ms of idleness; the driver has no statement cache, so plain `query_one` prepares its \
+    statement: two round trips; `query_typed_one` sends it unnamed with its types: one), \
+    deadpool-postgres on tokio (fast recycling), with plain \
     `query_one` (two round trips) and with its opt-in `prepare_cached` (one); dbpool's \
     `query_one` keeps prepared statements per connection by itself (one)";
 
@@ -85,15 +101,19 @@ const SUITES: &[Suite] = &[
         title: "Spawn + join",
         unit: "ns per task",
         what: "spawn N tasks that return their index from the main thread, then join them all \
-               (2 workers; greenhub with its registry on)",
+               (2 workers; greenhub with its registry on; gevent and eventlet on their one \
+               Python thread, joinall and wait)",
         workers: 2,
         cases: &[
             ("greenhub", 100_000),
             ("may", 100_000),
             ("tokio", 100_000),
             ("std::thread", 5_000),
+            ("gevent", 100_000),
+            ("eventlet", 100_000),
         ],
         scale: 1.0,
+        busy: 0,
     },
     Suite {
         id: "ping_pong_1",
@@ -105,15 +125,19 @@ const SUITES: &[Suite] = &[
                current-thread runtime. \"greenhub threads, may park\" runs greenhub's green \
                threads parking through may directly: what is left between it and \"greenhub\" \
                is the cost of greenhub's wait (the token hand-off, the registry's state, the \
-               monitor's worker slot, deadline scopes and kill)",
+               monitor's worker slot, deadline scopes and kill); gevent and eventlet through \
+               a Semaphore each way",
         workers: 1,
         cases: &[
             ("greenhub", 200_000),
             ("greenhub threads, may park", 200_000),
             ("may", 200_000),
             ("tokio", 200_000),
+            ("gevent", 200_000),
+            ("eventlet", 200_000),
         ],
         scale: 1.0,
+        busy: 0,
     },
     Suite {
         id: "ping_pong_2",
@@ -130,12 +154,14 @@ const SUITES: &[Suite] = &[
             ("std::thread", 20_000),
         ],
         scale: 1.0,
+        busy: 0,
     },
     Suite {
         id: "idle_memory",
         title: "Memory per idle task",
         unit: "KiB resident per task",
-        what: "resident memory added by N tasks that all wait (sleep or park), divided by N",
+        what: "resident memory added by N tasks that all wait (sleep or park), divided by N \
+               (gevent and eventlet: greenlets asleep in their hub)",
         workers: 2,
         cases: &[
             ("greenhub", 20_000),
@@ -143,8 +169,11 @@ const SUITES: &[Suite] = &[
             ("may", 20_000),
             ("tokio", 20_000),
             ("std::thread (64 KiB stack)", 2_000),
+            ("gevent", 20_000),
+            ("eventlet", 20_000),
         ],
         scale: 1024.0,
+        busy: 0,
     },
     Suite {
         id: "queue_4to1",
@@ -164,6 +193,7 @@ const SUITES: &[Suite] = &[
             ("crossbeam bounded (OS threads)", 1_000_000),
         ],
         scale: 1.0,
+        busy: 0,
     },
     Suite {
         id: "semaphore",
@@ -175,18 +205,17 @@ const SUITES: &[Suite] = &[
         workers: 2,
         cases: &[("greenhub", 200_000), ("may", 200_000), ("tokio", 200_000)],
         scale: 1.0,
+        busy: 0,
     },
     Suite {
         id: "tpool_rtt_p50",
         title: "Thread pool round trip, median",
         unit: "ns per call (p50)",
-        what: "one task calls a trivial function through the thread pool N times in a row (2 \
-               workers), after 1,000 warm-up calls; the median of the N latencies. greenhub's \
-               tpool::execute, tokio's spawn_blocking, the blocking crate's unblock (driven by \
-               tokio)",
+        what: TPOOL_RTT_WHAT,
         workers: 2,
         cases: TPOOL_RTT_CASES,
         scale: 1.0,
+        busy: 0,
     },
     Suite {
         id: "block_on",
@@ -204,6 +233,7 @@ const SUITES: &[Suite] = &[
             ("tpool round trip", 200_000),
         ],
         scale: 1.0,
+        busy: 0,
     },
     Suite {
         id: "tpool_rtt_p99",
@@ -213,6 +243,40 @@ const SUITES: &[Suite] = &[
         workers: 2,
         cases: TPOOL_RTT_CASES,
         scale: 1.0,
+        busy: 0,
+    },
+    Suite {
+        id: "tpool_spaced",
+        title: "Thread pool round trip, one call per millisecond, median",
+        unit: "ns per call (p50)",
+        what: "as the round trips above, with the task sleeping 1 ms before each call (each \
+               runtime's own sleep): the pool's threads and the caller are idle between calls, \
+               so polling for the next call or the result costs CPU without paying. The CPU \
+               column is the CPU per call beyond that of the sleeps: each case runs as many \
+               1 ms sleeps alone after its calls and subtracts their CPU (a sleep's wake-ups \
+               cost tens of µs of CPU each on this virtual machine)",
+        workers: 2,
+        cases: &[
+            ("greenhub tpool", 2_000),
+            ("tokio spawn_blocking", 2_000),
+            ("blocking crate", 2_000),
+            ("gevent threadpool", 2_000),
+            ("eventlet tpool", 2_000),
+        ],
+        scale: 1.0,
+        busy: 0,
+    },
+    Suite {
+        id: "tpool_busy_p99",
+        title: "Thread pool round trip beside two CPU-bound processes, 99th percentile",
+        unit: "ns per call (p99)",
+        what: "the back-to-back round trips while two other processes keep both cores busy \
+               (each a loop of arithmetic, started before the case and stopped after it; their \
+               CPU is not counted): a pool that polls takes CPU from the threads that answer",
+        workers: 2,
+        cases: TPOOL_RTT_CASES,
+        scale: 1.0,
+        busy: 2,
     },
     Suite {
         id: "tpool_throughput",
@@ -226,6 +290,7 @@ const SUITES: &[Suite] = &[
             ("blocking crate", 200_000),
         ],
         scale: 1.0,
+        busy: 0,
     },
     Suite {
         id: "echo_1",
@@ -235,6 +300,7 @@ const SUITES: &[Suite] = &[
         workers: 2,
         cases: &[("greenhub", 20_000), ("may", 20_000), ("tokio", 20_000)],
         scale: 1.0,
+        busy: 0,
     },
     Suite {
         id: "echo_100",
@@ -244,6 +310,7 @@ const SUITES: &[Suite] = &[
         workers: 2,
         cases: &[("greenhub", 100_000), ("may", 100_000), ("tokio", 100_000)],
         scale: 1.0,
+        busy: 0,
     },
     Suite {
         id: "echo_1000",
@@ -253,6 +320,7 @@ const SUITES: &[Suite] = &[
         workers: 2,
         cases: &[("greenhub", 100_000), ("may", 100_000), ("tokio", 100_000)],
         scale: 1.0,
+        busy: 0,
     },
     Suite {
         id: "db_select1",
@@ -262,6 +330,7 @@ const SUITES: &[Suite] = &[
         workers: 2,
         cases: DB_CASES,
         scale: 1000.0,
+        busy: 0,
     },
     Suite {
         id: "db_select1_p50",
@@ -272,6 +341,7 @@ const SUITES: &[Suite] = &[
         workers: 2,
         cases: DB_CASES,
         scale: 1000.0,
+        busy: 0,
     },
     Suite {
         id: "db_select1_p99",
@@ -281,6 +351,7 @@ const SUITES: &[Suite] = &[
         workers: 2,
         cases: DB_CASES,
         scale: 1000.0,
+        busy: 0,
     },
     Suite {
         id: "db_abandon",
@@ -290,6 +361,7 @@ const SUITES: &[Suite] = &[
         workers: 2,
         cases: DB_ABANDON_CASES,
         scale: 1000.0,
+        busy: 0,
     },
     Suite {
         id: "db_abandon_p99",
@@ -300,6 +372,7 @@ const SUITES: &[Suite] = &[
         workers: 2,
         cases: DB_ABANDON_CASES,
         scale: 1000.0,
+        busy: 0,
     },
     Suite {
         id: "snapshot_10k",
@@ -311,6 +384,7 @@ const SUITES: &[Suite] = &[
         workers: 2,
         cases: &[("snapshot()", 10_000), ("snapshot() + JSON", 10_000)],
         scale: 1e6,
+        busy: 0,
     },
     Suite {
         id: "snapshot_100k",
@@ -321,6 +395,7 @@ const SUITES: &[Suite] = &[
         workers: 2,
         cases: &[("snapshot()", 100_000), ("snapshot() + JSON", 100_000)],
         scale: 1e6,
+        busy: 0,
     },
     Suite {
         id: "snapshot_pause_10k",
@@ -333,6 +408,7 @@ const SUITES: &[Suite] = &[
         workers: 2,
         cases: &[("no snapshot", 10_000), ("20 snapshots", 10_000)],
         scale: 1e6,
+        busy: 0,
     },
     Suite {
         id: "snapshot_pause_100k",
@@ -342,6 +418,7 @@ const SUITES: &[Suite] = &[
         workers: 2,
         cases: &[("no snapshot", 100_000), ("20 snapshots", 100_000)],
         scale: 1e6,
+        busy: 0,
     },
     Suite {
         id: "inspector_attached",
@@ -356,6 +433,7 @@ const SUITES: &[Suite] = &[
             ("greenhub, inspector attached (100 ms)", 2_000_000),
         ],
         scale: 1.0,
+        busy: 0,
     },
     Suite {
         id: "watched_memory",
@@ -368,6 +446,7 @@ const SUITES: &[Suite] = &[
         workers: 2,
         cases: &[("reads 1-100", 10_000), ("reads 100-500", 10_000)],
         scale: 1_048_576.0,
+        busy: 0,
     },
     Suite {
         id: "tui_100k",
@@ -389,6 +468,7 @@ const SUITES: &[Suite] = &[
             ("draw a frame", 100_000),
         ],
         scale: 1e6,
+        busy: 0,
     },
 ];
 
@@ -435,6 +515,7 @@ fn child(args: &[String]) {
     match args {
         // The servers and helpers; each returns when its work is done.
         [s] if s == "idle_server" => return idle::server(),
+        [s] if s == "busy" => return busy(),
         [s, kind] if s == "http_server" => return http::server(kind),
         [s, port] if s == "serve_master" => return reload::master(port),
         [s] if s == "reload_worker" => return reload::worker(),
@@ -458,9 +539,12 @@ fn child(args: &[String]) {
         "idle_memory" => runtimes::idle_memory(runtime, n),
         "queue_4to1" => runtimes::queue_4to1(runtime, workers, n),
         "semaphore" => runtimes::semaphore(runtime, workers, n),
-        "tpool_rtt_p50" => runtimes::tpool_rtt(runtime, workers, n, 0.5),
+        "tpool_rtt_p50" => runtimes::tpool_rtt(runtime, workers, n, 0.5, None),
         "block_on" => runtimes::block_on_rtt(runtime, workers, n),
-        "tpool_rtt_p99" => runtimes::tpool_rtt(runtime, workers, n, 0.99),
+        "tpool_rtt_p99" | "tpool_busy_p99" => runtimes::tpool_rtt(runtime, workers, n, 0.99, None),
+        "tpool_spaced" => {
+            runtimes::tpool_rtt(runtime, workers, n, 0.5, Some(Duration::from_millis(1)))
+        }
         "tpool_throughput" => runtimes::tpool_throughput(runtime, workers, n, 1000),
         "echo_1" => echo::echo(runtime, workers, 1, n),
         "echo_100" => echo::echo(runtime, workers, 100, n),
@@ -477,7 +561,10 @@ fn child(args: &[String]) {
         "watched_memory" => inspect::watched_memory(runtime, n),
         other => panic!("unknown suite {other}"),
     };
-    println!("{figure}");
+    match runtimes::SECTION_CPU_PER_OP.get() {
+        Some(cpu) => println!("{figure} {cpu}"),
+        None => println!("{figure}"),
+    }
     // Leave without tearing down thousands of parked tasks.
     std::process::exit(0);
 }
@@ -497,24 +584,77 @@ fn children_cpu() -> std::time::Duration {
     tv(usage.ru_utime) + tv(usage.ru_stime)
 }
 
-/// A figure and the CPU time its child spent per operation (ns).
-fn measure(suite: &Suite, runtime: &str, n: u64) -> Result<(f64, f64), String> {
-    let before = children_cpu();
-    let figure = measure_figure(suite, runtime, n)?;
-    let cpu = children_cpu().saturating_sub(before);
-    Ok((figure, cpu.as_nanos() as f64 / n.max(1) as f64))
+/// A CPU-bound process beside a case (`Suite::busy`): arithmetic until it is killed, or for
+/// ten minutes at most if nobody does.
+fn busy() {
+    let until = Instant::now() + Duration::from_secs(600);
+    let mut x = 1u64;
+    while Instant::now() < until {
+        for _ in 0..1_000_000 {
+            x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+        }
+    }
 }
 
-fn measure_figure(suite: &Suite, runtime: &str, n: u64) -> Result<f64, String> {
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let out = Command::new(exe)
-        .args([
+/// The busy processes of a case; killed (and waited for) when dropped.
+struct Busy(Vec<std::process::Child>);
+
+impl Busy {
+    fn start(n: usize) -> Result<Busy, String> {
+        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        let children = (0..n)
+            .map(|_| {
+                Command::new(&exe)
+                    .args(["--child", "busy"])
+                    .spawn()
+                    .map_err(|e| format!("start a busy process: {e}"))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Busy(children))
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A figure and the CPU time its child spent per operation (ns): of its timed section if it
+/// reports one, else of its whole run. The busy processes beside it are waited for after the
+/// child's CPU time is read, so theirs is not counted.
+fn measure(suite: &Suite, runtime: &str, n: u64) -> Result<(f64, f64), String> {
+    let busy = Busy::start(suite.busy)?;
+    let before = children_cpu();
+    let (figure, section_cpu) = measure_figure(suite, runtime, n)?;
+    let cpu = children_cpu().saturating_sub(before);
+    drop(busy);
+    Ok((
+        figure,
+        section_cpu.unwrap_or(cpu.as_nanos() as f64 / n.max(1) as f64),
+    ))
+}
+
+/// The figure a child printed, and the CPU per operation of its timed section if it printed
+/// one after the figure.
+fn measure_figure(suite: &Suite, runtime: &str, n: u64) -> Result<(f64, Option<f64>), String> {
+    let mut command = if seeds::library(runtime).is_some() {
+        seeds::command(seeds::python(&root())?, suite.id, runtime, n)
+    } else {
+        let mut c = Command::new(std::env::current_exe().map_err(|e| e.to_string())?);
+        c.args([
             "--child",
             suite.id,
             runtime,
             &suite.workers.to_string(),
             &n.to_string(),
-        ])
+        ]);
+        c
+    };
+    let out = command
         .env_remove("GREENHUB_WORKERS")
         .env_remove("GREENHUB_STACK_SIZE")
         .output()
@@ -526,11 +666,17 @@ fn measure_figure(suite: &Suite, runtime: &str, n: u64) -> Result<f64, String> {
             String::from_utf8_lossy(&out.stderr)
         ));
     }
-    String::from_utf8_lossy(&out.stdout)
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let mut last = stdout
         .trim()
         .lines()
         .last()
-        .and_then(|l| l.parse::<f64>().ok())
+        .unwrap_or("")
+        .split_whitespace();
+    let figure = last.next().and_then(|v| v.parse::<f64>().ok());
+    let section_cpu = last.next().and_then(|v| v.parse::<f64>().ok());
+    figure
+        .map(|f| (f, section_cpu))
         .ok_or_else(|| format!("{} / {runtime}: no figure in the output", suite.id))
 }
 
@@ -603,7 +749,9 @@ fn markdown(report: &Report) -> String {
          the last column is the CPU time the measuring process spent per operation: all its \
          threads (workers, spinning pool threads, the runtime's own) over its whole run, set-up \
          included, divided by N; a runtime that is fast by burning more cores shows it there. \
-         Raw samples: `bench/results.json`.\n",
+         The thread-pool round trips count only their timed calls (start and warm-up left \
+         out: a call's CPU is small beside a process's start). Raw samples: \
+         `bench/results.json`.\n",
         report.date, report.rounds
     );
     let _ = writeln!(
@@ -734,6 +882,14 @@ fn idle_connections(runs: usize) -> SuiteResult {
     }
 }
 
+/// The workspace's root (the venv and the Python scripts' outputs live under its `target/`).
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("bench/ sits in the workspace")
+        .to_path_buf()
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("--child") {
@@ -803,17 +959,29 @@ fn main() {
     });
     let mut results = Vec::new();
     for suite in suites {
+        // The seeds' rows need the venv; without it they are left out, and said so.
+        let cases: Vec<(&str, u64)> = suite
+            .cases
+            .iter()
+            .copied()
+            .filter(|(runtime, _)| match seeds::library(runtime) {
+                Some(_) => seeds::python(&root())
+                    .inspect_err(|e| eprintln!("{}: {runtime} left out: {e}", suite.id))
+                    .is_ok(),
+                None => true,
+            })
+            .collect();
         eprintln!("{}: warm-up", suite.id);
-        for (runtime, n) in suite.cases {
+        for (runtime, n) in &cases {
             if let Err(e) = measure(suite, runtime, *n) {
                 eprintln!("{e}");
                 std::process::exit(1);
             }
         }
-        let mut samples: Vec<Vec<f64>> = vec![Vec::new(); suite.cases.len()];
-        let mut cpu: Vec<Vec<f64>> = vec![Vec::new(); suite.cases.len()];
+        let mut samples: Vec<Vec<f64>> = vec![Vec::new(); cases.len()];
+        let mut cpu: Vec<Vec<f64>> = vec![Vec::new(); cases.len()];
         for round in 0..rounds {
-            for (i, (runtime, n)) in suite.cases.iter().enumerate() {
+            for (i, (runtime, n)) in cases.iter().enumerate() {
                 match measure(suite, runtime, *n) {
                     Ok((v, c)) => {
                         samples[i].push(v);
@@ -827,8 +995,7 @@ fn main() {
             }
             eprintln!("{}: round {}/{rounds}", suite.id, round + 1);
         }
-        let cases = suite
-            .cases
+        let cases = cases
             .iter()
             .zip(samples)
             .zip(cpu)
@@ -854,10 +1021,7 @@ fn main() {
     if only.as_deref().is_none_or(|o| o == "idle_connections") {
         results.push(idle_connections(rounds.min(3)));
     }
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("bench/ sits in the workspace")
-        .to_path_buf();
+    let root = root();
     let http_report = if only.as_deref().is_none_or(|o| o == "http") {
         match http::run(&root, rounds.min(3), 5) {
             Ok(r) => Some(r),

@@ -292,7 +292,7 @@ fn load(server: &Server, kind: &str, secs: u64, what: Load) -> Result<Run, Strin
 pub fn run(root: &Path, rounds: usize, secs: u64) -> Result<Report, String> {
     crate::http::require_wrk()?;
     let mut skipped = Vec::new();
-    let python = match crate::http::venv(root) {
+    let python = match crate::seeds::venv(root) {
         Ok(p) => Some(p),
         Err(e) => {
             skipped.push(format!("gunicorn: {e}"));

@@ -19,6 +19,44 @@ pub fn rss_bytes() -> u64 {
     pages * 4096
 }
 
+/// CPU time (user and system, all threads) of this process so far.
+fn process_cpu() -> Duration {
+    // SAFETY: getrusage fills the zeroed struct it is given.
+    let u = unsafe {
+        let mut u: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut u);
+        u
+    };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(u.ru_utime) + tv(u.ru_stime)
+}
+
+/// The CPU time per operation of the timed section of a case, when the case reports one
+/// (printed after the figure: the harness shows it instead of the whole process's).
+pub static SECTION_CPU_PER_OP: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+
+/// The timed section of a case whose per-operation CPU is small beside a process's start and
+/// warm-up.
+struct Section(Duration);
+
+impl Section {
+    fn start() -> Section {
+        Section(process_cpu())
+    }
+
+    /// The CPU spent since the start.
+    fn spent(&self) -> Duration {
+        process_cpu().saturating_sub(self.0)
+    }
+}
+
+/// Reports `spent` over `n` operations as the case's CPU per operation, less `baseline` (the
+/// CPU of the same loop without the operation) if there is one.
+fn report_cpu(spent: Duration, baseline: Option<Duration>, n: u64) {
+    let spent = spent.saturating_sub(baseline.unwrap_or_default());
+    let _ = SECTION_CPU_PER_OP.set(spent.as_nanos() as f64 / n.max(1) as f64);
+}
+
 pub fn start_greenhub(workers: usize, stack: Option<usize>) {
     let mut config = greenhub::Config::new().workers(workers);
     if let Some(bytes) = stack {
@@ -614,9 +652,27 @@ pub fn semaphore(runtime: &str, workers: usize, n: u64) -> f64 {
     elapsed.as_nanos() as f64 / n as f64
 }
 
-/// Sequential round trips of a trivial call through a thread pool, from one task: returns the
-/// `quantile` of the per-call latencies in ns.
-pub fn tpool_rtt(runtime: &str, workers: usize, n: u64, quantile: f64) -> f64 {
+/// The CPU of `n` tokio sleeps of `spacing` alone, if there is a spacing.
+async fn tokio_sleeps_alone(spacing: Option<Duration>, n: u64) -> Option<Duration> {
+    let pause = spacing?;
+    let alone = Section::start();
+    for _ in 0..n {
+        tokio::time::sleep(pause).await;
+    }
+    Some(alone.spent())
+}
+
+/// Sequential round trips of a trivial call through a thread pool, from one task, with the
+/// task sleeping `spacing` before each timed call: returns the `quantile` of the per-call
+/// latencies in ns, and reports the timed calls' CPU per call (with a spacing, beyond that of
+/// the same number of sleeps alone, measured after them).
+pub fn tpool_rtt(
+    runtime: &str,
+    workers: usize,
+    n: u64,
+    quantile: f64,
+    spacing: Option<Duration>,
+) -> f64 {
     let mut samples: Vec<u64> = Vec::with_capacity(n as usize);
     match runtime {
         "greenhub tpool" => {
@@ -626,11 +682,25 @@ pub fn tpool_rtt(runtime: &str, workers: usize, n: u64, quantile: f64) -> f64 {
                 for _ in 0..1000 {
                     greenhub_tpool::execute(|| ()).unwrap();
                 }
+                let section = Section::start();
                 for _ in 0..n {
+                    if let Some(pause) = spacing {
+                        greenhub::sleep(pause).unwrap();
+                    }
                     let t = Instant::now();
-                    greenhub_tpool::execute(|| std::hint::black_box(1)).unwrap();
+                    let v = greenhub_tpool::execute(|| std::hint::black_box(1)).unwrap();
                     samples.push(t.elapsed().as_nanos() as u64);
+                    assert_eq!(v, 1);
                 }
+                let spent = section.spent();
+                let baseline = spacing.map(|pause| {
+                    let alone = Section::start();
+                    for _ in 0..n {
+                        greenhub::sleep(pause).unwrap();
+                    }
+                    alone.spent()
+                });
+                report_cpu(spent, baseline, n);
                 samples
             })
             .wait()
@@ -641,13 +711,20 @@ pub fn tpool_rtt(runtime: &str, workers: usize, n: u64, quantile: f64) -> f64 {
                 for _ in 0..1000 {
                     tokio::task::spawn_blocking(|| ()).await.unwrap();
                 }
+                let section = Section::start();
                 for _ in 0..n {
+                    if let Some(pause) = spacing {
+                        tokio::time::sleep(pause).await;
+                    }
                     let t = Instant::now();
-                    tokio::task::spawn_blocking(|| std::hint::black_box(1))
+                    let v = tokio::task::spawn_blocking(|| std::hint::black_box(1))
                         .await
                         .unwrap();
                     samples.push(t.elapsed().as_nanos() as u64);
+                    assert_eq!(v, 1);
                 }
+                let spent = section.spent();
+                report_cpu(spent, tokio_sleeps_alone(spacing, n).await, n);
                 samples
             });
         }
@@ -657,11 +734,18 @@ pub fn tpool_rtt(runtime: &str, workers: usize, n: u64, quantile: f64) -> f64 {
                 for _ in 0..1000 {
                     blocking::unblock(|| ()).await;
                 }
+                let section = Section::start();
                 for _ in 0..n {
+                    if let Some(pause) = spacing {
+                        tokio::time::sleep(pause).await;
+                    }
                     let t = Instant::now();
-                    blocking::unblock(|| std::hint::black_box(1)).await;
+                    let v = blocking::unblock(|| std::hint::black_box(1)).await;
                     samples.push(t.elapsed().as_nanos() as u64);
+                    assert_eq!(v, 1);
                 }
+                let spent = section.spent();
+                report_cpu(spent, tokio_sleeps_alone(spacing, n).await, n);
                 samples
             });
         }

@@ -50,10 +50,13 @@ fn accept_out_of_descriptors_waits_says_so_once_and_takes_the_client_later() {
         }
     });
 
-    // The client's socket is made before the descriptors run out (its connect needs none):
-    // the one descriptor left free may be taken by the runtime meanwhile.
+    // The client's socket is made before the descriptors run out (its connect needs none),
+    // and the last free descriptor is taken too: the accept must find none at all.
     let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    let hoard = common::use_up_descriptors();
+    let mut hoard = common::use_up_descriptors();
+    if let Ok(last) = std::fs::File::open("/dev/null") {
+        hoard.push(last.into());
+    }
     socket
         .connect(&addr.into())
         .expect("the kernel takes the connection");

@@ -14,6 +14,7 @@ use greenhub::ext::{Token, WaitOn, Waiter};
 use parking_lot::Mutex;
 
 use crate::Error;
+use crate::spin::{Look, Outcome, Window};
 
 enum Slot<T> {
     /// Queued or running; the caller may be waiting with this token.
@@ -69,8 +70,11 @@ pub(crate) trait Origin: Send + Sync {
     fn name(&self) -> &str;
     /// The pool's id in the registry: callers wait on it.
     fn id(&self) -> u64;
-    /// Whether a caller should poll briefly before parking (few calls in flight).
-    fn worth_spinning(&self) -> bool;
+    /// Whether a caller should poll for its result briefly before parking: few calls are in
+    /// flight and recent polls paid (`spin.rs`).
+    fn admit_poll(&self) -> bool;
+    /// Records how an admitted poll ended.
+    fn record_poll(&self, outcome: Outcome);
     /// Counts a caller that gave up waiting.
     fn count_timed_out(&self);
 }
@@ -137,8 +141,9 @@ impl<T> Call<T> {
             object: *crate::CALL_KIND,
             id: self.pool.id(),
         };
-        if self.pool.worth_spinning() {
-            self.spin(deadline);
+        if self.pool.admit_poll() {
+            let outcome = self.poll(deadline);
+            self.pool.record_poll(outcome);
         }
         loop {
             let waiter = {
@@ -173,18 +178,27 @@ impl<T> Call<T> {
 }
 
 impl<T> Call<T> {
-    /// Polls for the result for a few microseconds, yielding to the other green threads
-    /// between looks: a short call then comes back without parking and waking.
-    fn spin(&self, deadline: Option<Instant>) {
-        let until = Instant::now() + SPIN;
-        let until = deadline.map_or(until, |d| d.min(until));
-        while !self.state.done.load(Ordering::Acquire) && Instant::now() < until {
-            greenhub::yield_now();
+    /// Polls for the result for a few microseconds, yielding between looks: a short call then
+    /// comes back without a park and a hub wake-up. A yield that comes back late means other
+    /// green threads were runnable (or the OS took the CPU): the poll ends there, so a caller
+    /// never keeps a busy worker cycling through its run queue.
+    fn poll(&self, deadline: Option<Instant>) -> Outcome {
+        let mut window = Window::open(deadline);
+        loop {
+            if self.state.done.load(Ordering::Acquire) {
+                return Outcome::Found;
+            }
+            match window.look() {
+                Look::Open => greenhub::yield_now(),
+                Look::Preempted => return Outcome::Missed,
+                Look::Closed if deadline.is_some_and(|d| Instant::now() >= d) => {
+                    return Outcome::Stopped;
+                }
+                Look::Closed => return Outcome::Missed,
+            }
         }
     }
 }
-
-const SPIN: Duration = Duration::from_micros(30);
 
 impl<T> Drop for Call<T> {
     fn drop(&mut self) {

@@ -44,6 +44,7 @@
 mod call;
 mod pool;
 mod proxy;
+mod spin;
 mod stats;
 mod unblock;
 

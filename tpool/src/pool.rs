@@ -18,6 +18,7 @@ use parking_lot::Mutex;
 
 use crate::Error;
 use crate::call::{Call, CallState, Origin};
+use crate::spin::{Gate, Look, Outcome, Window};
 use crate::stats::{Book, PoolStats, RunningCall};
 
 /// eventlet's default.
@@ -25,9 +26,6 @@ pub const DEFAULT_THREADS: usize = 20;
 
 /// The most threads one pool may have.
 pub const MAX_THREADS: usize = 4096;
-
-/// How long an idle pool thread, and a caller, poll before parking.
-const SPIN: Duration = Duration::from_micros(30);
 
 /// Default bound of the request queue.
 pub const DEFAULT_QUEUE_CAPACITY: usize = 4096;
@@ -160,8 +158,12 @@ pub(crate) struct Shared {
     in_flight: AtomicUsize,
     /// Calls in the queue, as a hint read without the queue's lock.
     queued: AtomicUsize,
-    /// Whether a thread is spinning for work (at most one does).
+    /// Whether a thread is polling for work (at most one does).
     spinning: AtomicBool,
+    /// Whether pool threads' polls for work pay.
+    thread_polls: Gate,
+    /// Whether callers' polls for results pay.
+    caller_polls: Gate,
     /// Idle threads parked for work, last parked last.
     parked: Mutex<Vec<std::thread::Thread>>,
     /// Threads searching for work: spinning, or woken and not yet holding a call.
@@ -178,10 +180,14 @@ impl Origin for Shared {
         self.reg.id()
     }
 
-    /// Whether so few calls are in flight that a caller should poll for its result briefly
-    /// instead of parking at once.
-    fn worth_spinning(&self) -> bool {
-        self.in_flight.load(Ordering::Relaxed) <= 2
+    /// A caller polls only when so few calls are in flight that its result is next, and
+    /// recent callers' polls paid.
+    fn admit_poll(&self) -> bool {
+        self.in_flight.load(Ordering::Relaxed) <= 2 && self.caller_polls.admit()
+    }
+
+    fn record_poll(&self, outcome: Outcome) {
+        self.caller_polls.record(outcome);
     }
 
     fn count_timed_out(&self) {
@@ -399,29 +405,36 @@ impl Shared {
         }
     }
 
-    /// One thread at a time polls the queue for a short while before parking (searching): a
-    /// call that comes soon after the last one then starts without a futex wake-up.
+    /// One thread at a time polls the queue for a short while before parking (searching),
+    /// while such polls pay (`spin.rs`): a call that comes soon after the last one then
+    /// starts without a futex wake-up, and spaced calls or busy cores stop the polling.
     fn spin_for_work(&self, searching: &mut bool) -> Option<Work> {
         if self.spinning.swap(true, Ordering::SeqCst) {
+            return None;
+        }
+        if !self.thread_polls.admit() {
+            self.spinning.store(false, Ordering::SeqCst);
             return None;
         }
         if !*searching {
             self.searching.fetch_add(1, Ordering::SeqCst);
             *searching = true;
         }
-        let until = Instant::now() + SPIN;
-        let mut found = None;
-        'spin: while Instant::now() < until {
+        let mut window = Window::open(None);
+        let (found, outcome) = 'poll: loop {
             for _ in 0..64 {
                 if self.queued.load(Ordering::Acquire) > 0
                     && let Ok(work) = self.queue.try_get()
                 {
-                    found = Some(work);
-                    break 'spin;
+                    break 'poll (Some(work), Outcome::Found);
                 }
                 std::hint::spin_loop();
             }
-        }
+            if window.look() != Look::Open {
+                break (None, Outcome::Missed);
+            }
+        };
+        self.thread_polls.record(outcome);
         self.spinning.store(false, Ordering::SeqCst);
         found
     }
@@ -608,6 +621,8 @@ impl Builder {
             in_flight: AtomicUsize::new(0),
             queued: AtomicUsize::new(0),
             spinning: AtomicBool::new(false),
+            thread_polls: Gate::default(),
+            caller_polls: Gate::default(),
             parked: Mutex::new(Vec::new()),
             searching: AtomicUsize::new(0),
             submitted: AtomicU64::new(0),

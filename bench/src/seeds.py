@@ -1,0 +1,156 @@
+"""The seeds' own systems in the harness's suites: eventlet and gevent, same shapes as the
+Rust cases (see runtimes.rs). Run by the harness as `python -c <this file> SUITE LIBRARY N`; prints
+one figure, as the Rust children do. Each case checks what its tasks did and fails otherwise.
+"""
+import gc
+import os
+import sys
+import time
+
+suite, library, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+
+if library == "gevent":
+    import gevent
+    import gevent.lock
+
+    spawn, sleep = gevent.spawn, gevent.sleep
+
+    def join(tasks):
+        gevent.joinall(tasks, raise_error=True)
+        return [t.value for t in tasks]
+
+    Semaphore = gevent.lock.Semaphore
+
+    def pool_call(f):
+        return gevent.get_hub().threadpool.apply(f)
+
+    def kill(tasks):
+        gevent.killall(tasks)
+
+elif library == "eventlet":
+    import eventlet
+    import eventlet.semaphore
+    from eventlet import tpool
+
+    spawn, sleep = eventlet.spawn, eventlet.sleep
+
+    def join(tasks):
+        return [t.wait() for t in tasks]
+
+    Semaphore = eventlet.semaphore.Semaphore
+    pool_call = tpool.execute
+
+    def kill(tasks):
+        for t in tasks:
+            t.kill()
+
+else:
+    sys.exit(f"unknown library {library}")
+
+
+def rss_bytes():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def quantile(samples, q):
+    samples.sort()
+    return samples[round((len(samples) - 1) * q)]
+
+
+def spawn_join():
+    """N tasks that return their index, spawned from the main task, then joined."""
+    t0 = time.perf_counter_ns()
+    tasks = [spawn(lambda i=i: i) for i in range(n)]
+    values = join(tasks)
+    dt = time.perf_counter_ns() - t0
+    assert sum(values) == n * (n - 1) // 2, "lost results"
+    return dt / n
+
+
+def ping_pong():
+    """Two tasks hand a turn back and forth, each parking until its turn."""
+    ping, pong = Semaphore(0), Semaphore(0)
+    turns = [0]
+
+    def other():
+        for _ in range(n):
+            ping.acquire()
+            turns[0] += 1
+            pong.release()
+
+    task = spawn(other)
+    t0 = time.perf_counter_ns()
+    for _ in range(n):
+        ping.release()
+        pong.acquire()
+    dt = time.perf_counter_ns() - t0
+    join([task])
+    assert turns[0] == n, "lost turns"
+    return dt / n
+
+
+def idle_memory():
+    """Resident bytes per task added by N tasks that all sleep."""
+    join([spawn(lambda: None)])
+    gc.collect()
+    before = rss_bytes()
+    asleep = [0]
+
+    def idle():
+        asleep[0] += 1
+        sleep(3600)
+
+    tasks = [spawn(idle) for _ in range(n)]
+    while asleep[0] < n:
+        sleep(0.01)
+    after = rss_bytes()
+    kill(tasks)
+    return (after - before) / n
+
+
+# The CPU per operation of a case's timed section, when it reports one (printed after the
+# figure, as the Rust children do).
+section_cpu = [None]
+
+
+def round_trips(q, spacing):
+    """Calls of a trivial function through the thread pool from one task, after 1,000
+    warm-up calls: the q-quantile of the latencies (ns); `spacing` seconds between calls.
+    The CPU of the timed calls is reported too (with a spacing, beyond that of as many
+    sleeps alone)."""
+    for _ in range(1000):
+        pool_call(lambda: None)
+    samples = []
+    cpu = time.process_time_ns()
+    for _ in range(n):
+        if spacing:
+            sleep(spacing)
+        t0 = time.perf_counter_ns()
+        assert pool_call(lambda: 1) == 1
+        samples.append(time.perf_counter_ns() - t0)
+    spent = time.process_time_ns() - cpu
+    if spacing:
+        # Beyond the CPU of the same sleeps alone.
+        cpu = time.process_time_ns()
+        for _ in range(n):
+            sleep(spacing)
+        spent -= time.process_time_ns() - cpu
+    section_cpu[0] = max(spent, 0) / n
+    return quantile(samples, q)
+
+
+cases = {
+    "spawn_join": spawn_join,
+    "ping_pong_1": ping_pong,
+    "idle_memory": idle_memory,
+    "tpool_rtt_p50": lambda: round_trips(0.5, 0),
+    "tpool_rtt_p99": lambda: round_trips(0.99, 0),
+    "tpool_spaced": lambda: round_trips(0.5, 0.001),
+    "tpool_busy_p99": lambda: round_trips(0.99, 0),
+}
+figure = cases[suite]()
+print(figure if section_cpu[0] is None else f"{figure} {section_cpu[0]}")
+# Leave without tearing down thousands of parked tasks, as the Rust children do.
+sys.stdout.flush()
+os._exit(0)
