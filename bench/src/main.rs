@@ -176,6 +176,26 @@ const SUITES: &[Suite] = &[
         busy: 0,
     },
     Suite {
+        id: "idle_process",
+        title: "An idle process",
+        unit: "wake-ups per second",
+        what: "a server at rest: 100 tasks asleep for an hour and one waiting in accept on a \
+               loopback socket, then N seconds of nothing (2 workers; eventlet and gevent on \
+               their one thread); the context switches of all the process's threads per \
+               second. The CPU column is the CPU spent per second of idling (1,000,000 ns is \
+               0.1% of a core)",
+        workers: 2,
+        cases: &[
+            ("greenhub", 10),
+            ("may", 10),
+            ("tokio", 10),
+            ("gevent", 10),
+            ("eventlet", 10),
+        ],
+        scale: 1.0,
+        busy: 0,
+    },
+    Suite {
         id: "queue_4to1",
         title: "Queue: four producers, one consumer",
         unit: "ns per item",
@@ -537,6 +557,7 @@ fn child(args: &[String]) {
         "spawn_join" => runtimes::spawn_join(runtime, workers, n),
         "ping_pong_1" | "ping_pong_2" => runtimes::ping_pong(runtime, workers, n),
         "idle_memory" => runtimes::idle_memory(runtime, n),
+        "idle_process" => runtimes::idle_process(runtime, workers, n),
         "queue_4to1" => runtimes::queue_4to1(runtime, workers, n),
         "semaphore" => runtimes::semaphore(runtime, workers, n),
         "tpool_rtt_p50" => runtimes::tpool_rtt(runtime, workers, n, 0.5, None),

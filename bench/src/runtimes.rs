@@ -90,6 +90,83 @@ fn tokio_rt(workers: usize) -> tokio::runtime::Runtime {
     }
 }
 
+// ---------------------------------------------------------------- an idle process
+
+/// Context switches of every thread of this process so far (each one a wake-up).
+fn process_switches() -> u64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("status")).ok())
+        .map(|status| {
+            status
+                .lines()
+                .filter(|l| l.contains("ctxt_switches:"))
+                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .sum::<u64>()
+        })
+        .sum()
+}
+
+/// A server at rest: 100 tasks asleep and one waiting in `accept` on loopback, then `seconds`
+/// of nothing. Returns the process's wake-ups per second over those seconds, and reports its
+/// CPU per second.
+pub fn idle_process(runtime: &str, workers: usize, seconds: u64) -> f64 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+    let hour = Duration::from_secs(3600);
+    let settle = Duration::from_secs(2);
+    let measure = || {
+        // The readings of /proc are left out of the CPU.
+        let switches = process_switches();
+        let cpu = Section::start();
+        std::thread::sleep(Duration::from_secs(seconds));
+        let spent = cpu.spent();
+        let woken = process_switches().saturating_sub(switches);
+        report_cpu(spent, None, seconds);
+        woken as f64 / seconds as f64
+    };
+    match runtime {
+        "greenhub" => {
+            start_greenhub(workers, None);
+            let listener = greenhub::net::TcpListener::from_std(listener).expect("listener");
+            let _acceptor = greenhub::spawn(move || listener.accept().map(drop));
+            let _sleepers: Vec<_> = (0..100)
+                .map(|_| greenhub::spawn(move || greenhub::sleep(hour)))
+                .collect();
+            std::thread::sleep(settle);
+            measure()
+        }
+        "may" => {
+            start_may(workers);
+            drop(listener);
+            let listener = may::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+            let _acceptor = may_spawn(move || listener.accept().map(drop));
+            let _sleepers: Vec<_> = (0..100)
+                .map(|_| may_spawn(move || may::coroutine::sleep(hour)))
+                .collect();
+            std::thread::sleep(settle);
+            measure()
+        }
+        "tokio" => {
+            let rt = tokio_rt(workers);
+            listener.set_nonblocking(true).expect("nonblocking");
+            let listener = {
+                let _guard = rt.enter();
+                tokio::net::TcpListener::from_std(listener).expect("listener")
+            };
+            let _acceptor = rt.spawn(async move { listener.accept().await.map(drop) });
+            let _sleepers: Vec<_> = (0..100)
+                .map(|_| rt.spawn(async move { tokio::time::sleep(hour).await }))
+                .collect();
+            std::thread::sleep(settle);
+            measure()
+        }
+        other => panic!("unknown runtime {other}"),
+    }
+}
+
 // ---------------------------------------------------------------- spawn + join
 
 /// Spawns `n` tasks that return their index, then joins them all; ns per task.

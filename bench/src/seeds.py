@@ -140,10 +140,51 @@ def round_trips(q, spacing):
     return quantile(samples, q)
 
 
+def idle_process():
+    """A server at rest: 100 tasks asleep and one in accept on loopback, then N seconds of
+    nothing; the process's wake-ups (context switches of all its threads) per second, and
+    its CPU per second reported."""
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    if library == "gevent":
+        from gevent.socket import socket as green_socket
+    else:
+        from eventlet.green.socket import socket as green_socket
+    green = green_socket(fileno=listener.detach())
+    acceptor = spawn(green.accept)
+    sleepers = [spawn(sleep, 3600) for _ in range(100)]
+    sleep(2)
+
+    def switches():
+        total = 0
+        for tid in os.listdir("/proc/self/task"):
+            try:
+                with open(f"/proc/self/task/{tid}/status") as f:
+                    for line in f:
+                        if "ctxt_switches:" in line:
+                            total += int(line.split()[1])
+            except OSError:
+                pass
+        return total
+
+    # The readings of /proc are left out of the CPU.
+    woken = switches()
+    cpu = time.process_time_ns()
+    sleep(n)
+    section_cpu[0] = (time.process_time_ns() - cpu) / n
+    woken = switches() - woken
+    kill(sleepers + [acceptor])
+    return woken / n
+
+
 cases = {
     "spawn_join": spawn_join,
     "ping_pong_1": ping_pong,
     "idle_memory": idle_memory,
+    "idle_process": idle_process,
     "tpool_rtt_p50": lambda: round_trips(0.5, 0),
     "tpool_rtt_p99": lambda: round_trips(0.99, 0),
     "tpool_spaced": lambda: round_trips(0.5, 0.001),

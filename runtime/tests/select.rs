@@ -375,8 +375,13 @@ fn a_plain_os_thread_selects_too() {
     putter.wait().unwrap();
 }
 
+/// Held by the tests that count or make descriptors (a child's pipes are descriptors too),
+/// so that the count of one is not moved by the other.
+static DESCRIPTORS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn descriptor_branches_fire_on_readiness_and_two_selects_can_watch_one_socket() {
+    let _descriptors = DESCRIPTORS.lock().unwrap_or_else(|e| e.into_inner());
     let _watchdog = common::watchdog(Duration::from_secs(60));
     let (reader, writer) = UnixStream::pair().unwrap();
     let reader = Arc::new(reader);
@@ -443,6 +448,7 @@ fn open_descriptors() -> usize {
 #[test]
 fn out_of_descriptors_a_descriptor_branch_fires_rather_than_hangs() {
     if !common::is_child("out_of_descriptors_a_descriptor_branch_fires_rather_than_hangs") {
+        let _descriptors = DESCRIPTORS.lock().unwrap_or_else(|e| e.into_inner());
         let out = common::run_child(
             "out_of_descriptors_a_descriptor_branch_fires_rather_than_hangs",
             &[],

@@ -60,8 +60,15 @@ pub(crate) fn tick() {
     TICKED.store(coarse_ns().max(1), Ordering::Relaxed);
 }
 
+/// Stops publishing: [`ticked_ns`] reads the clock itself until the next [`tick`]. The
+/// monitor calls it before it parks.
+pub(crate) fn pause() {
+    TICKED.store(0, Ordering::Relaxed);
+}
+
 /// Coarse nanoseconds since the epoch as of the monitor's last tick (at most one tick behind
-/// [`coarse_ns`], never ahead of it); the clock itself until the monitor has ticked.
+/// [`coarse_ns`], never ahead of it); the clock itself until the monitor has ticked, and
+/// while it is parked.
 #[inline]
 pub(crate) fn ticked_ns() -> u64 {
     match TICKED.load(Ordering::Relaxed) {

@@ -24,11 +24,22 @@
 //!
 //! A thread that is waiting has given its worker back, so it can never be reported. Waits done
 //! directly with `may`'s own APIs are not bracketed by greenhub and look like running.
+//!
+//! An idle process stays idle. After [`QUIET_TICKS`] ticks in which no worker switched at all,
+//! the monitor sweeps the graveyard, stops publishing the clock (readers fall back to the
+//! coarse clock itself) and parks; the next green thread to run wakes it. The wake costs the
+//! switch one relaxed load of a flag that is false while anything runs: the monitor's side
+//! carries the ordering, with a process-wide memory barrier (`membarrier`) between raising the
+//! flag and its last look at the slots, so either that look sees a worker running or the
+//! worker sees the flag. Without `membarrier` the monitor never parks. `may`'s workers poll
+//! their descriptors with a long timeout (the runtime sets it), and while the monitor is
+//! awake it nudges each worker every tick so that an idle worker still looks for work to
+//! steal from a busy one as often as before.
 
 use std::cell::Cell;
 use std::collections::VecDeque;
 use std::panic::Location;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -43,6 +54,23 @@ use crate::core::report::{self, Throttle};
 
 /// How often the monitor samples the workers.
 pub(crate) const TICK: Duration = Duration::from_millis(10);
+
+/// Ticks without a single switch after which the monitor parks.
+pub(crate) const QUIET_TICKS: u32 = 10;
+
+/// How long a parked monitor sleeps before it sweeps the graveyard once more (a thread that
+/// ended while the monitor was going to sleep may have left its handle there).
+const PARKED_SWEEP: Duration = Duration::from_secs(10);
+
+/// How long `may`'s workers wait in `epoll_wait` when nothing wakes them: the monitor's
+/// nudges (every tick while it is awake) take over the periodic look for work to steal.
+pub(crate) const WORKER_POLL: Duration = Duration::from_secs(60);
+
+/// Whether the monitor is parked: the first green thread to run wakes it.
+static PARKED: AtomicBool = AtomicBool::new(false);
+
+/// The monitor thread, for the wake.
+static MONITOR: OnceLock<std::thread::Thread> = OnceLock::new();
 
 pub(crate) struct WorkerSlot {
     pub index: usize,
@@ -134,6 +162,22 @@ fn set_slot(id: u64) {
 #[inline]
 pub(crate) fn mark_running(id: u64) {
     set_slot(id);
+    // The slot's stores come before this load: the monitor's `membarrier` orders the two
+    // sides (see the module's doc); only the compiler must not reorder them here.
+    std::sync::atomic::compiler_fence(Ordering::SeqCst);
+    if PARKED.load(Ordering::Relaxed) {
+        wake_monitor();
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn wake_monitor() {
+    if PARKED.swap(false, Ordering::SeqCst)
+        && let Some(monitor) = MONITOR.get()
+    {
+        monitor.unpark();
+    }
 }
 
 /// The current green thread gives up this OS thread.
@@ -245,17 +289,90 @@ pub(crate) fn start(max_blocking_time: Option<Duration>, history: usize) {
     });
 }
 
+/// The process-wide memory barrier the monitor parks behind, if the kernel offers it: the
+/// registration for `MEMBARRIER_CMD_PRIVATE_EXPEDITED` succeeded.
+fn membarrier_registered() -> bool {
+    const REGISTER_PRIVATE_EXPEDITED: libc::c_long = 1 << 4;
+    // SAFETY: membarrier's registration takes no pointers; it fails cleanly where unsupported.
+    unsafe { libc::syscall(libc::SYS_membarrier, REGISTER_PRIVATE_EXPEDITED, 0, 0) == 0 }
+}
+
+/// Every thread of the process that is running now passes a full memory barrier before this
+/// returns.
+fn membarrier() -> bool {
+    const PRIVATE_EXPEDITED: libc::c_long = 1 << 3;
+    // SAFETY: as above; registered before the first call.
+    unsafe { libc::syscall(libc::SYS_membarrier, PRIVATE_EXPEDITED, 0, 0) == 0 }
+}
+
+/// Whether any slot shows a green thread running now.
+fn any_running(slots: &[&'static WorkerSlot]) -> bool {
+    slots.iter().any(|s| s.current.load(Ordering::Relaxed) != 0)
+}
+
+/// Parks the monitor until a green thread runs (see the module's doc); returns at once if one
+/// does while it lies down.
+fn park_until_running() {
+    graveyard::sweep();
+    clock::pause();
+    PARKED.store(true, Ordering::SeqCst);
+    let slots: Vec<&'static WorkerSlot> = SLOTS.lock().clone();
+    if !membarrier() || any_running(&slots) {
+        PARKED.store(false, Ordering::SeqCst);
+        clock::tick();
+        return;
+    }
+    while PARKED.load(Ordering::SeqCst) {
+        std::thread::park_timeout(PARKED_SWEEP);
+        graveyard::sweep();
+    }
+    clock::tick();
+}
+
+/// Makes each of `may`'s workers look at its queues (and steal from the others), as its poll
+/// timeout used to every 10 ms: an empty coroutine queued to it wakes it from `epoll_wait`.
+fn nudge_workers(workers: usize) {
+    for id in 0..workers {
+        // SAFETY: the coroutine touches nothing (may marks spawn unsafe for what a coroutine
+        // may do with thread-locals).
+        let _ = unsafe { may::coroutine::Builder::new().id(id).spawn(|| {}) };
+    }
+}
+
 fn run(max_blocking_time: Option<Duration>) {
+    let _ = MONITOR.set(std::thread::current());
+    let can_park = membarrier_registered();
+    let workers = may::config().get_workers();
     let mut watches: Vec<Option<Watch>> = Vec::new();
     let mut last = Instant::now();
+    let mut generations: Vec<u64> = Vec::new();
+    let mut quiet = 0;
     loop {
         std::thread::sleep(TICK);
         clock::tick();
         graveyard::sweep();
+        let slots: Vec<&'static WorkerSlot> = SLOTS.lock().clone();
+        let seen: Vec<u64> = slots
+            .iter()
+            .map(|s| s.generation.load(Ordering::Acquire))
+            .collect();
+        quiet = if seen == generations && !any_running(&slots) {
+            quiet + 1
+        } else {
+            0
+        };
+        generations = seen;
+        if can_park && quiet >= QUIET_TICKS {
+            quiet = 0;
+            park_until_running();
+            // The parked time is nobody's run time.
+            last = Instant::now();
+            continue;
+        }
+        nudge_workers(workers);
         let now = Instant::now();
         let tick = now - last;
         last = now;
-        let slots: Vec<&'static WorkerSlot> = SLOTS.lock().clone();
         watches.resize_with(slots.len(), || None);
         for (slot, watch) in slots.iter().zip(watches.iter_mut()) {
             let generation = slot.generation.load(Ordering::Acquire);
