@@ -15,6 +15,7 @@ mod inspect;
 mod reload;
 mod runtimes;
 mod seeds;
+mod summary;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -94,6 +95,21 @@ const DB_ABANDON_WHAT: &str = "64 tasks share a pool of 8 connections to the sam
     the same round trip (a blocked thread cannot leave, so the server bounds the statement), \
     deadpool with `tokio::time::timeout` (the future is dropped; the statement runs on and \
     its connection serves the next caller only after it); wall time per `SELECT 1` (2 workers)";
+
+const ECHO_REMOTE_WHAT: &str = "the echo server alone in its process (a task per \
+    connection; 2 workers, eventlet and gevent on their one thread), its clients in another: \
+    one tokio thread that opens the connections, then sends 64 bytes on each and checks what \
+    comes back, N round trips in all; the client's wall time per round trip. The CPU column is \
+    the server's CPU per round trip (its timed run only), the figure to compare";
+
+/// Cases of the echo suites with the clients in another process.
+const ECHO_REMOTE_CASES: &[(&str, u64)] = &[
+    ("greenhub", 100_000),
+    ("may", 100_000),
+    ("tokio", 100_000),
+    ("gevent", 100_000),
+    ("eventlet", 100_000),
+];
 
 const SUITES: &[Suite] = &[
     Suite {
@@ -343,6 +359,42 @@ const SUITES: &[Suite] = &[
         busy: 0,
     },
     Suite {
+        id: "echo_remote_1",
+        title: "Echo round trips, clients in another process, 1 connection",
+        unit: "ns per round trip",
+        what: ECHO_REMOTE_WHAT,
+        workers: 2,
+        cases: &[
+            ("greenhub", 20_000),
+            ("may", 20_000),
+            ("tokio", 20_000),
+            ("gevent", 20_000),
+            ("eventlet", 20_000),
+        ],
+        scale: 1.0,
+        busy: 0,
+    },
+    Suite {
+        id: "echo_remote_100",
+        title: "Echo round trips, clients in another process, 100 connections",
+        unit: "ns per round trip",
+        what: ECHO_REMOTE_WHAT,
+        workers: 2,
+        cases: ECHO_REMOTE_CASES,
+        scale: 1.0,
+        busy: 0,
+    },
+    Suite {
+        id: "echo_remote_1000",
+        title: "Echo round trips, clients in another process, 1,000 connections",
+        unit: "ns per round trip",
+        what: ECHO_REMOTE_WHAT,
+        workers: 2,
+        cases: ECHO_REMOTE_CASES,
+        scale: 1.0,
+        busy: 0,
+    },
+    Suite {
         id: "db_select1",
         title: "Database pool: SELECT 1 throughput",
         unit: "µs per query",
@@ -536,6 +588,13 @@ fn child(args: &[String]) {
         // The servers and helpers; each returns when its work is done.
         [s] if s == "idle_server" => return idle::server(),
         [s] if s == "busy" => return busy(),
+        [s, addr, conns, per] if s == "echo_client" => {
+            return echo::client(
+                addr,
+                conns.parse().expect("conns"),
+                per.parse().expect("per"),
+            );
+        }
         [s, kind] if s == "http_server" => return http::server(kind),
         [s, port] if s == "serve_master" => return reload::master(port),
         [s] if s == "reload_worker" => return reload::worker(),
@@ -570,6 +629,9 @@ fn child(args: &[String]) {
         "echo_1" => echo::echo(runtime, workers, 1, n),
         "echo_100" => echo::echo(runtime, workers, 100, n),
         "echo_1000" => echo::echo(runtime, workers, 1000, n),
+        "echo_remote_1" => echo::remote(runtime, workers, 1, n),
+        "echo_remote_100" => echo::remote(runtime, workers, 100, n),
+        "echo_remote_1000" => echo::remote(runtime, workers, 1000, n),
         "db_select1" => db::select1(runtime, workers, n, db::Figure::PerQuery),
         "db_select1_p50" => db::select1(runtime, workers, n, db::Figure::Latency(0.5)),
         "db_select1_p99" => db::select1(runtime, workers, n, db::Figure::Latency(0.99)),
@@ -770,9 +832,10 @@ fn markdown(report: &Report) -> String {
          the last column is the CPU time the measuring process spent per operation: all its \
          threads (workers, spinning pool threads, the runtime's own) over its whole run, set-up \
          included, divided by N; a runtime that is fast by burning more cores shows it there. \
-         The thread-pool round trips count only their timed calls (start and warm-up left \
-         out: a call's CPU is small beside a process's start). Raw samples: \
-         `bench/results.json`.\n",
+         Cases that time one section of their run count that section's CPU only (start and \
+         warm-up left out, where an operation's CPU is small beside a process's start): the \
+         thread-pool round trips, the idle process, and the echo servers with their clients \
+         in another process (the server's CPU). Raw samples: `bench/results.json`.\n",
         report.date, report.rounds
     );
     let _ = writeln!(
@@ -1088,7 +1151,20 @@ fn main() {
                 serde_json::to_string_pretty(&report).expect("serialize"),
             )
             .expect("write bench/results.json");
-            eprintln!("wrote BENCHMARKS.md and bench/results.json");
+            let readme_path = root.join("README.md");
+            let readme = std::fs::read_to_string(&readme_path).expect("read README.md");
+            match summary::into_readme(&readme, &summary::summary(&report)) {
+                Some(new) => {
+                    std::fs::write(&readme_path, new).expect("write README.md");
+                    eprintln!("wrote BENCHMARKS.md, bench/results.json and README's summary");
+                }
+                None => eprintln!(
+                    "wrote BENCHMARKS.md and bench/results.json; README has no summary markers \
+                     ({} ... {})",
+                    summary::START,
+                    summary::END
+                ),
+            }
         }
     }
 }

@@ -37,22 +37,22 @@ pub static SECTION_CPU_PER_OP: std::sync::OnceLock<f64> = std::sync::OnceLock::n
 
 /// The timed section of a case whose per-operation CPU is small beside a process's start and
 /// warm-up.
-struct Section(Duration);
+pub struct Section(Duration);
 
 impl Section {
-    fn start() -> Section {
+    pub fn start() -> Section {
         Section(process_cpu())
     }
 
     /// The CPU spent since the start.
-    fn spent(&self) -> Duration {
+    pub fn spent(&self) -> Duration {
         process_cpu().saturating_sub(self.0)
     }
 }
 
 /// Reports `spent` over `n` operations as the case's CPU per operation, less `baseline` (the
 /// CPU of the same loop without the operation) if there is one.
-fn report_cpu(spent: Duration, baseline: Option<Duration>, n: u64) {
+pub fn report_cpu(spent: Duration, baseline: Option<Duration>, n: u64) {
     let spent = spent.saturating_sub(baseline.unwrap_or_default());
     let _ = SECTION_CPU_PER_OP.set(spent.as_nanos() as f64 / n.max(1) as f64);
 }

@@ -180,11 +180,61 @@ def idle_process():
     return woken / n
 
 
+def echo_remote(conns):
+    """An echo server (a task per connection) for the harness's client process, which opens
+    `conns` connections and makes N round trips of 64 bytes in all: the client's wall time per
+    round trip; the server's CPU per round trip reported."""
+    import subprocess
+
+    if library == "gevent":
+        from gevent import socket as gsocket
+    else:
+        from eventlet.green import socket as gsocket
+
+    listener = gsocket.socket()
+    listener.setsockopt(gsocket.SOL_SOCKET, gsocket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1024)
+
+    def handle(conn):
+        while True:
+            data = b""
+            while len(data) < 64:
+                chunk = conn.recv(64 - len(data))
+                if not chunk:
+                    return
+                data += chunk
+            conn.sendall(data)
+
+    def accept():
+        while True:
+            conn, _ = listener.accept()
+            spawn(handle, conn)
+
+    spawn(accept)
+    per = max(n // conns, 1)
+    cpu = time.process_time_ns()
+    client = [os.environ["GREENHUB_BENCH_EXE"], "--child", "echo_client",
+              "127.0.0.1:%d" % listener.getsockname()[1], str(conns), str(per)]
+    # Polled with green sleeps, so that the hub serves the client meanwhile (its output is a
+    # line: the pipe never fills).
+    proc = subprocess.Popen(client, stdout=subprocess.PIPE)
+    while proc.poll() is None:
+        sleep(0.01)
+    assert proc.returncode == 0, "the echo client failed"
+    out = proc.stdout.read()
+    section_cpu[0] = (time.process_time_ns() - cpu) / (conns * per)
+    return int(out.decode().strip()) / (conns * per)
+
+
 cases = {
     "spawn_join": spawn_join,
     "ping_pong_1": ping_pong,
     "idle_memory": idle_memory,
     "idle_process": idle_process,
+    "echo_remote_1": lambda: echo_remote(1),
+    "echo_remote_100": lambda: echo_remote(100),
+    "echo_remote_1000": lambda: echo_remote(1000),
     "tpool_rtt_p50": lambda: round_trips(0.5, 0),
     "tpool_rtt_p99": lambda: round_trips(0.99, 0),
     "tpool_spaced": lambda: round_trips(0.5, 0.001),

@@ -33,6 +33,10 @@ pub fn python(root: &Path) -> Result<&'static Path, String> {
 /// The command that measures `suite` for the seeds' `runtime` with `n` operations.
 pub fn command(python: &Path, suite: &str, runtime: &str, n: u64) -> Command {
     let mut c = Command::new(python);
+    // The echo suites start the harness's own client process.
+    if let Ok(exe) = std::env::current_exe() {
+        c.env("GREENHUB_BENCH_EXE", exe);
+    }
     c.args([
         "-c",
         SCRIPT,
