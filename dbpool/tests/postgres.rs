@@ -138,17 +138,19 @@ fn a_holder_killed_mid_transaction_is_rolled_back_and_nothing_commits() {
     pool.batch_execute("CREATE TABLE t (x int)").unwrap();
     let first_pid = backend_pid(&pool);
 
-    // Killed while waiting between statements of an open transaction.
+    // Killed while waiting between statements of an open transaction (not during one: a
+    // statement cut short is cancelled on the server, and its connection closed).
     let p1 = pool.clone();
+    let between = greenhub::Event::<()>::new();
+    let in_transaction = between.clone();
     let holder = spawn(move || {
         let mut conn = p1.get().unwrap();
         conn.batch_execute("BEGIN; INSERT INTO t VALUES (1)")
             .unwrap();
+        in_transaction.set(()).unwrap();
         greenhub::sleep(Duration::from_secs(30)).ok();
     });
-    while pool.state().in_use == 0 {
-        greenhub::sleep(Duration::from_millis(5)).unwrap();
-    }
+    between.wait().unwrap();
     holder.kill();
     assert!(holder.wait().is_err());
     // No statement ran: rolled back, and the same connection serves on.
@@ -164,11 +166,27 @@ fn a_holder_killed_mid_transaction_is_rolled_back_and_nothing_commits() {
     let holder = spawn(move || {
         p2.transaction(|tx| {
             tx.execute("INSERT INTO t VALUES (2)", &[])?;
-            tx.execute("SELECT pg_sleep(0.3)", &[])?;
+            tx.execute("SELECT pg_sleep(30) -- killed holder", &[])?;
             Ok(())
         })
     });
-    greenhub::sleep(Duration::from_millis(100)).unwrap();
+    // Killed once the sleep runs on the server (seen from a connection of its own).
+    let mut admin =
+        greenhub_dbpool::pg::Client::connect(&pg.conninfo, greenhub_dbpool::pg::NoTls).unwrap();
+    let give_up = Instant::now() + Duration::from_secs(60);
+    while admin
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' \
+             AND query LIKE '%killed holder%' AND pid <> pg_backend_pid()",
+            &[],
+        )
+        .unwrap()
+        .get::<_, i64>(0)
+        == 0
+    {
+        assert!(Instant::now() < give_up, "the sleep never started");
+        std::thread::sleep(Duration::from_millis(5));
+    }
     holder.kill();
     assert!(holder.wait().is_err());
 
