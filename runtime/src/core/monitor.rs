@@ -275,13 +275,20 @@ impl Spent {
 static STARTED: OnceLock<()> = OnceLock::new();
 
 /// Starts the monitor thread once.
+/// Starts the monitor thread once. Called before `may`'s scheduler starts: with the monitor
+/// running, `may`'s idle workers sleep in `epoll_wait` until something happens instead of
+/// waking every 10 ms (the monitor nudges them while anything runs).
 pub(crate) fn start(max_blocking_time: Option<Duration>, history: usize) {
     STARTED.get_or_init(|| {
         REPORTS.lock().capacity = history.max(1);
+        let default_poll = may::config().get_timeout_ns();
+        may::config().set_timeout_ns(WORKER_POLL.as_nanos() as u64);
         let spawned = std::thread::Builder::new()
             .name("greenhub-monitor".into())
             .spawn(move || run(max_blocking_time));
         if let Err(e) = spawned {
+            // Nobody to nudge the workers: they keep `may`'s own periodic look.
+            may::config().set_timeout_ns(default_poll);
             report::warn(&format!(
                 "greenhub: cannot start the monitor thread ({e}); run times and blocked-worker reports are off"
             ));
@@ -329,13 +336,44 @@ fn park_until_running() {
     clock::tick();
 }
 
+/// Per worker: a nudge is queued to it and has not run yet. At most one is: a worker held by
+/// a green thread does not collect its queue, and nudges must not pile up there.
+static NUDGED: OnceLock<Box<[AtomicBool]>> = OnceLock::new();
+
+/// Set when a nudge could not be made: the monitor stops trying.
+static CANNOT_NUDGE: AtomicBool = AtomicBool::new(false);
+
 /// Makes each of `may`'s workers look at its queues (and steal from the others), as its poll
 /// timeout used to every 10 ms: an empty coroutine queued to it wakes it from `epoll_wait`.
 fn nudge_workers(workers: usize) {
-    for id in 0..workers {
-        // SAFETY: the coroutine touches nothing (may marks spawn unsafe for what a coroutine
-        // may do with thread-locals).
-        let _ = unsafe { may::coroutine::Builder::new().id(id).spawn(|| {}) };
+    if CANNOT_NUDGE.load(Ordering::Relaxed) {
+        return;
+    }
+    let pending = NUDGED.get_or_init(|| (0..workers).map(|_| AtomicBool::new(false)).collect());
+    for (id, flag) in pending.iter().enumerate() {
+        if flag.swap(true, Ordering::AcqRel) {
+            continue;
+        }
+        // A coroutine is made with a stack: that can fail (mappings or memory exhausted),
+        // by an error or a panic in `may`. The monitor lives on either way.
+        let spawned = std::panic::catch_unwind(|| {
+            // SAFETY: the coroutine only clears its flag (may marks spawn unsafe for what a
+            // coroutine may do with thread-locals).
+            unsafe {
+                may::coroutine::Builder::new()
+                    .id(id)
+                    .spawn(move || flag.store(false, Ordering::Release))
+            }
+        });
+        if !matches!(spawned, Ok(Ok(_))) {
+            flag.store(false, Ordering::Release);
+            CANNOT_NUDGE.store(true, Ordering::Relaxed);
+            report::warn(
+                "greenhub: the monitor cannot queue a coroutine to nudge the workers; an idle \
+                 worker now looks for work to steal only when its poll times out (a minute)",
+            );
+            return;
+        }
     }
 }
 

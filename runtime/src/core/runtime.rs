@@ -45,9 +45,6 @@ pub(crate) fn start_core(config: Config) -> Result<&'static Runtime, ConfigError
     // Pinning workers to cores measured slower on every benchmark here (and hurts on shared
     // machines), so greenhub leaves placement to the OS.
     may::config().set_worker_pin(false);
-    // Idle workers sleep in `epoll_wait` until something happens, not 10 ms at a time: the
-    // monitor nudges them while anything runs (`monitor.rs`).
-    may::config().set_timeout_ns(monitor::WORKER_POLL.as_nanos() as u64);
     panic::install_hook();
     let budget = StackBudget::measure(settings.stack_size, settings.max_green_threads);
     if let Some(warning) = budget.startup_warning() {
