@@ -20,22 +20,7 @@ pub fn echo(runtime: &str, workers: usize, conns: u64, n: u64) -> f64 {
     let total = per * conns;
     let elapsed = match runtime {
         "greenhub" => {
-            start_greenhub(workers, None);
-            let listener = greenhub::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            let addr = listener.local_addr().unwrap();
-            greenhub::spawn(move || {
-                for conn in listener.incoming() {
-                    let mut conn = conn.unwrap();
-                    greenhub::spawn(move || {
-                        let mut buf = [0u8; MSG];
-                        while conn.read_exact(&mut buf).is_ok() {
-                            if conn.write_all(&buf).is_err() {
-                                break;
-                            }
-                        }
-                    });
-                }
-            });
+            let (addr, _) = serve(runtime, workers);
             let streams: Vec<_> = (0..conns)
                 .map(|_| greenhub::net::TcpStream::connect(addr).unwrap())
                 .collect();
@@ -58,25 +43,7 @@ pub fn echo(runtime: &str, workers: usize, conns: u64, n: u64) -> f64 {
             t0.elapsed()
         }
         "may" => {
-            crate::runtimes::start_may(workers);
-            let listener = may::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            let addr = listener.local_addr().unwrap();
-            // SAFETY: the coroutines use no thread-locals.
-            unsafe {
-                may::coroutine::spawn(move || {
-                    for conn in listener.incoming() {
-                        let mut conn = conn.unwrap();
-                        may::coroutine::spawn(move || {
-                            let mut buf = [0u8; MSG];
-                            while conn.read_exact(&mut buf).is_ok() {
-                                if conn.write_all(&buf).is_err() {
-                                    break;
-                                }
-                            }
-                        });
-                    }
-                })
-            };
+            let (addr, _) = serve(runtime, workers);
             let streams: Vec<_> = (0..conns)
                 .map(|_| may::net::TcpStream::connect(addr).unwrap())
                 .collect();
@@ -103,57 +70,40 @@ pub fn echo(runtime: &str, workers: usize, conns: u64, n: u64) -> f64 {
         }
         "tokio" => {
             use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(workers)
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-                let addr = listener.local_addr().unwrap();
-                tokio::spawn(async move {
-                    loop {
-                        let (mut conn, _) = listener.accept().await.unwrap();
-                        tokio::spawn(async move {
-                            let mut buf = [0u8; MSG];
-                            while conn.read_exact(&mut buf).await.is_ok() {
-                                if conn.write_all(&buf).await.is_err() {
-                                    break;
-                                }
-                            }
-                        });
+            let (addr, rt) = serve(runtime, workers);
+            rt.expect("tokio's server runs on a runtime")
+                .block_on(async move {
+                    let mut streams = Vec::new();
+                    for _ in 0..conns {
+                        streams.push(tokio::net::TcpStream::connect(addr).await.unwrap());
                     }
-                });
-                let mut streams = Vec::new();
-                for _ in 0..conns {
-                    streams.push(tokio::net::TcpStream::connect(addr).await.unwrap());
-                }
-                let t0 = Instant::now();
-                let clients: Vec<_> = streams
-                    .into_iter()
-                    .map(|mut s| {
-                        tokio::spawn(async move {
-                            let mut buf = [7u8; MSG];
-                            for _ in 0..per {
-                                s.write_all(&buf).await.unwrap();
-                                s.read_exact(&mut buf).await.unwrap();
-                            }
+                    let t0 = Instant::now();
+                    let clients: Vec<_> = streams
+                        .into_iter()
+                        .map(|mut s| {
+                            tokio::spawn(async move {
+                                let mut buf = [7u8; MSG];
+                                for _ in 0..per {
+                                    s.write_all(&buf).await.unwrap();
+                                    s.read_exact(&mut buf).await.unwrap();
+                                }
+                            })
                         })
-                    })
-                    .collect();
-                for c in clients {
-                    c.await.unwrap();
-                }
-                t0.elapsed()
-            })
+                        .collect();
+                    for c in clients {
+                        c.await.unwrap();
+                    }
+                    t0.elapsed()
+                })
         }
         other => panic!("unknown runtime {other}"),
     };
     elapsed.as_nanos() as f64 / total as f64
 }
 
-/// The echo servers of [`remote`], started in this process; each returns its address.
-fn serve(runtime: &str, workers: usize) -> SocketAddr {
+/// The echo servers (a task per connection), started in this process: the address, and for
+/// tokio the runtime it runs on (kept for the rest of the process).
+fn serve(runtime: &str, workers: usize) -> (SocketAddr, Option<&'static tokio::runtime::Runtime>) {
     match runtime {
         "greenhub" => {
             start_greenhub(workers, None);
@@ -172,7 +122,7 @@ fn serve(runtime: &str, workers: usize) -> SocketAddr {
                     });
                 }
             });
-            addr
+            (addr, None)
         }
         "may" => {
             crate::runtimes::start_may(workers);
@@ -194,7 +144,7 @@ fn serve(runtime: &str, workers: usize) -> SocketAddr {
                     }
                 })
             };
-            addr
+            (addr, None)
         }
         "tokio" => {
             use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -223,7 +173,7 @@ fn serve(runtime: &str, workers: usize) -> SocketAddr {
                     });
                 }
             });
-            addr
+            (addr, Some(rt))
         }
         other => panic!("unknown runtime {other}"),
     }
@@ -232,7 +182,7 @@ fn serve(runtime: &str, workers: usize) -> SocketAddr {
 /// `n` round trips in all over `conns` connections from a client process: ns per round trip
 /// (the client's wall time), and the server's CPU per round trip reported.
 pub fn remote(runtime: &str, workers: usize, conns: u64, n: u64) -> f64 {
-    let addr = serve(runtime, workers);
+    let (addr, _) = serve(runtime, workers);
     let per = (n / conns).max(1);
     let cpu = Section::start();
     let ns = run_client(addr, conns, per);

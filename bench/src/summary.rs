@@ -35,18 +35,27 @@ fn against(mine: f64, other: f64) -> String {
     }
 }
 
-/// "greenhub G; may M (greenhub loses, 1.5x), tokio T (...)" for the runtimes present.
-fn row(
+/// One of a case's two figures: its median, or its CPU per operation.
+type Pick = fn((f64, Option<f64>)) -> Option<f64>;
+
+/// The median.
+const MEDIAN: Pick = |(median, _)| Some(median);
+/// The CPU per operation.
+const CPU: Pick = |(_, cpu)| cpu;
+
+/// "greenhub G; may M (greenhub loses, 1.5x), tokio T (...)" for the runtimes present, over the
+/// figure `pick` takes.
+fn compare(
     report: &Report,
     suite: &str,
     greenhub: &str,
     others: &[&str],
-    unit: &str,
+    pick: Pick,
 ) -> Option<String> {
-    let (mine, _) = case(report, suite, greenhub)?;
-    let mut out = format!("greenhub {}{unit}", fmt_figure(mine));
+    let mine = pick(case(report, suite, greenhub)?)?;
+    let mut out = format!("greenhub {}", fmt_figure(mine));
     for other in others {
-        if let Some((theirs, _)) = case(report, suite, other) {
+        if let Some(theirs) = case(report, suite, other).and_then(pick) {
             let _ = write!(
                 out,
                 "; {other} {} ({})",
@@ -58,27 +67,14 @@ fn row(
     Some(out)
 }
 
-/// The same over the CPU column.
-fn cpu_row(
-    report: &Report,
-    suite: &str,
-    greenhub: &str,
-    others: &[&str],
-    unit: &str,
-) -> Option<String> {
-    let mine = case(report, suite, greenhub)?.1?;
-    let mut out = format!("greenhub {}{unit}", fmt_figure(mine));
-    for other in others {
-        if let Some((_, Some(theirs))) = case(report, suite, other) {
-            let _ = write!(
-                out,
-                "; {other} {} ({})",
-                fmt_figure(theirs),
-                against(mine, theirs)
-            );
-        }
-    }
-    Some(out)
+/// The medians.
+fn row(report: &Report, suite: &str, greenhub: &str, others: &[&str]) -> Option<String> {
+    compare(report, suite, greenhub, others, MEDIAN)
+}
+
+/// The CPU per operation.
+fn cpu_row(report: &Report, suite: &str, greenhub: &str, others: &[&str]) -> Option<String> {
+    compare(report, suite, greenhub, others, CPU)
 }
 
 const SEEDS_AND_PEERS: &[&str] = &["may", "tokio", "gevent", "eventlet"];
@@ -109,39 +105,39 @@ pub fn summary(report: &Report) -> String {
     };
     add(
         "Switch (ping-pong round trip, one worker, ns)",
-        row(report, "ping_pong_1", "greenhub", SEEDS_AND_PEERS, ""),
+        row(report, "ping_pong_1", "greenhub", SEEDS_AND_PEERS),
     );
     add(
         "Spawn + join (ns per task)",
-        row(report, "spawn_join", "greenhub", SEEDS_AND_PEERS, ""),
+        row(report, "spawn_join", "greenhub", SEEDS_AND_PEERS),
     );
     add(
         "Memory per sleeping task (KiB)",
-        row(report, "idle_memory", "greenhub", SEEDS_AND_PEERS, ""),
+        row(report, "idle_memory", "greenhub", SEEDS_AND_PEERS),
     );
     add(
         "An idle process (wake-ups per second)",
-        row(report, "idle_process", "greenhub", SEEDS_AND_PEERS, ""),
+        row(report, "idle_process", "greenhub", SEEDS_AND_PEERS),
     );
     add(
         "An idle process (CPU ns per second)",
-        cpu_row(report, "idle_process", "greenhub", SEEDS_AND_PEERS, ""),
+        cpu_row(report, "idle_process", "greenhub", SEEDS_AND_PEERS),
     );
     add(
         "Thread pool, back-to-back calls (p50 ns)",
-        row(report, "tpool_rtt_p50", "greenhub tpool", POOLS, ""),
+        row(report, "tpool_rtt_p50", "greenhub tpool", POOLS),
     );
     add(
         "Thread pool, back-to-back calls (CPU ns per call)",
-        cpu_row(report, "tpool_rtt_p50", "greenhub tpool", POOLS, ""),
+        cpu_row(report, "tpool_rtt_p50", "greenhub tpool", POOLS),
     );
     add(
         "Thread pool, one call per ms (CPU ns per call beyond the sleep's)",
-        cpu_row(report, "tpool_spaced", "greenhub tpool", POOLS, ""),
+        cpu_row(report, "tpool_spaced", "greenhub tpool", POOLS),
     );
     add(
         "Thread pool beside two CPU-bound processes (p99 ns)",
-        row(report, "tpool_busy_p99", "greenhub tpool", POOLS, ""),
+        row(report, "tpool_busy_p99", "greenhub tpool", POOLS),
     );
     for (suite, conns) in [
         ("echo_remote_1", "1 connection"),
@@ -150,11 +146,11 @@ pub fn summary(report: &Report) -> String {
     ] {
         add(
             &format!("Echo, clients in another process, {conns} (ns per round trip)"),
-            row(report, suite, "greenhub", SEEDS_AND_PEERS, ""),
+            row(report, suite, "greenhub", SEEDS_AND_PEERS),
         );
         add(
             &format!("Echo server CPU, {conns} (ns per round trip)"),
-            cpu_row(report, suite, "greenhub", SEEDS_AND_PEERS, ""),
+            cpu_row(report, suite, "greenhub", SEEDS_AND_PEERS),
         );
     }
     let db_peers = &[
@@ -163,19 +159,19 @@ pub fn summary(report: &Report) -> String {
     ];
     add(
         "PostgreSQL `SELECT 1` through a pool of 8, one round trip each (µs per query)",
-        row(report, "db_select1", "greenhub dbpool", db_peers, ""),
+        row(report, "db_select1", "greenhub dbpool", db_peers),
     );
     add(
         "The same, client CPU (ns per query)",
-        cpu_row(report, "db_select1", "greenhub dbpool", db_peers, ""),
+        cpu_row(report, "db_select1", "greenhub dbpool", db_peers),
     );
     add(
         "The same, p50 latency (µs)",
-        row(report, "db_select1_p50", "greenhub dbpool", db_peers, ""),
+        row(report, "db_select1_p50", "greenhub dbpool", db_peers),
     );
     add(
         "The same, p99 latency (µs)",
-        row(report, "db_select1_p99", "greenhub dbpool", db_peers, ""),
+        row(report, "db_select1_p99", "greenhub dbpool", db_peers),
     );
     let abandon_peers = &[
         "r2d2 + postgres (64 OS threads)",
@@ -183,17 +179,11 @@ pub fn summary(report: &Report) -> String {
     ];
     add(
         "`SELECT 1` while half the callers abandon slow statements (µs per query)",
-        row(report, "db_abandon", "greenhub dbpool", abandon_peers, ""),
+        row(report, "db_abandon", "greenhub dbpool", abandon_peers),
     );
     add(
         "The same, p99 latency (µs)",
-        row(
-            report,
-            "db_abandon_p99",
-            "greenhub dbpool",
-            abandon_peers,
-            "",
-        ),
+        row(report, "db_abandon_p99", "greenhub dbpool", abandon_peers),
     );
     if let Some(http) = &report.http {
         for (endpoint, conns) in [("/plaintext", 64), ("/db", 64)] {
