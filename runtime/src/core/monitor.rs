@@ -32,7 +32,8 @@
 //! carries the ordering, with a process-wide memory barrier (`membarrier`) between raising the
 //! flag and its last look at the slots, so either that look sees a worker running or the
 //! worker sees the flag. Without `membarrier` the monitor never parks. `may`'s workers poll
-//! their descriptors with a long timeout (the runtime sets it), and while the monitor is
+//! their descriptors with a long timeout ([`start`] sets it once the monitor thread runs,
+//! and leaves `may`'s 10 ms when it cannot start that thread), and while the monitor is
 //! awake it nudges each worker every tick so that an idle worker still looks for work to
 //! steal from a busy one as often as before.
 
