@@ -16,23 +16,61 @@ fn park(n: u64) -> greenhub::Event<(), ()> {
     for _ in 0..n {
         let r = release.clone();
         // Dropped handles: the threads stay parked until the process exits.
-        drop(greenhub::spawn(move || {
-            let _ = r.wait();
-        }));
+        drop(greenhub::spawn(move || parked_on_release(&r)));
     }
     settle(|| greenhub::inspect::snapshot().totals.waiting as u64 >= n);
     release
 }
 
+/// A snapshot, with the stack of every parked thread when `stacks`; with stacks, every one of
+/// the `n` parked threads must carry one that names the function it waits in.
+fn take(stacks: bool, n: u64) -> greenhub::inspect::Snapshot {
+    if !stacks {
+        return greenhub::inspect::snapshot();
+    }
+    let snap = greenhub::inspect::snapshot_with_stacks();
+    assert_eq!(snap.stacks_unavailable, None, "stacks are read");
+    let named = snap
+        .threads
+        .iter()
+        .filter(|t| {
+            t.stack.as_ref().is_some_and(|s| {
+                s.frames
+                    .iter()
+                    .any(|f| f.function.ends_with("parked_on_release"))
+            })
+        })
+        .count() as u64;
+    assert!(
+        named >= n,
+        "{named} of {n} stacks name where they wait: {:#?}",
+        snap.threads.iter().find_map(|t| t.stack.as_ref())
+    );
+    snap
+}
+
+/// The body of a parked thread: its stack names it (the wait is not its last act, so the
+/// call is not a tail call, which leaves no frame).
+#[inline(never)]
+fn parked_on_release(release: &greenhub::Event<(), ()>) {
+    let woken = release.wait().is_ok();
+    std::hint::black_box(woken);
+}
+
 /// Nanoseconds per snapshot of `n` parked threads (the median of 15), with or without turning
-/// it into JSON as the attach channel does.
+/// it into JSON as the attach channel does, with or without every parked thread's stack
+/// (symbols resolved once before the 15, as an inspector's first read does).
 pub fn snapshot_cost(case: &str, n: u64) -> f64 {
     let _release = park(n);
     let json = case.contains("JSON");
+    let stacks = case.contains("stacks");
+    if stacks {
+        take(true, n);
+    }
     let mut times: Vec<f64> = (0..15)
         .map(|_| {
             let t0 = Instant::now();
-            let snap = greenhub::inspect::snapshot();
+            let snap = take(stacks, n);
             if json {
                 let text = serde_json::to_string(&snap).expect("a snapshot encodes");
                 std::hint::black_box(text.len());
@@ -69,8 +107,9 @@ pub fn snapshot_pause(case: &str, n: u64) -> f64 {
     std::thread::sleep(Duration::from_millis(300));
     worst.store(0, Ordering::Relaxed);
     if case.contains("snapshots") {
+        let stacks = case.contains("stacks");
         for _ in 0..20 {
-            std::hint::black_box(greenhub::inspect::snapshot().threads.len());
+            std::hint::black_box(take(stacks, n).threads.len());
             std::thread::sleep(Duration::from_millis(50));
         }
     } else {

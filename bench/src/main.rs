@@ -451,10 +451,15 @@ const SUITES: &[Suite] = &[
         title: "Snapshot of 10,000 green threads",
         unit: "ms per snapshot",
         what: "the registry's snapshot of a process with N green threads parked on an event \
-               (the median of 15), alone and turned into JSON as the attach channel and the \
-               stats endpoint serve it",
+               (the median of 15), alone, turned into JSON as the attach channel and the \
+               stats endpoint serve it, and with the stack of every thread (read, symbolized \
+               and folded; every stack checked to name the function the thread waits in)",
         workers: 2,
-        cases: &[("snapshot()", 10_000), ("snapshot() + JSON", 10_000)],
+        cases: &[
+            ("snapshot()", 10_000),
+            ("snapshot() + JSON", 10_000),
+            ("snapshot_with_stacks()", 10_000),
+        ],
         scale: 1e6,
         busy: 0,
     },
@@ -465,7 +470,11 @@ const SUITES: &[Suite] = &[
         what: "as above with N = 100,000 (16 KiB stacks; needs vm.max_map_count above 200,000: \
                two mappings per stack)",
         workers: 2,
-        cases: &[("snapshot()", 100_000), ("snapshot() + JSON", 100_000)],
+        cases: &[
+            ("snapshot()", 100_000),
+            ("snapshot() + JSON", 100_000),
+            ("snapshot_with_stacks()", 100_000),
+        ],
         scale: 1e6,
         busy: 0,
     },
@@ -475,10 +484,14 @@ const SUITES: &[Suite] = &[
         unit: "ms of worst lateness of a 1 ms sleep",
         what: "a process with N green threads parked and four green threads sleeping 1 ms in a \
                loop: the worst lateness of their wake-ups over 2 s without snapshots, and over \
-               20 snapshots taken 50 ms apart (how long a snapshot keeps a worker from \
-               switching, plus the machine's own noise)",
+               20 snapshots taken 50 ms apart, without and with every thread's stack (how long \
+               a snapshot keeps a worker from switching, plus the machine's own noise)",
         workers: 2,
-        cases: &[("no snapshot", 10_000), ("20 snapshots", 10_000)],
+        cases: &[
+            ("no snapshot", 10_000),
+            ("20 snapshots", 10_000),
+            ("20 snapshots with stacks", 10_000),
+        ],
         scale: 1e6,
         busy: 0,
     },
@@ -488,7 +501,11 @@ const SUITES: &[Suite] = &[
         unit: "ms of worst lateness of a 1 ms sleep",
         what: "as above with N = 100,000 (16 KiB stacks; needs vm.max_map_count above 220,000)",
         workers: 2,
-        cases: &[("no snapshot", 100_000), ("20 snapshots", 100_000)],
+        cases: &[
+            ("no snapshot", 100_000),
+            ("20 snapshots", 100_000),
+            ("20 snapshots with stacks", 100_000),
+        ],
         scale: 1e6,
         busy: 0,
     },

@@ -6,8 +6,11 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use greenhub_snapshot::attach::{Summary, directory, peer_uid};
-use greenhub_snapshot::{SCHEMA_VERSION, Snapshot};
+use greenhub_snapshot::attach::{
+    REQUEST_SNAPSHOT, REQUEST_SNAPSHOT_STACKS, REQUEST_STACK, REQUEST_SUMMARY, Summary, directory,
+    peer_uid,
+};
+use greenhub_snapshot::{SCHEMA_VERSION, Snapshot, ThreadStack};
 
 /// How long a snapshot may take to arrive, all of it. One of 100,000 green threads takes well
 /// under a second.
@@ -23,6 +26,9 @@ pub const MAX_SNAPSHOT: usize = 128 << 20;
 
 /// The longest summary read, in bytes.
 const MAX_SUMMARY: usize = 64 << 10;
+
+/// The longest answer to a stack request (128 frames of long generic names).
+const MAX_STACK: usize = 1 << 20;
 
 /// Why a process could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -155,7 +161,30 @@ impl Client {
     /// Everything the process's registry holds now, as the process sent it: before showing
     /// its texts, escape them ([`Snapshot::escape_controls`]; `format_run_info` does).
     pub fn snapshot(&mut self) -> Result<Snapshot, InspectError> {
-        let snap: Snapshot = self.ask("snapshot", MAX_SNAPSHOT, SNAPSHOT_TIMEOUT)?;
+        let snap: Snapshot = self.ask(REQUEST_SNAPSHOT, MAX_SNAPSHOT, SNAPSHOT_TIMEOUT)?;
+        self.checked(snap)
+    }
+
+    /// [`Client::snapshot`] with the stack of every parked green thread
+    /// ([`ThreadInfo::stack`](greenhub_snapshot::ThreadInfo::stack); the process resolves the
+    /// symbols, the first time at some cost to its attach thread, never to its workers).
+    pub fn snapshot_with_stacks(&mut self) -> Result<Snapshot, InspectError> {
+        let snap: Snapshot =
+            self.ask(REQUEST_SNAPSHOT_STACKS, 4 * MAX_SNAPSHOT, SNAPSHOT_TIMEOUT)?;
+        self.checked(snap)
+    }
+
+    /// The stack of one parked green thread. A thread that is running, gone or unreadable is
+    /// [`InspectError::Refused`] with the process's reason.
+    pub fn stack(&mut self, thread: u64) -> Result<ThreadStack, InspectError> {
+        self.ask(
+            &format!("{REQUEST_STACK} {thread}"),
+            MAX_STACK,
+            SNAPSHOT_TIMEOUT,
+        )
+    }
+
+    fn checked(&self, snap: Snapshot) -> Result<Snapshot, InspectError> {
         if snap.schema_version != SCHEMA_VERSION {
             return Err(self.protocol(format!(
                 "snapshot schema {} (this inspector reads {SCHEMA_VERSION})",
@@ -167,7 +196,7 @@ impl Client {
 
     /// The process's name, live green threads and uptime.
     pub fn summary(&mut self) -> Result<Summary, InspectError> {
-        self.ask("summary", MAX_SUMMARY, SUMMARY_TIMEOUT)
+        self.ask(REQUEST_SUMMARY, MAX_SUMMARY, SUMMARY_TIMEOUT)
     }
 
     /// Sends `request` and reads the one line that answers it: at most `limit` bytes, all of

@@ -33,6 +33,10 @@ enum Command {
     Dump {
         /// The process id.
         pid: u32,
+        /// Each parked thread's stack under it (function, file and line; greenhub's own
+        /// frames folded away).
+        #[arg(long)]
+        stacks: bool,
     },
     /// The full snapshot of a process as JSON (versioned schema).
     Json {
@@ -41,6 +45,9 @@ enum Command {
         /// Indented, for reading.
         #[arg(long)]
         pretty: bool,
+        /// With each parked thread's stack.
+        #[arg(long)]
+        stacks: bool,
     },
 }
 
@@ -133,16 +140,13 @@ fn run(command: Command) -> Result<(), String> {
             print!("{}", listing(&found));
             Ok(())
         }
-        Command::Dump { pid } => {
-            let snap = Client::connect(pid)
-                .and_then(|mut c| c.snapshot())
-                .map_err(|e| e.to_string())?;
-            emit(&snap.format_run_info())
-        }
-        Command::Json { pid, pretty } => {
-            let snap = Client::connect(pid)
-                .and_then(|mut c| c.snapshot())
-                .map_err(|e| e.to_string())?;
+        Command::Dump { pid, stacks } => emit(&fetch(pid, stacks)?.format_run_info()),
+        Command::Json {
+            pid,
+            pretty,
+            stacks,
+        } => {
+            let snap = fetch(pid, stacks)?;
             let text = if pretty {
                 serde_json::to_string_pretty(&snap)
             } else {
@@ -152,6 +156,16 @@ fn run(command: Command) -> Result<(), String> {
             emit(&format!("{text}\n"))
         }
     }
+}
+
+fn fetch(pid: u32, stacks: bool) -> Result<greenhub_snapshot::Snapshot, String> {
+    let mut client = Client::connect(pid).map_err(|e| e.to_string())?;
+    if stacks {
+        client.snapshot_with_stacks()
+    } else {
+        client.snapshot()
+    }
+    .map_err(|e| e.to_string())
 }
 
 /// Writes to stdout; a reader that has gone (`inspector dump | head`) is not an error.

@@ -39,7 +39,7 @@ fn target_process() {
     };
     let _sleeper = greenhub::thread::Builder::new()
         .name("sleeper")
-        .spawn(|| greenhub::sleep(Duration::from_secs(600)))
+        .spawn(naps_for_ten_minutes)
         .unwrap();
     // Until the children exist, the dump would not show them.
     while greenhub::inspect::snapshot().threads.len() < 5 {
@@ -50,6 +50,12 @@ fn target_process() {
     std::io::stdin().read_to_end(&mut rest).ok();
     release.set(()).unwrap();
     assert!(parent.wait().unwrap());
+}
+
+/// The sleeper's body: its stack names it.
+#[inline(never)]
+fn naps_for_ten_minutes() {
+    greenhub::sleep(Duration::from_secs(600)).ok();
 }
 
 struct Target {
@@ -193,6 +199,53 @@ fn list_dump_and_json_show_the_live_target() {
         sleeper.waiting_on
     );
     assert!(sleeper.deadline_in_us.is_some_and(|d| d > 0));
+    assert_eq!(sleeper.stack, None, "stacks only when asked for");
+}
+
+#[test]
+fn dump_and_json_show_the_stacks_of_parked_threads_when_asked() {
+    let dir = Dir::new("stacks");
+    let target = Target::start(&dir);
+    let pid = target.pid().to_string();
+
+    let (ok, dump, err) = target.inspector(&["dump", "--stacks", &pid]);
+    assert!(ok, "{err}");
+    // Under the sleeper's line: the greenhub call it made, then its own function with file
+    // and line.
+    let lines: Vec<&str> = dump.lines().collect();
+    let at = lines
+        .iter()
+        .position(|l| l.contains("\"sleeper\""))
+        .unwrap_or_else(|| panic!("no sleeper:\n{dump}"));
+    let below = lines[at + 1..].join("\n");
+    assert!(
+        lines[at + 1].trim_start().starts_with("greenhub::"),
+        "{dump}"
+    );
+    assert!(below.contains("naps_for_ten_minutes at "), "{dump}");
+    assert!(below.contains("cli.rs:"), "{dump}");
+
+    let (ok, json, err) = target.inspector(&["json", "--stacks", &pid]);
+    assert!(ok, "{err}");
+    let snap: Snapshot = serde_json::from_str(json.trim()).unwrap();
+    assert_eq!(snap.stacks_unavailable, None);
+    let stack_of = |n: &str| {
+        snap.threads
+            .iter()
+            .find(|t| t.name.as_deref() == Some(n))
+            .and_then(|t| t.stack.clone())
+            .unwrap_or_else(|| panic!("no stack for {n}"))
+    };
+    let nap = stack_of("sleeper");
+    assert!(
+        nap.frames
+            .iter()
+            .any(|f| f.function.ends_with("naps_for_ten_minutes")),
+        "{nap:#?}"
+    );
+    // The children wait on the event: the innermost frame kept is `Event::wait`.
+    let child = stack_of("child-0");
+    assert!(child.frames[0].function.contains("Event"), "{child:#?}");
 }
 
 #[test]
@@ -361,6 +414,11 @@ fn the_inspector_binary_shows_the_target_on_a_terminal_and_quits_on_q() {
     term.keys("2");
     term.wait_for("soonest first", seen);
     term.wait_for("sleep", seen);
+    // The details of a thread show its stack: the threads view, filtered to the sleeper.
+    let seen = term.output().len();
+    term.keys("1/sleeper\r\r");
+    term.wait_for("naps_for_ten_minutes", seen);
+    term.keys("\r");
     term.keys("q");
     let give_up = std::time::Instant::now() + Duration::from_secs(30);
     let status = loop {

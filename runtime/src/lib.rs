@@ -222,17 +222,54 @@ pub mod inspect {
     //! assert!(greenhub::inspect::format_run_info().contains("napper"));
     //! t.kill();
     //! ```
+    pub use crate::observe::stacks::StackError;
     pub use greenhub_snapshot::attach;
     pub use greenhub_snapshot::{
         BlockedCause, BlockedInfo, DescriptorInfo, FinishedInfo, InboxStats, ObjectInfo, Outcome,
-        RuntimeInfo, SCHEMA_VERSION, Snapshot, ThreadInfo, ThreadState, TimerInfo, TimerKindInfo,
-        Totals, WorkerInfo, format_us,
+        RuntimeInfo, SCHEMA_VERSION, Snapshot, StackFrame, ThreadInfo, ThreadStack, ThreadState,
+        TimerInfo, TimerKindInfo, Totals, WorkerInfo, format_us,
     };
 
     /// Takes a snapshot of the registry. Costs one pass over the live threads; the green
     /// threads themselves are not stopped.
     pub fn snapshot() -> Snapshot {
         crate::observe::snapshot::snapshot()
+    }
+
+    /// [`snapshot`] with the stack of every green thread parked in a wait
+    /// ([`ThreadInfo::stack`]), symbolized with function, file and line, greenhub's own frames
+    /// folded away. The threads are not resumed; one woken while its stack is read waits for
+    /// that one walk (microseconds). Symbols are loaded on first use, by the calling thread.
+    ///
+    /// Stacks are walked along frame pointers: build with `-C force-frame-pointers=yes`
+    /// (greenhub's workspace sets it in `.cargo/config.toml`). Without them
+    /// [`Snapshot::stacks_unavailable`] says so and nothing else changes.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// #[inline(never)]
+    /// fn napping() {
+    ///     greenhub::sleep(Duration::from_secs(10)).ok();
+    /// }
+    ///
+    /// let t = greenhub::spawn(napping);
+    /// greenhub::sleep(Duration::from_millis(20)).unwrap();
+    /// let snap = greenhub::inspect::snapshot_with_stacks();
+    /// let th = snap.threads.iter().find(|th| th.id == t.id()).unwrap();
+    /// if let Some(stack) = &th.stack {
+    ///     assert!(stack.frames.iter().any(|f| f.function.ends_with("napping")));
+    /// }
+    /// t.kill();
+    /// ```
+    pub fn snapshot_with_stacks() -> Snapshot {
+        crate::observe::snapshot::snapshot_with_stacks()
+    }
+
+    /// The stack of one green thread, read while it is parked in a wait (see
+    /// [`snapshot_with_stacks`]).
+    pub fn stack(thread_id: u64) -> Result<ThreadStack, StackError> {
+        crate::observe::stacks::stack_of(thread_id)
     }
 
     /// [`snapshot`] formatted by [`Snapshot::format_run_info`].

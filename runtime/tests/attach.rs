@@ -99,7 +99,25 @@ fn bad_requests_get_errors_and_the_channel_stays_up() {
     );
     let binary: serde_json::Value = serde_json::from_str(&conn.ask(b"\xff\xfe\n")).unwrap();
     assert!(unknown["error"].is_string() && binary["error"].is_string());
-    // Still usable after both.
+    // Stack requests with ids that are not ids, or of threads that are not there: errors that
+    // say why.
+    for (request, says) in [
+        (&b"stack\n"[..], "unknown request"),
+        (b"stack abc\n", "takes a thread id"),
+        (b"stack -1\n", "takes a thread id"),
+        (b"stack 99999999999999999999999\n", "takes a thread id"),
+        (b"stack \x1b[2J\n", "takes a thread id"),
+        (b"stack 18446744073709551615\n", "no live green thread"),
+        (b"snapshot stacks please\n", "unknown request"),
+    ] {
+        let answer: serde_json::Value = serde_json::from_str(&conn.ask(request)).unwrap();
+        let error = answer["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{answer}"));
+        assert!(error.contains(says), "{error}");
+        assert!(!error.contains('\u{1b}'), "escaped: {error}");
+    }
+    // Still usable after all of them.
     let summary: Summary = serde_json::from_str(&conn.ask(b"summary\n")).unwrap();
     assert_eq!(summary.pid, std::process::id());
 

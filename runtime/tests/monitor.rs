@@ -21,13 +21,22 @@ fn setup() {
     });
 }
 
+/// The blocking call the report must point at.
+#[inline(never)]
+fn holds_the_worker_in_a_blocking_call() {
+    std::thread::sleep(Duration::from_millis(400));
+}
+
+/// The line of that call.
+const BLOCKING_LINE: u32 = line!() - 4;
+
 #[test]
 fn a_thread_that_blocks_its_worker_is_reported_with_name_site_and_duration() {
     setup();
     let line = line!() + 3;
     let t = Builder::new()
         .name("hog")
-        .spawn(|| std::thread::sleep(Duration::from_millis(400)))
+        .spawn(holds_the_worker_in_a_blocking_call)
         .unwrap();
     let id = t.id();
     // While it blocks: an ongoing report.
@@ -55,13 +64,44 @@ fn a_thread_that_blocks_its_worker_is_reported_with_name_site_and_duration() {
         Some(greenhub::inspect::BlockedCause::Blocking),
         "asleep in the kernel, not computing"
     );
+    // Where it blocks: the worker's stack, read by the worker itself, names the function and
+    // the line of the blocking call (added to the report once symbolized).
+    let stack = loop {
+        let s = snapshot();
+        if let Some(stack) = s
+            .blocked
+            .iter()
+            .find(|b| b.thread == id)
+            .and_then(|b| b.stack.clone())
+        {
+            break stack;
+        }
+        assert!(Instant::now() < deadline, "the report never got its stack");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let frame = stack
+        .frames
+        .iter()
+        .find(|f| f.function.ends_with("holds_the_worker_in_a_blocking_call"))
+        .unwrap_or_else(|| panic!("{stack:#?}"));
+    assert!(
+        frame.file.as_deref().unwrap().ends_with("monitor.rs"),
+        "{frame:?}"
+    );
+    assert_eq!(frame.line, Some(BLOCKING_LINE), "{frame:?}");
     t.wait().unwrap();
     // After: closed, with about the full length.
     let deadline = Instant::now() + Duration::from_secs(10);
     let closed = loop {
         let s = snapshot();
         let b = s.blocked.iter().find(|b| b.thread == id).unwrap().clone();
-        if !b.ongoing {
+        // Closed, and its lines logged (they go out in order, after the stack's symbols).
+        let logged = common::capture_logs(log::LevelFilter::Info)
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains(&format!("#{id} \"hog\"")) && l.contains("released worker"));
+        if !b.ongoing && logged {
             break b;
         }
         assert!(Instant::now() < deadline, "the report never closed");
@@ -81,6 +121,11 @@ fn a_thread_that_blocks_its_worker_is_reported_with_name_site_and_duration() {
     );
     assert!(
         reported.iter().any(|l| l.contains("released worker")),
+        "{reported:?}"
+    );
+    assert!(
+        reported.iter().any(|l| l.contains("it was running:")
+            && l.contains("holds_the_worker_in_a_blocking_call at ")),
         "{reported:?}"
     );
     assert_eq!(
@@ -117,24 +162,33 @@ fn waiting_threads_are_never_reported() {
     );
 }
 
+/// A loop that never waits.
+#[inline(never)]
+fn crunches() -> u64 {
+    // CPU time, not wall time: on a busy machine the loop still computes this long.
+    let start = common::thread_cpu();
+    let mut x = 0u64;
+    while common::thread_cpu() - start < Duration::from_millis(300) {
+        x = std::hint::black_box(x.wrapping_add(1));
+    }
+    x
+}
+
 #[test]
 fn a_loop_that_never_waits_is_reported_as_computing_not_as_a_blocking_call() {
     setup();
-    let t = spawn_named("cruncher", || {
-        // CPU time, not wall time: on a busy machine the loop still computes this long.
-        let start = common::thread_cpu();
-        let mut x = 0u64;
-        while common::thread_cpu() - start < Duration::from_millis(300) {
-            x = x.wrapping_add(1);
-        }
-        x
-    });
+    let t = spawn_named("cruncher", crunches);
     let id = t.id();
     t.wait().unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     let report = loop {
         let s = snapshot();
-        if let Some(b) = s.blocked.iter().find(|b| b.thread == id && !b.ongoing) {
+        // Closed, with its stack symbolized (that comes a little after the report opens).
+        if let Some(b) = s
+            .blocked
+            .iter()
+            .find(|b| b.thread == id && !b.ongoing && b.stack.is_some())
+        {
             break b.clone();
         }
         assert!(Instant::now() < deadline, "the loop was never reported");
@@ -145,14 +199,30 @@ fn a_loop_that_never_waits_is_reported_as_computing_not_as_a_blocking_call() {
         Some(greenhub::inspect::BlockedCause::Computing)
     );
     assert!(report.on_cpu_us.unwrap() >= 50_000, "{report:?}");
-    let logs = common::capture_logs(log::LevelFilter::Info).lock().unwrap();
+    let stack = report.stack.unwrap();
     assert!(
-        logs.iter()
-            .any(|l| l.contains(&format!("#{id} \"cruncher\""))
-                && l.contains("it computed")
-                && l.contains("yield_now")),
-        "{logs:?}"
+        stack
+            .frames
+            .iter()
+            .any(|f| f.function.ends_with("crunches")),
+        "{stack:#?}"
     );
+    let said = || {
+        common::capture_logs(log::LevelFilter::Info)
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| {
+                l.contains(&format!("#{id} \"cruncher\""))
+                    && l.contains("it computed")
+                    && l.contains("yield_now")
+                    && l.contains("crunches at ")
+            })
+    };
+    while !said() {
+        assert!(Instant::now() < deadline, "the report was never logged");
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 #[test]

@@ -7,6 +7,8 @@
 //! | request | answer |
 //! |---|---|
 //! | [`REQUEST_SNAPSHOT`] | the [`Snapshot`](crate::Snapshot) |
+//! | [`REQUEST_SNAPSHOT_STACKS`] | the [`Snapshot`](crate::Snapshot) with the stack of every parked thread |
+//! | [`REQUEST_STACK`] `<id>` | the [`ThreadStack`](crate::ThreadStack) of one parked thread |
 //! | [`REQUEST_SUMMARY`] | [`Summary`]: pid, process name, live green threads, uptime; for a worker of `greenhub-serve` its place ([`Supervised`]); for a master, its workers ([`WorkerProcess`]) |
 //!
 //! Anything else gets `{"error": "..."}` and the connection stays usable; a request longer
@@ -22,6 +24,12 @@ use serde::{Deserialize, Serialize};
 
 /// The request for a full snapshot.
 pub const REQUEST_SNAPSHOT: &str = "snapshot";
+
+/// The request for a full snapshot with the stacks of the parked threads.
+pub const REQUEST_SNAPSHOT_STACKS: &str = "snapshot stacks";
+
+/// The request for one thread's stack: this word, a space and the thread's id.
+pub const REQUEST_STACK: &str = "stack";
 
 /// The request for a [`Summary`].
 pub const REQUEST_SUMMARY: &str = "summary";

@@ -48,6 +48,10 @@ pub struct Snapshot {
     /// pools, and what other crates register), by id.
     #[serde(default)]
     pub objects: Vec<ObjectInfo>,
+    /// Why the threads carry no stacks although stacks were asked for (for instance a build
+    /// without frame pointers); `None` when they were read or not asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stacks_unavailable: Option<String>,
 }
 
 /// The runtime's settings and limits.
@@ -161,6 +165,48 @@ pub struct ThreadInfo {
     pub stack_size: usize,
     /// Whether a kill is pending.
     pub kill_requested: bool,
+    /// Where it waits, when stacks were asked for and it was parked in a wait when its stack
+    /// was read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stack: Option<ThreadStack>,
+}
+
+/// The stack of a parked green thread, innermost frame first: the greenhub call it waits in,
+/// then its callers up to the function it was spawned with. Frames inside greenhub's waiting
+/// and spawning machinery are folded away (counted in `folded`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ThreadStack {
+    /// The frames, innermost first.
+    pub frames: Vec<StackFrame>,
+    /// How many frames were folded away.
+    pub folded: u32,
+}
+
+/// One frame of a [`ThreadStack`]. An inlined call is a frame of its own, with the address of
+/// the frame it was inlined into.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StackFrame {
+    /// The function, demangled, without its hash (`"?"` when the address has no symbol).
+    pub function: String,
+    /// Its source file, when the build keeps line tables.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    /// The line in `file`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub line: Option<u32>,
+    /// The code address (a return address: just after the call).
+    pub address: u64,
+}
+
+impl std::fmt::Display for StackFrame {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&escape_controls(&self.function))?;
+        match (&self.file, self.line) {
+            (Some(file), Some(line)) => write!(f, " at {}:{line}", escape_controls(file)),
+            (Some(file), None) => write!(f, " at {}", escape_controls(file)),
+            _ => write!(f, " at {:#x}", self.address),
+        }
+    }
 }
 
 /// How a finished green thread ended.
@@ -287,6 +333,11 @@ pub struct BlockedInfo {
     /// or waited for a CPU), when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_cpu_us: Option<u64>,
+    /// Where the green thread was when the report opened: the stack the worker was running,
+    /// innermost first (the first frame is the interrupted instruction, often in a system call
+    /// of the C library), read on the worker by a signal. `None` when it could not be read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stack: Option<ThreadStack>,
 }
 
 /// What kept a worker from switching, told apart by the worker's own CPU time.
@@ -498,12 +549,21 @@ impl Snapshot {
                 None => roots.push(th.id),
             }
         }
+        if let Some(why) = &self.stacks_unavailable {
+            let _ = writeln!(out, "stacks: unavailable: {}", escape_controls(why));
+        }
         out.push_str("\nthreads (tree by parent; a parent that has ended is not shown):\n");
         // Iterative, so that a deep chain of spawns cannot overflow a green thread's stack.
         let mut stack: Vec<(u64, usize)> = roots.iter().rev().map(|&id| (id, 0)).collect();
         while let Some((id, depth)) = stack.pop() {
             let th = by_id[&id];
-            let _ = writeln!(out, "{}{}", "  ".repeat(depth + 1), th.describe());
+            let indent = "  ".repeat(depth + 1);
+            let _ = writeln!(out, "{indent}{}", th.describe());
+            if let Some(stack) = &th.stack {
+                for frame in &stack.frames {
+                    let _ = writeln!(out, "{indent}    {frame}");
+                }
+            }
             if let Some(kids) = children.get(&id) {
                 stack.extend(kids.iter().rev().map(|&k| (k, depth + 1)));
             }
@@ -564,6 +624,9 @@ impl Snapshot {
                     if b.ongoing { ", still holding it" } else { "" },
                     escape_controls(b.spawn_site.as_deref().unwrap_or("?"))
                 );
+                for frame in b.stack.iter().flat_map(|s| &s.frames) {
+                    let _ = writeln!(out, "      {frame}");
+                }
             }
         }
         out

@@ -57,7 +57,12 @@ impl Snapshot {
             clean_opt(&mut t.name);
             clean(&mut t.spawn_site);
             clean_opt(&mut t.waiting_on_name);
+            for frame in t.stack.iter_mut().flat_map(|s| s.frames.iter_mut()) {
+                clean(&mut frame.function);
+                clean_opt(&mut frame.file);
+            }
         }
+        clean_opt(&mut self.stacks_unavailable);
         for f in &mut self.finished {
             clean_opt(&mut f.name);
             clean(&mut f.spawn_site);
@@ -73,6 +78,10 @@ impl Snapshot {
         for b in &mut self.blocked {
             clean_opt(&mut b.name);
             clean_opt(&mut b.spawn_site);
+            for frame in b.stack.iter_mut().flat_map(|s| s.frames.iter_mut()) {
+                clean(&mut frame.function);
+                clean_opt(&mut frame.file);
+            }
         }
         for o in &mut self.objects {
             clean_opt(&mut o.name);

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use greenhub_snapshot::ObjectKind;
-use greenhub_snapshot::{Snapshot, ThreadInfo, format_us};
+use greenhub_snapshot::{Snapshot, ThreadInfo, ThreadStack, escape_controls, format_us};
 
 /// The kinds the pool crates name (`greenhub-tpool`, `greenhub-dbpool`): the inspector reads
 /// them by name, without depending on those crates.
@@ -229,6 +229,8 @@ pub struct App {
     search_view: Option<View>,
     /// Thread id to its index in the snapshot.
     by_id: HashMap<u64, usize>,
+    /// The last stack read for the details of a thread: its id and the stack, or why none.
+    stack: Option<(u64, Result<ThreadStack, String>)>,
 }
 
 /// An entry of a view, by what identifies it across snapshots.
@@ -278,7 +280,22 @@ impl App {
             search: Vec::new(),
             search_view: None,
             by_id: HashMap::new(),
+            stack: None,
         }
+    }
+
+    /// The thread whose stack the details show, when they are open on a thread: the reader
+    /// asks the target for that one stack with each snapshot.
+    pub fn stack_wanted(&self) -> Option<u64> {
+        match (self.detail, self.detailed()) {
+            (true, Some(Entry::Thread(id))) => Some(id),
+            _ => None,
+        }
+    }
+
+    /// The stack of `thread` as read (or why it could not be): shown in its details.
+    pub fn set_stack(&mut self, thread: u64, stack: Result<ThreadStack, String>) {
+        self.stack = Some((thread, stack.map_err(|e| escape_controls(&e).into_owned())));
     }
 
     /// Takes a new snapshot, taken at `at`. Its texts are escaped here: names and sites come
@@ -916,8 +933,24 @@ impl App {
             format!("stack         {} bytes", t.stack_size),
             format!("kill pending  {}", t.kill_requested),
             String::new(),
-            "parents:".into(),
+            "stack:".into(),
         ];
+        match &self.stack {
+            Some((id, Ok(stack))) if *id == t.id => {
+                // Frames show through `Display`, which escapes the target's texts.
+                lines.extend(stack.frames.iter().map(|f| format!("  {f}")));
+                if stack.folded > 0 {
+                    lines.push(format!(
+                        "  ({} frames of greenhub's machinery folded)",
+                        stack.folded
+                    ));
+                }
+            }
+            Some((id, Err(why))) if *id == t.id => lines.push(format!("  ({why})")),
+            _ => lines.push("  (reading...)".into()),
+        }
+        lines.push(String::new());
+        lines.push("parents:".into());
         let mut parent = t.parent;
         let mut seen = 0;
         while let Some(p) = parent {

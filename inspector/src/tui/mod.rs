@@ -16,8 +16,8 @@ pub use app::{App, Column, Key, PoolTotals, ThreadRow, View};
 pub use master::{Action, MasterView, render_master, render_master_text};
 pub use view::{render, render_text};
 
-use greenhub_snapshot::Snapshot;
 use greenhub_snapshot::attach::Summary;
+use greenhub_snapshot::{Snapshot, ThreadStack};
 
 use crate::{Client, InspectError};
 
@@ -107,7 +107,7 @@ fn run_process(pid: u32, client: Client) -> Result<(), String> {
     let mut in_flight = false;
     let result = loop {
         if !in_flight && !app.paused && Instant::now() >= next {
-            in_flight = fetcher.ask();
+            in_flight = fetcher.ask(app.stack_wanted());
             if !in_flight {
                 break Err("the snapshot reader stopped".into());
             }
@@ -118,7 +118,12 @@ fn run_process(pid: u32, client: Client) -> Result<(), String> {
             match answer {
                 // Paused while it was on its way: the screen stays as it was paused.
                 _ if app.paused => {}
-                Ok(s) => app.update(s, at),
+                Ok((s, stack)) => {
+                    app.update(s, at);
+                    if let Some((id, stack)) = stack {
+                        app.set_stack(id, stack);
+                    }
+                }
                 Err(e) => app.failed(e),
             }
         }
@@ -157,22 +162,38 @@ fn run_process(pid: u32, client: Client) -> Result<(), String> {
     result
 }
 
+/// A thread's stack as the details show it: the stack, or why there is none.
+type StackAnswer = (u64, Result<ThreadStack, String>);
+
+/// What the reader thread brings back: a snapshot, and the stack that was asked for with it.
+type Answer = (Result<(Snapshot, Option<StackAnswer>), String>, Instant);
+
 /// Reads snapshots on its own thread: with 100,000 green threads in the target a snapshot is
 /// tens of megabytes of JSON, and keys must not wait for it.
 struct Fetcher {
-    ask: mpsc::Sender<()>,
-    answers: mpsc::Receiver<(Result<Snapshot, String>, Instant)>,
+    ask: mpsc::Sender<Option<u64>>,
+    answers: mpsc::Receiver<Answer>,
 }
 
 impl Fetcher {
     fn start(pid: u32, client: Client) -> Fetcher {
-        let (ask, asked) = mpsc::channel::<()>();
+        let (ask, asked) = mpsc::channel::<Option<u64>>();
         let (answer, answers) = mpsc::channel();
         std::thread::spawn(move || {
             let mut client = Some(client);
             // Ends when the TUI drops its end.
-            for () in asked {
-                let got = fetch(pid, &mut client);
+            for stack_of in asked {
+                let got = fetch(pid, &mut client).map(|snap| {
+                    // Only the thread whose details are open: the target reads one stack.
+                    let stack = stack_of.map(|id| {
+                        let stack = match client.as_mut() {
+                            Some(c) => c.stack(id).map_err(|e| e.to_string()),
+                            None => Err(format!("process {pid} is not answering")),
+                        };
+                        (id, stack)
+                    });
+                    (snap, stack)
+                });
                 if answer.send((got, Instant::now())).is_err() {
                     break;
                 }
@@ -181,9 +202,10 @@ impl Fetcher {
         Fetcher { ask, answers }
     }
 
-    /// Asks for a snapshot; false if the reader is gone.
-    fn ask(&self) -> bool {
-        self.ask.send(()).is_ok()
+    /// Asks for a snapshot, and for the stack of the thread `stack_of`; false if the reader is
+    /// gone.
+    fn ask(&self, stack_of: Option<u64>) -> bool {
+        self.ask.send(stack_of).is_ok()
     }
 }
 

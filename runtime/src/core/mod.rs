@@ -3,8 +3,9 @@
 //! It owns the clock, the per-green-thread context, the wake [`token`](token::Token) and the
 //! [`Waiter`](wait::Waiter), wait lists, the alarm thread (every deadline and timer), the switch
 //! budget, the monitor, the graveyard, the registry of threads, timers, descriptors and objects,
-//! the wake inbox, the configuration, the stack budget, panic capture, the timed-out error and
-//! the runtime's started state.
+//! the wake inbox, the configuration, the stack budget, panic capture, the timed-out error,
+//! the runtime's started state, the barrier between the switch path and its watchers, and the
+//! reading and naming of green threads' stacks.
 //!
 //! It may use `may`, `generator` and `greenhub-snapshot` (for the vocabulary of waits), and
 //! nothing above it in this crate: `green`, `sync`, `net`, `observe` and `start.rs` build on
@@ -13,6 +14,7 @@
 //! imports one that imports it.
 
 pub(crate) mod alarm;
+pub(crate) mod barrier;
 pub(crate) mod budget;
 pub(crate) mod clock;
 pub mod config;
@@ -26,6 +28,8 @@ pub(crate) mod panic;
 pub(crate) mod registry;
 pub(crate) mod report;
 pub(crate) mod runtime;
+pub(crate) mod stack;
+pub(crate) mod symbols;
 pub(crate) mod timeout;
 pub(crate) mod token;
 pub(crate) mod wait;

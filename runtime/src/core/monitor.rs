@@ -46,12 +46,15 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-use greenhub_snapshot::BlockedCause;
+use greenhub_snapshot::{BlockedCause, ThreadStack};
 
+use crate::core::barrier;
 use crate::core::clock;
 use crate::core::graveyard;
-use crate::core::registry::registry;
+use crate::core::registry::{ThreadRecord, registry};
 use crate::core::report::{self, Throttle};
+use crate::core::stack;
+use crate::core::symbols;
 
 /// How often the monitor samples the workers.
 pub(crate) const TICK: Duration = Duration::from_millis(10);
@@ -66,9 +69,6 @@ const PARKED_SWEEP: Duration = Duration::from_secs(10);
 /// How long `may`'s workers wait in `epoll_wait` when nothing wakes them: the monitor's
 /// nudges (every tick while it is awake) take over the periodic look for work to steal.
 pub(crate) const WORKER_POLL: Duration = Duration::from_secs(60);
-
-/// Whether the monitor is parked: the first green thread to run wakes it.
-static PARKED: AtomicBool = AtomicBool::new(false);
 
 /// The monitor thread, for the wake.
 static MONITOR: OnceLock<std::thread::Thread> = OnceLock::new();
@@ -161,23 +161,28 @@ fn set_slot(id: u64) {
 
 /// The green thread `id` starts or resumes on this OS thread.
 #[inline]
-pub(crate) fn mark_running(id: u64) {
-    set_slot(id);
-    // The slot's stores come before this load: the monitor's `membarrier` orders the two
-    // sides (see the module's doc); only the compiler must not reorder them here.
+pub(crate) fn mark_running(record: &ThreadRecord) {
+    set_slot(record.id);
+    // The record's and the slot's stores come before this load: the watchers' `membarrier`
+    // orders the two sides (see core/barrier.rs); only the compiler must not reorder them.
     std::sync::atomic::compiler_fence(Ordering::SeqCst);
-    if PARKED.load(Ordering::Relaxed) {
-        wake_monitor();
+    let flags = barrier::flags();
+    if flags != 0 {
+        attend(flags, record);
     }
 }
 
 #[cold]
 #[inline(never)]
-fn wake_monitor() {
-    if PARKED.swap(false, Ordering::SeqCst)
+fn attend(flags: u32, record: &ThreadRecord) {
+    if flags & barrier::MONITOR_PARKED != 0
+        && barrier::clear(barrier::MONITOR_PARKED)
         && let Some(monitor) = MONITOR.get()
     {
         monitor.unpark();
+    }
+    if flags >= barrier::STACK_READER {
+        stack::pass_read_gate(record);
     }
 }
 
@@ -201,6 +206,8 @@ pub(crate) struct Blocked {
     pub ongoing: bool,
     pub cause: Option<BlockedCause>,
     pub on_cpu: Option<Duration>,
+    /// Where the green thread was when the report opened (read on the worker by a signal).
+    pub stack: Option<ThreadStack>,
 }
 
 struct Reports {
@@ -297,22 +304,6 @@ pub(crate) fn start(max_blocking_time: Option<Duration>, history: usize) {
     });
 }
 
-/// The process-wide memory barrier the monitor parks behind, if the kernel offers it: the
-/// registration for `MEMBARRIER_CMD_PRIVATE_EXPEDITED` succeeded.
-fn membarrier_registered() -> bool {
-    const REGISTER_PRIVATE_EXPEDITED: libc::c_long = 1 << 4;
-    // SAFETY: membarrier's registration takes no pointers; it fails cleanly where unsupported.
-    unsafe { libc::syscall(libc::SYS_membarrier, REGISTER_PRIVATE_EXPEDITED, 0, 0) == 0 }
-}
-
-/// Every thread of the process that is running now passes a full memory barrier before this
-/// returns.
-fn membarrier() -> bool {
-    const PRIVATE_EXPEDITED: libc::c_long = 1 << 3;
-    // SAFETY: as above; registered before the first call.
-    unsafe { libc::syscall(libc::SYS_membarrier, PRIVATE_EXPEDITED, 0, 0) == 0 }
-}
-
 /// Whether any slot shows a green thread running now.
 fn any_running(slots: &[&'static WorkerSlot]) -> bool {
     slots.iter().any(|s| s.current.load(Ordering::Relaxed) != 0)
@@ -323,14 +314,14 @@ fn any_running(slots: &[&'static WorkerSlot]) -> bool {
 fn park_until_running() {
     graveyard::sweep();
     clock::pause();
-    PARKED.store(true, Ordering::SeqCst);
+    barrier::raise(barrier::MONITOR_PARKED);
     let slots: Vec<&'static WorkerSlot> = SLOTS.lock().clone();
-    if !membarrier() || any_running(&slots) {
-        PARKED.store(false, Ordering::SeqCst);
+    if !barrier::membarrier() || any_running(&slots) {
+        barrier::clear(barrier::MONITOR_PARKED);
         clock::tick();
         return;
     }
-    while PARKED.load(Ordering::SeqCst) {
+    while barrier::is_raised(barrier::MONITOR_PARKED) {
         std::thread::park_timeout(PARKED_SWEEP);
         graveyard::sweep();
     }
@@ -380,7 +371,7 @@ fn nudge_workers(workers: usize) {
 
 fn run(max_blocking_time: Option<Duration>) {
     let _ = MONITOR.set(std::thread::current());
-    let can_park = membarrier_registered();
+    let can_park = barrier::available();
     let workers = may::config().get_workers();
     let mut watches: Vec<Option<Watch>> = Vec::new();
     let mut last = Instant::now();
@@ -480,6 +471,11 @@ fn preempted(slot: &WorkerSlot, busy: Duration, on_cpu: Option<Duration>) {
 
 fn open(slot: &WorkerSlot, thread: u64, busy: Duration, spent: Spent) -> u64 {
     let record = registry().thread(thread);
+    // Where the blocking call or the loop is: the stack the worker runs on, when that is the
+    // thread's (it may have switched since the tick looked; the capture checks).
+    let stack = record
+        .as_ref()
+        .and_then(|r| stack::capture_running(slot.tid, r));
     let name = record.as_ref().and_then(|r| r.name.clone());
     let site = record.as_ref().map(|r| r.site);
     let blocked = {
@@ -498,6 +494,7 @@ fn open(slot: &WorkerSlot, thread: u64, busy: Duration, spent: Spent) -> u64 {
             ongoing: true,
             cause: spent.cause,
             on_cpu: spent.on_cpu,
+            stack: None,
         };
         if reports.history.len() >= reports.capacity {
             reports.history.pop_front();
@@ -522,13 +519,62 @@ fn open(slot: &WorkerSlot, thread: u64, busy: Duration, spent: Spent) -> u64 {
               thread on its worker; run it through greenhub-tpool"
             .to_string(),
     };
-    report::warn(&format!(
+    let message = format!(
         "greenhub: {label} has kept worker {} (tid {}) busy for {} ms without switching: {why}",
         blocked.worker,
         blocked.tid,
         busy.as_millis()
-    ));
+    );
+    say(Said {
+        message,
+        stack: stack.map(|ips| (blocked.seq, ips)),
+    });
     blocked.seq
+}
+
+/// A blocked-worker message, with the return addresses of the report `seq`'s stack to
+/// symbolize and add first.
+struct Said {
+    message: String,
+    stack: Option<(u64, Vec<usize>)>,
+}
+
+/// Says a blocked-worker message through the reports thread, in order: symbolizing a stack
+/// takes a while the first time (debug information is loaded), which the monitor must not
+/// spend away from its ticks. Said here when that thread cannot be started.
+fn say(said: Said) {
+    static REPORTER: OnceLock<Option<Mutex<std::sync::mpsc::Sender<Said>>>> = OnceLock::new();
+    let reporter = REPORTER.get_or_init(|| {
+        let (send, receive) = std::sync::mpsc::channel::<Said>();
+        std::thread::Builder::new()
+            .name("greenhub-reports".into())
+            .spawn(move || receive.into_iter().for_each(write))
+            .ok()
+            .map(|_| Mutex::new(send))
+    });
+    let unsent = match reporter {
+        Some(send) => send.lock().send(said).err().map(|e| e.0),
+        None => Some(said),
+    };
+    if let Some(said) = unsent {
+        write(said);
+    }
+}
+
+/// Symbolizes a message's stack into its report, and logs the message with it.
+fn write(said: Said) {
+    let mut message = said.message;
+    if let Some((seq, ips)) = said.stack {
+        let stack = symbols::fold(&ips);
+        message.push_str("; it was running:");
+        for frame in &stack.frames {
+            message.push_str(&format!("\n    {frame}"));
+        }
+        if let Some(b) = REPORTS.lock().history.iter_mut().find(|b| b.seq == seq) {
+            b.stack = Some(stack);
+        }
+    }
+    report::warn(&message);
 }
 
 fn update(seq: u64, busy: Duration, spent: Spent) {
@@ -552,12 +598,15 @@ fn close(w: &Watch, now: Instant) {
         })
     };
     if let Some(b) = closed {
-        report::warn(&format!(
-            "greenhub: {} released worker {} after {} ms",
-            describe(&b),
-            b.worker,
-            b.duration.as_millis()
-        ));
+        say(Said {
+            message: format!(
+                "greenhub: {} released worker {} after {} ms",
+                describe(&b),
+                b.worker,
+                b.duration.as_millis()
+            ),
+            stack: None,
+        });
     }
 }
 

@@ -10,7 +10,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::panic::Location;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering, fence};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering, fence};
 use std::sync::{Arc, OnceLock, Weak};
 
 use parking_lot::Mutex;
@@ -66,6 +66,15 @@ pub(crate) struct ThreadRecord {
     pub kill_requested: AtomicBool,
     /// How to kill it by id: its handle's shared state, held weakly (set once at spawn).
     pub killer: OnceLock<Weak<dyn Killer>>,
+    /// The upper bound of a walk of its stack: the address of a local in its outermost greenhub
+    /// frame, set by the thread as it starts (0 before). See core/stack.rs.
+    pub stack_base: AtomicUsize,
+    /// The frame the thread waits in (owner-written with each wait; see core/stack.rs).
+    pub park_fp: AtomicUsize,
+    /// The stack pointer in that frame: the lower bound of a walk.
+    pub park_sp: AtomicUsize,
+    /// A stack reader's claim on the thread (core/stack.rs).
+    pub read_gate: AtomicU8,
     seq: AtomicU64,
     phase: AtomicU8,
     wait_kind: AtomicU8,
@@ -73,6 +82,13 @@ pub(crate) struct ThreadRecord {
     wait_b: AtomicU64,
     since_ns: AtomicU64,
     deadline_ns: AtomicU64,
+}
+
+/// A frame on the current stack: its frame pointer and its stack pointer.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct FrameAt {
+    pub fp: usize,
+    pub sp: usize,
 }
 
 /// Kills a green thread as its handle would (`green/thread.rs`), for a kill by id.
@@ -112,6 +128,10 @@ impl ThreadRecord {
             run_ns: AtomicU64::new(0),
             kill_requested: AtomicBool::new(false),
             killer: OnceLock::new(),
+            stack_base: AtomicUsize::new(0),
+            park_fp: AtomicUsize::new(0),
+            park_sp: AtomicUsize::new(0),
+            read_gate: AtomicU8::new(0),
             seq: AtomicU64::new(0),
             phase: AtomicU8::new(phase as u8),
             wait_kind: AtomicU8::new(0),
@@ -122,9 +142,13 @@ impl ThreadRecord {
         }
     }
 
-    /// Owner-only: records the start of a wait. Counts a switch.
+    /// Owner-only: records the start of a wait made in the frame `at` (which lives until the
+    /// thread runs again: see core/stack.rs). Counts a switch.
     #[inline]
-    pub(crate) fn begin_wait(&self, on: WaitOn, deadline_ns: Option<u64>) {
+    pub(crate) fn begin_wait(&self, on: WaitOn, deadline_ns: Option<u64>, at: FrameAt) {
+        // Published by the phase's seqlock write below.
+        self.park_fp.store(at.fp, Ordering::Relaxed);
+        self.park_sp.store(at.sp, Ordering::Relaxed);
         let (kind, a, b) = encode(on);
         self.write(
             Phase::Waiting,

@@ -13,6 +13,7 @@ use crate::core::clock;
 use crate::core::context;
 use crate::core::monitor;
 use crate::core::registry::{self, ThreadRecord};
+use crate::core::stack;
 use crate::core::timeout::TimedOut;
 use crate::core::token::{Parker, Token, WAITING};
 
@@ -143,7 +144,8 @@ impl Waiter {
 
     fn wait_green(&self, record: &ThreadRecord) -> Result<(), TimedOut> {
         check_kill(record);
-        record.begin_wait(self.on, self.deadline.map(clock::instant_ns));
+        // This frame outlives the park: `_resume` below is dropped in it (see core/stack.rs).
+        record.begin_wait(self.on, self.deadline.map(clock::instant_ns), stack::here());
         monitor::mark_idle();
         let _resume = Resume::new(record);
         self.park_loop(true)
@@ -237,7 +239,7 @@ pub(crate) fn wait_io<T: std::os::fd::AsRawFd>(
         Some(record) => {
             check_kill(record);
             let on = on.unwrap_or(WaitOn::Fd { fd, interest });
-            record.begin_wait(on, deadline.map(clock::instant_ns));
+            record.begin_wait(on, deadline.map(clock::instant_ns), stack::here());
             monitor::mark_idle();
             let _resume = Resume::new(record);
             io.wait_io();
@@ -305,7 +307,7 @@ impl<'a> Resume<'a> {
 impl Drop for Resume<'_> {
     fn drop(&mut self) {
         self.0.set_running();
-        monitor::mark_running(self.0.id);
+        monitor::mark_running(self.0);
         #[cfg(feature = "tracing")]
         context::with(context::return_to_span);
     }

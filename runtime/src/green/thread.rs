@@ -18,7 +18,7 @@ use crate::core::report::payload_message;
 use crate::core::timeout::{IsTimeout, TimedOut};
 use crate::core::token::Token;
 use crate::core::wait::Waiter;
-use crate::core::{alarm, graveyard, monitor, report};
+use crate::core::{alarm, graveyard, monitor, report, stack};
 use crate::green::time::sleep;
 use crate::start;
 
@@ -406,8 +406,9 @@ impl<T: Send + 'static> Shared<T> {
             let _ = c.record.set(record.clone());
             inherited.install(c, &record);
         });
+        stack::set_base(&record);
         record.set_running();
-        monitor::mark_running(id);
+        monitor::mark_running(&record);
         let result = if record.kill_requested.load(Ordering::SeqCst) {
             drop(f);
             Err(JoinError::Killed { id })

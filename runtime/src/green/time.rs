@@ -172,7 +172,7 @@ pub fn yield_now() {
                 may::coroutine::yield_now();
             }
             context::return_to_span(ctx);
-            monitor::mark_running(record.id);
+            monitor::mark_running(record);
         }
         None => may::coroutine::yield_now(),
     });

@@ -14,6 +14,8 @@
 //! | request | answer |
 //! |---|---|
 //! | `snapshot` | the `Snapshot` |
+//! | `snapshot stacks` | the `Snapshot` with the stack of every parked thread |
+//! | `stack <id>` | the `ThreadStack` of one parked thread |
 //! | `summary` | `Summary`: pid, process name, live green threads, uptime |
 //!
 //! Anything else gets `{"error": "..."}` and the connection stays usable; a request longer
@@ -37,15 +39,16 @@ use std::time::Duration;
 
 use greenhub_snapshot::SCHEMA_VERSION;
 use greenhub_snapshot::attach::{
-    MAX_CLIENTS, MAX_REQUEST, REQUEST_SNAPSHOT, REQUEST_SUMMARY, Summary, Supervised, directory,
-    peer_uid, socket_path,
+    MAX_CLIENTS, MAX_REQUEST, REQUEST_SNAPSHOT, REQUEST_SNAPSHOT_STACKS, REQUEST_STACK,
+    REQUEST_SUMMARY, Summary, Supervised, directory, peer_uid, socket_path,
 };
 
 use crate::core::registry::registry;
 use parking_lot::Mutex;
 
 use crate::core::{clock, report};
-use crate::observe::snapshot::{process_name, snapshot};
+use crate::observe::snapshot::{process_name, snapshot, snapshot_with_stacks};
+use crate::observe::stacks::stack_of;
 
 /// A client that sends nothing for this long is disconnected.
 const IDLE: Duration = Duration::from_secs(300);
@@ -206,11 +209,28 @@ fn client(conn: UnixStream, last_ms: &AtomicU64) -> io::Result<()> {
         }
         let answer = match std::str::from_utf8(&line).map(str::trim) {
             Ok(REQUEST_SNAPSHOT) => serde_json::to_string(&snapshot()),
+            Ok(REQUEST_SNAPSHOT_STACKS) => serde_json::to_string(&snapshot_with_stacks()),
             Ok(REQUEST_SUMMARY) => serde_json::to_string(&summary()),
-            Ok(other) => Ok(error(&format!(
-                "unknown request `{}`: expected `snapshot` or `summary`",
-                other.escape_debug()
-            ))),
+            Ok(other) => match other
+                .strip_prefix(REQUEST_STACK)
+                .and_then(|rest| rest.strip_prefix(' '))
+            {
+                Some(id) => match id.trim().parse::<u64>() {
+                    Ok(id) => match stack_of(id) {
+                        Ok(stack) => serde_json::to_string(&stack),
+                        Err(e) => Ok(error(&e.to_string())),
+                    },
+                    Err(_) => Ok(error(&format!(
+                        "`{REQUEST_STACK}` takes a thread id, not `{}`",
+                        id.escape_debug()
+                    ))),
+                },
+                None => Ok(error(&format!(
+                    "unknown request `{}`: expected `snapshot`, `snapshot stacks`, `stack <id>` \
+                     or `summary`",
+                    other.escape_debug()
+                ))),
+            },
             Err(_) => Ok(error("the request is not UTF-8")),
         };
         let answer = answer.unwrap_or_else(|e| error(&format!("cannot encode the answer: {e}")));

@@ -30,6 +30,7 @@ use crate::core::inbox;
 use crate::core::monitor::Blocked;
 use crate::core::registry::{Ending, Phase, StateView, ThreadRecord, TimerKind, registry};
 use crate::core::{clock, monitor, runtime};
+use crate::observe::stacks;
 
 pub(crate) fn process_name() -> String {
     std::fs::read_to_string("/proc/self/comm")
@@ -48,7 +49,12 @@ fn signed_us(later_ns: u64, earlier_ns: u64) -> i64 {
 /// Takes a snapshot of the registry. Costs one pass over the live threads; the green threads
 /// themselves are not stopped.
 pub(crate) fn snapshot() -> Snapshot {
-    take(true)
+    take(true, false)
+}
+
+/// [`snapshot`] with the stack of every parked thread (see `observe/stacks.rs`).
+pub(crate) fn snapshot_with_stacks() -> Snapshot {
+    take(true, true)
 }
 
 /// The snapshot's totals, workers, reports and objects, with the lists of threads, finished
@@ -56,19 +62,34 @@ pub(crate) fn snapshot() -> Snapshot {
 /// describing each of 100,000 threads to count them.
 #[cfg(feature = "stats")]
 pub(crate) fn overview() -> Snapshot {
-    take(false)
+    take(false, false)
 }
 
-fn take(lists: bool) -> Snapshot {
+fn take(lists: bool, with_stacks: bool) -> Snapshot {
     let reg = registry();
     // Read everything first and the clocks last, so that no time read from a table is later
     // than the snapshot's "now".
     let (live, finished_switches) = reg.live_threads();
+    // A parked thread's stack is read with its state (the thread cannot change it meanwhile),
+    // so the two agree; the other threads' states are read as they are.
+    let (mut stacks, stacks_unavailable) = if with_stacks {
+        match stacks::stacks_of(&live) {
+            Ok(s) => (s, None),
+            Err(why) => (Vec::new(), Some(why.to_owned())),
+        }
+    } else {
+        (Vec::new(), None)
+    };
+    stacks.resize(live.len(), None);
     let states: Vec<_> = live
         .into_iter()
-        .map(|r| {
-            let view = r.read();
-            (r, view)
+        .zip(stacks)
+        .map(|(r, parked)| match parked {
+            Some((view, stack)) => (r, view, Some(stack)),
+            None => {
+                let view = r.read();
+                (r, view, None)
+            }
         })
         .collect();
     let finished = if lists { reg.finished() } else { Vec::new() };
@@ -88,7 +109,7 @@ fn take(lists: bool) -> Snapshot {
     let mut live_switches = 0;
     let live = states.len();
     let mut threads: Vec<ThreadInfo> = Vec::with_capacity(if lists { live } else { 0 });
-    for (r, view) in states {
+    for (r, view, stack) in states {
         let state = match view.phase {
             Phase::Scheduled => ThreadState::Scheduled,
             Phase::Running => ThreadState::Running,
@@ -101,7 +122,9 @@ fn take(lists: bool) -> Snapshot {
         }
         live_switches += r.switches.load(Ordering::Relaxed);
         if lists {
-            threads.push(thread_info(&r, view, state, &at, &objects));
+            let mut info = thread_info(&r, view, state, &at, &objects);
+            info.stack = stack;
+            threads.push(info);
         }
     }
     threads.sort_by_key(|t| t.id);
@@ -163,6 +186,7 @@ fn take(lists: bool) -> Snapshot {
         workers,
         blocked,
         objects,
+        stacks_unavailable,
     }
 }
 
@@ -202,6 +226,7 @@ fn thread_info(
         switches: r.switches.load(Ordering::Relaxed),
         stack_size: r.stack_size,
         kill_requested: r.kill_requested.load(Ordering::Relaxed),
+        stack: None,
     }
 }
 
@@ -265,6 +290,7 @@ fn blocked_info(b: Blocked, at: &Now) -> BlockedInfo {
         ongoing: b.ongoing,
         cause: b.cause,
         on_cpu_us: b.on_cpu.map(|d| d.as_micros() as u64),
+        stack: b.stack,
     }
 }
 
