@@ -7,10 +7,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use greenhub_snapshot::attach::{
-    REQUEST_SNAPSHOT, REQUEST_SNAPSHOT_STACKS, REQUEST_STACK, REQUEST_SUMMARY, Summary, directory,
-    peer_uid,
+    REQUEST_PROFILE, REQUEST_SNAPSHOT, REQUEST_SNAPSHOT_STACKS, REQUEST_STACK, REQUEST_SUMMARY,
+    Summary, directory, peer_uid,
 };
-use greenhub_snapshot::{SCHEMA_VERSION, Snapshot, ThreadStack};
+use greenhub_snapshot::{Profile, SCHEMA_VERSION, Snapshot, ThreadStack};
 
 /// How long a snapshot may take to arrive, all of it. One of 100,000 green threads takes well
 /// under a second.
@@ -181,6 +181,18 @@ impl Client {
             &format!("{REQUEST_STACK} {thread}"),
             MAX_STACK,
             SNAPSHOT_TIMEOUT,
+        )
+    }
+
+    /// A profile taken over `seconds` at `hz` samples per second of each worker's CPU time
+    /// (see [`greenhub_snapshot::attach::REQUEST_PROFILE`]); waits as long, and the process's
+    /// symbolizing after.
+    pub fn profile(&mut self, seconds: f64, hz: u32) -> Result<Profile, InspectError> {
+        let within = Duration::from_secs_f64(seconds.clamp(0.0, 3600.0)) + SNAPSHOT_TIMEOUT;
+        self.ask(
+            &format!("{REQUEST_PROFILE} {seconds} {hz}"),
+            MAX_SNAPSHOT,
+            within,
         )
     }
 

@@ -38,6 +38,30 @@ enum Command {
         #[arg(long)]
         stacks: bool,
     },
+    /// Profile a process: where its green threads spend CPU time (the workers sampled, each
+    /// sample charged to the green thread it interrupted) and where they wait. Prints folded
+    /// stacks (one line per stack, rooted at the spawn site: `flamegraph.pl`, inferno and
+    /// speedscope read them), or the top functions, or the whole profile as JSON.
+    Profile {
+        /// The process id.
+        pid: u32,
+        /// How long to sample.
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+        /// Samples per second of each worker's CPU time (1 to 1000).
+        #[arg(long, default_value_t = greenhub_snapshot::attach::DEFAULT_PROFILE_HZ)]
+        hz: u32,
+        /// Folded stacks of where the parked green threads wait (weighted by microseconds
+        /// waited) instead of where CPU time goes.
+        #[arg(long)]
+        off_cpu: bool,
+        /// The top functions of both halves, as text.
+        #[arg(long, conflicts_with_all = ["json", "off_cpu"])]
+        top: Option<usize>,
+        /// The whole profile as JSON.
+        #[arg(long, conflicts_with = "off_cpu")]
+        json: bool,
+    },
     /// The full snapshot of a process as JSON (versioned schema).
     Json {
         /// The process id.
@@ -139,6 +163,34 @@ fn run(command: Command) -> Result<(), String> {
             })?;
             print!("{}", listing(&found));
             Ok(())
+        }
+        Command::Profile {
+            pid,
+            seconds,
+            hz,
+            off_cpu,
+            top,
+            json,
+        } => {
+            let max = greenhub_snapshot::attach::MAX_PROFILE_SECONDS as f64;
+            if !(seconds > 0.0 && seconds <= max) {
+                return Err(format!("--seconds takes more than 0 and at most {max}"));
+            }
+            if !(1..=1000).contains(&hz) {
+                return Err("--hz takes 1 to 1000".into());
+            }
+            let profile = Client::connect(pid)
+                .and_then(|mut c| c.profile(seconds, hz))
+                .map_err(|e| e.to_string())?;
+            let text = match (top, json, off_cpu) {
+                (Some(n), _, _) => profile.summary(n),
+                (None, true, _) => {
+                    serde_json::to_string(&profile).map_err(|e| e.to_string())? + "\n"
+                }
+                (None, false, true) => profile.folded(greenhub_snapshot::Half::OffCpu),
+                (None, false, false) => profile.folded(greenhub_snapshot::Half::OnCpu),
+            };
+            emit(&text)
         }
         Command::Dump { pid, stacks } => emit(&fetch(pid, stacks)?.format_run_info()),
         Command::Json {

@@ -203,6 +203,46 @@ fn list_dump_and_json_show_the_live_target() {
 }
 
 #[test]
+fn profile_prints_folded_stacks_top_functions_and_json() {
+    let dir = Dir::new("profile");
+    let target = Target::start(&dir);
+    let pid = target.pid().to_string();
+
+    // Where the parked threads wait, as folded stacks rooted at their spawn site.
+    let (ok, folded, err) = target.inspector(&["profile", &pid, "--seconds", "0.3", "--off-cpu"]);
+    assert!(ok, "{err}");
+    let nap = folded
+        .lines()
+        .find(|l| l.contains("naps_for_ten_minutes"))
+        .unwrap_or_else(|| panic!("no sleeper:\n{folded}"));
+    assert!(nap.starts_with("spawned at "), "{nap}");
+    let weight: u64 = nap.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(weight > 0, "{nap}");
+
+    let (ok, top, err) = target.inspector(&["profile", &pid, "--seconds", "0.2", "--top", "5"]);
+    assert!(ok, "{err}");
+    assert!(top.contains("on CPU") && top.contains("off CPU"), "{top}");
+
+    let (ok, json, err) = target.inspector(&["profile", &pid, "--seconds", "0.2", "--json"]);
+    assert!(ok, "{err}");
+    let p: greenhub::inspect::Profile = serde_json::from_str(json.trim()).unwrap();
+    assert!(p.workers >= 1 && p.hz > 0, "{p:?}");
+
+    // Arguments out of range are refused before anything is asked.
+    for bad in [
+        ["--seconds", "0"],
+        ["--seconds", "61"],
+        ["--hz", "0"],
+        ["--hz", "5000"],
+    ] {
+        let mut args = vec!["profile", pid.as_str()];
+        args.extend(bad);
+        let (ok, _, err) = target.inspector(&args);
+        assert!(!ok && err.contains("--"), "{bad:?}: {err}");
+    }
+}
+
+#[test]
 fn dump_and_json_show_the_stacks_of_parked_threads_when_asked() {
     let dir = Dir::new("stacks");
     let target = Target::start(&dir);

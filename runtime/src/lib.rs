@@ -222,6 +222,7 @@ pub mod inspect {
     //! assert!(greenhub::inspect::format_run_info().contains("napper"));
     //! t.kill();
     //! ```
+    pub use crate::core::sampler::ProfileError;
     pub use crate::observe::stacks::StackError;
     pub use greenhub_snapshot::attach;
     pub use greenhub_snapshot::{
@@ -229,6 +230,7 @@ pub mod inspect {
         RuntimeInfo, SCHEMA_VERSION, Snapshot, StackFrame, ThreadInfo, ThreadStack, ThreadState,
         TimerInfo, TimerKindInfo, Totals, WorkerInfo, format_us,
     };
+    pub use greenhub_snapshot::{Half, Profile, ProfileEntry, TopFunction};
 
     /// Takes a snapshot of the registry. Costs one pass over the live threads; the green
     /// threads themselves are not stopped.
@@ -263,13 +265,48 @@ pub mod inspect {
     /// t.kill();
     /// ```
     pub fn snapshot_with_stacks() -> Snapshot {
-        crate::observe::snapshot::snapshot_with_stacks()
+        crate::observe::offload::off_workers(crate::observe::snapshot::snapshot_with_stacks)
     }
 
     /// The stack of one green thread, read while it is parked in a wait (see
     /// [`snapshot_with_stacks`]).
     pub fn stack(thread_id: u64) -> Result<ThreadStack, StackError> {
-        crate::observe::stacks::stack_of(thread_id)
+        crate::observe::offload::off_workers(move || crate::observe::stacks::stack_of(thread_id))
+    }
+
+    /// A profile of the green threads over `duration`: where CPU time goes and where they wait.
+    ///
+    /// Each worker is sampled `hz` times a second of its CPU time (1 to 1000; a timer on its
+    /// CPU clock signals it, and it walks its own stack in the handler), and each sample is
+    /// attributed to the green thread it interrupted ([`Profile::on_cpu`], innermost frame
+    /// first, greenhub's own frames kept: time spent there is time spent). At the end the
+    /// parked threads' stacks are read and weighted by how long each has waited
+    /// ([`Profile::off_cpu`]). [`Profile::folded`] gives folded stacks for flame graphs,
+    /// [`Profile::top`] the top functions. One profile runs at a time; it needs what stacks
+    /// need (frame pointers, see [`snapshot_with_stacks`]). The caller waits `duration`; a
+    /// green thread waits greenly, and the symbolizing is done off the workers.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let busy = greenhub::spawn(|| {
+    ///     let mut x = 0u64;
+    ///     for i in 0..20_000_000u64 {
+    ///         x = std::hint::black_box(x.wrapping_add(i));
+    ///         if i % 100_000 == 0 {
+    ///             greenhub::yield_now();
+    ///         }
+    ///     }
+    ///     x
+    /// });
+    /// match greenhub::inspect::profile(Duration::from_millis(200), 499) {
+    ///     Ok(p) => println!("{}", p.summary(5)),
+    ///     Err(e) => println!("no profile: {e}"),
+    /// }
+    /// busy.wait().unwrap();
+    /// ```
+    pub fn profile(duration: std::time::Duration, hz: u32) -> Result<Profile, ProfileError> {
+        crate::observe::offload::off_workers(move || crate::observe::profile::profile(duration, hz))
     }
 
     /// [`snapshot`] formatted by [`Snapshot::format_run_info`].
@@ -308,13 +345,13 @@ pub mod ext {
     //! assert_eq!(waiter.wait(), Ok(()));
     //! assert!(waker.wait().unwrap());
     //! ```
+    pub use crate::core::context::without_deadline;
     pub use crate::core::inbox::wake_batched;
     pub use crate::core::object::Registration;
     pub use crate::core::registry::Inspect;
     pub use crate::core::report::warn;
     pub use crate::core::token::Token;
     pub use crate::core::wait::{FdWatch, Waiter};
-    pub use crate::green::time::without_deadline;
     pub use greenhub_snapshot::{Interest, ObjectInfo, ObjectKind, WaitOn};
 }
 

@@ -109,6 +109,16 @@ fn bad_requests_get_errors_and_the_channel_stays_up() {
         (b"stack \x1b[2J\n", "takes a thread id"),
         (b"stack 18446744073709551615\n", "no live green thread"),
         (b"snapshot stacks please\n", "unknown request"),
+        (b"profile\n", "takes seconds"),
+        (b"profile 0\n", "takes seconds"),
+        (b"profile -1\n", "takes seconds"),
+        (b"profile 61\n", "takes seconds"),
+        (b"profile NaN\n", "takes seconds"),
+        (b"profile inf\n", "takes seconds"),
+        (b"profile 1 0\n", "takes seconds"),
+        (b"profile 1 5000\n", "takes seconds"),
+        (b"profile 1 99 extra\n", "takes seconds"),
+        (b"profiles 1\n", "takes seconds"),
     ] {
         let answer: serde_json::Value = serde_json::from_str(&conn.ask(request)).unwrap();
         let error = answer["error"]

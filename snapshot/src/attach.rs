@@ -9,6 +9,7 @@
 //! | [`REQUEST_SNAPSHOT`] | the [`Snapshot`](crate::Snapshot) |
 //! | [`REQUEST_SNAPSHOT_STACKS`] | the [`Snapshot`](crate::Snapshot) with the stack of every parked thread |
 //! | [`REQUEST_STACK`] `<id>` | the [`ThreadStack`](crate::ThreadStack) of one parked thread |
+//! | [`REQUEST_PROFILE`] `<seconds> [<hz>]` | a [`Profile`](crate::Profile) taken over that many seconds (at most [`MAX_PROFILE_SECONDS`]) at `hz` samples per second of CPU (1 to 1000, default [`DEFAULT_PROFILE_HZ`]) |
 //! | [`REQUEST_SUMMARY`] | [`Summary`]: pid, process name, live green threads, uptime; for a worker of `greenhub-serve` its place ([`Supervised`]); for a master, its workers ([`WorkerProcess`]) |
 //!
 //! Anything else gets `{"error": "..."}` and the connection stays usable; a request longer
@@ -30,6 +31,16 @@ pub const REQUEST_SNAPSHOT_STACKS: &str = "snapshot stacks";
 
 /// The request for one thread's stack: this word, a space and the thread's id.
 pub const REQUEST_STACK: &str = "stack";
+
+/// The request for a profile: this word, a space, the seconds, and optionally a space and the
+/// sampling rate.
+pub const REQUEST_PROFILE: &str = "profile";
+
+/// The longest profile served, in seconds.
+pub const MAX_PROFILE_SECONDS: u64 = 60;
+
+/// The sampling rate of a profile when the request names none.
+pub const DEFAULT_PROFILE_HZ: u32 = 499;
 
 /// The request for a [`Summary`].
 pub const REQUEST_SUMMARY: &str = "summary";

@@ -1,5 +1,6 @@
 //! What greenhub shows about a live process, as data: the [`Snapshot`] schema, the vocabulary
-//! of waits ([`WaitOn`], [`ObjectKind`], [`Interest`]) and the [`attach`] protocol.
+//! of waits ([`WaitOn`], [`ObjectKind`], [`Interest`]), the [`Profile`] of its green threads
+//! and the [`attach`] protocol.
 //!
 //! The runtime (`greenhub`) produces these; the inspector, a dashboard or a test reads them
 //! with no dependency on the runtime or on `may`.
@@ -16,10 +17,12 @@
 //! ```
 
 pub mod attach;
+mod profile;
 mod schema;
 mod text;
 mod wait;
 
+pub use profile::{Half, Profile, ProfileEntry, TopFunction};
 pub use schema::*;
 pub use text::escape_controls;
 pub use wait::{Interest, MAX_KIND_NAME, MAX_KINDS, ObjectKind, WaitOn};

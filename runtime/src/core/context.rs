@@ -245,3 +245,35 @@ pub(crate) fn capturing_panics<R>(f: impl FnOnce() -> R) -> R {
 pub(crate) fn take_panic() -> Option<PanicReport> {
     with(|c| c.panic.try_borrow_mut().ok().and_then(|mut p| p.take()))
 }
+
+/// Runs `f` outside every deadline scope (they apply again once it returns), for a crate that
+/// must wait out work it can no longer take back: a database commit already sent, whose
+/// outcome the caller must learn even past its deadline rather than report a failure that did
+/// not happen. A kill still ends the waits inside; keep what `f` waits for short and bounded.
+///
+/// ```
+/// use std::time::Duration;
+/// use greenhub::{ext::without_deadline, sleep, with_timeout};
+///
+/// let r = with_timeout(Duration::from_millis(1), || {
+///     sleep(Duration::from_millis(5)).unwrap_err(); // the scope has passed...
+///     without_deadline(|| sleep(Duration::from_millis(5))) // ...but this waits its 5 ms
+/// });
+/// assert_eq!(r, Ok(()));
+/// ```
+pub fn without_deadline<T>(f: impl FnOnce() -> T) -> T {
+    let previous = with(|c| c.deadline.replace(None));
+    let _restore = RestoreDeadline(previous);
+    f()
+}
+
+/// Restores the enclosing scope's deadline however the code it guards ends, unwinding
+/// included.
+pub(crate) struct RestoreDeadline(pub(crate) Option<Instant>);
+
+impl Drop for RestoreDeadline {
+    fn drop(&mut self) {
+        let previous = self.0;
+        with(|c| c.deadline.set(previous));
+    }
+}

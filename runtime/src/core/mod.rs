@@ -28,6 +28,8 @@ pub(crate) mod panic;
 pub(crate) mod registry;
 pub(crate) mod report;
 pub(crate) mod runtime;
+pub(crate) mod sampler;
+pub(crate) mod slots;
 pub(crate) mod stack;
 pub(crate) mod symbols;
 pub(crate) mod timeout;

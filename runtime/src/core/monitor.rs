@@ -1,8 +1,7 @@
 //! The monitor: an OS thread that watches the workers.
 //!
-//! Each OS thread that runs greenhub green threads has a [`WorkerSlot`]: the id of the green
-//! thread it runs now (0 when it runs none of ours) and a generation that changes at every
-//! switch. Writing them costs two relaxed stores per switch and no clock read. Every tick the
+//! Each OS thread that runs greenhub green threads has a [`WorkerSlot`] (`core/slots.rs`): the
+//! green thread it runs now and a generation that changes at every switch. Every tick the
 //! monitor reads each slot:
 //!
 //! - the green thread found running is charged the tick's length (run time is *sampled*: good
@@ -37,10 +36,9 @@
 //! awake it nudges each worker every tick so that an idle worker still looks for work to
 //! steal from a busy one as often as before.
 
-use std::cell::Cell;
 use std::collections::VecDeque;
 use std::panic::Location;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -53,6 +51,8 @@ use crate::core::clock;
 use crate::core::graveyard;
 use crate::core::registry::{ThreadRecord, registry};
 use crate::core::report::{self, Throttle};
+use crate::core::sampler;
+use crate::core::slots::{self, WorkerSlot};
 use crate::core::stack;
 use crate::core::symbols;
 
@@ -73,96 +73,10 @@ pub(crate) const WORKER_POLL: Duration = Duration::from_secs(60);
 /// The monitor thread, for the wake.
 static MONITOR: OnceLock<std::thread::Thread> = OnceLock::new();
 
-pub(crate) struct WorkerSlot {
-    pub index: usize,
-    pub tid: i32,
-    current: AtomicU64,
-    generation: AtomicU64,
-    /// The worker's CPU clock.
-    cpu_clock: Option<libc::clockid_t>,
-    /// `/proc/self/task/<tid>/stat`, opened once, for the worker's scheduler state.
-    stat: Option<std::fs::File>,
-}
-
-impl WorkerSlot {
-    /// The worker's CPU time so far.
-    fn on_cpu(&self) -> Option<Duration> {
-        let clock = self.cpu_clock?;
-        let mut ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: fills a valid timespec; a clock of a thread that has ended is an error.
-        let ok = unsafe { libc::clock_gettime(clock, &mut ts) } == 0;
-        ok.then(|| Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32))
-    }
-
-    /// Whether the worker is asleep in the kernel now (state S or D), read through the file
-    /// opened at registration.
-    fn asleep(&self) -> Option<bool> {
-        use std::os::unix::fs::FileExt;
-        let file = self.stat.as_ref()?;
-        let mut buf = [0u8; 512];
-        let n = file.read_at(&mut buf, 0).ok()?;
-        let text = &buf[..n];
-        // The state follows the command name, which is in parentheses and may hold any byte.
-        let close = text.iter().rposition(|b| *b == b')')?;
-        let state = text.get(close + 2)?;
-        Some(matches!(state, b'S' | b'D'))
-    }
-}
-
-static SLOTS: Mutex<Vec<&'static WorkerSlot>> = Mutex::new(Vec::new());
-
-thread_local! {
-    static SLOT: Cell<Option<&'static WorkerSlot>> = const { Cell::new(None) };
-}
-
-#[cold]
-fn register_slot() -> &'static WorkerSlot {
-    let mut slots = SLOTS.lock();
-    // Leaked on purpose: one per OS thread that ever runs a green thread (the workers).
-    // SAFETY: gettid has no preconditions.
-    let tid = unsafe { libc::gettid() };
-    let mut clock: libc::clockid_t = 0;
-    // SAFETY: pthread_self is this thread; the call fills `clock`.
-    let cpu_clock = (unsafe { libc::pthread_getcpuclockid(libc::pthread_self(), &mut clock) } == 0)
-        .then_some(clock);
-    let slot: &'static WorkerSlot = Box::leak(Box::new(WorkerSlot {
-        index: slots.len(),
-        tid,
-        current: AtomicU64::new(0),
-        generation: AtomicU64::new(0),
-        cpu_clock,
-        stat: std::fs::File::open(format!("/proc/self/task/{tid}/stat")).ok(),
-    }));
-    slots.push(slot);
-    SLOT.with(|s| s.set(Some(slot)));
-    slot
-}
-
-#[inline]
-fn slot() -> &'static WorkerSlot {
-    SLOT.with(|s| s.get()).unwrap_or_else(register_slot)
-}
-
-// Never inlined: a caller that also waits (the wait path marks idle, parks, marks running)
-// would let the compiler keep the thread-local's address from before the park, and a green
-// thread resumed on another worker would then write the slot of the worker it left (seen in
-// release builds as a sleeping thread reported for keeping its old worker busy).
-#[inline(never)]
-fn set_slot(id: u64) {
-    // Read and written in one call: the green thread cannot migrate in between.
-    let s = slot();
-    s.current.store(id, Ordering::Relaxed);
-    let g = s.generation.load(Ordering::Relaxed);
-    s.generation.store(g.wrapping_add(1), Ordering::Release);
-}
-
 /// The green thread `id` starts or resumes on this OS thread.
 #[inline]
 pub(crate) fn mark_running(record: &ThreadRecord) {
-    set_slot(record.id);
+    slots::set_running(record);
     // The record's and the slot's stores come before this load: the watchers' `membarrier`
     // orders the two sides (see core/barrier.rs); only the compiler must not reorder them.
     std::sync::atomic::compiler_fence(Ordering::SeqCst);
@@ -189,7 +103,7 @@ fn attend(flags: u32, record: &ThreadRecord) {
 /// The current green thread gives up this OS thread.
 #[inline]
 pub(crate) fn mark_idle() {
-    set_slot(0);
+    slots::set_idle();
 }
 
 /// A green thread that kept a worker busy without switching.
@@ -229,10 +143,9 @@ pub(crate) fn reports() -> Vec<Blocked> {
 
 /// What the workers run now: (index, tid, green thread id or 0).
 pub(crate) fn workers() -> Vec<(usize, i32, u64)> {
-    SLOTS
-        .lock()
+    slots::all()
         .iter()
-        .map(|s| (s.index, s.tid, s.current.load(Ordering::Relaxed)))
+        .map(|s| (s.index, s.tid, s.current()))
         .collect()
 }
 
@@ -306,7 +219,7 @@ pub(crate) fn start(max_blocking_time: Option<Duration>, history: usize) {
 
 /// Whether any slot shows a green thread running now.
 fn any_running(slots: &[&'static WorkerSlot]) -> bool {
-    slots.iter().any(|s| s.current.load(Ordering::Relaxed) != 0)
+    slots.iter().any(|s| s.current() != 0)
 }
 
 /// Parks the monitor until a green thread runs (see the module's doc); returns at once if one
@@ -315,7 +228,7 @@ fn park_until_running() {
     graveyard::sweep();
     clock::pause();
     barrier::raise(barrier::MONITOR_PARKED);
-    let slots: Vec<&'static WorkerSlot> = SLOTS.lock().clone();
+    let slots = slots::all();
     if !barrier::membarrier() || any_running(&slots) {
         barrier::clear(barrier::MONITOR_PARKED);
         clock::tick();
@@ -381,11 +294,8 @@ fn run(max_blocking_time: Option<Duration>) {
         std::thread::sleep(TICK);
         clock::tick();
         graveyard::sweep();
-        let slots: Vec<&'static WorkerSlot> = SLOTS.lock().clone();
-        let seen: Vec<u64> = slots
-            .iter()
-            .map(|s| s.generation.load(Ordering::Acquire))
-            .collect();
+        let slots = slots::all();
+        let seen: Vec<u64> = slots.iter().map(|s| s.generation()).collect();
         quiet = if seen == generations && !any_running(&slots) {
             quiet + 1
         } else {
@@ -405,8 +315,8 @@ fn run(max_blocking_time: Option<Duration>) {
         last = now;
         watches.resize_with(slots.len(), || None);
         for (slot, watch) in slots.iter().zip(watches.iter_mut()) {
-            let generation = slot.generation.load(Ordering::Acquire);
-            let thread = slot.current.load(Ordering::Relaxed);
+            let generation = slot.generation();
+            let thread = slot.current();
             if thread != 0
                 && let Some(record) = registry().thread(thread)
             {
@@ -475,7 +385,7 @@ fn open(slot: &WorkerSlot, thread: u64, busy: Duration, spent: Spent) -> u64 {
     // thread's (it may have switched since the tick looked; the capture checks).
     let stack = record
         .as_ref()
-        .and_then(|r| stack::capture_running(slot.tid, r));
+        .and_then(|r| sampler::capture_running(slot.tid, r));
     let name = record.as_ref().and_then(|r| r.name.clone());
     let site = record.as_ref().map(|r| r.site);
     let blocked = {

@@ -24,13 +24,12 @@
 //!
 //! One reader works at a time.
 //!
-//! The stack a worker is running on is read by the worker itself: [`capture_running`] sends it
-//! a signal whose handler walks the frame pointers from the interrupted registers (what the
-//! monitor does for a blocked-worker report).
+//! The stack a worker is running on is read by the worker itself, in a signal handler
+//! (`core/sampler.rs`), with [`follow`].
 //!
 //! It uses the registry's records and the barrier, nothing else.
 
-use std::sync::atomic::{AtomicI32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 
 use parking_lot::Mutex;
@@ -256,7 +255,12 @@ fn walk(r: &ThreadRecord) -> Vec<usize> {
 ///
 /// `[low, base)` must be readable memory that does not change during the call.
 #[inline(always)]
-unsafe fn follow(mut fp: usize, low: usize, base: usize, mut each: impl FnMut(usize) -> bool) {
+pub(crate) unsafe fn follow(
+    mut fp: usize,
+    low: usize,
+    base: usize,
+    mut each: impl FnMut(usize) -> bool,
+) {
     let word = std::mem::size_of::<usize>();
     while fp >= low
         && fp.is_multiple_of(word)
@@ -304,185 +308,4 @@ pub(crate) fn pass_read_gate(record: &ThreadRecord) {
             }
         }
     }
-}
-
-/// The signal that asks a worker for the stack it is running on: `SIGRTMIN + 7` (the C
-/// library keeps the first real-time signals for itself). It is installed on first use, and
-/// not at all if the program already handles it.
-pub(crate) fn capture_signal() -> libc::c_int {
-    libc::SIGRTMIN() + 7
-}
-
-/// The one capture in progress: which thread is asked, the bounds of the stack it runs on, and
-/// the frames its signal handler found. Written by the asker before the signal and by the
-/// handler before it sets `done`; plain atomics, as a signal handler may use.
-struct Capture {
-    /// The request's number (0: none); the handler answers only the current one.
-    asked: AtomicU64,
-    tid: AtomicI32,
-    base: AtomicUsize,
-    size: AtomicUsize,
-    len: AtomicUsize,
-    /// The number of the request answered.
-    done: AtomicU64,
-    ips: [AtomicUsize; MAX_FRAMES],
-}
-
-static CAPTURE: Capture = Capture {
-    asked: AtomicU64::new(0),
-    tid: AtomicI32::new(0),
-    base: AtomicUsize::new(0),
-    size: AtomicUsize::new(0),
-    len: AtomicUsize::new(0),
-    done: AtomicU64::new(0),
-    ips: [const { AtomicUsize::new(0) }; MAX_FRAMES],
-};
-
-/// One capture at a time.
-static CAPTURING: Mutex<u64> = Mutex::new(0);
-
-/// How long the asker waits for the handler.
-const CAPTURE_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
-
-/// Whether the capture signal's handler is installed (or why it cannot be).
-fn handler_installed() -> Result<(), &'static str> {
-    static INSTALLED: OnceLock<Result<(), &'static str>> = OnceLock::new();
-    *INSTALLED.get_or_init(|| {
-        let sig = capture_signal();
-        // SAFETY: sigaction reads and writes plain structs we own; a null new action only
-        // queries the current one.
-        unsafe {
-            let mut old: libc::sigaction = std::mem::zeroed();
-            if libc::sigaction(sig, std::ptr::null(), &mut old) != 0 {
-                return Err("the capture signal cannot be queried");
-            }
-            if old.sa_sigaction != libc::SIG_DFL {
-                return Err("the program handles the capture signal (SIGRTMIN+7) itself");
-            }
-            let mut action: libc::sigaction = std::mem::zeroed();
-            action.sa_sigaction = on_capture as *const () as usize;
-            // On the thread's alternate signal stack where it has one (std gives its threads
-            // one): the handler must not grow a green thread's stack near its end.
-            action.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART | libc::SA_ONSTACK;
-            libc::sigemptyset(&mut action.sa_mask);
-            if libc::sigaction(sig, &action, std::ptr::null_mut()) != 0 {
-                return Err("the capture signal's handler cannot be installed");
-            }
-        }
-        Ok(())
-    })
-}
-
-/// The return addresses of the code the OS thread `tid` runs now, innermost first (the first
-/// is the interrupted instruction's address plus one, so that it reads as a return address),
-/// when it runs the green thread of `record`; `None` when it cannot be had (see
-/// [`unsupported`]), the thread runs something else, or it does not answer within 100 ms.
-///
-/// The thread is interrupted by [`capture_signal`] and walks its own frame pointers in the
-/// handler, reading only its own stack between the interrupted stack pointer and the green
-/// thread's base. A system call it is blocked in is interrupted: restarted where the kernel
-/// restarts it (`SA_RESTART`), else it fails with `EINTR`, which callers retry.
-pub(crate) fn capture_running(tid: i32, record: &ThreadRecord) -> Option<Vec<usize>> {
-    if unsupported().is_some() || handler_installed().is_err() {
-        return None;
-    }
-    let base = record.stack_base.load(Ordering::Relaxed);
-    if base == 0 {
-        return None;
-    }
-    let mut last = CAPTURING.lock();
-    *last += 1;
-    let n = *last;
-    CAPTURE.tid.store(tid, Ordering::Relaxed);
-    CAPTURE.base.store(base, Ordering::Relaxed);
-    CAPTURE.size.store(record.stack_size, Ordering::Relaxed);
-    CAPTURE.len.store(0, Ordering::Relaxed);
-    CAPTURE.asked.store(n, Ordering::Release);
-    // SAFETY: tgkill sends a signal to one thread of this process; a thread that has ended
-    // makes it fail with ESRCH.
-    let sent = unsafe {
-        libc::syscall(
-            libc::SYS_tgkill,
-            libc::getpid(),
-            tid,
-            capture_signal() as libc::c_long,
-        )
-    } == 0;
-    let until = std::time::Instant::now() + CAPTURE_WAIT;
-    let mut answered = false;
-    while sent && std::time::Instant::now() < until {
-        if CAPTURE.done.load(Ordering::Acquire) == n {
-            answered = true;
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_micros(200));
-    }
-    // A handler that runs later finds another request number and does nothing.
-    CAPTURE.asked.store(0, Ordering::Release);
-    if !answered {
-        return None;
-    }
-    let len = CAPTURE.len.load(Ordering::Relaxed);
-    let ips: Vec<usize> = CAPTURE.ips[..len]
-        .iter()
-        .map(|ip| ip.load(Ordering::Relaxed))
-        .collect();
-    (!ips.is_empty()).then_some(ips)
-}
-
-/// The capture signal's handler: async-signal-safe (atomics, one `gettid`, reads of this
-/// thread's own stack).
-extern "C" fn on_capture(_: libc::c_int, _: *mut libc::siginfo_t, context: *mut libc::c_void) {
-    let n = CAPTURE.asked.load(Ordering::Acquire);
-    // SAFETY: gettid has no failure mode and touches no memory.
-    let tid = unsafe { libc::syscall(libc::SYS_gettid) } as i32;
-    if n == 0 || CAPTURE.tid.load(Ordering::Relaxed) != tid || context.is_null() {
-        return;
-    }
-    // SAFETY: with SA_SIGINFO the kernel passes the interrupted context as a ucontext_t.
-    let (ip, sp, fp) = unsafe { interrupted(&*(context as *const libc::ucontext_t)) };
-    let base = CAPTURE.base.load(Ordering::Relaxed);
-    let size = CAPTURE.size.load(Ordering::Relaxed);
-    let mut len = 0;
-    // Only when it runs on the green thread's stack: its stack pointer is below the base,
-    // within the stack's size.
-    if sp < base && base - sp <= size {
-        CAPTURE.ips[0].store(ip.wrapping_add(1), Ordering::Relaxed);
-        len = 1;
-        // SAFETY: [sp, base) is the live part of this thread's own stack, which cannot change
-        // while this handler runs.
-        unsafe {
-            follow(fp, sp, base, |ret| {
-                CAPTURE.ips[len].store(ret, Ordering::Relaxed);
-                len += 1;
-                len < MAX_FRAMES
-            });
-        }
-    }
-    CAPTURE.len.store(len, Ordering::Relaxed);
-    CAPTURE.done.store(n, Ordering::Release);
-}
-
-/// The interrupted instruction, stack and frame pointers.
-#[cfg(target_arch = "x86_64")]
-fn interrupted(context: &libc::ucontext_t) -> (usize, usize, usize) {
-    let regs = &context.uc_mcontext.gregs;
-    (
-        regs[libc::REG_RIP as usize] as usize,
-        regs[libc::REG_RSP as usize] as usize,
-        regs[libc::REG_RBP as usize] as usize,
-    )
-}
-
-/// The interrupted instruction, stack and frame pointers.
-#[cfg(target_arch = "aarch64")]
-fn interrupted(context: &libc::ucontext_t) -> (usize, usize, usize) {
-    let m = &context.uc_mcontext;
-    (m.pc as usize, m.sp as usize, m.regs[29] as usize)
-}
-
-/// Elsewhere stacks are not read ([`unsupported`] says so first).
-#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
-fn interrupted(_: &libc::ucontext_t) -> (usize, usize, usize) {
-    (0, 0, 0)
 }

@@ -95,6 +95,17 @@ fn machinery(frame: &StackFrame) -> bool {
         )
 }
 
+/// The frames of these return addresses, innermost first, with only the spawn machinery at
+/// the outer end cut away: what a CPU sample keeps, since its innermost frames are where the
+/// time went, greenhub's own included.
+pub(crate) fn resolve_inner(ips: &[usize]) -> Vec<StackFrame> {
+    let mut frames: Vec<StackFrame> = ips.iter().flat_map(|&ip| resolve(ip).to_vec()).collect();
+    if let Some(last) = frames.iter().rposition(|f| !machinery(f)) {
+        frames.truncate(last + 1);
+    }
+    frames
+}
+
 /// The stack of these return addresses (innermost first), symbolized and folded.
 pub(crate) fn fold(ips: &[usize]) -> ThreadStack {
     fold_frames(ips.iter().flat_map(|&ip| resolve(ip).to_vec()).collect())

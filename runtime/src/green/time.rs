@@ -57,40 +57,8 @@ pub fn with_timeout<T>(timeout: Duration, f: impl FnOnce() -> T) -> T {
     let _timer =
         mine.map(|at| Registered::new(TimerKind::Deadline, at, context::current_id(), site));
 
-    let _restore = Restore(previous);
+    let _restore = context::RestoreDeadline(previous);
     f()
-}
-
-/// Runs `f` outside every deadline scope (they apply again once it returns), for a crate that
-/// must wait out work it can no longer take back: a database commit already sent, whose
-/// outcome the caller must learn even past its deadline rather than report a failure that did
-/// not happen. A kill still ends the waits inside; keep what `f` waits for short and bounded.
-///
-/// ```
-/// use std::time::Duration;
-/// use greenhub::{ext::without_deadline, sleep, with_timeout};
-///
-/// let r = with_timeout(Duration::from_millis(1), || {
-///     sleep(Duration::from_millis(5)).unwrap_err(); // the scope has passed...
-///     without_deadline(|| sleep(Duration::from_millis(5))) // ...but this waits its 5 ms
-/// });
-/// assert_eq!(r, Ok(()));
-/// ```
-pub fn without_deadline<T>(f: impl FnOnce() -> T) -> T {
-    let previous = context::with(|c| c.deadline.replace(None));
-    let _restore = Restore(previous);
-    f()
-}
-
-/// Restores the enclosing scope's deadline however the code it guards ends, unwinding
-/// included.
-struct Restore(Option<Instant>);
-
-impl Drop for Restore {
-    fn drop(&mut self) {
-        let previous = self.0;
-        context::with(|c| c.deadline.set(previous));
-    }
 }
 
 /// A timer shown in the registry while it is pending.

@@ -16,6 +16,7 @@
 //! | `snapshot` | the `Snapshot` |
 //! | `snapshot stacks` | the `Snapshot` with the stack of every parked thread |
 //! | `stack <id>` | the `ThreadStack` of one parked thread |
+//! | `profile <seconds> [<hz>]` | a `Profile` taken over that many seconds (the connection waits) |
 //! | `summary` | `Summary`: pid, process name, live green threads, uptime |
 //!
 //! Anything else gets `{"error": "..."}` and the connection stays usable; a request longer
@@ -39,14 +40,16 @@ use std::time::Duration;
 
 use greenhub_snapshot::SCHEMA_VERSION;
 use greenhub_snapshot::attach::{
-    MAX_CLIENTS, MAX_REQUEST, REQUEST_SNAPSHOT, REQUEST_SNAPSHOT_STACKS, REQUEST_STACK,
-    REQUEST_SUMMARY, Summary, Supervised, directory, peer_uid, socket_path,
+    DEFAULT_PROFILE_HZ, MAX_CLIENTS, MAX_PROFILE_SECONDS, MAX_REQUEST, REQUEST_PROFILE,
+    REQUEST_SNAPSHOT, REQUEST_SNAPSHOT_STACKS, REQUEST_STACK, REQUEST_SUMMARY, Summary, Supervised,
+    directory, peer_uid, socket_path,
 };
 
 use crate::core::registry::registry;
 use parking_lot::Mutex;
 
 use crate::core::{clock, report};
+use crate::observe::profile::profile;
 use crate::observe::snapshot::{process_name, snapshot, snapshot_with_stacks};
 use crate::observe::stacks::stack_of;
 
@@ -211,6 +214,15 @@ fn client(conn: UnixStream, last_ms: &AtomicU64) -> io::Result<()> {
             Ok(REQUEST_SNAPSHOT) => serde_json::to_string(&snapshot()),
             Ok(REQUEST_SNAPSHOT_STACKS) => serde_json::to_string(&snapshot_with_stacks()),
             Ok(REQUEST_SUMMARY) => serde_json::to_string(&summary()),
+            Ok(other) if other.starts_with(REQUEST_PROFILE) => {
+                match profile_request(&other[REQUEST_PROFILE.len()..]) {
+                    Ok((duration, hz)) => match profile(duration, hz) {
+                        Ok(p) => serde_json::to_string(&p),
+                        Err(e) => Ok(error(&e.to_string())),
+                    },
+                    Err(why) => Ok(error(&why)),
+                }
+            }
             Ok(other) => match other
                 .strip_prefix(REQUEST_STACK)
                 .and_then(|rest| rest.strip_prefix(' '))
@@ -226,8 +238,8 @@ fn client(conn: UnixStream, last_ms: &AtomicU64) -> io::Result<()> {
                     ))),
                 },
                 None => Ok(error(&format!(
-                    "unknown request `{}`: expected `snapshot`, `snapshot stacks`, `stack <id>` \
-                     or `summary`",
+                    "unknown request `{}`: expected `snapshot`, `snapshot stacks`, `stack <id>`, \
+                     `profile <seconds> [<hz>]` or `summary`",
                     other.escape_debug()
                 ))),
             },
@@ -237,6 +249,35 @@ fn client(conn: UnixStream, last_ms: &AtomicU64) -> io::Result<()> {
         reply(&mut out, &answer)?;
         last_ms.store(now_ms(), Ordering::Relaxed);
     }
+}
+
+/// The seconds and rate of a `profile` request (what follows the word), checked.
+fn profile_request(args: &str) -> Result<(Duration, u32), String> {
+    let usage = || {
+        format!(
+            "`{REQUEST_PROFILE}` takes seconds (more than 0, at most {MAX_PROFILE_SECONDS}) and \
+             optionally samples per second (1 to 1000): not `{}`",
+            args.trim().escape_debug()
+        )
+    };
+    let mut words = args.split_whitespace();
+    let seconds: f64 = words
+        .next()
+        .and_then(|w| w.parse().ok())
+        .filter(|s: &f64| s.is_finite() && *s > 0.0 && *s <= MAX_PROFILE_SECONDS as f64)
+        .ok_or_else(usage)?;
+    let hz = match words.next() {
+        None => DEFAULT_PROFILE_HZ,
+        Some(w) => w
+            .parse()
+            .ok()
+            .filter(|hz| (1..=1000).contains(hz))
+            .ok_or_else(usage)?,
+    };
+    if words.next().is_some() || !args.is_empty() && !args.starts_with(' ') {
+        return Err(usage());
+    }
+    Ok((Duration::from_secs_f64(seconds), hz))
 }
 
 /// This process's place under a `greenhub-serve` master, read once.

@@ -6,6 +6,8 @@
 //! threads); the data it serves has its schema in `greenhub-snapshot`.
 
 pub(crate) mod attach;
+pub(crate) mod offload;
+pub(crate) mod profile;
 pub(crate) mod snapshot;
 pub(crate) mod stacks;
 #[cfg(feature = "stats")]

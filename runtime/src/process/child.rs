@@ -35,11 +35,12 @@ use std::time::Duration;
 
 use greenhub_snapshot::{Interest, ObjectInfo, ObjectKind, WaitOn};
 
+use crate::core::context::without_deadline;
 use crate::core::object::Registration;
 use crate::core::registry::Inspect;
 use crate::core::report;
 use crate::green::thread::{Builder, GreenThread};
-use crate::green::time::{deadline, sleep, without_deadline};
+use crate::green::time::{deadline, sleep};
 use crate::net::fd::{Registered, timed_out};
 use crate::process::signal::Signals;
 use crate::sync::event::Event;

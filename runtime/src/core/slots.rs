@@ -1,0 +1,170 @@
+//! Which green thread each worker runs now: a [`WorkerSlot`] per OS thread that runs greenhub
+//! green threads.
+//!
+//! A slot holds the id of the green thread its worker runs (0 when it runs none of ours), that
+//! thread's record, and a generation that changes at every switch. Writing them costs three
+//! relaxed stores per switch and no clock read. The monitor reads every slot each tick
+//! (`core/monitor.rs`); the worker's own signal handler reads its slot to know which green
+//! thread it interrupted (`core/sampler.rs`), so the id and the record change in an order a
+//! handler can trust: the id is cleared before the record changes and set after it.
+//!
+//! It uses the registry's record type and nothing else.
+
+use std::cell::Cell;
+use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering, compiler_fence};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+
+use crate::core::registry::ThreadRecord;
+
+/// One worker's slot. Leaked: one per OS thread that ever runs a green thread (the workers).
+pub(crate) struct WorkerSlot {
+    /// The slot's number, in the order workers first ran a green thread.
+    pub index: usize,
+    /// The worker's Linux thread id.
+    pub tid: i32,
+    current: AtomicU64,
+    record: AtomicPtr<ThreadRecord>,
+    generation: AtomicU64,
+    /// The worker's CPU clock.
+    cpu_clock: Option<libc::clockid_t>,
+    /// `/proc/self/task/<tid>/stat`, opened once, for the worker's scheduler state.
+    stat: Option<std::fs::File>,
+}
+
+impl WorkerSlot {
+    /// The green thread the worker runs now (0: none of ours).
+    pub(crate) fn current(&self) -> u64 {
+        self.current.load(Ordering::Relaxed)
+    }
+
+    /// Changes at every switch of the worker.
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// The record of the green thread the worker runs, for code running on the worker itself
+    /// (its signal handler): only there is the thread known to stay alive while it is read.
+    pub(crate) fn running_here(&self) -> Option<&ThreadRecord> {
+        if self.current.load(Ordering::Relaxed) == 0 {
+            return None;
+        }
+        compiler_fence(Ordering::SeqCst);
+        let record = self.record.load(Ordering::Relaxed);
+        // SAFETY: on the worker, a non-zero id means the record was set before it (see the
+        // module's doc) and the green thread it names is the one running here, whose context
+        // holds its record alive.
+        unsafe { record.as_ref() }
+    }
+
+    /// The worker's CPU clock, for timers on its CPU time.
+    pub(crate) fn cpu_clock(&self) -> Option<libc::clockid_t> {
+        self.cpu_clock
+    }
+
+    /// The worker's CPU time so far.
+    pub(crate) fn on_cpu(&self) -> Option<Duration> {
+        let clock = self.cpu_clock?;
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: fills a valid timespec; a clock of a thread that has ended is an error.
+        let ok = unsafe { libc::clock_gettime(clock, &mut ts) } == 0;
+        ok.then(|| Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32))
+    }
+
+    /// Whether the worker is asleep in the kernel now (state S or D), read through the file
+    /// opened at registration.
+    pub(crate) fn asleep(&self) -> Option<bool> {
+        use std::os::unix::fs::FileExt;
+        let file = self.stat.as_ref()?;
+        let mut buf = [0u8; 512];
+        let n = file.read_at(&mut buf, 0).ok()?;
+        let text = &buf[..n];
+        // The state follows the command name, which is in parentheses and may hold any byte.
+        let close = text.iter().rposition(|b| *b == b')')?;
+        let state = text.get(close + 2)?;
+        Some(matches!(state, b'S' | b'D'))
+    }
+}
+
+static SLOTS: Mutex<Vec<&'static WorkerSlot>> = Mutex::new(Vec::new());
+
+thread_local! {
+    static SLOT: Cell<Option<&'static WorkerSlot>> = const { Cell::new(None) };
+}
+
+/// Every slot so far.
+pub(crate) fn all() -> Vec<&'static WorkerSlot> {
+    SLOTS.lock().clone()
+}
+
+/// This thread's slot, if it has one: what a signal handler may call (no registration, no
+/// allocation, no lock).
+pub(crate) fn this_thread() -> Option<&'static WorkerSlot> {
+    SLOT.try_with(|s| s.get()).ok().flatten()
+}
+
+#[cold]
+fn register() -> &'static WorkerSlot {
+    let mut slots = SLOTS.lock();
+    // SAFETY: gettid has no preconditions.
+    let tid = unsafe { libc::gettid() };
+    let mut clock: libc::clockid_t = 0;
+    // SAFETY: pthread_self is this thread; the call fills `clock`.
+    let cpu_clock = (unsafe { libc::pthread_getcpuclockid(libc::pthread_self(), &mut clock) } == 0)
+        .then_some(clock);
+    let slot: &'static WorkerSlot = Box::leak(Box::new(WorkerSlot {
+        index: slots.len(),
+        tid,
+        current: AtomicU64::new(0),
+        record: AtomicPtr::new(std::ptr::null_mut()),
+        generation: AtomicU64::new(0),
+        cpu_clock,
+        stat: std::fs::File::open(format!("/proc/self/task/{tid}/stat")).ok(),
+    }));
+    slots.push(slot);
+    SLOT.with(|s| s.set(Some(slot)));
+    slot
+}
+
+#[inline]
+fn slot() -> &'static WorkerSlot {
+    SLOT.with(|s| s.get()).unwrap_or_else(register)
+}
+
+/// The green thread of `record` runs on this OS thread from now on.
+// Never inlined (nor `set_idle`): a caller that also waits (the wait path marks idle, parks,
+// marks running) would let the compiler keep the thread-local's address from before the park,
+// and a green thread resumed on another worker would then write the slot of the worker it left
+// (seen in release builds as a sleeping thread reported for keeping its old worker busy).
+#[inline(never)]
+pub(crate) fn set_running(record: &ThreadRecord) {
+    // Read and written in one call: the green thread cannot migrate in between.
+    let s = slot();
+    s.record.store(
+        record as *const ThreadRecord as *mut ThreadRecord,
+        Ordering::Relaxed,
+    );
+    compiler_fence(Ordering::SeqCst);
+    s.current.store(record.id, Ordering::Relaxed);
+    bump(s);
+}
+
+/// No green thread of ours runs on this OS thread from now on.
+#[inline(never)]
+pub(crate) fn set_idle() {
+    let s = slot();
+    s.current.store(0, Ordering::Relaxed);
+    compiler_fence(Ordering::SeqCst);
+    s.record.store(std::ptr::null_mut(), Ordering::Relaxed);
+    bump(s);
+}
+
+#[inline]
+fn bump(s: &WorkerSlot) {
+    let g = s.generation.load(Ordering::Relaxed);
+    s.generation.store(g.wrapping_add(1), Ordering::Release);
+}
