@@ -331,6 +331,11 @@ fn greenhub_rounds<P: Parking>(workers: usize, rounds: u64) -> Duration {
 pub fn ping_pong(runtime: &str, workers: usize, rounds: u64) -> f64 {
     let elapsed: Duration = match runtime {
         "greenhub" => greenhub_rounds::<GreenhubParking>(workers, rounds),
+        // Every switch and wake timed (what an attached inspector turns on).
+        "greenhub, timing on" => {
+            let _timing = greenhub::inspect::time_threads();
+            greenhub_rounds::<GreenhubParking>(workers, rounds)
+        }
         // greenhub's green threads (registry, monitor, context) parking through may directly:
         // the difference to "greenhub" is what greenhub's wait primitive costs.
         "greenhub threads, may park" => greenhub_rounds::<MayParking>(workers, rounds),

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use greenhub_snapshot::attach::{
     REQUEST_PROFILE, REQUEST_SNAPSHOT, REQUEST_SNAPSHOT_STACKS, REQUEST_STACK, REQUEST_SUMMARY,
-    Summary, directory, peer_uid,
+    REQUEST_TIMING_OFF, REQUEST_TIMING_ON, Summary, directory, peer_uid,
 };
 use greenhub_snapshot::{Profile, SCHEMA_VERSION, Snapshot, ThreadStack};
 
@@ -101,6 +101,8 @@ pub enum InspectError {
 #[derive(Debug)]
 pub struct Client {
     pid: u32,
+    /// Whether this connection asked for timing.
+    timing: bool,
     reader: BufReader<UnixStream>,
     writer: UnixStream,
 }
@@ -148,6 +150,7 @@ impl Client {
             .map_err(io)?;
         Ok(Client {
             pid,
+            timing: false,
             writer: stream.try_clone().map_err(io)?,
             reader: BufReader::new(stream),
         })
@@ -194,6 +197,28 @@ impl Client {
             MAX_SNAPSHOT,
             within,
         )
+    }
+
+    /// Asks the process to time its green threads for as long as this connection is open
+    /// (`on`), or gives that back; returns whether timing is on now.
+    pub fn timing(&mut self, on: bool) -> Result<bool, InspectError> {
+        #[derive(serde::Deserialize)]
+        struct Answer {
+            timing: bool,
+        }
+        let request = if on {
+            REQUEST_TIMING_ON
+        } else {
+            REQUEST_TIMING_OFF
+        };
+        let answer: Answer = self.ask(request, MAX_SUMMARY, SUMMARY_TIMEOUT)?;
+        self.timing = on;
+        Ok(answer.timing)
+    }
+
+    /// Whether this connection holds a claim on timing ([`Client::timing`]).
+    pub fn timing_claimed(&self) -> bool {
+        self.timing
     }
 
     fn checked(&self, snap: Snapshot) -> Result<Snapshot, InspectError> {

@@ -459,6 +459,10 @@ fn the_inspector_binary_shows_the_target_on_a_terminal_and_quits_on_q() {
     term.keys("1/sleeper\r\r");
     term.wait_for("naps_for_ten_minutes", seen);
     term.keys("\r");
+    // T asks the process to time its threads; the header says so from the next snapshot.
+    let seen = term.output().len();
+    term.keys("T");
+    term.wait_for("[timing]", seen);
     term.keys("q");
     let give_up = std::time::Instant::now() + Duration::from_secs(30);
     let status = loop {

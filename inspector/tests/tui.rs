@@ -519,3 +519,51 @@ fn a_database_pool_s_details_open_with_the_size_advisor() {
     assert!(!lines.join("\n").contains('\u{1b}'), "{lines:?}");
     drop(pool);
 }
+
+#[test]
+fn with_timing_on_the_threads_view_shows_each_threads_scheduling_delay() {
+    use greenhub_inspector::tui::delay_ns;
+    // Parked before timing comes on and never woken: no times.
+    let idle = sleeper("delay-idle");
+    let timing = greenhub::inspect::time_threads();
+    // Each yield is a stretch runnable until the worker comes back to it.
+    let yielder = greenhub::thread::Builder::new()
+        .name("delay-yielder")
+        .spawn(|| {
+            for _ in 0..50 {
+                greenhub::yield_now();
+            }
+            greenhub::sleep(Duration::from_secs(30))
+        })
+        .unwrap();
+    let give_up = Instant::now() + Duration::from_secs(10);
+    while !snapshot()
+        .threads
+        .iter()
+        .any(|t| t.id == yielder.id() && t.times.as_ref().is_some_and(|x| x.runs >= 50))
+    {
+        assert!(Instant::now() < give_up, "the yields were not timed");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let mut app = app_with_snapshot();
+    type_filter(&mut app, "delay-");
+    let text = screen(&app);
+    assert!(text.contains("DELAY"), "{text}");
+    let rows = app.thread_rows();
+    let of = |id: u64| rows.iter().find(|r| r.thread.id == id).unwrap().thread;
+    assert!(delay_ns(of(yielder.id())).is_some());
+    assert_eq!(delay_ns(of(idle.id())), None);
+    // Sorted by it, longest first: the timed thread comes before the one without times.
+    while app.sort != Column::Delay {
+        app.key(Key::Char('s'));
+    }
+    if !app.reverse {
+        app.key(Key::Char('r'));
+    }
+    let order: Vec<u64> = app.thread_rows().iter().map(|r| r.thread.id).collect();
+    let at = |id| order.iter().position(|x| *x == id).unwrap();
+    assert!(at(yielder.id()) < at(idle.id()), "{order:?}");
+    drop(timing);
+    yielder.kill();
+    idle.kill();
+}

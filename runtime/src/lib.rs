@@ -227,8 +227,9 @@ pub mod inspect {
     pub use greenhub_snapshot::attach;
     pub use greenhub_snapshot::{
         BlockedCause, BlockedInfo, DescriptorInfo, FinishedInfo, InboxStats, ObjectInfo, Outcome,
-        RuntimeInfo, SCHEMA_VERSION, Snapshot, StackFrame, ThreadInfo, ThreadStack, ThreadState,
-        TimerInfo, TimerKindInfo, Totals, WorkerInfo, format_us,
+        RuntimeInfo, SCHEMA_VERSION, SiteTimes, Snapshot, StackFrame, ThreadInfo, ThreadStack,
+        ThreadState, ThreadTimes, TimeSummary, TimerInfo, TimerKindInfo, Totals, WorkerInfo,
+        format_us,
     };
     pub use greenhub_snapshot::{Half, Profile, ProfileEntry, TopFunction};
 
@@ -307,6 +308,36 @@ pub mod inspect {
     /// ```
     pub fn profile(duration: std::time::Duration, hz: u32) -> Result<Profile, ProfileError> {
         crate::observe::offload::off_workers(move || crate::observe::profile::profile(duration, hz))
+    }
+
+    /// Turns timing on until the returned guard is dropped: every switch is then timed, and
+    /// snapshots carry each green thread's time running, waiting and runnable (woken but not
+    /// yet on a worker: the scheduling delay) in [`ThreadInfo::times`], and histograms of the
+    /// same by spawn site, waits by kind, in [`Snapshot::sites`]. Timing is on while any guard
+    /// lives (or an inspector asks for it); off, it costs the switch nothing.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let timing = greenhub::inspect::time_threads();
+    /// let t = greenhub::spawn(|| greenhub::sleep(Duration::from_millis(20)));
+    /// t.wait().unwrap().unwrap();
+    /// let snap = greenhub::inspect::snapshot();
+    /// assert!(snap.timing);
+    /// drop(timing);
+    /// ```
+    pub fn time_threads() -> TimingGuard {
+        TimingGuard(crate::core::timing::claim())
+    }
+
+    /// Keeps timing on while it lives (see [`time_threads`]).
+    #[must_use = "timing is on only while the guard lives"]
+    pub struct TimingGuard(crate::core::timing::Claim);
+
+    impl std::fmt::Debug for TimingGuard {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("TimingGuard")
+        }
     }
 
     /// [`snapshot`] formatted by [`Snapshot::format_run_info`].

@@ -9,6 +9,7 @@
 //! | [`REQUEST_SNAPSHOT`] | the [`Snapshot`](crate::Snapshot) |
 //! | [`REQUEST_SNAPSHOT_STACKS`] | the [`Snapshot`](crate::Snapshot) with the stack of every parked thread |
 //! | [`REQUEST_STACK`] `<id>` | the [`ThreadStack`](crate::ThreadStack) of one parked thread |
+//! | [`REQUEST_TIMING_ON`], [`REQUEST_TIMING_OFF`] | `{"timing": true}` or `false`: timing (each green thread's time running, waiting and runnable; histograms by spawn site) is on while any connection that asked for it is open, or the program asks for it |
 //! | [`REQUEST_PROFILE`] `<seconds> [<hz>]` | a [`Profile`](crate::Profile) taken over that many seconds (at most [`MAX_PROFILE_SECONDS`]) at `hz` samples per second of CPU (1 to 1000, default [`DEFAULT_PROFILE_HZ`]) |
 //! | [`REQUEST_SUMMARY`] | [`Summary`]: pid, process name, live green threads, uptime; for a worker of `greenhub-serve` its place ([`Supervised`]); for a master, its workers ([`WorkerProcess`]) |
 //!
@@ -41,6 +42,12 @@ pub const MAX_PROFILE_SECONDS: u64 = 60;
 
 /// The sampling rate of a profile when the request names none.
 pub const DEFAULT_PROFILE_HZ: u32 = 499;
+
+/// Turns timing on for as long as this connection is open (or until [`REQUEST_TIMING_OFF`]).
+pub const REQUEST_TIMING_ON: &str = "timing on";
+
+/// Gives back this connection's claim on timing.
+pub const REQUEST_TIMING_OFF: &str = "timing off";
 
 /// The request for a [`Summary`].
 pub const REQUEST_SUMMARY: &str = "summary";

@@ -52,6 +52,57 @@ pub struct Snapshot {
     /// without frame pointers); `None` when they were read or not asked for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stacks_unavailable: Option<String>,
+    /// Whether timing is on (then threads carry [`ThreadInfo::times`] and `sites` is filled).
+    #[serde(default)]
+    pub timing: bool,
+    /// Where time goes by spawn site, while timing is on: histograms of the stretches spent
+    /// running, runnable and waiting (by kind of wait), since timing came on.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sites: Vec<SiteTimes>,
+}
+
+/// A green thread's time since timing came on.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ThreadTimes {
+    /// Time on a worker.
+    pub running_ns: u64,
+    /// Time parked in waits, up to the wake.
+    pub waiting_ns: u64,
+    /// Time runnable but not running: from a wake (or a yield) until a worker ran it.
+    pub runnable_ns: u64,
+    /// Stretches on a worker.
+    pub runs: u64,
+    /// Waits.
+    pub waits: u64,
+}
+
+/// The time of the green threads of one spawn site, by what it was spent on.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SiteTimes {
+    /// Where they were spawned.
+    pub spawn_site: String,
+    /// `running`, `runnable`, then one per kind of wait (`sleep`, `join`, `descriptor`, or an
+    /// object kind such as `queue` or `tpool call`), the most time first.
+    pub spent: Vec<TimeSummary>,
+}
+
+/// A histogram of stretches of time, summarized (quantiles within 10%).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TimeSummary {
+    /// What the time was spent on.
+    pub kind: String,
+    /// Stretches.
+    pub count: u64,
+    /// Their total, approximately (the histogram's, within 10%).
+    pub total_ns: u64,
+    /// Median.
+    pub p50_ns: u64,
+    /// 90th percentile.
+    pub p90_ns: u64,
+    /// 99th percentile.
+    pub p99_ns: u64,
+    /// Longest.
+    pub max_ns: u64,
 }
 
 /// The runtime's settings and limits.
@@ -169,6 +220,9 @@ pub struct ThreadInfo {
     /// was read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stack: Option<ThreadStack>,
+    /// Its time running, waiting and runnable, while timing is on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub times: Option<ThreadTimes>,
 }
 
 /// The stack of a parked green thread, innermost frame first: the greenhub call it waits in,
@@ -604,6 +658,28 @@ impl Snapshot {
             out.push_str("\nobjects:\n");
             for o in &self.objects {
                 let _ = writeln!(out, "  {}", o.describe());
+            }
+        }
+        if !self.sites.is_empty() {
+            out.push_str(
+                "\nwhere time goes, by spawn site (since timing came on: stretches, total, \
+                 median, 99th percentile, longest):\n",
+            );
+            let ns = |ns: u64| format_us(ns / 1000);
+            for site in &self.sites {
+                let _ = writeln!(out, "  {}", escape_controls(&site.spawn_site));
+                for t in &site.spent {
+                    let _ = writeln!(
+                        out,
+                        "    {:<14} {:>9} {:>9} {:>8} {:>8} {:>8}",
+                        escape_controls(&t.kind),
+                        t.count,
+                        ns(t.total_ns),
+                        ns(t.p50_ns),
+                        ns(t.p99_ns),
+                        ns(t.max_ns)
+                    );
+                }
             }
         }
         if !self.blocked.is_empty() {

@@ -63,6 +63,12 @@ impl Snapshot {
             }
         }
         clean_opt(&mut self.stacks_unavailable);
+        for site in &mut self.sites {
+            clean(&mut site.spawn_site);
+            for t in &mut site.spent {
+                clean(&mut t.kind);
+            }
+        }
         for f in &mut self.finished {
             clean_opt(&mut f.name);
             clean(&mut f.spawn_site);

@@ -70,13 +70,16 @@ pub enum Column {
     Run,
     /// Switches.
     Switches,
+    /// Mean scheduling delay: time runnable (woken, not yet on a worker) per run, while
+    /// timing is on.
+    Delay,
     /// Spawn site.
     Site,
 }
 
 impl Column {
     /// Every column, left to right.
-    pub const ALL: [Column; 9] = [
+    pub const ALL: [Column; 10] = [
         Column::Id,
         Column::Name,
         Column::State,
@@ -85,6 +88,7 @@ impl Column {
         Column::Deadline,
         Column::Run,
         Column::Switches,
+        Column::Delay,
         Column::Site,
     ];
 
@@ -99,6 +103,7 @@ impl Column {
             Column::Deadline => "DEADLINE",
             Column::Run => "RUN",
             Column::Switches => "SWITCHES",
+            Column::Delay => "DELAY",
             Column::Site => "SPAWNED AT",
         }
     }
@@ -119,10 +124,19 @@ impl Column {
             },
             Column::Run => a.run_time_us.cmp(&b.run_time_us),
             Column::Switches => a.switches.cmp(&b.switches),
+            Column::Delay => delay_ns(a).cmp(&delay_ns(b)),
             Column::Site => a.spawn_site.cmp(&b.spawn_site),
         }
         .then(a.id.cmp(&b.id))
     }
+}
+
+/// A thread's mean scheduling delay (time runnable per run), while timing is on.
+pub fn delay_ns(t: &ThreadInfo) -> Option<u64> {
+    t.times
+        .as_ref()
+        .filter(|x| x.runs > 0)
+        .map(|x| x.runnable_ns / x.runs)
 }
 
 /// What a thread waits on, as the table shows it.
@@ -213,6 +227,9 @@ pub struct App {
     pinned: Option<Entry>,
     /// Whether refreshing is paused.
     pub paused: bool,
+    /// Whether the process is asked to time its threads (key `T`): every switch then reads
+    /// the clock, which costs a switch-heavy process, so it is off until asked for.
+    pub timing: bool,
     /// Time between refreshes.
     pub refresh: Duration,
     /// Whether the user asked to quit.
@@ -273,6 +290,7 @@ impl App {
             help: false,
             pinned: None,
             paused: false,
+            timing: false,
             refresh: Duration::from_secs(1),
             quit: false,
             rows: Vec::new(),
@@ -415,6 +433,7 @@ impl App {
             }
             Key::Char('r') => self.reverse = !self.reverse,
             Key::Char('p') | Key::Char(' ') => self.paused = !self.paused,
+            Key::Char('T') => self.timing = !self.timing,
             Key::Char('+') => self.step_rate(-1),
             Key::Char('-') => self.step_rate(1),
             Key::Char(c @ '1'..='5') => self.show(View::ALL[c as usize - '1' as usize]),

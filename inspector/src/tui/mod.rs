@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use ratatui::crossterm::event::{self, Event, KeyCode, KeyEventKind, KeyModifiers};
 
-pub use app::{App, Column, Key, PoolTotals, ThreadRow, View};
+pub use app::{App, Column, Key, PoolTotals, ThreadRow, View, delay_ns};
 pub use master::{Action, MasterView, render_master, render_master_text};
 pub use view::{render, render_text};
 
@@ -107,7 +107,7 @@ fn run_process(pid: u32, client: Client) -> Result<(), String> {
     let mut in_flight = false;
     let result = loop {
         if !in_flight && !app.paused && Instant::now() >= next {
-            in_flight = fetcher.ask(app.stack_wanted());
+            in_flight = fetcher.ask(app.stack_wanted(), app.timing);
             if !in_flight {
                 break Err("the snapshot reader stopped".into());
             }
@@ -171,18 +171,33 @@ type Answer = (Result<(Snapshot, Option<StackAnswer>), String>, Instant);
 /// Reads snapshots on its own thread: with 100,000 green threads in the target a snapshot is
 /// tens of megabytes of JSON, and keys must not wait for it.
 struct Fetcher {
-    ask: mpsc::Sender<Option<u64>>,
+    ask: mpsc::Sender<Ask>,
     answers: mpsc::Receiver<Answer>,
+}
+
+/// What the reader is asked for with each snapshot: the stack of one thread, and whether the
+/// process should time its threads (for the delay column).
+#[derive(Clone, Copy)]
+struct Ask {
+    stack_of: Option<u64>,
+    timing: bool,
 }
 
 impl Fetcher {
     fn start(pid: u32, client: Client) -> Fetcher {
-        let (ask, asked) = mpsc::channel::<Option<u64>>();
+        let (ask, asked) = mpsc::channel::<Ask>();
         let (answer, answers) = mpsc::channel();
         std::thread::spawn(move || {
             let mut client = Some(client);
             // Ends when the TUI drops its end.
-            for stack_of in asked {
+            for Ask { stack_of, timing } in asked {
+                // Timing is this connection's claim: asked again after a reconnection, given
+                // back when it closes.
+                if let Some(c) = client.as_mut()
+                    && c.timing_claimed() != timing
+                {
+                    let _ = c.timing(timing);
+                }
                 let got = fetch(pid, &mut client).map(|snap| {
                     // Only the thread whose details are open: the target reads one stack.
                     let stack = stack_of.map(|id| {
@@ -202,10 +217,10 @@ impl Fetcher {
         Fetcher { ask, answers }
     }
 
-    /// Asks for a snapshot, and for the stack of the thread `stack_of`; false if the reader is
-    /// gone.
-    fn ask(&self, stack_of: Option<u64>) -> bool {
-        self.ask.send(stack_of).is_ok()
+    /// Asks for a snapshot, the stack of the thread `stack_of`, and timing on or off; false if
+    /// the reader is gone.
+    fn ask(&self, stack_of: Option<u64>, timing: bool) -> bool {
+        self.ask.send(Ask { stack_of, timing }).is_ok()
     }
 }
 

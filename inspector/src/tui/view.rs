@@ -10,7 +10,7 @@ use ratatui::{Frame, Terminal};
 
 use greenhub_snapshot::{ThreadState, format_us};
 
-use super::app::{App, Column, View, timer_kind, waiting_on};
+use super::app::{App, Column, View, delay_ns, timer_kind, waiting_on};
 
 /// Draws the whole screen.
 pub fn render(frame: &mut Frame<'_>, app: &App) {
@@ -61,6 +61,10 @@ const HELP: &[(&str, &str)] = &[
     ("r", "reverse the sort"),
     ("t", "threads as a tree by parent"),
     ("p, Space", "pause or resume refreshing"),
+    (
+        "T",
+        "time every switch (the DELAY column; costs the process a clock read per switch)",
+    ),
     ("+, -", "refresh faster or slower"),
     ("?, h", "this help (any key closes it)"),
     ("q, Ctrl-C", "quit"),
@@ -133,12 +137,13 @@ fn render_header(frame: &mut Frame<'_>, area: Rect, app: &App) {
             lines.push(Line::from(vec![
                 Span::from(format!("{} ", s.process)).bold(),
                 Span::from(format!(
-                    "pid {}  up {}  {} workers  refresh {}{}",
+                    "pid {}  up {}  {} workers  refresh {}{}{}",
                     s.pid,
                     format_us(s.uptime_us),
                     s.runtime.workers,
                     format_us(app.refresh.as_micros() as u64),
-                    if app.paused { "  [paused]" } else { "" }
+                    if app.paused { "  [paused]" } else { "" },
+                    if s.timing { "  [timing]" } else { "" }
                 )),
             ]));
             lines.push(Line::from(format!(
@@ -284,7 +289,13 @@ fn threads_body(app: &App, w: &Window) -> Body {
     let shown: Vec<Column> = Column::ALL
         .iter()
         .copied()
-        .filter(|c| !narrow || !matches!(c, Column::Deadline | Column::Run | Column::Switches))
+        .filter(|c| {
+            !narrow
+                || !matches!(
+                    c,
+                    Column::Deadline | Column::Run | Column::Switches | Column::Delay
+                )
+        })
         .collect();
     let rows = w.rows(&all, |i, r| {
         let t = r.thread;
@@ -305,6 +316,9 @@ fn threads_body(app: &App, w: &Window) -> Body {
                 Column::Deadline => Cell::from(deadline(t.deadline_in_us)),
                 Column::Run => Cell::from(format_us(t.run_time_us)),
                 Column::Switches => Cell::from(t.switches.to_string()),
+                Column::Delay => Cell::from(
+                    delay_ns(t).map_or_else(|| "-".to_string(), |ns| format_us(ns / 1000)),
+                ),
                 Column::Site => Cell::from(t.spawn_site.clone()),
             })
             .collect();
@@ -328,6 +342,7 @@ fn threads_body(app: &App, w: &Window) -> Body {
             Column::Deadline => 9,
             Column::Run => 8,
             Column::Switches => 9,
+            Column::Delay => 7,
             Column::Site => 10,
         })
         .collect();

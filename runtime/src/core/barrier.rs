@@ -16,9 +16,12 @@ use std::sync::atomic::{AtomicU32, Ordering};
 /// The monitor is parked: the first green thread to run wakes it.
 pub(crate) const MONITOR_PARKED: u32 = 1;
 
-/// One reader of parked stacks is at work (counted in these units above the monitor's bit):
-/// a green thread that starts running passes its record's read gate (`core/stack.rs`).
-pub(crate) const STACK_READER: u32 = 2;
+/// Timing is on: switches and wakes are timed (`core/timing.rs`).
+pub(crate) const TIMING: u32 = 2;
+
+/// One reader of parked stacks is at work (counted in these units above the other bits): a
+/// green thread that starts running passes its record's read gate (`core/stack.rs`).
+pub(crate) const STACK_READER: u32 = 4;
 
 static FLAGS: AtomicU32 = AtomicU32::new(0);
 

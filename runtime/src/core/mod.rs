@@ -33,6 +33,7 @@ pub(crate) mod slots;
 pub(crate) mod stack;
 pub(crate) mod symbols;
 pub(crate) mod timeout;
+pub(crate) mod timing;
 pub(crate) mod token;
 pub(crate) mod wait;
 pub(crate) mod waitlist;

@@ -55,6 +55,7 @@ use crate::core::sampler;
 use crate::core::slots::{self, WorkerSlot};
 use crate::core::stack;
 use crate::core::symbols;
+use crate::core::timing;
 
 /// How often the monitor samples the workers.
 pub(crate) const TICK: Duration = Duration::from_millis(10);
@@ -97,6 +98,9 @@ fn attend(flags: u32, record: &ThreadRecord) {
     }
     if flags >= barrier::STACK_READER {
         stack::pass_read_gate(record);
+    }
+    if flags & barrier::TIMING != 0 {
+        timing::runs(record);
     }
 }
 

@@ -75,6 +75,8 @@ pub(crate) struct ThreadRecord {
     pub park_sp: AtomicUsize,
     /// A stack reader's claim on the thread (core/stack.rs).
     pub read_gate: AtomicU8,
+    /// Its times, once timing has seen it (core/timing.rs).
+    pub times: OnceLock<Box<Times>>,
     seq: AtomicU64,
     phase: AtomicU8,
     wait_kind: AtomicU8,
@@ -82,6 +84,26 @@ pub(crate) struct ThreadRecord {
     wait_b: AtomicU64,
     since_ns: AtomicU64,
     deadline_ns: AtomicU64,
+}
+
+/// A green thread's times while timing is on (`core/timing.rs` writes them), made the first time
+/// it is timed.
+#[derive(Default)]
+pub(crate) struct Times {
+    pub running_ns: AtomicU64,
+    pub waiting_ns: AtomicU64,
+    pub runnable_ns: AtomicU64,
+    /// Runs (stretches on a worker) and waits timed.
+    pub runs: AtomicU64,
+    pub waits: AtomicU64,
+    /// When the current run began (0: not timed).
+    pub run_since: AtomicU64,
+    /// When the current wait began (0: none).
+    pub wait_since: AtomicU64,
+    /// What it waits on (encoded by `core/timing.rs`).
+    pub wait_class: AtomicU64,
+    /// When a token woke it (0: not yet), written by the waker.
+    pub woken_at: AtomicU64,
 }
 
 /// A frame on the current stack: its frame pointer and its stack pointer.
@@ -132,6 +154,7 @@ impl ThreadRecord {
             park_fp: AtomicUsize::new(0),
             park_sp: AtomicUsize::new(0),
             read_gate: AtomicU8::new(0),
+            times: OnceLock::new(),
             seq: AtomicU64::new(0),
             phase: AtomicU8::new(phase as u8),
             wait_kind: AtomicU8::new(0),

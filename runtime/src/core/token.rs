@@ -12,8 +12,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 
 use crate::core::alarm::Alarmed;
+use crate::core::barrier;
 use crate::core::budget;
 use crate::core::registry::ThreadRecord;
+use crate::core::timing;
 
 pub(crate) const WAITING: u8 = 0;
 const WOKEN: u8 = 1;
@@ -60,6 +62,11 @@ impl Token {
             .compare_exchange(WAITING, WOKEN, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
         {
+            if barrier::flags() & barrier::TIMING != 0
+                && let Some(record) = &self.record
+            {
+                timing::woken(record);
+            }
             match &self.parker {
                 Parker::Green(co) => self.unpark_green(co),
                 Parker::Os(t) => t.unpark(),

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use greenhub_snapshot::{Interest, WaitOn};
 
 use crate::core::alarm;
+use crate::core::barrier;
 use crate::core::budget;
 use crate::core::clock;
 use crate::core::context;
@@ -15,6 +16,7 @@ use crate::core::monitor;
 use crate::core::registry::{self, ThreadRecord};
 use crate::core::stack;
 use crate::core::timeout::TimedOut;
+use crate::core::timing;
 use crate::core::token::{Parker, Token, WAITING};
 
 /// A token for a new wait of the current thread: the previous one when nobody else holds it any
@@ -146,6 +148,9 @@ impl Waiter {
         check_kill(record);
         // This frame outlives the park: `_resume` below is dropped in it (see core/stack.rs).
         record.begin_wait(self.on, self.deadline.map(clock::instant_ns), stack::here());
+        if barrier::flags() & barrier::TIMING != 0 {
+            timing::wait_begins(record, self.on);
+        }
         monitor::mark_idle();
         let _resume = Resume::new(record);
         self.park_loop(true)
@@ -240,6 +245,9 @@ pub(crate) fn wait_io<T: std::os::fd::AsRawFd>(
             check_kill(record);
             let on = on.unwrap_or(WaitOn::Fd { fd, interest });
             record.begin_wait(on, deadline.map(clock::instant_ns), stack::here());
+            if barrier::flags() & barrier::TIMING != 0 {
+                timing::wait_begins(record, on);
+            }
             monitor::mark_idle();
             let _resume = Resume::new(record);
             io.wait_io();

@@ -18,7 +18,7 @@ use crate::core::report::payload_message;
 use crate::core::timeout::{IsTimeout, TimedOut};
 use crate::core::token::Token;
 use crate::core::wait::Waiter;
-use crate::core::{alarm, graveyard, monitor, report, stack};
+use crate::core::{alarm, graveyard, monitor, report, stack, timing};
 use crate::green::time::sleep;
 use crate::start;
 
@@ -418,6 +418,9 @@ impl<T: Send + 'static> Shared<T> {
                 Err(payload) => Err(outcome_of_panic(id, &*payload)),
             }
         };
+        if timing::on() {
+            timing::ends(&record);
+        }
         self.finish(result);
         context::with(|c| {
             context::end_span(c);

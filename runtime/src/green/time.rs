@@ -9,7 +9,7 @@ use greenhub_snapshot::WaitOn;
 use crate::core::registry::{TimerKind, registry};
 use crate::core::timeout::TimedOut;
 use crate::core::wait::{Waiter, check_kill};
-use crate::core::{budget, context, monitor};
+use crate::core::{budget, context, monitor, timing};
 
 /// The deadline in force for the current green thread (or OS thread): the earliest of the
 /// [`with_timeout`] scopes it runs in, or `None` outside any scope.
@@ -129,6 +129,9 @@ pub fn yield_now() {
         Some(record) => {
             check_kill(record);
             record.count_switch();
+            if timing::on() {
+                timing::yields(record);
+            }
             monitor::mark_idle();
             let deferred = budget::switch()
                 .is_some_and(|drain| drain.defer(may::coroutine::current()).is_ok());

@@ -17,6 +17,7 @@
 //! | `snapshot stacks` | the `Snapshot` with the stack of every parked thread |
 //! | `stack <id>` | the `ThreadStack` of one parked thread |
 //! | `profile <seconds> [<hz>]` | a `Profile` taken over that many seconds (the connection waits) |
+//! | `timing on`, `timing off` | `{"timing": true}` or `false`: timing is on while any connection (or the program) asks for it |
 //! | `summary` | `Summary`: pid, process name, live green threads, uptime |
 //!
 //! Anything else gets `{"error": "..."}` and the connection stays usable; a request longer
@@ -41,14 +42,14 @@ use std::time::Duration;
 use greenhub_snapshot::SCHEMA_VERSION;
 use greenhub_snapshot::attach::{
     DEFAULT_PROFILE_HZ, MAX_CLIENTS, MAX_PROFILE_SECONDS, MAX_REQUEST, REQUEST_PROFILE,
-    REQUEST_SNAPSHOT, REQUEST_SNAPSHOT_STACKS, REQUEST_STACK, REQUEST_SUMMARY, Summary, Supervised,
-    directory, peer_uid, socket_path,
+    REQUEST_SNAPSHOT, REQUEST_SNAPSHOT_STACKS, REQUEST_STACK, REQUEST_SUMMARY, REQUEST_TIMING_OFF,
+    REQUEST_TIMING_ON, Summary, Supervised, directory, peer_uid, socket_path,
 };
 
 use crate::core::registry::registry;
 use parking_lot::Mutex;
 
-use crate::core::{clock, report};
+use crate::core::{clock, report, timing};
 use crate::observe::profile::profile;
 use crate::observe::snapshot::{process_name, snapshot, snapshot_with_stacks};
 use crate::observe::stacks::stack_of;
@@ -191,6 +192,8 @@ fn client(conn: UnixStream, last_ms: &AtomicU64) -> io::Result<()> {
     let mut out = conn.try_clone()?;
     let mut reader = BufReader::new(conn);
     let mut line = Vec::new();
+    // This connection's claim on timing, given back when it closes.
+    let mut timing_claim = None;
     loop {
         line.clear();
         // One byte more than allowed tells an overlong request from one that fits.
@@ -214,6 +217,14 @@ fn client(conn: UnixStream, last_ms: &AtomicU64) -> io::Result<()> {
             Ok(REQUEST_SNAPSHOT) => serde_json::to_string(&snapshot()),
             Ok(REQUEST_SNAPSHOT_STACKS) => serde_json::to_string(&snapshot_with_stacks()),
             Ok(REQUEST_SUMMARY) => serde_json::to_string(&summary()),
+            Ok(REQUEST_TIMING_ON) => {
+                timing_claim.get_or_insert_with(timing::claim);
+                Ok(serde_json::json!({ "timing": true }).to_string())
+            }
+            Ok(REQUEST_TIMING_OFF) => {
+                timing_claim = None;
+                Ok(serde_json::json!({ "timing": timing::on() }).to_string())
+            }
             Ok(other) if other.starts_with(REQUEST_PROFILE) => {
                 match profile_request(&other[REQUEST_PROFILE.len()..]) {
                     Ok((duration, hz)) => match profile(duration, hz) {
@@ -239,7 +250,7 @@ fn client(conn: UnixStream, last_ms: &AtomicU64) -> io::Result<()> {
                 },
                 None => Ok(error(&format!(
                     "unknown request `{}`: expected `snapshot`, `snapshot stacks`, `stack <id>`, \
-                     `profile <seconds> [<hz>]` or `summary`",
+                     `profile <seconds> [<hz>]`, `timing on`, `timing off` or `summary`",
                     other.escape_debug()
                 ))),
             },

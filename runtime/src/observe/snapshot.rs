@@ -29,7 +29,7 @@ use greenhub_snapshot::*;
 use crate::core::inbox;
 use crate::core::monitor::Blocked;
 use crate::core::registry::{Ending, Phase, StateView, ThreadRecord, TimerKind, registry};
-use crate::core::{clock, monitor, runtime};
+use crate::core::{clock, monitor, runtime, timing};
 use crate::observe::stacks;
 
 pub(crate) fn process_name() -> String {
@@ -187,7 +187,45 @@ fn take(lists: bool, with_stacks: bool) -> Snapshot {
         blocked,
         objects,
         stacks_unavailable,
+        timing: timing::on(),
+        sites: if lists && timing::on() {
+            site_times()
+        } else {
+            Vec::new()
+        },
     }
+}
+
+/// Every spawn site's timing histograms, summarized, the sites with the most time first.
+fn site_times() -> Vec<SiteTimes> {
+    let mut sites: Vec<(u64, SiteTimes)> = timing::sites()
+        .into_iter()
+        .map(|(site, spent)| {
+            let mut spent: Vec<TimeSummary> = spent
+                .into_iter()
+                .map(|(kind, h)| TimeSummary {
+                    kind: kind.name(),
+                    count: h.len(),
+                    total_ns: (h.mean() * h.len() as f64) as u64,
+                    p50_ns: h.value_at_quantile(0.5),
+                    p90_ns: h.value_at_quantile(0.9),
+                    p99_ns: h.value_at_quantile(0.99),
+                    max_ns: h.max(),
+                })
+                .collect();
+            spent.sort_by(|a, b| b.total_ns.cmp(&a.total_ns).then(a.kind.cmp(&b.kind)));
+            let total = spent.iter().map(|s| s.total_ns).sum();
+            (
+                total,
+                SiteTimes {
+                    spawn_site: site.to_string(),
+                    spent,
+                },
+            )
+        })
+        .collect();
+    sites.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.spawn_site.cmp(&b.1.spawn_site)));
+    sites.into_iter().map(|(_, s)| s).collect()
 }
 
 /// The moment of the snapshot, on both clocks: the coarse one for "since" times, the precise
@@ -227,6 +265,13 @@ fn thread_info(
         stack_size: r.stack_size,
         kill_requested: r.kill_requested.load(Ordering::Relaxed),
         stack: None,
+        times: r.times.get().filter(|_| timing::on()).map(|t| ThreadTimes {
+            running_ns: t.running_ns.load(Ordering::Relaxed),
+            waiting_ns: t.waiting_ns.load(Ordering::Relaxed),
+            runnable_ns: t.runnable_ns.load(Ordering::Relaxed),
+            runs: t.runs.load(Ordering::Relaxed),
+            waits: t.waits.load(Ordering::Relaxed),
+        }),
     }
 }
 
