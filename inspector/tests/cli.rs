@@ -463,6 +463,11 @@ fn the_inspector_binary_shows_the_target_on_a_terminal_and_quits_on_q() {
     let seen = term.output().len();
     term.keys("T");
     term.wait_for("[timing]", seen);
+    // 6: the profile view takes a second of samples with each refresh; this target only
+    // waits, so its rows are the waits (the children's on the event first).
+    let seen = term.output().len();
+    term.keys("6");
+    term.wait_for("Event<T,E>::wait", seen);
     term.keys("q");
     let give_up = std::time::Instant::now() + Duration::from_secs(30);
     let status = loop {

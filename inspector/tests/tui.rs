@@ -567,3 +567,55 @@ fn with_timing_on_the_threads_view_shows_each_threads_scheduling_delay() {
     yielder.kill();
     idle.kill();
 }
+
+/// Burns CPU until `stop`, yielding now and then; its loop calls nothing.
+#[inline(never)]
+fn burns_in_the_tui_test(stop: &std::sync::atomic::AtomicBool) -> u64 {
+    let mut x = 0x2545_F491_4F6C_DD1Du64;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let mut i = 0u32;
+        while i < 50_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            i += 1;
+        }
+        greenhub::yield_now();
+    }
+    x
+}
+
+#[test]
+fn the_profile_view_lists_the_top_functions_and_their_stacks() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let stop = Arc::new(AtomicBool::new(false));
+    let burner = {
+        let stop = stop.clone();
+        greenhub::spawn(move || burns_in_the_tui_test(&stop))
+    };
+    let profile = greenhub::inspect::profile(Duration::from_millis(600), 499);
+    stop.store(true, Ordering::Relaxed);
+    burner.wait().unwrap();
+    let mut app = app_with_snapshot();
+    app.key(Key::Char('6'));
+    assert!(app.profile_wanted());
+    let text = screen(&app);
+    assert!(text.contains("taking one"), "{text}");
+    app.set_profile(profile.map_err(|e| e.to_string()));
+    type_filter(&mut app, "burns_in_the_tui");
+    let text = screen(&app);
+    for expected in ["6 Profile", "OWN", "TOTAL", "burns_in_the_tui_test", "cpu"] {
+        assert!(
+            text.contains(expected),
+            "{expected:?} missing from:\n{text}"
+        );
+    }
+    let rows = app.profile_rows();
+    assert!(rows[0].on_cpu && rows[0].own > 0, "{rows:?}");
+    // Enter: the function's share and the stacks it is in.
+    app.key(Key::Enter);
+    let details = app.detail_lines().join("\n");
+    assert!(details.contains("the heaviest stacks"), "{details}");
+    assert!(details.contains("tui.rs:"), "{details}");
+}

@@ -6,7 +6,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use greenhub_snapshot::ObjectKind;
-use greenhub_snapshot::{Snapshot, ThreadInfo, ThreadStack, escape_controls, format_us};
+use greenhub_snapshot::{
+    Half, Profile, Snapshot, ThreadInfo, ThreadStack, escape_controls, format_us,
+};
 
 /// The kinds the pool crates name (`greenhub-tpool`, `greenhub-dbpool`): the inspector reads
 /// them by name, without depending on those crates.
@@ -27,16 +29,20 @@ pub enum View {
     Pools,
     /// Blocked-worker reports.
     Blocked,
+    /// Where CPU time goes and where green threads wait: a profile of the last second, taken
+    /// while the view is open.
+    Profile,
 }
 
 impl View {
     /// Every view, in tab order.
-    pub const ALL: [View; 5] = [
+    pub const ALL: [View; 6] = [
         View::Threads,
         View::Timers,
         View::Descriptors,
         View::Pools,
         View::Blocked,
+        View::Profile,
     ];
 
     /// The tab's title.
@@ -47,6 +53,7 @@ impl View {
             View::Descriptors => "Descriptors",
             View::Pools => "Pools & objects",
             View::Blocked => "Blocked workers",
+            View::Profile => "Profile",
         }
     }
 }
@@ -248,6 +255,10 @@ pub struct App {
     by_id: HashMap<u64, usize>,
     /// The last stack read for the details of a thread: its id and the stack, or why none.
     stack: Option<(u64, Result<ThreadStack, String>)>,
+    /// The last profile (while the profile view is open), or why there is none.
+    profile: Option<Result<Profile, String>>,
+    /// Its top functions, on CPU then off CPU.
+    profile_rows: Vec<ProfileRow>,
 }
 
 /// An entry of a view, by what identifies it across snapshots.
@@ -258,6 +269,29 @@ enum Entry {
     Descriptor(i32),
     Object(u64),
     Blocked(u64),
+    /// A function of the profile view: its half and a hash of its name.
+    Function(bool, u64),
+}
+
+/// A row of the profile view: a function with its share of the samples (on CPU) or of the
+/// time waited (off CPU).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProfileRow {
+    /// Where CPU time goes (true) or where threads wait (false).
+    pub on_cpu: bool,
+    /// The function, escaped.
+    pub function: String,
+    /// Weight where it is the innermost frame.
+    pub own: u64,
+    /// Weight of the stacks it is in.
+    pub total: u64,
+}
+
+fn name_hash(name: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    name.hash(&mut h);
+    h.finish()
 }
 
 /// Everything the rows depend on besides the snapshot.
@@ -299,7 +333,51 @@ impl App {
             search_view: None,
             by_id: HashMap::new(),
             stack: None,
+            profile: None,
+            profile_rows: Vec::new(),
         }
+    }
+
+    /// Whether the reader should take a profile with the next snapshot: while the profile
+    /// view is shown.
+    pub fn profile_wanted(&self) -> bool {
+        self.view == View::Profile
+    }
+
+    /// The profile taken with the last snapshot (or why none could be).
+    pub fn set_profile(&mut self, profile: Result<Profile, String>) {
+        self.profile_rows = match &profile {
+            Ok(p) => [(true, Half::OnCpu), (false, Half::OffCpu)]
+                .into_iter()
+                .flat_map(|(on_cpu, half)| {
+                    p.top(half, 100).into_iter().map(move |t| ProfileRow {
+                        on_cpu,
+                        function: escape_controls(&t.function).into_owned(),
+                        own: t.own,
+                        total: t.total,
+                    })
+                })
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        self.profile = Some(profile.map_err(|e| escape_controls(&e).into_owned()));
+        self.built = None;
+        self.search_view = None;
+        self.rebuild();
+        self.clamp();
+    }
+
+    /// The last profile, if one was taken.
+    pub fn profile(&self) -> Option<&Result<Profile, String>> {
+        self.profile.as_ref()
+    }
+
+    /// The profile view's rows, filtered.
+    pub fn profile_rows(&self) -> Vec<&ProfileRow> {
+        self.rows_of(View::Profile)
+            .iter()
+            .filter_map(|&(i, _)| self.profile_rows.get(i))
+            .collect()
     }
 
     /// The thread whose stack the details show, when they are open on a thread: the reader
@@ -361,6 +439,10 @@ impl App {
             View::Descriptors => Entry::Descriptor(snap.descriptors.get(i)?.fd),
             View::Pools => Entry::Object(snap.objects.get(i)?.id),
             View::Blocked => Entry::Blocked(snap.blocked.get(i)?.seq),
+            View::Profile => {
+                let r = self.profile_rows.get(i)?;
+                Entry::Function(r.on_cpu, name_hash(&r.function))
+            }
         })
     }
 
@@ -436,7 +518,7 @@ impl App {
             Key::Char('T') => self.timing = !self.timing,
             Key::Char('+') => self.step_rate(-1),
             Key::Char('-') => self.step_rate(1),
-            Key::Char(c @ '1'..='5') => self.show(View::ALL[c as usize - '1' as usize]),
+            Key::Char(c @ '1'..='6') => self.show(View::ALL[c as usize - '1' as usize]),
             Key::Tab => self.step_view(1),
             Key::BackTab => self.step_view(View::ALL.len() - 1),
             Key::Enter => self.detail = self.rows_len() > 0,
@@ -551,6 +633,11 @@ impl App {
                 })
                 .collect(),
             View::Pools => snap.objects.iter().map(|o| o.describe()).collect(),
+            View::Profile => self
+                .profile_rows
+                .iter()
+                .map(|r| r.function.clone())
+                .collect(),
             View::Blocked => snap
                 .blocked
                 .iter()
@@ -628,6 +715,8 @@ impl App {
                 });
                 flat(rows)
             }
+            // In the profile's order: on CPU, then off CPU, each by own weight.
+            View::Profile => flat(self.kept(shape, self.profile_rows.len())),
         }
     }
 
@@ -830,6 +919,7 @@ impl App {
                 ),
                 None => vec![format!("nobody waits on descriptor {fd} any more")],
             },
+            Entry::Function(on_cpu, hash) => self.function_detail(on_cpu, hash),
             Entry::Blocked(seq) => match snap.blocked.iter().find(|b| b.seq == seq) {
                 Some(b) => self.owner_detail(
                     Some(b.thread),
@@ -998,6 +1088,54 @@ impl App {
         let mut kids: Vec<_> = kids.into_iter().collect();
         kids.sort_by_key(|c| c.id);
         lines.extend(kids.into_iter().map(|c| format!("  {}", c.describe())));
+        lines
+    }
+
+    /// A function of the profile: its share, then the heaviest stacks it is in.
+    fn function_detail(&self, on_cpu: bool, hash: u64) -> Vec<String> {
+        let found = self
+            .profile_rows
+            .iter()
+            .find(|r| r.on_cpu == on_cpu && name_hash(&r.function) == hash);
+        let (Some(row), Some(Ok(profile))) = (found, &self.profile) else {
+            return vec!["not in the latest profile".into()];
+        };
+        let (entries, unit) = if on_cpu {
+            (&profile.on_cpu, "samples")
+        } else {
+            (&profile.off_cpu, "us waited")
+        };
+        let mut lines = vec![
+            row.function.clone(),
+            String::new(),
+            format!("own    {} {unit}", row.own),
+            format!("total  {} {unit}", row.total),
+            String::new(),
+            "the heaviest stacks it is in (innermost frame first):".into(),
+        ];
+        let mut shown = 0;
+        for e in entries {
+            if shown == 10 {
+                break;
+            }
+            if !e
+                .frames
+                .iter()
+                .any(|f| escape_controls(&f.function) == row.function)
+            {
+                continue;
+            }
+            shown += 1;
+            lines.push(String::new());
+            lines.push(format!(
+                "{} {unit}, #{} {} [spawned at {}]",
+                e.weight,
+                e.thread,
+                escape_controls(e.name.as_deref().unwrap_or("")),
+                escape_controls(&e.spawn_site)
+            ));
+            lines.extend(e.frames.iter().map(|f| format!("  {f}")));
+        }
         lines
     }
 

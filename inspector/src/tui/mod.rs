@@ -12,12 +12,13 @@ use std::time::{Duration, Instant};
 
 use ratatui::crossterm::event::{self, Event, KeyCode, KeyEventKind, KeyModifiers};
 
-pub use app::{App, Column, Key, PoolTotals, ThreadRow, View, delay_ns};
+pub use app::{App, Column, Key, PoolTotals, ProfileRow, ThreadRow, View, delay_ns};
 pub use master::{Action, MasterView, render_master, render_master_text};
 pub use view::{render, render_text};
 
+use greenhub_snapshot::attach::DEFAULT_PROFILE_HZ;
 use greenhub_snapshot::attach::Summary;
-use greenhub_snapshot::{Snapshot, ThreadStack};
+use greenhub_snapshot::{Profile, Snapshot, ThreadStack};
 
 use crate::{Client, InspectError};
 
@@ -107,7 +108,7 @@ fn run_process(pid: u32, client: Client) -> Result<(), String> {
     let mut in_flight = false;
     let result = loop {
         if !in_flight && !app.paused && Instant::now() >= next {
-            in_flight = fetcher.ask(app.stack_wanted(), app.timing);
+            in_flight = fetcher.ask(app.stack_wanted(), app.timing, app.profile_wanted());
             if !in_flight {
                 break Err("the snapshot reader stopped".into());
             }
@@ -118,10 +119,13 @@ fn run_process(pid: u32, client: Client) -> Result<(), String> {
             match answer {
                 // Paused while it was on its way: the screen stays as it was paused.
                 _ if app.paused => {}
-                Ok((s, stack)) => {
+                Ok((s, extras)) => {
                     app.update(s, at);
-                    if let Some((id, stack)) = stack {
+                    if let Some((id, stack)) = extras.stack {
                         app.set_stack(id, stack);
+                    }
+                    if let Some(profile) = extras.profile {
+                        app.set_profile(profile);
                     }
                 }
                 Err(e) => app.failed(e),
@@ -165,8 +169,14 @@ fn run_process(pid: u32, client: Client) -> Result<(), String> {
 /// A thread's stack as the details show it: the stack, or why there is none.
 type StackAnswer = (u64, Result<ThreadStack, String>);
 
-/// What the reader thread brings back: a snapshot, and the stack that was asked for with it.
-type Answer = (Result<(Snapshot, Option<StackAnswer>), String>, Instant);
+/// What the reader thread brings back with a snapshot: the stack and the profile asked for.
+struct Extras {
+    stack: Option<StackAnswer>,
+    profile: Option<Result<Profile, String>>,
+}
+
+/// What the reader thread brings back.
+type Answer = (Result<(Snapshot, Extras), String>, Instant);
 
 /// Reads snapshots on its own thread: with 100,000 green threads in the target a snapshot is
 /// tens of megabytes of JSON, and keys must not wait for it.
@@ -181,6 +191,7 @@ struct Fetcher {
 struct Ask {
     stack_of: Option<u64>,
     timing: bool,
+    profile: bool,
 }
 
 impl Fetcher {
@@ -190,7 +201,12 @@ impl Fetcher {
         std::thread::spawn(move || {
             let mut client = Some(client);
             // Ends when the TUI drops its end.
-            for Ask { stack_of, timing } in asked {
+            for Ask {
+                stack_of,
+                timing,
+                profile,
+            } in asked
+            {
                 // Timing is this connection's claim: asked again after a reconnection, given
                 // back when it closes.
                 if let Some(c) = client.as_mut()
@@ -198,6 +214,13 @@ impl Fetcher {
                 {
                     let _ = c.timing(timing);
                 }
+                // A second of samples before the snapshot, while the profile view is open.
+                let profile = profile.then(|| match client.as_mut() {
+                    Some(c) => c
+                        .profile(1.0, DEFAULT_PROFILE_HZ)
+                        .map_err(|e| e.to_string()),
+                    None => Err(format!("process {pid} is not answering")),
+                });
                 let got = fetch(pid, &mut client).map(|snap| {
                     // Only the thread whose details are open: the target reads one stack.
                     let stack = stack_of.map(|id| {
@@ -207,7 +230,7 @@ impl Fetcher {
                         };
                         (id, stack)
                     });
-                    (snap, stack)
+                    (snap, Extras { stack, profile })
                 });
                 if answer.send((got, Instant::now())).is_err() {
                     break;
@@ -219,8 +242,14 @@ impl Fetcher {
 
     /// Asks for a snapshot, the stack of the thread `stack_of`, and timing on or off; false if
     /// the reader is gone.
-    fn ask(&self, stack_of: Option<u64>, timing: bool) -> bool {
-        self.ask.send(Ask { stack_of, timing }).is_ok()
+    fn ask(&self, stack_of: Option<u64>, timing: bool, profile: bool) -> bool {
+        self.ask
+            .send(Ask {
+                stack_of,
+                timing,
+                profile,
+            })
+            .is_ok()
     }
 }
 

@@ -47,8 +47,8 @@ pub fn render(frame: &mut Frame<'_>, app: &App) {
 /// Every key, for the help screen.
 const HELP: &[(&str, &str)] = &[
     (
-        "1-5, Tab, Shift-Tab",
-        "views: threads, timers, descriptors, pools, blocked workers",
+        "1-6, Tab, Shift-Tab",
+        "views: threads, timers, descriptors, pools, blocked workers, profile",
     ),
     ("Up, Down, PgUp, PgDn, Home, End", "move the selection"),
     (
@@ -211,6 +211,7 @@ fn render_body(frame: &mut Frame<'_>, area: Rect, app: &App) {
         View::Descriptors => descriptors_body(app, &window),
         View::Pools => pools_body(app, &window),
         View::Blocked => blocked_body(app, &window),
+        View::Profile => profile_body(app, &window),
     };
     let table = Table::new(body.rows, body.widths)
         .header(Row::new(body.heading).style(Style::new().bold()))
@@ -482,6 +483,50 @@ fn blocked_body(app: &App, w: &Window) -> Body {
     )
 }
 
+fn profile_body(app: &App, w: &Window) -> Body {
+    let all = app.profile_rows();
+    let title = match app.profile() {
+        None => "profile: taking one (a second of samples)...".to_string(),
+        Some(Err(why)) => format!("no profile: {why}"),
+        Some(Ok(p)) => {
+            let on: u64 = p.on_cpu.iter().map(|e| e.weight).sum();
+            format!(
+                "the last {}: {} samples of {} workers ({} in green threads); the parked \
+                 threads' waits below{}",
+                format_us(p.duration_us),
+                p.samples,
+                p.workers,
+                on,
+                filter_note(app)
+            )
+        }
+    };
+    let (on_total, off_total) = match app.profile() {
+        Some(Ok(p)) => (
+            p.on_cpu.iter().map(|e| e.weight).sum::<u64>().max(1),
+            p.off_cpu.iter().map(|e| e.weight).sum::<u64>().max(1),
+        ),
+        _ => (1, 1),
+    };
+    let rows = w.rows(&all, |i, r| {
+        let total = if r.on_cpu { on_total } else { off_total };
+        let pct = |v: u64| format!("{:.1}%", v as f64 * 100.0 / total as f64);
+        Row::new(vec![
+            Cell::from(if r.on_cpu { "cpu" } else { "wait" }),
+            Cell::from(pct(r.own)),
+            Cell::from(pct(r.total)),
+            Cell::from(r.function.clone()),
+        ])
+        .style(w.style(i))
+    });
+    Body::new(
+        title,
+        &["", "OWN", "TOTAL", "FUNCTION"],
+        &[5, 7, 7, 30],
+        rows,
+    )
+}
+
 /// A name indented under its parent in tree mode (depth 0 outside it).
 fn tree_name(depth: usize, name: Option<&str>) -> String {
     let name = name.unwrap_or("-");
@@ -516,7 +561,7 @@ fn render_footer(frame: &mut Frame<'_>, area: Rect, app: &App) {
         ])
     } else {
         Line::from(
-            "? help  q quit  1-5/Tab views  ↑↓ move  Enter details  / filter  s/S sort  \
+            "? help  q quit  1-6/Tab views  ↑↓ move  Enter details  / filter  s/S sort  \
              r reverse  t tree  p pause  +/- refresh",
         )
         .dim()
