@@ -75,6 +75,27 @@ fn out_of_descriptors_the_server_waits_without_spinning_and_serves_again() {
     let server =
         greenhub_http::serve("127.0.0.1:0", |_req: Request<'_>| response::text("ok")).unwrap();
     let addr = server.local_addr();
+    // Every worker takes its slot (and opens its scheduler-state file) when it first runs a
+    // green thread: that must happen before the descriptors run out, not between the last
+    // one's release and the client's connect.
+    let give_up = Instant::now() + Duration::from_secs(30);
+    loop {
+        let snap = greenhub::inspect::snapshot();
+        if snap.workers.len() >= snap.runtime.workers {
+            break;
+        }
+        assert!(Instant::now() < give_up, "the workers never all ran");
+        let busy: Vec<_> = (0..16)
+            .map(|_| {
+                greenhub::spawn(|| {
+                    for _ in 0..100 {
+                        greenhub::yield_now();
+                    }
+                })
+            })
+            .collect();
+        busy.into_iter().for_each(|t| t.wait().unwrap());
+    }
     let hoard = use_up_descriptors();
     // The last descriptor: the client's. The server cannot accept it.
     let mut client = std::net::TcpStream::connect(addr).expect("the kernel takes the connection");
