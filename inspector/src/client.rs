@@ -191,7 +191,13 @@ impl Client {
     /// (see [`greenhub_snapshot::attach::REQUEST_PROFILE`]); waits as long, and the process's
     /// symbolizing after.
     pub fn profile(&mut self, seconds: f64, hz: u32) -> Result<Profile, InspectError> {
-        let within = Duration::from_secs_f64(seconds.clamp(0.0, 3600.0)) + SNAPSHOT_TIMEOUT;
+        // The process refuses what it cannot take; this only bounds the wait.
+        let wait = if seconds.is_finite() {
+            seconds.clamp(0.0, 3600.0)
+        } else {
+            0.0
+        };
+        let within = Duration::from_secs_f64(wait) + SNAPSHOT_TIMEOUT;
         self.ask(
             &format!("{REQUEST_PROFILE} {seconds} {hz}"),
             MAX_SNAPSHOT,

@@ -260,3 +260,43 @@ fn run_time_is_sampled_for_busy_threads_only() {
 fn spawn_named(name: &str, f: impl FnOnce() -> u64 + Send + 'static) -> greenhub::GreenThread<u64> {
     Builder::new().name(name).spawn(f).unwrap()
 }
+
+/// A blocking call the kernel does not restart after a signal (a read with a timeout) is
+/// reported, but its worker is not signalled for its stack: the read times out as it would
+/// have, instead of failing with `EINTR`.
+#[test]
+fn a_report_does_not_interrupt_a_blocking_call_that_a_signal_would_break() {
+    setup();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let t = Builder::new()
+        .name("timed-reader")
+        .spawn(move || {
+            use std::io::Read;
+            let mut s = std::net::TcpStream::connect(addr).unwrap();
+            s.set_read_timeout(Some(Duration::from_millis(600)))
+                .unwrap();
+            let mut buf = [0u8; 1];
+            s.read(&mut buf).map_err(|e| e.kind())
+        })
+        .unwrap();
+    let (_server_side, _) = listener.accept().unwrap();
+    let id = t.id();
+    let outcome = t.wait().unwrap();
+    assert!(
+        matches!(
+            outcome,
+            Err(std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)
+        ),
+        "the read ended by its timeout, not by a signal: {outcome:?}"
+    );
+    // It was reported all the same.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !snapshot().blocked.iter().any(|b| b.thread == id) {
+        assert!(
+            Instant::now() < deadline,
+            "the blocking read was not reported"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}

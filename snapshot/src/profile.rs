@@ -93,7 +93,8 @@ impl Profile {
                 line.push(';');
                 line.push_str(&fold_name(&frame.function));
             }
-            *lines.entry(line).or_default() += entry.weight;
+            let weight = lines.entry(line).or_default();
+            *weight = weight.saturating_add(entry.weight);
         }
         let mut lines: Vec<(String, u64)> = lines.into_iter().collect();
         lines.sort();
@@ -107,15 +108,17 @@ impl Profile {
     /// The `n` functions with the most weight of their own, with their totals.
     pub fn top(&self, half: Half, n: usize) -> Vec<TopFunction> {
         let mut by: HashMap<&str, (u64, u64)> = HashMap::new();
+        let mut seen: std::collections::HashSet<&str> = std::collections::HashSet::new();
         for entry in self.half(half) {
             if let Some(first) = entry.frames.first() {
-                by.entry(&first.function).or_default().0 += entry.weight;
+                let own = &mut by.entry(&first.function).or_default().0;
+                *own = own.saturating_add(entry.weight);
             }
-            let mut seen: Vec<&str> = Vec::new();
+            seen.clear();
             for frame in &entry.frames {
-                if !seen.contains(&frame.function.as_str()) {
-                    seen.push(&frame.function);
-                    by.entry(&frame.function).or_default().1 += entry.weight;
+                if seen.insert(&frame.function) {
+                    let total = &mut by.entry(&frame.function).or_default().1;
+                    *total = total.saturating_add(entry.weight);
                 }
             }
         }

@@ -489,7 +489,10 @@ fn profile_body(app: &App, w: &Window) -> Body {
         None => "profile: taking one (a second of samples)...".to_string(),
         Some(Err(why)) => format!("no profile: {why}"),
         Some(Ok(p)) => {
-            let on: u64 = p.on_cpu.iter().map(|e| e.weight).sum();
+            let on = p
+                .on_cpu
+                .iter()
+                .fold(0u64, |sum, e| sum.saturating_add(e.weight));
             format!(
                 "the last {}: {} samples of {} workers ({} in green threads); the parked \
                  threads' waits below{}",
@@ -502,10 +505,14 @@ fn profile_body(app: &App, w: &Window) -> Body {
         }
     };
     let (on_total, off_total) = match app.profile() {
-        Some(Ok(p)) => (
-            p.on_cpu.iter().map(|e| e.weight).sum::<u64>().max(1),
-            p.off_cpu.iter().map(|e| e.weight).sum::<u64>().max(1),
-        ),
+        Some(Ok(p)) => {
+            let sum = |es: &[greenhub_snapshot::ProfileEntry]| {
+                es.iter()
+                    .fold(0u64, |sum, e| sum.saturating_add(e.weight))
+                    .max(1)
+            };
+            (sum(&p.on_cpu), sum(&p.off_cpu))
+        }
         _ => (1, 1),
     };
     let rows = w.rows(&all, |i, r| {

@@ -385,11 +385,13 @@ fn preempted(slot: &WorkerSlot, busy: Duration, on_cpu: Option<Duration>) {
 
 fn open(slot: &WorkerSlot, thread: u64, busy: Duration, spent: Spent) -> u64 {
     let record = registry().thread(thread);
-    // Where the blocking call or the loop is: the stack the worker runs on, when that is the
-    // thread's (it may have switched since the tick looked; the capture checks).
-    let stack = record
-        .as_ref()
-        .and_then(|r| sampler::capture_running(slot.tid, r));
+    // Where the blocking call or the loop is: the stack the worker runs on, read by the worker
+    // in a signal handler, when that is the thread's (the handler checks) and the signal
+    // cannot break the system call the worker may be in.
+    let stack = slot
+        .syscall()
+        .filter(|nr| sampler::may_interrupt(*nr))
+        .and_then(|_| sampler::capture_running(slot.tid, thread));
     let name = record.as_ref().and_then(|r| r.name.clone());
     let site = record.as_ref().map(|r| r.site);
     let blocked = {

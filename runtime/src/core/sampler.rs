@@ -12,7 +12,7 @@
 //! `epoll_wait` is not interrupted; a system call that is interrupted is restarted where the
 //! kernel restarts it (`SA_RESTART`), else it fails with `EINTR`.
 //!
-//! It uses the registry's records, the slots and the stack walk.
+//! It uses the slots and the stack walk.
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
@@ -20,7 +20,6 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 
-use crate::core::registry::ThreadRecord;
 use crate::core::slots::{self, WorkerSlot};
 use crate::core::stack::{self, MAX_FRAMES, unsupported};
 
@@ -31,15 +30,16 @@ pub(crate) fn capture_signal() -> libc::c_int {
     libc::SIGRTMIN() + 7
 }
 
-/// The one capture in progress: which thread is asked, the bounds of the stack it runs on, and
-/// the frames its signal handler found. Written by the asker before the signal and by the
-/// handler before it sets `done`; plain atomics, as a signal handler may use.
+/// The one capture in progress: which OS thread and green thread are asked for, and the frames
+/// the signal handler found. The asker writes the request before the signal; one handler
+/// claims it (turning `asked` back to 0), fills the frames and sets `done`; plain atomics, as
+/// a signal handler may use.
 struct Capture {
-    /// The request's number (0: none); the handler answers only the current one.
+    /// The request's number (0: none, or claimed); a handler answers only the current one.
     asked: AtomicU64,
     tid: AtomicI32,
-    base: AtomicUsize,
-    size: AtomicUsize,
+    /// The green thread whose stack is wanted: a worker that runs another answers with none.
+    thread: AtomicU64,
     len: AtomicUsize,
     /// The number of the request answered.
     done: AtomicU64,
@@ -49,8 +49,7 @@ struct Capture {
 static CAPTURE: Capture = Capture {
     asked: AtomicU64::new(0),
     tid: AtomicI32::new(0),
-    base: AtomicUsize::new(0),
-    size: AtomicUsize::new(0),
+    thread: AtomicU64::new(0),
     len: AtomicUsize::new(0),
     done: AtomicU64::new(0),
     ips: [const { AtomicUsize::new(0) }; MAX_FRAMES],
@@ -91,29 +90,38 @@ fn handler_installed() -> Result<(), &'static str> {
     })
 }
 
+/// Whether the system call `nr` (from `WorkerSlot::syscall`) may be interrupted by the capture
+/// signal: the waits the standard library retries after `EINTR` (`thread::sleep`, and the
+/// futex under its locks and condition variables). Any other may fail with `EINTR` where the
+/// kernel does not restart it (a socket with a timeout, `poll`), so a worker in it is not
+/// signalled.
+pub(crate) fn may_interrupt(nr: i64) -> bool {
+    nr < 0
+        || [
+            libc::SYS_nanosleep,
+            libc::SYS_clock_nanosleep,
+            libc::SYS_futex,
+        ]
+        .contains(&nr)
+}
+
 /// The return addresses of the code the OS thread `tid` runs now, innermost first (the first
 /// is the interrupted instruction's address plus one, so that it reads as a return address),
-/// when it runs the green thread of `record`; `None` when it cannot be had (see
+/// when it runs the green thread `thread`; `None` when it cannot be had (see
 /// [`unsupported`]), the thread runs something else, or it does not answer within 100 ms.
 ///
 /// The thread is interrupted by [`capture_signal`] and walks its own frame pointers in the
-/// handler, reading only its own stack between the interrupted stack pointer and the green
-/// thread's base. A system call it is blocked in is interrupted: restarted where the kernel
-/// restarts it (`SA_RESTART`), else it fails with `EINTR`, which callers retry.
-pub(crate) fn capture_running(tid: i32, record: &ThreadRecord) -> Option<Vec<usize>> {
+/// handler, reading only the running green thread's own stack (as its slot gives it). Callers
+/// signal a worker only in user space or in a wait that [`may_interrupt`].
+pub(crate) fn capture_running(tid: i32, thread: u64) -> Option<Vec<usize>> {
     if unsupported().is_some() || handler_installed().is_err() {
-        return None;
-    }
-    let base = record.stack_base.load(Ordering::Relaxed);
-    if base == 0 {
         return None;
     }
     let mut last = CAPTURING.lock();
     *last += 1;
     let n = *last;
     CAPTURE.tid.store(tid, Ordering::Relaxed);
-    CAPTURE.base.store(base, Ordering::Relaxed);
-    CAPTURE.size.store(record.stack_size, Ordering::Relaxed);
+    CAPTURE.thread.store(thread, Ordering::Relaxed);
     CAPTURE.len.store(0, Ordering::Relaxed);
     CAPTURE.asked.store(n, Ordering::Release);
     // SAFETY: tgkill sends a signal to one thread of this process; a thread that has ended
@@ -126,21 +134,28 @@ pub(crate) fn capture_running(tid: i32, record: &ThreadRecord) -> Option<Vec<usi
             capture_signal() as libc::c_long,
         )
     } == 0;
-    let until = std::time::Instant::now() + CAPTURE_WAIT;
-    let mut answered = false;
-    while sent && std::time::Instant::now() < until {
-        if CAPTURE.done.load(Ordering::Acquire) == n {
-            answered = true;
-            break;
+    let answered = |within: Duration| {
+        let until = std::time::Instant::now() + within;
+        while std::time::Instant::now() < until {
+            if CAPTURE.done.load(Ordering::Acquire) == n {
+                return true;
+            }
+            std::thread::sleep(Duration::from_micros(200));
         }
-        std::thread::sleep(Duration::from_micros(200));
+        false
+    };
+    if !sent || !answered(CAPTURE_WAIT) {
+        // Take the request back. If a handler has claimed it already, it is writing the
+        // frames: wait for it to finish before the buffer serves another request.
+        let unclaimed = CAPTURE
+            .asked
+            .compare_exchange(n, 0, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok();
+        if unclaimed || !answered(Duration::from_secs(1)) {
+            return None;
+        }
     }
-    // A handler that runs later finds another request number and does nothing.
-    CAPTURE.asked.store(0, Ordering::Release);
-    if !answered {
-        return None;
-    }
-    let len = CAPTURE.len.load(Ordering::Relaxed);
+    let len = CAPTURE.len.load(Ordering::Relaxed).min(MAX_FRAMES);
     let ips: Vec<usize> = CAPTURE.ips[..len]
         .iter()
         .map(|ip| ip.load(Ordering::Relaxed))
@@ -165,7 +180,8 @@ extern "C" fn on_signal(_: libc::c_int, info: *mut libc::siginfo_t, context: *mu
     }
 }
 
-/// Answers the capture in progress, if it is for this thread.
+/// Answers the capture in progress, if it is for this thread: claims it, walks the stack of
+/// the green thread this worker runs if it is the one asked for, and says it is done.
 fn capture(context: &libc::ucontext_t) {
     let n = CAPTURE.asked.load(Ordering::Acquire);
     // SAFETY: gettid has no failure mode and touches no memory.
@@ -173,14 +189,24 @@ fn capture(context: &libc::ucontext_t) {
     if n == 0 || CAPTURE.tid.load(Ordering::Relaxed) != tid {
         return;
     }
-    let base = CAPTURE.base.load(Ordering::Relaxed);
-    let size = CAPTURE.size.load(Ordering::Relaxed);
+    if CAPTURE
+        .asked
+        .compare_exchange(n, 0, Ordering::AcqRel, Ordering::Relaxed)
+        .is_err()
+    {
+        return;
+    }
+    let wanted = CAPTURE.thread.load(Ordering::Relaxed);
     let mut len = 0;
-    walk_interrupted(context, base, size, |ip| {
-        CAPTURE.ips[len].store(ip, Ordering::Relaxed);
-        len += 1;
-        len < MAX_FRAMES
-    });
+    if let Some((id, base, size)) = slots::this_thread().and_then(|s| s.running_here())
+        && id == wanted
+    {
+        walk_interrupted(context, base, size, |ip| {
+            CAPTURE.ips[len].store(ip, Ordering::Relaxed);
+            len += 1;
+            len < MAX_FRAMES
+        });
+    }
     CAPTURE.len.store(len, Ordering::Relaxed);
     CAPTURE.done.store(n, Ordering::Release);
 }
@@ -239,6 +265,8 @@ const MAX_WORKERS: usize = 256;
 
 /// One sample: the green thread interrupted (0: none of ours) and its stack.
 struct Entry {
+    /// The profile it was taken for: a signal queued before a profile ended may land after.
+    session: AtomicU64,
     thread: AtomicU64,
     len: AtomicUsize,
     ips: [AtomicUsize; SAMPLE_FRAMES],
@@ -261,6 +289,7 @@ impl Ring {
             dropped: AtomicU64::new(0),
             entries: (0..RING)
                 .map(|_| Entry {
+                    session: AtomicU64::new(0),
                     thread: AtomicU64::new(0),
                     len: AtomicUsize::new(0),
                     ips: [const { AtomicUsize::new(0) }; SAMPLE_FRAMES],
@@ -277,6 +306,9 @@ static RINGS: [AtomicPtr<Ring>; MAX_WORKERS] =
 
 /// A profile is being taken.
 static SAMPLING: AtomicBool = AtomicBool::new(false);
+
+/// The number of the profile being taken (each takes the next).
+static SESSION: AtomicU64 = AtomicU64::new(0);
 
 /// Takes a sample into this worker's ring.
 fn sample(context: &libc::ucontext_t) {
@@ -297,21 +329,19 @@ fn sample(context: &libc::ucontext_t) {
     let entry = &ring.entries[head % RING];
     let mut len = 0;
     let thread = match slot.running_here() {
-        Some(record) => {
-            walk_interrupted(
-                context,
-                record.stack_base.load(Ordering::Relaxed),
-                record.stack_size,
-                |ip| {
-                    entry.ips[len].store(ip, Ordering::Relaxed);
-                    len += 1;
-                    len < SAMPLE_FRAMES
-                },
-            );
-            record.id
+        Some((id, base, size)) => {
+            walk_interrupted(context, base, size, |ip| {
+                entry.ips[len].store(ip, Ordering::Relaxed);
+                len += 1;
+                len < SAMPLE_FRAMES
+            });
+            id
         }
         None => 0,
     };
+    entry
+        .session
+        .store(SESSION.load(Ordering::Relaxed), Ordering::Relaxed);
     entry.thread.store(thread, Ordering::Relaxed);
     entry.len.store(len, Ordering::Relaxed);
     ring.head.store(head.wrapping_add(1), Ordering::Release);
@@ -355,6 +385,7 @@ impl Sampling {
         if SAMPLING.swap(true, Ordering::AcqRel) {
             return Err(ProfileError::Busy);
         }
+        SESSION.fetch_add(1, Ordering::AcqRel);
         let mut sampling = Sampling {
             timers: Vec::new(),
             workers: Vec::new(),
@@ -430,11 +461,14 @@ impl Sampling {
             let mut at = tail;
             while at != head {
                 let entry = &ring.entries[at % RING];
+                at = at.wrapping_add(1);
+                if entry.session.load(Ordering::Relaxed) != SESSION.load(Ordering::Relaxed) {
+                    continue;
+                }
                 let len = entry.len.load(Ordering::Relaxed).min(SAMPLE_FRAMES);
                 ips.clear();
                 ips.extend(entry.ips[..len].iter().map(|ip| ip.load(Ordering::Relaxed)));
                 each((entry.thread.load(Ordering::Relaxed), &ips));
-                at = at.wrapping_add(1);
             }
             ring.tail.store(head, Ordering::Release);
             dropped += ring.dropped.swap(0, Ordering::Relaxed);

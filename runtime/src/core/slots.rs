@@ -1,17 +1,19 @@
 //! Which green thread each worker runs now: a [`WorkerSlot`] per OS thread that runs greenhub
 //! green threads.
 //!
-//! A slot holds the id of the green thread its worker runs (0 when it runs none of ours), that
-//! thread's record, and a generation that changes at every switch. Writing them costs three
-//! relaxed stores per switch and no clock read. The monitor reads every slot each tick
-//! (`core/monitor.rs`); the worker's own signal handler reads its slot to know which green
-//! thread it interrupted (`core/sampler.rs`), so the id and the record change in an order a
-//! handler can trust: the id is cleared before the record changes and set after it.
+//! A slot holds the id of the green thread its worker runs (0 when it runs none of ours), the
+//! bounds of that thread's stack, and a generation that changes at every switch. Writing them
+//! costs a few relaxed stores per switch and no clock read. The monitor reads every slot each
+//! tick (`core/monitor.rs`); the worker's own signal handler reads its slot to know which green
+//! thread it interrupted and where its stack is (`core/sampler.rs`), so the id and the bounds
+//! change in an order a handler can trust: the id is cleared before the bounds change and set
+//! after them. The slot holds copies, never a pointer, so a handler reads nothing that a
+//! thread's end could free.
 //!
 //! It uses the registry's record type and nothing else.
 
 use std::cell::Cell;
-use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering, compiler_fence};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering, compiler_fence};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -25,7 +27,9 @@ pub(crate) struct WorkerSlot {
     /// The worker's Linux thread id.
     pub tid: i32,
     current: AtomicU64,
-    record: AtomicPtr<ThreadRecord>,
+    /// The running thread's `stack_base` and stack size (see `core/stack.rs`).
+    stack_base: AtomicUsize,
+    stack_size: AtomicUsize,
     generation: AtomicU64,
     /// The worker's CPU clock.
     cpu_clock: Option<libc::clockid_t>,
@@ -44,18 +48,30 @@ impl WorkerSlot {
         self.generation.load(Ordering::Acquire)
     }
 
-    /// The record of the green thread the worker runs, for code running on the worker itself
-    /// (its signal handler): only there is the thread known to stay alive while it is read.
-    pub(crate) fn running_here(&self) -> Option<&ThreadRecord> {
-        if self.current.load(Ordering::Relaxed) == 0 {
+    /// The green thread the worker runs and its stack's base and size, for code running on
+    /// the worker itself (its signal handler), which sees the slot's stores in program order.
+    pub(crate) fn running_here(&self) -> Option<(u64, usize, usize)> {
+        let id = self.current.load(Ordering::Relaxed);
+        if id == 0 {
             return None;
         }
         compiler_fence(Ordering::SeqCst);
-        let record = self.record.load(Ordering::Relaxed);
-        // SAFETY: on the worker, a non-zero id means the record was set before it (see the
-        // module's doc) and the green thread it names is the one running here, whose context
-        // holds its record alive.
-        unsafe { record.as_ref() }
+        Some((
+            id,
+            self.stack_base.load(Ordering::Relaxed),
+            self.stack_size.load(Ordering::Relaxed),
+        ))
+    }
+
+    /// The system call the worker is blocked in now (`Some(number)`), `Some(-1)` when it runs
+    /// in user space, `None` when that cannot be read (`/proc/self/task/<tid>/syscall`).
+    pub(crate) fn syscall(&self) -> Option<i64> {
+        let text = std::fs::read_to_string(format!("/proc/self/task/{}/syscall", self.tid)).ok()?;
+        let first = text.split_whitespace().next()?;
+        if first == "running" {
+            return Some(-1);
+        }
+        first.parse().ok()
     }
 
     /// The worker's CPU clock, for timers on its CPU time.
@@ -120,7 +136,8 @@ fn register() -> &'static WorkerSlot {
         index: slots.len(),
         tid,
         current: AtomicU64::new(0),
-        record: AtomicPtr::new(std::ptr::null_mut()),
+        stack_base: AtomicUsize::new(0),
+        stack_size: AtomicUsize::new(0),
         generation: AtomicU64::new(0),
         cpu_clock,
         stat: std::fs::File::open(format!("/proc/self/task/{tid}/stat")).ok(),
@@ -144,10 +161,9 @@ fn slot() -> &'static WorkerSlot {
 pub(crate) fn set_running(record: &ThreadRecord) {
     // Read and written in one call: the green thread cannot migrate in between.
     let s = slot();
-    s.record.store(
-        record as *const ThreadRecord as *mut ThreadRecord,
-        Ordering::Relaxed,
-    );
+    s.stack_base
+        .store(record.stack_base.load(Ordering::Relaxed), Ordering::Relaxed);
+    s.stack_size.store(record.stack_size, Ordering::Relaxed);
     compiler_fence(Ordering::SeqCst);
     s.current.store(record.id, Ordering::Relaxed);
     bump(s);
@@ -158,8 +174,6 @@ pub(crate) fn set_running(record: &ThreadRecord) {
 pub(crate) fn set_idle() {
     let s = slot();
     s.current.store(0, Ordering::Relaxed);
-    compiler_fence(Ordering::SeqCst);
-    s.record.store(std::ptr::null_mut(), Ordering::Relaxed);
     bump(s);
 }
 

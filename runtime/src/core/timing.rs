@@ -17,7 +17,7 @@ use std::cell::OnceCell;
 use std::collections::HashMap;
 use std::panic::Location;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use hdrhistogram::Histogram;
 use parking_lot::Mutex;
@@ -84,8 +84,9 @@ impl Spent {
     }
 }
 
-/// Claims on timing: it is on while there is one.
-static CLAIMS: AtomicUsize = AtomicUsize::new(0);
+/// Claims on timing: it is on while there is one. A lock, so that the count and the flag
+/// change together (a claim and a release that cross cannot leave the flag off).
+static CLAIMS: Mutex<usize> = Mutex::new(0);
 
 /// When timing last came on: marks older than this were left by an earlier spell and are
 /// ignored (a wait that began then ended while timing was off).
@@ -96,7 +97,9 @@ pub(crate) struct Claim(());
 
 /// Turns timing on until the claim is dropped (and no other is held).
 pub(crate) fn claim() -> Claim {
-    if CLAIMS.fetch_add(1, Ordering::SeqCst) == 0 {
+    let mut claims = CLAIMS.lock();
+    *claims += 1;
+    if *claims == 1 {
         ON_SINCE.store(clock::precise_ns(), Ordering::SeqCst);
         barrier::raise(barrier::TIMING);
     }
@@ -105,7 +108,9 @@ pub(crate) fn claim() -> Claim {
 
 impl Drop for Claim {
     fn drop(&mut self) {
-        if CLAIMS.fetch_sub(1, Ordering::SeqCst) == 1 {
+        let mut claims = CLAIMS.lock();
+        *claims -= 1;
+        if *claims == 0 {
             barrier::clear(barrier::TIMING);
         }
     }
@@ -130,13 +135,19 @@ fn times(record: &ThreadRecord) -> &Times {
 }
 
 /// The thread of `record` begins a wait on `on` (called on it).
+// Never inlined: the per-worker book is found through a thread-local, whose address a
+// caller that parks could keep across the park and use on another worker.
 #[cold]
+#[inline(never)]
 pub(crate) fn wait_begins(record: &ThreadRecord, on: WaitOn) {
     end_run(record, Spent::waiting_on(on));
 }
 
 /// The thread of `record` yields: runnable from now.
+// Never inlined: the per-worker book is found through a thread-local, whose address a
+// caller that parks could keep across the park and use on another worker.
 #[cold]
+#[inline(never)]
 pub(crate) fn yields(record: &ThreadRecord) {
     end_run(record, Spent::Runnable);
 }
@@ -157,7 +168,10 @@ fn end_run(record: &ThreadRecord, next: Spent) {
 }
 
 /// A token woke the thread of `record` (called by the waker).
+// Never inlined: the per-worker book is found through a thread-local, whose address a
+// caller that parks could keep across the park and use on another worker.
 #[cold]
+#[inline(never)]
 pub(crate) fn woken(record: &ThreadRecord) {
     let t = times(record);
     let _ = t.woken_at.compare_exchange(
@@ -169,7 +183,10 @@ pub(crate) fn woken(record: &ThreadRecord) {
 }
 
 /// The thread of `record` runs (called on it, from its start or the end of a wait or yield).
+// Never inlined: the per-worker book is found through a thread-local, whose address a
+// caller that parks could keep across the park and use on another worker.
 #[cold]
+#[inline(never)]
 pub(crate) fn runs(record: &ThreadRecord) {
     let t = times(record);
     let now = clock::precise_ns().max(1);
@@ -199,7 +216,10 @@ pub(crate) fn runs(record: &ThreadRecord) {
 }
 
 /// The thread of `record` ends: its last run is counted.
+// Never inlined: the per-worker book is found through a thread-local, whose address a
+// caller that parks could keep across the park and use on another worker.
 #[cold]
+#[inline(never)]
 pub(crate) fn ends(record: &ThreadRecord) {
     let t = times(record);
     let since = current(t.run_since.swap(0, Ordering::Relaxed));
@@ -239,7 +259,11 @@ fn book(site: &'static Location<'static>, spent: Spent, ns: u64) {
             BOOKS.lock().push(book.clone());
             book
         });
-        let mut book = book.lock();
+        // A reader merging this book holds it for a while: the stretch is left out then
+        // rather than the worker blocked.
+        let Some(mut book) = book.try_lock() else {
+            return;
+        };
         let full = book.entries.len() >= MAX_ENTRIES;
         let entry = match book.entries.get_mut(&(site, spent)) {
             Some(h) => Some(h),

@@ -57,16 +57,19 @@ impl Token {
     /// or was already woken: whatever was being handed to it must go elsewhere.
     #[inline]
     pub fn wake(&self) -> bool {
+        // Noted before the hand-off, while the waiter still waits: after it, the waiter could
+        // already be in its next wait, which the note would be taken for.
+        if barrier::flags() & barrier::TIMING != 0
+            && let Some(record) = &self.record
+            && self.is_waiting()
+        {
+            timing::woken(record);
+        }
         if self
             .state
             .compare_exchange(WAITING, WOKEN, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
         {
-            if barrier::flags() & barrier::TIMING != 0
-                && let Some(record) = &self.record
-            {
-                timing::woken(record);
-            }
             match &self.parker {
                 Parker::Green(co) => self.unpark_green(co),
                 Parker::Os(t) => t.unpark(),

@@ -16,7 +16,8 @@ use crate::core::wait::Waiter;
 /// (killable; a killed caller leaves the work to finish unseen). Inline when no thread can be
 /// started.
 pub(crate) fn off_workers<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    if !may::coroutine::is_coroutine() {
+    // A green thread that is unwinding (killed) cannot wait: it does the work itself.
+    if !may::coroutine::is_coroutine() || std::thread::panicking() {
         return f();
     }
     static KIND: OnceLock<ObjectKind> = OnceLock::new();
