@@ -395,8 +395,8 @@ pub fn ping_pong(runtime: &str, workers: usize, rounds: u64) -> f64 {
 pub fn idle_memory(runtime: &str, n: u64) -> f64 {
     let workers = 2;
     let (before, after) = match runtime {
-        "greenhub" | "greenhub (16 KiB stack)" => {
-            let stack = (runtime != "greenhub").then_some(16 * 1024);
+        "greenhub" | "greenhub (16 KiB stack)" | "greenhub, 200,000 tasks" => {
+            let stack = runtime.contains("16 KiB").then_some(16 * 1024);
             start_greenhub(workers, stack);
             greenhub::spawn(|| ()).wait().unwrap();
             let before = rss_bytes();

@@ -84,13 +84,16 @@
 //! a guard page and cannot be caught. Code with deep recursion, large arrays on the stack or
 //! heavy formatting needs a bigger stack; the default leaves room for ordinary code, panics and
 //! `log` calls. Only the pages a thread touches are resident, so a large stack costs address
-//! space, not memory: an idle green thread costs about 8.6 KiB resident at any stack size (the
-//! benchmark measures it; see BENCHMARKS.md).
+//! space, not memory: an idle green thread costs a page of stack and its records, about 5 KiB
+//! resident at any stack size (the benchmark measures it; see BENCHMARKS.md).
 //!
-//! Linux caps memory mappings per process (`vm.max_map_count`, 65,530 by default) and every
-//! stack takes two, which allows about 30,000 live green threads. greenhub refuses a spawn
-//! beyond that with [`thread::SpawnError::MapLimit`] (naming the limit and the `sysctl` that raises
-//! it) instead of hanging like bare `may`.
+//! On Linux 6.13 and later, stacks are slots of large shared mappings whose guard pages are
+//! guard regions (`MADV_GUARD_INSTALL`), so a green thread costs no memory mapping of its own
+//! and `vm.max_map_count` does not bound them (`Snapshot::runtime.stacks_share_mappings` says
+//! which scheme runs). On older kernels every stack takes two mappings and the default cap
+//! (65,530) allows about 30,000 live green threads: greenhub then refuses a spawn beyond that
+//! with [`thread::SpawnError::MapLimit`] (naming the limit and the `sysctl` that raises it)
+//! instead of hanging like bare `may`.
 //!
 //! # Killing
 //!

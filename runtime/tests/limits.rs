@@ -1,4 +1,6 @@
-//! The stack budget: past vm.max_map_count a spawn fails with an error instead of hanging.
+//! The stack budget. Where stacks share mappings (Linux 6.13+), more green threads live than
+//! two mappings each would allow; elsewhere, past vm.max_map_count a spawn fails with an error
+//! instead of hanging.
 
 mod common;
 
@@ -13,6 +15,75 @@ fn max_map_count() -> u64 {
         .trim()
         .parse()
         .unwrap()
+}
+
+fn count_maps() -> usize {
+    std::fs::read_to_string("/proc/self/maps")
+        .unwrap()
+        .lines()
+        .count()
+}
+
+#[test]
+fn more_threads_live_than_two_mappings_each_would_allow_when_stacks_share_mappings() {
+    let name = "more_threads_live_than_two_mappings_each_would_allow_when_stacks_share_mappings";
+    if is_child(name) {
+        let wanted = (max_map_count() / 2 + 10_000) as usize;
+        let (alive, before, during, info) = spawn(move || {
+            let before = count_maps();
+            let mut alive = Vec::with_capacity(wanted);
+            for i in 0..wanted {
+                match Builder::new().spawn(move || {
+                    let _ = sleep(Duration::from_secs(600));
+                    i
+                }) {
+                    Ok(t) => alive.push(t),
+                    Err(e) => panic!("spawn {i} of {wanted} failed: {e}"),
+                }
+            }
+            // Every thread has run up to its sleep once its stack holds a frame.
+            let _ = greenhub::sleep(Duration::from_millis(50));
+            let during = count_maps();
+            let info = greenhub::inspect::snapshot().runtime;
+            for t in &alive {
+                t.kill();
+            }
+            let count = alive.len();
+            let killed = alive.into_iter().filter(|t| t.wait().is_err()).count();
+            assert_eq!(killed, count, "every thread was alive until killed");
+            (count, before, during, info)
+        })
+        .wait()
+        .unwrap();
+        assert!(info.stacks_share_mappings);
+        assert_eq!(info.map_limit, None);
+        println!("alive={alive} wanted={wanted} maps_before={before} maps_during={during}");
+        return;
+    }
+    if !generator::stacks_share_mappings() {
+        eprintln!("this kernel has no guard regions: stacks cost two mappings each");
+        return;
+    }
+    let out = run_child(name, &[], Duration::from_secs(300));
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let field = |key: &str| -> u64 {
+        stdout
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(key))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no {key} in {}", text(&out)))
+    };
+    assert_eq!(field("alive="), field("wanted="), "{}", text(&out));
+    // Tens of thousands of stacks cost a few hundred mappings (one per chunk of stacks, and
+    // adjacent chunks merge), not two each.
+    println!("{}", stdout.trim());
+    let grown = field("maps_during=").saturating_sub(field("maps_before="));
+    assert!(
+        grown < field("wanted=") / 20,
+        "the mappings grew by {grown}: {}",
+        text(&out)
+    );
 }
 
 #[test]
@@ -57,6 +128,10 @@ fn spawning_past_the_map_cap_fails_with_an_error_that_names_it() {
         eprintln!("vm.max_map_count is raised on this machine; the cap cannot be reached quickly");
         return;
     }
+    if generator::stacks_share_mappings() {
+        eprintln!("stacks share mappings on this kernel: the cap does not bound green threads");
+        return;
+    }
     let out = run_child(name, &[], Duration::from_secs(300));
     assert!(out.status.success(), "{}", text(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -91,7 +166,7 @@ fn an_unreachable_thread_limit_is_warned_about_at_start() {
         spawn(|| ()).wait().unwrap();
         return;
     }
-    if max_map_count() > 1_000_000 {
+    if max_map_count() > 1_000_000 || generator::stacks_share_mappings() {
         return;
     }
     let out = run_child(

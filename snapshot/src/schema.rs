@@ -120,8 +120,13 @@ pub struct RuntimeInfo {
     pub max_green_threads: Option<usize>,
     /// The kernel's cap on memory mappings.
     pub max_map_count: Option<u64>,
-    /// Green threads the cap allows in this process.
+    /// Green threads the cap allows in this process (`None` when stacks share mappings or
+    /// the cap is unknown).
     pub map_limit: Option<usize>,
+    /// Stacks are slots of shared mappings with guard regions (Linux 6.13+): a green thread
+    /// costs no memory mapping of its own, so `max_map_count` does not bound them.
+    #[serde(default)]
+    pub stacks_share_mappings: bool,
     /// Green threads holding a stack now.
     pub live_stacks: usize,
     /// The inbox that batches wakes from OS threads (tpool completions).

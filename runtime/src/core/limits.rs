@@ -1,10 +1,14 @@
 //! The stack budget: how many green threads fit under `vm.max_map_count`.
 //!
-//! Every `may` stack is one memory mapping plus a guard page that splits it into two, and Linux
-//! caps mappings per process (`vm.max_map_count`, 65,530 by default). When `mmap` fails deep
-//! inside `may`, the spawner panics, and code that waits for the thread it meant to spawn hangs
-//! with no error. greenhub refuses such a spawn up front instead, with an error that names the
-//! limit and how to raise it.
+//! On Linux 6.13 and later, stacks are slots of shared mappings with guard regions
+//! (`generator::stacks_share_mappings`, in vendor/generator): a stack costs no mapping of its
+//! own and the cap does not bound green threads; only `max_green_threads` does.
+//!
+//! On older kernels every stack is one memory mapping plus a guard page that splits it into two,
+//! and Linux caps mappings per process (`vm.max_map_count`, 65,530 by default). When `mmap`
+//! fails deep inside `may`, the spawner panics, and code that waits for the thread it meant to
+//! spawn hangs with no error. greenhub refuses such a spawn up front instead, with an error that
+//! names the limit and how to raise it.
 //!
 //! Accounting: `may` keeps up to `pool` stacks of the default size mapped and reuses them, so
 //! default-size threads cost new mappings only beyond the pool; a thread with a custom stack
@@ -72,6 +76,8 @@ pub enum SpawnError {
 pub(crate) const POOL_CAPACITY: usize = 1000;
 
 pub(crate) struct StackBudget {
+    /// Stacks are slots of shared mappings: the map cap does not apply.
+    pub shared_mappings: bool,
     pub max_map_count: Option<u64>,
     pub baseline_maps: u64,
     pub reserve: u64,
@@ -118,14 +124,16 @@ fn count_maps() -> u64 {
 impl StackBudget {
     /// Measures the process as it is now (after `may`'s scheduler and stack pool exist).
     pub(crate) fn measure(default_stack: usize, thread_limit: Option<usize>) -> StackBudget {
+        let shared_mappings = generator::stacks_share_mappings();
         let max_map_count = read_max_map_count();
         let baseline_maps = count_maps();
         let reserve = max_map_count.map_or(0, |m| (m / 16).max(2048));
-        let map_limit = max_map_count.map(|m| {
+        let map_limit = max_map_count.filter(|_| !shared_mappings).map(|m| {
             let free = m.saturating_sub(baseline_maps + reserve);
             POOL_CAPACITY + (free / 2) as usize
         });
         StackBudget {
+            shared_mappings,
             max_map_count,
             baseline_maps,
             reserve,
@@ -192,6 +200,7 @@ impl StackBudget {
         {
             return Err(SpawnError::ThreadLimit { limit });
         }
+        // `map_limit` is `None` when stacks share mappings.
         if let (Some(max), Some(limit)) = (self.max_map_count, self.map_limit) {
             let available = max.saturating_sub(self.baseline_maps + self.reserve);
             if self.maps_needed(default, custom_live) > available {

@@ -352,6 +352,7 @@ fn runtime_info() -> RuntimeInfo {
                 max_green_threads: settings.max_green_threads,
                 max_map_count: rt.budget.max_map_count,
                 map_limit: rt.budget.map_limit,
+                stacks_share_mappings: rt.budget.shared_mappings,
                 live_stacks: rt.budget.live(),
                 inbox: inbox::stats(),
             }
@@ -364,6 +365,7 @@ fn runtime_info() -> RuntimeInfo {
             max_green_threads: None,
             max_map_count: None,
             map_limit: None,
+            stacks_share_mappings: false,
             live_stacks: 0,
             inbox: inbox::stats(),
         },

@@ -1,0 +1,268 @@
+//! Stacks carved out of shared mappings, with guard regions instead of `mprotect`ed pages.
+//!
+//! A stack mapped on its own with an `mprotect`ed guard page costs two memory mappings, and
+//! Linux caps mappings per process (`vm.max_map_count`, 65,530 by default), which stops a
+//! process at about 32,000 stacks. Linux 6.13 added `madvise(MADV_GUARD_INSTALL)`: a guard
+//! region inside an existing mapping that faults like `PROT_NONE` without splitting it. Here
+//! stacks of one size are slots of large mappings ("chunks"), each slot's lowest page a guard
+//! region, so a stack costs no mapping of its own and adjacent chunks merge into one.
+//!
+//! Rules:
+//! - A free slot keeps its guard and holds no memory: releasing a stack discards its pages with
+//!   `MADV_DONTNEED` (guard regions survive it), so a process that had many stacks gives the
+//!   memory back but keeps the address space for the next ones.
+//! - Chunks are never unmapped: their slots are reused by later stacks of the same size.
+//! - Where the kernel does not know the advice (before 6.13), [`allocate`] says so once and the
+//!   caller maps each stack on its own, as before.
+//! - Chunks are `MADV_NOHUGEPAGE`: a stack touches a page or two, and a huge page would make it
+//!   cost 2 MiB.
+
+use std::io;
+use std::os::raw::c_void;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Mutex;
+
+use super::{page_size, SysStack, MAP_STACK};
+
+/// `madvise` advice: install guard regions (Linux 6.13+, `include/uapi/asm-generic/mman-common.h`).
+const MADV_GUARD_INSTALL: libc::c_int = 102;
+
+/// A chunk maps at least this many bytes (and at least one slot).
+const CHUNK_BYTES: usize = 4 << 20;
+
+const UNKNOWN: u8 = 0;
+const SUPPORTED: u8 = 1;
+const UNSUPPORTED: u8 = 2;
+
+static SUPPORT: AtomicU8 = AtomicU8::new(UNKNOWN);
+
+/// The free slots of every slot size in use, each by its lowest address (the guard's).
+static FREE: Mutex<Vec<SizeClass>> = Mutex::new(Vec::new());
+
+struct SizeClass {
+    /// Bytes per slot, guard included.
+    slot: usize,
+    free: Vec<usize>,
+}
+
+/// Whether stacks come from shared mappings with guard regions (the kernel knows
+/// `MADV_GUARD_INSTALL`). Probes the kernel on the first call.
+pub fn supported() -> bool {
+    match SUPPORT.load(Ordering::Relaxed) {
+        SUPPORTED => true,
+        UNSUPPORTED => false,
+        _ => {
+            let supported = probe();
+            SUPPORT.store(
+                if supported { SUPPORTED } else { UNSUPPORTED },
+                Ordering::Relaxed,
+            );
+            supported
+        }
+    }
+}
+
+/// Maps two pages and tries to make the first a guard region.
+fn probe() -> bool {
+    let page = page_size();
+    // SAFETY: a fresh anonymous mapping, advised and unmapped here and used by nobody else.
+    unsafe {
+        let ptr = libc::mmap(
+            std::ptr::null_mut(),
+            2 * page,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANON,
+            -1,
+            0,
+        );
+        if std::ptr::eq(ptr, libc::MAP_FAILED) {
+            return false;
+        }
+        let ok = libc::madvise(ptr, page, MADV_GUARD_INSTALL) == 0;
+        libc::munmap(ptr, 2 * page);
+        ok
+    }
+}
+
+/// A stack of `size` bytes (a multiple of the page size, its guard page included), or `None`
+/// when the kernel has no guard regions.
+pub fn allocate(size: usize) -> io::Result<Option<SysStack>> {
+    if !supported() {
+        return Ok(None);
+    }
+    let page = page_size();
+    debug_assert!(size.is_multiple_of(page) && size > page);
+    let slot = {
+        let mut classes = FREE.lock().unwrap_or_else(|e| e.into_inner());
+        let class = match classes.iter_mut().position(|c| c.slot == size) {
+            Some(i) => &mut classes[i],
+            None => {
+                classes.push(SizeClass {
+                    slot: size,
+                    free: Vec::new(),
+                });
+                classes.last_mut().expect("just pushed")
+            }
+        };
+        match class.free.pop() {
+            Some(slot) => slot,
+            None => {
+                // Mapping under the lock keeps two threads from mapping a chunk each for one
+                // missing slot; it happens once per chunk.
+                let mut slots = map_chunk(size)?;
+                let slot = slots.pop().expect("a chunk holds at least one slot");
+                class.free.extend(slots);
+                slot
+            }
+        }
+    };
+    let bottom = slot + page;
+    let top = slot + size;
+    // SAFETY: the slot's pages above its guard belong to this stack alone until `release`.
+    Ok(Some(unsafe {
+        SysStack::in_arena(top as *mut c_void, bottom as *mut c_void)
+    }))
+}
+
+/// Maps a chunk for slots of `size` bytes and installs each slot's guard. Returns the slots,
+/// lowest address last (so the first stack handed out is the lowest).
+fn map_chunk(size: usize) -> io::Result<Vec<usize>> {
+    let page = page_size();
+    let count = (CHUNK_BYTES / size).max(1);
+    let bytes = count * size;
+    // SAFETY: a fresh anonymous mapping; on failure it is unmapped before returning.
+    unsafe {
+        let ptr = libc::mmap(
+            std::ptr::null_mut(),
+            bytes,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANON | MAP_STACK,
+            -1,
+            0,
+        );
+        if std::ptr::eq(ptr, libc::MAP_FAILED) {
+            return Err(io::Error::last_os_error());
+        }
+        // Advice, not a requirement: a kernel without THP refuses it harmlessly.
+        libc::madvise(ptr, bytes, libc::MADV_NOHUGEPAGE);
+        let base = ptr as usize;
+        let mut slots = Vec::with_capacity(count);
+        for i in (0..count).rev() {
+            let slot = base + i * size;
+            if libc::madvise(slot as *mut c_void, page, MADV_GUARD_INSTALL) != 0 {
+                let err = io::Error::last_os_error();
+                libc::munmap(ptr, bytes);
+                return Err(err);
+            }
+            slots.push(slot);
+        }
+        Ok(slots)
+    }
+}
+
+/// Gives a stack from [`allocate`] back: its pages are discarded, its slot reused.
+///
+/// # Safety
+///
+/// `stack` came from [`allocate`] and nothing uses its memory any more.
+pub unsafe fn release(stack: &SysStack) {
+    let page = page_size();
+    let slot = stack.bottom() as usize - page;
+    let size = stack.len() + page;
+    // Discarding keeps the guard region (MADV_DONTNEED leaves guards in place). A failure
+    // leaves the pages resident, which costs memory but nothing else.
+    libc::madvise(stack.bottom(), stack.len(), libc::MADV_DONTNEED);
+    let mut classes = FREE.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(class) = classes.iter_mut().find(|c| c.slot == size) {
+        class.free.push(slot);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whether the page at `addr` is a guard region, read from `/proc/self/pagemap`
+    /// (bit 58, "pte is a guard region", Linux 6.14+). `None` where the kernel does not say.
+    fn is_guard(addr: usize) -> Option<bool> {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut f = std::fs::File::open("/proc/self/pagemap").ok()?;
+        f.seek(SeekFrom::Start((addr / page_size() * 8) as u64))
+            .ok()?;
+        let mut word = [0u8; 8];
+        f.read_exact(&mut word).ok()?;
+        Some(u64::from_ne_bytes(word) & (1 << 58) != 0)
+    }
+
+    #[test]
+    fn stacks_are_slots_with_guards_and_are_reused() {
+        if !supported() {
+            return;
+        }
+        let page = page_size();
+        let size = 16 * page;
+        let a = allocate(size).unwrap().unwrap();
+        let b = allocate(size).unwrap().unwrap();
+        assert_eq!(a.len(), size - page);
+        assert_ne!(a.bottom(), b.bottom());
+        let guard = a.bottom() as usize - page;
+        if let Some(guarded) = is_guard(guard) {
+            assert!(guarded, "the page below a stack is a guard region");
+        }
+        // SAFETY: the stacks are ours; writing and releasing them is what a generator does.
+        unsafe {
+            a.bottom().cast::<u8>().write(7);
+            a.top().cast::<u8>().sub(1).write(7);
+            let bottom = a.bottom();
+            release(&a);
+            let again = allocate(size).unwrap().unwrap();
+            assert_eq!(again.bottom(), bottom, "a released slot is handed out again");
+            assert_eq!(bottom.cast::<u8>().read(), 0, "a released stack's pages are discarded");
+            if let Some(guarded) = is_guard(guard) {
+                assert!(guarded, "the guard survives the discard");
+            }
+            release(&again);
+            release(&b);
+        }
+    }
+
+    /// Writes to `addr` in a child process; returns the signal that ended it, if any.
+    fn write_in_child(addr: usize) -> Option<libc::c_int> {
+        // SAFETY: the child only calls async-signal-safe functions before `_exit`.
+        unsafe {
+            match libc::fork() {
+                0 => {
+                    libc::signal(libc::SIGSEGV, libc::SIG_DFL);
+                    std::ptr::write_volatile(addr as *mut u8, 1);
+                    libc::_exit(0);
+                }
+                -1 => panic!("fork: {}", io::Error::last_os_error()),
+                pid => {
+                    let mut status = 0;
+                    assert_eq!(libc::waitpid(pid, &mut status, 0), pid);
+                    libc::WIFSIGNALED(status).then(|| libc::WTERMSIG(status))
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_write_below_a_stack_faults_even_in_a_reused_slot() {
+        if !supported() {
+            return;
+        }
+        let page = page_size();
+        let size = 8 * page;
+        let stack = allocate(size).unwrap().unwrap();
+        let bottom = stack.bottom() as usize;
+        assert_eq!(write_in_child(bottom), None, "the stack itself is writable");
+        assert_eq!(write_in_child(bottom - 1), Some(libc::SIGSEGV));
+        // SAFETY: the stack is ours and unused.
+        unsafe { release(&stack) };
+        let again = allocate(size).unwrap().unwrap();
+        assert_eq!(again.bottom() as usize, bottom);
+        assert_eq!(write_in_child(bottom - page), Some(libc::SIGSEGV));
+        // SAFETY: as above.
+        unsafe { release(&again) };
+    }
+}

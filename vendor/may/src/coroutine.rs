@@ -1,0 +1,10 @@
+// re-export coroutine interface
+pub use crate::cancel::trigger_cancel_panic;
+pub use crate::coroutine_impl::{
+    current, is_coroutine, park, park_timeout, spawn, Builder, Coroutine,
+};
+pub use crate::join::JoinHandle;
+pub use crate::park::ParkError;
+pub use crate::scoped::scope;
+pub use crate::sleep::sleep;
+pub use crate::yield_now::yield_now;
