@@ -2,7 +2,7 @@ use std::cell::Cell;
 #[cfg(feature = "work_steal")]
 use std::cell::UnsafeCell;
 use std::io;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Once};
 use std::thread;
 use std::time::Duration;
@@ -86,6 +86,69 @@ pub fn get_scheduler() -> &'static Scheduler {
     unsafe { &*SCHED }
 }
 
+/// A worker's global queue: coroutines scheduled from outside it. Any worker may take them
+/// (not only its owner: a worker that a coroutine keeps would hold them for as long), one
+/// at a time: `taking` makes the single-consumer queue's consumer side exclusive.
+struct GlobalQueue {
+    queue: Queue<CoroutineImpl>,
+    taking: AtomicBool,
+}
+
+impl GlobalQueue {
+    fn new() -> Self {
+        GlobalQueue {
+            queue: Queue::new(),
+            taking: AtomicBool::new(false),
+        }
+    }
+
+    /// Moves every coroutine queued here into `local`, unless another worker is taking them
+    /// now. Returns whether it took any.
+    #[cfg(feature = "work_steal")]
+    fn take_into(&self, local: &mut Local<CoroutineImpl>) -> bool {
+        if self
+            .taking
+            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            return false;
+        }
+        let mut took = false;
+        let mut v = self.queue.bulk_pop();
+        while !v.is_empty() {
+            took = true;
+            for co in v {
+                local.push_back(co);
+            }
+            v = self.queue.bulk_pop();
+        }
+        self.taking.store(false, Ordering::Release);
+        took
+    }
+
+    #[cfg(not(feature = "work_steal"))]
+    fn take_into(&self, local: &Local<CoroutineImpl>) -> bool {
+        if self
+            .taking
+            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            return false;
+        }
+        let mut took = false;
+        let mut v = self.queue.bulk_pop();
+        while !v.is_empty() {
+            took = true;
+            for co in v {
+                local.push(co);
+            }
+            v = self.queue.bulk_pop();
+        }
+        self.taking.store(false, Ordering::Release);
+        took
+    }
+}
+
 #[repr(align(128))]
 pub struct Scheduler {
     #[cfg(not(feature = "work_steal"))]
@@ -94,7 +157,7 @@ pub struct Scheduler {
     local_queues: Vec<UnsafeCell<Local<CoroutineImpl>>>,
     #[cfg(feature = "work_steal")]
     stealers: Vec<Steal<CoroutineImpl>>,
-    global_queues: Vec<Queue<CoroutineImpl>>,
+    global_queues: Vec<GlobalQueue>,
     event_loop: EventLoop,
     timer_thread: TimerThread,
     pub pool: CoroutinePool,
@@ -113,7 +176,7 @@ impl Scheduler {
         #[cfg(feature = "work_steal")]
         let local_queues = Vec::from_iter(queues.into_iter().map(|(_s, l)| UnsafeCell::new(l)));
 
-        let global_queues = Vec::from_iter((0..workers).map(|_| Queue::new()));
+        let global_queues = Vec::from_iter((0..workers).map(|_| GlobalQueue::new()));
 
         Box::new(Scheduler {
             pool: CoroutinePool::new(),
@@ -175,6 +238,13 @@ impl Scheduler {
                     continue 'work;
                 }
             }
+            // Coroutines queued to a worker from outside wait for it only while it is free.
+            for i in 1..self.workers {
+                let target = (id + i) % self.workers;
+                if self.global_queues[target].take_into(local) {
+                    continue 'work;
+                }
+            }
             return;
         }
     }
@@ -214,7 +284,7 @@ impl Scheduler {
             .fetch_add(1, Ordering::Relaxed)
             .rem_euclid(self.workers);
         let global = unsafe { self.global_queues.get_unchecked(thread_id) };
-        global.push(co);
+        global.queue.push(co);
         // signal one waiting thread if any
         self.get_selector().wakeup(thread_id);
     }
@@ -225,9 +295,19 @@ impl Scheduler {
         let thread_id = id.rem_euclid(self.workers);
         // println!("Scheduling to {thread_id}");
         let global = unsafe { self.global_queues.get_unchecked(thread_id) };
-        global.push(co);
+        global.queue.push(co);
         // signal one waiting thread if any
         self.get_selector().wakeup(thread_id);
+    }
+
+    /// Whether worker `id` has coroutines queued, locally or globally.
+    #[inline]
+    pub fn has_queued(&self, id: usize) -> bool {
+        #[cfg(feature = "work_steal")]
+        let local = unsafe { (*self.local_queues.get_unchecked(id).get()).has_tasks() };
+        #[cfg(not(feature = "work_steal"))]
+        let local = unsafe { !self.local_queues.get_unchecked(id).is_empty() };
+        local || !unsafe { self.global_queues.get_unchecked(id) }.queue.is_empty()
     }
 
     #[inline]
@@ -237,16 +317,7 @@ impl Scheduler {
         #[cfg(not(feature = "work_steal"))]
         let local = unsafe { self.local_queues.get_unchecked(id) };
         let global = unsafe { self.global_queues.get_unchecked(id) };
-        let mut v = global.bulk_pop();
-        while !v.is_empty() {
-            for co in v {
-                #[cfg(feature = "work_steal")]
-                local.push_back(co);
-                #[cfg(not(feature = "work_steal"))]
-                local.push(co);
-            }
-            v = global.bulk_pop();
-        }
+        global.take_into(local);
     }
 
     #[inline]

@@ -88,6 +88,7 @@ fn timeout_handler(data: TimerData) {
     let event_data = unsafe { &mut *data.event_data };
     // remove the event timer
     event_data.timer.borrow_mut().take();
+    event_data.timed.store(false, Ordering::Relaxed);
 
     // get and check the coroutine
     let mut co = match event_data.co.take() {
@@ -119,6 +120,9 @@ pub struct EventData {
     pub io_flag: AtomicUsize,
     #[cfg(feature = "io_timeout")]
     pub timer: RefCell<Option<TimerHandle>>,
+    /// `timer` holds the timer of the coroutine waiting now (see `Selector::add_io_timer`).
+    #[cfg(feature = "io_timeout")]
+    pub timed: std::sync::atomic::AtomicBool,
     pub co: AtomicOption<CoroutineImpl>,
 }
 
@@ -132,6 +136,8 @@ impl EventData {
             io_flag: AtomicUsize::new(0),
             #[cfg(feature = "io_timeout")]
             timer: RefCell::new(None),
+            #[cfg(feature = "io_timeout")]
+            timed: std::sync::atomic::AtomicBool::new(false),
             co: AtomicOption::none(),
         }
     }
@@ -151,6 +157,8 @@ impl EventData {
         };
 
         // it's safe to remove the timer since we are running the timer_list in the same thread
+        #[cfg(feature = "io_timeout")]
+        self.timed.store(false, Ordering::Relaxed);
         #[cfg(feature = "io_timeout")]
         self.timer.borrow_mut().take().map(|h| {
             unsafe {
@@ -174,6 +182,8 @@ impl EventData {
         };
 
         // it's safe to remove the timer since we are running the timer_list in the same thread
+        #[cfg(feature = "io_timeout")]
+        self.timed.store(false, Ordering::Relaxed);
         #[cfg(feature = "io_timeout")]
         self.timer.borrow_mut().take().map(|h| {
             unsafe {
