@@ -12,6 +12,7 @@ mod echo;
 mod http;
 mod idle;
 mod inspect;
+mod proxy;
 mod reload;
 mod runtimes;
 mod seeds;
@@ -101,6 +102,15 @@ const ECHO_REMOTE_WHAT: &str = "the echo server alone in its process (a task per
     one tokio thread that opens the connections, then sends 64 bytes on each and checks what \
     comes back, N round trips in all; the client's wall time per round trip. The CPU column is \
     the server's CPU per round trip (its timed run only), the figure to compare";
+
+const PROXY_WHAT: &str = "a proxy alone in its process (a task per client connection, each \
+    with its own connection to the backend; 2 workers, eventlet and gevent on their one \
+    thread) between two others: the client process (one tokio thread that sends 64 bytes on \
+    each connection and checks what comes back, N round trips in all) and an echo backend \
+    (one tokio thread, the same for every row). Each round trip is a read from the client, a \
+    write and a read on the backend connection and a write to the client: a task that waits \
+    on two sockets in turn. The client's wall time per round trip; the CPU column is the \
+    proxy's CPU per round trip, the figure to compare";
 
 /// Cases of the echo suites with the clients in another process.
 const ECHO_REMOTE_CASES: &[(&str, u64)] = &[
@@ -399,6 +409,42 @@ const SUITES: &[Suite] = &[
         busy: 0,
     },
     Suite {
+        id: "proxy_1",
+        title: "Proxy round trips, 1 connection",
+        unit: "ns per round trip",
+        what: PROXY_WHAT,
+        workers: 2,
+        cases: &[
+            ("greenhub", 20_000),
+            ("may", 20_000),
+            ("tokio", 20_000),
+            ("gevent", 20_000),
+            ("eventlet", 20_000),
+        ],
+        scale: 1.0,
+        busy: 0,
+    },
+    Suite {
+        id: "proxy_100",
+        title: "Proxy round trips, 100 connections",
+        unit: "ns per round trip",
+        what: PROXY_WHAT,
+        workers: 2,
+        cases: ECHO_REMOTE_CASES,
+        scale: 1.0,
+        busy: 0,
+    },
+    Suite {
+        id: "proxy_1000",
+        title: "Proxy round trips, 1,000 connections",
+        unit: "ns per round trip",
+        what: PROXY_WHAT,
+        workers: 2,
+        cases: ECHO_REMOTE_CASES,
+        scale: 1.0,
+        busy: 0,
+    },
+    Suite {
         id: "db_select1",
         title: "Database pool: SELECT 1 throughput",
         unit: "µs per query",
@@ -610,6 +656,7 @@ fn child(args: &[String]) {
         // The servers and helpers; each returns when its work is done.
         [s] if s == "idle_server" => return idle::server(),
         [s] if s == "busy" => return busy(),
+        [s] if s == "echo_backend" => return proxy::backend(),
         [s, addr, conns, per] if s == "echo_client" => {
             return echo::client(
                 addr,
@@ -654,6 +701,9 @@ fn child(args: &[String]) {
         "echo_remote_1" => echo::remote(runtime, workers, 1, n),
         "echo_remote_100" => echo::remote(runtime, workers, 100, n),
         "echo_remote_1000" => echo::remote(runtime, workers, 1000, n),
+        "proxy_1" => proxy::proxy(runtime, workers, 1, n),
+        "proxy_100" => proxy::proxy(runtime, workers, 100, n),
+        "proxy_1000" => proxy::proxy(runtime, workers, 1000, n),
         "db_select1" => db::select1(runtime, workers, n, db::Figure::PerQuery),
         "db_select1_p50" => db::select1(runtime, workers, n, db::Figure::Latency(0.5)),
         "db_select1_p99" => db::select1(runtime, workers, n, db::Figure::Latency(0.99)),

@@ -227,6 +227,72 @@ def echo_remote(conns):
     return int(out.decode().strip()) / (conns * per)
 
 
+def proxy(conns):
+    """A proxy (a task per client connection, each with its own connection to an echo
+    backend process) between the harness's client process and that backend: the client's
+    wall time per round trip; the proxy's CPU per round trip reported."""
+    import subprocess
+
+    if library == "gevent":
+        from gevent import socket as gsocket
+    else:
+        from eventlet.green import socket as gsocket
+
+    exe = os.environ["GREENHUB_BENCH_EXE"]
+    backend = subprocess.Popen([exe, "--child", "echo_backend"], stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE)
+    host, port = backend.stdout.readline().decode().strip().rsplit(":", 1)
+    upstream_addr = (host, int(port))
+
+    listener = gsocket.socket()
+    listener.setsockopt(gsocket.SOL_SOCKET, gsocket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1024)
+
+    def recv64(sock):
+        data = b""
+        while len(data) < 64:
+            chunk = sock.recv(64 - len(data))
+            if not chunk:
+                return None
+            data += chunk
+        return data
+
+    def handle(conn):
+        conn.setsockopt(gsocket.IPPROTO_TCP, gsocket.TCP_NODELAY, 1)
+        upstream = gsocket.create_connection(upstream_addr)
+        upstream.setsockopt(gsocket.IPPROTO_TCP, gsocket.TCP_NODELAY, 1)
+        while True:
+            data = recv64(conn)
+            if data is None:
+                return
+            upstream.sendall(data)
+            data = recv64(upstream)
+            if data is None:
+                return
+            conn.sendall(data)
+
+    def accept():
+        while True:
+            conn, _ = listener.accept()
+            spawn(handle, conn)
+
+    spawn(accept)
+    per = max(n // conns, 1)
+    cpu = time.process_time_ns()
+    client = [exe, "--child", "echo_client",
+              "127.0.0.1:%d" % listener.getsockname()[1], str(conns), str(per)]
+    proc = subprocess.Popen(client, stdout=subprocess.PIPE)
+    while proc.poll() is None:
+        sleep(0.01)
+    assert proc.returncode == 0, "the echo client failed"
+    out = proc.stdout.read()
+    section_cpu[0] = (time.process_time_ns() - cpu) / (conns * per)
+    backend.kill()
+    backend.wait()
+    return int(out.decode().strip()) / (conns * per)
+
+
 cases = {
     "spawn_join": spawn_join,
     "ping_pong_1": ping_pong,
@@ -235,6 +301,9 @@ cases = {
     "echo_remote_1": lambda: echo_remote(1),
     "echo_remote_100": lambda: echo_remote(100),
     "echo_remote_1000": lambda: echo_remote(1000),
+    "proxy_1": lambda: proxy(1),
+    "proxy_100": lambda: proxy(100),
+    "proxy_1000": lambda: proxy(1000),
     "tpool_rtt_p50": lambda: round_trips(0.5, 0),
     "tpool_rtt_p99": lambda: round_trips(0.99, 0),
     "tpool_spaced": lambda: round_trips(0.5, 0.001),

@@ -153,6 +153,19 @@ pub fn summary(report: &Report) -> String {
             cpu_row(report, suite, "greenhub", SEEDS_AND_PEERS),
         );
     }
+    for (suite, conns) in [
+        ("proxy_1", "1 connection"),
+        ("proxy_100", "100 connections"),
+    ] {
+        add(
+            &format!("Proxy between two processes, {conns} (ns per round trip)"),
+            row(report, suite, "greenhub", SEEDS_AND_PEERS),
+        );
+        add(
+            &format!("Proxy CPU, {conns} (ns per round trip)"),
+            cpu_row(report, suite, "greenhub", SEEDS_AND_PEERS),
+        );
+    }
     let db_peers = &[
         "r2d2 + postgres, query_typed_one (64 OS threads)",
         "deadpool-postgres, prepare_cached (tokio)",

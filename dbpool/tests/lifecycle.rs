@@ -389,26 +389,24 @@ fn the_advisor_sees_peak_demand_and_the_deadlock_safe_minimum() {
         .max_size(10)
         .build(SqliteConnectionManager::memory())
         .unwrap();
-    for outcome in hold_one_then_ask_another(&pool, 3) {
+    for outcome in hold_one_then_ask_another(&pool, 3, None) {
         outcome.unwrap();
     }
     let advice = pool.stats().advice;
     assert_eq!(advice.most_held_by_one_thread, 2, "{advice:?}");
     assert_eq!(advice.peak_holders, 3, "{advice:?}");
     assert_eq!(advice.deadlock_safe_min, 4, "{advice:?}");
-    // A pool of three would deadlock: the summary says so.
+    // A pool of three would deadlock: the summary says so. Starved until the first thread
+    // gives up (its own deadline; the others wait on) and its connection lets the others
+    // through one at a time.
     let small: SqlitePool = Pool::builder()
         .max_size(3)
-        .connection_timeout(Duration::from_millis(200))
+        .connection_timeout(Duration::from_secs(60))
         .build(SqliteConnectionManager::memory())
         .unwrap();
-    let starved = hold_one_then_ask_another(&small, 3);
-    // Starved until one gives up and its connection lets the others through.
-    let timed_out = starved
-        .iter()
-        .filter(|o| matches!(o, Err(Error::PoolTimeout { .. })))
-        .count();
-    assert!(timed_out >= 1);
+    let starved = hold_one_then_ask_another(&small, 3, Some(Duration::from_millis(200)));
+    assert!(matches!(starved[0], Err(Error::TimedOut)), "{starved:?}");
+    assert!(starved[1..].iter().all(Result::is_ok), "{starved:?}");
     let advice = small.stats().advice;
     assert!(
         advice.summary.contains("below the deadlock-safe minimum 4"),
@@ -418,10 +416,15 @@ fn the_advisor_sees_peak_demand_and_the_deadlock_safe_minimum() {
 
 /// `threads` green threads each check a connection out, wait until all hold one, then ask
 /// the pool for another call: the pattern HikariCP's sizing rule is about. Their outcomes.
-fn hold_one_then_ask_another(pool: &SqlitePool, threads: u64) -> Vec<Result<(), Error>> {
+/// With `first_gives_up`, the first thread asks under that deadline.
+fn hold_one_then_ask_another(
+    pool: &SqlitePool,
+    threads: u64,
+    first_gives_up: Option<Duration>,
+) -> Vec<Result<(), Error>> {
     let ready = Arc::new(AtomicU64::new(0));
     let all: Vec<_> = (0..threads)
-        .map(|_| {
+        .map(|i| {
             let (pool, ready) = (pool.clone(), ready.clone());
             spawn(move || -> Result<(), Error> {
                 let _outer = pool.get()?;
@@ -429,7 +432,10 @@ fn hold_one_then_ask_another(pool: &SqlitePool, threads: u64) -> Vec<Result<(), 
                 while ready.load(Ordering::SeqCst) < threads {
                     greenhub::sleep(Duration::from_millis(2)).unwrap();
                 }
-                pool.run(|_| ())
+                match first_gives_up {
+                    Some(after) if i == 0 => greenhub::with_timeout(after, || pool.run(|_| ())),
+                    _ => pool.run(|_| ()),
+                }
             })
         })
         .collect();

@@ -458,3 +458,112 @@ fn reuse_addr_lets_a_restarted_server_bind_beside_its_old_connections() {
     });
     assert_eq!(talk.wait().unwrap(), (*b"old", true));
 }
+
+/// A proxy: a green thread per client that waits on two sockets in turn (the client's and its
+/// own connection to a backend), the shape whose green threads once hopped between workers at
+/// every step. Under load, with half the sessions killed mid-conversation and connections
+/// opened and dropped meanwhile, the surviving sessions get every echo back in order, a killed
+/// session's client sees its connection end, and no killed session leaves a descriptor wait.
+#[test]
+fn a_proxy_under_kills_and_churn_mixes_up_and_loses_nothing() {
+    const CLIENTS: u32 = 200;
+    const MESSAGES: u32 = 40;
+    const KILLED_AFTER: u32 = 10;
+    let backend = echo_server();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let proxy = listener.local_addr().unwrap();
+    spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            spawn(move || {
+                // The client says who it is; the session answers with its own id.
+                let mut who = [0u8; 4];
+                if conn.read_exact(&mut who).is_err() {
+                    return;
+                }
+                let id = greenhub::current().unwrap().id();
+                let mut upstream = TcpStream::connect(backend).unwrap();
+                if conn.write_all(&id.to_be_bytes()).is_err() {
+                    return;
+                }
+                let mut buf = [0u8; 4];
+                while conn.read_exact(&mut buf).is_ok() {
+                    upstream.write_all(&buf).unwrap();
+                    upstream.read_exact(&mut buf).unwrap();
+                    if conn.write_all(&buf).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    // Connections opened and dropped, some before saying who they are, some after.
+    let churn: Vec<_> = (0..50u32)
+        .map(|k| {
+            spawn(move || {
+                for i in 0..10u32 {
+                    let mut s = TcpStream::connect(proxy).unwrap();
+                    if (k + i) % 2 == 0 {
+                        s.write_all(&u32::MAX.to_be_bytes()).unwrap();
+                    }
+                }
+            })
+        })
+        .collect();
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|c| {
+            spawn(move || {
+                let mut s = TcpStream::connect(proxy).unwrap();
+                // A lost wake-up shows as this timeout instead of a hung test.
+                s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+                s.write_all(&c.to_be_bytes()).unwrap();
+                let mut session = [0u8; 8];
+                s.read_exact(&mut session).unwrap();
+                let session = u64::from_be_bytes(session);
+                let victim = c % 2 == 1;
+                let mut got = Vec::new();
+                for m in 0..MESSAGES {
+                    if victim && m == KILLED_AFTER {
+                        assert!(
+                            greenhub::thread::kill(session),
+                            "session {session} is alive"
+                        );
+                        let mut rest = [0u8; 4];
+                        let end = s.read(&mut rest);
+                        assert!(
+                            matches!(end, Ok(0)) || end.is_err(),
+                            "client {c}: the killed session's connection goes on: {end:?}"
+                        );
+                        return (got, Some(session));
+                    }
+                    let msg = (c * 1000 + m).to_be_bytes();
+                    s.write_all(&msg).unwrap();
+                    let mut back = [0u8; 4];
+                    s.read_exact(&mut back).unwrap();
+                    got.push(u32::from_be_bytes(back));
+                }
+                (got, None)
+            })
+        })
+        .collect();
+    let mut killed = Vec::new();
+    for (c, t) in clients.into_iter().enumerate() {
+        let c = c as u32;
+        let (got, session) = t.wait().unwrap();
+        let sent = if c % 2 == 1 { KILLED_AFTER } else { MESSAGES };
+        let want: Vec<u32> = (0..sent).map(|m| c * 1000 + m).collect();
+        assert_eq!(got, want, "client {c} got the wrong echoes");
+        killed.extend(session);
+    }
+    assert_eq!(killed.len(), (CLIENTS / 2) as usize);
+    for t in churn {
+        t.wait().unwrap();
+    }
+    wait_until("the killed sessions' descriptor waits are gone", || {
+        let snap = snapshot();
+        !snap
+            .descriptors
+            .iter()
+            .any(|d| d.owner.is_some_and(|o| killed.contains(&o)))
+    });
+}

@@ -438,7 +438,12 @@ fn descriptor_branches_fire_on_readiness_and_two_selects_can_watch_one_socket() 
     while open_descriptors() > before && std::time::Instant::now() < settle {
         std::thread::sleep(Duration::from_millis(10));
     }
-    assert_eq!(open_descriptors(), before);
+    // Fewer is no leak: one of those momentary descriptors may have been open at `before`.
+    let after = open_descriptors();
+    assert!(
+        after <= before,
+        "{after} descriptors open, {before} before the waits"
+    );
     // Hung up: readable, and the read reports the end.
     drop(writer);
     let mut sel = Select::new();

@@ -300,14 +300,13 @@ impl Scheduler {
         self.get_selector().wakeup(thread_id);
     }
 
-    /// Whether worker `id` has coroutines queued, locally or globally.
+    /// Whether worker `id` has coroutines in its local queue. Called by that worker only.
     #[inline]
-    pub fn has_queued(&self, id: usize) -> bool {
+    pub fn has_local(&self, id: usize) -> bool {
         #[cfg(feature = "work_steal")]
-        let local = unsafe { (*self.local_queues.get_unchecked(id).get()).has_tasks() };
+        return unsafe { (*self.local_queues.get_unchecked(id).get()).has_tasks() };
         #[cfg(not(feature = "work_steal"))]
-        let local = unsafe { !self.local_queues.get_unchecked(id).is_empty() };
-        local || !unsafe { self.global_queues.get_unchecked(id) }.queue.is_empty()
+        return unsafe { !self.local_queues.get_unchecked(id).is_empty() };
     }
 
     #[inline]

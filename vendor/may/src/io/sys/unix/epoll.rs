@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{from_nix_error, EventData, IoData};
-#[cfg(feature = "io_timeout")]
 use crate::coroutine_impl::CoroutineImpl;
 #[cfg(feature = "io_timeout")]
 use super::{timeout_handler, TimerList};
@@ -52,6 +51,8 @@ struct WorkerSelector {
     timer_list: TimerList,
     #[cfg(feature = "io_timeout")]
     forwarded: Queue<(CoroutineImpl, Arc<EventData>)>,
+    #[cfg(feature = "io_timeout")]
+    deleted: Queue<Arc<EventData>>,
 }
 
 impl WorkerSelector {
@@ -68,6 +69,8 @@ impl WorkerSelector {
             timer_list: TimerList::new(),
             #[cfg(feature = "io_timeout")]
             forwarded: Queue::new(),
+            #[cfg(feature = "io_timeout")]
+            deleted: Queue::new(),
         })
     }
 }
@@ -84,6 +87,16 @@ pub(crate) struct Selector {
     free_ev: Queue<Arc<EventData>>,
     // 128 should be fine for max io threads
     vec: SmallVec<[WorkerSelector; 128]>,
+}
+
+/// A wait interrupted by a signal (greenhub's profiler and stack reader signal workers; epoll
+/// waits are never restarted) found nothing.
+fn interrupted_is_zero(polled: nix::Result<usize>) -> io::Result<usize> {
+    match polled {
+        Ok(n) => Ok(n),
+        Err(nix::errno::Errno::EINTR) => Ok(0),
+        Err(e) => Err(from_nix_error(e)),
+    }
 }
 
 fn drain_eventfd(evfd: &EventFd) {
@@ -142,26 +155,30 @@ impl Selector {
             } else {
                 timeout_ms
             };
-            // No event of an earlier poll is still being handled (see the rules above).
-            while !self.free_ev.bulk_pop().is_empty() {}
-            let polled = self.shared.wait(events, timeout);
-            let mut taken = 0;
-            if let Ok(n) = polled {
-                for event in &events[..n] {
-                    if event.data() == LEADER_WAKE {
-                        drain_eventfd(&self.leader_evfd);
-                        continue;
-                    }
-                    if self.take_ready(scheduler, id, event) {
-                        taken += 1;
-                    }
+            self.release_deleted();
+            let polled = interrupted_is_zero(self.shared.wait(events, timeout));
+            let mut taken = SmallVec::<[CoroutineImpl; 16]>::new();
+            for event in &events[..*polled.as_ref().unwrap_or(&0)] {
+                if event.data() == LEADER_WAKE {
+                    drain_eventfd(&self.leader_evfd);
+                    continue;
+                }
+                if let Some(co) = self.take_ready(id, event) {
+                    taken.push(co);
                 }
             }
             self.leader.store(NO_LEADER, Ordering::SeqCst);
-            polled?;
-            if taken > 1 {
+            let more_than_one = taken.len() > 1;
+            for co in taken {
+                #[cfg(feature = "work_steal")]
+                scheduler.schedule_with_id(co, id);
+                #[cfg(not(feature = "work_steal"))]
+                crate::coroutine_impl::run_coroutine(co);
+            }
+            if more_than_one {
                 self.wake_one_parked(id);
             }
+            polled?;
         } else {
             me.parked.store(true, Ordering::SeqCst);
             let timeout = if self.has_work(scheduler, id) {
@@ -169,16 +186,21 @@ impl Selector {
             } else {
                 timeout_ms
             };
-            let polled = me.park.wait(events, timeout);
+            let n = interrupted_is_zero(me.park.wait(events, timeout));
             me.parked.store(false, Ordering::Relaxed);
-            if matches!(polled, Ok(n) if n > 0) {
+            if matches!(n, Ok(n) if n > 0) {
                 drain_eventfd(&me.evfd);
             }
-            polled?;
+            n?;
         }
 
         #[cfg(feature = "io_timeout")]
-        self.take_forwarded(scheduler, id);
+        {
+            self.take_forwarded(scheduler, id);
+            // Event data this worker's timer list may point to, deleted and drained by a
+            // leader: freed here, where that list's handler runs.
+            while !me.deleted.bulk_pop().is_empty() {}
+        }
 
         // run all the tasks, those queued from outside included
         scheduler.collect_global(id);
@@ -199,21 +221,36 @@ impl Selector {
         let woken = me.wake_pending.swap(false, Ordering::SeqCst);
         #[cfg(feature = "io_timeout")]
         let woken = woken || !me.forwarded.is_empty();
-        woken || scheduler.has_queued(id)
+        // Taken in, not looked at: a queue's emptiness is only safe to read by its consumer.
+        scheduler.collect_global(id);
+        woken || scheduler.has_local(id)
     }
 
-    /// Takes the coroutine a ready event wakes into worker `id`'s local queue; returns
-    /// whether it did.
-    fn take_ready(&self, scheduler: &Scheduler, id: usize, event: &SysEvent) -> bool {
+    /// Frees the event data of descriptors deleted from the epoll. Called by the leader
+    /// before it polls: no event of an earlier poll is still being handled (see the rules
+    /// above). With I/O timers, the data goes to the worker whose timer list may point to it.
+    fn release_deleted(&self) {
+        let mut v = self.free_ev.bulk_pop();
+        while !v.is_empty() {
+            #[cfg(feature = "io_timeout")]
+            for data in v {
+                let owner = data.fd as usize % self.vec.len();
+                self.vec[owner].deleted.push(data);
+            }
+            #[cfg(not(feature = "io_timeout"))]
+            drop(v);
+            v = self.free_ev.bulk_pop();
+        }
+    }
+
+    /// The coroutine a ready event wakes, for worker `id` to run, if it is not forwarded.
+    fn take_ready(&self, id: usize, event: &SysEvent) -> Option<CoroutineImpl> {
         let data = unsafe { &*(event.data() as *const EventData) };
         let events = event.events().bits() as usize;
         data.io_flag.fetch_or(events, Ordering::Release);
 
         // first check the atomic co, this may be grab by the worker first
-        let co = match data.co.take() {
-            Some(co) => co,
-            None => return false,
-        };
+        let co = data.co.take()?;
 
         #[cfg(feature = "io_timeout")]
         if data.timed.load(Ordering::Acquire) {
@@ -228,20 +265,14 @@ impl Selector {
                 };
                 self.vec[owner].forwarded.push((co, data));
                 self.wakeup(owner);
-                return false;
+                return None;
             }
             // it's safe to remove the timer since we own the timer list
             remove_timer(data);
         }
-
-        #[cfg(feature = "work_steal")]
-        scheduler.schedule_with_id(co, id);
-        #[cfg(not(feature = "work_steal"))]
-        {
-            let _ = (scheduler, id);
-            crate::coroutine_impl::run_coroutine(co);
-        }
-        true
+        #[cfg(not(feature = "io_timeout"))]
+        let _ = id;
+        Some(co)
     }
 
     /// Runs the coroutines whose timed waits other workers found ready.
@@ -254,29 +285,37 @@ impl Selector {
         }
     }
 
-    /// Wakes one parked worker other than `id`, if any, to steal from `id`.
+    /// Wakes one parked worker other than `id`, if any, to steal from `id`: first those
+    /// whose stealing starts at `id` (worker `w` steals from `w + 1`, `w + 2`, ...).
     fn wake_one_parked(&self, id: usize) {
-        let parked = self
-            .vec
-            .iter()
-            .enumerate()
-            .find(|(i, w)| *i != id && w.parked.load(Ordering::Relaxed));
-        if let Some((i, _)) = parked {
-            self.wakeup(i);
+        let n = self.vec.len();
+        let parked = (1..n)
+            .map(|back| (id + n - back) % n)
+            .find(|&w| self.vec[w].parked.load(Ordering::SeqCst));
+        if let Some(w) = parked {
+            self.write_wake(&self.vec[w].evfd, w);
         }
     }
 
-    // this will post an os event so that we can wake up the event loop
+    /// Makes worker `id` look at its queues and timers soon: at once if it sleeps; if it is
+    /// busy, it looks before it next sleeps, and a parked worker is woken meanwhile to take
+    /// what was queued to it (idle workers take from each other's global queues).
     #[inline]
     pub fn wakeup(&self, id: usize) {
-        let buf = 1u64.to_le_bytes();
+        // SeqCst against the worker's own SeqCst `parked` store or leadership CAS followed
+        // by its swap of `wake_pending`: either it sees the flag or this sees it asleep.
         self.vec[id].wake_pending.store(true, Ordering::SeqCst);
-        let evfd = if self.leader.load(Ordering::SeqCst) == id {
-            &self.leader_evfd
+        if self.leader.load(Ordering::SeqCst) == id {
+            self.write_wake(&self.leader_evfd, id);
+        } else if self.vec[id].parked.load(Ordering::SeqCst) {
+            self.write_wake(&self.vec[id].evfd, id);
         } else {
-            &self.vec[id].evfd
-        };
-        let ret = write(evfd, &buf);
+            self.wake_one_parked(id);
+        }
+    }
+
+    fn write_wake(&self, evfd: &EventFd, id: usize) {
+        let ret = write(evfd, &1u64.to_le_bytes());
         trace!("wakeup id={:?}, ret={:?}", id, ret);
     }
 
