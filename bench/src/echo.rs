@@ -148,17 +148,7 @@ fn serve(runtime: &str, workers: usize) -> (SocketAddr, Option<&'static tokio::r
         }
         "tokio" => {
             use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            // Kept for the rest of the process, which ends when the case does.
-            let rt: &'static tokio::runtime::Runtime = Box::leak(Box::new(
-                tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(workers)
-                    .enable_all()
-                    .build()
-                    .unwrap(),
-            ));
-            let listener = rt
-                .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-                .unwrap();
+            let (rt, listener) = crate::runtimes::tokio_listener(workers);
             let addr = listener.local_addr().unwrap();
             rt.spawn(async move {
                 loop {

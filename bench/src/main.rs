@@ -639,6 +639,9 @@ struct SuiteResult {
 
 #[derive(Serialize)]
 struct Report {
+    /// What this run measured, if the caller said (`--label`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    label: Option<String>,
     date: String,
     machine: BTreeMap<String, String>,
     rounds: usize,
@@ -892,7 +895,43 @@ fn fmt_figure(v: f64) -> String {
     }
 }
 
-fn markdown(report: &Report) -> String {
+/// The medians of an earlier run (`--baseline`), shown beside this run's as "before".
+struct Baseline {
+    label: String,
+    date: String,
+    /// (suite, runtime) -> (median, CPU per op median)
+    medians: BTreeMap<(String, String), (f64, Option<f64>)>,
+}
+
+impl Baseline {
+    fn load(path: &str) -> Result<Baseline, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+        let suites = v["suites"]
+            .as_array()
+            .ok_or("not a results file: no \"suites\" list")?;
+        let mut medians = BTreeMap::new();
+        for suite in suites {
+            let id = suite["id"].as_str().unwrap_or_default();
+            for case in suite["cases"].as_array().into_iter().flatten() {
+                let (Some(runtime), Some(median)) =
+                    (case["runtime"].as_str(), case["median"].as_f64())
+                else {
+                    continue;
+                };
+                let cpu = case["cpu_ns_per_op_median"].as_f64();
+                medians.insert((id.to_string(), runtime.to_string()), (median, cpu));
+            }
+        }
+        Ok(Baseline {
+            label: v["label"].as_str().unwrap_or("an earlier run").to_string(),
+            date: v["date"].as_str().unwrap_or("an unknown date").to_string(),
+            medians,
+        })
+    }
+}
+
+fn markdown(report: &Report, baseline: Option<&Baseline>) -> String {
     let mut md = String::new();
     let _ = writeln!(md, "# Benchmarks\n");
     let _ = writeln!(
@@ -917,6 +956,17 @@ fn markdown(report: &Report) -> String {
     for (k, v) in &report.machine {
         let _ = writeln!(md, "- {k}: {v}");
     }
+    if let Some(label) = &report.label {
+        let _ = writeln!(md, "\nThis run: {label}.");
+    }
+    if let Some(b) = baseline {
+        let _ = writeln!(
+            md,
+            "\nThe **before** column is the median of {} (measured {} on this machine, by \
+             the same harness); **change** is this run's median over it.",
+            b.label, b.date
+        );
+    }
     for suite in &report.suites {
         let _ = writeln!(md, "\n## {}\n\n{}.\n", suite.title, suite.what);
         let base = suite
@@ -926,20 +976,38 @@ fn markdown(report: &Report) -> String {
             .map(|c| c.median);
         // CPU per operation, where the figure is a time per operation.
         let with_cpu = suite.unit.starts_with("ns") || suite.unit.starts_with("µs");
+        let before_of = |runtime: &str| {
+            baseline.and_then(|b| b.medians.get(&(suite.id.clone(), runtime.to_string())))
+        };
+        let with_before = suite.cases.iter().any(|c| before_of(&c.runtime).is_some());
         let _ = writeln!(
             md,
-            "| runtime | N | median ({}) | min | max | relative to greenhub |{}",
+            "| runtime | N | median ({}) | min | max | relative to greenhub |{}{}",
             suite.unit,
             if with_cpu {
                 " CPU per op (ns, all threads) |"
+            } else {
+                ""
+            },
+            if with_before {
+                if with_cpu {
+                    " before | change | CPU before |"
+                } else {
+                    " before | change |"
+                }
             } else {
                 ""
             }
         );
         let _ = writeln!(
             md,
-            "|---|---:|---:|---:|---:|---:|{}",
-            if with_cpu { "---:|" } else { "" }
+            "|---|---:|---:|---:|---:|---:|{}{}",
+            if with_cpu { "---:|" } else { "" },
+            match (with_before, with_cpu) {
+                (true, true) => "---:|---:|---:|",
+                (true, false) => "---:|---:|",
+                (false, _) => "",
+            }
         );
         let scale = SUITES
             .iter()
@@ -955,9 +1023,30 @@ fn markdown(report: &Report) -> String {
                 (true, None) => " |".to_string(),
                 (false, _) => String::new(),
             };
+            let before = if with_before {
+                match before_of(&c.runtime) {
+                    Some((b, b_cpu)) => {
+                        let change = if *b > 0.0 {
+                            format!("{:.2}x", c.median / b)
+                        } else {
+                            String::new()
+                        };
+                        let cpu = if with_cpu {
+                            format!(" {} |", b_cpu.map(fmt_figure).unwrap_or_default())
+                        } else {
+                            String::new()
+                        };
+                        format!(" {} | {change} |{cpu}", fmt_figure(b / scale))
+                    }
+                    None if with_cpu => " | | |".to_string(),
+                    None => " | |".to_string(),
+                }
+            } else {
+                String::new()
+            };
             let _ = writeln!(
                 md,
-                "| {} | {} | {} | {} | {} | {} |{cpu}",
+                "| {} | {} | {} | {} | {} | {} |{cpu}{before}",
                 c.runtime,
                 c.n,
                 fmt_figure(c.median / scale),
@@ -1053,18 +1142,44 @@ fn main() {
         return;
     }
     let mut rounds = 7;
-    let mut only: Option<String> = None;
+    let mut only: Option<Vec<String>> = None;
     let mut write = true;
+    let mut json_out: Option<PathBuf> = None;
+    let mut label: Option<String> = None;
+    let mut baseline: Option<Baseline> = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--quick" => rounds = 3,
             "--rounds" => rounds = it.next().and_then(|v| v.parse().ok()).unwrap_or(rounds),
-            "--suite" => only = it.next().cloned(),
+            "--suite" => {
+                only = it
+                    .next()
+                    .map(|v| v.split(',').map(str::to_string).collect())
+            }
             "--no-write" => write = false,
+            "--json" => json_out = it.next().map(PathBuf::from),
+            "--label" => label = it.next().cloned(),
+            "--baseline" => {
+                let Some(path) = it.next() else {
+                    eprintln!("--baseline needs the path of a results file");
+                    std::process::exit(2);
+                };
+                match Baseline::load(path) {
+                    Ok(b) => baseline = Some(b),
+                    Err(e) => {
+                        eprintln!("--baseline {path}: {e}");
+                        std::process::exit(2);
+                    }
+                }
+            }
             "-h" | "--help" => {
                 println!(
-                    "usage: greenhub-bench [--quick | --rounds N] [--suite ID] [--no-write]\n\
+                    "usage: greenhub-bench [--quick | --rounds N] [--suite ID[,ID...]] [--no-write]\n\
+                     \x20      [--json PATH] [--label TEXT] [--baseline PATH]\n\
+                     --json writes this run's results to PATH (also for some suites only);\n\
+                     --label names this run in its results (what was measured: a commit, a change);\n\
+                     --baseline shows a results file's medians beside this run's, as \"before\"\n\
                      suites: {}, idle_connections, http, reload",
                     SUITES.iter().map(|s| s.id).collect::<Vec<_>>().join(", ")
                 );
@@ -1080,9 +1195,10 @@ fn main() {
         .ok()
         .and_then(|v| v.trim().parse::<u64>().ok())
         .unwrap_or(0);
+    let wanted = |id: &str| only.as_ref().is_none_or(|o| o.iter().any(|w| w == id));
     let suites: Vec<&Suite> = SUITES
         .iter()
-        .filter(|s| only.as_deref().is_none_or(|o| o == s.id))
+        .filter(|s| wanted(s.id))
         .filter(|s| {
             // 100,000 stacks take 200,000 mappings where stacks do not share mappings (before
             // Linux 6.13): skipped there, and said so, unless the cap is raised.
@@ -1099,10 +1215,9 @@ fn main() {
         })
         .collect();
     if suites.is_empty()
-        && !matches!(
-            only.as_deref(),
-            Some("idle_connections" | "http" | "reload")
-        )
+        && !["idle_connections", "http", "reload"]
+            .into_iter()
+            .any(wanted)
     {
         eprintln!("no suite named {only:?}");
         std::process::exit(2);
@@ -1177,11 +1292,11 @@ fn main() {
             cases,
         });
     }
-    if only.as_deref().is_none_or(|o| o == "idle_connections") {
+    if wanted("idle_connections") {
         results.push(idle_connections(rounds.min(3)));
     }
     let root = root();
-    let http_report = if only.as_deref().is_none_or(|o| o == "http") {
+    let http_report = if wanted("http") {
         match http::run(&root, rounds.min(3), 5) {
             Ok(r) => Some(r),
             Err(e) => {
@@ -1192,7 +1307,7 @@ fn main() {
     } else {
         None
     };
-    let reload_report = if only.as_deref().is_none_or(|o| o == "reload") {
+    let reload_report = if wanted("reload") {
         match reload::run(&root, rounds.min(3), 12) {
             Ok(r) => Some(r),
             Err(e) => {
@@ -1204,6 +1319,7 @@ fn main() {
         None
     };
     let report = Report {
+        label,
         date: command_output("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
         machine: machine(),
         rounds,
@@ -1211,8 +1327,15 @@ fn main() {
         http: http_report,
         reload: reload_report,
     };
-    let md = markdown(&report);
+    let md = markdown(&report, baseline.as_ref());
     println!("{md}");
+    if let Some(path) = &json_out {
+        std::fs::write(
+            path,
+            serde_json::to_string_pretty(&report).expect("serialize"),
+        )
+        .unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+    }
     if write {
         let only_some = only.is_some();
         if only_some {

@@ -75,6 +75,25 @@ pub fn start_may(workers: usize) {
 
 /// A tokio runtime as applications build it: its timers and I/O driver enabled (without
 /// them, a task that sleeps panics, and a case would measure panicked tasks).
+/// A tokio runtime of `workers` threads kept for the rest of the process (which ends when the
+/// case does), and a listener on a free loopback port made in it: where a case's tokio
+/// servers run.
+pub fn tokio_listener(
+    workers: usize,
+) -> (&'static tokio::runtime::Runtime, tokio::net::TcpListener) {
+    let rt: &'static tokio::runtime::Runtime = Box::leak(Box::new(
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .enable_all()
+            .build()
+            .unwrap(),
+    ));
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    (rt, listener)
+}
+
 fn tokio_rt(workers: usize) -> tokio::runtime::Runtime {
     if workers == 1 {
         tokio::runtime::Builder::new_current_thread()

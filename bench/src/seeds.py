@@ -180,12 +180,8 @@ def idle_process():
     return woken / n
 
 
-def echo_remote(conns):
-    """An echo server (a task per connection) for the harness's client process, which opens
-    `conns` connections and makes N round trips of 64 bytes in all: the client's wall time per
-    round trip; the server's CPU per round trip reported."""
-    import subprocess
-
+def green_listener():
+    """The library's green socket module, and a listening socket on a free loopback port."""
     if library == "gevent":
         from gevent import socket as gsocket
     else:
@@ -195,6 +191,14 @@ def echo_remote(conns):
     listener.setsockopt(gsocket.SOL_SOCKET, gsocket.SO_REUSEADDR, 1)
     listener.bind(("127.0.0.1", 0))
     listener.listen(1024)
+    return gsocket, listener
+
+
+def echo_remote(conns):
+    """An echo server (a task per connection) for the harness's client process, which opens
+    `conns` connections and makes N round trips of 64 bytes in all: the client's wall time per
+    round trip; the server's CPU per round trip reported."""
+    gsocket, listener = green_listener()
 
     def handle(conn):
         while True:
@@ -212,10 +216,19 @@ def echo_remote(conns):
             spawn(handle, conn)
 
     spawn(accept)
+    return time_client(listener.getsockname()[1], conns)
+
+
+def time_client(port, conns):
+    """Runs the harness's client process against 127.0.0.1:`port` (`conns` connections, N round
+    trips of 64 bytes in all) while the hub serves it: the client's wall time per round trip;
+    this process's CPU per round trip reported."""
+    import subprocess
+
     per = max(n // conns, 1)
     cpu = time.process_time_ns()
     client = [os.environ["GREENHUB_BENCH_EXE"], "--child", "echo_client",
-              "127.0.0.1:%d" % listener.getsockname()[1], str(conns), str(per)]
+              "127.0.0.1:%d" % port, str(conns), str(per)]
     # Polled with green sleeps, so that the hub serves the client meanwhile (its output is a
     # line: the pipe never fills).
     proc = subprocess.Popen(client, stdout=subprocess.PIPE)
@@ -233,21 +246,12 @@ def proxy(conns):
     wall time per round trip; the proxy's CPU per round trip reported."""
     import subprocess
 
-    if library == "gevent":
-        from gevent import socket as gsocket
-    else:
-        from eventlet.green import socket as gsocket
-
+    gsocket, listener = green_listener()
     exe = os.environ["GREENHUB_BENCH_EXE"]
     backend = subprocess.Popen([exe, "--child", "echo_backend"], stdin=subprocess.PIPE,
                                stdout=subprocess.PIPE)
     host, port = backend.stdout.readline().decode().strip().rsplit(":", 1)
     upstream_addr = (host, int(port))
-
-    listener = gsocket.socket()
-    listener.setsockopt(gsocket.SOL_SOCKET, gsocket.SO_REUSEADDR, 1)
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(1024)
 
     def recv64(sock):
         data = b""
@@ -278,19 +282,11 @@ def proxy(conns):
             spawn(handle, conn)
 
     spawn(accept)
-    per = max(n // conns, 1)
-    cpu = time.process_time_ns()
-    client = [exe, "--child", "echo_client",
-              "127.0.0.1:%d" % listener.getsockname()[1], str(conns), str(per)]
-    proc = subprocess.Popen(client, stdout=subprocess.PIPE)
-    while proc.poll() is None:
-        sleep(0.01)
-    assert proc.returncode == 0, "the echo client failed"
-    out = proc.stdout.read()
-    section_cpu[0] = (time.process_time_ns() - cpu) / (conns * per)
-    backend.kill()
-    backend.wait()
-    return int(out.decode().strip()) / (conns * per)
+    try:
+        return time_client(listener.getsockname()[1], conns)
+    finally:
+        backend.kill()
+        backend.wait()
 
 
 cases = {

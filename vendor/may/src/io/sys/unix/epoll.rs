@@ -29,19 +29,22 @@ pub type SysEvent = EpollEvent;
 //
 // Rules:
 // - A worker with nothing to run tries to become the leader; if it does, it polls the
-//   shared epoll, takes the ready coroutines into its own local queue (the others steal
-//   from it), gives the leadership up and runs them. If it took more than one, it wakes one
-//   parked worker to steal. Otherwise it parks.
-// - `wakeup(id)` reaches worker `id` wherever it sleeps: the leader through
-//   `leader_evfd` (in the shared epoll), any other worker through its own eventfd. It sets
-//   the worker's `wake_pending` first; a worker that has just become the leader checks it
-//   (and its queues) after taking the leadership and polls without blocking if it is set:
-//   either the waker saw it as the leader or it sees the flag (both sides SeqCst).
-// - Event data deleted from the epoll is freed only by a leader, before it polls: the events
-//   of the previous poll were all handled by the leader that made it, before it let go.
+//   shared epoll, takes the ready coroutines, gives the leadership up and queues them on its
+//   own local queue (the others steal from it). If it took more than one, it wakes a
+//   parked worker whose stealing starts at it. Otherwise it parks.
+// - `wakeup(id)` sets the worker's `wake_pending`, then writes an eventfd only if the worker
+//   sleeps: the leader's `leader_evfd` (in the shared epoll) or its own (when parked). A
+//   worker checks the flag and its queues after it takes the leadership or marks itself
+//   parked, and does not block if there is anything: the waker sees it asleep or it sees the
+//   flag (both sides SeqCst). A busy worker looks before it sleeps; meanwhile a parked worker
+//   is woken to take what was queued to it (idle workers take from any global queue).
+// - Event data deleted from the epoll is released only by a leader, before it polls: the
+//   events of the previous poll were all handled by the leader that made it, before it let
+//   go. It is freed by worker `fd % workers`, whose timer handler may still point to it.
 // - A descriptor's I/O timers live in worker `fd % workers`'s list and only that worker
-//   touches them. A ready coroutine whose wait has a timer (`EventData::timed`) taken by
-//   another worker is forwarded to that worker, which removes the timer and runs it.
+//   touches them here. A ready coroutine whose wait has a timer (`EventData::timed`) taken
+//   by another worker is forwarded to that worker, which removes the timer and runs it.
+// - An interrupted poll is an empty one.
 struct WorkerSelector {
     park: Epoll,
     evfd: EventFd,
