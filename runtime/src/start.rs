@@ -33,6 +33,9 @@ fn start_from_env() -> &'static Runtime {
     }
     match launch(config) {
         Ok(rt) => rt,
+        // No descriptor for the event loop: nothing can run, and `spawn` has no error to
+        // return it in. `Config::init` returns this as a value.
+        Err(e @ ConfigError::Start(_)) => panic!("{e}"),
         // `from_env_lenient` keeps only values that validate; the defaults always do.
         Err(e) => {
             report::error(&format!("greenhub: {e}; starting with the defaults"));

@@ -62,6 +62,14 @@ pub enum ConfigError {
          called); configure it before the first spawn"
     )]
     AlreadyStarted,
+    /// The workers could not start: the event loop's descriptors could not be created (the
+    /// process has none free). Nothing started; `init` may be called again once descriptors
+    /// are free.
+    #[error(
+        "the greenhub workers could not start: {0} (the event loop needs a few descriptors: \
+         close some or raise the open-file limit, then start again)"
+    )]
+    Start(String),
 }
 
 /// The settings of a [`Config`], as [`Config::settings`] reads them.

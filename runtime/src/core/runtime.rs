@@ -45,6 +45,9 @@ pub(crate) fn start_core(config: Config) -> Result<&'static Runtime, ConfigError
     // Pinning workers to cores measured slower on every benchmark here (and hurts on shared
     // machines), so greenhub leaves placement to the OS.
     may::config().set_worker_pin(false);
+    // Started here rather than on the first spawn, so that a lack of descriptors is an error
+    // of `init` and the descriptors are taken before the program uses them up.
+    may::coroutine::start_scheduler().map_err(|e| ConfigError::Start(e.to_string()))?;
     panic::install_hook();
     let budget = StackBudget::measure(settings.stack_size, settings.max_green_threads);
     if let Some(warning) = budget.startup_warning() {

@@ -2,8 +2,8 @@ use std::cell::Cell;
 #[cfg(feature = "work_steal")]
 use std::cell::UnsafeCell;
 use std::io;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Once};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
@@ -35,13 +35,33 @@ thread_local! { pub static WORKER_ID: Cell<usize> = const { Cell::new(usize::MAX
 type TimerData = Arc<AtomicOption<CoroutineImpl>>;
 type TimerThread = timeout_list::TimerThread<TimerData>;
 
-static mut SCHED: *const Scheduler = std::ptr::null();
+/// The scheduler, published once by [`start_scheduler`] and never freed.
+static SCHED: AtomicPtr<Scheduler> = AtomicPtr::new(std::ptr::null_mut());
+
+/// Serialises [`start_scheduler`]: one caller builds the scheduler, the others wait for it.
+static STARTING: Mutex<()> = Mutex::new(());
+
+/// Starts the scheduler (its event loop, workers and timer thread) if it is not running.
+///
+/// The first spawn starts it too, and panics if it cannot; a program that wants the failure
+/// as a value (no descriptor left for the event loop) calls this first. After an error
+/// nothing is started and the call may be made again.
+pub fn start_scheduler() -> io::Result<()> {
+    if !SCHED.load(Ordering::Acquire).is_null() {
+        return Ok(());
+    }
+    let _starting = STARTING.lock().unwrap_or_else(|e| e.into_inner());
+    if !SCHED.load(Ordering::Acquire).is_null() {
+        return Ok(());
+    }
+    init_scheduler()
+}
 
 #[cold]
-fn init_scheduler() {
+fn init_scheduler() -> io::Result<()> {
     let workers = config().get_workers();
-    let b: Box<Scheduler> = Scheduler::new(workers);
-    unsafe { SCHED = Box::into_raw(b) };
+    let b: Box<Scheduler> = Scheduler::new(workers)?;
+    SCHED.store(Box::into_raw(b), Ordering::Release);
 
     // timer thread
     thread::spawn(move || {
@@ -56,8 +76,7 @@ fn init_scheduler() {
             }
         };
 
-        let s = unsafe { &*SCHED };
-        s.timer_thread.run(&timer_event_handler);
+        get_scheduler().timer_thread.run(&timer_event_handler);
     });
 
     let core_ids = core_affinity::get_core_ids().unwrap();
@@ -68,22 +87,22 @@ fn init_scheduler() {
             if pin_cores {
                 core_affinity::set_for_current(core);
             }
-            let s = unsafe { &*SCHED };
-            s.event_loop.run(id);
+            get_scheduler().event_loop.run(id);
         });
     }
+    Ok(())
 }
 
 #[inline]
 pub fn get_scheduler() -> &'static Scheduler {
-    unsafe {
-        if likely(!SCHED.is_null()) {
-            return &*SCHED;
-        }
+    let sched = SCHED.load(Ordering::Acquire);
+    if likely(!sched.is_null()) {
+        // SAFETY: a published scheduler is never freed.
+        return unsafe { &*sched };
     }
-    static ONCE: Once = Once::new();
-    ONCE.call_once(init_scheduler);
-    unsafe { &*SCHED }
+    start_scheduler().expect("can't create event_loop");
+    // SAFETY: `start_scheduler` succeeded, so the scheduler is published; it is never freed.
+    unsafe { &*SCHED.load(Ordering::Acquire) }
 }
 
 /// A worker's global queue: coroutines scheduled from outside it. Any worker may take them
@@ -165,7 +184,7 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
-    pub fn new(workers: usize) -> Box<Self> {
+    pub fn new(workers: usize) -> io::Result<Box<Self>> {
         #[cfg(not(feature = "work_steal"))]
         let local_queues = Vec::from_iter((0..workers).map(|_| Local::new()));
 
@@ -178,16 +197,16 @@ impl Scheduler {
 
         let global_queues = Vec::from_iter((0..workers).map(|_| GlobalQueue::new()));
 
-        Box::new(Scheduler {
+        Ok(Box::new(Scheduler {
             pool: CoroutinePool::new(),
-            event_loop: EventLoop::new(workers).expect("can't create event_loop"),
+            event_loop: EventLoop::new(workers)?,
             local_queues,
             #[cfg(feature = "work_steal")]
             stealers,
             global_queues,
             timer_thread: TimerThread::new(),
             workers,
-        })
+        }))
     }
 
     #[inline]
