@@ -1052,6 +1052,22 @@ impl<M: Backend> Inspect for Inner<M> {
         }
         info
     }
+
+    /// The green threads holding connections, when they hold every permit (none free, none
+    /// held by a plain OS thread or by a checkout still connecting).
+    fn holders(&self) -> Vec<u64> {
+        if self.permits.lock().free > 0 {
+            return Vec::new();
+        }
+        let book = self.book.lock();
+        let held: u32 = book.held_by.values().sum();
+        if book.held_anonymously > 0 || held < self.settings.max_size {
+            return Vec::new();
+        }
+        let mut holders: Vec<u64> = book.held_by.keys().copied().collect();
+        holders.sort_unstable();
+        holders
+    }
 }
 
 /// A pool of database connections for green threads. Cheap to clone (a handle).

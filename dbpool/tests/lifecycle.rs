@@ -441,3 +441,67 @@ fn hold_one_then_ask_another(
         .collect();
     all.into_iter().map(|t| t.wait().unwrap()).collect()
 }
+
+#[test]
+fn the_runtime_reports_a_pool_self_deadlock_with_its_holders_and_their_deadlines() {
+    // Two green threads hold both connections and each asks for another: HikariCP's sizing
+    // bug. greenhub's monitor names it long before the 60 s connection timeout ends it.
+    let pool: SqlitePool = Pool::builder()
+        .name("orders")
+        .max_size(2)
+        .connection_timeout(Duration::from_secs(60))
+        .build(SqliteConnectionManager::memory())
+        .unwrap();
+    let ready = Arc::new(AtomicU64::new(0));
+    let threads: Vec<_> = (0..2)
+        .map(|_| {
+            let (pool, ready) = (pool.clone(), ready.clone());
+            spawn(move || -> Result<(), Error> {
+                let _outer = pool.get()?;
+                ready.fetch_add(1, Ordering::SeqCst);
+                while ready.load(Ordering::SeqCst) < 2 {
+                    greenhub::sleep(Duration::from_millis(2)).unwrap();
+                }
+                pool.run(|_| ())
+            })
+        })
+        .collect();
+    let mut ids: Vec<u64> = threads.iter().map(|t| t.id()).collect();
+    ids.sort_unstable();
+    let mut found = None;
+    eventually("the pool self-deadlock is reported", || {
+        found = greenhub::inspect::snapshot()
+            .deadlocks
+            .into_iter()
+            .find(|d| d.threads.iter().any(|t| t.id == ids[0]));
+        found.is_some()
+    });
+    let d = found.unwrap();
+    match &d.kind {
+        greenhub::inspect::DeadlockKind::Pool { pool: p } => {
+            assert_eq!(p.id, pool.id());
+            assert_eq!(p.name.as_deref(), Some("orders"));
+        }
+        other => panic!("{other:?}"),
+    }
+    let mut in_it: Vec<u64> = d.threads.iter().map(|t| t.id).collect();
+    in_it.sort_unstable();
+    assert_eq!(in_it, ids);
+    for t in &d.threads {
+        assert_eq!(t.holds.len(), 1, "{t:?}");
+        assert_eq!(t.holds[0].id, pool.id());
+        let left = t
+            .deadline_in_us
+            .expect("a checkout waits under the pool's timeout");
+        assert!(left > 0 && left <= 60_000_000, "{left}");
+    }
+    // The pool lists the holders too.
+    let snap = greenhub::inspect::snapshot();
+    let listed = snap.objects.iter().find(|o| o.id == pool.id()).unwrap();
+    assert_eq!(listed.holders, ids);
+    // One killed: its connections go back, the other gets its second and finishes.
+    threads[0].kill();
+    let mut threads = threads.into_iter();
+    let _ = threads.next().unwrap().wait();
+    threads.next().unwrap().wait().unwrap().unwrap();
+}

@@ -619,3 +619,51 @@ fn the_profile_view_lists_the_top_functions_and_their_stacks() {
     assert!(details.contains("the heaviest stacks"), "{details}");
     assert!(details.contains("tui.rs:"), "{details}");
 }
+
+#[test]
+fn a_deadlock_shows_in_the_header_and_in_the_details_of_its_threads() {
+    let a = std::sync::Arc::new(greenhub::Mutex::new(()).named("tui-left"));
+    let b = std::sync::Arc::new(greenhub::Mutex::new(()).named("tui-right"));
+    let held = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let spawn_one = |name: &str, first: std::sync::Arc<greenhub::Mutex<()>>, second| {
+        let held = held.clone();
+        greenhub::thread::Builder::new()
+            .name(name.to_string())
+            .spawn(move || {
+                let _one = first.lock().unwrap();
+                held.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                while held.load(std::sync::atomic::Ordering::SeqCst) < 2 {
+                    greenhub::sleep(Duration::from_millis(1)).unwrap();
+                }
+                let second: std::sync::Arc<greenhub::Mutex<()>> = second;
+                let _two = second.lock().unwrap();
+            })
+            .unwrap()
+    };
+    let left = spawn_one("tui-deadlock-left", a.clone(), b.clone());
+    let right = spawn_one("tui-deadlock-right", b.clone(), a.clone());
+    let give_up = Instant::now() + Duration::from_secs(60);
+    let mut app = App::new(std::process::id());
+    loop {
+        let snap = snapshot();
+        let found = snap
+            .deadlocks
+            .iter()
+            .any(|d| d.threads.iter().any(|t| t.id == left.id()));
+        app.update(snap, Instant::now());
+        if found {
+            break;
+        }
+        assert!(Instant::now() < give_up, "the deadlock was never reported");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(screen(&app).contains("DEADLOCKED"), "{}", screen(&app));
+    type_filter(&mut app, "tui-deadlock-left");
+    app.key(Key::Enter);
+    let lines = app.detail_lines().join("\n");
+    assert!(lines.contains("(cycle): 2 green threads"), "{lines}");
+    assert!(lines.contains("\"tui-right\""), "{lines}");
+    assert!(lines.contains("\"tui-deadlock-right\""), "{lines}");
+    right.kill();
+    left.wait().unwrap();
+}

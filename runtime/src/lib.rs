@@ -229,10 +229,10 @@ pub mod inspect {
     pub use crate::observe::stacks::StackError;
     pub use greenhub_snapshot::attach;
     pub use greenhub_snapshot::{
-        BlockedCause, BlockedInfo, DescriptorInfo, FinishedInfo, InboxStats, ObjectInfo, Outcome,
-        RuntimeInfo, SCHEMA_VERSION, SiteTimes, Snapshot, StackFrame, ThreadInfo, ThreadStack,
-        ThreadState, ThreadTimes, TimeSummary, TimerInfo, TimerKindInfo, Totals, WorkerInfo,
-        format_us,
+        BlockedCause, BlockedInfo, Deadlock, DeadlockKind, DeadlockedThread, DescriptorInfo,
+        FinishedInfo, HeldObject, InboxStats, ObjectInfo, Outcome, RuntimeInfo, SCHEMA_VERSION,
+        SiteTimes, Snapshot, StackFrame, ThreadInfo, ThreadStack, ThreadState, ThreadTimes,
+        TimeSummary, TimerInfo, TimerKindInfo, Totals, WorkerInfo, format_us,
     };
     pub use greenhub_snapshot::{Half, Profile, ProfileEntry, TopFunction};
 

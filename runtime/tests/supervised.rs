@@ -251,6 +251,8 @@ fn ready_and_the_heartbeat_reach_the_supervisor_and_say_when_a_worker_is_stuck()
         field(&ready, "MAINPID"),
         Some(child.id().to_string().as_str())
     );
+    // The first beat goes with READY=1: the supervisor watches from the moment it is ready.
+    assert_eq!(field(&ready, "WATCHDOG"), Some("1"), "{ready}");
     let mut beats = 0;
     let t0 = Instant::now();
     loop {

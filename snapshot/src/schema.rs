@@ -59,6 +59,143 @@ pub struct Snapshot {
     /// running, runnable and waiting (by kind of wait), since timing came on.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sites: Vec<SiteTimes>,
+    /// Deadlocks found by the monitor and still in place: groups of green threads each waiting
+    /// for another of the group, which no thread outside it can release.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deadlocks: Vec<Deadlock>,
+}
+
+/// A deadlock: green threads that each wait for a unit (a lock, a connection, a thread's end)
+/// that only others of the group can give, so none of them goes on until a deadline ends one
+/// of the waits or a thread is killed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Deadlock {
+    /// Its number among the deadlocks found since start (from 1).
+    pub seq: u64,
+    /// What shape it has.
+    pub kind: DeadlockKind,
+    /// The threads in it, by id.
+    pub threads: Vec<DeadlockedThread>,
+    /// How long ago the monitor found it.
+    pub found_ago_us: u64,
+}
+
+/// The shape of a [`Deadlock`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum DeadlockKind {
+    /// A cycle: each thread holds what the next one waits for (two locks taken in opposite
+    /// orders, a thread joining a thread that waits for its lock, ...).
+    Cycle,
+    /// A pool's self-deadlock: every unit of the pool is held by these threads, and each waits
+    /// for another unit of the same pool while holding one. The pool needs more units than its
+    /// threads can hold at once (HikariCP's sizing rule), or a thread must give its unit back
+    /// before it takes another.
+    Pool {
+        /// The pool.
+        pool: HeldObject,
+    },
+}
+
+impl DeadlockKind {
+    /// "cycle" or "pool self-deadlock".
+    pub fn name(&self) -> &'static str {
+        match self {
+            DeadlockKind::Cycle => "cycle",
+            DeadlockKind::Pool { .. } => "pool self-deadlock",
+        }
+    }
+}
+
+/// An object a deadlocked thread holds a unit of.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldObject {
+    /// Its kind.
+    pub object: ObjectKind,
+    /// Its id.
+    pub id: u64,
+    /// Its name, if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+impl std::fmt::Display for HeldObject {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} #{}", self.object.name(), self.id)?;
+        if let Some(name) = &self.name {
+            write!(f, " \"{}\"", escape_controls(name))?;
+        }
+        Ok(())
+    }
+}
+
+/// One thread of a [`Deadlock`]: what it waits on and what of the deadlock it holds.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DeadlockedThread {
+    /// Its id.
+    pub id: u64,
+    /// Its name, if any.
+    pub name: Option<String>,
+    /// Where it was spawned.
+    pub spawn_site: String,
+    /// What it waits on.
+    pub waiting_on: WaitOn,
+    /// The name of the object it waits on, if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_on_name: Option<String>,
+    /// The objects it holds that other threads of the deadlock wait on.
+    pub holds: Vec<HeldObject>,
+    /// How long it has waited.
+    pub waiting_for_us: u64,
+    /// Time until its wait's deadline, which ends the deadlock (negative: overdue).
+    pub deadline_in_us: Option<i64>,
+    /// Where it waits, read when the deadlock was found (`None` when stacks are unavailable).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stack: Option<ThreadStack>,
+}
+
+impl Deadlock {
+    /// Several lines: the kind, then each thread with what it holds and waits on, and the
+    /// innermost frames of its stack. Names are escaped.
+    pub fn describe(&self) -> String {
+        let mut s = format!(
+            "deadlock #{} ({}): {} green threads",
+            self.seq,
+            self.kind.name(),
+            self.threads.len()
+        );
+        if let DeadlockKind::Pool { pool } = &self.kind {
+            let _ = write!(
+                s,
+                "; they hold every unit of {pool} and each waits for another"
+            );
+        }
+        for t in &self.threads {
+            let _ = write!(s, "\n  thread #{}", t.id);
+            if let Some(name) = &t.name {
+                let _ = write!(s, " \"{}\"", escape_controls(name));
+            }
+            let _ = write!(s, " (spawned at {})", escape_controls(&t.spawn_site));
+            if !t.holds.is_empty() {
+                let held: Vec<String> = t.holds.iter().map(|h| h.to_string()).collect();
+                let _ = write!(s, " holds {}", held.join(", "));
+            }
+            let _ = write!(s, "; waits on {}", t.waiting_on);
+            if let Some(name) = &t.waiting_on_name {
+                let _ = write!(s, " \"{}\"", escape_controls(name));
+            }
+            let _ = write!(s, " for {} ms", t.waiting_for_us / 1000);
+            if let Some(d) = t.deadline_in_us {
+                let _ = write!(s, " (its deadline in {} ms ends it)", d / 1000);
+            }
+            if let Some(stack) = &t.stack {
+                for frame in stack.frames.iter().take(4) {
+                    let _ = write!(s, "\n      {frame}");
+                }
+            }
+        }
+        s
+    }
 }
 
 /// A green thread's time since timing came on.
@@ -164,6 +301,12 @@ pub struct Totals {
     /// Live registered objects.
     #[serde(default)]
     pub objects: usize,
+    /// Deadlocks found since start.
+    #[serde(default)]
+    pub deadlocks_found: u64,
+    /// Green threads in deadlocks now.
+    #[serde(default)]
+    pub deadlocked: usize,
 }
 
 /// A live green thread's state.
@@ -447,6 +590,10 @@ pub struct ObjectInfo {
     pub name: Option<String>,
     /// Green threads (and OS threads) waiting on it now.
     pub waiters: usize,
+    /// The green threads its waiters wait for, while it has nothing to give: each holds a unit
+    /// (the lock, a connection). Empty when a waiter could also be served otherwise.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub holders: Vec<u64>,
     /// The object's own counts, by name: `len` and `capacity` for a queue, `permits` for a
     /// semaphore, `running` and `size` for a pool, and so on (each type documents its own).
     pub counts: BTreeMap<String, u64>,
@@ -470,6 +617,7 @@ impl ObjectInfo {
             id,
             name: name.map(String::from),
             waiters,
+            holders: Vec::new(),
             counts: BTreeMap::new(),
             totals: BTreeMap::new(),
             detail: None,
@@ -571,8 +719,8 @@ impl ThreadInfo {
 }
 
 impl Snapshot {
-    /// The plain-text dump: a header, the live green threads as a tree by parent, then the
-    /// timers, descriptors and blocked-worker reports.
+    /// The plain-text dump: a header, the deadlocks, the live green threads as a tree by
+    /// parent, then the timers, descriptors and blocked-worker reports.
     pub fn format_run_info(&self) -> String {
         let t = &self.totals;
         let mut out = format!(
@@ -598,6 +746,11 @@ impl Snapshot {
             t.objects,
             t.blocked_now,
         );
+
+        // Deadlocks first: nothing in the dump matters more.
+        for d in &self.deadlocks {
+            let _ = writeln!(out, "{}", d.describe().replace('\n', "\n  "));
+        }
 
         let by_id: BTreeMap<u64, &ThreadInfo> = self.threads.iter().map(|t| (t.id, t)).collect();
         let mut children: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
@@ -711,5 +864,57 @@ impl Snapshot {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn deadlocked(id: u64, name: &str) -> DeadlockedThread {
+        DeadlockedThread {
+            id,
+            name: Some(name.into()),
+            spawn_site: "src/main.rs:1:1\x1b[2J".into(),
+            waiting_on: WaitOn::Object {
+                object: ObjectKind::MUTEX,
+                id: 9,
+            },
+            waiting_on_name: Some("m\x1b]0;pwned\x07".into()),
+            holds: vec![HeldObject {
+                object: ObjectKind::MUTEX,
+                id: 8,
+                name: Some("held\r\n".into()),
+            }],
+            waiting_for_us: 2_000,
+            deadline_in_us: Some(5_000_000),
+            stack: None,
+        }
+    }
+
+    #[test]
+    fn a_deadlock_is_described_with_the_target_s_texts_escaped() {
+        let d = Deadlock {
+            seq: 3,
+            kind: DeadlockKind::Cycle,
+            threads: vec![deadlocked(1, "a\x1b[31m"), deadlocked(2, "b")],
+            found_ago_us: 10,
+        };
+        let text = d.describe();
+        assert!(
+            !text.chars().any(|c| c.is_control() && c != '\n'),
+            "{text:?}"
+        );
+        assert!(
+            text.starts_with("deadlock #3 (cycle): 2 green threads"),
+            "{text}"
+        );
+        assert!(text.contains("thread #1"), "{text}");
+        assert!(text.contains("holds mutex #8"), "{text}");
+        assert!(text.contains("waits on mutex #9"), "{text}");
+        assert!(text.contains("deadline in 5000 ms"), "{text}");
+        // Round trip through JSON, as the attach channel carries it.
+        let json = serde_json::to_string(&d).unwrap();
+        assert_eq!(serde_json::from_str::<Deadlock>(&json).unwrap(), d);
     }
 }

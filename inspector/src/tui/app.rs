@@ -1041,9 +1041,18 @@ impl App {
             format!("switches      {}", t.switches),
             format!("stack         {} bytes", t.stack_size),
             format!("kill pending  {}", t.kill_requested),
-            String::new(),
-            "stack:".into(),
         ];
+        // A deadlock it is in comes before its stack: it says who else waits and on what.
+        for d in snap
+            .deadlocks
+            .iter()
+            .filter(|d| d.threads.iter().any(|m| m.id == t.id))
+        {
+            lines.push(String::new());
+            lines.extend(d.describe().lines().map(String::from));
+        }
+        lines.push(String::new());
+        lines.push("stack:".into());
         match &self.stack {
             Some((id, Ok(stack))) if *id == t.id => {
                 // Frames show through `Display`, which escapes the target's texts.

@@ -173,6 +173,17 @@ fn render_header(frame: &mut Frame<'_>, area: Rect, app: &App) {
             } else {
                 Span::from(blocked)
             });
+            if t.deadlocked > 0 {
+                third.push(
+                    Span::from(format!(
+                        "   DEADLOCKED: {} threads in {} (details of a thread say which)",
+                        t.deadlocked,
+                        s.deadlocks.len()
+                    ))
+                    .bold()
+                    .red(),
+                );
+            }
             lines.push(Line::from(third));
         }
         None => lines.push(Line::from(format!(

@@ -19,6 +19,7 @@ pub(crate) mod budget;
 pub(crate) mod clock;
 pub mod config;
 pub(crate) mod context;
+pub(crate) mod deadlock;
 pub(crate) mod graveyard;
 pub(crate) mod inbox;
 pub(crate) mod limits;

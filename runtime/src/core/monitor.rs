@@ -21,6 +21,9 @@
 //!
 //! The report says which of the first two it is.
 //!
+//! Every [`deadlock::CHECK_TICKS`] ticks (longer with many threads), and before it parks, the
+//! monitor looks for deadlocks among the waiting threads (`core/deadlock.rs`).
+//!
 //! A thread that is waiting has given its worker back, so it can never be reported. Waits done
 //! directly with `may`'s own APIs are not bracketed by greenhub and look like running.
 //!
@@ -48,6 +51,7 @@ use greenhub_snapshot::{BlockedCause, ThreadStack};
 
 use crate::core::barrier;
 use crate::core::clock;
+use crate::core::deadlock;
 use crate::core::graveyard;
 use crate::core::registry::{ThreadRecord, registry};
 use crate::core::report::{self, Throttle};
@@ -255,7 +259,9 @@ static CANNOT_NUDGE: AtomicBool = AtomicBool::new(false);
 /// Makes each of `may`'s workers look at its queues (and steal from the others), as its poll
 /// timeout used to every 10 ms: an empty coroutine queued to it wakes it from `epoll_wait`.
 fn nudge_workers(workers: usize) {
-    if CANNOT_NUDGE.load(Ordering::Relaxed) {
+    // Before the runtime has started, the workers may not exist yet (and a start that fails
+    // for want of descriptors leaves none): a nudge would try to start them.
+    if CANNOT_NUDGE.load(Ordering::Relaxed) || crate::core::runtime::get_if_started().is_none() {
         return;
     }
     let pending = NUDGED.get_or_init(|| (0..workers).map(|_| AtomicBool::new(false)).collect());
@@ -294,6 +300,8 @@ fn run(max_blocking_time: Option<Duration>) {
     let mut last = Instant::now();
     let mut generations: Vec<u64> = Vec::new();
     let mut quiet = 0;
+    let mut detector = deadlock::Detector::default();
+    let mut since_check = 0;
     loop {
         std::thread::sleep(TICK);
         clock::tick();
@@ -307,11 +315,26 @@ fn run(max_blocking_time: Option<Duration>) {
         };
         generations = seen;
         if can_park && quiet >= QUIET_TICKS {
+            // Nothing switched for QUIET_TICKS ticks, so the waits are the ones of as long
+            // ago: two checks in a row confirm each other. A deadlock is found before the
+            // monitor lies down, and no new one forms while nothing switches.
+            let first = detector.check();
+            for found in first.into_iter().chain(detector.check()) {
+                off_monitor(Box::new(move || found.publish()));
+            }
+            since_check = 0;
             quiet = 0;
             park_until_running();
             // The parked time is nobody's run time.
             last = Instant::now();
             continue;
+        }
+        since_check += 1;
+        if since_check >= check_every() {
+            since_check = 0;
+            for found in detector.check() {
+                off_monitor(Box::new(move || found.publish()));
+            }
         }
         nudge_workers(workers);
         let now = Instant::now();
@@ -365,6 +388,14 @@ fn run(max_blocking_time: Option<Duration>) {
             }
         }
     }
+}
+
+/// Ticks between deadlock checks: [`deadlock::CHECK_TICKS`], longer with many threads (a
+/// check reads every thread's state), so that checks cost the monitor about the same share of
+/// a core at any size.
+fn check_every() -> u32 {
+    let live = registry().live_count();
+    deadlock::CHECK_TICKS * (1 + live / 20_000).min(10) as u32
 }
 
 /// Says (once a minute) that the OS, not a green thread, kept a worker off its CPU.
@@ -459,21 +490,29 @@ struct Said {
 /// takes a while the first time (debug information is loaded), which the monitor must not
 /// spend away from its ticks. Said here when that thread cannot be started.
 fn say(said: Said) {
-    static REPORTER: OnceLock<Option<Mutex<std::sync::mpsc::Sender<Said>>>> = OnceLock::new();
+    off_monitor(Box::new(move || write(said)));
+}
+
+/// Work the monitor hands to the `greenhub-reports` thread.
+type Job = Box<dyn FnOnce() + Send>;
+
+/// Runs `job` on the `greenhub-reports` thread (or here, if that thread cannot start).
+fn off_monitor(job: Job) {
+    static REPORTER: OnceLock<Option<Mutex<std::sync::mpsc::Sender<Job>>>> = OnceLock::new();
     let reporter = REPORTER.get_or_init(|| {
-        let (send, receive) = std::sync::mpsc::channel::<Said>();
+        let (send, receive) = std::sync::mpsc::channel::<Job>();
         std::thread::Builder::new()
             .name("greenhub-reports".into())
-            .spawn(move || receive.into_iter().for_each(write))
+            .spawn(move || receive.into_iter().for_each(|job| job()))
             .ok()
             .map(|_| Mutex::new(send))
     });
     let unsent = match reporter {
-        Some(send) => send.lock().send(said).err().map(|e| e.0),
-        None => Some(said),
+        Some(send) => send.lock().send(job).err().map(|e| e.0),
+        None => Some(job),
     };
-    if let Some(said) = unsent {
-        write(said);
+    if let Some(job) = unsent {
+        job();
     }
 }
 

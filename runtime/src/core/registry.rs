@@ -77,6 +77,10 @@ pub(crate) struct ThreadRecord {
     pub read_gate: AtomicU8,
     /// Its times, once timing has seen it (core/timing.rs).
     pub times: OnceLock<Box<Times>>,
+    /// The token of its current (or last) wait, for a reader that must know whether a wait the
+    /// record shows has been woken already (`core/deadlock.rs`). Set when the thread makes a new
+    /// token, which most waits do not (`core/wait.rs`).
+    pub token: Mutex<Weak<dyn WaitTicket>>,
     seq: AtomicU64,
     phase: AtomicU8,
     wait_kind: AtomicU8,
@@ -118,6 +122,21 @@ pub(crate) trait Killer: Send + Sync {
     fn kill(&self);
 }
 
+/// The waker's side of a thread's wait, as the record keeps it (`core/token.rs` implements it).
+pub(crate) trait WaitTicket: Send + Sync {
+    /// Whether the wait is still waiting (neither woken nor given up).
+    fn is_waiting(&self) -> bool;
+}
+
+/// The ticket of a thread that has not waited yet.
+struct NoTicket;
+
+impl WaitTicket for NoTicket {
+    fn is_waiting(&self) -> bool {
+        false
+    }
+}
+
 /// A consistent read of a record's state.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct StateView {
@@ -125,6 +144,8 @@ pub(crate) struct StateView {
     pub waiting_on: Option<WaitOn>,
     pub since_ns: u64,
     pub deadline_ns: Option<u64>,
+    /// Changes with every state write: two reads with the same `seq` saw the same wait.
+    pub seq: u64,
 }
 
 const NO_DEADLINE: u64 = u64::MAX;
@@ -155,6 +176,7 @@ impl ThreadRecord {
             park_sp: AtomicUsize::new(0),
             read_gate: AtomicU8::new(0),
             times: OnceLock::new(),
+            token: Mutex::new(Weak::<NoTicket>::new() as Weak<dyn WaitTicket>),
             seq: AtomicU64::new(0),
             phase: AtomicU8::new(phase as u8),
             wait_kind: AtomicU8::new(0),
@@ -243,6 +265,7 @@ impl ThreadRecord {
                 },
                 since_ns,
                 deadline_ns: (deadline != NO_DEADLINE).then_some(deadline),
+                seq: s1,
             };
         }
     }
@@ -351,6 +374,16 @@ pub trait Inspect: Send + Sync {
     /// The object's current state. Called from the thread taking a snapshot; keep it short
     /// (take the object's lock once, copy the counts).
     fn inspect(&self) -> ObjectInfo;
+
+    /// The green threads its waiters wait for, listed only while it has nothing to give: each
+    /// holds a unit (the lock, a permit, a connection) and a waiter goes on once one of them
+    /// gives it back. Empty when anything else could satisfy a waiter (a unit is free, more
+    /// can be made, a plain OS thread holds one, any handle may put or set): then no wait on
+    /// it is ever called a deadlock. The deadlock detector calls it on the monitor thread for
+    /// objects with long waits; keep it short, like `inspect`.
+    fn holders(&self) -> Vec<u64> {
+        Vec::new()
+    }
 }
 
 /// An inspectable object, held weakly: the registry never keeps an object alive.
@@ -462,6 +495,25 @@ impl Registry {
             finished_switches += shard.finished_switches;
         }
         (out, finished_switches)
+    }
+
+    /// The live threads whose state `keep` accepts, with that state: one pass over the
+    /// tables that clones only the records kept.
+    pub(crate) fn threads_where(
+        &self,
+        mut keep: impl FnMut(&StateView) -> bool,
+    ) -> Vec<(Arc<ThreadRecord>, StateView)> {
+        let mut out = Vec::new();
+        for shard in self.threads.iter() {
+            let shard = shard.lock();
+            for record in shard.live.values() {
+                let state = record.read();
+                if keep(&state) {
+                    out.push((record.clone(), state));
+                }
+            }
+        }
+        out
     }
 
     /// The recently finished threads, oldest first.
@@ -588,6 +640,14 @@ impl Registry {
 
     pub(crate) fn remove_object(&self, id: u64) {
         self.objects[Self::shard(id)].lock().remove(&id);
+    }
+
+    /// The live object `id`, if any.
+    pub(crate) fn object(&self, id: u64) -> Option<Arc<dyn Inspect>> {
+        self.objects[Self::shard(id)]
+            .lock()
+            .get(&id)
+            .and_then(Weak::upgrade)
     }
 
     /// The live objects. The caller inspects them outside the table's locks.

@@ -45,14 +45,15 @@ pub(crate) fn start_core(config: Config) -> Result<&'static Runtime, ConfigError
     // Pinning workers to cores measured slower on every benchmark here (and hurts on shared
     // machines), so greenhub leaves placement to the OS.
     may::config().set_worker_pin(false);
-    // Started here rather than on the first spawn, so that a lack of descriptors is an error
-    // of `init` and the descriptors are taken before the program uses them up.
-    may::coroutine::start_scheduler().map_err(|e| ConfigError::Start(e.to_string()))?;
     panic::install_hook();
     let budget = StackBudget::measure(settings.stack_size, settings.max_green_threads);
     if let Some(warning) = budget.startup_warning() {
         report::warn(&warning);
     }
+    // Before the scheduler: the monitor sets the workers' poll timeout, which they read once.
     monitor::start(settings.max_blocking_time, config::BLOCKED_HISTORY);
+    // Started here rather than on the first spawn, so that a lack of descriptors is an error
+    // of `init` and the descriptors are taken before the program uses them up.
+    may::coroutine::start_scheduler().map_err(|e| ConfigError::Start(e.to_string()))?;
     Ok(RUNTIME.get_or_init(|| Runtime { config, budget }))
 }

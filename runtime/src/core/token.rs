@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use crate::core::alarm::Alarmed;
 use crate::core::barrier;
 use crate::core::budget;
-use crate::core::registry::ThreadRecord;
+use crate::core::registry::{ThreadRecord, WaitTicket};
 use crate::core::timing;
 
 pub(crate) const WAITING: u8 = 0;
@@ -150,6 +150,12 @@ impl std::fmt::Debug for Token {
             _ => "abandoned",
         };
         f.debug_struct("Token").field("state", &state).finish()
+    }
+}
+
+impl WaitTicket for Token {
+    fn is_waiting(&self) -> bool {
+        Token::is_waiting(self)
     }
 }
 

@@ -13,7 +13,7 @@ use crate::core::budget;
 use crate::core::clock;
 use crate::core::context;
 use crate::core::monitor;
-use crate::core::registry::{self, ThreadRecord};
+use crate::core::registry::{self, ThreadRecord, WaitTicket};
 use crate::core::stack;
 use crate::core::timeout::TimedOut;
 use crate::core::timing;
@@ -43,6 +43,10 @@ fn fresh_token(ctx: &context::Context) -> Arc<Token> {
         parker,
         record: ctx.record().cloned(),
     });
+    if let Some(record) = ctx.record() {
+        let ticket: std::sync::Weak<dyn WaitTicket> = Arc::downgrade(&token) as _;
+        *record.token.lock() = ticket;
+    }
     *slot = Some(token.clone());
     token
 }

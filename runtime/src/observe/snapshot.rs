@@ -29,7 +29,7 @@ use greenhub_snapshot::*;
 use crate::core::inbox;
 use crate::core::monitor::Blocked;
 use crate::core::registry::{Ending, Phase, StateView, ThreadRecord, TimerKind, registry};
-use crate::core::{clock, monitor, runtime, timing};
+use crate::core::{clock, deadlock, monitor, runtime, timing};
 use crate::observe::stacks;
 
 pub(crate) fn process_name() -> String {
@@ -98,7 +98,15 @@ fn take(lists: bool, with_stacks: bool) -> Snapshot {
     let reports = monitor::reports();
     // Objects are inspected outside the table's locks: an inspection takes the object's own
     // lock, and an object dropped meanwhile takes the table's.
-    let mut objects: Vec<ObjectInfo> = reg.objects().iter().map(|o| o.inspect()).collect();
+    let mut objects: Vec<ObjectInfo> = reg
+        .objects()
+        .iter()
+        .map(|o| {
+            let mut info = o.inspect();
+            info.holders = o.holders();
+            info
+        })
+        .collect();
     objects.sort_by_key(|o| o.id);
     let at = Now {
         coarse: clock::coarse_ns(),
@@ -171,6 +179,7 @@ fn take(lists: bool, with_stacks: bool) -> Snapshot {
     };
     totals.blocked_now = blocked.iter().filter(|b| b.ongoing).count();
     totals.objects = objects.len();
+    (totals.deadlocks_found, totals.deadlocked) = deadlock::counts();
 
     Snapshot {
         schema_version: SCHEMA_VERSION,
@@ -187,6 +196,7 @@ fn take(lists: bool, with_stacks: bool) -> Snapshot {
         blocked,
         objects,
         stacks_unavailable,
+        deadlocks: deadlock::current(at.coarse, at.precise),
         timing: timing::on(),
         sites: if lists && timing::on() {
             site_times()

@@ -157,10 +157,18 @@ pub fn ready() -> Result<bool, NotifyError> {
         return Ok(false);
     };
     READY.store(true, Ordering::SeqCst);
-    let sent = send(&format!("READY=1\nMAINPID={}", std::process::id()));
+    let period = heartbeat_period();
+    // With a heartbeat asked for, the first beat goes with READY=1: the supervisor watches the
+    // heartbeat from the moment the process is ready, even if the workers are held before the
+    // heartbeat's thread first runs.
+    let sent = send(&format!(
+        "READY=1\nMAINPID={}{}",
+        std::process::id(),
+        if period.is_some() { "\nWATCHDOG=1" } else { "" }
+    ));
     // Each beat says READY=1 again: a supervisor whose queue was full when this one went
     // learns it from the next beat.
-    if let Some(period) = heartbeat_period() {
+    if let Some(period) = period {
         start_heartbeat(period);
     }
     sent

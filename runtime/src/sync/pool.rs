@@ -713,6 +713,27 @@ impl<T: Send + 'static> Inspect for Inner<T> {
             .total("held_us", book.held_us)
             .with_detail(serde_json::json!({ "checkouts": detail }))
     }
+
+    /// The holders of every item, when the pool is at its size with none idle or being made
+    /// and green threads hold them all.
+    fn holders(&self) -> Vec<u64> {
+        let (max, live, idle) = {
+            let st = self.state.lock();
+            (st.max, st.live, st.idle.len())
+        };
+        if live < max || idle > 0 {
+            return Vec::new();
+        }
+        let book = self.book.lock();
+        if book.current.len() != live {
+            return Vec::new();
+        }
+        let holders: Option<Vec<u64>> = book.current.values().map(|c| c.holder).collect();
+        let mut holders = holders.unwrap_or_default();
+        holders.sort_unstable();
+        holders.dedup();
+        holders
+    }
 }
 
 /// Gives back a grant handed to a getter that unwinds (killed) before it could take it.

@@ -104,6 +104,12 @@ impl Inspect for Core {
             None => info,
         }
     }
+
+    /// The owner, when a green thread owns it.
+    fn holders(&self) -> Vec<u64> {
+        let st = self.state.lock();
+        st.owner.filter(|o| *o < 1 << 62).into_iter().collect()
+    }
 }
 
 /// A re-entrant lock (see the [module docs](self)). A handle: clones share the lock. In the

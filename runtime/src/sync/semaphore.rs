@@ -84,6 +84,16 @@ impl Inspect for Core {
         }
         info
     }
+
+    /// A locked mutex's holder, when a green thread holds it. A semaphore lists none: any
+    /// thread may release it.
+    fn holders(&self) -> Vec<u64> {
+        let st = self.state.lock();
+        match st.holder {
+            Some(h) if self.kind == ObjectKind::MUTEX && st.permits == 0 => vec![h],
+            _ => Vec::new(),
+        }
+    }
 }
 
 impl Core {

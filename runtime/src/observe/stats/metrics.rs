@@ -159,6 +159,11 @@ fn threads(m: &mut Exposition, s: &Snapshot) {
             "Reports of a green thread keeping its worker from switching past max_blocking_time.",
             s.blocked.iter().map(|b| b.seq).max().unwrap_or(0),
         ),
+        (
+            "greenhub_deadlocks_total",
+            "Deadlocks found among green threads (cycles of locks and joins, pool self-deadlocks).",
+            t.deadlocks_found,
+        ),
     ];
     for (name, help, v) in counters {
         m.single(name, Kind::Counter, help, v as f64);
@@ -174,6 +179,11 @@ fn threads(m: &mut Exposition, s: &Snapshot) {
             "greenhub_blocked_workers",
             "Workers kept from switching by one green thread past max_blocking_time now.",
             t.blocked_now,
+        ),
+        (
+            "greenhub_deadlocked_threads",
+            "Green threads in deadlocks now.",
+            t.deadlocked,
         ),
         ("greenhub_workers", "Worker OS threads.", s.runtime.workers),
         (

@@ -1,0 +1,429 @@
+//! Deadlock detection, on the monitor thread: which green threads wait for something only
+//! other waiting threads can give, so that none of them goes on by itself.
+//!
+//! The graph. A green thread waiting on the end of another (`WaitOn::Join`) waits for that
+//! thread; one waiting on an object waits for the object's holders ([`Inspect::holders`]): a
+//! mutex's holder, the threads holding a pool's every connection. A wait on anything else
+//! (a timer, a descriptor, a queue or event any handle may feed, an object that lists no
+//! holders) can end by itself, and so can a wait whose token was woken already (the hand-off is
+//! made, the thread has not run yet). A waiting thread is *free* if one of the threads it waits
+//! for is not waiting or is free: waits on a pool end when any holder gives a unit back. What
+//! is not free is deadlocked: a cycle of locks, or a pool whose holders all wait for another
+//! unit of it. Computed over the reverse edges in one pass, so a chain of ten thousand waits
+//! costs ten thousand steps.
+//!
+//! A wait with a deadline takes part: its deadline ends the deadlock, which is still one
+//! until then (HikariCP's pool self-deadlock ends in timeouts, and is the bug to report).
+//!
+//! No false alarms. The states and the holders are read at slightly different moments, so a
+//! deadlock is reported only when two checks at least [`CHECK_TICKS`] monitor ticks apart find
+//! the same threads in the same waits (a wait's sequence number identifies it), and the
+//! woken-token test is made after the holders are read: a holder is recorded under the object's
+//! lock after the hand-off's wake, so a hand-off seen in the holders is seen in the token.
+//!
+//! A deadlock is reported once, to the log (with each thread's stack), counted, and listed
+//! in the snapshot until one of its waits ends. The monitor reads the stacks' return
+//! addresses; `greenhub-reports` symbolizes them and publishes the report
+//! ([`NewDeadlock::publish`]), since loading debug information must not hold up the ticks.
+//!
+//! Not seen: waits on queues, events, conditions and semaphores (any handle may feed or
+//! release them, and handles are not tracked), read-write locks and green pools (their holders
+//! are not recorded), and locks held by plain OS threads.
+//!
+//! It uses the registry, the tokens of waits, stacks and symbols, and the report functions.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use greenhub_snapshot::{
+    Deadlock, DeadlockKind, DeadlockedThread, HeldObject, ObjectKind, ThreadStack, WaitOn,
+};
+use parking_lot::Mutex;
+
+use crate::core::clock;
+use crate::core::registry::{IdMap, ThreadRecord, registry};
+use crate::core::report;
+use crate::core::stack;
+use crate::core::symbols::fold;
+
+/// Monitor ticks between two checks while anything runs (a deadlock is reported at the
+/// second check that finds it). A process that falls quiet is checked before the monitor
+/// parks.
+pub(crate) const CHECK_TICKS: u32 = 10;
+
+/// Deadlocks found since start.
+static FOUND_TOTAL: AtomicU64 = AtomicU64::new(0);
+
+/// The deadlocks in place at the last check.
+static CURRENT: Mutex<Vec<Found>> = Mutex::new(Vec::new());
+
+/// A deadlock as found: times kept as clock readings, turned relative when shown.
+struct Found {
+    seq: u64,
+    kind: DeadlockKind,
+    found_at: Instant,
+    /// Each member's id and wait sequence number: the deadlock lasts while all keep them.
+    members: Vec<(u64, u64)>,
+    threads: Vec<FoundThread>,
+}
+
+struct FoundThread {
+    id: u64,
+    name: Option<String>,
+    spawn_site: String,
+    waiting_on: WaitOn,
+    waiting_on_name: Option<String>,
+    holds: Vec<HeldObject>,
+    since_ns: u64,
+    deadline_ns: Option<u64>,
+    stack: Option<ThreadStack>,
+}
+
+/// Deadlocks found since start, and green threads in deadlocks now.
+pub(crate) fn counts() -> (u64, usize) {
+    let deadlocked = CURRENT.lock().iter().map(|f| f.threads.len()).sum();
+    (FOUND_TOTAL.load(Ordering::Relaxed), deadlocked)
+}
+
+/// The deadlocks in place at the last check, with times relative to `coarse_ns` (waits) and
+/// `precise_ns` (deadlines).
+pub(crate) fn current(coarse_ns: u64, precise_ns: u64) -> Vec<Deadlock> {
+    CURRENT
+        .lock()
+        .iter()
+        .map(|f| shown(f, coarse_ns, precise_ns))
+        .collect()
+}
+
+/// A found deadlock as the snapshot shows it.
+fn shown(f: &Found, coarse_ns: u64, precise_ns: u64) -> Deadlock {
+    Deadlock {
+        seq: f.seq,
+        kind: f.kind.clone(),
+        found_ago_us: f.found_at.elapsed().as_micros() as u64,
+        threads: f
+            .threads
+            .iter()
+            .map(|t| DeadlockedThread {
+                id: t.id,
+                name: t.name.clone(),
+                spawn_site: t.spawn_site.clone(),
+                waiting_on: t.waiting_on,
+                waiting_on_name: t.waiting_on_name.clone(),
+                holds: t.holds.clone(),
+                waiting_for_us: coarse_ns.saturating_sub(t.since_ns) / 1000,
+                deadline_in_us: t.deadline_ns.map(|d| {
+                    (d as i128 - precise_ns as i128).clamp(i64::MIN as i128, i64::MAX as i128)
+                        as i64
+                        / 1000
+                }),
+                stack: t.stack.clone(),
+            })
+            .collect(),
+    }
+}
+
+/// A waiting thread that only other threads' progress can free.
+struct Stuck {
+    record: Arc<ThreadRecord>,
+    on: WaitOn,
+    seq: u64,
+    since_ns: u64,
+    deadline_ns: Option<u64>,
+    /// The threads it waits for: one of them going on frees it.
+    waits_for: Vec<u64>,
+}
+
+/// The monitor's detector: what the last check found stuck.
+#[derive(Default)]
+pub(crate) struct Detector {
+    /// Threads stuck at the last check, with the sequence number of the wait they were in.
+    last: IdMap<u64>,
+    /// The members of the deadlocks reported and still in place.
+    reported: Vec<Vec<(u64, u64)>>,
+}
+
+/// A deadlock just found, to be published off the monitor thread: its stacks are symbolized
+/// then (the first time loads debug information, which takes a while).
+pub(crate) struct NewDeadlock {
+    found: Found,
+    /// The return addresses of each thread's stack, in the order of `found.threads`.
+    stacks: Vec<Option<Vec<usize>>>,
+}
+
+impl NewDeadlock {
+    /// Symbolizes its stacks, logs it, and lists it in the snapshot.
+    pub(crate) fn publish(mut self) {
+        for (thread, ips) in self.found.threads.iter_mut().zip(self.stacks) {
+            thread.stack = ips.map(|ips| fold(&ips));
+        }
+        report::error(&format!(
+            "greenhub: {}",
+            shown(&self.found, clock::coarse_ns(), clock::precise_ns()).describe()
+        ));
+        CURRENT.lock().push(self.found);
+    }
+}
+
+impl Detector {
+    /// One check: finds the stuck threads, returns the deadlocks that two checks agree on and
+    /// that are new (for [`NewDeadlock::publish`]), and forgets those that ended.
+    pub(crate) fn check(&mut self) -> Vec<NewDeadlock> {
+        let reg = registry();
+        let waiting = reg.threads_where(|s| {
+            matches!(
+                s.waiting_on,
+                Some(WaitOn::Join { .. } | WaitOn::Object { .. })
+            )
+        });
+        if waiting.is_empty() {
+            self.last.clear();
+            self.reported.clear();
+            CURRENT.lock().clear();
+            return Vec::new();
+        }
+        // Holders first, then tokens (see the module's doc).
+        let mut holders: IdMap<Vec<u64>> = IdMap::default();
+        for (_, state) in &waiting {
+            if let Some(WaitOn::Object { id, .. }) = state.waiting_on {
+                holders
+                    .entry(id)
+                    .or_insert_with(|| reg.object(id).map(|o| o.holders()).unwrap_or_default());
+            }
+        }
+        let mut candidates: IdMap<Stuck> = IdMap::default();
+        for (record, state) in waiting {
+            let Some(on) = state.waiting_on else { continue };
+            let waits_for = match on {
+                WaitOn::Join { thread } => vec![thread],
+                WaitOn::Object { id, .. } => holders.get(&id).cloned().unwrap_or_default(),
+                _ => Vec::new(),
+            };
+            if waits_for.is_empty() || woken(&record) {
+                continue;
+            }
+            candidates.insert(
+                record.id,
+                Stuck {
+                    record,
+                    on,
+                    seq: state.seq,
+                    since_ns: state.since_ns,
+                    deadline_ns: state.deadline_ns,
+                    waits_for,
+                },
+            );
+        }
+        let stuck = stuck_of(candidates);
+        // Confirmed: stuck in the same wait at the last check too; then closed again, since a
+        // confirmed thread may wait for one that is stuck only since this check.
+        let confirmed: IdMap<Stuck> = stuck
+            .iter()
+            .filter(|(id, s)| self.last.get(id) == Some(&s.seq))
+            .map(|(id, s)| {
+                (
+                    *id,
+                    Stuck {
+                        record: s.record.clone(),
+                        on: s.on,
+                        seq: s.seq,
+                        since_ns: s.since_ns,
+                        deadline_ns: s.deadline_ns,
+                        waits_for: s.waits_for.clone(),
+                    },
+                )
+            })
+            .collect();
+        self.last = stuck.iter().map(|(id, s)| (*id, s.seq)).collect();
+        let confirmed = stuck_of(confirmed);
+        let groups = groups_of(&confirmed);
+
+        let in_place: Vec<Vec<(u64, u64)>> =
+            groups.iter().map(|g| members(g, &confirmed)).collect();
+        self.reported.retain(|m| in_place.contains(m));
+        CURRENT.lock().retain(|f| in_place.contains(&f.members));
+        let mut new = Vec::new();
+        for (group, m) in groups.iter().zip(in_place) {
+            if self.reported.contains(&m) {
+                continue;
+            }
+            self.reported.push(m.clone());
+            new.push(describe(group, m, &confirmed, &holders));
+        }
+        new
+    }
+}
+
+/// Whether the wait the record shows was woken already (its thread has not run since).
+fn woken(record: &ThreadRecord) -> bool {
+    record
+        .token
+        .lock()
+        .upgrade()
+        .is_some_and(|token| !token.is_waiting())
+}
+
+/// The candidates that are not free: a candidate is free when one of the threads it waits for
+/// is not a candidate, or is free.
+fn stuck_of(mut candidates: IdMap<Stuck>) -> IdMap<Stuck> {
+    let mut waited_by: IdMap<Vec<u64>> = IdMap::default();
+    let mut free: Vec<u64> = Vec::new();
+    for (id, c) in &candidates {
+        for w in &c.waits_for {
+            waited_by.entry(*w).or_default().push(*id);
+        }
+        if c.waits_for.iter().any(|w| !candidates.contains_key(w)) {
+            free.push(*id);
+        }
+    }
+    let mut freed: HashSet<u64> = free.iter().copied().collect();
+    while let Some(f) = free.pop() {
+        for w in waited_by.get(&f).into_iter().flatten() {
+            if freed.insert(*w) {
+                free.push(*w);
+            }
+        }
+    }
+    candidates.retain(|id, _| !freed.contains(id));
+    candidates
+}
+
+/// The stuck threads in groups joined by their waits, each sorted by id, groups by first id.
+fn groups_of(stuck: &IdMap<Stuck>) -> Vec<Vec<u64>> {
+    let mut ids: Vec<u64> = stuck.keys().copied().collect();
+    ids.sort_unstable();
+    let index: IdMap<usize> = ids.iter().enumerate().map(|(i, id)| (*id, i)).collect();
+    let mut parent: Vec<usize> = (0..ids.len()).collect();
+    fn root(parent: &mut [usize], mut i: usize) -> usize {
+        while parent[i] != i {
+            parent[i] = parent[parent[i]];
+            i = parent[i];
+        }
+        i
+    }
+    for (i, id) in ids.iter().enumerate() {
+        for w in &stuck[id].waits_for {
+            if let Some(&j) = index.get(w) {
+                let (a, b) = (root(&mut parent, i), root(&mut parent, j));
+                parent[a.max(b)] = a.min(b);
+            }
+        }
+    }
+    let mut groups: Vec<Vec<u64>> = Vec::new();
+    let mut group_of: Vec<Option<usize>> = vec![None; ids.len()];
+    for (i, id) in ids.iter().enumerate() {
+        let r = root(&mut parent, i);
+        match group_of[r] {
+            Some(g) => groups[g].push(*id),
+            None => {
+                group_of[r] = Some(groups.len());
+                groups.push(vec![*id]);
+            }
+        }
+    }
+    groups
+}
+
+fn members(group: &[u64], stuck: &IdMap<Stuck>) -> Vec<(u64, u64)> {
+    group.iter().map(|id| (*id, stuck[id].seq)).collect()
+}
+
+/// The report of one group: what each thread holds and waits on, its stack, and whether it
+/// is a pool's self-deadlock.
+fn describe(
+    group: &[u64],
+    members: Vec<(u64, u64)>,
+    stuck: &IdMap<Stuck>,
+    holders: &IdMap<Vec<u64>>,
+) -> NewDeadlock {
+    let reg = registry();
+    let names: IdMap<Option<String>> = group
+        .iter()
+        .filter_map(|id| match stuck[id].on {
+            WaitOn::Object { id: object, .. } => {
+                Some((object, reg.object(object).and_then(|o| o.inspect().name)))
+            }
+            _ => None,
+        })
+        .collect();
+    let objects: Vec<(ObjectKind, u64)> = {
+        let mut seen: Vec<(ObjectKind, u64)> = group
+            .iter()
+            .filter_map(|id| match stuck[id].on {
+                WaitOn::Object { object, id } => Some((object, id)),
+                _ => None,
+            })
+            .collect();
+        seen.sort_by_key(|(_, id)| *id);
+        seen.dedup();
+        seen
+    };
+    let held = |object: (ObjectKind, u64)| HeldObject {
+        object: object.0,
+        id: object.1,
+        name: names.get(&object.1).cloned().flatten(),
+    };
+    let records: Vec<Arc<ThreadRecord>> = group.iter().map(|id| stuck[id].record.clone()).collect();
+    let mut stacks: Vec<Option<Vec<usize>>> = stack::read_parked(&records)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|parked| parked.map(|(_, ips)| ips))
+        .collect();
+    stacks.resize(group.len(), None);
+    let threads = group
+        .iter()
+        .map(|id| {
+            let s = &stuck[id];
+            let holds = objects
+                .iter()
+                .filter(|(_, o)| holders.get(o).is_some_and(|h| h.contains(id)))
+                .map(|o| held(*o))
+                .collect();
+            let waiting_on_name = match s.on {
+                WaitOn::Object { id, .. } => names.get(&id).cloned().flatten(),
+                _ => None,
+            };
+            FoundThread {
+                id: *id,
+                name: s.record.name.as_deref().map(String::from),
+                spawn_site: s.record.site.to_string(),
+                waiting_on: s.on,
+                waiting_on_name,
+                holds,
+                since_ns: s.since_ns,
+                deadline_ns: s.deadline_ns,
+                stack: None,
+            }
+        })
+        .collect();
+    // A pool's self-deadlock: all wait on one object and all hold a unit of it.
+    let kind = match objects.as_slice() {
+        [pool]
+            if group.iter().all(|id| {
+                matches!(stuck[id].on, WaitOn::Object { id, .. } if id == pool.1)
+                    && holders.get(&pool.1).is_some_and(|h| h.contains(id))
+            }) && is_pool(pool.0) =>
+        {
+            DeadlockKind::Pool { pool: held(*pool) }
+        }
+        _ => DeadlockKind::Cycle,
+    };
+    NewDeadlock {
+        found: Found {
+            seq: FOUND_TOTAL.fetch_add(1, Ordering::Relaxed) + 1,
+            kind,
+            found_at: Instant::now(),
+            members,
+            threads,
+        },
+        stacks,
+    }
+}
+
+/// Whether waiters of this kind wait for one of several units (a pool) rather than for one
+/// lock, which makes a thread that holds a unit and waits for another a pool self-deadlock.
+fn is_pool(kind: ObjectKind) -> bool {
+    !matches!(kind, ObjectKind::MUTEX) && kind.name() != "rlock" && kind.name() != "rwlock"
+}
