@@ -7,8 +7,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use greenhub_snapshot::attach::{
-    REQUEST_PROFILE, REQUEST_SNAPSHOT, REQUEST_SNAPSHOT_STACKS, REQUEST_STACK, REQUEST_SUMMARY,
-    REQUEST_TIMING_OFF, REQUEST_TIMING_ON, Summary, directory, peer_uid,
+    Acted, REQUEST_KILL, REQUEST_KILL_TREE, REQUEST_PROFILE, REQUEST_RESIZE, REQUEST_SET,
+    REQUEST_SNAPSHOT, REQUEST_SNAPSHOT_STACKS, REQUEST_STACK, REQUEST_SUMMARY, REQUEST_TIMING_OFF,
+    REQUEST_TIMING_ON, Summary, directory, peer_uid,
 };
 use greenhub_snapshot::{Profile, SCHEMA_VERSION, Snapshot, ThreadStack};
 
@@ -242,6 +243,40 @@ impl Client {
         self.ask(REQUEST_SUMMARY, MAX_SUMMARY, SUMMARY_TIMEOUT)
     }
 
+    /// Kills the green thread `thread` (and, with `tree`, every live thread it spawned, theirs
+    /// included). The process logs the request with this inspector's pid and user first.
+    pub fn kill(&mut self, thread: u64, tree: bool) -> Result<Acted, InspectError> {
+        let request = if tree {
+            format!("{REQUEST_KILL_TREE} {thread}")
+        } else {
+            format!("{REQUEST_KILL} {thread}")
+        };
+        self.ask(&request, MAX_SUMMARY, SUMMARY_TIMEOUT)
+    }
+
+    /// Changes a setting of the running process: [`SETTING_MAX_BLOCKING_TIME`] (milliseconds
+    /// or `off`) or [`SETTING_LOG_LEVEL`] (`off` to `trace`). Logged by the process.
+    ///
+    /// [`SETTING_MAX_BLOCKING_TIME`]: greenhub_snapshot::attach::SETTING_MAX_BLOCKING_TIME
+    /// [`SETTING_LOG_LEVEL`]: greenhub_snapshot::attach::SETTING_LOG_LEVEL
+    pub fn set(&mut self, setting: &str, value: &str) -> Result<Acted, InspectError> {
+        self.ask(
+            &format!("{REQUEST_SET} {} {}", one_word(setting), one_word(value)),
+            MAX_SUMMARY,
+            SUMMARY_TIMEOUT,
+        )
+    }
+
+    /// Resizes the pool `object` (its id in the snapshot): a tpool's threads, a green pool's
+    /// slots, an item pool's items. Logged by the process.
+    pub fn resize(&mut self, object: u64, size: usize) -> Result<Acted, InspectError> {
+        self.ask(
+            &format!("{REQUEST_RESIZE} {object} {size}"),
+            MAX_SUMMARY,
+            SUMMARY_TIMEOUT,
+        )
+    }
+
     /// Sends `request` and reads the one line that answers it: at most `limit` bytes, all of
     /// it within `within`.
     fn ask<T: serde::de::DeserializeOwned>(
@@ -421,4 +456,18 @@ fn trusted_directory(dir: &Path) -> Result<u32, InspectError> {
         )));
     }
     Ok(meta.uid())
+}
+
+/// `text` as one word of a request line: whitespace and line breaks would make it another
+/// request, so they become `_` (which the process then refuses as a value it does not know).
+fn one_word(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_whitespace() || c.is_control() {
+                '_'
+            } else {
+                c
+            }
+        })
+        .collect()
 }

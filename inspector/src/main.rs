@@ -1,5 +1,6 @@
 //! `inspector`: list the greenhub processes of this user, dump one's green threads as a tree,
-//! or print its snapshot as JSON.
+//! print its snapshot as JSON, profile it, or act on it (kill a green thread, change a
+//! setting, resize a pool).
 
 use std::io::Write as _;
 use std::process::ExitCode;
@@ -61,6 +62,37 @@ enum Command {
         /// The whole profile as JSON.
         #[arg(long, conflicts_with = "off_cpu")]
         json: bool,
+    },
+    /// Kill a green thread of a process (as `GreenThread::kill` would: it unwinds at its next
+    /// wait). The process logs who asked.
+    Kill {
+        /// The process id.
+        pid: u32,
+        /// The green thread's id (as `inspector dump` shows it).
+        thread: u64,
+        /// Also every live green thread it spawned, theirs included.
+        #[arg(long)]
+        tree: bool,
+    },
+    /// Change a setting of a running process: `max_blocking_time <ms|off>` (the blocked-worker
+    /// threshold) or `log_level <off|error|warn|info|debug|trace>`. The process logs who asked.
+    Set {
+        /// The process id.
+        pid: u32,
+        /// `max_blocking_time` or `log_level`.
+        setting: String,
+        /// The new value.
+        value: String,
+    },
+    /// Resize a pool of a running process: a tpool's threads, a green pool's slots, an item
+    /// pool's items (its id as `inspector dump` lists the objects). The process logs who asked.
+    Resize {
+        /// The process id.
+        pid: u32,
+        /// The pool's object id.
+        object: u64,
+        /// The new size.
+        size: usize,
     },
     /// The full snapshot of a process as JSON (versioned schema).
     Json {
@@ -193,6 +225,13 @@ fn run(command: Command) -> Result<(), String> {
             emit(&text)
         }
         Command::Dump { pid, stacks } => emit(&fetch(pid, stacks)?.format_run_info()),
+        Command::Kill { pid, thread, tree } => acted(pid, |c| c.kill(thread, tree)),
+        Command::Set {
+            pid,
+            setting,
+            value,
+        } => acted(pid, |c| c.set(&setting, &value)),
+        Command::Resize { pid, object, size } => acted(pid, |c| c.resize(object, size)),
         Command::Json {
             pid,
             pretty,
@@ -208,6 +247,23 @@ fn run(command: Command) -> Result<(), String> {
             emit(&format!("{text}\n"))
         }
     }
+}
+
+/// Sends a request that acts and prints what the process says it did.
+fn acted(
+    pid: u32,
+    ask: impl FnOnce(
+        &mut Client,
+    ) -> Result<greenhub_snapshot::attach::Acted, greenhub_inspector::InspectError>,
+) -> Result<(), String> {
+    let mut client = Client::connect(pid).map_err(|e| e.to_string())?;
+    let acted = ask(&mut client).map_err(|e| e.to_string())?;
+    let mut text = greenhub_snapshot::escape_controls(&acted.done).into_owned();
+    if !acted.killed.is_empty() {
+        let ids: Vec<String> = acted.killed.iter().map(|id| format!("#{id}")).collect();
+        text.push_str(&format!(": {}", ids.join(" ")));
+    }
+    emit(&format!("{text}\n"))
 }
 
 fn fetch(pid: u32, stacks: bool) -> Result<greenhub_snapshot::Snapshot, String> {

@@ -468,6 +468,13 @@ fn the_inspector_binary_shows_the_target_on_a_terminal_and_quits_on_q() {
     let seen = term.output().len();
     term.keys("6");
     term.wait_for("Event<T,E>::wait", seen);
+    // K on the sleeper asks first; y kills it, and the header says what the process did.
+    let seen = term.output().len();
+    term.keys("1/sleeper\rK");
+    term.wait_for("cancels", seen);
+    let seen = term.output().len();
+    term.keys("y");
+    term.wait_for("killed", seen);
     term.keys("q");
     let give_up = std::time::Instant::now() + Duration::from_secs(30);
     let status = loop {
@@ -486,4 +493,51 @@ fn the_inspector_binary_shows_the_target_on_a_terminal_and_quits_on_q() {
     let out = term.output();
     assert!(out.contains("\u{1b}[?1049l"), "alternate screen not left");
     assert!(out.contains("\u{1b}[?25h"), "cursor not shown again");
+}
+
+#[test]
+fn kill_set_and_resize_act_on_the_target_and_say_what_they_did() {
+    let dir = Dir::new("act");
+    let target = Target::start(&dir);
+    let pid = target.pid().to_string();
+    let (ok, json, err) = target.inspector(&["json", &pid]);
+    assert!(ok, "{err}");
+    let snap: Snapshot = serde_json::from_str(json.trim()).unwrap();
+    let sleeper = snap
+        .threads
+        .iter()
+        .find(|t| t.name.as_deref() == Some("sleeper"))
+        .unwrap()
+        .id;
+
+    let (ok, out, err) = target.inspector(&["kill", &pid, &sleeper.to_string()]);
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), format!("killed 1 green thread: #{sleeper}"));
+    let (_, json, _) = target.inspector(&["json", &pid]);
+    let snap: Snapshot = serde_json::from_str(json.trim()).unwrap();
+    assert!(
+        snap.threads.iter().all(|t| t.id != sleeper),
+        "the sleeper is gone"
+    );
+
+    // Gone now: the process says so, and the inspector fails with its words.
+    let (ok, _, err) = target.inspector(&["kill", &pid, &sleeper.to_string()]);
+    assert!(!ok);
+    assert!(err.contains("no live green thread"), "{err}");
+
+    let (ok, out, err) = target.inspector(&["set", &pid, "max_blocking_time", "40"]);
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "max_blocking_time is 40 ms");
+    let (_, json, _) = target.inspector(&["json", &pid]);
+    let snap: Snapshot = serde_json::from_str(json.trim()).unwrap();
+    assert_eq!(snap.runtime.max_blocking_time_us, Some(40_000));
+
+    // A value with a line break cannot smuggle a second request.
+    let (ok, _, err) = target.inspector(&["set", &pid, "log_level", "info\nkill 1"]);
+    assert!(!ok);
+    assert!(err.contains("log_level takes"), "{err}");
+
+    let (ok, _, err) = target.inspector(&["resize", &pid, "999999999", "4"]);
+    assert!(!ok);
+    assert!(err.contains("no live object"), "{err}");
 }

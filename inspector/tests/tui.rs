@@ -667,3 +667,38 @@ fn a_deadlock_shows_in_the_header_and_in_the_details_of_its_threads() {
     right.kill();
     left.wait().unwrap();
 }
+
+#[test]
+fn k_asks_before_it_kills_and_any_other_key_cancels() {
+    let napper = sleeper("tui-k-napper");
+    let mut app = app_with_snapshot();
+    type_filter(&mut app, "tui-k-napper");
+    app.key(Key::Char('K'));
+    assert_eq!(app.confirm_kill, Some(napper.id()));
+    let shown = screen(&app);
+    assert!(
+        shown.contains(&format!("kill green thread #{}", napper.id())) && shown.contains("cancels"),
+        "{shown}"
+    );
+    app.key(Key::Char('n'));
+    assert_eq!(app.confirm_kill, None);
+    assert_eq!(app.take_kill(), None, "cancelled");
+    assert!(screen(&app).contains("not killed"));
+
+    app.key(Key::Char('K'));
+    app.key(Key::Char('y'));
+    assert_eq!(app.take_kill(), Some(napper.id()));
+    assert_eq!(app.take_kill(), None, "sent once");
+    app.set_notice(Ok("killed 1 green thread".into()));
+    assert!(screen(&app).contains("killed 1 green thread"));
+    app.set_notice(Err("no live green thread has id 5\u{1b}[2J".into()));
+    let shown = screen(&app);
+    assert!(shown.contains("refused: no live green thread"), "{shown}");
+    assert!(!shown.contains('\u{1b}'));
+
+    // Not in the threads view: K says what it does instead.
+    app.key(Key::Char('2'));
+    app.key(Key::Char('K'));
+    assert_eq!(app.confirm_kill, None);
+    napper.kill();
+}

@@ -283,3 +283,237 @@ fn silent_connections_give_their_slots_to_a_real_reader() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+mod common;
+
+fn acted(answer: &str) -> greenhub::inspect::attach::Acted {
+    serde_json::from_str(answer).unwrap_or_else(|e| panic!("{e}: {answer}"))
+}
+
+fn refused(answer: &str) -> String {
+    let v: serde_json::Value = serde_json::from_str(answer).unwrap();
+    v["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("not refused: {answer}"))
+        .to_owned()
+}
+
+#[test]
+fn an_inspector_kills_threads_and_subtrees_and_the_process_logs_who_asked() {
+    setup();
+    common::capture_logs(log::LevelFilter::Warn);
+    let victim = greenhub::spawn(|| greenhub::sleep(std::time::Duration::from_secs(600)));
+    let mut conn = Conn::open();
+    let answer = acted(&conn.ask(format!("kill {}\n", victim.id()).as_bytes()));
+    assert_eq!(answer.killed, [victim.id()]);
+    assert!(victim.wait().is_err(), "killed");
+    let said = common::logged(&format!("asks: kill green thread #{}", victim.id()));
+    assert_eq!(said.len(), 1, "{said:?}");
+    assert!(
+        said[0].contains(&format!("inspector (pid {}, uid ", std::process::id())),
+        "{}",
+        said[0]
+    );
+
+    // A parent and the children it waits for, and a grandchild: all four.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let parent = greenhub::spawn(move || {
+        let kids: Vec<_> = (0..2)
+            .map(|i| {
+                let tx = tx.clone();
+                greenhub::spawn(move || {
+                    tx.send(greenhub::current().unwrap().id()).unwrap();
+                    if i == 0 {
+                        let grandchild = greenhub::spawn(|| {
+                            greenhub::sleep(std::time::Duration::from_secs(600))
+                        });
+                        tx.send(grandchild.id()).unwrap();
+                        let _ = grandchild.wait();
+                    } else {
+                        let _ = greenhub::sleep(std::time::Duration::from_secs(600));
+                    }
+                })
+            })
+            .collect();
+        for k in kids {
+            let _ = k.wait();
+        }
+    });
+    let mut expected: Vec<u64> = vec![parent.id()];
+    expected.extend((0..3).map(|_| rx.recv().unwrap()));
+    expected.sort_unstable();
+    let mut answer = acted(&conn.ask(format!("kill tree {}\n", parent.id()).as_bytes()));
+    answer.killed.sort_unstable();
+    assert_eq!(answer.killed, expected);
+    assert!(parent.wait().is_err());
+
+    let error = refused(&conn.ask(format!("kill {}\n", parent.id()).as_bytes()));
+    assert!(error.contains("no live green thread"), "{error}");
+}
+
+#[test]
+fn an_inspector_changes_settings_and_resizes_pools() {
+    setup();
+    let mut conn = Conn::open();
+    let before = greenhub::inspect::snapshot().runtime.max_blocking_time_us;
+    let answer = acted(&conn.ask(b"set max_blocking_time 250\n"));
+    assert_eq!(answer.done, "max_blocking_time is 250 ms");
+    assert_eq!(
+        greenhub::inspect::snapshot().runtime.max_blocking_time_us,
+        Some(250_000)
+    );
+    acted(&conn.ask(b"set max_blocking_time off\n"));
+    assert_eq!(
+        greenhub::inspect::snapshot().runtime.max_blocking_time_us,
+        None
+    );
+    let restore = match before {
+        Some(us) => format!("set max_blocking_time {}\n", us / 1000),
+        None => "set max_blocking_time off\n".to_string(),
+    };
+    acted(&conn.ask(restore.as_bytes()));
+    assert_eq!(
+        greenhub::inspect::snapshot().runtime.max_blocking_time_us,
+        before
+    );
+
+    let level = log::max_level();
+    acted(&conn.ask(b"set log_level trace\n"));
+    assert_eq!(log::max_level(), log::LevelFilter::Trace);
+    acted(&conn.ask(format!("set log_level {level}\n").as_bytes()));
+    assert_eq!(log::max_level(), level);
+
+    let pool = greenhub::pool::Pool::builder(|| Ok::<_, std::convert::Infallible>(()))
+        .max_size(2)
+        .build()
+        .unwrap();
+    let answer = acted(&conn.ask(format!("resize {} 5\n", pool.id()).as_bytes()));
+    assert!(answer.done.contains("resized to 5"), "{}", answer.done);
+    assert_eq!(pool.max_size(), 5);
+    let green = greenhub::GreenPool::new(3);
+    acted(&conn.ask(format!("resize {} 7\n", green.id()).as_bytes()));
+    assert_eq!(green.size(), 7);
+    let event = greenhub::Event::<(), ()>::new();
+    let error = refused(&conn.ask(format!("resize {} 3\n", event.id()).as_bytes()));
+    assert!(error.contains("cannot be resized"), "{error}");
+    let error = refused(&conn.ask(format!("resize {} 0\n", pool.id()).as_bytes()));
+    assert!(error.contains("at least one"), "{error}");
+    assert_eq!(pool.max_size(), 5, "a refused resize changes nothing");
+}
+
+#[test]
+fn malformed_acts_are_refused_with_the_usage_and_change_nothing() {
+    setup();
+    let mut conn = Conn::open();
+    let level = log::max_level();
+    let limit = greenhub::inspect::snapshot().runtime.max_blocking_time_us;
+    for (request, says) in [
+        (&b"kill\n"[..], "usage"),
+        (b"kill abc\n", "whole number"),
+        (b"kill -1\n", "whole number"),
+        (b"kill 99999999999999999999999\n", "whole number"),
+        (b"kill 1 2\n", "usage"),
+        (b"kill tree\n", "usage"),
+        (b"kill tree \x1b[2J\n", "whole number"),
+        (b"kill 18446744073709551615\n", "no live green thread"),
+        (b"set\n", "usage"),
+        (b"set colour blue\n", "usage"),
+        (b"set max_blocking_time\n", "usage"),
+        (b"set max_blocking_time 0\n", "1 to 3600000"),
+        (b"set max_blocking_time 3600001\n", "1 to 3600000"),
+        (b"set max_blocking_time -5\n", "whole number"),
+        (b"set max_blocking_time 1.5\n", "whole number"),
+        (b"set log_level loud\n", "log_level takes"),
+        (b"set log_level \x1b]0;x\x07\n", "log_level takes"),
+        (b"resize\n", "usage"),
+        (b"resize 1\n", "usage"),
+        (b"resize x 2\n", "whole number"),
+        (b"resize 1 -2\n", "whole number"),
+        (b"resize 18446744073709551615 2\n", "no live object"),
+    ] {
+        let error = refused(&conn.ask(request));
+        assert!(error.contains(says), "{request:?}: {error}");
+        assert!(
+            !error.contains('\u{1b}') && !error.contains('\u{7}'),
+            "escaped: {error}"
+        );
+    }
+    assert_eq!(log::max_level(), level);
+    assert_eq!(
+        greenhub::inspect::snapshot().runtime.max_blocking_time_us,
+        limit
+    );
+}
+
+#[test]
+fn another_user_cannot_act_even_where_the_socket_lets_it_connect() {
+    setup();
+    // SAFETY: geteuid has no failure mode.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: only root can become another user to try");
+        return;
+    }
+    // Lower the file permissions for a moment (the directory and the socket), so that only
+    // the process's own check of the peer's credentials stands in the way.
+    let path = socket_path(std::process::id());
+    let dir = path.parent().unwrap().to_owned();
+    let dir_mode = std::fs::metadata(&dir).unwrap().permissions().mode();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711)).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let victim = greenhub::spawn(|| greenhub::sleep(std::time::Duration::from_secs(600)));
+    let request = format!("kill {}\n", victim.id());
+
+    // SAFETY: a zeroed sockaddr_un is valid; the path is copied in below, NUL-terminated.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    let bytes = std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str());
+    assert!(bytes.len() < addr.sun_path.len());
+    for (dst, src) in addr.sun_path.iter_mut().zip(bytes) {
+        *dst = *src as libc::c_char;
+    }
+    let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+    let needle = b"permission denied";
+    // The child becomes `nobody`, connects, asks for the kill and reads the answer, with
+    // system calls only until `_exit`.
+    // SAFETY: see above; the parent waits for the child it forked.
+    let code = unsafe {
+        match libc::fork() {
+            0 => {
+                if libc::setgid(65534) != 0 || libc::setuid(65534) != 0 {
+                    libc::_exit(2);
+                }
+                let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0);
+                if libc::connect(fd, (&addr as *const libc::sockaddr_un).cast(), len) != 0 {
+                    libc::_exit(3);
+                }
+                libc::write(fd, request.as_ptr().cast(), request.len());
+                let mut buf = [0u8; 512];
+                let n = libc::read(fd, buf.as_mut_ptr().cast(), buf.len());
+                let n = if n > 0 { n as usize } else { 0 };
+                let denied = buf[..n].windows(needle.len()).any(|w| w == needle);
+                libc::_exit(if denied { 10 } else { 11 });
+            }
+            -1 => panic!("fork: {}", std::io::Error::last_os_error()),
+            child => {
+                let mut status = 0;
+                assert_eq!(libc::waitpid(child, &mut status, 0), child);
+                assert!(libc::WIFEXITED(status));
+                libc::WEXITSTATUS(status)
+            }
+        }
+    };
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(dir_mode)).unwrap();
+    assert_eq!(
+        code, 10,
+        "nobody is refused by the process (3: could not connect, 11: not refused)"
+    );
+    assert!(
+        greenhub::inspect::snapshot()
+            .threads
+            .iter()
+            .any(|t| t.id == victim.id()),
+        "the thread lives"
+    );
+    victim.kill();
+}

@@ -12,6 +12,14 @@
 //! | [`REQUEST_TIMING_ON`], [`REQUEST_TIMING_OFF`] | `{"timing": true}` or `false`: timing (each green thread's time running, waiting and runnable; histograms by spawn site) is on while any connection that asked for it is open, or the program asks for it |
 //! | [`REQUEST_PROFILE`] `<seconds> [<hz>]` | a [`Profile`](crate::Profile) taken over that many seconds (at most [`MAX_PROFILE_SECONDS`]) at `hz` samples per second of CPU (1 to 1000, default [`DEFAULT_PROFILE_HZ`]) |
 //! | [`REQUEST_SUMMARY`] | [`Summary`]: pid, process name, live green threads, uptime; for a worker of `greenhub-serve` its place ([`Supervised`]); for a master, its workers ([`WorkerProcess`]) |
+//! | [`REQUEST_KILL`] `<id>` | [`Acted`]: the green thread killed |
+//! | [`REQUEST_KILL_TREE`] `<id>` | [`Acted`]: the green thread and every live descendant killed |
+//! | [`REQUEST_SET`] `max_blocking_time <ms or off>` | [`Acted`]: the blocked-worker threshold changed |
+//! | [`REQUEST_SET`] `log_level <off, error, warn, info, debug or trace>` | [`Acted`]: the `log` crate's maximum level changed |
+//! | [`REQUEST_RESIZE`] `<object id> <size>` | [`Acted`]: a pool (tpool, green pool, item pool) resized |
+//!
+//! The requests that act (kill, set, resize) are logged by the process, with the inspector's
+//! pid and user, before they are carried out.
 //!
 //! Anything else gets `{"error": "..."}` and the connection stays usable; a request longer
 //! than [`MAX_REQUEST`] bytes gets an error and the connection is closed. At most
@@ -51,6 +59,38 @@ pub const REQUEST_TIMING_OFF: &str = "timing off";
 
 /// The request for a [`Summary`].
 pub const REQUEST_SUMMARY: &str = "summary";
+
+/// Kills a green thread: this word, a space and its id.
+pub const REQUEST_KILL: &str = "kill";
+
+/// Kills a green thread and every live thread it spawned, their children included: these
+/// words, a space and the id.
+pub const REQUEST_KILL_TREE: &str = "kill tree";
+
+/// Changes a setting of the running process: this word, a space, the setting
+/// ([`SETTING_MAX_BLOCKING_TIME`] or [`SETTING_LOG_LEVEL`]), a space and the value.
+pub const REQUEST_SET: &str = "set";
+
+/// The blocked-worker threshold, in milliseconds, or `off`.
+pub const SETTING_MAX_BLOCKING_TIME: &str = "max_blocking_time";
+
+/// The `log` crate's maximum level: `off`, `error`, `warn`, `info`, `debug` or `trace`.
+pub const SETTING_LOG_LEVEL: &str = "log_level";
+
+/// Resizes a pool: this word, a space, the object's id (as the snapshot lists it), a space
+/// and the new size.
+pub const REQUEST_RESIZE: &str = "resize";
+
+/// The answer to a request that acts: what was done, in words, and the green threads
+/// killed (for a kill).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Acted {
+    /// What was done, in one line.
+    pub done: String,
+    /// The green threads a kill reached, by id.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub killed: Vec<u64>,
+}
 
 /// The longest request line served, in bytes.
 pub const MAX_REQUEST: usize = 1024;
@@ -179,6 +219,20 @@ pub fn socket_path(pid: u32) -> PathBuf {
 /// attach channel check it (the process serves only its user and root; the inspector trusts
 /// only the directory's owner).
 pub fn peer_uid(stream: &UnixStream) -> io::Result<u32> {
+    peer(stream).map(|p| p.uid)
+}
+
+/// Who is at the other end of a Unix socket, as the kernel recorded it when it connected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Peer {
+    /// Its process id.
+    pub pid: i32,
+    /// Its user id.
+    pub uid: u32,
+}
+
+/// The process id and user id of the peer of a connected Unix socket (`SO_PEERCRED`).
+pub fn peer(stream: &UnixStream) -> io::Result<Peer> {
     let mut cred = libc::ucred {
         pid: 0,
         uid: 0,
@@ -198,5 +252,8 @@ pub fn peer_uid(stream: &UnixStream) -> io::Result<u32> {
     if r != 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(cred.uid)
+    Ok(Peer {
+        pid: cred.pid,
+        uid: cred.uid,
+    })
 }

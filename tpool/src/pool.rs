@@ -137,6 +137,9 @@ impl Drop for Retire<'_> {
 
 pub(crate) struct Shared {
     pub(crate) name: String,
+    /// The pool itself, for what only the registry's reference reaches (a resize asked for
+    /// by an inspector starts threads, which hold the pool).
+    me: Weak<Shared>,
     reg: ManuallyDrop<Registration>,
     queue: Queue<Work>,
     queue_capacity: usize,
@@ -503,6 +506,37 @@ impl Shared {
     }
 }
 
+impl Shared {
+    /// [`Pool::resize`].
+    fn resize(&self, threads: usize) -> Result<(), Error> {
+        check_size(threads)?;
+        let shared = self;
+        let before = shared.size.swap(threads, Ordering::AcqRel);
+        if threads > before {
+            let wanted = shared.queue.len().min(threads - before);
+            if let Some(pool) = shared.me.upgrade() {
+                for _ in 0..wanted {
+                    pool.start_thread(false)?;
+                }
+            }
+        } else {
+            let excess = shared
+                .threads
+                .load(Ordering::Acquire)
+                .saturating_sub(threads);
+            for _ in 0..excess {
+                // A full queue means busy threads, which retire after their call anyway.
+                if shared.queue.try_put(Work::Retire).is_err() {
+                    break;
+                }
+            }
+            // Parked threads take the retirements (those that find none park again).
+            shared.wake_all();
+        }
+        Ok(())
+    }
+}
+
 impl Inspect for Shared {
     fn inspect(&self) -> ObjectInfo {
         let stats = self.stats();
@@ -525,6 +559,10 @@ impl Inspect for Shared {
             info = info.with_detail(detail);
         }
         info
+    }
+
+    fn resize(&self, size: usize) -> Result<(), String> {
+        Shared::resize(self, size).map_err(|e| e.to_string())
     }
 }
 
@@ -607,6 +645,7 @@ impl Builder {
             .build()
             .named(self.name.clone());
         let shared = Arc::new_cyclic(|weak: &Weak<Shared>| Shared {
+            me: weak.clone(),
             name: self.name,
             reg: ManuallyDrop::new(Registration::new(weak.clone())),
             queue,
@@ -833,29 +872,7 @@ impl Pool {
     /// Changes how many threads the pool may run. Growing starts threads for calls already
     /// queued; shrinking retires idle threads at once and busy ones when their call ends.
     pub fn resize(&self, threads: usize) -> Result<(), Error> {
-        check_size(threads)?;
-        let shared = &self.shared;
-        let before = shared.size.swap(threads, Ordering::AcqRel);
-        if threads > before {
-            let wanted = shared.queue.len().min(threads - before);
-            for _ in 0..wanted {
-                shared.start_thread(false)?;
-            }
-        } else {
-            let excess = shared
-                .threads
-                .load(Ordering::Acquire)
-                .saturating_sub(threads);
-            for _ in 0..excess {
-                // A full queue means busy threads, which retire after their call anyway.
-                if shared.queue.try_put(Work::Retire).is_err() {
-                    break;
-                }
-            }
-            // Parked threads take the retirements (those that find none park again).
-            shared.wake_all();
-        }
-        Ok(())
+        self.shared.resize(threads)
     }
 
     /// Counters, histograms and the running calls.

@@ -641,3 +641,55 @@ fn calls_queued_together_run_at_once_up_to_the_pool_size() {
         }
     }
 }
+
+#[test]
+fn an_inspector_resizes_a_pool_through_the_attach_channel() {
+    let pool = Pool::builder().name("resized").threads(2).build().unwrap();
+    // The runtime, and with it the attach channel, starts with the first green thread.
+    spawn(|| ()).wait().unwrap();
+    let path = greenhub::inspect::attach::socket_path(std::process::id());
+    let t0 = Instant::now();
+    let stream = loop {
+        match std::os::unix::net::UnixStream::connect(&path) {
+            Ok(s) => break s,
+            Err(e) => {
+                assert!(
+                    t0.elapsed() < Duration::from_secs(30),
+                    "no attach socket: {e}"
+                );
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    };
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut ask = |request: String| {
+        (&stream).write_all(request.as_bytes()).unwrap();
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        line
+    };
+    let answer = ask(format!("resize {} 5\n", pool.id()));
+    assert!(answer.contains("resized to 5"), "{answer}");
+    assert_eq!(pool.size(), 5);
+    // Calls use the new room: five at once, each waiting for all five to have started.
+    let started = Arc::new(AtomicUsize::new(0));
+    let calls: Vec<_> = (0..5)
+        .map(|_| {
+            let (pool, started) = (pool.clone(), started.clone());
+            spawn(move || {
+                pool.execute(move || {
+                    started.fetch_add(1, Ordering::SeqCst);
+                    while started.load(Ordering::SeqCst) < 5 {
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                })
+            })
+        })
+        .collect();
+    for c in calls {
+        c.wait().unwrap().unwrap();
+    }
+    let answer = ask(format!("resize {} 0\n", pool.id()));
+    assert!(answer.contains("error"), "{answer}");
+    assert_eq!(pool.size(), 5, "a refused resize changes nothing");
+}

@@ -259,6 +259,12 @@ pub struct App {
     profile: Option<Result<Profile, String>>,
     /// Its top functions, on CPU then off CPU.
     profile_rows: Vec<ProfileRow>,
+    /// The green thread `K` asked to kill, until `y` confirms it or another key cancels.
+    pub confirm_kill: Option<u64>,
+    /// A confirmed kill, for the reader to send with its next request.
+    kill_wanted: Option<u64>,
+    /// What the last act did, or why it failed (shown in the header until the next act).
+    pub notice: Option<String>,
 }
 
 /// An entry of a view, by what identifies it across snapshots.
@@ -335,6 +341,9 @@ impl App {
             stack: None,
             profile: None,
             profile_rows: Vec::new(),
+            confirm_kill: None,
+            kill_wanted: None,
+            notice: None,
         }
     }
 
@@ -387,6 +396,19 @@ impl App {
             (true, Some(Entry::Thread(id))) => Some(id),
             _ => None,
         }
+    }
+
+    /// The green thread whose kill was confirmed, taken once: the reader sends the request.
+    pub fn take_kill(&mut self) -> Option<u64> {
+        self.kill_wanted.take()
+    }
+
+    /// What the process answered to a kill: shown in the header.
+    pub fn set_notice(&mut self, notice: Result<String, String>) {
+        self.notice = Some(match notice {
+            Ok(done) => escape_controls(&done).into_owned(),
+            Err(why) => format!("refused: {}", escape_controls(&why)),
+        });
     }
 
     /// The stack of `thread` as read (or why it could not be): shown in its details.
@@ -484,6 +506,25 @@ impl App {
         if self.help {
             // Any key closes the help.
             self.help = false;
+            return;
+        }
+        if let Some(id) = self.confirm_kill.take() {
+            // `y` kills; any other key cancels.
+            if key == Key::Char('y') {
+                self.kill_wanted = Some(id);
+                self.notice = Some(format!("sending the kill of green thread #{id}..."));
+            } else {
+                self.notice = Some(format!("green thread #{id} not killed"));
+            }
+            return;
+        }
+        if key == Key::Char('K') {
+            match self.detailed() {
+                Some(Entry::Thread(id)) if self.view == View::Threads => {
+                    self.confirm_kill = Some(id);
+                }
+                _ => self.notice = Some("K kills the selected green thread (threads view)".into()),
+            }
             return;
         }
         if self.detail {

@@ -108,7 +108,12 @@ fn run_process(pid: u32, client: Client) -> Result<(), String> {
     let mut in_flight = false;
     let result = loop {
         if !in_flight && !app.paused && Instant::now() >= next {
-            in_flight = fetcher.ask(app.stack_wanted(), app.timing, app.profile_wanted());
+            in_flight = fetcher.ask(Ask {
+                stack_of: app.stack_wanted(),
+                timing: app.timing,
+                profile: app.profile_wanted(),
+                kill: app.take_kill(),
+            });
             if !in_flight {
                 break Err("the snapshot reader stopped".into());
             }
@@ -126,6 +131,9 @@ fn run_process(pid: u32, client: Client) -> Result<(), String> {
                     }
                     if let Some(profile) = extras.profile {
                         app.set_profile(profile);
+                    }
+                    if let Some(killed) = extras.killed {
+                        app.set_notice(killed);
                     }
                 }
                 Err(e) => app.failed(e),
@@ -173,6 +181,8 @@ type StackAnswer = (u64, Result<ThreadStack, String>);
 struct Extras {
     stack: Option<StackAnswer>,
     profile: Option<Result<Profile, String>>,
+    /// What the process said to a kill sent before the snapshot.
+    killed: Option<Result<String, String>>,
 }
 
 /// What the reader thread brings back.
@@ -185,13 +195,15 @@ struct Fetcher {
     answers: mpsc::Receiver<Answer>,
 }
 
-/// What the reader is asked for with each snapshot: the stack of one thread, and whether the
-/// process should time its threads (for the delay column).
+/// What the reader is asked for with each snapshot: the stack of one thread, whether the
+/// process should time its threads (for the delay column), a profile, and a confirmed kill to
+/// send first.
 #[derive(Clone, Copy)]
 struct Ask {
     stack_of: Option<u64>,
     timing: bool,
     profile: bool,
+    kill: Option<u64>,
 }
 
 impl Fetcher {
@@ -205,8 +217,14 @@ impl Fetcher {
                 stack_of,
                 timing,
                 profile,
+                kill,
             } in asked
             {
+                // A kill goes first, so the snapshot that follows shows its effect.
+                let killed = kill.map(|id| match client.as_mut() {
+                    Some(c) => c.kill(id, false).map(|a| a.done).map_err(|e| e.to_string()),
+                    None => Err(format!("process {pid} is not answering")),
+                });
                 // Timing is this connection's claim: asked again after a reconnection, given
                 // back when it closes.
                 if let Some(c) = client.as_mut()
@@ -230,7 +248,14 @@ impl Fetcher {
                         };
                         (id, stack)
                     });
-                    (snap, Extras { stack, profile })
+                    (
+                        snap,
+                        Extras {
+                            stack,
+                            profile,
+                            killed,
+                        },
+                    )
                 });
                 if answer.send((got, Instant::now())).is_err() {
                     break;
@@ -240,16 +265,9 @@ impl Fetcher {
         Fetcher { ask, answers }
     }
 
-    /// Asks for a snapshot, the stack of the thread `stack_of`, and timing on or off; false if
-    /// the reader is gone.
-    fn ask(&self, stack_of: Option<u64>, timing: bool, profile: bool) -> bool {
-        self.ask
-            .send(Ask {
-                stack_of,
-                timing,
-                profile,
-            })
-            .is_ok()
+    /// Asks for a snapshot and what `ask` adds; false if the reader is gone.
+    fn ask(&self, ask: Ask) -> bool {
+        self.ask.send(ask).is_ok()
     }
 }
 

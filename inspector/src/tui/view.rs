@@ -66,6 +66,10 @@ const HELP: &[(&str, &str)] = &[
         "time every switch (the DELAY column; costs the process a clock read per switch)",
     ),
     ("+, -", "refresh faster or slower"),
+    (
+        "K",
+        "kill the selected green thread (asks first; the process logs who asked)",
+    ),
     ("?, h", "this help (any key closes it)"),
     ("q, Ctrl-C", "quit"),
 ];
@@ -191,9 +195,28 @@ fn render_header(frame: &mut Frame<'_>, area: Rect, app: &App) {
             app.pid
         ))),
     }
-    if let Some(e) = &app.error {
+    if let Some(id) = app.confirm_kill {
+        let name = app
+            .snapshot
+            .as_ref()
+            .and_then(|s| s.threads.iter().find(|t| t.id == id))
+            .and_then(|t| t.name.clone())
+            .map(|n| format!(" \"{n}\""))
+            .unwrap_or_default();
+        lines.truncate(2);
+        lines.push(
+            Line::from(format!(
+                "kill green thread #{id}{name}? y kills it, any other key cancels"
+            ))
+            .bold()
+            .yellow(),
+        );
+    } else if let Some(e) = &app.error {
         lines.truncate(2);
         lines.push(Line::from(e.clone()).bold().red());
+    } else if let Some(n) = &app.notice {
+        lines.truncate(2);
+        lines.push(Line::from(n.clone()).bold());
     }
     frame.render_widget(Paragraph::new(lines), area);
 }
@@ -580,7 +603,7 @@ fn render_footer(frame: &mut Frame<'_>, area: Rect, app: &App) {
     } else {
         Line::from(
             "? help  q quit  1-6/Tab views  ↑↓ move  Enter details  / filter  s/S sort  \
-             r reverse  t tree  p pause  +/- refresh",
+             r reverse  t tree  p pause  +/- refresh  K kill",
         )
         .dim()
     };

@@ -41,7 +41,7 @@
 
 use std::collections::VecDeque;
 use std::panic::Location;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -209,12 +209,13 @@ static STARTED: OnceLock<()> = OnceLock::new();
 /// waking every 10 ms (the monitor nudges them while anything runs).
 pub(crate) fn start(max_blocking_time: Option<Duration>, history: usize) {
     STARTED.get_or_init(|| {
+        set_max_blocking_time(max_blocking_time);
         REPORTS.lock().capacity = history.max(1);
         let default_poll = may::config().get_timeout_ns();
         may::config().set_timeout_ns(WORKER_POLL.as_nanos() as u64);
         let spawned = std::thread::Builder::new()
             .name("greenhub-monitor".into())
-            .spawn(move || run(max_blocking_time));
+            .spawn(run);
         if let Err(e) = spawned {
             // Nobody to nudge the workers: they keep `may`'s own periodic look.
             may::config().set_timeout_ns(default_poll);
@@ -292,7 +293,24 @@ fn nudge_workers(workers: usize) {
     }
 }
 
-fn run(max_blocking_time: Option<Duration>) {
+/// The blocked-worker threshold in microseconds; `u64::MAX`: no reports.
+static MAX_BLOCKING_US: AtomicU64 = AtomicU64::new(u64::MAX);
+
+/// The blocked-worker threshold now (`None`: no reports).
+pub(crate) fn max_blocking_time() -> Option<Duration> {
+    match MAX_BLOCKING_US.load(Ordering::Relaxed) {
+        u64::MAX => None,
+        us => Some(Duration::from_micros(us)),
+    }
+}
+
+/// Changes the blocked-worker threshold from the next tick on (an inspector's request).
+pub(crate) fn set_max_blocking_time(limit: Option<Duration>) {
+    let us = limit.map_or(u64::MAX, |d| (d.as_micros() as u64).min(u64::MAX - 1));
+    MAX_BLOCKING_US.store(us, Ordering::Relaxed);
+}
+
+fn run() {
     let _ = MONITOR.set(std::thread::current());
     let can_park = barrier::available();
     let workers = may::config().get_workers();
@@ -303,6 +321,7 @@ fn run(max_blocking_time: Option<Duration>) {
     let mut detector = deadlock::Detector::default();
     let mut since_check = 0;
     loop {
+        let max_blocking_time = max_blocking_time();
         std::thread::sleep(TICK);
         clock::tick();
         graveyard::sweep();

@@ -384,6 +384,13 @@ pub trait Inspect: Send + Sync {
     fn holders(&self) -> Vec<u64> {
         Vec::new()
     }
+
+    /// Resizes it (a pool's size: its threads, items or slots), when it can be: an operator's
+    /// request through the inspector. The error says why not, in words.
+    fn resize(&self, size: usize) -> Result<(), String> {
+        let _ = size;
+        Err("this object cannot be resized".into())
+    }
 }
 
 /// An inspectable object, held weakly: the registry never keeps an object alive.

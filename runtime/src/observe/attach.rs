@@ -19,6 +19,13 @@
 //! | `profile <seconds> [<hz>]` | a `Profile` taken over that many seconds (the connection waits) |
 //! | `timing on`, `timing off` | `{"timing": true}` or `false`: timing is on while any connection (or the program) asks for it |
 //! | `summary` | `Summary`: pid, process name, live green threads, uptime |
+//! | `kill <id>`, `kill tree <id>` | `Acted`: the green thread (and its live descendants) killed |
+//! | `set max_blocking_time <ms or off>`, `set log_level <level>` | `Acted`: the setting changed |
+//! | `resize <object id> <size>` | `Acted`: the pool resized (`Inspect::resize`) |
+//!
+//! The requests that act are logged (`log`'s warn level, or standard error) with the
+//! inspector's pid and uid before they are carried out: the process keeps the record of who
+//! changed it, as eventlet's backdoor never did.
 //!
 //! Anything else gets `{"error": "..."}` and the connection stays usable; a request longer
 //! than `MAX_REQUEST` bytes gets an error and the connection is closed. At most
@@ -41,6 +48,10 @@ use std::time::Duration;
 
 use greenhub_snapshot::SCHEMA_VERSION;
 use greenhub_snapshot::attach::{
+    Acted, Peer, REQUEST_KILL, REQUEST_KILL_TREE, REQUEST_RESIZE, REQUEST_SET, SETTING_LOG_LEVEL,
+    SETTING_MAX_BLOCKING_TIME, peer,
+};
+use greenhub_snapshot::attach::{
     DEFAULT_PROFILE_HZ, MAX_CLIENTS, MAX_PROFILE_SECONDS, MAX_REQUEST, REQUEST_PROFILE,
     REQUEST_SNAPSHOT, REQUEST_SNAPSHOT_STACKS, REQUEST_STACK, REQUEST_SUMMARY, REQUEST_TIMING_OFF,
     REQUEST_TIMING_ON, Summary, Supervised, directory, peer_uid, socket_path,
@@ -49,7 +60,7 @@ use greenhub_snapshot::attach::{
 use crate::core::registry::registry;
 use parking_lot::Mutex;
 
-use crate::core::{clock, report, timing};
+use crate::core::{clock, monitor, report, timing};
 use crate::observe::profile::profile;
 use crate::observe::snapshot::{process_name, snapshot, snapshot_with_stacks};
 use crate::observe::stacks::stack_of;
@@ -187,6 +198,7 @@ fn allowed(conn: &UnixStream) -> Result<(), String> {
 
 /// Serves one inspector until it hangs up, goes quiet or misbehaves.
 fn client(conn: UnixStream, last_ms: &AtomicU64) -> io::Result<()> {
+    let who = peer(&conn)?;
     conn.set_read_timeout(Some(IDLE))?;
     conn.set_write_timeout(Some(IDLE))?;
     let mut out = conn.try_clone()?;
@@ -213,7 +225,27 @@ fn client(conn: UnixStream, last_ms: &AtomicU64) -> io::Result<()> {
             };
             return reply(&mut out, &error(&why));
         }
-        let answer = match std::str::from_utf8(&line).map(str::trim) {
+        let request = std::str::from_utf8(&line).map(str::trim);
+        let answer = match request.ok().and_then(control) {
+            Some(act) => match act.and_then(|act| act.run(who)) {
+                Ok(acted) => serde_json::to_string(&acted),
+                Err(why) => Ok(error(&why)),
+            },
+            None => answer(request, &mut timing_claim),
+        };
+        let answer = answer.unwrap_or_else(|e| error(&format!("cannot encode the answer: {e}")));
+        reply(&mut out, &answer)?;
+        last_ms.store(now_ms(), Ordering::Relaxed);
+    }
+}
+
+/// The answer to a request that only reads (or claims timing for this connection).
+fn answer(
+    request: Result<&str, std::str::Utf8Error>,
+    timing_claim: &mut Option<timing::Claim>,
+) -> serde_json::Result<String> {
+    {
+        match request {
             Ok(REQUEST_SNAPSHOT) => serde_json::to_string(&snapshot()),
             Ok(REQUEST_SNAPSHOT_STACKS) => serde_json::to_string(&snapshot_with_stacks()),
             Ok(REQUEST_SUMMARY) => serde_json::to_string(&summary()),
@@ -222,7 +254,7 @@ fn client(conn: UnixStream, last_ms: &AtomicU64) -> io::Result<()> {
                 Ok(serde_json::json!({ "timing": true }).to_string())
             }
             Ok(REQUEST_TIMING_OFF) => {
-                timing_claim = None;
+                *timing_claim = None;
                 Ok(serde_json::json!({ "timing": timing::on() }).to_string())
             }
             Ok(other) if other.starts_with(REQUEST_PROFILE) => {
@@ -250,16 +282,175 @@ fn client(conn: UnixStream, last_ms: &AtomicU64) -> io::Result<()> {
                 },
                 None => Ok(error(&format!(
                     "unknown request `{}`: expected `snapshot`, `snapshot stacks`, `stack <id>`, \
-                     `profile <seconds> [<hz>]`, `timing on`, `timing off` or `summary`",
+                     `profile <seconds> [<hz>]`, `timing on`, `timing off`, `summary`, \
+                     `kill [tree] <id>`, `set max_blocking_time <ms|off>`, \
+                     `set log_level <level>` or `resize <object id> <size>`",
                     other.escape_debug()
                 ))),
             },
             Err(_) => Ok(error("the request is not UTF-8")),
-        };
-        let answer = answer.unwrap_or_else(|e| error(&format!("cannot encode the answer: {e}")));
-        reply(&mut out, &answer)?;
-        last_ms.store(now_ms(), Ordering::Relaxed);
+        }
     }
+}
+
+/// A request that acts on the process, parsed and checked.
+#[derive(Debug, PartialEq)]
+enum Act {
+    Kill { id: u64, tree: bool },
+    MaxBlockingTime(Option<Duration>),
+    LogLevel(log::LevelFilter),
+    Resize { object: u64, size: usize },
+}
+
+/// `None` when `request` is not one that acts; otherwise the act, or why it is malformed.
+fn control(request: &str) -> Option<Result<Act, String>> {
+    let mut words = request.split_whitespace();
+    let first = words.next()?;
+    let rest: Vec<&str> = words.collect();
+    let number = |w: &str, what: &str| -> Result<u64, String> {
+        w.parse()
+            .map_err(|_| format!("{what} must be a whole number, not `{}`", w.escape_debug()))
+    };
+    Some(match (first, rest.as_slice()) {
+        (REQUEST_KILL, ["tree", id]) => {
+            number(id, "a thread id").map(|id| Act::Kill { id, tree: true })
+        }
+        (REQUEST_KILL, ["tree"]) => Err(format!("usage: `{REQUEST_KILL_TREE} <id>`")),
+        (REQUEST_KILL, [id]) => number(id, "a thread id").map(|id| Act::Kill { id, tree: false }),
+        (REQUEST_KILL, _) => Err(format!(
+            "usage: `{REQUEST_KILL} <id>` or `{REQUEST_KILL_TREE} <id>`"
+        )),
+        (REQUEST_SET, [SETTING_MAX_BLOCKING_TIME, "off"]) => Ok(Act::MaxBlockingTime(None)),
+        (REQUEST_SET, [SETTING_MAX_BLOCKING_TIME, ms]) => {
+            number(ms, "max_blocking_time (milliseconds)").and_then(|ms| {
+                if (1..=3_600_000).contains(&ms) {
+                    Ok(Act::MaxBlockingTime(Some(Duration::from_millis(ms))))
+                } else {
+                    Err("max_blocking_time takes 1 to 3600000 milliseconds, or `off`".into())
+                }
+            })
+        }
+        (REQUEST_SET, [SETTING_LOG_LEVEL, level]) => level
+            .parse::<log::LevelFilter>()
+            .map(Act::LogLevel)
+            .map_err(|_| {
+                format!(
+                    "log_level takes off, error, warn, info, debug or trace, not `{}`",
+                    level.escape_debug()
+                )
+            }),
+        (REQUEST_SET, _) => Err(format!(
+            "usage: `{REQUEST_SET} {SETTING_MAX_BLOCKING_TIME} <ms|off>` or \
+             `{REQUEST_SET} {SETTING_LOG_LEVEL} <level>`"
+        )),
+        (REQUEST_RESIZE, [object, size]) => number(object, "an object id").and_then(|object| {
+            number(size, "a size").map(|size| Act::Resize {
+                object,
+                size: size.min(usize::MAX as u64) as usize,
+            })
+        }),
+        (REQUEST_RESIZE, _) => Err(format!("usage: `{REQUEST_RESIZE} <object id> <size>`")),
+        _ => return None,
+    })
+}
+
+impl Act {
+    /// Carries the act out for the inspector `who`, logged first.
+    fn run(self, who: Peer) -> Result<Acted, String> {
+        let say = |what: &str| {
+            report::warn(&format!(
+                "greenhub: inspector (pid {}, uid {}) asks: {what}",
+                who.pid, who.uid
+            ))
+        };
+        match self {
+            Act::Kill { id, tree } => {
+                say(&if tree {
+                    format!("kill green thread #{id} and its descendants")
+                } else {
+                    format!("kill green thread #{id}")
+                });
+                let targets = if tree { descendants(id) } else { vec![id] };
+                let killed: Vec<u64> = targets.into_iter().filter(|t| kill(*t)).collect();
+                if killed.is_empty() {
+                    return Err(format!("no live green thread has id {id}"));
+                }
+                Ok(Acted {
+                    done: format!(
+                        "killed {} green thread{}",
+                        killed.len(),
+                        if killed.len() == 1 { "" } else { "s" }
+                    ),
+                    killed,
+                })
+            }
+            Act::MaxBlockingTime(limit) => {
+                let text = limit.map_or("off".to_owned(), |d| format!("{} ms", d.as_millis()));
+                say(&format!("set max_blocking_time to {text}"));
+                monitor::set_max_blocking_time(limit);
+                Ok(Acted {
+                    done: format!("max_blocking_time is {text}"),
+                    killed: Vec::new(),
+                })
+            }
+            Act::LogLevel(level) => {
+                say(&format!("set the log level to {level}"));
+                log::set_max_level(level);
+                Ok(Acted {
+                    done: format!("the log level is {level}"),
+                    killed: Vec::new(),
+                })
+            }
+            Act::Resize { object, size } => {
+                say(&format!("resize object #{object} to {size}"));
+                let found = registry()
+                    .object(object)
+                    .ok_or_else(|| format!("no live object has id {object}"))?;
+                let kind = found.inspect().kind;
+                found
+                    .resize(size)
+                    .map_err(|why| format!("{} #{object}: {why}", kind.name()))?;
+                Ok(Acted {
+                    done: format!("{} #{object} resized to {size}", kind.name()),
+                    killed: Vec::new(),
+                })
+            }
+        }
+    }
+}
+
+/// Kills the live green thread `id` as its handle would; false if none is alive.
+fn kill(id: u64) -> bool {
+    match registry()
+        .thread(id)
+        .and_then(|r| r.killer.get().and_then(std::sync::Weak::upgrade))
+    {
+        Some(k) => {
+            k.kill();
+            true
+        }
+        None => false,
+    }
+}
+
+/// `id` and every live green thread it spawned, their children included, parents first.
+fn descendants(id: u64) -> Vec<u64> {
+    let (live, _) = registry().live_threads();
+    let mut children: std::collections::HashMap<u64, Vec<u64>> = std::collections::HashMap::new();
+    for r in &live {
+        if let Some(p) = r.parent {
+            children.entry(p).or_default().push(r.id);
+        }
+    }
+    let mut out = vec![id];
+    let mut i = 0;
+    while i < out.len() {
+        if let Some(kids) = children.get(&out[i]) {
+            out.extend(kids);
+        }
+        i += 1;
+    }
+    out
 }
 
 /// The seconds and rate of a `profile` request (what follows the word), checked.

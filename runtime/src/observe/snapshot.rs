@@ -358,7 +358,7 @@ fn runtime_info() -> RuntimeInfo {
                 started: true,
                 workers: settings.workers,
                 stack_size: settings.stack_size,
-                max_blocking_time_us: settings.max_blocking_time.map(|d| d.as_micros() as u64),
+                max_blocking_time_us: monitor::max_blocking_time().map(|d| d.as_micros() as u64),
                 max_green_threads: settings.max_green_threads,
                 max_map_count: rt.budget.max_map_count,
                 map_limit: rt.budget.map_limit,

@@ -126,6 +126,16 @@ impl Inspect for Inner {
         .count("waitall", idlers as u64)
         .total("spawned", st.spawned)
     }
+
+    fn resize(&self, size: usize) -> Result<(), String> {
+        if size == 0 {
+            return Err("a green pool runs at least one thread".into());
+        }
+        let mut st = self.state.lock();
+        st.size = size;
+        st.admit();
+        Ok(())
+    }
 }
 
 impl State {

@@ -345,27 +345,7 @@ impl<T: Send + 'static> Pool<T> {
     /// the new room to waiting getters at once; shrinking discards idle items now and
     /// checked-out ones as they come back, until the pool fits.
     pub fn resize(&self, max_size: usize) {
-        let max_size = max_size.max(1);
-        let mut dropped = Vec::new();
-        {
-            let mut st = self.inner.state.lock();
-            st.max = max_size;
-            while st.live > st.max {
-                let Some(idle) = st.idle.pop_front() else {
-                    break;
-                };
-                st.live -= 1;
-                dropped.push(idle);
-            }
-            while st.live < st.max && st.waiters.live() > 0 {
-                st.live += 1;
-                if st.waiters.hand_off(Grant::Create).is_some() {
-                    st.live -= 1;
-                    break;
-                }
-            }
-        }
-        self.inner.book.lock().discarded += dropped.len() as u64;
+        self.inner.resize_to(max_size);
     }
 
     /// Checks an item out, waiting while every item is out and the pool is full (bounded by
@@ -676,6 +656,33 @@ fn holder(id: Option<u64>, name: Option<&str>) -> String {
     }
 }
 
+impl<T: Send + 'static> Inner<T> {
+    /// [`Pool::resize`].
+    fn resize_to(&self, max_size: usize) {
+        let max_size = max_size.max(1);
+        let mut dropped = Vec::new();
+        {
+            let mut st = self.state.lock();
+            st.max = max_size;
+            while st.live > st.max {
+                let Some(idle) = st.idle.pop_front() else {
+                    break;
+                };
+                st.live -= 1;
+                dropped.push(idle);
+            }
+            while st.live < st.max && st.waiters.live() > 0 {
+                st.live += 1;
+                if st.waiters.hand_off(Grant::Create).is_some() {
+                    st.live -= 1;
+                    break;
+                }
+            }
+        }
+        self.book.lock().discarded += dropped.len() as u64;
+    }
+}
+
 impl<T: Send + 'static> Inspect for Inner<T> {
     fn inspect(&self) -> ObjectInfo {
         let (max, live, idle, waiters) = {
@@ -733,6 +740,14 @@ impl<T: Send + 'static> Inspect for Inner<T> {
         holders.sort_unstable();
         holders.dedup();
         holders
+    }
+
+    fn resize(&self, size: usize) -> Result<(), String> {
+        if size == 0 {
+            return Err("a pool keeps at least one item".into());
+        }
+        self.resize_to(size);
+        Ok(())
     }
 }
 
