@@ -153,10 +153,12 @@ const SUITES: &[Suite] = &[
                is the cost of greenhub's wait (the token hand-off, the registry's state, the \
                monitor's worker slot, deadline scopes and kill); gevent and eventlet through \
                a Semaphore each way; \"greenhub, timing on\" with every switch and wake timed, \
-               as while an inspector is attached",
+               as while an inspector is attached; \"greenhub, flight recorder on\" with every \
+               run, wait and wake recorded",
         workers: 1,
         cases: &[
             ("greenhub", 200_000),
+            ("greenhub, flight recorder on", 200_000),
             ("greenhub, timing on", 200_000),
             ("greenhub threads, may park", 200_000),
             ("may", 200_000),

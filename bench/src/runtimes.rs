@@ -355,6 +355,12 @@ pub fn ping_pong(runtime: &str, workers: usize, rounds: u64) -> f64 {
             let _timing = greenhub::inspect::time_threads();
             greenhub_rounds::<GreenhubParking>(workers, rounds)
         }
+        // What the flight recorder costs while it records.
+        "greenhub, flight recorder on" => {
+            start_greenhub(workers, None);
+            greenhub::inspect::flight_recorder(true);
+            greenhub_rounds::<GreenhubParking>(workers, rounds)
+        }
         // greenhub's green threads (registry, monitor, context) parking through may directly:
         // the difference to "greenhub" is what greenhub's wait primitive costs.
         "greenhub threads, may park" => greenhub_rounds::<MayParking>(workers, rounds),

@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 use greenhub_snapshot::attach::{
     Acted, REQUEST_KILL, REQUEST_KILL_TREE, REQUEST_PROFILE, REQUEST_RESIZE, REQUEST_SET,
     REQUEST_SNAPSHOT, REQUEST_SNAPSHOT_STACKS, REQUEST_STACK, REQUEST_SUMMARY, REQUEST_TIMING_OFF,
-    REQUEST_TIMING_ON, Summary, directory, peer_uid,
+    REQUEST_TIMING_ON, REQUEST_TRACE, Summary, directory, peer_uid,
 };
-use greenhub_snapshot::{Profile, SCHEMA_VERSION, Snapshot, ThreadStack};
+use greenhub_snapshot::{Profile, SCHEMA_VERSION, Snapshot, ThreadStack, Trace};
 
 /// How long a snapshot may take to arrive, all of it. One of 100,000 green threads takes well
 /// under a second.
@@ -241,6 +241,16 @@ impl Client {
     /// The process's name, live green threads and uptime.
     pub fn summary(&mut self) -> Result<Summary, InspectError> {
         self.ask(REQUEST_SUMMARY, MAX_SUMMARY, SUMMARY_TIMEOUT)
+    }
+
+    /// The flight recorder's events of the last `seconds` (see
+    /// [`greenhub_snapshot::attach::REQUEST_TRACE`]); empty while the process's recorder is off.
+    pub fn trace(&mut self, seconds: f64) -> Result<Trace, InspectError> {
+        self.ask(
+            &format!("{REQUEST_TRACE} {seconds}"),
+            MAX_SNAPSHOT,
+            SNAPSHOT_TIMEOUT,
+        )
     }
 
     /// Kills the green thread `thread` (and, with `tree`, every live thread it spawned, theirs

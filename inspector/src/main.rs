@@ -63,6 +63,23 @@ enum Command {
         #[arg(long, conflicts_with = "off_cpu")]
         json: bool,
     },
+    /// The flight recorder's last seconds of a process: every green thread's runs, waits (on
+    /// what), wakes (by whom), spawns, kills and ends, in the Trace Event Format that Perfetto
+    /// (ui.perfetto.dev) and chrome://tracing open. The recorder is on unless the process
+    /// turned it off (`inspector set <pid> flight_recorder on`).
+    Trace {
+        /// The process id.
+        pid: u32,
+        /// How far back, in seconds.
+        #[arg(long, default_value_t = 5.0)]
+        last: f64,
+        /// The file to write (standard output without it).
+        #[arg(long, short)]
+        output: Option<std::path::PathBuf>,
+        /// greenhub's own JSON (the `Trace` schema) instead of the Trace Event Format.
+        #[arg(long)]
+        json: bool,
+    },
     /// Kill a green thread of a process (as `GreenThread::kill` would: it unwinds at its next
     /// wait). The process logs who asked.
     Kill {
@@ -225,6 +242,46 @@ fn run(command: Command) -> Result<(), String> {
             emit(&text)
         }
         Command::Dump { pid, stacks } => emit(&fetch(pid, stacks)?.format_run_info()),
+        Command::Trace {
+            pid,
+            last,
+            output,
+            json,
+        } => {
+            let max = greenhub_snapshot::attach::MAX_TRACE_SECONDS as f64;
+            if !(last > 0.0 && last <= max) {
+                return Err(format!(
+                    "--last takes more than 0 and at most {max} seconds"
+                ));
+            }
+            let trace = Client::connect(pid)
+                .and_then(|mut c| c.trace(last))
+                .map_err(|e| e.to_string())?;
+            let text = if json {
+                serde_json::to_string(&trace).map_err(|e| e.to_string())?
+            } else {
+                trace.chrome_json()
+            };
+            match output {
+                Some(path) => {
+                    std::fs::write(&path, text + "\n")
+                        .map_err(|e| format!("{}: {e}", path.display()))?;
+                    eprintln!(
+                        "inspector: {} events over {} ms{} in {}",
+                        trace.events.len(),
+                        trace.span_ns / 1_000_000,
+                        if trace.dropped > 0 {
+                            format!(" ({} older ones overwritten)", trace.dropped)
+                        } else {
+                            String::new()
+                        },
+                        path.display()
+                    );
+                    Ok(())
+                }
+                None => emit(&(text + "\n")),
+            }
+        }
         Command::Kill { pid, thread, tree } => acted(pid, |c| c.kill(thread, tree)),
         Command::Set {
             pid,

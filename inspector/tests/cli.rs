@@ -76,6 +76,7 @@ impl Target {
             ])
             .env(TARGET, "1")
             .env("GREENHUB_ATTACH_DIR", dir)
+            .env("GREENHUB_FLIGHT_RECORDER", "on")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -509,6 +510,25 @@ fn kill_set_and_resize_act_on_the_target_and_say_what_they_did() {
         .find(|t| t.name.as_deref() == Some("sleeper"))
         .unwrap()
         .id;
+
+    // Before the kill: the flight recorder's last minute, for Perfetto, names the sleeper.
+    let file = dir.join("trace.json");
+    let (ok, _, err) =
+        target.inspector(&["trace", &pid, "--last", "60", "-o", file.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert!(err.contains("events over"), "{err}");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    assert!(
+        json["traceEvents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["args"]["name"].as_str() == Some(&format!("sleeper #{sleeper}"))),
+        "{json}"
+    );
+    let (ok, _, err) = target.inspector(&["trace", &pid, "--last", "0"]);
+    assert!(!ok && err.contains("--last"), "{err}");
 
     let (ok, out, err) = target.inspector(&["kill", &pid, &sleeper.to_string()]);
     assert!(ok, "{err}");

@@ -235,6 +235,7 @@ pub mod inspect {
         TimeSummary, TimerInfo, TimerKindInfo, Totals, WorkerInfo, format_us,
     };
     pub use greenhub_snapshot::{Half, Profile, ProfileEntry, TopFunction};
+    pub use greenhub_snapshot::{Trace, TraceEvent, TraceKind, TracedThread};
 
     /// Takes a snapshot of the registry. Costs one pass over the live threads; the green
     /// threads themselves are not stopped.
@@ -272,6 +273,36 @@ pub mod inspect {
     /// ```
     pub fn snapshot_with_stacks() -> Snapshot {
         crate::observe::offload::off_workers(crate::observe::snapshot::snapshot_with_stacks)
+    }
+
+    /// The flight recorder's events of the last `span` (spawns, runs, waits and on what,
+    /// wakes and by whom, kills, ends, blocked-worker reports, deadlocks), oldest first, with
+    /// the threads they name; [`Trace::chrome_json`] writes them for Perfetto. Empty while the
+    /// recorder is off ([`flight_recorder`], `GREENHUB_FLIGHT_RECORDER`).
+    ///
+    /// ```
+    /// use greenhub::inspect::TraceKind;
+    ///
+    /// greenhub::inspect::flight_recorder(true);
+    /// let t = greenhub::spawn(|| greenhub::sleep(std::time::Duration::from_millis(1)));
+    /// t.wait().unwrap().unwrap();
+    /// let trace = greenhub::inspect::trace(std::time::Duration::from_secs(5));
+    /// let mine: Vec<&TraceKind> =
+    ///     trace.events.iter().filter(|e| e.thread == t.id()).map(|e| &e.kind).collect();
+    /// assert!(matches!(mine.first(), Some(TraceKind::Spawn { .. })));
+    /// assert!(matches!(mine.last(), Some(TraceKind::Exit { .. })));
+    /// ```
+    pub fn trace(span: std::time::Duration) -> Trace {
+        crate::observe::offload::off_workers(move || crate::core::flight::last(span))
+    }
+
+    /// Starts (`true`) or stops the flight recorder. It is off unless
+    /// [`Config::flight_recorder`](crate::Config::flight_recorder) or
+    /// `GREENHUB_FLIGHT_RECORDER=on` starts it with the runtime; an inspector can turn it on
+    /// or off too.
+    pub fn flight_recorder(on: bool) {
+        crate::start::runtime();
+        crate::core::trace::set(on);
     }
 
     /// The stack of one green thread, read while it is parked in a wait (see

@@ -377,6 +377,16 @@ fn an_inspector_changes_settings_and_resizes_pools() {
         before
     );
 
+    let answer = acted(&conn.ask(b"set flight_recorder on\n"));
+    assert_eq!(answer.done, "the flight recorder is on");
+    assert!(greenhub::inspect::snapshot().runtime.flight_recorder);
+    let napper = greenhub::spawn(|| greenhub::sleep(std::time::Duration::from_millis(1)));
+    napper.wait().unwrap().unwrap();
+    let trace: greenhub::inspect::Trace =
+        serde_json::from_str(&conn.ask(b"trace 60\n")).expect("a trace");
+    assert!(trace.events.iter().any(|e| e.thread == napper.id()));
+    assert_eq!(trace.pid, std::process::id());
+
     let level = log::max_level();
     acted(&conn.ask(b"set log_level trace\n"));
     assert_eq!(log::max_level(), log::LevelFilter::Trace);
@@ -425,6 +435,14 @@ fn malformed_acts_are_refused_with_the_usage_and_change_nothing() {
         (b"set max_blocking_time 1.5\n", "whole number"),
         (b"set log_level loud\n", "log_level takes"),
         (b"set log_level \x1b]0;x\x07\n", "log_level takes"),
+        (b"set flight_recorder maybe\n", "usage"),
+        (b"trace\n", "takes seconds"),
+        (b"trace 0\n", "takes seconds"),
+        (b"trace -1\n", "takes seconds"),
+        (b"trace 3601\n", "takes seconds"),
+        (b"trace NaN\n", "takes seconds"),
+        (b"trace 5 6\n", "takes seconds"),
+        (b"traces 5\n", "takes seconds"),
         (b"resize\n", "usage"),
         (b"resize 1\n", "usage"),
         (b"resize x 2\n", "whole number"),

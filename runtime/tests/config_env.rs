@@ -13,8 +13,12 @@ fn env_vars_configure_the_runtime() {
         t.wait().unwrap();
         let rt = greenhub::inspect::snapshot().runtime;
         println!(
-            "workers={} stack={} blocking={:?} max={:?}",
-            rt.workers, rt.stack_size, rt.max_blocking_time_us, rt.max_green_threads
+            "workers={} stack={} blocking={:?} max={:?} recorder={}",
+            rt.workers,
+            rt.stack_size,
+            rt.max_blocking_time_us,
+            rt.max_green_threads,
+            rt.flight_recorder
         );
         return;
     }
@@ -25,13 +29,14 @@ fn env_vars_configure_the_runtime() {
             ("GREENHUB_STACK_SIZE", "96k"),
             ("GREENHUB_MAX_BLOCKING_MS", "off"),
             ("GREENHUB_MAX_THREADS", "5000"),
+            ("GREENHUB_FLIGHT_RECORDER", "on"),
         ],
         Duration::from_secs(60),
     );
     assert!(out.status.success(), "{}", text(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
-        stdout.contains("workers=3 stack=98304 blocking=None max=Some(5000)"),
+        stdout.contains("workers=3 stack=98304 blocking=None max=Some(5000) recorder=true"),
         "{}",
         text(&out)
     );
@@ -89,6 +94,7 @@ fn bad_env_vars_are_reported_once_at_start_and_keep_their_defaults() {
             ("GREENHUB_MAX_THREADS", "96k"),
             // A value that would clear the screen is shown escaped, never sent to the terminal.
             ("GREENHUB_FINISHED_HISTORY", "\u{1b}[2J"),
+            ("GREENHUB_FLIGHT_RECORDER", "sometimes"),
         ],
         Duration::from_secs(60),
     );
@@ -123,6 +129,12 @@ fn bad_env_vars_are_reported_once_at_start_and_keep_their_defaults() {
     );
     assert_eq!(
         lines("GREENHUB_FINISHED_HISTORY=\"\\u{1b}[2J\" is invalid"),
+        1,
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        lines("GREENHUB_FLIGHT_RECORDER=\"sometimes\" is invalid"),
         1,
         "{}",
         text(&out)

@@ -17,6 +17,8 @@
 //! | [`REQUEST_SET`] `max_blocking_time <ms or off>` | [`Acted`]: the blocked-worker threshold changed |
 //! | [`REQUEST_SET`] `log_level <off, error, warn, info, debug or trace>` | [`Acted`]: the `log` crate's maximum level changed |
 //! | [`REQUEST_RESIZE`] `<object id> <size>` | [`Acted`]: a pool (tpool, green pool, item pool) resized |
+//! | [`REQUEST_SET`] `flight_recorder <on or off>` | [`Acted`]: the flight recorder started or stopped |
+//! | [`REQUEST_TRACE`] `<seconds>` | the flight recorder's [`Trace`](crate::Trace) of the last seconds (at most [`MAX_TRACE_SECONDS`]) |
 //!
 //! The requests that act (kill, set, resize) are logged by the process, with the inspector's
 //! pid and user, before they are carried out.
@@ -76,6 +78,15 @@ pub const SETTING_MAX_BLOCKING_TIME: &str = "max_blocking_time";
 
 /// The `log` crate's maximum level: `off`, `error`, `warn`, `info`, `debug` or `trace`.
 pub const SETTING_LOG_LEVEL: &str = "log_level";
+
+/// The flight recorder: `on` or `off`.
+pub const SETTING_FLIGHT_RECORDER: &str = "flight_recorder";
+
+/// The request for the flight recorder's events: this word, a space and how many seconds back.
+pub const REQUEST_TRACE: &str = "trace";
+
+/// The longest stretch a trace request may ask for, in seconds (the rings hold what they hold).
+pub const MAX_TRACE_SECONDS: u64 = 3600;
 
 /// Resizes a pool: this word, a space, the object's id (as the snapshot lists it), a space
 /// and the new size.

@@ -20,9 +20,11 @@ pub mod attach;
 mod profile;
 mod schema;
 mod text;
+mod trace;
 mod wait;
 
 pub use profile::{Half, Profile, ProfileEntry, TopFunction};
 pub use schema::*;
 pub use text::escape_controls;
+pub use trace::{Trace, TraceEvent, TraceKind, TracedThread};
 pub use wait::{Interest, MAX_KIND_NAME, MAX_KINDS, ObjectKind, WaitOn};

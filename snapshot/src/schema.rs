@@ -264,6 +264,9 @@ pub struct RuntimeInfo {
     /// costs no memory mapping of its own, so `max_map_count` does not bound them.
     #[serde(default)]
     pub stacks_share_mappings: bool,
+    /// Whether the flight recorder is recording (`inspector trace` reads it).
+    #[serde(default)]
+    pub flight_recorder: bool,
     /// Green threads holding a stack now.
     pub live_stacks: usize,
     /// The inbox that batches wakes from OS threads (tpool completions).

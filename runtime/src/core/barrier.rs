@@ -19,9 +19,12 @@ pub(crate) const MONITOR_PARKED: u32 = 1;
 /// Timing is on: switches and wakes are timed (`core/timing.rs`).
 pub(crate) const TIMING: u32 = 2;
 
+/// The flight recorder is on: runs, waits and wakes are recorded (`core/trace.rs`).
+pub(crate) const TRACE: u32 = 4;
+
 /// One reader of parked stacks is at work (counted in these units above the other bits): a
 /// green thread that starts running passes its record's read gate (`core/stack.rs`).
-pub(crate) const STACK_READER: u32 = 4;
+pub(crate) const STACK_READER: u32 = 8;
 
 static FLAGS: AtomicU32 = AtomicU32::new(0);
 

@@ -13,6 +13,7 @@
 //! | [`max_green_threads`](Config::max_green_threads) | `GREENHUB_MAX_THREADS` | what `vm.max_map_count` allows |
 //! | [`finished_history`](Config::finished_history) | `GREENHUB_FINISHED_HISTORY` | 1024 |
 //! | [`attach`](Config::attach) | `GREENHUB_ATTACH` (`on` or `off`) | on |
+//! | [`flight_recorder`](Config::flight_recorder) | `GREENHUB_FLIGHT_RECORDER` (`on` or `off`) | off |
 //! | [`stats_addr`](Config::stats_addr) | `GREENHUB_STATS_ADDR` (`host:port`, or a port on loopback) | off |
 
 use std::time::Duration;
@@ -88,6 +89,8 @@ pub struct Settings {
     pub finished_history: usize,
     /// Whether the attach channel is on.
     pub attach: bool,
+    /// Whether the flight recorder records from the start.
+    pub flight_recorder: bool,
     /// Where the stats endpoint is served, if anywhere.
     pub stats_addr: Option<std::net::SocketAddr>,
 }
@@ -112,6 +115,7 @@ pub struct Config {
     max_green_threads: Option<usize>,
     finished_history: usize,
     attach: bool,
+    flight_recorder: bool,
     stats_addr: Option<std::net::SocketAddr>,
 }
 
@@ -124,6 +128,7 @@ impl Default for Config {
             max_green_threads: None,
             finished_history: DEFAULT_FINISHED_HISTORY,
             attach: true,
+            flight_recorder: false,
             stats_addr: None,
         }
     }
@@ -185,6 +190,10 @@ impl Config {
             c.attach = parse_switch("GREENHUB_ATTACH", v)?;
             Ok(())
         });
+        read("GREENHUB_FLIGHT_RECORDER", &mut |v| {
+            c.flight_recorder = parse_switch("GREENHUB_FLIGHT_RECORDER", v)?;
+            Ok(())
+        });
         read("GREENHUB_STATS_ADDR", &mut |v| {
             c.stats_addr = Some(parse_addr("GREENHUB_STATS_ADDR", v)?);
             Ok(())
@@ -233,6 +242,16 @@ impl Config {
         self
     }
 
+    /// Whether the flight recorder keeps the last events of every green thread from the start
+    /// (runs, waits, wakes, spawns, ends: `inspector trace`, and a file written when a worker
+    /// is blocked or a deadlock is found). Off by default: recording costs each switch a read
+    /// of the time-stamp counter and an entry (the harness measures it). An inspector can turn
+    /// it on or off later.
+    pub fn flight_recorder(mut self, on: bool) -> Config {
+        self.flight_recorder = on;
+        self
+    }
+
     /// Where to serve the HTTP stats endpoint (`/stats`, `/snapshot`,
     /// `/metrics`); `None` (the default) serves nothing. Port 0 picks a free port:
     /// [`crate::inspect::stats_addr`] tells which.
@@ -251,6 +270,7 @@ impl Config {
             max_green_threads: self.max_green_threads,
             finished_history: self.finished_history,
             attach: self.attach,
+            flight_recorder: self.flight_recorder,
             stats_addr: self.stats_addr,
         }
     }

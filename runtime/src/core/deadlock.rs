@@ -43,10 +43,12 @@ use greenhub_snapshot::{
 use parking_lot::Mutex;
 
 use crate::core::clock;
+use crate::core::flight;
 use crate::core::registry::{IdMap, ThreadRecord, registry};
 use crate::core::report;
 use crate::core::stack;
 use crate::core::symbols::fold;
+use crate::core::trace;
 
 /// Monitor ticks between two checks while anything runs (a deadlock is reported at the
 /// second check that finds it). A process that falls quiet is checked before the monitor
@@ -158,12 +160,16 @@ impl NewDeadlock {
     pub(crate) fn publish(mut self) {
         for (thread, ips) in self.found.threads.iter_mut().zip(self.stacks) {
             thread.stack = ips.map(|ips| fold(&ips));
+            if trace::on() {
+                trace::deadlock(thread.id, self.found.seq);
+            }
         }
         report::error(&format!(
             "greenhub: {}",
             shown(&self.found, clock::coarse_ns(), clock::precise_ns()).describe()
         ));
         CURRENT.lock().push(self.found);
+        flight::incident("deadlock");
     }
 }
 

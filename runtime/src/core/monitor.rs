@@ -52,6 +52,7 @@ use greenhub_snapshot::{BlockedCause, ThreadStack};
 use crate::core::barrier;
 use crate::core::clock;
 use crate::core::deadlock;
+use crate::core::flight;
 use crate::core::graveyard;
 use crate::core::registry::{ThreadRecord, registry};
 use crate::core::report::{self, Throttle};
@@ -60,6 +61,7 @@ use crate::core::slots::{self, WorkerSlot};
 use crate::core::stack;
 use crate::core::symbols;
 use crate::core::timing;
+use crate::core::trace;
 
 /// How often the monitor samples the workers.
 pub(crate) const TICK: Duration = Duration::from_millis(10);
@@ -105,6 +107,9 @@ fn attend(flags: u32, record: &ThreadRecord) {
     }
     if flags & barrier::TIMING != 0 {
         timing::runs(record);
+    }
+    if flags & barrier::TRACE != 0 {
+        trace::runs(record.id, slots::this_thread().map_or(0, |s| s.index));
     }
 }
 
@@ -434,6 +439,10 @@ fn preempted(slot: &WorkerSlot, busy: Duration, on_cpu: Option<Duration>) {
 }
 
 fn open(slot: &WorkerSlot, thread: u64, busy: Duration, spent: Spent) -> u64 {
+    if trace::on() {
+        trace::blocked(thread, slot.index);
+        off_monitor(Box::new(|| flight::incident("blocked-worker")));
+    }
     let record = registry().thread(thread);
     // Where the blocking call or the loop is: the stack the worker runs on, read by the worker
     // in a signal handler, when that is the thread's (the handler checks) and the signal

@@ -16,6 +16,7 @@ use std::sync::{Arc, OnceLock, Weak};
 use parking_lot::Mutex;
 
 use crate::core::clock;
+use crate::core::trace;
 use greenhub_snapshot::{Interest, ObjectInfo, ObjectKind, WaitOn};
 
 const SHARDS: usize = 64;
@@ -445,6 +446,9 @@ impl Registry {
 
     pub(crate) fn insert_thread(&self, record: Arc<ThreadRecord>) {
         self.counters.spawned.fetch_add(1, Ordering::Relaxed);
+        if trace::on() {
+            trace::spawned(record.id, record.parent);
+        }
         let mut shard = self.threads[Self::shard(record.id)].lock();
         shard.live.insert(record.id, record);
     }
@@ -459,6 +463,14 @@ impl Registry {
             Ending::Killed => c.killed.fetch_add(1, Ordering::Relaxed),
             _ => 0,
         };
+        if trace::on() {
+            let how = match ending {
+                Ending::Returned => trace::RETURNED,
+                Ending::Panicked(_) | Ending::NotStarted(_) => trace::PANICKED,
+                Ending::Killed => trace::KILLED,
+            };
+            trace::ended(id, how);
+        }
         let ended_ns = clock::coarse_ns();
         let evicted = {
             let mut shard = self.threads[Self::shard(id)].lock();

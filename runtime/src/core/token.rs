@@ -15,7 +15,9 @@ use crate::core::alarm::Alarmed;
 use crate::core::barrier;
 use crate::core::budget;
 use crate::core::registry::{ThreadRecord, WaitTicket};
+use crate::core::slots;
 use crate::core::timing;
+use crate::core::trace;
 
 pub(crate) const WAITING: u8 = 0;
 const WOKEN: u8 = 1;
@@ -59,11 +61,20 @@ impl Token {
     pub fn wake(&self) -> bool {
         // Noted before the hand-off, while the waiter still waits: after it, the waiter could
         // already be in its next wait, which the note would be taken for.
-        if barrier::flags() & barrier::TIMING != 0
+        let flags = barrier::flags();
+        if flags & (barrier::TIMING | barrier::TRACE) != 0
             && let Some(record) = &self.record
             && self.is_waiting()
         {
-            timing::woken(record);
+            if flags & barrier::TIMING != 0 {
+                timing::woken(record);
+            }
+            if flags & barrier::TRACE != 0 {
+                let by = slots::this_thread()
+                    .map(|s| s.current())
+                    .filter(|id| *id != 0);
+                trace::woken(record.id, by);
+            }
         }
         if self
             .state

@@ -2,7 +2,7 @@
 
 use std::marker::PhantomData;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering, fence};
 use std::time::{Duration, Instant};
 
 use greenhub_snapshot::{Interest, WaitOn};
@@ -18,17 +18,25 @@ use crate::core::stack;
 use crate::core::timeout::TimedOut;
 use crate::core::timing;
 use crate::core::token::{Parker, Token, WAITING};
+use crate::core::trace;
 
-/// A token for a new wait of the current thread: the previous one when nobody else holds it any
+/// A token for a new wait of the current thread: the previous one when no waker holds it any
 /// more (saving an allocation per wait), a new one otherwise.
+///
+/// The record keeps a weak reference to the token (for the deadlock detector, which only reads
+/// its state), so reuse is decided on the strong count alone, and the state is reset with
+/// atomic stores: a reader that upgrades meanwhile reads, and the record's wait sequence tells
+/// it which wait it saw.
 fn fresh_token(ctx: &context::Context) -> Arc<Token> {
     let mut slot = ctx.token.borrow_mut();
-    if let Some(token) = slot.as_mut() {
+    if let Some(token) = slot.as_ref() {
         // A token made before the spawn wrapper set the record would hide later waits.
         let same_thread = token.record.is_some() == ctx.record().is_some();
-        if let Some(exclusive) = Arc::get_mut(token).filter(|_| same_thread) {
-            *exclusive.state.get_mut() = WAITING;
-            *exclusive.via_global.get_mut() = false;
+        if same_thread && Arc::strong_count(token) == 1 {
+            // Pairs with the release of the last waker's reference: its uses come first.
+            fence(Ordering::Acquire);
+            token.state.store(WAITING, Ordering::Relaxed);
+            token.via_global.store(false, Ordering::Relaxed);
             return token.clone();
         }
     }
@@ -152,8 +160,12 @@ impl Waiter {
         check_kill(record);
         // This frame outlives the park: `_resume` below is dropped in it (see core/stack.rs).
         record.begin_wait(self.on, self.deadline.map(clock::instant_ns), stack::here());
-        if barrier::flags() & barrier::TIMING != 0 {
+        let flags = barrier::flags();
+        if flags & barrier::TIMING != 0 {
             timing::wait_begins(record, self.on);
+        }
+        if flags & barrier::TRACE != 0 {
+            trace::waits(record.id, self.on);
         }
         monitor::mark_idle();
         let _resume = Resume::new(record);
@@ -249,8 +261,12 @@ pub(crate) fn wait_io<T: std::os::fd::AsRawFd>(
             check_kill(record);
             let on = on.unwrap_or(WaitOn::Fd { fd, interest });
             record.begin_wait(on, deadline.map(clock::instant_ns), stack::here());
-            if barrier::flags() & barrier::TIMING != 0 {
+            let flags = barrier::flags();
+            if flags & barrier::TIMING != 0 {
                 timing::wait_begins(record, on);
+            }
+            if flags & barrier::TRACE != 0 {
+                trace::waits(record.id, on);
             }
             monitor::mark_idle();
             let _resume = Resume::new(record);

@@ -18,7 +18,7 @@ use crate::core::report::payload_message;
 use crate::core::timeout::{IsTimeout, TimedOut};
 use crate::core::token::Token;
 use crate::core::wait::Waiter;
-use crate::core::{alarm, graveyard, monitor, report, stack, timing};
+use crate::core::{alarm, graveyard, monitor, report, stack, timing, trace};
 use crate::green::time::sleep;
 use crate::start;
 
@@ -448,6 +448,9 @@ impl<T: Send + 'static> Shared<T> {
             return;
         }
         self.record.kill_requested.store(true, Ordering::SeqCst);
+        if trace::on() {
+            trace::kill(self.record.id, context::current_id());
+        }
         let timer_id = self.start_timer.swap(0, Ordering::AcqRel);
         if timer_id != 0 && alarm::cancel(timer_id) {
             self.finish(Err(JoinError::Killed { id: self.record.id }));

@@ -9,7 +9,7 @@ use greenhub_snapshot::WaitOn;
 use crate::core::registry::{TimerKind, registry};
 use crate::core::timeout::TimedOut;
 use crate::core::wait::{Waiter, check_kill};
-use crate::core::{budget, context, monitor, timing};
+use crate::core::{budget, context, monitor, timing, trace};
 
 /// The deadline in force for the current green thread (or OS thread): the earliest of the
 /// [`with_timeout`] scopes it runs in, or `None` outside any scope.
@@ -131,6 +131,9 @@ pub fn yield_now() {
             record.count_switch();
             if timing::on() {
                 timing::yields(record);
+            }
+            if trace::on() {
+                trace::yields(record.id);
             }
             monitor::mark_idle();
             let deferred = budget::switch()

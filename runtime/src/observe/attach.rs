@@ -22,6 +22,8 @@
 //! | `kill <id>`, `kill tree <id>` | `Acted`: the green thread (and its live descendants) killed |
 //! | `set max_blocking_time <ms or off>`, `set log_level <level>` | `Acted`: the setting changed |
 //! | `resize <object id> <size>` | `Acted`: the pool resized (`Inspect::resize`) |
+//! | `set flight_recorder <on or off>` | `Acted`: the flight recorder started or stopped |
+//! | `trace <seconds>` | the flight recorder's `Trace` of the last seconds |
 //!
 //! The requests that act are logged (`log`'s warn level, or standard error) with the
 //! inspector's pid and uid before they are carried out: the process keeps the record of who
@@ -48,8 +50,8 @@ use std::time::Duration;
 
 use greenhub_snapshot::SCHEMA_VERSION;
 use greenhub_snapshot::attach::{
-    Acted, Peer, REQUEST_KILL, REQUEST_KILL_TREE, REQUEST_RESIZE, REQUEST_SET, SETTING_LOG_LEVEL,
-    SETTING_MAX_BLOCKING_TIME, peer,
+    Acted, MAX_TRACE_SECONDS, Peer, REQUEST_KILL, REQUEST_KILL_TREE, REQUEST_RESIZE, REQUEST_SET,
+    REQUEST_TRACE, SETTING_FLIGHT_RECORDER, SETTING_LOG_LEVEL, SETTING_MAX_BLOCKING_TIME, peer,
 };
 use greenhub_snapshot::attach::{
     DEFAULT_PROFILE_HZ, MAX_CLIENTS, MAX_PROFILE_SECONDS, MAX_REQUEST, REQUEST_PROFILE,
@@ -60,7 +62,7 @@ use greenhub_snapshot::attach::{
 use crate::core::registry::registry;
 use parking_lot::Mutex;
 
-use crate::core::{clock, monitor, report, timing};
+use crate::core::{clock, flight, monitor, report, timing, trace};
 use crate::observe::profile::profile;
 use crate::observe::snapshot::{process_name, snapshot, snapshot_with_stacks};
 use crate::observe::stacks::stack_of;
@@ -257,6 +259,12 @@ fn answer(
                 *timing_claim = None;
                 Ok(serde_json::json!({ "timing": timing::on() }).to_string())
             }
+            Ok(other) if other.starts_with(REQUEST_TRACE) => {
+                match trace_request(&other[REQUEST_TRACE.len()..]) {
+                    Ok(span) => serde_json::to_string(&flight::last(span)),
+                    Err(why) => Ok(error(&why)),
+                }
+            }
             Ok(other) if other.starts_with(REQUEST_PROFILE) => {
                 match profile_request(&other[REQUEST_PROFILE.len()..]) {
                     Ok((duration, hz)) => match profile(duration, hz) {
@@ -284,7 +292,8 @@ fn answer(
                     "unknown request `{}`: expected `snapshot`, `snapshot stacks`, `stack <id>`, \
                      `profile <seconds> [<hz>]`, `timing on`, `timing off`, `summary`, \
                      `kill [tree] <id>`, `set max_blocking_time <ms|off>`, \
-                     `set log_level <level>` or `resize <object id> <size>`",
+                     `set log_level <level>`, `set flight_recorder <on|off>`, \
+                     `trace <seconds>` or `resize <object id> <size>`",
                     other.escape_debug()
                 ))),
             },
@@ -299,6 +308,7 @@ enum Act {
     Kill { id: u64, tree: bool },
     MaxBlockingTime(Option<Duration>),
     LogLevel(log::LevelFilter),
+    FlightRecorder(bool),
     Resize { object: u64, size: usize },
 }
 
@@ -339,9 +349,12 @@ fn control(request: &str) -> Option<Result<Act, String>> {
                     level.escape_debug()
                 )
             }),
+        (REQUEST_SET, [SETTING_FLIGHT_RECORDER, "on"]) => Ok(Act::FlightRecorder(true)),
+        (REQUEST_SET, [SETTING_FLIGHT_RECORDER, "off"]) => Ok(Act::FlightRecorder(false)),
         (REQUEST_SET, _) => Err(format!(
-            "usage: `{REQUEST_SET} {SETTING_MAX_BLOCKING_TIME} <ms|off>` or \
-             `{REQUEST_SET} {SETTING_LOG_LEVEL} <level>`"
+            "usage: `{REQUEST_SET} {SETTING_MAX_BLOCKING_TIME} <ms|off>`, \
+             `{REQUEST_SET} {SETTING_LOG_LEVEL} <level>` or \
+             `{REQUEST_SET} {SETTING_FLIGHT_RECORDER} <on|off>`"
         )),
         (REQUEST_RESIZE, [object, size]) => number(object, "an object id").and_then(|object| {
             number(size, "a size").map(|size| Act::Resize {
@@ -401,6 +414,15 @@ impl Act {
                     killed: Vec::new(),
                 })
             }
+            Act::FlightRecorder(on) => {
+                let word = if on { "on" } else { "off" };
+                say(&format!("turn the flight recorder {word}"));
+                trace::set(on);
+                Ok(Acted {
+                    done: format!("the flight recorder is {word}"),
+                    killed: Vec::new(),
+                })
+            }
             Act::Resize { object, size } => {
                 say(&format!("resize object #{object} to {size}"));
                 let found = registry()
@@ -451,6 +473,23 @@ fn descendants(id: u64) -> Vec<u64> {
         i += 1;
     }
     out
+}
+
+/// The stretch of a `trace` request (what follows the word), checked.
+fn trace_request(args: &str) -> Result<Duration, String> {
+    let seconds: f64 = args
+        .strip_prefix(' ')
+        .map(str::trim)
+        .and_then(|w| w.parse().ok())
+        .filter(|s: &f64| s.is_finite() && *s > 0.0 && *s <= MAX_TRACE_SECONDS as f64)
+        .ok_or_else(|| {
+            format!(
+                "`{REQUEST_TRACE}` takes seconds (more than 0, at most {MAX_TRACE_SECONDS}): \
+                 not `{}`",
+                args.trim().escape_debug()
+            )
+        })?;
+    Ok(Duration::from_secs_f64(seconds))
 }
 
 /// The seconds and rate of a `profile` request (what follows the word), checked.

@@ -29,7 +29,7 @@ use greenhub_snapshot::*;
 use crate::core::inbox;
 use crate::core::monitor::Blocked;
 use crate::core::registry::{Ending, Phase, StateView, ThreadRecord, TimerKind, registry};
-use crate::core::{clock, deadlock, monitor, runtime, timing};
+use crate::core::{clock, deadlock, monitor, runtime, timing, trace};
 use crate::observe::stacks;
 
 pub(crate) fn process_name() -> String {
@@ -363,6 +363,7 @@ fn runtime_info() -> RuntimeInfo {
                 max_map_count: rt.budget.max_map_count,
                 map_limit: rt.budget.map_limit,
                 stacks_share_mappings: rt.budget.shared_mappings,
+                flight_recorder: trace::on(),
                 live_stacks: rt.budget.live(),
                 inbox: inbox::stats(),
             }
@@ -376,6 +377,7 @@ fn runtime_info() -> RuntimeInfo {
             max_map_count: None,
             map_limit: None,
             stacks_share_mappings: false,
+            flight_recorder: false,
             live_stacks: 0,
             inbox: inbox::stats(),
         },
