@@ -1053,6 +1053,12 @@ impl<M: Backend> Inspect for Inner<M> {
         info
     }
 
+    fn held_by(&self) -> Vec<u64> {
+        let mut held: Vec<u64> = self.book.lock().held_by.keys().copied().collect();
+        held.sort_unstable();
+        held
+    }
+
     /// The green threads holding connections, when they hold every permit (none free, none
     /// held by a plain OS thread or by a checkout still connecting).
     fn holders(&self) -> Vec<u64> {

@@ -505,3 +505,26 @@ fn the_runtime_reports_a_pool_self_deadlock_with_its_holders_and_their_deadlines
     let _ = threads.next().unwrap().wait();
     threads.next().unwrap().wait().unwrap().unwrap();
 }
+
+#[test]
+fn a_connection_a_test_forgets_is_a_leak_the_check_names() {
+    let pool: SqlitePool = Pool::builder()
+        .name("forgotten")
+        .max_size(2)
+        .build(SqliteConnectionManager::memory())
+        .unwrap();
+    let pool2 = pool.clone();
+    let careless = spawn(move || std::mem::forget(pool2.get().unwrap()));
+    let holder = careless.id();
+    careless.wait().unwrap();
+    let leaks = greenhub::testing::check_leaks(Duration::from_millis(50)).unwrap_err();
+    assert!(leaks.threads.is_empty(), "{leaks}");
+    assert_eq!(leaks.held.len(), 1, "{leaks}");
+    assert_eq!(leaks.held[0].id, pool.id());
+    assert_eq!(leaks.held[0].holder, holder);
+    assert!(!leaks.held[0].holder_alive);
+    assert!(
+        leaks.to_string().contains("\"forgotten\" held by #"),
+        "{leaks}"
+    );
+}

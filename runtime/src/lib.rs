@@ -111,6 +111,7 @@ mod observe;
 mod process;
 mod start;
 mod sync;
+pub mod testing;
 
 pub use crate::core::config;
 pub use crate::sync::{event, greenpool, pool, queue, rlock, rwlock, select, semaphore};

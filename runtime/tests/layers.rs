@@ -1,5 +1,5 @@
 //! The runtime's source keeps its layers: every `crate::` path in a file names a layer at or
-//! below the file's own (core, observe, start, green, sync, net, lowest first), never an item
+//! below the file's own (core, observe, start, green, sync, net, process, testing, lowest first), never an item
 //! the crate root re-exports, and no two files import each other, directly or round a longer
 //! circle. It reads the source as text: `use crate::` lines and `crate::` paths in code,
 //! comments and doc comments left out.
@@ -7,8 +7,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-const LAYERS: [&str; 7] = [
-    "core", "observe", "start", "green", "sync", "net", "process",
+const LAYERS: [&str; 8] = [
+    "core", "observe", "start", "green", "sync", "net", "process", "testing",
 ];
 
 fn rank(layer: &str) -> Option<usize> {

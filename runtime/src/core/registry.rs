@@ -57,6 +57,9 @@ pub(crate) struct ThreadRecord {
     pub id: u64,
     pub name: Option<Arc<str>>,
     pub parent: Option<u64>,
+    /// The OS thread whose code began its line of spawns ([`os_thread_mark`]), inherited from
+    /// parent to child: what a leak check of that OS thread's spawns looks for.
+    pub origin: u64,
     pub site: &'static Location<'static>,
     pub created_ns: u64,
     pub stack_size: usize,
@@ -138,6 +141,21 @@ impl WaitTicket for NoTicket {
     }
 }
 
+/// A mark of the calling OS thread, distinct from every other OS thread's (and never 0): the
+/// origin of the green threads it spawns.
+pub(crate) fn os_thread_mark() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    thread_local! {
+        static MARK: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    }
+    MARK.with(|m| {
+        if m.get() == 0 {
+            m.set(NEXT.fetch_add(1, Ordering::Relaxed));
+        }
+        m.get()
+    })
+}
+
 /// A consistent read of a record's state.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct StateView {
@@ -156,6 +174,7 @@ impl ThreadRecord {
         id: u64,
         name: Option<Arc<str>>,
         parent: Option<u64>,
+        origin: u64,
         site: &'static Location<'static>,
         stack_size: usize,
         phase: Phase,
@@ -165,6 +184,7 @@ impl ThreadRecord {
             id,
             name,
             parent,
+            origin,
             site,
             created_ns: now,
             stack_size,
@@ -383,6 +403,12 @@ pub trait Inspect: Send + Sync {
     /// it is ever called a deadlock. The deadlock detector calls it on the monitor thread for
     /// objects with long waits; keep it short, like `inspect`.
     fn holders(&self) -> Vec<u64> {
+        Vec::new()
+    }
+
+    /// Every green thread holding a unit of it now (the lock, a checked-out item or
+    /// connection), whether or not it has units left: what a leak check looks for.
+    fn held_by(&self) -> Vec<u64> {
         Vec::new()
     }
 

@@ -13,7 +13,9 @@ use greenhub_snapshot::WaitOn;
 use crate::core::config;
 use crate::core::context::{self, Inheritance, PanicReport};
 use crate::core::limits::{SpawnError, StackPermit};
-use crate::core::registry::{Ending, Killer, Phase, ThreadRecord, TimerKind, registry};
+use crate::core::registry::{
+    Ending, Killer, Phase, ThreadRecord, TimerKind, os_thread_mark, registry,
+};
 use crate::core::report::payload_message;
 use crate::core::timeout::{IsTimeout, TimedOut};
 use crate::core::token::Token;
@@ -260,10 +262,24 @@ impl Builder {
         phase: Phase,
     ) -> Arc<Shared<T>> {
         let reg = registry();
+        // The line of spawns it belongs to: the spawning green thread's, or that of the parent
+        // named for it (a timer's owner), or the spawning OS thread's own.
+        let me = if may::coroutine::is_coroutine() {
+            context::with(|c| c.record().map(|r| (r.id, r.origin)))
+        } else {
+            None
+        };
+        let origin = match me {
+            Some((id, origin)) if parent.is_none_or(|p| p == id) => origin,
+            _ => parent
+                .and_then(|p| reg.thread(p))
+                .map_or_else(os_thread_mark, |r| r.origin),
+        };
         let record = Arc::new(ThreadRecord::new(
             reg.next_id(),
             self.name.map(Arc::from),
             parent,
+            origin,
             site,
             stack,
             phase,

@@ -721,6 +721,19 @@ impl<T: Send + 'static> Inspect for Inner<T> {
             .with_detail(serde_json::json!({ "checkouts": detail }))
     }
 
+    fn held_by(&self) -> Vec<u64> {
+        let mut held: Vec<u64> = self
+            .book
+            .lock()
+            .current
+            .values()
+            .filter_map(|c| c.holder)
+            .collect();
+        held.sort_unstable();
+        held.dedup();
+        held
+    }
+
     /// The holders of every item, when the pool is at its size with none idle or being made
     /// and green threads hold them all.
     fn holders(&self) -> Vec<u64> {

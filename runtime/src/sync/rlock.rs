@@ -105,6 +105,10 @@ impl Inspect for Core {
         }
     }
 
+    fn held_by(&self) -> Vec<u64> {
+        self.holders()
+    }
+
     /// The owner, when a green thread owns it.
     fn holders(&self) -> Vec<u64> {
         let st = self.state.lock();

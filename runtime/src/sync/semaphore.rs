@@ -85,6 +85,10 @@ impl Inspect for Core {
         info
     }
 
+    fn held_by(&self) -> Vec<u64> {
+        self.holders()
+    }
+
     /// A locked mutex's holder, when a green thread holds it. A semaphore lists none: any
     /// thread may release it.
     fn holders(&self) -> Vec<u64> {
