@@ -37,7 +37,8 @@ pub type SysEvent = EpollEvent;
 //   worker checks the flag and its queues after it takes the leadership or marks itself
 //   parked, and does not block if there is anything: the waker sees it asleep or it sees the
 //   flag (both sides SeqCst). A busy worker looks before it sleeps; meanwhile a parked worker
-//   is woken to take what was queued to it (idle workers take from any global queue).
+//   is woken to take what was queued to it (idle workers take from any global queue), or,
+//   with none parked, the leader. `leader_evfd` is written once until the leader drains it.
 // - Event data deleted from the epoll is released only by a leader, before it polls: the
 //   events of the previous poll were all handled by the leader that made it, before it let
 //   go. It is freed by worker `fd % workers`, whose timer handler may still point to it.
@@ -86,6 +87,8 @@ const LEADER_WAKE: u64 = 0;
 pub(crate) struct Selector {
     shared: Epoll,
     leader_evfd: EventFd,
+    /// A write to `leader_evfd` has not been drained yet: later kicks need no write.
+    leader_kicked: AtomicBool,
     leader: AtomicUsize,
     free_ev: Queue<Arc<EventData>>,
     // 128 should be fine for max io threads
@@ -119,6 +122,7 @@ impl Selector {
         let mut s = Selector {
             shared,
             leader_evfd,
+            leader_kicked: AtomicBool::new(false),
             leader: AtomicUsize::new(NO_LEADER),
             free_ev: Queue::new(),
             vec: SmallVec::new(),
@@ -163,6 +167,8 @@ impl Selector {
             let mut taken = SmallVec::<[CoroutineImpl; 16]>::new();
             for event in &events[..*polled.as_ref().unwrap_or(&0)] {
                 if event.data() == LEADER_WAKE {
+                    // Cleared before the drain: a kick after it writes again.
+                    self.leader_kicked.store(false, Ordering::SeqCst);
                     drain_eventfd(&self.leader_evfd);
                     continue;
                 }
@@ -290,13 +296,21 @@ impl Selector {
 
     /// Wakes one parked worker other than `id`, if any, to steal from `id`: first those
     /// whose stealing starts at `id` (worker `w` steals from `w + 1`, `w + 2`, ...).
-    fn wake_one_parked(&self, id: usize) {
+    fn wake_one_parked(&self, id: usize) -> bool {
         let n = self.vec.len();
         let parked = (1..n)
             .map(|back| (id + n - back) % n)
             .find(|&w| self.vec[w].parked.load(Ordering::SeqCst));
         if let Some(w) = parked {
             self.write_wake(&self.vec[w].evfd, w);
+        }
+        parked.is_some()
+    }
+
+    /// Wakes the leader from its poll (once until it drains the kick).
+    fn kick_leader(&self, id: usize) {
+        if !self.leader_kicked.swap(true, Ordering::SeqCst) {
+            self.write_wake(&self.leader_evfd, id);
         }
     }
 
@@ -308,12 +322,15 @@ impl Selector {
         // SeqCst against the worker's own SeqCst `parked` store or leadership CAS followed
         // by its swap of `wake_pending`: either it sees the flag or this sees it asleep.
         self.vec[id].wake_pending.store(true, Ordering::SeqCst);
-        if self.leader.load(Ordering::SeqCst) == id {
-            self.write_wake(&self.leader_evfd, id);
+        let leader = self.leader.load(Ordering::SeqCst);
+        if leader == id {
+            self.kick_leader(id);
         } else if self.vec[id].parked.load(Ordering::SeqCst) {
             self.write_wake(&self.vec[id].evfd, id);
-        } else {
-            self.wake_one_parked(id);
+        } else if !self.wake_one_parked(id) && leader != NO_LEADER {
+            // `id` is busy and nobody is parked: the leader, idle in its poll, takes what was
+            // queued to `id` (idle workers take from any global queue).
+            self.kick_leader(id);
         }
     }
 
