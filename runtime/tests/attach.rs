@@ -159,15 +159,8 @@ fn the_socket_and_its_directory_are_private() {
     assert_eq!((socket_mode, dir_mode), (0o600, 0o700));
 }
 
-#[test]
-fn another_user_cannot_read_the_process() {
-    setup();
-    // SAFETY: geteuid has no failure mode.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipped: only root can become another user to try");
-        return;
-    }
-    let path = socket_path(std::process::id());
+/// The address of the Unix socket at `path`, for `connect` in a forked child.
+fn unix_address(path: &std::path::Path) -> (libc::sockaddr_un, libc::socklen_t) {
     // SAFETY: a zeroed sockaddr_un is valid; the path is copied in below, NUL-terminated.
     let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
     addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
@@ -177,21 +170,21 @@ fn another_user_cannot_read_the_process() {
         *dst = *src as libc::c_char;
     }
     let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
-    // The child becomes `nobody` and tries to connect. It only makes system calls until
-    // `_exit`, which is what a child forked from a threaded process may do.
-    // SAFETY: see above; the parent waits for the child it forked.
-    let code = unsafe {
+    (addr, len)
+}
+
+/// Runs `body` in a forked child that has become `nobody` (uid and gid 65534) and returns its
+/// exit code (2: it could not become `nobody`). `body` may only make system calls: that is
+/// what a child forked from a threaded process may do before `_exit`.
+fn as_nobody(body: impl FnOnce() -> i32) -> i32 {
+    // SAFETY: the child makes system calls only, then `_exit`; the parent waits for it.
+    unsafe {
         match libc::fork() {
             0 => {
                 if libc::setgid(65534) != 0 || libc::setuid(65534) != 0 {
                     libc::_exit(2);
                 }
-                let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0);
-                if libc::connect(fd, (&addr as *const libc::sockaddr_un).cast(), len) == 0 {
-                    libc::_exit(0);
-                }
-                let refused_by_permissions = *libc::__errno_location() == libc::EACCES;
-                libc::_exit(if refused_by_permissions { 10 } else { 11 });
+                libc::_exit(body());
             }
             -1 => panic!("fork: {}", std::io::Error::last_os_error()),
             child => {
@@ -201,7 +194,33 @@ fn another_user_cannot_read_the_process() {
                 libc::WEXITSTATUS(status)
             }
         }
-    };
+    }
+}
+
+#[test]
+fn another_user_cannot_read_the_process() {
+    setup();
+    // SAFETY: geteuid has no failure mode.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: only root can become another user to try");
+        return;
+    }
+    let (addr, len) = unix_address(&socket_path(std::process::id()));
+    // The child becomes `nobody` and tries to connect.
+    let code = as_nobody(|| {
+        // SAFETY: plain system calls on a socket of the child's own.
+        unsafe {
+            let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0);
+            if libc::connect(fd, (&addr as *const libc::sockaddr_un).cast(), len) == 0 {
+                return 0;
+            }
+            if *libc::__errno_location() == libc::EACCES {
+                10
+            } else {
+                11
+            }
+        }
+    });
     assert_eq!(
         code, 10,
         "nobody (uid 65534) must be refused by the directory's permissions (0: got in, 11: \
@@ -481,45 +500,27 @@ fn another_user_cannot_act_even_where_the_socket_lets_it_connect() {
     let victim = greenhub::spawn(|| greenhub::sleep(std::time::Duration::from_secs(600)));
     let request = format!("kill {}\n", victim.id());
 
-    // SAFETY: a zeroed sockaddr_un is valid; the path is copied in below, NUL-terminated.
-    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
-    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
-    let bytes = std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str());
-    assert!(bytes.len() < addr.sun_path.len());
-    for (dst, src) in addr.sun_path.iter_mut().zip(bytes) {
-        *dst = *src as libc::c_char;
-    }
-    let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+    let (addr, len) = unix_address(&path);
     let needle = b"permission denied";
-    // The child becomes `nobody`, connects, asks for the kill and reads the answer, with
-    // system calls only until `_exit`.
-    // SAFETY: see above; the parent waits for the child it forked.
-    let code = unsafe {
-        match libc::fork() {
-            0 => {
-                if libc::setgid(65534) != 0 || libc::setuid(65534) != 0 {
-                    libc::_exit(2);
-                }
-                let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0);
-                if libc::connect(fd, (&addr as *const libc::sockaddr_un).cast(), len) != 0 {
-                    libc::_exit(3);
-                }
-                libc::write(fd, request.as_ptr().cast(), request.len());
-                let mut buf = [0u8; 512];
-                let n = libc::read(fd, buf.as_mut_ptr().cast(), buf.len());
-                let n = if n > 0 { n as usize } else { 0 };
-                let denied = buf[..n].windows(needle.len()).any(|w| w == needle);
-                libc::_exit(if denied { 10 } else { 11 });
+    // The child becomes `nobody`, connects, asks for the kill and reads the answer.
+    let code = as_nobody(|| {
+        // SAFETY: plain system calls on a socket of the child's own and buffers it owns.
+        unsafe {
+            let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0);
+            if libc::connect(fd, (&addr as *const libc::sockaddr_un).cast(), len) != 0 {
+                return 3;
             }
-            -1 => panic!("fork: {}", std::io::Error::last_os_error()),
-            child => {
-                let mut status = 0;
-                assert_eq!(libc::waitpid(child, &mut status, 0), child);
-                assert!(libc::WIFEXITED(status));
-                libc::WEXITSTATUS(status)
+            libc::write(fd, request.as_ptr().cast(), request.len());
+            let mut buf = [0u8; 512];
+            let n = libc::read(fd, buf.as_mut_ptr().cast(), buf.len());
+            let n = if n > 0 { n as usize } else { 0 };
+            if buf[..n].windows(needle.len()).any(|w| w == needle) {
+                10
+            } else {
+                11
             }
         }
-    };
+    });
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(dir_mode)).unwrap();
     assert_eq!(
