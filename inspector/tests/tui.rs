@@ -702,3 +702,60 @@ fn k_asks_before_it_kills_and_any_other_key_cancels() {
     assert_eq!(app.confirm_kill, None);
     napper.kill();
 }
+
+/// Sleeps briefly a few times: its spawn site has running and sleeping time.
+fn naps_a_little() {
+    for _ in 0..5 {
+        greenhub::sleep(Duration::from_millis(2)).unwrap();
+    }
+}
+
+#[test]
+fn the_time_by_site_view_shows_each_site_s_running_delay_and_waits() {
+    let timing = greenhub::inspect::time_threads();
+    let nappers: Vec<_> = (0..3).map(|_| greenhub::spawn(naps_a_little)).collect();
+    for n in nappers {
+        n.wait().unwrap();
+    }
+    let mut app = app_with_snapshot();
+    app.key(Key::Char('7'));
+    assert_eq!(app.view, View::Sites);
+    let site = app
+        .site_rows()
+        .into_iter()
+        .find(|s| s.spawn_site.contains("tui.rs") && s.spent.iter().any(|k| k.kind == "sleep"))
+        .cloned()
+        .unwrap_or_else(|| panic!("no site of this file:\n{}", screen(&app)));
+    let sleep = site.spent.iter().find(|k| k.kind == "sleep").unwrap();
+    assert!(
+        sleep.count >= 15,
+        "three threads, five naps each: {sleep:?}"
+    );
+    assert!(site.spent.iter().any(|k| k.kind == "running"));
+    let shown = screen(&app);
+    assert!(
+        shown.contains("DELAY P99") && shown.contains("spawn sites"),
+        "{shown}"
+    );
+    type_filter(&mut app, &site.spawn_site);
+    app.key(Key::Enter);
+    let lines = app.detail_lines().join("\n");
+    assert!(
+        lines.contains("STRETCHES") && lines.contains("sleep"),
+        "{lines}"
+    );
+    assert!(
+        lines.contains("runnable") || lines.contains("running"),
+        "{lines}"
+    );
+    drop(timing);
+
+    // A process that does not time its threads: the view says how to turn timing on.
+    let mut untimed = snapshot();
+    untimed.timing = false;
+    untimed.sites.clear();
+    let mut app = App::new(std::process::id());
+    app.update(untimed, Instant::now());
+    app.key(Key::Char('7'));
+    assert!(screen(&app).contains("timing is off"), "{}", screen(&app));
+}

@@ -89,6 +89,23 @@ impl Snapshot {
                 clean_opt(&mut frame.file);
             }
         }
+        for d in &mut self.deadlocks {
+            if let crate::DeadlockKind::Pool { pool } = &mut d.kind {
+                clean_opt(&mut pool.name);
+            }
+            for t in &mut d.threads {
+                clean_opt(&mut t.name);
+                clean(&mut t.spawn_site);
+                clean_opt(&mut t.waiting_on_name);
+                for h in &mut t.holds {
+                    clean_opt(&mut h.name);
+                }
+                for frame in t.stack.iter_mut().flat_map(|s| s.frames.iter_mut()) {
+                    clean(&mut frame.function);
+                    clean_opt(&mut frame.file);
+                }
+            }
+        }
         for o in &mut self.objects {
             clean_opt(&mut o.name);
             for map in [&mut o.counts, &mut o.totals] {

@@ -32,17 +32,21 @@ pub enum View {
     /// Where CPU time goes and where green threads wait: a profile of the last second, taken
     /// while the view is open.
     Profile,
+    /// Where time goes by spawn site while timing is on (`T`): running, runnable (the
+    /// scheduling delay) and each kind of wait, as histograms.
+    Sites,
 }
 
 impl View {
     /// Every view, in tab order.
-    pub const ALL: [View; 6] = [
+    pub const ALL: [View; 7] = [
         View::Threads,
         View::Timers,
         View::Descriptors,
         View::Pools,
         View::Blocked,
         View::Profile,
+        View::Sites,
     ];
 
     /// The tab's title.
@@ -54,6 +58,7 @@ impl View {
             View::Pools => "Pools & objects",
             View::Blocked => "Blocked workers",
             View::Profile => "Profile",
+            View::Sites => "Time by site",
         }
     }
 }
@@ -277,6 +282,8 @@ enum Entry {
     Blocked(u64),
     /// A function of the profile view: its half and a hash of its name.
     Function(bool, u64),
+    /// A spawn site of the time-by-site view: a hash of its text.
+    Site(u64),
 }
 
 /// A row of the profile view: a function with its share of the samples (on CPU) or of the
@@ -465,6 +472,7 @@ impl App {
                 let r = self.profile_rows.get(i)?;
                 Entry::Function(r.on_cpu, name_hash(&r.function))
             }
+            View::Sites => Entry::Site(name_hash(&snap.sites.get(i)?.spawn_site)),
         })
     }
 
@@ -559,7 +567,7 @@ impl App {
             Key::Char('T') => self.timing = !self.timing,
             Key::Char('+') => self.step_rate(-1),
             Key::Char('-') => self.step_rate(1),
-            Key::Char(c @ '1'..='6') => self.show(View::ALL[c as usize - '1' as usize]),
+            Key::Char(c @ '1'..='7') => self.show(View::ALL[c as usize - '1' as usize]),
             Key::Tab => self.step_view(1),
             Key::BackTab => self.step_view(View::ALL.len() - 1),
             Key::Enter => self.detail = self.rows_len() > 0,
@@ -679,6 +687,14 @@ impl App {
                 .iter()
                 .map(|r| r.function.clone())
                 .collect(),
+            View::Sites => snap
+                .sites
+                .iter()
+                .map(|s| {
+                    let kinds: Vec<&str> = s.spent.iter().map(|k| k.kind.as_str()).collect();
+                    format!("{} {}", s.spawn_site, kinds.join(" "))
+                })
+                .collect(),
             View::Blocked => snap
                 .blocked
                 .iter()
@@ -758,6 +774,8 @@ impl App {
             }
             // In the profile's order: on CPU, then off CPU, each by own weight.
             View::Profile => flat(self.kept(shape, self.profile_rows.len())),
+            // In the snapshot's order: the sites with the most time first.
+            View::Sites => flat(self.kept(shape, snap.sites.len())),
         }
     }
 
@@ -878,6 +896,11 @@ impl App {
         self.entries(View::Pools, |s| &s.objects)
     }
 
+    /// The time-by-site view: the spawn sites with the most time first.
+    pub fn site_rows(&self) -> Vec<&greenhub_snapshot::SiteTimes> {
+        self.entries(View::Sites, |s| &s.sites)
+    }
+
     /// The blocked-worker reports, ongoing first, then the newest.
     pub fn blocked_rows(&self) -> Vec<&greenhub_snapshot::BlockedInfo> {
         self.entries(View::Blocked, |s| &s.blocked)
@@ -961,6 +984,11 @@ impl App {
                 None => vec![format!("nobody waits on descriptor {fd} any more")],
             },
             Entry::Function(on_cpu, hash) => self.function_detail(on_cpu, hash),
+            Entry::Site(hash) => match snap.sites.iter().find(|s| name_hash(&s.spawn_site) == hash)
+            {
+                Some(site) => site_detail(site),
+                None => vec!["this spawn site has no timed threads any more".into()],
+            },
             Entry::Blocked(seq) => match snap.blocked.iter().find(|b| b.seq == seq) {
                 Some(b) => self.owner_detail(
                     Some(b.thread),
@@ -1217,4 +1245,41 @@ fn due(us: i64) -> String {
     } else {
         format!("overdue by {}", format_us(us.unsigned_abs()))
     }
+}
+
+/// The details of a spawn site: each kind of time with its stretches, total and quantiles,
+/// and a bar of its share of the site's time.
+fn site_detail(site: &greenhub_snapshot::SiteTimes) -> Vec<String> {
+    let ns = |v: u64| format_us(v / 1000);
+    let all: u64 = site.spent.iter().map(|k| k.total_ns).sum::<u64>().max(1);
+    let mut lines = vec![
+        format!("green threads spawned at {}", site.spawn_site),
+        String::new(),
+        format!(
+            "{:<22} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}  share",
+            "TIME", "STRETCHES", "TOTAL", "P50", "P90", "P99", "MAX"
+        ),
+    ];
+    for k in &site.spent {
+        let share = k.total_ns as f64 / all as f64;
+        let bar = "#".repeat((share * 30.0).round() as usize);
+        lines.push(format!(
+            "{:<22} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}  {bar} {:.0}%",
+            k.kind,
+            k.count,
+            ns(k.total_ns),
+            ns(k.p50_ns),
+            ns(k.p90_ns),
+            ns(k.p99_ns),
+            ns(k.max_ns),
+            share * 100.0
+        ));
+    }
+    lines.push(String::new());
+    lines.push(
+        "running: on a worker; runnable: woken, waiting for a worker (the scheduling delay); \
+         the rest: waiting, by what on"
+            .into(),
+    );
+    lines
 }

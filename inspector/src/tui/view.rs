@@ -47,8 +47,8 @@ pub fn render(frame: &mut Frame<'_>, app: &App) {
 /// Every key, for the help screen.
 const HELP: &[(&str, &str)] = &[
     (
-        "1-6, Tab, Shift-Tab",
-        "views: threads, timers, descriptors, pools, blocked workers, profile",
+        "1-7, Tab, Shift-Tab",
+        "views: threads, timers, descriptors, pools, blocked workers, profile, time by site",
     ),
     ("Up, Down, PgUp, PgDn, Home, End", "move the selection"),
     (
@@ -246,6 +246,7 @@ fn render_body(frame: &mut Frame<'_>, area: Rect, app: &App) {
         View::Pools => pools_body(app, &window),
         View::Blocked => blocked_body(app, &window),
         View::Profile => profile_body(app, &window),
+        View::Sites => sites_body(app, &window),
     };
     let table = Table::new(body.rows, body.widths)
         .header(Row::new(body.heading).style(Style::new().bold()))
@@ -517,6 +518,53 @@ fn blocked_body(app: &App, w: &Window) -> Body {
     )
 }
 
+fn sites_body(app: &App, w: &Window) -> Body {
+    let all = app.site_rows();
+    let timing = app.snapshot.as_ref().is_some_and(|s| s.timing);
+    let title = if timing {
+        format!(
+            "{} spawn sites, the most time first (Enter: every kind of time){}",
+            all.len(),
+            filter_note(app)
+        )
+    } else {
+        "timing is off: T times every switch (it costs the process a clock read per switch)"
+            .to_string()
+    };
+    let ns = |v: u64| format_us(v / 1000);
+    let rows = w.rows(&all, |i, s| {
+        let of = |kind: &str| s.spent.iter().find(|k| k.kind == kind);
+        let running = of("running");
+        let runnable = of("runnable");
+        let wait = s
+            .spent
+            .iter()
+            .find(|k| k.kind != "running" && k.kind != "runnable");
+        Row::new(vec![
+            Cell::from(running.map_or("-".into(), |k| ns(k.total_ns))),
+            Cell::from(running.map_or("-".into(), |k| ns(k.p99_ns))),
+            Cell::from(runnable.map_or("-".into(), |k| ns(k.p50_ns))),
+            Cell::from(runnable.map_or("-".into(), |k| ns(k.p99_ns))),
+            Cell::from(wait.map_or("-".into(), |k| format!("{} {}", k.kind, ns(k.total_ns)))),
+            Cell::from(s.spawn_site.clone()),
+        ])
+        .style(w.style(i))
+    });
+    Body::new(
+        title,
+        &[
+            "RUNNING",
+            "RUN P99",
+            "DELAY P50",
+            "DELAY P99",
+            "MOST WAITED ON",
+            "SPAWNED AT",
+        ],
+        &[9, 9, 10, 10, 24, 30],
+        rows,
+    )
+}
+
 fn profile_body(app: &App, w: &Window) -> Body {
     let all = app.profile_rows();
     let title = match app.profile() {
@@ -602,7 +650,7 @@ fn render_footer(frame: &mut Frame<'_>, area: Rect, app: &App) {
         ])
     } else {
         Line::from(
-            "? help  q quit  1-6/Tab views  ↑↓ move  Enter details  / filter  s/S sort  \
+            "? help  q quit  1-7/Tab views  ↑↓ move  Enter details  / filter  s/S sort  \
              r reverse  t tree  p pause  +/- refresh  K kill",
         )
         .dim()

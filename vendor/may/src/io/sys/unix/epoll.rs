@@ -167,9 +167,13 @@ impl Selector {
             let mut taken = SmallVec::<[CoroutineImpl; 16]>::new();
             for event in &events[..*polled.as_ref().unwrap_or(&0)] {
                 if event.data() == LEADER_WAKE {
-                    // Cleared before the drain: a kick after it writes again.
-                    self.leader_kicked.store(false, Ordering::SeqCst);
+                    // Drained, then cleared: a read takes every write made before it, so a
+                    // clear first would let a kick between the two be read and forgotten
+                    // while its flag stays set. A kick that finds the flag still set here
+                    // needs no write: this leader is awake and looks at every queue before
+                    // it polls again.
                     drain_eventfd(&self.leader_evfd);
+                    self.leader_kicked.store(false, Ordering::SeqCst);
                     continue;
                 }
                 if let Some(co) = self.take_ready(id, event) {
