@@ -303,7 +303,9 @@ pub mod inspect {
     /// or off too.
     pub fn flight_recorder(on: bool) {
         crate::start::runtime();
-        crate::core::trace::set(on);
+        // The first call reads /proc/cpuinfo (is the time-stamp counter usable?): not on a
+        // worker.
+        crate::observe::offload::off_workers(move || crate::core::trace::set(on));
     }
 
     /// The stack of one green thread, read while it is parked in a wait (see

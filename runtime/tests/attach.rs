@@ -149,6 +149,7 @@ fn bad_requests_get_errors_and_the_channel_stays_up() {
 #[test]
 fn the_socket_and_its_directory_are_private() {
     setup();
+    let _alone = AS_ANOTHER_USER.lock().unwrap_or_else(|e| e.into_inner());
     let path = socket_path(std::process::id());
     let socket_mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
     let dir_mode = std::fs::metadata(path.parent().unwrap())
@@ -158,6 +159,10 @@ fn the_socket_and_its_directory_are_private() {
         & 0o777;
     assert_eq!((socket_mode, dir_mode), (0o600, 0o700));
 }
+
+/// Held by the tests that look at the channel's file permissions or try it as another user:
+/// one of them opens the permissions for a moment, which the others must not see.
+static AS_ANOTHER_USER: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// The address of the Unix socket at `path`, for `connect` in a forked child.
 fn unix_address(path: &std::path::Path) -> (libc::sockaddr_un, libc::socklen_t) {
@@ -200,6 +205,7 @@ fn as_nobody(body: impl FnOnce() -> i32) -> i32 {
 #[test]
 fn another_user_cannot_read_the_process() {
     setup();
+    let _alone = AS_ANOTHER_USER.lock().unwrap_or_else(|e| e.into_inner());
     // SAFETY: geteuid has no failure mode.
     if unsafe { libc::geteuid() } != 0 {
         eprintln!("skipped: only root can become another user to try");
@@ -485,6 +491,7 @@ fn malformed_acts_are_refused_with_the_usage_and_change_nothing() {
 #[test]
 fn another_user_cannot_act_even_where_the_socket_lets_it_connect() {
     setup();
+    let _alone = AS_ANOTHER_USER.lock().unwrap_or_else(|e| e.into_inner());
     // SAFETY: geteuid has no failure mode.
     if unsafe { libc::geteuid() } != 0 {
         eprintln!("skipped: only root can become another user to try");
