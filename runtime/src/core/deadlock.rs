@@ -128,6 +128,7 @@ fn shown(f: &Found, coarse_ns: u64, precise_ns: u64) -> Deadlock {
 }
 
 /// A waiting thread that only other threads' progress can free.
+#[derive(Clone)]
 struct Stuck {
     record: Arc<ThreadRecord>,
     on: WaitOn,
@@ -228,19 +229,7 @@ impl Detector {
         let confirmed: IdMap<Stuck> = stuck
             .iter()
             .filter(|(id, s)| self.last.get(id) == Some(&s.seq))
-            .map(|(id, s)| {
-                (
-                    *id,
-                    Stuck {
-                        record: s.record.clone(),
-                        on: s.on,
-                        seq: s.seq,
-                        since_ns: s.since_ns,
-                        deadline_ns: s.deadline_ns,
-                        waits_for: s.waits_for.clone(),
-                    },
-                )
-            })
+            .map(|(id, s)| (*id, s.clone()))
             .collect();
         self.last = stuck.iter().map(|(id, s)| (*id, s.seq)).collect();
         let confirmed = stuck_of(confirmed);

@@ -354,7 +354,8 @@ fn run() {
             continue;
         }
         since_check += 1;
-        if since_check >= check_every() {
+        // The thread count (for the interval) is read only once the shortest one has passed.
+        if since_check >= deadlock::CHECK_TICKS && since_check >= check_every() {
             since_check = 0;
             for found in detector.check() {
                 off_monitor(Box::new(move || found.publish()));
