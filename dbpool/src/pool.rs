@@ -30,7 +30,12 @@ use crate::{Backend, Error};
 
 /// Who waits for a connection: a green thread in [`Pool::get`], or a queued job.
 enum Entry<M: Backend> {
-    Green { token: Arc<Token>, since: Instant },
+    Green {
+        token: Arc<Token>,
+        since: Instant,
+        /// The waiting green thread (`None`: a plain OS thread).
+        thread: Option<u64>,
+    },
     Job(Arc<Job<M>>),
 }
 
@@ -427,6 +432,7 @@ impl<M: Backend> Inner<M> {
             p.push(Entry::Green {
                 token: token.clone(),
                 since: Instant::now(),
+                thread: greenhub::current().map(|c| c.id()),
             });
             (waiter, token)
         };
@@ -1057,6 +1063,24 @@ impl<M: Backend> Inspect for Inner<M> {
         let mut held: Vec<u64> = self.book.lock().held_by.keys().copied().collect();
         held.sort_unstable();
         held
+    }
+
+    /// The callers waiting for a permit: those waiting in `get` and those whose call is
+    /// queued. A caller whose call runs waits on the pool for its result, not for a unit.
+    fn unit_waiters(&self) -> Option<Vec<u64>> {
+        let p = self.permits.lock();
+        let mut ids: Vec<u64> = p
+            .queue
+            .iter()
+            .filter(|e| e.live())
+            .filter_map(|e| match e {
+                Entry::Green { thread, .. } => *thread,
+                Entry::Job(job) => job.holder.as_ref().map(|(id, _)| *id),
+            })
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        Some(ids)
     }
 
     /// The green threads holding connections, when they hold every permit (none free, none

@@ -193,11 +193,14 @@ impl Detector {
         }
         // Holders first, then tokens (see the module's doc).
         let mut holders: IdMap<Vec<u64>> = IdMap::default();
+        let mut unit_waiters: IdMap<Option<Vec<u64>>> = IdMap::default();
         for (_, state) in &waiting {
-            if let Some(WaitOn::Object { id, .. }) = state.waiting_on {
-                holders
-                    .entry(id)
-                    .or_insert_with(|| reg.object(id).map(|o| o.holders()).unwrap_or_default());
+            if let Some(WaitOn::Object { id, .. }) = state.waiting_on
+                && !holders.contains_key(&id)
+            {
+                let object = reg.object(id);
+                holders.insert(id, object.as_ref().map(|o| o.holders()).unwrap_or_default());
+                unit_waiters.insert(id, object.and_then(|o| o.unit_waiters()));
             }
         }
         let mut candidates: IdMap<Stuck> = IdMap::default();
@@ -205,6 +208,16 @@ impl Detector {
             let Some(on) = state.waiting_on else { continue };
             let waits_for = match on {
                 WaitOn::Join { thread } => vec![thread],
+                // A waiter the object does not list as waiting for a unit waits for
+                // something a holder's return does not give (a call of its own that runs).
+                WaitOn::Object { id, .. }
+                    if unit_waiters
+                        .get(&id)
+                        .and_then(Option::as_ref)
+                        .is_some_and(|list| !list.contains(&record.id)) =>
+                {
+                    Vec::new()
+                }
                 WaitOn::Object { id, .. } => holders.get(&id).cloned().unwrap_or_default(),
                 _ => Vec::new(),
             };

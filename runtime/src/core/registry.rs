@@ -406,6 +406,14 @@ pub trait Inspect: Send + Sync {
         Vec::new()
     }
 
+    /// The green threads among its waiters that wait for a unit (`None`, the default: all of
+    /// them). A waiter not listed waits on the object for something else, such as the result
+    /// of a call it made that runs meanwhile, which no holder's return gives it: the deadlock
+    /// detector counts it as free.
+    fn unit_waiters(&self) -> Option<Vec<u64>> {
+        None
+    }
+
     /// Every green thread holding a unit of it now (the lock, a checked-out item or
     /// connection), whether or not it has units left: what a leak check looks for.
     fn held_by(&self) -> Vec<u64> {
