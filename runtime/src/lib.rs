@@ -67,7 +67,7 @@
 //! - **No `thread_local!` across a wait.** After a wait the green thread may run on another OS
 //!   thread and see another thread's value; thread-affine C libraries can break the same way.
 //!   Use [`coroutine_local!`] for per-green-thread data. (greenhub keeps its own per-thread
-//!   state there.)
+//!   state in the same coroutine-local storage.)
 //! - **No `std::sync::Mutex` guard across a wait.** The guard would be released on another OS
 //!   thread, and a second green thread taking the lock on the same worker blocks that worker.
 //!   Hold std locks only for short critical sections without waits.

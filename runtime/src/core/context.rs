@@ -1,9 +1,9 @@
 //! Per-green-thread context: which registry record the running code belongs to, the deadline
 //! scopes it runs in, and the last panic it raised.
 //!
-//! It lives in `may`'s coroutine-local storage, never in a `thread_local!`: green threads migrate
-//! between OS threads at every wait, so a thread-local read before a wait and after it can
-//! belong to two different OS threads. On a plain OS thread the same storage falls back to a
+//! A green thread's lives in `may`'s coroutine-local storage, never in a `thread_local!`: green
+//! threads migrate between OS threads at every wait, so a thread-local read before a wait and
+//! after it can belong to two different OS threads. A plain OS thread's context is a
 //! thread-local, which is sound there because an OS thread does not migrate.
 
 use std::any::Any;
@@ -201,12 +201,29 @@ impl Context {
     }
 }
 
-may::coroutine_local!(static CONTEXT: Context = Context::default());
+thread_local! {
+    /// The context of code that runs on an OS thread, outside any coroutine.
+    static OS_CONTEXT: Context = Context::default();
+}
 
 /// Runs `f` with the current green thread's (or OS thread's) context.
+///
+/// A coroutine's context is `may`'s runtime slot of its local storage (no map lookup); an
+/// OS thread's is a thread-local.
 #[inline]
 pub(crate) fn with<R>(f: impl FnOnce(&Context) -> R) -> R {
-    CONTEXT.with(f)
+    let mut f = Some(f);
+    if let Some(r) = may::with_runtime_local(|c: &Context| (f.take().expect("runs once"))(c)) {
+        return r;
+    }
+    with_os(|c| (f.take().expect("runs once"))(c))
+}
+
+/// The OS thread's context. Not inlined, as every thread-local access of greenhub (see
+/// ARCHITECTURE.md): a caller that waits must not keep the address from before its park.
+#[inline(never)]
+fn with_os<R>(f: impl FnOnce(&Context) -> R) -> R {
+    OS_CONTEXT.with(f)
 }
 
 /// The current green thread's record, if the code runs in a greenhub green thread.

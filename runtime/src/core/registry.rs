@@ -22,7 +22,9 @@ use greenhub_snapshot::{Interest, ObjectInfo, ObjectKind, WaitOn};
 const SHARDS: usize = 64;
 
 /// Ids are sequential, so a multiplicative hash is enough to spread them over hashbrown's
-/// buckets and control bytes.
+/// buckets and control bytes, once the product's high half is folded into its low half: the
+/// bucket index is the hash's low bits, and a product's low bits depend only on the id's low
+/// bits, which are the same for every id of a registry shard.
 #[derive(Default)]
 pub(crate) struct IdHasher(u64);
 
@@ -36,7 +38,8 @@ impl Hasher for IdHasher {
         }
     }
     fn write_u64(&mut self, v: u64) {
-        self.0 = v.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let h = v.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        self.0 = h ^ (h >> 32);
     }
 }
 

@@ -51,6 +51,6 @@ pub mod net;
 pub mod os;
 pub mod sync;
 pub use crate::config::{config, Config};
-pub use crate::local::LocalKey;
+pub use crate::local::{with_runtime_local, LocalKey};
 // re-export may_queue
 pub use may_queue as queue;

@@ -1,5 +1,5 @@
-use std::any::TypeId;
-use std::cell::RefCell;
+use std::any::{Any, TypeId};
+use std::cell::{OnceCell, RefCell};
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::ptr::NonNull;
@@ -20,6 +20,15 @@ pub struct CoroutineLocal {
     join: Arc<Join>,
     // real local data hash map
     local_data: LocalMap,
+    // the embedding runtime's value (see `with_runtime_local`)
+    runtime: OnceCell<RuntimeLocal>,
+}
+
+// The value's type is kept beside it, so that an access compares two constants instead of
+// calling `Any::type_id` through the vtable.
+struct RuntimeLocal {
+    type_id: TypeId,
+    value: Box<dyn Any>,
 }
 
 impl CoroutineLocal {
@@ -29,6 +38,7 @@ impl CoroutineLocal {
             co,
             join,
             local_data: RefCell::new(HashMap::default()),
+            runtime: OnceCell::new(),
         })
     }
 
@@ -47,6 +57,32 @@ impl CoroutineLocal {
 pub fn get_co_local_data() -> Option<NonNull<CoroutineLocal>> {
     let ptr = get_local_data();
     NonNull::new(ptr.cast())
+}
+
+/// Runs `f` with the current coroutine's runtime value, made with `T::default()` on first
+/// use; `None` outside a coroutine.
+///
+/// A runtime built on `may` keeps its per-coroutine state here: one value per coroutine,
+/// reached without the hash map of [`LocalKey`] (no hashing on each access, no map to
+/// allocate), dropped with the coroutine's local storage. One type per program: a value of
+/// another type than the first one asked for makes this panic.
+#[inline]
+pub fn with_runtime_local<T: Default + 'static, R>(f: impl FnOnce(&T) -> R) -> Option<R> {
+    let local = get_co_local_data()?;
+    // SAFETY: the local storage lives as long as the running coroutine, and only the
+    // coroutine itself reaches it.
+    let slot = &unsafe { local.as_ref() }.runtime;
+    let local = slot.get_or_init(|| RuntimeLocal {
+        type_id: TypeId::of::<T>(),
+        value: Box::new(T::default()),
+    });
+    assert!(
+        local.type_id == TypeId::of::<T>(),
+        "with_runtime_local: one type per program"
+    );
+    // SAFETY: the value is a `T`: its type id is `T`'s.
+    let value = unsafe { &*(&*local.value as *const dyn Any as *const T) };
+    Some(f(value))
 }
 
 #[inline]

@@ -8,9 +8,13 @@
 //! region, so a stack costs no mapping of its own and adjacent chunks merge into one.
 //!
 //! Rules:
-//! - A free slot keeps its guard and holds no memory: releasing a stack discards its pages with
-//!   `MADV_DONTNEED` (guard regions survive it), so a process that had many stacks gives the
-//!   memory back but keeps the address space for the next ones.
+//! - A released slot keeps its guard. The most recently released slots of each size keep
+//!   their pages ("dirty", at most [`DIRTY_BYTES`] of slots per size) and are handed out
+//!   first: short-lived threads then reuse warm stacks, with neither a discard nor page faults.
+//!   Beyond that bound the oldest dirty slots are discarded together with `MADV_DONTNEED`
+//!   (guard regions survive it), one call per run of adjacent slots: a discard flushes the TLB
+//!   of every CPU the process runs on, so it is paid once per batch, not once per stack. A
+//!   process that had many stacks gives the memory back but keeps the address space.
 //! - Chunks are never unmapped: their slots are reused by later stacks of the same size.
 //! - Where the kernel does not know the advice (before 6.13), [`allocate`] says so once and the
 //!   caller maps each stack on its own, as before.
@@ -30,6 +34,13 @@ const MADV_GUARD_INSTALL: libc::c_int = 102;
 /// A chunk maps at least this many bytes (and at least one slot).
 const CHUNK_BYTES: usize = 4 << 20;
 
+/// Released slots of one size kept with their pages, in bytes of slots (what they can hold
+/// at most; a slot holds only the pages its stack touched).
+const DIRTY_BYTES: usize = 64 << 20;
+
+/// Released slots of one size kept with their pages, at least.
+const DIRTY_MIN: usize = 8;
+
 const UNKNOWN: u8 = 0;
 const SUPPORTED: u8 = 1;
 const UNSUPPORTED: u8 = 2;
@@ -42,7 +53,17 @@ static FREE: Mutex<Vec<SizeClass>> = Mutex::new(Vec::new());
 struct SizeClass {
     /// Bytes per slot, guard included.
     slot: usize,
+    /// Released slots whose pages are kept, most recently released last.
+    dirty: Vec<usize>,
+    /// Slots that hold no memory.
     free: Vec<usize>,
+}
+
+impl SizeClass {
+    /// How many dirty slots this size keeps.
+    fn dirty_cap(&self) -> usize {
+        (DIRTY_BYTES / self.slot).max(DIRTY_MIN)
+    }
 }
 
 /// Whether stacks come from shared mappings with guard regions (the kernel knows
@@ -99,12 +120,13 @@ pub fn allocate(size: usize) -> io::Result<Option<SysStack>> {
             None => {
                 classes.push(SizeClass {
                     slot: size,
+                    dirty: Vec::new(),
                     free: Vec::new(),
                 });
                 classes.last_mut().expect("just pushed")
             }
         };
-        match class.free.pop() {
+        match class.dirty.pop().or_else(|| class.free.pop()) {
             Some(slot) => slot,
             None => {
                 // Mapping under the lock keeps two threads from mapping a chunk each for one
@@ -160,7 +182,8 @@ fn map_chunk(size: usize) -> io::Result<Vec<usize>> {
     }
 }
 
-/// Gives a stack from [`allocate`] back: its pages are discarded, its slot reused.
+/// Gives a stack from [`allocate`] back: its slot is reused, first with its pages as they
+/// are; the oldest released slots beyond the dirty bound are discarded.
 ///
 /// # Safety
 ///
@@ -169,12 +192,51 @@ pub unsafe fn release(stack: &SysStack) {
     let page = page_size();
     let slot = stack.bottom() as usize - page;
     let size = stack.len() + page;
-    // Discarding keeps the guard region (MADV_DONTNEED leaves guards in place). A failure
-    // leaves the pages resident, which costs memory but nothing else.
-    libc::madvise(stack.bottom(), stack.len(), libc::MADV_DONTNEED);
+    let mut batch = {
+        let mut classes = FREE.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(class) = classes.iter_mut().find(|c| c.slot == size) else {
+            return;
+        };
+        class.dirty.push(slot);
+        let cap = class.dirty_cap();
+        if class.dirty.len() <= cap {
+            return;
+        }
+        // Half the bound stays dirty, so the next batch is as large as this one.
+        let older = class.dirty.len() - cap / 2;
+        class.dirty.drain(..older).collect::<Vec<_>>()
+    };
+    batch.sort_unstable();
+    discard(&batch, size, page);
     let mut classes = FREE.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(class) = classes.iter_mut().find(|c| c.slot == size) {
-        class.free.push(slot);
+        class.free.extend(batch);
+    }
+}
+
+/// Discards the pages of `slots` (sorted, each `size` bytes, its lowest page a guard), one
+/// `madvise` per run of adjacent slots. Guard regions survive `MADV_DONTNEED`, so a run's
+/// inner guards are covered too. A failure leaves pages resident, which costs memory but
+/// nothing else.
+///
+/// # Safety
+///
+/// Nothing uses the slots' memory.
+unsafe fn discard(slots: &[usize], size: usize, page: usize) {
+    let mut i = 0;
+    while i < slots.len() {
+        let start = slots[i];
+        let mut end = start + size;
+        i += 1;
+        while i < slots.len() && slots[i] == end {
+            end += size;
+            i += 1;
+        }
+        libc::madvise(
+            (start + page) as *mut c_void,
+            end - start - page,
+            libc::MADV_DONTNEED,
+        );
     }
 }
 
@@ -216,13 +278,66 @@ mod tests {
             let bottom = a.bottom();
             release(&a);
             let again = allocate(size).unwrap().unwrap();
-            assert_eq!(again.bottom(), bottom, "a released slot is handed out again");
-            assert_eq!(bottom.cast::<u8>().read(), 0, "a released stack's pages are discarded");
-            if let Some(guarded) = is_guard(guard) {
-                assert!(guarded, "the guard survives the discard");
-            }
+            assert_eq!(
+                again.bottom(),
+                bottom,
+                "the last released slot is handed out first"
+            );
+            assert_eq!(bottom.cast::<u8>().read(), 7, "with its pages as they were");
             release(&again);
             release(&b);
+        }
+    }
+
+    #[test]
+    fn released_slots_beyond_the_dirty_bound_are_discarded_oldest_first() {
+        if !supported() {
+            return;
+        }
+        let page = page_size();
+        // A size no other test uses: the size class is this test's alone.
+        let size = 12 * page;
+        let cap = (DIRTY_BYTES / size).max(DIRTY_MIN);
+        let stacks: Vec<SysStack> = (0..=cap)
+            .map(|_| allocate(size).unwrap().unwrap())
+            .collect();
+        let bottoms: Vec<usize> = stacks.iter().map(|s| s.bottom() as usize).collect();
+        // SAFETY: the stacks are ours; their memory stays mapped after release (chunks are
+        // never unmapped), and nothing else allocates this size.
+        unsafe {
+            for s in &stacks {
+                s.bottom().cast::<u8>().write(7);
+                s.top().cast::<u8>().sub(1).write(7);
+            }
+            for s in &stacks {
+                release(s);
+            }
+            let oldest = bottoms[0] as *const u8;
+            assert_eq!(oldest.read(), 0, "the oldest released stack is discarded");
+            let top = (bottoms[0] + size - page) as *const u8;
+            assert_eq!(top.sub(1).read(), 0, "all of it");
+            if let Some(guarded) = is_guard(bottoms[0] - page) {
+                assert!(guarded, "the guard survives the discard");
+            }
+            let newest = *bottoms.last().unwrap() as *const u8;
+            assert_eq!(
+                newest.read(),
+                7,
+                "the newest released stack keeps its pages"
+            );
+            // Every slot is handed out again: the dirty ones first, then the discarded ones.
+            let again: Vec<SysStack> = (0..=cap)
+                .map(|_| allocate(size).unwrap().unwrap())
+                .collect();
+            let mut got: Vec<usize> = again.iter().map(|s| s.bottom() as usize).collect();
+            assert_eq!(got[0], *bottoms.last().unwrap());
+            got.sort_unstable();
+            let mut want = bottoms.clone();
+            want.sort_unstable();
+            assert_eq!(got, want, "no slot is lost or handed out twice");
+            for s in &again {
+                release(s);
+            }
         }
     }
 
