@@ -131,7 +131,7 @@ pub mod signal {
     //! unsafe { libc::kill(libc::getpid(), libc::SIGUSR1) };
     //! assert_eq!(usr1.wait(), Ok(libc::SIGUSR1));
     //! ```
-    pub use crate::process::signal::{Handler, SignalError, Signals, handle, name};
+    pub use crate::process::signal::{Handler, SignalError, Signals, handle, name, save_trace_on};
 }
 
 pub mod notify {
@@ -226,6 +226,7 @@ pub mod inspect {
     //! assert!(greenhub::inspect::format_run_info().contains("napper"));
     //! t.kill();
     //! ```
+    pub use crate::core::flight::SaveTraceError;
     pub use crate::core::sampler::ProfileError;
     pub use crate::observe::stacks::StackError;
     pub use greenhub_snapshot::attach;
@@ -306,6 +307,31 @@ pub mod inspect {
         // The first call reads /proc/cpuinfo (is the time-stamp counter usable?): not on a
         // worker.
         crate::observe::offload::off_workers(move || crate::core::trace::set(on));
+    }
+
+    /// Saves the flight recorder's last 5 seconds to a file now, as the recorder does by itself
+    /// when a worker is blocked or threads deadlock, and returns its path: in
+    /// `GREENHUB_TRACE_DIR`, or else the attach channel's private directory, named
+    /// `trace-<pid>-<unix seconds>-<n>-<why>.json` (Perfetto and `chrome://tracing` open it).
+    /// `why` is a short word (lowercase letters, digits, dashes) that says what happened, for
+    /// a program that notices trouble itself: a request far slower than its peers, a failed
+    /// health check. The process keeps its 8 newest trace files. The file is written off the
+    /// workers; a green caller waits for it. [`crate::signal::save_trace_on`] saves one on a
+    /// signal.
+    ///
+    /// ```
+    /// greenhub::inspect::flight_recorder(true);
+    /// greenhub::spawn(|| ()).wait().unwrap();
+    /// let path = greenhub::inspect::save_trace("slow-request").unwrap();
+    /// let text = std::fs::read_to_string(&path).unwrap();
+    /// assert!(text.contains("traceEvents"));
+    /// # std::fs::remove_file(path).unwrap();
+    /// assert!(greenhub::inspect::save_trace("Not a word!").is_err());
+    /// ```
+    pub fn save_trace(why: &str) -> Result<std::path::PathBuf, SaveTraceError> {
+        crate::start::runtime();
+        let why = why.to_string();
+        crate::observe::offload::off_workers(move || crate::core::flight::save(&why))
     }
 
     /// The stack of one green thread, read while it is parked in a wait (see

@@ -4,16 +4,21 @@
 //! kept even if nobody was looking.
 //!
 //! Incident files go to `GREENHUB_TRACE_DIR`, or else the attach channel's private directory,
-//! as `trace-<pid>-<unix seconds>-<why>.json` in the Trace Event Format (Perfetto and Chrome
-//! open them). One is written at most every [`INCIDENT_EVERY`], and a process keeps its
-//! [`INCIDENT_FILES`] newest. Each is said in the log.
+//! as `trace-<pid>-<unix seconds>-<n>-<why>.json` in the Trace Event Format (Perfetto and
+//! Chrome open them). An automatic one is written at most every [`INCIDENT_EVERY`]; the
+//! program asks for others ([`save`]: from its own code, or on a signal). A process keeps its
+//! [`INCIDENT_FILES`] newest. A file appears whole (written under a hidden name, then
+//! renamed), and each is said in the log.
 //!
 //! It uses the recorder's rings, the registry (for names) and the report functions. It runs
 //! off the workers and off the monitor's ticks (on `greenhub-reports`, or a reader's thread).
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+
+use thiserror::Error;
 
 use greenhub_snapshot::{Trace, TraceKind, TracedThread};
 
@@ -78,6 +83,65 @@ pub(crate) fn last(span: Duration) -> Trace {
     }
 }
 
+/// Why the flight recorder's trace could not be saved.
+#[derive(Debug, Error)]
+pub enum SaveTraceError {
+    /// The recorder is off, so there is nothing to save.
+    #[error(
+        "the flight recorder is off: turn it on with Config::flight_recorder(true), \
+         GREENHUB_FLIGHT_RECORDER=on or inspect::flight_recorder(true)"
+    )]
+    Off,
+    /// The name given is not a short word: it becomes part of a file name.
+    #[error(
+        "{why:?} cannot name a trace file: use 1 to {MAX_WHY} lowercase letters, digits or \
+         dashes"
+    )]
+    BadName {
+        /// The name given.
+        why: String,
+    },
+    /// The file could not be written.
+    #[error("cannot write the trace into {}: {source}", dir.display())]
+    Write {
+        /// Where it was to go (`GREENHUB_TRACE_DIR`, or the attach channel's directory).
+        dir: PathBuf,
+        /// What the system said.
+        source: std::io::Error,
+    },
+}
+
+/// The longest name a saved trace may have.
+const MAX_WHY: usize = 32;
+
+/// Writes the last [`INCIDENT_SPAN`] to a file now and returns its path; `why` (a short word
+/// of lowercase letters, digits and dashes) goes into its name. Not throttled: the program
+/// asked. Blocking (it writes a file): the caller runs it off the workers.
+pub(crate) fn save(why: &str) -> Result<PathBuf, SaveTraceError> {
+    let ok = (1..=MAX_WHY).contains(&why.len())
+        && why
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if !ok {
+        return Err(SaveTraceError::BadName {
+            why: why.chars().take(2 * MAX_WHY).collect(),
+        });
+    }
+    if !trace::on() {
+        return Err(SaveTraceError::Off);
+    }
+    let path = write_incident(why).map_err(|source| SaveTraceError::Write {
+        dir: directory(),
+        source,
+    })?;
+    log::info!(
+        "greenhub: the flight recorder's last {} s are in {} (asked for: {why})",
+        INCIDENT_SPAN.as_secs(),
+        path.display()
+    );
+    Ok(path)
+}
+
 /// Writes the last [`INCIDENT_SPAN`] to an incident file, when the recorder is on and no
 /// file was written in the last [`INCIDENT_EVERY`]; `why` names the incident (a word).
 pub(crate) fn incident(why: &str) {
@@ -114,15 +178,25 @@ fn write_incident(why: &str) -> std::io::Result<PathBuf> {
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    let path = dir.join(format!("trace-{pid}-{secs}-{why}.json"));
+    // Two files of one second differ by their number.
+    static NUMBER: AtomicU64 = AtomicU64::new(0);
+    let n = NUMBER.fetch_add(1, Ordering::Relaxed);
+    let name = format!("trace-{pid}-{secs}-{n}-{why}.json");
+    let path = dir.join(&name);
+    let hidden = dir.join(format!(".{name}.part"));
     let text = last(INCIDENT_SPAN).chrome_json();
-    let mut file = std::fs::OpenOptions::new()
+    let written = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(0o600)
-        .open(&path)?;
-    file.write_all(text.as_bytes())?;
+        .open(&hidden)
+        .and_then(|mut file| file.write_all(text.as_bytes()))
+        .and_then(|()| std::fs::rename(&hidden, &path));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&hidden);
+        return Err(e);
+    }
     prune(&dir, pid);
     Ok(path)
 }
@@ -133,13 +207,14 @@ fn prune(dir: &std::path::Path, pid: u32) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
-    let mut mine: Vec<(u64, PathBuf)> = entries
+    let mut mine: Vec<((u64, u64), PathBuf)> = entries
         .filter_map(Result::ok)
         .filter_map(|e| {
             let name = e.file_name().into_string().ok()?;
-            let rest = name.strip_prefix(&prefix)?;
-            let secs: u64 = rest.split('-').next()?.parse().ok()?;
-            Some((secs, e.path()))
+            let mut rest = name.strip_prefix(&prefix)?.split('-');
+            let secs: u64 = rest.next()?.parse().ok()?;
+            let n: u64 = rest.next()?.parse().ok()?;
+            Some(((secs, n), e.path()))
         })
         .collect();
     mine.sort();

@@ -22,7 +22,8 @@
 //! - SIGKILL, SIGSTOP and the signals of faults (SIGSEGV, SIGILL, SIGFPE, SIGBUS) cannot be
 //!   handled; SIGCHLD is left to child-process handling.
 //!
-//! It uses `core` (reports), `green` (the handlers' threads) and `sync` (the queues).
+//! It uses `core` (reports, the flight recorder's files), `observe` (work off the workers),
+//! `green` (the handlers' threads) and `sync` (the queues).
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -34,10 +35,12 @@ use thiserror::Error;
 
 use greenhub_snapshot::ObjectKind;
 
+use crate::core::flight;
 use crate::core::report;
 use crate::core::timeout::TimedOut;
 use crate::core::token::Token;
 use crate::green::thread::{Builder, GreenThread};
+use crate::observe::offload::off_workers;
 use crate::sync::queue::{GetArm, GetError, Queue};
 use crate::sync::select::{Arm, Key, Outcome, Select};
 
@@ -341,6 +344,39 @@ pub fn handle(
             reason: e.to_string(),
         })?;
     Ok(Handler { listener })
+}
+
+/// Saves the flight recorder's last seconds to a file each time `signal` arrives (as
+/// [`inspect::save_trace`](crate::inspect::save_trace) does, named `signal`), at most once a
+/// second, until the returned [`Handler`] is cancelled or dropped: `kill -USR2 <pid>` keeps
+/// what happened before someone noticed trouble, with no inspector attached. The log says
+/// where each file went, or why none could be written (the recorder is off, the directory
+/// cannot be written).
+///
+/// ```no_run
+/// greenhub::inspect::flight_recorder(true);
+/// let _traces = greenhub::signal::save_trace_on(libc::SIGUSR2).unwrap();
+/// // ... serve; `kill -USR2 <pid>` writes a trace file ...
+/// ```
+pub fn save_trace_on(signal: i32) -> Result<Handler, SignalError> {
+    let last = Arc::new(Mutex::new(None::<std::time::Instant>));
+    handle(signal, move |signal| {
+        {
+            let mut last = last.lock();
+            let now = std::time::Instant::now();
+            if last.is_some_and(|at| now.duration_since(at) < std::time::Duration::from_secs(1)) {
+                return;
+            }
+            *last = Some(now);
+        }
+        match off_workers(|| flight::save("signal")) {
+            Ok(_) => {}
+            Err(e) => report::warn(&format!(
+                "greenhub: {} asked for a trace, which was not saved: {e}",
+                name(signal)
+            )),
+        }
+    })
 }
 
 /// A handler installed by [`handle`]; dropping it cancels it.
