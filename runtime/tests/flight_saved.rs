@@ -109,7 +109,15 @@ fn saved_traces_are_whole_private_files_named_as_asked_on_request_and_on_a_signa
         names.iter().any(|n| n.starts_with("before-the-save")),
         "the seconds before the save are in it: {names:?}"
     );
-    assert_eq!(traces(&dir), vec![saved.clone()], "no hidden part is left");
+    let everything: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(
+        everything,
+        vec![saved.clone()],
+        "one file, no hidden part left"
+    );
 
     // On a signal.
     let handler = greenhub::signal::save_trace_on(libc::SIGUSR2).unwrap();
@@ -132,6 +140,19 @@ fn saved_traces_are_whole_private_files_named_as_asked_on_request_and_on_a_signa
     );
     handler.cancel();
 
+    // Left by an older version (no number in the name) and by writes that never finished.
+    let pid = std::process::id();
+    let old_style = dir.join(format!("trace-{pid}-1-signal.json"));
+    std::fs::write(&old_style, "{}").unwrap();
+    let stale_part = dir.join(format!(".trace-{pid}-1-0-crash.json.part"));
+    let stale = std::fs::File::create(&stale_part).unwrap();
+    stale
+        .set_modified(std::time::SystemTime::now() - Duration::from_secs(600))
+        .unwrap();
+    drop(stale);
+    let fresh_part = dir.join(format!(".trace-{pid}-2-0-writing.json.part"));
+    std::fs::write(&fresh_part, "").unwrap();
+
     // Many saves in one second: each its own file, and only the newest eight stay.
     let mut last = None;
     for _ in 0..12 {
@@ -141,5 +162,14 @@ fn saved_traces_are_whole_private_files_named_as_asked_on_request_and_on_a_signa
     assert_eq!(kept.len(), 8, "{kept:?}");
     assert!(kept.contains(&last.unwrap()), "the newest is kept");
     assert!(!kept.contains(&saved), "the oldest goes");
+    assert!(
+        !old_style.exists(),
+        "a file of the older name is pruned as the oldest"
+    );
+    assert!(
+        !stale_part.exists(),
+        "a part left by a dead write is removed"
+    );
+    assert!(fresh_part.exists(), "a part being written is not");
     let _ = std::fs::remove_dir_all(&dir);
 }

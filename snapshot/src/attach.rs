@@ -195,8 +195,7 @@ pub fn private_directory(dir: &std::path::Path) -> io::Result<()> {
         return Err(io::Error::new(
             io::ErrorKind::PermissionDenied,
             format!(
-                "{} must be a directory owned by uid {uid} with mode 0700 (set \
-                 GREENHUB_ATTACH_DIR to another)",
+                "{} must be a directory owned by uid {uid} with mode 0700",
                 dir.display()
             ),
         ));

@@ -295,7 +295,10 @@ impl Master {
             upgrade: None,
             _status: Status::start(shared.clone())
                 .inspect_err(|e| {
-                    log::warn!("no attach socket, `inspector list` will not show this master: {e}")
+                    log::warn!(
+                        "no attach socket, `inspector list` will not show this master: {e} \
+                         (GREENHUB_ATTACH_DIR chooses the directory)"
+                    )
                 })
                 .ok(),
             shared,

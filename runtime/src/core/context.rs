@@ -213,7 +213,13 @@ thread_local! {
 #[inline]
 pub(crate) fn with<R>(f: impl FnOnce(&Context) -> R) -> R {
     let mut f = Some(f);
-    if let Some(r) = may::with_runtime_local(|c: &Context| (f.take().expect("runs once"))(c)) {
+    // SAFETY: a context moves with its green thread from worker to worker. What it holds is
+    // `Send` but for the `tracing` feature's entered span, which the thread leaves before each
+    // wait and yield (`Resume::new` in core/wait.rs, `yield_now`) and enters again after it,
+    // on the worker it resumes on.
+    let in_coroutine =
+        unsafe { may::with_runtime_local(|c: &Context| (f.take().expect("runs once"))(c)) };
+    if let Some(r) = in_coroutine {
         return r;
     }
     with_os(|c| (f.take().expect("runs once"))(c))

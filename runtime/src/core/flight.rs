@@ -85,6 +85,7 @@ pub(crate) fn last(span: Duration) -> Trace {
 
 /// Why the flight recorder's trace could not be saved.
 #[derive(Debug, Error)]
+#[non_exhaustive]
 pub enum SaveTraceError {
     /// The recorder is off, so there is nothing to save.
     #[error(
@@ -102,7 +103,10 @@ pub enum SaveTraceError {
         why: String,
     },
     /// The file could not be written.
-    #[error("cannot write the trace into {}: {source}", dir.display())]
+    #[error(
+        "cannot write the trace into {}: {source} (GREENHUB_TRACE_DIR chooses the directory)",
+        dir.display()
+    )]
     Write {
         /// Where it was to go (`GREENHUB_TRACE_DIR`, or the attach channel's directory).
         dir: PathBuf,
@@ -157,7 +161,8 @@ pub(crate) fn incident(why: &str) {
             path.display()
         )),
         Err(e) => report::warn(&format!(
-            "greenhub: the flight recorder could not write its trace of this {why}: {e}"
+            "greenhub: the flight recorder could not write its trace of this {why}: {e} \
+             (GREENHUB_TRACE_DIR chooses the directory)"
         )),
     }
 }
@@ -197,13 +202,19 @@ fn write_incident(why: &str) -> std::io::Result<PathBuf> {
         let _ = std::fs::remove_file(&hidden);
         return Err(e);
     }
-    prune(&dir, pid);
+    prune(&dir, pid, &path);
     Ok(path)
 }
 
-/// Removes this process's oldest incident files beyond [`INCIDENT_FILES`].
-fn prune(dir: &std::path::Path, pid: u32) {
+/// A hidden part left this long is from a write that never finished (the process died).
+const STALE_PART: Duration = Duration::from_secs(60);
+
+/// Removes the oldest trace files of this pid beyond [`INCIDENT_FILES`] (never `just`, the
+/// one just written, whatever the clock did), and hidden parts of this pid's writes that never
+/// finished. Files of the older name, without a number, count as number 0.
+fn prune(dir: &std::path::Path, pid: u32, just: &std::path::Path) {
     let prefix = format!("trace-{pid}-");
+    let part_prefix = format!(".{prefix}");
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
@@ -211,14 +222,28 @@ fn prune(dir: &std::path::Path, pid: u32) {
         .filter_map(Result::ok)
         .filter_map(|e| {
             let name = e.file_name().into_string().ok()?;
+            if name.starts_with(&part_prefix) {
+                let stale = e
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|age| age > STALE_PART);
+                if stale {
+                    let _ = std::fs::remove_file(e.path());
+                }
+                return None;
+            }
             let mut rest = name.strip_prefix(&prefix)?.split('-');
             let secs: u64 = rest.next()?.parse().ok()?;
-            let n: u64 = rest.next()?.parse().ok()?;
-            Some(((secs, n), e.path()))
+            let n: u64 = rest.next().and_then(|n| n.parse().ok()).unwrap_or(0);
+            let path = e.path();
+            (path != just).then_some(((secs, n), path))
         })
         .collect();
     mine.sort();
-    let extra = mine.len().saturating_sub(INCIDENT_FILES);
+    // `just` is one of the files kept.
+    let extra = mine.len().saturating_sub(INCIDENT_FILES - 1);
     for (_, path) in mine.into_iter().take(extra) {
         let _ = std::fs::remove_file(path);
     }

@@ -77,7 +77,8 @@ static PATH: OnceLock<PathBuf> = OnceLock::new();
 pub(crate) fn start() {
     if let Err(e) = try_start() {
         report::warn(&format!(
-            "greenhub: no attach channel, `inspector attach {}` will not work: {e}",
+            "greenhub: no attach channel, `inspector attach {}` will not work: {e} \
+             (GREENHUB_ATTACH_DIR chooses the directory)",
             std::process::id()
         ));
     }

@@ -66,8 +66,15 @@ pub fn get_co_local_data() -> Option<NonNull<CoroutineLocal>> {
 /// reached without the hash map of [`LocalKey`] (no hashing on each access, no map to
 /// allocate), dropped with the coroutine's local storage. One type per program: a value of
 /// another type than the first one asked for makes this panic.
+///
+/// # Safety
+///
+/// The value moves between OS threads with its coroutine, and is dropped by the worker that
+/// destroys the coroutine: using it from whichever thread the coroutine runs on must be sound
+/// (what `Send` says; it is not required, so that a runtime may keep a value that is tied to
+/// an OS thread while its coroutine runs, if it lets go of it before every switch).
 #[inline]
-pub fn with_runtime_local<T: Default + 'static, R>(f: impl FnOnce(&T) -> R) -> Option<R> {
+pub unsafe fn with_runtime_local<T: Default + 'static, R>(f: impl FnOnce(&T) -> R) -> Option<R> {
     let local = get_co_local_data()?;
     // SAFETY: the local storage lives as long as the running coroutine, and only the
     // coroutine itself reaches it.

@@ -25,7 +25,8 @@ impl Drop for State {
 #[test]
 fn one_value_per_coroutine_kept_across_waits_and_dropped_with_it() {
     assert!(
-        may::with_runtime_local(|_: &State| ()).is_none(),
+        // SAFETY (every call here): `State` is a `Cell<u32>`, sound on any thread.
+        unsafe { may::with_runtime_local(|_: &State| ()) }.is_none(),
         "no value on a thread"
     );
     let before = DROPPED.load(Ordering::SeqCst);
@@ -34,11 +35,12 @@ fn one_value_per_coroutine_kept_across_waits_and_dropped_with_it() {
         .map(|i| {
             let seen = seen.clone();
             go!(move || {
-                let first = may::with_runtime_local(|s: &State| s.id.replace(i)).unwrap();
+                let first =
+                    unsafe { may::with_runtime_local(|s: &State| s.id.replace(i)) }.unwrap();
                 assert_eq!(first, 0, "a new coroutine's value is the default");
                 for _ in 0..3 {
                     may::coroutine::yield_now();
-                    let now = may::with_runtime_local(|s: &State| s.id.get()).unwrap();
+                    let now = unsafe { may::with_runtime_local(|s: &State| s.id.get()) }.unwrap();
                     assert_eq!(now, i, "the value is the coroutine's own, across waits");
                 }
                 seen.fetch_add(1, Ordering::SeqCst);

@@ -8,10 +8,10 @@
 //! region, so a stack costs no mapping of its own and adjacent chunks merge into one.
 //!
 //! Rules:
-//! - A released slot keeps its guard. The most recently released slots of each size keep
-//!   their pages ("dirty", at most [`DIRTY_BYTES`] of slots per size) and are handed out
-//!   first: short-lived threads then reuse warm stacks, with neither a discard nor page faults.
-//!   Beyond that bound the oldest dirty slots are discarded together with `MADV_DONTNEED`
+//! - A released slot keeps its guard. The most recently released slots keep their pages
+//!   ("dirty", at most [`DIRTY_BYTES`] of slots in all) and are handed out first: short-lived
+//!   threads then reuse warm stacks, with neither a discard nor page faults. Beyond that bound
+//!   the oldest half of the size with the most dirty bytes are discarded together with `MADV_DONTNEED`
 //!   (guard regions survive it), one call per run of adjacent slots: a discard flushes the TLB
 //!   of every CPU the process runs on, so it is paid once per batch, not once per stack. A
 //!   process that had many stacks gives the memory back but keeps the address space.
@@ -34,12 +34,9 @@ const MADV_GUARD_INSTALL: libc::c_int = 102;
 /// A chunk maps at least this many bytes (and at least one slot).
 const CHUNK_BYTES: usize = 4 << 20;
 
-/// Released slots of one size kept with their pages, in bytes of slots (what they can hold
+/// Released slots kept with their pages, in bytes of slots of every size (what they can hold
 /// at most; a slot holds only the pages its stack touched).
 const DIRTY_BYTES: usize = 64 << 20;
-
-/// Released slots of one size kept with their pages, at least.
-const DIRTY_MIN: usize = 8;
 
 const UNKNOWN: u8 = 0;
 const SUPPORTED: u8 = 1;
@@ -48,7 +45,16 @@ const UNSUPPORTED: u8 = 2;
 static SUPPORT: AtomicU8 = AtomicU8::new(UNKNOWN);
 
 /// The free slots of every slot size in use, each by its lowest address (the guard's).
-static FREE: Mutex<Vec<SizeClass>> = Mutex::new(Vec::new());
+static FREE: Mutex<Slots> = Mutex::new(Slots {
+    classes: Vec::new(),
+    dirty_bytes: 0,
+});
+
+struct Slots {
+    classes: Vec<SizeClass>,
+    /// Bytes of the dirty slots of every class.
+    dirty_bytes: usize,
+}
 
 struct SizeClass {
     /// Bytes per slot, guard included.
@@ -60,9 +66,8 @@ struct SizeClass {
 }
 
 impl SizeClass {
-    /// How many dirty slots this size keeps.
-    fn dirty_cap(&self) -> usize {
-        (DIRTY_BYTES / self.slot).max(DIRTY_MIN)
+    fn dirty_bytes(&self) -> usize {
+        self.dirty.len() * self.slot
     }
 }
 
@@ -114,7 +119,11 @@ pub fn allocate(size: usize) -> io::Result<Option<SysStack>> {
     let page = page_size();
     debug_assert!(size.is_multiple_of(page) && size > page);
     let slot = {
-        let mut classes = FREE.lock().unwrap_or_else(|e| e.into_inner());
+        let mut slots = FREE.lock().unwrap_or_else(|e| e.into_inner());
+        let Slots {
+            classes,
+            dirty_bytes,
+        } = &mut *slots;
         let class = match classes.iter_mut().position(|c| c.slot == size) {
             Some(i) => &mut classes[i],
             None => {
@@ -126,7 +135,14 @@ pub fn allocate(size: usize) -> io::Result<Option<SysStack>> {
                 classes.last_mut().expect("just pushed")
             }
         };
-        match class.dirty.pop().or_else(|| class.free.pop()) {
+        let reused = match class.dirty.pop() {
+            Some(slot) => {
+                *dirty_bytes -= size;
+                Some(slot)
+            }
+            None => class.free.pop(),
+        };
+        match reused {
             Some(slot) => slot,
             None => {
                 // Mapping under the lock keeps two threads from mapping a chunk each for one
@@ -192,24 +208,34 @@ pub unsafe fn release(stack: &SysStack) {
     let page = page_size();
     let slot = stack.bottom() as usize - page;
     let size = stack.len() + page;
-    let mut batch = {
-        let mut classes = FREE.lock().unwrap_or_else(|e| e.into_inner());
+    let (mut batch, batch_size) = {
+        let mut slots = FREE.lock().unwrap_or_else(|e| e.into_inner());
+        let Slots {
+            classes,
+            dirty_bytes,
+        } = &mut *slots;
         let Some(class) = classes.iter_mut().find(|c| c.slot == size) else {
             return;
         };
         class.dirty.push(slot);
-        let cap = class.dirty_cap();
-        if class.dirty.len() <= cap {
+        *dirty_bytes += size;
+        if *dirty_bytes <= DIRTY_BYTES {
             return;
         }
-        // Half the bound stays dirty, so the next batch is as large as this one.
-        let older = class.dirty.len() - cap / 2;
-        class.dirty.drain(..older).collect::<Vec<_>>()
+        // Over the bound: the size that holds the most gives up its oldest half (at least
+        // one slot), so that the next discard is as far away.
+        let Some(largest) = classes.iter_mut().max_by_key(|c| c.dirty_bytes()) else {
+            return;
+        };
+        let older = largest.dirty.len().div_ceil(2);
+        let batch: Vec<usize> = largest.dirty.drain(..older).collect();
+        *dirty_bytes -= batch.len() * largest.slot;
+        (batch, largest.slot)
     };
     batch.sort_unstable();
-    discard(&batch, size, page);
-    let mut classes = FREE.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(class) = classes.iter_mut().find(|c| c.slot == size) {
+    discard(&batch, batch_size, page);
+    let mut slots = FREE.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(class) = slots.classes.iter_mut().find(|c| c.slot == batch_size) {
         class.free.extend(batch);
     }
 }
@@ -297,7 +323,7 @@ mod tests {
         let page = page_size();
         // A size no other test uses: the size class is this test's alone.
         let size = 12 * page;
-        let cap = (DIRTY_BYTES / size).max(DIRTY_MIN);
+        let cap = DIRTY_BYTES / size;
         let stacks: Vec<SysStack> = (0..=cap)
             .map(|_| allocate(size).unwrap().unwrap())
             .collect();
@@ -319,6 +345,22 @@ mod tests {
             if let Some(guarded) = is_guard(bottoms[0] - page) {
                 assert!(guarded, "the guard survives the discard");
             }
+            // A run of adjacent slots is discarded in one call that covers the guards inside
+            // it: they still fault. Consecutive allocations from a fresh chunk are adjacent.
+            let mut inner = 0;
+            for k in [1, cap / 8, cap / 4] {
+                if bottoms[k] - size != bottoms[k - 1] {
+                    continue;
+                }
+                assert_eq!((bottoms[k] as *const u8).read(), 0, "slot {k} is discarded");
+                assert_eq!(
+                    write_in_child(bottoms[k] - 1),
+                    Some(libc::SIGSEGV),
+                    "the guard of slot {k}, inside a discarded run, still faults"
+                );
+                inner += 1;
+            }
+            assert!(inner > 0, "no two adjacent slots among the discarded ones");
             let newest = *bottoms.last().unwrap() as *const u8;
             assert_eq!(
                 newest.read(),
