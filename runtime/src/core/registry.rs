@@ -671,7 +671,8 @@ impl Registry {
         self.timers.iter().map(|s| s.lock().len()).sum()
     }
 
-    /// The number of descriptors green threads wait on.
+    /// The number of descriptors registered with an `FdWatch` (a green thread's plain wait on
+    /// a descriptor is in its record instead).
     pub(crate) fn fd_count(&self) -> usize {
         self.fds.iter().map(|s| s.lock().len()).sum()
     }

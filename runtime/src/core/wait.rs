@@ -237,6 +237,11 @@ impl Drop for Waiter {
 /// shows in the registry as on the descriptor, and marks the worker idle, like every greenhub
 /// wait; only the parking is `may`'s, since readiness reaches the coroutine through the poller
 /// and not through a token.
+///
+/// A green thread's wait shown as on the descriptor is in its record only (the snapshot lists
+/// the descriptors of waiting threads from there): no table entry to add and remove around
+/// each wait. A wait shown as on something else (`on`), and an OS thread's, register the
+/// descriptor with an [`FdWatch`].
 pub(crate) fn wait_io<T: std::os::fd::AsRawFd>(
     io: &may::io::CoIo<T>,
     interest: Interest,
@@ -246,7 +251,6 @@ pub(crate) fn wait_io<T: std::os::fd::AsRawFd>(
     use may::io::WaitIo;
     use std::os::fd::AsRawFd;
     let fd = io.as_raw_fd();
-    let _watch = FdWatch::new(fd, interest);
     let alarm = deadline.map(|at| {
         let a = Arc::new(alarm::IoAlarm {
             waker: io.waker(),
@@ -259,6 +263,7 @@ pub(crate) fn wait_io<T: std::os::fd::AsRawFd>(
     context::with(|ctx| match ctx.record() {
         Some(record) => {
             check_kill(record);
+            let _watch = on.is_some().then(|| FdWatch::new(fd, interest));
             let on = on.unwrap_or(WaitOn::Fd { fd, interest });
             record.begin_wait(on, deadline.map(clock::instant_ns), stack::here());
             let flags = barrier::flags();
@@ -273,6 +278,7 @@ pub(crate) fn wait_io<T: std::os::fd::AsRawFd>(
             io.wait_io();
         }
         None => {
+            let _watch = FdWatch::new(fd, interest);
             io.wait_io();
         }
     });
@@ -289,8 +295,10 @@ impl Drop for Disarm<'_> {
     }
 }
 
-/// Shows in the registry that the current green thread waits on a descriptor, for as long as
-/// the value lives. I/O waits create one around each wait for readiness.
+/// Shows in the registry that the current green thread (or OS thread) waits on a descriptor,
+/// for as long as the value lives. The I/O waits of OS threads create one around each wait for
+/// readiness, and so do a green thread's waits shown as on another object; a green thread's
+/// plain wait on a descriptor shows through its own record.
 #[derive(Debug)]
 pub struct FdWatch {
     id: u64,

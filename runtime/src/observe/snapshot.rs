@@ -115,6 +115,10 @@ fn take(lists: bool, with_stacks: bool) -> Snapshot {
 
     let mut totals = Totals::default();
     let mut live_switches = 0;
+    // A green thread's wait on a descriptor is in its record, not in the table of descriptors
+    // (see `wait_io`).
+    let mut fds = fds;
+    let mut green_fds = 0;
     let live = states.len();
     let mut threads: Vec<ThreadInfo> = Vec::with_capacity(if lists { live } else { 0 });
     for (r, view, stack) in states {
@@ -129,6 +133,14 @@ fn take(lists: bool, with_stacks: bool) -> Snapshot {
             ThreadState::Waiting => totals.waiting += 1,
         }
         live_switches += r.switches.load(Ordering::Relaxed);
+        if state == ThreadState::Waiting
+            && let Some(WaitOn::Fd { fd, interest }) = view.waiting_on
+        {
+            green_fds += 1;
+            if lists {
+                fds.push((fd, interest, Some(r.id), view.since_ns));
+            }
+        }
         if lists {
             let mut info = thread_info(&r, view, state, &at, &objects);
             info.stack = stack;
@@ -136,6 +148,7 @@ fn take(lists: bool, with_stacks: bool) -> Snapshot {
         }
     }
     threads.sort_by_key(|t| t.id);
+    fds.sort_by_key(|f| (f.0, f.3));
     let finished: Vec<FinishedInfo> = finished
         .into_iter()
         .map(|(r, ended_ns, ending)| finished_info(&r, ended_ns, ending, &at))
@@ -175,7 +188,7 @@ fn take(lists: bool, with_stacks: bool) -> Snapshot {
     totals.descriptors = if lists {
         descriptors.len()
     } else {
-        reg.fd_count()
+        reg.fd_count() + green_fds
     };
     totals.blocked_now = blocked.iter().filter(|b| b.ongoing).count();
     totals.objects = objects.len();
