@@ -19,6 +19,9 @@ use crate::{Backend, Canceller, Error};
 pub(crate) trait Books<M: Backend>: Send + Sync {
     /// Whether the driver says the connection is broken.
     fn has_broken(&self, conn: &mut M::Connection) -> bool;
+    /// Whether the pool was made smaller than the permits out: a connection coming back then
+    /// closes, since its permit is kept.
+    fn over_size(&self) -> bool;
     /// What stops the statement running on the connection (the backend's [`Canceller`]).
     fn canceller(&self, conn: &mut M::Connection) -> Option<Canceller>;
     /// Books checkout `id` in.
@@ -93,6 +96,7 @@ impl<M: Backend> Lease<M> {
         pooled.close.is_none()
             && pooled.retired(Instant::now()).is_none()
             && !books.has_broken(&mut pooled.conn)
+            && !books.over_size()
     }
 
     /// Books this checkout in and the next one out (the next job's, asked for by `holder` at
@@ -176,6 +180,8 @@ impl<M: Backend> Drop for Lease<M> {
         if pooled.close.is_none() {
             if books.has_broken(&mut pooled.conn) {
                 pooled.close = Some(CloseReason::Broken);
+            } else if books.over_size() {
+                pooled.close = Some(CloseReason::Resized);
             } else {
                 pooled.close = pooled.retired(Instant::now());
             }

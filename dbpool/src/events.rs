@@ -30,6 +30,9 @@ pub enum CloseReason {
     Evicted,
     /// The pool was closed ([`Pool::close`](crate::Pool::close)).
     PoolClosed,
+    /// The pool was made smaller ([`Pool::resize`](crate::Pool::resize)) than the
+    /// connections it had open.
+    Resized,
 }
 
 impl std::fmt::Display for CloseReason {
@@ -42,6 +45,7 @@ impl std::fmt::Display for CloseReason {
             CloseReason::Cancelled => "cancelled",
             CloseReason::Evicted => "evicted",
             CloseReason::PoolClosed => "pool closed",
+            CloseReason::Resized => "resized",
         })
     }
 }

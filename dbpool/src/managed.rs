@@ -41,6 +41,7 @@ pub(crate) struct Counters {
     pub cancelled: AtomicU64,
     pub evicted: AtomicU64,
     pub pool_closed: AtomicU64,
+    pub resized: AtomicU64,
     /// The pool is closed: every connection is closed as it comes back.
     pub closing: AtomicBool,
     /// The eviction generation: connections opened in an earlier one are closed.
@@ -69,6 +70,7 @@ impl Counters {
             cancelled: AtomicU64::new(0),
             evicted: AtomicU64::new(0),
             pool_closed: AtomicU64::new(0),
+            resized: AtomicU64::new(0),
             closing: AtomicBool::new(false),
             generation: AtomicU64::new(0),
             cancels: AtomicU64::new(0),
@@ -147,6 +149,7 @@ impl<C> Drop for Tracked<C> {
             CloseReason::Cancelled => &c.cancelled,
             CloseReason::Evicted => &c.evicted,
             CloseReason::PoolClosed => &c.pool_closed,
+            CloseReason::Resized => &c.resized,
         };
         counter.fetch_add(1, Ordering::Relaxed);
         c.events.closed(&events::Closed {

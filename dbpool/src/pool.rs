@@ -59,6 +59,11 @@ impl<M: Backend> Entry<M> {
 /// arrival order. Entries that gave up are skipped when reached and swept out as the queue
 /// grows, as in greenhub's own objects.
 struct Permits<M: Backend> {
+    /// The pool's size now: permits in all, but for those `owed`.
+    size: u32,
+    /// Permits out beyond `size` after the pool was made smaller: each is kept as it comes
+    /// back (and its connection closed) instead of being handed on.
+    owed: u32,
     free: u32,
     queue: VecDeque<Entry<M>>,
     sweep_at: usize,
@@ -76,6 +81,11 @@ struct Permits<M: Backend> {
 const MIN_SWEEP: usize = 16;
 
 impl<M: Backend> Permits<M> {
+    /// Permits held now (by checkouts, calls and the pool's own work).
+    fn out(&self) -> u32 {
+        (self.size + self.owed).saturating_sub(self.free)
+    }
+
     fn push(&mut self, entry: Entry<M>) {
         if self.queue.len() >= self.sweep_at {
             self.queue.retain(Entry::live);
@@ -274,6 +284,8 @@ pub(crate) struct Settings {
 pub(crate) struct Inner<M: Backend> {
     pub name: String,
     reg: Registration,
+    /// Itself, for a request that comes through the registry (`Inspect::resize`).
+    me: Weak<Inner<M>>,
     /// `Some` until the pool is closed or dropped.
     r2d2: Mutex<Option<r2d2::Pool<Managed<M>>>>,
     pub manager: Arc<M>,
@@ -304,6 +316,11 @@ impl<M: Backend> Drop for GiveBackIfGranted<'_, M> {
 impl<M: Backend> Books<M> for Inner<M> {
     fn has_broken(&self, conn: &mut M::Connection) -> bool {
         self.manager.has_broken(conn)
+    }
+
+    fn over_size(&self) -> bool {
+        let p = self.permits.lock();
+        p.owed > 0 && !p.closed
     }
 
     fn canceller(&self, conn: &mut M::Connection) -> Option<crate::Canceller> {
@@ -462,6 +479,11 @@ impl<M: Backend> Inner<M> {
 
     fn hand_on(&self) -> Freed<M> {
         let mut p = self.permits.lock();
+        // A closed pool hands every permit on: each wakes a waiter who learns of the close.
+        if p.owed > 0 && !p.closed {
+            p.owed -= 1;
+            return Freed::Settled;
+        }
         while let Some(entry) = p.queue.pop_front() {
             match entry {
                 Entry::Green { token, .. } => {
@@ -568,17 +590,77 @@ impl<M: Backend> Inner<M> {
         deliver(result);
     }
 
+    /// Makes the pool `size` connections large, from 1 to the `max_size` it was built with.
+    /// Growing hands the new permits to waiters at once. Shrinking takes free permits back at
+    /// once and the others as they come back, each closing its connection, and closes idle
+    /// connections beyond the size on a pool thread.
+    fn resize(self: &Arc<Self>, size: u32) -> Result<(), Error> {
+        let ceiling = self.settings.max_size;
+        if size == 0 || size > ceiling {
+            return Err(Error::Config(format!(
+                "pool {:?} resizes from 1 to the max_size it was built with ({ceiling}), not to \
+                 {size}: build it with a larger max_size to grow it further",
+                self.name
+            )));
+        }
+        let (grown, shrunk) = {
+            let mut p = self.permits.lock();
+            if p.closed {
+                return Err(Error::Closed);
+            }
+            let before = p.size;
+            p.size = size;
+            if size >= before {
+                let mut more = size - before;
+                let cancelled = more.min(p.owed);
+                p.owed -= cancelled;
+                more -= cancelled;
+                (more, false)
+            } else {
+                let fewer = before - size;
+                let taken = fewer.min(p.free);
+                p.free -= taken;
+                p.owed += fewer - taken;
+                (0, true)
+            }
+        };
+        for _ in 0..grown {
+            self.release();
+        }
+        if shrunk {
+            let inner = self.clone();
+            // Busy or gone threads: the periodic sweep closes them instead.
+            let _ = self.tpool.spawn(move || inner.trim());
+        }
+        Ok(())
+    }
+
+    /// On a pool thread: closes idle connections while more are open than the pool's size.
+    fn trim(&self) {
+        let Some(r2d2) = self.r2d2() else {
+            return;
+        };
+        while r2d2.state().connections > self.permits.lock().size {
+            // Never opens a connection, and never waits.
+            let Some(mut pooled) = r2d2.try_get() else {
+                break;
+            };
+            pooled.close = Some(CloseReason::Resized);
+            drop(pooled);
+        }
+    }
+
     pub(crate) fn state(&self) -> PoolState {
         let r = self.r2d2().map(|r| r.state());
-        let (free, waiting) = {
+        let (size, out, waiting) = {
             let p = self.permits.lock();
-            (p.free, p.waiting() as u32)
+            (p.size, p.out(), p.waiting() as u32)
         };
         PoolState {
-            max_size: self.settings.max_size,
+            max_size: size,
             size: r.as_ref().map_or(0, |r| r.connections),
             idle: r.as_ref().map_or(0, |r| r.idle_connections),
-            in_use: self.settings.max_size.saturating_sub(free),
+            in_use: out,
             waiting,
         }
     }
@@ -785,6 +867,7 @@ impl<M: Backend> Inner<M> {
         }
         let now = Instant::now();
         let s = &self.settings;
+        let size = self.permits.lock().size;
         let mut open = r2d2.state().connections;
         // Oldest first (r2d2 hands out the most recently returned first): closed at once,
         // kept, or due for a keepalive test.
@@ -794,6 +877,8 @@ impl<M: Backend> Inner<M> {
             let tested = pooled.last_checkin.max(pooled.last_probe);
             if let Some(reason) = pooled.retired(now) {
                 pooled.close = Some(reason);
+            } else if open > size {
+                pooled.close = Some(CloseReason::Resized);
             } else if s.idle_timeout.is_some_and(|t| idle_for >= t) && open > s.min_idle {
                 pooled.close = Some(CloseReason::Idle);
             } else if s
@@ -1024,12 +1109,13 @@ impl<M: Backend> Inner<M> {
                 cancelled: c.cancelled.load(Ordering::Relaxed),
                 evicted: c.evicted.load(Ordering::Relaxed),
                 pool_closed: c.pool_closed.load(Ordering::Relaxed),
+                resized: c.resized.load(Ordering::Relaxed),
             },
             leaks: book.leaks,
             cancels: c.cancels.load(Ordering::Relaxed),
             acquire_wait: book.acquire_wait.summary(),
             hold_time: book.hold_time.summary(),
-            advice: book.advice(now, &self.demand, self.settings.max_size),
+            advice: book.advice(now, &self.demand, state.max_size),
             current,
         }
     }
@@ -1083,15 +1169,27 @@ impl<M: Backend> Inspect for Inner<M> {
         Some(ids)
     }
 
+    fn resize(&self, size: usize) -> Result<(), String> {
+        let Some(me) = self.me.upgrade() else {
+            return Err("the pool is being dropped".into());
+        };
+        let size = u32::try_from(size).map_err(|_| format!("{size} connections is too many"))?;
+        Inner::resize(&me, size).map_err(|e| e.to_string())
+    }
+
     /// The green threads holding connections, when they hold every permit (none free, none
     /// held by a plain OS thread or by a checkout still connecting).
     fn holders(&self) -> Vec<u64> {
-        if self.permits.lock().free > 0 {
-            return Vec::new();
-        }
+        let size = {
+            let p = self.permits.lock();
+            if p.free > 0 {
+                return Vec::new();
+            }
+            p.size
+        };
         let book = self.book.lock();
         let held: u32 = book.held_by.values().sum();
-        if book.held_anonymously > 0 || held < self.settings.max_size {
+        if book.held_anonymously > 0 || held < size {
             return Vec::new();
         }
         let mut holders: Vec<u64> = book.held_by.keys().copied().collect();
@@ -1340,10 +1438,13 @@ impl<M: Backend> Builder<M> {
         let inner = Arc::new_cyclic(|weak: &Weak<Inner<M>>| Inner {
             name: self.name,
             reg: Registration::new(weak.clone()),
+            me: weak.clone(),
             r2d2: Mutex::new(Some(r2d2)),
             manager,
             tpool,
             permits: Mutex::new(Permits {
+                size: self.max_size,
+                owed: 0,
                 free: self.max_size,
                 queue: VecDeque::new(),
                 sweep_at: MIN_SWEEP,
@@ -1467,6 +1568,27 @@ impl<M: Backend> Pool<M> {
         self.inner.permits.lock().suspended
     }
 
+    /// Makes the pool `size` connections large, from 1 to the `max_size` it was built with
+    /// (an error otherwise, and nothing changes). Growing serves waiting callers at once.
+    /// Shrinking takes effect as connections are free: idle ones beyond the size are closed
+    /// at once (on a pool thread), checked-out ones when they come back, and no checkout
+    /// starts while as many as the new size are out. `min_idle` applies up to the size.
+    /// Closes for this reason count as `resized` in [`Pool::stats`]. `inspector resize <pid>
+    /// <pool id> <size>` does the same from outside.
+    ///
+    /// ```
+    /// use greenhub_dbpool::{Pool, SqliteConnectionManager};
+    ///
+    /// let pool = Pool::builder().max_size(8).build(SqliteConnectionManager::memory()).unwrap();
+    /// pool.resize(2).unwrap();
+    /// assert_eq!(pool.state().max_size, 2);
+    /// assert!(pool.resize(9).is_err()); // beyond the max_size it was built with
+    /// pool.resize(8).unwrap();
+    /// ```
+    pub fn resize(&self, size: u32) -> Result<(), Error> {
+        self.inner.resize(size)
+    }
+
     /// Closes every connection opened until now as soon as it is not in use: the idle ones
     /// at once (on a pool thread), the checked-out ones when they come back. New connections
     /// are opened as needed: after a failover, they reach the new server.
@@ -1525,10 +1647,7 @@ impl<M: Backend> Pool<M> {
         }
         // `Duration::MAX`: as long as it takes.
         let deadline = began.checked_add(grace);
-        let out = || {
-            let p = inner.permits.lock();
-            inner.settings.max_size.saturating_sub(p.free)
-        };
+        let out = || inner.permits.lock().out();
         while out() > 0 && deadline.is_none_or(|d| Instant::now() < d) {
             let nap = deadline.map_or(Duration::from_millis(5), |d| {
                 d.saturating_duration_since(Instant::now())

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 /// The pool at a glance, as errors report it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PoolState {
-    /// The most connections the pool opens.
+    /// The most connections the pool opens: its `max_size`, or the size it was resized to.
     pub max_size: u32,
     /// Connections open now.
     pub size: u32,
@@ -52,6 +52,9 @@ pub struct Closed {
     /// Closed by [`Pool::close`](crate::Pool::close).
     #[serde(default)]
     pub pool_closed: u64,
+    /// Closed because [`Pool::resize`](crate::Pool::resize) made the pool smaller.
+    #[serde(default)]
+    pub resized: u64,
 }
 
 /// A connection checked out now.

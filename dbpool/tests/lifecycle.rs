@@ -578,3 +578,169 @@ fn a_long_call_holding_the_only_connection_is_not_a_deadlock() {
         q.wait().unwrap().unwrap();
     }
 }
+
+#[test]
+fn a_resized_pool_serves_at_most_its_new_size_and_closes_what_is_beyond_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let pool: SqlitePool = Pool::builder()
+        .max_size(4)
+        .min_idle(4)
+        .build(manager(&dir))
+        .unwrap();
+    eventually("four connections open", || pool.state().size == 4);
+
+    // Out of range: refused, and nothing changes.
+    for bad in [0, 5, u32::MAX] {
+        match pool.resize(bad) {
+            Err(Error::Config(m)) => {
+                assert!(m.contains("max_size it was built with (4)"), "{m}")
+            }
+            other => panic!("resize({bad}): {other:?}"),
+        }
+    }
+    assert_eq!(pool.state().max_size, 4);
+
+    // Idle connections beyond the new size close at once.
+    pool.resize(2).unwrap();
+    assert_eq!(pool.state().max_size, 2);
+    eventually("two connections open", || pool.state().size == 2);
+    assert_eq!(pool.stats().closed.resized, 2);
+
+    // Many rounds of many callers: never more than two at a time, nothing lost.
+    let running = Arc::new(AtomicU64::new(0));
+    let most = Arc::new(AtomicU64::new(0));
+    for _ in 0..5 {
+        let callers: Vec<_> = (0..40u64)
+            .map(|i| {
+                let (pool, running, most) = (pool.clone(), running.clone(), most.clone());
+                spawn(move || {
+                    pool.run(move |_| {
+                        let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                        most.fetch_max(now, Ordering::SeqCst);
+                        std::thread::sleep(Duration::from_millis(1));
+                        running.fetch_sub(1, Ordering::SeqCst);
+                        i
+                    })
+                })
+            })
+            .collect();
+        let mut got: Vec<u64> = callers
+            .into_iter()
+            .map(|c| c.wait().unwrap().unwrap())
+            .collect();
+        got.sort_unstable();
+        assert_eq!(got, (0..40).collect::<Vec<_>>());
+    }
+    let most = most.load(Ordering::SeqCst);
+    assert!((1..=2).contains(&most), "{most} calls ran at once");
+
+    // Smaller than the connections in use: nothing starts until they are back, and they
+    // close as they come back.
+    pool.resize(4).unwrap();
+    let release: greenhub::Event<()> = greenhub::Event::new();
+    let holders: Vec<_> = (0..4)
+        .map(|_| {
+            let (pool, release) = (pool.clone(), release.clone());
+            spawn(move || {
+                let conn = pool.get().unwrap();
+                release.wait().unwrap();
+                drop(conn);
+            })
+        })
+        .collect();
+    eventually("four in use", || pool.state().in_use == 4);
+    let closed_before = pool.stats().closed.resized;
+    pool.resize(1).unwrap();
+    assert_eq!(pool.state().max_size, 1);
+    assert_eq!(pool.state().in_use, 4, "checked-out connections stay out");
+    let late = {
+        let pool = pool.clone();
+        spawn(move || pool.run(|_| 7))
+    };
+    greenhub::sleep(Duration::from_millis(50)).unwrap();
+    assert!(
+        !late.is_done(),
+        "a checkout waits while the pool is over its size"
+    );
+    release.set(()).unwrap();
+    for h in holders {
+        h.wait().unwrap();
+    }
+    assert_eq!(late.wait().unwrap().unwrap(), 7);
+    eventually("one connection open", || pool.state().size <= 1);
+    assert!(pool.stats().closed.resized >= closed_before + 3);
+    assert_eq!(pool.state().in_use, 0);
+
+    // Growing serves waiting callers at once, while the one connection stays out.
+    let release: greenhub::Event<()> = greenhub::Event::new();
+    let holder = {
+        let (pool, release) = (pool.clone(), release.clone());
+        spawn(move || {
+            let conn = pool.get().unwrap();
+            release.wait().unwrap();
+            drop(conn);
+        })
+    };
+    eventually("one in use", || pool.state().in_use == 1);
+    let waiting: Vec<_> = (0..3u64)
+        .map(|i| {
+            let pool = pool.clone();
+            spawn(move || pool.run(move |_| i))
+        })
+        .collect();
+    eventually("three waiting", || pool.state().waiting == 3);
+    pool.resize(4).unwrap();
+    let mut got: Vec<u64> = waiting
+        .into_iter()
+        .map(|w| w.wait().unwrap().unwrap())
+        .collect();
+    got.sort_unstable();
+    assert_eq!(got, vec![0, 1, 2]);
+    assert!(
+        !holder.is_done(),
+        "served without the held connection coming back"
+    );
+    release.set(()).unwrap();
+    holder.wait().unwrap();
+}
+
+#[test]
+fn an_inspector_resizes_a_database_pool_within_its_max_size() {
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::net::UnixStream;
+
+    let dir = tempfile::tempdir().unwrap();
+    let pool: SqlitePool = Pool::builder().max_size(4).build(manager(&dir)).unwrap();
+    // The runtime (and its attach channel) starts with the first green thread.
+    spawn(|| ()).wait().unwrap();
+    let path = greenhub::inspect::attach::socket_path(std::process::id());
+    // Another test's thread may have started the runtime a moment ago: its channel follows.
+    eventually("the attach socket", || path.exists());
+    let stream = UnixStream::connect(&path)
+        .unwrap_or_else(|e| panic!("cannot connect to {}: {e}", path.display()));
+    let mut writer = stream.try_clone().unwrap();
+    let mut reader = BufReader::new(stream);
+    let mut ask = |request: String| {
+        writer.write_all(request.as_bytes()).unwrap();
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        serde_json::from_str::<serde_json::Value>(&line).unwrap()
+    };
+    let answer = ask(format!("resize {} 2\n", pool.id()));
+    assert!(
+        answer["done"]
+            .as_str()
+            .is_some_and(|d| d.contains("resized to 2")),
+        "{answer}"
+    );
+    assert_eq!(pool.state().max_size, 2);
+    let answer = ask(format!("resize {} 9\n", pool.id()));
+    assert!(
+        answer["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("max_size it was built with (4)")),
+        "{answer}"
+    );
+    assert_eq!(pool.state().max_size, 2, "a refused resize changes nothing");
+    assert_eq!(pool.run(|_| 5).unwrap(), 5);
+}
