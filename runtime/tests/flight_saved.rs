@@ -140,6 +140,24 @@ fn saved_traces_are_whole_private_files_named_as_asked_on_request_and_on_a_signa
     );
     handler.cancel();
 
+    // A directory others may write into (here: opened to everyone) is refused, not used.
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let before = std::fs::read_dir(&dir).unwrap().count();
+    match greenhub::inspect::save_trace("exposed") {
+        Err(e @ SaveTraceError::Write { .. }) => {
+            let text = e.to_string();
+            assert!(text.contains("0700"), "{text}");
+            assert!(text.contains("GREENHUB_TRACE_DIR"), "{text}");
+        }
+        other => panic!("saved into a directory open to all: {other:?}"),
+    }
+    assert_eq!(
+        std::fs::read_dir(&dir).unwrap().count(),
+        before,
+        "nothing written"
+    );
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+
     // Left by an older version (no number in the name) and by writes that never finished.
     let pid = std::process::id();
     let old_style = dir.join(format!("trace-{pid}-1-signal.json"));
