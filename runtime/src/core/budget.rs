@@ -45,16 +45,33 @@ const CHECK_EVERY: u32 = 64;
 /// The finisher only unparks coroutines.
 const FINISHER_STACK_WORDS: usize = 4096;
 
+/// A switch held back by a drain: a yielding green thread's handle (to unpark), or a woken
+/// waiter taken out of its park slot (to schedule).
+pub(crate) enum Deferred {
+    Yield(Coroutine),
+    Woken(may::coroutine::Suspended),
+}
+
+impl Deferred {
+    /// Makes the green thread runnable.
+    pub(crate) fn release(self) {
+        match self {
+            Deferred::Yield(co) => co.unpark(),
+            Deferred::Woken(s) => s.schedule(),
+        }
+    }
+}
+
 /// One drain of one worker: the switches deferred until the worker has looked outside.
 pub(crate) struct Drain {
     open: AtomicBool,
-    deferred: Mutex<Vec<Coroutine>>,
+    deferred: Mutex<Vec<Deferred>>,
 }
 
 impl Drain {
     /// Holds `co` until the drain ends. Gives it back if the drain has already ended: the
     /// caller then switches normally.
-    pub(crate) fn defer(&self, co: Coroutine) -> Result<(), Coroutine> {
+    pub(crate) fn defer(&self, co: Deferred) -> Result<(), Deferred> {
         let mut deferred = self.deferred.lock();
         if self.open.load(Ordering::Acquire) {
             deferred.push(co);
@@ -75,8 +92,8 @@ impl Drain {
             self.open.store(false, Ordering::Release);
             std::mem::take(&mut *deferred)
         };
-        for co in deferred {
-            co.unpark();
+        for d in deferred {
+            d.release();
         }
     }
 }

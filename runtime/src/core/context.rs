@@ -30,8 +30,9 @@ pub(crate) struct Context {
     pub deadline: Cell<Option<Instant>>,
     /// The panic hook stores here instead of printing, for code greenhub reports itself.
     pub panic: RefCell<Option<PanicReport>>,
-    /// The token of this thread's last wait, reused while nobody else holds it.
-    pub token: RefCell<Option<Arc<Token>>>,
+    /// The token of this thread's last wait, back from its waiter and reused while nobody
+    /// else holds it (empty while a wait holds it).
+    pub token: Cell<Option<Arc<Token>>>,
     /// Set by the spawn wrapper when the body has returned (or unwound) and its outcome is
     /// published.
     pub ended: Cell<bool>,
@@ -195,6 +196,12 @@ impl Context {
         self.record.get()
     }
 
+    /// Keeps `token` for the next wait unless a token is kept already.
+    fn keep(&self, token: &mut Option<Arc<Token>>) {
+        let held = self.token.take();
+        self.token.set(held.or_else(|| token.take()));
+    }
+
     /// Whether the panic hook should hand panics to greenhub instead of printing them.
     pub(crate) fn captures_panics(&self) -> bool {
         self.record.get().is_some() || self.capture.get() > 0
@@ -230,6 +237,23 @@ pub(crate) fn with<R>(f: impl FnOnce(&Context) -> R) -> R {
 #[inline(never)]
 fn with_os<R>(f: impl FnOnce(&Context) -> R) -> R {
     OS_CONTEXT.with(f)
+}
+
+/// Gives a waiter's token back to the current thread's context, for its next wait; dropped
+/// if the context already holds one, or is gone (an OS thread's, while the thread exits).
+pub(crate) fn keep_token(token: Arc<Token>) {
+    let mut token = Some(token);
+    // SAFETY: as in `with`: the token is `Send`.
+    let kept = unsafe { may::with_runtime_local(|c: &Context| c.keep(&mut token)) };
+    if kept.is_none() {
+        keep_os_token(&mut token);
+    }
+}
+
+/// [`keep_token`] on an OS thread. Not inlined, as `with_os`.
+#[inline(never)]
+fn keep_os_token(token: &mut Option<Arc<Token>>) {
+    let _ = OS_CONTEXT.try_with(|c| c.keep(token));
 }
 
 /// The current green thread's record, if the code runs in a greenhub green thread.

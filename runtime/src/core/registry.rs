@@ -133,6 +133,9 @@ pub(crate) trait Killer: Send + Sync {
 pub(crate) trait WaitTicket: Send + Sync {
     /// Whether the wait is still waiting (neither woken nor given up).
     fn is_waiting(&self) -> bool;
+    /// Unparks the waiter, if it still waits, without waking it: it looks at its deadline
+    /// and kill flag again.
+    fn poke(&self);
 }
 
 /// The ticket of a thread that has not waited yet.
@@ -142,6 +145,8 @@ impl WaitTicket for NoTicket {
     fn is_waiting(&self) -> bool {
         false
     }
+
+    fn poke(&self) {}
 }
 
 /// A mark of the calling OS thread, distinct from every other OS thread's (and never 0): the

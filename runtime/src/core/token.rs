@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 
 use crate::core::alarm::Alarmed;
 use crate::core::barrier;
-use crate::core::budget;
+use crate::core::budget::{self, Deferred};
 use crate::core::registry::{ThreadRecord, WaitTicket};
 use crate::core::slots;
 use crate::core::timing;
@@ -23,8 +23,11 @@ pub(crate) const WAITING: u8 = 0;
 const WOKEN: u8 = 1;
 const ABANDONED: u8 = 2;
 
+/// How a token's waiter parks: a green thread in the token's own park slot (no timer, no
+/// cancel registration: greenhub bounds and kills its waits itself), an OS thread with
+/// `std::thread::park`.
 pub(crate) enum Parker {
-    Green(may::coroutine::Coroutine),
+    Green(may::coroutine::ParkSlot),
     Os(std::thread::Thread),
 }
 
@@ -76,13 +79,15 @@ impl Token {
                 trace::woken(record.id, by);
             }
         }
+        // SeqCst: the waiter stores itself in the park slot and then reads the state
+        // (`ParkSlot::park_unless`); this writes the state and then takes it from the slot.
         if self
             .state
-            .compare_exchange(WAITING, WOKEN, Ordering::AcqRel, Ordering::Acquire)
+            .compare_exchange(WAITING, WOKEN, Ordering::SeqCst, Ordering::Acquire)
             .is_ok()
         {
             match &self.parker {
-                Parker::Green(co) => self.unpark_green(co),
+                Parker::Green(slot) => self.unpark_green(slot),
                 Parker::Os(t) => t.unpark(),
             }
             true
@@ -92,17 +97,47 @@ impl Token {
     }
 
     #[inline]
-    fn unpark_green(&self, co: &may::coroutine::Coroutine) {
+    fn unpark_green(&self, slot: &may::coroutine::ParkSlot) {
+        // Only the wake that moved the state from waiting gets here. When the waiter is not
+        // in its slot yet, it reads the state there and does not stay parked.
         if !may::coroutine::is_coroutine() {
             self.via_global.store(true, Ordering::Relaxed);
-            co.unpark();
-        } else if let Some(drain) = budget::switch() {
-            if let Err(co) = drain.defer(co.clone()) {
-                co.unpark();
+            if let Some(parked) = slot.take_parked() {
+                parked.schedule();
             }
-        } else {
-            co.unpark();
+        } else if let Some(parked) = slot.take_parked() {
+            match budget::switch() {
+                Some(drain) => {
+                    if let Err(d) = drain.defer(Deferred::Woken(parked)) {
+                        d.release();
+                    }
+                }
+                None => parked.schedule(),
+            }
         }
+    }
+
+    /// Whether a context with `record` may reuse this token for a wait: the same green
+    /// thread's record, or no record and the same way of parking (a coroutine outside
+    /// greenhub's green threads, or this very OS thread).
+    pub(crate) fn belongs_to(&self, record: Option<&Arc<ThreadRecord>>) -> bool {
+        match (&self.record, record) {
+            (Some(mine), Some(theirs)) => Arc::ptr_eq(mine, theirs),
+            (None, None) => match &self.parker {
+                Parker::Green(_) => may::coroutine::is_coroutine(),
+                Parker::Os(t) => {
+                    !may::coroutine::is_coroutine() && t.id() == std::thread::current().id()
+                }
+            },
+            _ => false,
+        }
+    }
+
+    /// Whether the waiter may stop parking: read by the park slot after the waiter is in
+    /// it, in the order that pairs with [`Token::wake`].
+    #[inline]
+    pub(crate) fn parked_done(&self) -> bool {
+        self.state.load(Ordering::SeqCst) != WAITING
     }
 
     /// Wakes the waiter from its own thread, before it parks: the same hand-off as
@@ -116,13 +151,14 @@ impl Token {
     }
 
     /// Unparks the waiter without waking it (its token stays waiting), so that it looks at
-    /// its deadline again: what the alarm thread does when a timed wait expires.
+    /// its deadline and its kill flag again: what the alarm thread does when a timed wait
+    /// expires, and a kill.
     pub(crate) fn poke(&self) {
         if self.is_waiting() {
             match &self.parker {
-                Parker::Green(co) => {
+                Parker::Green(slot) => {
                     self.via_global.store(true, Ordering::Relaxed);
-                    co.unpark();
+                    slot.unpark();
                 }
                 Parker::Os(t) => t.unpark(),
             }
@@ -167,6 +203,10 @@ impl std::fmt::Debug for Token {
 impl WaitTicket for Token {
     fn is_waiting(&self) -> bool {
         Token::is_waiting(self)
+    }
+
+    fn poke(&self) {
+        Token::poke(self);
     }
 }
 

@@ -1,6 +1,7 @@
 //! The one way greenhub waits: [`Waiter`], and `wait_io` for descriptors (see `Waiter`).
 
 use std::marker::PhantomData;
+use std::mem::ManuallyDrop;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering, fence};
 use std::time::{Duration, Instant};
@@ -20,28 +21,27 @@ use crate::core::timing;
 use crate::core::token::{Parker, Token, WAITING};
 use crate::core::trace;
 
-/// A token for a new wait of the current thread: the previous one when no waker holds it any
-/// more (saving an allocation per wait), a new one otherwise.
+/// A token for a new wait of the current thread: the context's, taken out of it, when no
+/// waker holds it any more (saving an allocation per wait and any reference count), a new
+/// one otherwise. The waiter gives it back when it is dropped (`context::keep_token`).
 ///
 /// The record keeps a weak reference to the token (for the deadlock detector, which only reads
 /// its state), so reuse is decided on the strong count alone, and the state is reset with
 /// atomic stores: a reader that upgrades meanwhile reads, and the record's wait sequence tells
 /// it which wait it saw.
 fn fresh_token(ctx: &context::Context) -> Arc<Token> {
-    let mut slot = ctx.token.borrow_mut();
-    if let Some(token) = slot.as_ref() {
-        // A token made before the spawn wrapper set the record would hide later waits.
-        let same_thread = token.record.is_some() == ctx.record().is_some();
-        if same_thread && Arc::strong_count(token) == 1 {
-            // Pairs with the release of the last waker's reference: its uses come first.
-            fence(Ordering::Acquire);
-            token.state.store(WAITING, Ordering::Relaxed);
-            token.via_global.store(false, Ordering::Relaxed);
-            return token.clone();
-        }
+    if let Some(token) = ctx.token.take()
+        && Arc::strong_count(&token) == 1
+        && token.belongs_to(ctx.record())
+    {
+        // Pairs with the release of the last waker's reference: its uses come first.
+        fence(Ordering::Acquire);
+        token.state.store(WAITING, Ordering::Relaxed);
+        token.via_global.store(false, Ordering::Relaxed);
+        return token;
     }
     let parker = if may::coroutine::is_coroutine() {
-        Parker::Green(may::coroutine::current())
+        Parker::Green(may::coroutine::ParkSlot::new())
     } else {
         Parker::Os(std::thread::current())
     };
@@ -55,7 +55,6 @@ fn fresh_token(ctx: &context::Context) -> Arc<Token> {
         let ticket: std::sync::Weak<dyn WaitTicket> = Arc::downgrade(&token) as _;
         *record.token.lock() = ticket;
     }
-    *slot = Some(token.clone());
     token
 }
 
@@ -96,7 +95,8 @@ fn fresh_token(ctx: &context::Context) -> Arc<Token> {
 /// neither `Send` nor `Sync`; hand its [`Token`] to other threads instead.
 #[derive(Debug)]
 pub struct Waiter {
-    token: Arc<Token>,
+    /// Given back to the context on drop.
+    token: ManuallyDrop<Arc<Token>>,
     on: WaitOn,
     deadline: Option<Instant>,
     _not_send: PhantomData<*const ()>,
@@ -106,11 +106,13 @@ impl Waiter {
     /// Prepares a wait on `on`, bounded by `timeout` (if any) and by the enclosing deadline
     /// scopes. Register [`Waiter::token`] where the waker will find it, then call
     /// [`Waiter::wait`].
+    #[inline]
     pub fn new(on: WaitOn, timeout: Option<Duration>) -> Waiter {
         Waiter::until(on, timeout.and_then(|t| Instant::now().checked_add(t)))
     }
 
     /// Like [`Waiter::new`] with an absolute deadline.
+    #[inline]
     pub fn until(on: WaitOn, deadline: Option<Instant>) -> Waiter {
         let (token, scope) = context::with(|c| (fresh_token(c), c.deadline.get()));
         let deadline = match (deadline, scope) {
@@ -118,7 +120,7 @@ impl Waiter {
             (a, b) => a.or(b),
         };
         Waiter {
-            token,
+            token: ManuallyDrop::new(token),
             on,
             deadline,
             _not_send: PhantomData,
@@ -194,7 +196,7 @@ impl Waiter {
                         // Parks untimed; the alarm thread unparks it at the deadline (see
                         // alarm.rs for why not `may`'s timed park). Spurious returns loop.
                         if !alarm_set {
-                            alarm::set(deadline, self.token.clone());
+                            alarm::set(deadline, Arc::clone(&*self.token) as _);
                             alarm_set = true;
                         }
                         self.park_green();
@@ -207,7 +209,9 @@ impl Waiter {
     }
 
     fn park_green(&self) {
-        may::coroutine::park();
+        if let Parker::Green(slot) = &self.token.parker {
+            slot.park_unless(|| self.token.parked_done());
+        }
         if self.token.via_global.load(Ordering::Relaxed) {
             self.token.via_global.store(false, Ordering::Relaxed);
             budget::came_back();
@@ -229,6 +233,9 @@ impl Drop for Waiter {
         // Reached with the token still waiting only when the wait unwinds (kill) or was
         // never entered: either way nobody may hand anything to it any more.
         self.token.abandon();
+        // SAFETY: the token is taken once, here, and not used after.
+        let token = unsafe { ManuallyDrop::take(&mut self.token) };
+        context::keep_token(token);
     }
 }
 

@@ -473,6 +473,11 @@ impl<T: Send + 'static> Shared<T> {
             return;
         }
         self.cancel_coroutine();
+        // A wait parked in its token's slot is not registered with `may`'s cancel: poke it,
+        // and it unwinds as it resumes.
+        if let Some(ticket) = self.record.token.lock().upgrade() {
+            ticket.poke();
+        }
     }
 
     /// Publishes the outcome: runs the links, leaves the live registry, wakes the waiters.

@@ -136,8 +136,11 @@ pub fn yield_now() {
                 trace::yields(record.id);
             }
             monitor::mark_idle();
-            let deferred = budget::switch()
-                .is_some_and(|drain| drain.defer(may::coroutine::current()).is_ok());
+            let deferred = budget::switch().is_some_and(|drain| {
+                drain
+                    .defer(budget::Deferred::Yield(may::coroutine::current()))
+                    .is_ok()
+            });
             context::leave_span(ctx);
             if deferred {
                 // The drain's finisher unparks it, after what waited outside this worker.

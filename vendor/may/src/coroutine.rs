@@ -5,6 +5,7 @@ pub use crate::coroutine_impl::{
 };
 pub use crate::join::JoinHandle;
 pub use crate::park::ParkError;
+pub use crate::park_slot::{ParkSlot, Suspended};
 pub use crate::scoped::scope;
 pub use crate::scheduler::start_scheduler;
 pub use crate::sleep::sleep;

@@ -31,6 +31,7 @@ mod join;
 mod likely;
 mod local;
 mod park;
+mod park_slot;
 mod pool;
 mod sleep;
 #[macro_use]

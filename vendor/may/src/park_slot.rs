@@ -1,0 +1,202 @@
+//! A lean park for a runtime that keeps its own wait state: [`ParkSlot`].
+//!
+//! `Coroutine::park`/`unpark` serve every use: timeouts, cancellation and parks from plain
+//! threads, paid on every park (a timer handle, a registration with the coroutine's cancel
+//! data, a second reference-counted slot). A runtime that already bounds its waits and
+//! unparks cancelled waiters itself needs only the hand-off: one flag and the parked
+//! coroutine.
+//!
+//! The rule that makes it race-free: an unpark sets the flag, then takes the coroutine; a park
+//! stores the coroutine, then reads the flag. Both steps are sequentially consistent, so at
+//! least one side sees the other, and whichever takes the coroutine out of the slot runs it.
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::coroutine_impl::{co_cancel_data, run_coroutine, CoroutineImpl, EventSource};
+use crate::scheduler::get_scheduler;
+use crate::sync::AtomicOption;
+use crate::yield_now::yield_with;
+
+/// Parks one coroutine at a time until [`ParkSlot::unpark`]; an unpark that comes first makes
+/// the next park return at once (as with `std::thread::park`).
+///
+/// Unlike `may::coroutine::park`, it has no timeout, and cancelling a coroutine parked here
+/// does not wake it: whoever cancels it unparks the slot too. The cancel then takes effect
+/// when the coroutine resumes (it unwinds from [`ParkSlot::park`]), as with any other park.
+///
+/// ```
+/// use may::coroutine::ParkSlot;
+/// use std::sync::Arc;
+///
+/// let slot = Arc::new(ParkSlot::new());
+/// let s = slot.clone();
+/// let h = unsafe {
+///     may::coroutine::spawn(move || {
+///         s.park();
+///         42
+///     })
+/// };
+/// slot.unpark();
+/// assert_eq!(h.join().unwrap(), 42);
+/// ```
+pub struct ParkSlot {
+    /// Set by an unpark, cleared by the park that consumes it.
+    ready: AtomicBool,
+    /// The parked coroutine, taken out by whoever runs it next.
+    co: AtomicOption<CoroutineImpl>,
+    /// Set while `subscribe` still reads the park (the slot, and the condition on the
+    /// coroutine's stack) after publishing the coroutine: a waker on another thread may run
+    /// it meanwhile, and the park does not return before this is clear.
+    subscribing: AtomicBool,
+}
+
+impl Default for ParkSlot {
+    fn default() -> Self {
+        ParkSlot::new()
+    }
+}
+
+impl ParkSlot {
+    /// An empty slot with no unpark pending.
+    pub const fn new() -> ParkSlot {
+        ParkSlot {
+            ready: AtomicBool::new(false),
+            co: AtomicOption::none(),
+            subscribing: AtomicBool::new(false),
+        }
+    }
+
+    /// Parks the current coroutine until the slot is unparked (at once if an unpark is
+    /// pending, which it consumes). Spurious returns are possible: callers check their own
+    /// condition and park again.
+    ///
+    /// Only one coroutine may park on a slot at a time.
+    ///
+    /// # Panics
+    ///
+    /// When called outside a coroutine. A cancelled coroutine unwinds from here.
+    pub fn park(&self) {
+        self.park_unless(|| false);
+    }
+
+    /// Like [`ParkSlot::park`], but returns at once if `done()` holds once the coroutine is in
+    /// the slot: the waiter's side of [`ParkSlot::take_parked`]. `done` reads with
+    /// `Ordering::SeqCst`.
+    pub fn park_unless(&self, done: impl Fn() -> bool) {
+        if self.ready.load(Ordering::Acquire) {
+            self.ready.store(false, Ordering::Relaxed);
+            return;
+        }
+        yield_with(&Parking { slot: self, done });
+        // Resumed by a waker on another thread, this coroutine may run before the worker it
+        // left has finished `subscribe`, which still reads `done` on this stack: wait for it.
+        // It has a few instructions left, so spin, and yield the OS thread only if that
+        // thread was preempted (a coroutine yield could unwind here on a cancel, while the
+        // condition is still read).
+        let mut spins = 0u32;
+        while self.subscribing.load(Ordering::Acquire) {
+            if spins < 64 {
+                std::hint::spin_loop();
+                spins += 1;
+            } else {
+                std::thread::yield_now();
+            }
+        }
+        // The unpark that resumed us is consumed; a later one stays pending.
+        self.ready.store(false, Ordering::Release);
+    }
+
+    /// Makes the parked coroutine runnable (on this worker's queue, or a global queue from a
+    /// plain thread), or the next park return at once.
+    pub fn unpark(&self) {
+        if let Some(parked) = self.unpark_later() {
+            parked.schedule();
+        }
+    }
+
+    /// Like [`ParkSlot::unpark`], but hands the parked coroutine to the caller, to be made
+    /// runnable later with [`Suspended::schedule`]. `None` if nothing is parked yet (the
+    /// coroutine then resumes by itself when it parks) or an unpark was already pending.
+    pub fn unpark_later(&self) -> Option<Suspended> {
+        if self.ready.swap(true, Ordering::SeqCst) {
+            return None;
+        }
+        self.take_parked()
+    }
+
+    /// Takes the parked coroutine out, to be made runnable with [`Suspended::schedule`],
+    /// without marking an unpark pending: for a waker that has just made the condition of
+    /// the coroutine's [`ParkSlot::park_unless`] true with a `SeqCst` read-modify-write, which
+    /// only one waker can do. `None` if the coroutine is not in the slot (yet): a coroutine
+    /// that parks after that write finds its condition true and does not stay parked.
+    pub fn take_parked(&self) -> Option<Suspended> {
+        self.co.take().map(|co| Suspended(Some(co)))
+    }
+}
+
+/// One park on a slot, with the condition that ends it.
+struct Parking<'a, F: Fn() -> bool> {
+    slot: &'a ParkSlot,
+    done: F,
+}
+
+impl<F: Fn() -> bool> EventSource for Parking<'_, F> {
+    fn subscribe(&mut self, co: CoroutineImpl) {
+        let cancel = co_cancel_data(&co);
+        let slot = self.slot;
+        slot.subscribing.store(true, Ordering::Relaxed);
+        // The store is a read-modify-write (`AtomicCell` swaps a value that needs dropping):
+        // `subscribing` is set before any waker can take the coroutine.
+        slot.co.store(co);
+        // Pairs with the wakers: they set the flag (or the condition) and then take; here
+        // the coroutine is stored and then both are read. A cancel that came meanwhile
+        // resumes it too.
+        let resume = slot.ready.load(Ordering::SeqCst) || (self.done)() || cancel.is_canceled();
+        let co = if resume { slot.co.take() } else { None };
+        // The last access to the park: from here the coroutine may return from it.
+        slot.subscribing.store(false, Ordering::Release);
+        if let Some(co) = co {
+            run_coroutine(co);
+        }
+    }
+}
+
+impl fmt::Debug for ParkSlot {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.debug_struct("ParkSlot")
+            .field("ready", &self.ready.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+/// A coroutine taken out of a [`ParkSlot`] by [`ParkSlot::unpark_later`] or
+/// [`ParkSlot::take_parked`], not yet runnable.
+///
+/// Dropping it schedules it, so that no coroutine is ever lost.
+pub struct Suspended(Option<CoroutineImpl>);
+
+impl Suspended {
+    /// Makes the coroutine runnable: on this worker's local queue, or a global queue when
+    /// called from a plain thread.
+    pub fn schedule(self) {
+        let mut this = std::mem::ManuallyDrop::new(self);
+        if let Some(co) = this.0.take() {
+            get_scheduler().schedule(co);
+        }
+    }
+}
+
+impl Drop for Suspended {
+    fn drop(&mut self) {
+        if let Some(co) = self.0.take() {
+            get_scheduler().schedule(co);
+        }
+    }
+}
+
+impl fmt::Debug for Suspended {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("Suspended")
+    }
+}
