@@ -382,7 +382,7 @@ impl<T: Send + 'static> Shared<T> {
                 // thread-local across a wait (core/context.rs); user code is warned in the
                 // crate docs, and the stack is the size the user chose, checked against
                 // greenhub's minimum.
-                unsafe { builder.spawn(body) }
+                unsafe { builder.spawn_detached(body) }
             }))
         });
         let handle = match spawned {
@@ -403,7 +403,7 @@ impl<T: Send + 'static> Shared<T> {
                 });
             }
         };
-        let _ = self.coroutine.set(handle.coroutine().clone());
+        let _ = self.coroutine.set(handle);
         // A kill that came before the coroutine handle was stored could not cancel it.
         if self.record.kill_requested.load(Ordering::SeqCst) {
             self.cancel_coroutine();

@@ -297,7 +297,7 @@ impl Builder {
 
         let handle = Coroutine::new(name, stack_size);
         // create the local storage
-        let local = CoroutineLocal::new(handle.clone(), join.clone());
+        let local = CoroutineLocal::new(handle.clone(), Some(join.clone()));
         // attache the local storage to the coroutine
         co.set_local_data(Box::into_raw(local) as *mut u8);
 
@@ -359,6 +359,68 @@ impl Builder {
             Some(id) => s.schedule_global_with_id(co, id),
         }
 
+        Ok(handle)
+    }
+
+    /// Spawns a coroutine that nobody joins, and returns its handle: no join handle, no
+    /// result slot and no panic slot are made (three allocations fewer than
+    /// [`Builder::spawn`]). For a runtime that publishes each coroutine's outcome itself: a
+    /// panic that escapes `f` is dropped once the panic hook has reported it.
+    ///
+    /// # Errors
+    ///
+    /// As [`Builder::spawn`].
+    ///
+    /// # Safety
+    ///
+    /// As [`Builder::spawn`].
+    ///
+    /// ```
+    /// use std::sync::atomic::{AtomicBool, Ordering};
+    /// use std::sync::Arc;
+    ///
+    /// let ran = Arc::new(AtomicBool::new(false));
+    /// let r = ran.clone();
+    /// let co = unsafe {
+    ///     may::coroutine::Builder::new()
+    ///         .spawn_detached(move || r.store(true, Ordering::SeqCst))
+    ///         .unwrap()
+    /// };
+    /// assert!(co.name().is_none());
+    /// while !ran.load(Ordering::SeqCst) {
+    ///     std::thread::yield_now();
+    /// }
+    /// ```
+    pub unsafe fn spawn_detached<F>(self, f: F) -> io::Result<Coroutine>
+    where
+        F: FnOnce() + Send + 'static,
+    {
+        static DONE: Done = Done {};
+
+        let sched = get_scheduler();
+        let id = self.id;
+        let stack_size = self.stack_size.unwrap_or_else(|| config().get_stack_size());
+        let subscriber = EventSubscriber {
+            resource: &DONE as &dyn EventSource as *const _ as *mut dyn EventSource,
+        };
+        let closure = move || {
+            f();
+            subscriber
+        };
+        let mut co = if stack_size == config().get_stack_size() {
+            let mut co = sched.pool.get();
+            co.init_code(closure);
+            co
+        } else {
+            Gn::new_opt(stack_size, closure)
+        };
+        let handle = Coroutine::new(self.name, stack_size);
+        let local = CoroutineLocal::new(handle.clone(), None);
+        co.set_local_data(Box::into_raw(local) as *mut u8);
+        match id {
+            None => sched.schedule_global(co),
+            Some(id) => sched.schedule_global_with_id(co, id),
+        }
         Ok(handle)
     }
 
@@ -524,13 +586,14 @@ pub(crate) fn run_coroutine(mut co: CoroutineImpl) {
         None => {
             // panic happened here
             let local = unsafe { &mut *get_co_local(&co) };
-            let join = local.get_join();
-            // set the panic data
-            if let Some(panic) = co.get_panic_data() {
-                join.set_panic_data(panic);
+            // set the panic data and trigger the join; a detached coroutine's panic is
+            // dropped (the panic hook has reported it)
+            if let Some(join) = local.get_join() {
+                if let Some(panic) = co.get_panic_data() {
+                    join.set_panic_data(panic);
+                }
+                join.trigger();
             }
-            // trigger the join here
-            join.trigger();
             Done::drop_coroutine(co);
         }
     }

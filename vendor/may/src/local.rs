@@ -16,8 +16,8 @@ thread_local! {static LOCALMAP: LocalMap = RefCell::new(HashMap::default());}
 pub struct CoroutineLocal {
     // current coroutine handle
     co: Coroutine,
-    // when panic happens, we need to trigger the join here
-    join: Arc<Join>,
+    // when panic happens, we need to trigger the join here (none for a detached spawn)
+    join: Option<Arc<Join>>,
     // real local data hash map
     local_data: LocalMap,
     // the embedding runtime's value (see `with_runtime_local`)
@@ -33,7 +33,7 @@ struct RuntimeLocal {
 
 impl CoroutineLocal {
     /// create coroutine local storage
-    pub fn new(co: Coroutine, join: Arc<Join>) -> Box<Self> {
+    pub fn new(co: Coroutine, join: Option<Arc<Join>>) -> Box<Self> {
         Box::new(CoroutineLocal {
             co,
             join,
@@ -48,7 +48,7 @@ impl CoroutineLocal {
     }
 
     // get the join handle
-    pub fn get_join(&self) -> Arc<Join> {
+    pub fn get_join(&self) -> Option<Arc<Join>> {
         self.join.clone()
     }
 }
