@@ -744,6 +744,17 @@ fn children_cpu() -> std::time::Duration {
     tv(usage.ru_utime) + tv(usage.ru_stime)
 }
 
+/// How far greenhub may be from bare `may` in a suite, by the issues that set the aims: a
+/// spawn and a switch carry greenhub's bookkeeping (issue 25), a server's CPU barely any
+/// (issue 18).
+fn may_aim(suite: &str) -> f64 {
+    match suite {
+        "spawn_join" => 1.15,
+        "ping_pong_1" | "ping_pong_2" => 1.2,
+        _ => 1.05,
+    }
+}
+
 /// A CPU-bound process beside a case (`Suite::busy`): arithmetic until it is killed, or for
 /// ten minutes at most if nobody does.
 fn busy() {
@@ -1068,8 +1079,9 @@ fn markdown(report: &Report, baseline: Option<&Baseline>) -> String {
         {
             let _ = writeln!(
                 md,
-                "\ngreenhub / bare may: **{:.2}** (the cost of greenhub's bookkeeping; the aim is at most 1.05).",
-                g / m
+                "\ngreenhub / bare may: **{:.2}** (the cost of greenhub's bookkeeping; the aim is at most {:.2}).",
+                g / m,
+                may_aim(&suite.id)
             );
         }
     }
