@@ -41,8 +41,12 @@ fn target_process() {
         .name("sleeper")
         .spawn(naps_for_ten_minutes)
         .unwrap();
-    // Until the children exist, the dump would not show them.
-    while greenhub::inspect::snapshot().threads.len() < 5 {
+    // Until every thread exists and waits, the dump would not show them all parked: a thread
+    // is listed from its spawn, and on a busy machine it may start its wait much later.
+    while {
+        let threads = greenhub::inspect::snapshot().threads;
+        threads.len() < 5 || threads.iter().any(|t| t.state != ThreadState::Waiting)
+    } {
         std::thread::sleep(Duration::from_millis(5));
     }
     println!("READY");
