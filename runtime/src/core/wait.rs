@@ -210,7 +210,12 @@ impl Waiter {
 
     fn park_green(&self) {
         if let Parker::Green(slot) = &self.token.parker {
-            slot.park_unless(|| self.token.parked_done());
+            // The condition may be read after this thread has resumed elsewhere and left
+            // this frame (`ParkSlot::park_unless`): it refers to the token itself, which
+            // holds the slot, never to this waiter on the stack.
+            let token: &Token = &self.token;
+            // SAFETY: the condition reads the token, which owns the slot.
+            unsafe { slot.park_unless(move || token.parked_done()) };
         }
         if self.token.via_global.load(Ordering::Relaxed) {
             self.token.via_global.store(false, Ordering::Relaxed);

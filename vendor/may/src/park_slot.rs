@@ -9,6 +9,14 @@
 //! The rule that makes it race-free: an unpark sets the flag, then takes the coroutine; a park
 //! stores the coroutine, then reads the flag. Both steps are sequentially consistent, so at
 //! least one side sees the other, and whichever takes the coroutine out of the slot runs it.
+//!
+//! A waker on another thread can run the coroutine while the worker it left is still in
+//! `subscribe`, reading the flag. The coroutine does not wait for that: `subscribe` copies what
+//! it needs off the coroutine's stack before it publishes the coroutine, and reads only the
+//! slot (and what the condition points to) after. Two things wait instead, both rare: the next
+//! park on the same slot, so that two `subscribe`s never overlap, and dropping the slot. A
+//! coroutine that waited for `subscribe` on every return would stall for as long as that
+//! worker's OS thread stays preempted, which on busy cores is milliseconds.
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,7 +24,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use crate::coroutine_impl::{co_cancel_data, run_coroutine, CoroutineImpl, EventSource};
 use crate::scheduler::get_scheduler;
 use crate::sync::AtomicOption;
-use crate::yield_now::yield_with;
+use crate::yield_now::{yield_now, yield_with};
 
 /// Parks one coroutine at a time until [`ParkSlot::unpark`]; an unpark that comes first makes
 /// the next park return at once (as with `std::thread::park`).
@@ -77,32 +85,33 @@ impl ParkSlot {
     ///
     /// When called outside a coroutine. A cancelled coroutine unwinds from here.
     pub fn park(&self) {
-        self.park_unless(|| false);
+        // SAFETY: the condition reads nothing.
+        unsafe { self.park_unless(|| false) };
     }
 
     /// Like [`ParkSlot::park`], but returns at once if `done()` holds once the coroutine is in
     /// the slot: the waiter's side of [`ParkSlot::take_parked`]. `done` reads with
     /// `Ordering::SeqCst`.
-    pub fn park_unless(&self, done: impl Fn() -> bool) {
+    ///
+    /// # Safety
+    ///
+    /// `done` may run after this coroutine has resumed elsewhere and left the caller's frame
+    /// (see the module doc); it is `Copy`, copied off the stack before that. It must read
+    /// only memory that lives as long as the slot: a closure over a reference to the slot's
+    /// owner, never over the caller's locals (an `Arc` on the stack included).
+    pub unsafe fn park_unless(&self, done: impl Fn() -> bool + Copy) {
         if self.ready.load(Ordering::Acquire) {
             self.ready.store(false, Ordering::Relaxed);
             return;
         }
-        yield_with(&Parking { slot: self, done });
-        // Resumed by a waker on another thread, this coroutine may run before the worker it
-        // left has finished `subscribe`, which still reads `done` on this stack: wait for it.
-        // It has a few instructions left, so spin, and yield the OS thread only if that
-        // thread was preempted (a coroutine yield could unwind here on a cancel, while the
-        // condition is still read).
-        let mut spins = 0u32;
+        // The previous park's `subscribe` may still be reading the slot on a preempted
+        // worker: a second one must not overlap it. Yielding (rather than spinning) lets this
+        // worker run other coroutines meanwhile; a cancel may unwind here, before this park
+        // has published anything.
         while self.subscribing.load(Ordering::Acquire) {
-            if spins < 64 {
-                std::hint::spin_loop();
-                spins += 1;
-            } else {
-                std::thread::yield_now();
-            }
+            yield_now();
         }
+        yield_with(&Parking { slot: self, done });
         // The unpark that resumed us is consumed; a later one stays pending.
         self.ready.store(false, Ordering::Release);
     }
@@ -141,23 +150,46 @@ struct Parking<'a, F: Fn() -> bool> {
     done: F,
 }
 
-impl<F: Fn() -> bool> EventSource for Parking<'_, F> {
+impl<F: Fn() -> bool + Copy> EventSource for Parking<'_, F> {
     fn subscribe(&mut self, co: CoroutineImpl) {
-        let cancel = co_cancel_data(&co);
+        // Everything read from the coroutine (its stack, where `self` is, and its cancel
+        // data) is read before it is published: a waker may run it, and it may return from
+        // the park and end, as soon as it is in the slot. A cancel that comes after this
+        // check unparks the slot (the rule of `ParkSlot`), which the flag read below sees.
+        if co_cancel_data(&co).is_canceled() {
+            run_coroutine(co);
+            return;
+        }
         let slot = self.slot;
+        let done = self.done;
         slot.subscribing.store(true, Ordering::Relaxed);
         // The store is a read-modify-write (`AtomicCell` swaps a value that needs dropping):
         // `subscribing` is set before any waker can take the coroutine.
         slot.co.store(co);
         // Pairs with the wakers: they set the flag (or the condition) and then take; here
-        // the coroutine is stored and then both are read. A cancel that came meanwhile
-        // resumes it too.
-        let resume = slot.ready.load(Ordering::SeqCst) || (self.done)() || cancel.is_canceled();
+        // the coroutine is stored and then both are read.
+        let resume = slot.ready.load(Ordering::SeqCst) || done();
         let co = if resume { slot.co.take() } else { None };
-        // The last access to the park: from here the coroutine may return from it.
+        // The last access to the slot: from here it may be parked on again, or dropped.
         slot.subscribing.store(false, Ordering::Release);
         if let Some(co) = co {
             run_coroutine(co);
+        }
+    }
+}
+
+impl Drop for ParkSlot {
+    fn drop(&mut self) {
+        // A `subscribe` on a worker that was preempted may still read the slot although its
+        // coroutine has resumed elsewhere and let go of it: the memory outlives that read.
+        let mut spins = 0u32;
+        while self.subscribing.load(Ordering::Acquire) {
+            if spins < 64 {
+                std::hint::spin_loop();
+                spins += 1;
+            } else {
+                std::thread::yield_now();
+            }
         }
     }
 }

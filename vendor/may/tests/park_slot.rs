@@ -100,8 +100,13 @@ fn a_waker_that_sets_the_condition_and_takes_the_coroutine_is_never_lost() {
             .map(|w| {
                 let (w, resumed) = (w.clone(), resumed.clone());
                 go!(move || {
-                    while !w.done.load(Ordering::SeqCst) {
-                        w.slot.park_unless(|| w.done.load(Ordering::SeqCst));
+                    let wait: &Wait = &w;
+                    while !wait.done.load(Ordering::SeqCst) {
+                        // SAFETY: the condition reads the `Wait` that owns the slot.
+                        unsafe {
+                            wait.slot
+                                .park_unless(move || wait.done.load(Ordering::SeqCst))
+                        };
                     }
                     resumed.fetch_add(1, Ordering::SeqCst);
                 })
@@ -158,4 +163,53 @@ fn a_cancelled_coroutine_unwinds_from_its_park() {
         }
         assert!(h.join().is_err(), "the coroutine unwound");
     }
+}
+
+/// A coroutine that ends as soon as it is resumed, letting go of its slot while the worker it
+/// left may still be finishing the park: the slot outlives that, and nothing is resumed twice
+/// or lost. The slot's last reference goes either with the coroutine or with the waker.
+#[test]
+fn a_slot_let_go_of_right_after_the_resume_stays_sound() {
+    workers();
+    const WAITS: usize = 20_000;
+    struct Wait {
+        done: AtomicBool,
+        slot: ParkSlot,
+    }
+    let resumed = Arc::new(AtomicUsize::new(0));
+    for round in 0..WAITS {
+        let w = Arc::new(Wait {
+            done: AtomicBool::new(false),
+            slot: ParkSlot::new(),
+        });
+        let (mine, r) = (w.clone(), resumed.clone());
+        let h = go!(move || {
+            {
+                let wait: &Wait = &mine;
+                while !wait.done.load(Ordering::SeqCst) {
+                    // SAFETY: the condition reads the `Wait` that owns the slot.
+                    unsafe {
+                        wait.slot
+                            .park_unless(move || wait.done.load(Ordering::SeqCst))
+                    };
+                }
+            }
+            drop(mine);
+            r.fetch_add(1, Ordering::SeqCst);
+        });
+        let wake = move || {
+            if !w.done.swap(true, Ordering::SeqCst) {
+                if let Some(parked) = w.slot.take_parked() {
+                    parked.schedule();
+                }
+            }
+        };
+        if round % 2 == 0 {
+            wake();
+        } else {
+            go!(wake).join().unwrap();
+        }
+        h.join().unwrap();
+    }
+    assert_eq!(resumed.load(Ordering::SeqCst), WAITS);
 }
