@@ -272,7 +272,8 @@ const CHECKOUT_SLICE: Duration = Duration::from_millis(50);
 const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 
 pub(crate) struct Settings {
-    pub max_size: u32,
+    /// The size [`Inner::resize`] may grow the pool to (`Builder::grow_to`).
+    pub size_limit: u32,
     pub min_idle: u32,
     pub idle_timeout: Option<Duration>,
     pub keepalive: Option<Duration>,
@@ -590,16 +591,16 @@ impl<M: Backend> Inner<M> {
         deliver(result);
     }
 
-    /// Makes the pool `size` connections large, from 1 to the `max_size` it was built with.
-    /// Growing hands the new permits to waiters at once. Shrinking takes free permits back at
+    /// Makes the pool `size` connections large, from 1 to the limit it was built with
+    /// (`Builder::grow_to`). Growing hands the new permits to waiters at once. Shrinking takes free permits back at
     /// once and the others as they come back, each closing its connection, and closes idle
     /// connections beyond the size on a pool thread.
     fn resize(self: &Arc<Self>, size: u32) -> Result<(), Error> {
-        let ceiling = self.settings.max_size;
+        let ceiling = self.settings.size_limit;
         if size == 0 || size > ceiling {
             return Err(Error::Config(format!(
-                "pool {:?} resizes from 1 to the max_size it was built with ({ceiling}), not to \
-                 {size}: build it with a larger max_size to grow it further",
+                "pool {:?} resizes from 1 to the limit it was built with ({ceiling}), not to \
+                 {size}: build it with Builder::grow_to to grow it further",
                 self.name
             )));
         }
@@ -1241,6 +1242,7 @@ pub struct Builder<M> {
     manager: PhantomData<fn() -> M>,
     name: String,
     max_size: u32,
+    grow_to: Option<u32>,
     min_idle: u32,
     connection_timeout: Duration,
     idle_timeout: Option<Duration>,
@@ -1267,6 +1269,7 @@ impl<M> std::fmt::Debug for Builder<M> {
         f.debug_struct("Builder")
             .field("name", &self.name)
             .field("max_size", &self.max_size)
+            .field("grow_to", &self.grow_to)
             .field("min_idle", &self.min_idle)
             .field("connection_timeout", &self.connection_timeout)
             .field("idle_timeout", &self.idle_timeout)
@@ -1290,6 +1293,27 @@ impl<M: Backend> Builder<M> {
     /// The most connections open at once (default 10).
     pub fn max_size(mut self, max_size: u32) -> Builder<M> {
         self.max_size = max_size;
+        self
+    }
+
+    /// The most connections [`Pool::resize`] may grow the pool to at run time (default: its
+    /// `max_size`). The pool's threads and its connection manager are sized for it; nothing
+    /// more is opened until a resize asks for it.
+    ///
+    /// ```
+    /// use greenhub_dbpool::{Pool, SqliteConnectionManager};
+    ///
+    /// let pool = Pool::builder()
+    ///     .max_size(2)
+    ///     .grow_to(8)
+    ///     .build(SqliteConnectionManager::memory())
+    ///     .unwrap();
+    /// pool.resize(8).unwrap();
+    /// assert_eq!(pool.state().max_size, 8);
+    /// assert!(pool.resize(9).is_err());
+    /// ```
+    pub fn grow_to(mut self, limit: u32) -> Builder<M> {
+        self.grow_to = Some(limit);
         self
     }
 
@@ -1357,6 +1381,14 @@ impl<M: Backend> Builder<M> {
         if self.max_size == 0 {
             return Err(Error::Config("max_size must be at least 1".into()));
         }
+        let limit = self.grow_to.unwrap_or(self.max_size);
+        if limit < self.max_size {
+            return Err(Error::Config(format!(
+                "grow_to {limit} is less than max_size {}: the pool could not be as large as \
+                 it starts",
+                self.max_size
+            )));
+        }
         if self.min_idle > self.max_size {
             return Err(Error::Config(format!(
                 "min_idle {} is more than max_size {}",
@@ -1393,7 +1425,7 @@ impl<M: Backend> Builder<M> {
                 "the pool name must not contain a NUL byte".into(),
             ));
         }
-        let max = self.max_size as usize;
+        let max = limit as usize;
         // Every call the pool queues holds a permit, so the queue never fills: a return from
         // a killed green thread can always be queued without waiting.
         let tpool = greenhub_tpool::Pool::builder()
@@ -1411,7 +1443,8 @@ impl<M: Backend> Builder<M> {
             self.name.clone(),
         );
         let r2d2 = r2d2::Pool::builder()
-            .max_size(self.max_size)
+            // The pool's permits bound what is open; r2d2 allows what a resize may reach.
+            .max_size(limit)
             // The pool keeps `min_idle` connections open itself (`fill`): r2d2 would open
             // more each time its idle ones are taken out, by checkouts and by the sweep.
             .min_idle(Some(0))
@@ -1427,7 +1460,7 @@ impl<M: Backend> Builder<M> {
             .error_handler(Box::new(r2d2::NopErrorHandler))
             .build_unchecked(managed);
         let settings = Settings {
-            max_size: self.max_size,
+            size_limit: limit,
             min_idle: self.min_idle,
             idle_timeout: self.idle_timeout,
             keepalive: self.keepalive,
@@ -1503,6 +1536,7 @@ impl<M: Backend> Pool<M> {
             manager: PhantomData,
             name: "db".into(),
             max_size: 10,
+            grow_to: None,
             min_idle: 0,
             connection_timeout: Duration::from_secs(30),
             idle_timeout: Some(Duration::from_secs(600)),
@@ -1568,8 +1602,9 @@ impl<M: Backend> Pool<M> {
         self.inner.permits.lock().suspended
     }
 
-    /// Makes the pool `size` connections large, from 1 to the `max_size` it was built with
-    /// (an error otherwise, and nothing changes). Growing serves waiting callers at once.
+    /// Makes the pool `size` connections large, from 1 to the limit it was built with
+    /// ([`Builder::grow_to`], by default its `max_size`; an error otherwise, and nothing
+    /// changes). Growing serves waiting callers at once.
     /// Shrinking takes effect as connections are free: idle ones beyond the size are closed
     /// at once (on a pool thread), checked-out ones when they come back, and no checkout
     /// starts while as many as the new size are out. `min_idle` applies up to the size.
@@ -1582,7 +1617,7 @@ impl<M: Backend> Pool<M> {
     /// let pool = Pool::builder().max_size(8).build(SqliteConnectionManager::memory()).unwrap();
     /// pool.resize(2).unwrap();
     /// assert_eq!(pool.state().max_size, 2);
-    /// assert!(pool.resize(9).is_err()); // beyond the max_size it was built with
+    /// assert!(pool.resize(9).is_err()); // beyond the limit it was built with (here max_size)
     /// pool.resize(8).unwrap();
     /// ```
     pub fn resize(&self, size: u32) -> Result<(), Error> {

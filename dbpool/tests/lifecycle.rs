@@ -580,6 +580,56 @@ fn a_long_call_holding_the_only_connection_is_not_a_deadlock() {
 }
 
 #[test]
+fn a_pool_built_to_grow_serves_as_many_at_once_as_it_is_resized_to_and_no_more() {
+    let dir = tempfile::tempdir().unwrap();
+    // A limit below the starting size is refused.
+    match Pool::builder().max_size(2).grow_to(1).build(manager(&dir)) {
+        Err(Error::Config(m)) => assert!(m.contains("grow_to 1 is less than max_size 2"), "{m}"),
+        other => panic!("grow_to below max_size: {:?}", other.map(|_| ())),
+    }
+    let pool: SqlitePool = Pool::builder()
+        .max_size(2)
+        .grow_to(6)
+        .build(manager(&dir))
+        .unwrap();
+    match pool.resize(7) {
+        Err(Error::Config(m)) => assert!(m.contains("the limit it was built with (6)"), "{m}"),
+        other => panic!("resize(7): {other:?}"),
+    }
+    for round in 0..3 {
+        pool.resize(6).unwrap();
+        assert_eq!(pool.state().max_size, 6);
+        // Six holders at once, each with its own connection; a seventh waits.
+        let release: greenhub::Event<()> = greenhub::Event::new();
+        let holders: Vec<_> = (0..6)
+            .map(|_| {
+                let (pool, release) = (pool.clone(), release.clone());
+                spawn(move || {
+                    let conn = pool.get().unwrap();
+                    release.wait().unwrap();
+                    drop(conn);
+                })
+            })
+            .collect();
+        eventually("six in use", || pool.state().in_use == 6);
+        let late = {
+            let pool = pool.clone();
+            spawn(move || pool.run(move |_| round))
+        };
+        eventually("the seventh waits", || pool.state().waiting == 1);
+        assert!(!late.is_done());
+        release.set(()).unwrap();
+        for h in holders {
+            h.wait().unwrap();
+        }
+        assert_eq!(late.wait().unwrap().unwrap(), round);
+        // Back to two: the connections beyond it close.
+        pool.resize(2).unwrap();
+        eventually("two or fewer open", || pool.state().size <= 2);
+    }
+}
+
+#[test]
 fn a_resized_pool_serves_at_most_its_new_size_and_closes_what_is_beyond_it() {
     let dir = tempfile::tempdir().unwrap();
     let pool: SqlitePool = Pool::builder()
@@ -593,7 +643,7 @@ fn a_resized_pool_serves_at_most_its_new_size_and_closes_what_is_beyond_it() {
     for bad in [0, 5, u32::MAX] {
         match pool.resize(bad) {
             Err(Error::Config(m)) => {
-                assert!(m.contains("max_size it was built with (4)"), "{m}")
+                assert!(m.contains("the limit it was built with (4)"), "{m}")
             }
             other => panic!("resize({bad}): {other:?}"),
         }
@@ -705,7 +755,7 @@ fn a_resized_pool_serves_at_most_its_new_size_and_closes_what_is_beyond_it() {
 }
 
 #[test]
-fn an_inspector_resizes_a_database_pool_within_its_max_size() {
+fn an_inspector_resizes_a_database_pool_within_its_limit() {
     use std::io::{BufRead, BufReader};
     use std::os::unix::net::UnixStream;
 
@@ -738,7 +788,7 @@ fn an_inspector_resizes_a_database_pool_within_its_max_size() {
     assert!(
         answer["error"]
             .as_str()
-            .is_some_and(|e| e.contains("max_size it was built with (4)")),
+            .is_some_and(|e| e.contains("the limit it was built with (4)")),
         "{answer}"
     );
     assert_eq!(pool.state().max_size, 2, "a refused resize changes nothing");

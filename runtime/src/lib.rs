@@ -425,7 +425,8 @@ pub mod ext {
     //! For crates that build waitable objects on greenhub (a thread pool, a connection pool):
     //! the [`Waiter`] every greenhub wait is made of and its [`Token`], the vocabulary of
     //! waits, the registration that lists an object in the snapshot, batched wakes from OS
-    //! threads, and [`warn`] for reports that must not be lost when no logger is installed.
+    //! threads, [`idle_while`] for a pool's threads waiting for work, and [`warn`] for reports
+    //! that must not be lost when no logger is installed.
     //! Applications do not need this module.
     //!
     //! ```
@@ -447,7 +448,7 @@ pub mod ext {
     pub use crate::core::registry::Inspect;
     pub use crate::core::report::warn;
     pub use crate::core::token::Token;
-    pub use crate::core::wait::{FdWatch, Waiter};
+    pub use crate::core::wait::{FdWatch, Waiter, idle_while};
     pub use greenhub_snapshot::{Interest, ObjectInfo, ObjectKind, WaitOn};
 }
 

@@ -95,14 +95,21 @@ pub enum DeadlockKind {
         /// The pool.
         pool: HeldObject,
     },
+    /// Nothing left to wake them: every green thread of the process waits, no timer is
+    /// pending and no other thread can act, so what these threads wait on (an event nobody
+    /// will set, a queue nobody will put into, a lock held by one of them) never comes. Go's
+    /// "all goroutines are asleep". A lost wake-up, a leaked waiter whose feeders are gone,
+    /// or a lock and a queue waiting on each other.
+    Asleep,
 }
 
 impl DeadlockKind {
-    /// "cycle" or "pool self-deadlock".
+    /// "cycle", "pool self-deadlock" or "all asleep".
     pub fn name(&self) -> &'static str {
         match self {
             DeadlockKind::Cycle => "cycle",
             DeadlockKind::Pool { .. } => "pool self-deadlock",
+            DeadlockKind::Asleep => "all asleep",
         }
     }
 }
@@ -164,11 +171,20 @@ impl Deadlock {
             self.kind.name(),
             self.threads.len()
         );
-        if let DeadlockKind::Pool { pool } = &self.kind {
-            let _ = write!(
-                s,
-                "; they hold every unit of {pool} and each waits for another"
-            );
+        match &self.kind {
+            DeadlockKind::Pool { pool } => {
+                let _ = write!(
+                    s,
+                    "; they hold every unit of {pool} and each waits for another"
+                );
+            }
+            DeadlockKind::Asleep => {
+                s.push_str(
+                    "; every green thread waits and no timer or other thread can act, so \
+                     nothing will set, put into or release what these wait on",
+                );
+            }
+            DeadlockKind::Cycle => {}
         }
         for t in &self.threads {
             let _ = write!(s, "\n  thread #{}", t.id);

@@ -325,7 +325,9 @@ impl Shared {
             // was queued before this second check.
             let taken = self.queue.try_get();
             if matches!(taken, Err(GetError::Empty)) {
-                std::thread::park();
+                // A parked pool thread acts only for a caller: greenhub's deadlock check may
+                // take it as asleep.
+                greenhub::ext::idle_while(std::thread::park);
             }
             if !self.unlist(&me) {
                 // A submitter took this thread off the list and counted it as searching.

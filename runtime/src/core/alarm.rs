@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
+use crate::core::quiescence;
 use crate::core::registry::{IdMap, TimerKind, registry};
 use crate::core::report;
 use crate::core::report::payload_message;
@@ -102,6 +103,8 @@ struct Heap {
     /// The jobs of pending timers, by timer id.
     timers: IdMap<Job>,
     soon: Vec<Job>,
+    /// Set while the alarm thread runs jobs it has taken out (fired timers, `soon` jobs).
+    busy: bool,
 }
 
 struct Alarms {
@@ -115,7 +118,11 @@ fn alarms() -> &'static Alarms {
     ALARMS.get_or_init(|| {
         let spawned = std::thread::Builder::new()
             .name("greenhub-alarm".into())
-            .spawn(run);
+            .spawn(|| {
+                // Its timers are counted apart: a pending one means the process may act.
+                let _own = quiescence::own_thread();
+                run()
+            });
         if let Err(e) = spawned {
             report::error(&format!(
                 "greenhub: cannot start the alarm thread ({e}); timed green waits will not \
@@ -128,6 +135,7 @@ fn alarms() -> &'static Alarms {
                 sweep_at: MIN_SWEEP,
                 timers: IdMap::default(),
                 soon: Vec::new(),
+                busy: false,
             }),
             wake: Condvar::new(),
         }
@@ -197,6 +205,15 @@ pub(crate) fn is_pending(id: u64) -> bool {
         .is_some_and(|a| a.heap.lock().timers.contains_key(&id))
 }
 
+/// Whether no timer is pending and no job waits to run: the alarm thread will only end
+/// waits at their deadlines.
+pub(crate) fn idle() -> bool {
+    ALARMS.get().is_none_or(|a| {
+        let h = a.heap.lock();
+        h.timers.is_empty() && h.soon.is_empty() && !h.busy
+    })
+}
+
 /// Runs `job` on the alarm thread as soon as it is free. Jobs must be short and must not block.
 pub(crate) fn soon(job: Job) {
     let a = alarms();
@@ -218,6 +235,8 @@ fn run() {
     loop {
         {
             let mut h = a.heap.lock();
+            // The jobs taken last time have run.
+            h.busy = false;
             loop {
                 let now = Instant::now();
                 while h.alarms.peek().is_some_and(|first| first.at <= now) {
@@ -232,7 +251,8 @@ fn run() {
                     }
                 }
                 std::mem::swap(&mut jobs, &mut h.soon);
-                if !due.is_empty() || !fired.is_empty() || !jobs.is_empty() {
+                h.busy = !fired.is_empty() || !jobs.is_empty();
+                if !due.is_empty() || h.busy {
                     break;
                 }
                 match h.alarms.peek().map(|first| first.at) {

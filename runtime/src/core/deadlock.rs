@@ -26,9 +26,19 @@
 //! addresses; `greenhub-reports` symbolizes them and publishes the report
 //! ([`NewDeadlock::publish`]), since loading debug information must not hold up the ticks.
 //!
-//! Not seen: waits on queues, events, conditions and semaphores (any handle may feed or
-//! release them, and handles are not tracked), read-write locks and green pools (their holders
-//! are not recorded), and locks held by plain OS threads.
+//! All asleep. A wait on a queue, an event, a condition or a semaphore lists no holder: any
+//! handle may feed or release it, and handles are not tracked. Such waits are stuck only when
+//! nothing at all can act: every live green thread waits (on a join or on one of greenhub's
+//! own synchronization objects, none woken), no timer is pending, and every OS thread of the
+//! process is greenhub's, `may`'s, or asleep itself (`core/quiescence.rs`). Two checks that
+//! find the same waits confirm it, as above; then every waiting thread not in a deadlock of
+//! its own is reported too, in groups joined by their waits ([`DeadlockKind::Asleep`]). That
+//! catches a lock and a queue waiting on each other and a waiter whose feeders are all gone,
+//! in a process that has fallen still. In one that still serves (a thread waiting on a socket,
+//! a program's own OS thread), those waits cannot be judged, and are not.
+//!
+//! Not seen: read-write locks and green pools in cycles (their holders are not recorded), and
+//! locks held by plain OS threads.
 //!
 //! It uses the registry, the tokens of waits, stacks and symbols, and the report functions.
 
@@ -42,8 +52,11 @@ use greenhub_snapshot::{
 };
 use parking_lot::Mutex;
 
+use crate::core::alarm;
 use crate::core::clock;
 use crate::core::flight;
+use crate::core::inbox;
+use crate::core::quiescence::{self, AsleepThread};
 use crate::core::registry::{IdMap, ThreadRecord, registry};
 use crate::core::report;
 use crate::core::stack;
@@ -139,6 +152,10 @@ struct Stuck {
     waits_for: Vec<u64>,
 }
 
+/// The whole process asleep, as one check saw it: every green thread's id and wait sequence
+/// number, and the OS threads'.
+type Asleep = (Vec<(u64, u64)>, Vec<AsleepThread>);
+
 /// The monitor's detector: what the last check found stuck.
 #[derive(Default)]
 pub(crate) struct Detector {
@@ -146,6 +163,11 @@ pub(crate) struct Detector {
     last: IdMap<u64>,
     /// The members of the deadlocks reported and still in place.
     reported: Vec<Vec<(u64, u64)>>,
+    /// What the last check found when the whole process was asleep: every green thread's id
+    /// and wait, and the OS threads' (two checks that agree find it asleep).
+    last_asleep: Option<Asleep>,
+    /// The members of the all-asleep groups reported, while their threads keep their waits.
+    asleep_in_place: Vec<Vec<(u64, u64)>>,
 }
 
 /// A deadlock just found, to be published off the monitor thread: its stacks are symbolized
@@ -165,11 +187,10 @@ impl NewDeadlock {
                 trace::deadlock(thread.id, self.found.seq);
             }
         }
-        report::error(&format!(
-            "greenhub: {}",
-            shown(&self.found, clock::coarse_ns(), clock::precise_ns()).describe()
-        ));
+        let text = shown(&self.found, clock::coarse_ns(), clock::precise_ns()).describe();
+        // Listed before it is said: a reader woken by the log finds it in the snapshot.
         CURRENT.lock().push(self.found);
+        report::error(&format!("greenhub: {text}"));
         flight::incident("deadlock");
     }
 }
@@ -187,6 +208,8 @@ impl Detector {
         });
         if waiting.is_empty() {
             self.last.clear();
+            self.last_asleep = None;
+            self.asleep_in_place.clear();
             self.reported.clear();
             CURRENT.lock().clear();
             return Vec::new();
@@ -203,7 +226,10 @@ impl Detector {
                 unit_waiters.insert(id, object.and_then(|o| o.unit_waiters()));
             }
         }
+        let live = reg.live_count();
         let mut candidates: IdMap<Stuck> = IdMap::default();
+        // Every waiting thread, for the all-asleep case; `None` once one cannot be in it.
+        let mut all: Option<Vec<Stuck>> = (live == waiting.len()).then(Vec::new);
         for (record, state) in waiting {
             let Some(on) = state.waiting_on else { continue };
             let waits_for = match on {
@@ -221,21 +247,40 @@ impl Detector {
                 WaitOn::Object { id, .. } => holders.get(&id).cloned().unwrap_or_default(),
                 _ => Vec::new(),
             };
-            if waits_for.is_empty() || woken(&record) {
+            let woken = woken(&record);
+            let stuck = Stuck {
+                record,
+                on,
+                seq: state.seq,
+                since_ns: state.since_ns,
+                deadline_ns: state.deadline_ns,
+                waits_for,
+            };
+            let fed = match on {
+                WaitOn::Object { object, .. } => fed_by_threads(object),
+                _ => true,
+            };
+            if let Some(list) = &mut all {
+                // A deadline ends a wait by itself: a timer keeps the process awake.
+                if woken || !fed || stuck.deadline_ns.is_some() {
+                    all = None;
+                } else {
+                    list.push(stuck.clone());
+                }
+            }
+            if stuck.waits_for.is_empty() || woken {
                 continue;
             }
-            candidates.insert(
-                record.id,
-                Stuck {
-                    record,
-                    on,
-                    seq: state.seq,
-                    since_ns: state.since_ns,
-                    deadline_ns: state.deadline_ns,
-                    waits_for,
-                },
-            );
+            candidates.insert(stuck.record.id, stuck);
         }
+        let seqs: IdMap<u64> = all.iter().flatten().map(|s| (s.record.id, s.seq)).collect();
+        let asleep = match all {
+            Some(all) => self.all_asleep(all),
+            None => {
+                self.last_asleep = None;
+                None
+            }
+        };
         let stuck = stuck_of(candidates);
         // Confirmed: stuck in the same wait at the last check too; then closed again, since a
         // confirmed thread may wait for one that is stuck only since this check.
@@ -247,30 +292,108 @@ impl Detector {
         self.last = stuck.iter().map(|(id, s)| (*id, s.seq)).collect();
         let confirmed = stuck_of(confirmed);
         let groups = groups_of(&confirmed);
+        // When nothing can act at all, the waits no holder ends are stuck too: the threads
+        // not in a deadlock of their own, in groups joined by their waits.
+        let asleep: IdMap<Stuck> = asleep
+            .into_iter()
+            .flatten()
+            .filter(|s| !stuck.contains_key(&s.record.id))
+            .map(|s| (s.record.id, s))
+            .collect();
+        let asleep_groups = groups_of(&asleep);
 
-        let in_place: Vec<Vec<(u64, u64)>> =
-            groups.iter().map(|g| members(g, &confirmed)).collect();
+        // A group found all asleep stays in place while each of its threads is in the same
+        // wait: what would end it cannot come from a thread that woke meanwhile elsewhere.
+        // (`seqs` lists the waits only while every green thread waits; otherwise a group is
+        // kept if its threads are still in their waits, read from the records.)
+        let still_waiting = |m: &Vec<(u64, u64)>| {
+            m.iter().all(|(id, seq)| match seqs.get(id) {
+                Some(now) => now == seq,
+                None => reg
+                    .thread(*id)
+                    .is_some_and(|r| r.read().seq == *seq && !woken(&r)),
+            })
+        };
+        self.asleep_in_place.retain(|m| still_waiting(m));
+        let mut in_place: Vec<Vec<(u64, u64)>> = groups
+            .iter()
+            .map(|g| members(g, &confirmed))
+            .chain(asleep_groups.iter().map(|g| members(g, &asleep)))
+            .collect();
+        for m in &self.asleep_in_place {
+            if !in_place.contains(m) {
+                in_place.push(m.clone());
+            }
+        }
         self.reported.retain(|m| in_place.contains(m));
         CURRENT.lock().retain(|f| in_place.contains(&f.members));
         let mut new = Vec::new();
-        for (group, m) in groups.iter().zip(in_place) {
+        let shapes = groups
+            .iter()
+            .map(|g| (g, &confirmed, false))
+            .chain(asleep_groups.iter().map(|g| (g, &asleep, true)));
+        for ((group, stuck, all_asleep), m) in shapes.zip(in_place) {
             if self.reported.contains(&m) {
                 continue;
             }
             self.reported.push(m.clone());
-            new.push(describe(group, m, &confirmed, &holders));
+            if all_asleep {
+                self.asleep_in_place.push(m.clone());
+            }
+            new.push(describe(group, m, stuck, &holders, all_asleep));
         }
         new
     }
+
+    /// The waiting threads `all` (every live green thread, none woken, each on a join or an
+    /// object only threads feed), if nothing else can act either and the last check found
+    /// the same: no timer pending, no batched wake in the inbox, every OS thread asleep
+    /// (`core/quiescence.rs`).
+    fn all_asleep(&mut self, all: Vec<Stuck>) -> Option<Vec<Stuck>> {
+        let os = if alarm::idle() && inbox::is_empty() {
+            quiescence::os_threads_asleep(fed_by_threads)
+        } else {
+            None
+        };
+        let Some(os) = os else {
+            self.last_asleep = None;
+            return None;
+        };
+        let mut green: Vec<(u64, u64)> = all.iter().map(|s| (s.record.id, s.seq)).collect();
+        green.sort_unstable();
+        let seen = Some((green, os));
+        let same = self.last_asleep == seen;
+        self.last_asleep = seen;
+        same.then_some(all)
+    }
 }
 
-/// Whether the wait the record shows was woken already (its thread has not run since).
+/// Whether only threads end a wait on objects of this kind (by setting, putting, releasing
+/// or returning), so that it is stuck when no thread can act: greenhub's own synchronization
+/// objects of their own kinds. A wait on anything else (a tpool call, a future, a child
+/// process, signals, a database pool that connects, a queue given a kind of its own) may end
+/// from outside.
+fn fed_by_threads(kind: ObjectKind) -> bool {
+    matches!(
+        kind,
+        ObjectKind::EVENT
+            | ObjectKind::QUEUE
+            | ObjectKind::SEMAPHORE
+            | ObjectKind::MUTEX
+            | ObjectKind::GREENPOOL
+    ) || matches!(kind.name(), "rlock" | "rwlock" | "condition" | "pool")
+}
+
+/// Whether the wait the record shows was woken already (its thread has not run since), or
+/// its thread is being killed.
 fn woken(record: &ThreadRecord) -> bool {
-    record
-        .token
-        .lock()
-        .upgrade()
-        .is_some_and(|token| !token.is_waiting())
+    // A kill pokes the wait, which then unwinds: it ends too.
+    record.kill_requested.load(Ordering::SeqCst)
+        || record
+            .token
+            .lock()
+            .upgrade()
+            .is_some_and(|token| !token.is_waiting())
 }
 
 /// The candidates that are not free: a candidate is free when one of the threads it waits for
@@ -345,6 +468,7 @@ fn describe(
     members: Vec<(u64, u64)>,
     stuck: &IdMap<Stuck>,
     holders: &IdMap<Vec<u64>>,
+    all_asleep: bool,
 ) -> NewDeadlock {
     let reg = registry();
     let names: IdMap<Option<String>> = group
@@ -408,6 +532,7 @@ fn describe(
         .collect();
     // A pool's self-deadlock: all wait on one object and all hold a unit of it.
     let kind = match objects.as_slice() {
+        _ if all_asleep => DeadlockKind::Asleep,
         [pool]
             if group.iter().all(|id| {
                 matches!(stuck[id].on, WaitOn::Object { id, .. } if id == pool.1)

@@ -44,6 +44,14 @@ pub(crate) fn stats() -> InboxStats {
     }
 }
 
+/// Whether no batched wake waits in the inbox (one that does is about to end a wait).
+pub(crate) fn is_empty() -> bool {
+    match INBOX.get() {
+        Some(Some(hub)) => hub.inbox.lock().is_empty(),
+        _ => true,
+    }
+}
+
 /// Wakes `token` from an OS thread that completes many waits: wakes posted while the inbox is
 /// busy share one signal to the workers, and the inbox coroutine wakes them from a worker.
 ///

@@ -27,6 +27,7 @@ pub(crate) mod limits;
 pub(crate) mod monitor;
 pub(crate) mod object;
 pub(crate) mod panic;
+pub(crate) mod quiescence;
 pub(crate) mod registry;
 pub(crate) mod report;
 pub(crate) mod runtime;

@@ -54,6 +54,7 @@ use crate::core::clock;
 use crate::core::deadlock;
 use crate::core::flight;
 use crate::core::graveyard;
+use crate::core::quiescence;
 use crate::core::registry::{ThreadRecord, registry};
 use crate::core::report::{self, Throttle};
 use crate::core::sampler;
@@ -96,11 +97,8 @@ pub(crate) fn mark_running(record: &ThreadRecord) {
 #[cold]
 #[inline(never)]
 fn attend(flags: u32, record: &ThreadRecord) {
-    if flags & barrier::MONITOR_PARKED != 0
-        && barrier::clear(barrier::MONITOR_PARKED)
-        && let Some(monitor) = MONITOR.get()
-    {
-        monitor.unpark();
+    if flags & barrier::MONITOR_PARKED != 0 {
+        wake_parked();
     }
     if flags >= barrier::STACK_READER {
         stack::pass_read_gate(record);
@@ -110,6 +108,23 @@ fn attend(flags: u32, record: &ThreadRecord) {
     }
     if flags & barrier::TRACE != 0 {
         trace::runs(record.id, slots::this_thread().map_or(0, |s| s.index));
+    }
+}
+
+/// Wakes the monitor if it is parked, so that it looks at the process again: an OS thread
+/// has just begun a wait, and with it the whole process may have fallen asleep (the deadlock
+/// check's last case).
+pub(crate) fn look_again() {
+    if barrier::flags() & barrier::MONITOR_PARKED != 0 {
+        wake_parked();
+    }
+}
+
+fn wake_parked() {
+    if barrier::clear(barrier::MONITOR_PARKED)
+        && let Some(monitor) = MONITOR.get()
+    {
+        monitor.unpark();
     }
 }
 
@@ -220,7 +235,10 @@ pub(crate) fn start(max_blocking_time: Option<Duration>, history: usize) {
         may::config().set_timeout_ns(WORKER_POLL.as_nanos() as u64);
         let spawned = std::thread::Builder::new()
             .name("greenhub-monitor".into())
-            .spawn(run);
+            .spawn(|| {
+                let _own = quiescence::own_thread();
+                run()
+            });
         if let Err(e) = spawned {
             // Nobody to nudge the workers: they keep `may`'s own periodic look.
             may::config().set_timeout_ns(default_poll);
@@ -532,7 +550,10 @@ fn off_monitor(job: Job) {
         let (send, receive) = std::sync::mpsc::channel::<Job>();
         std::thread::Builder::new()
             .name("greenhub-reports".into())
-            .spawn(move || receive.into_iter().for_each(|job| job()))
+            .spawn(move || {
+                let _own = quiescence::own_thread();
+                receive.into_iter().for_each(|job| job())
+            })
             .ok()
             .map(|_| Mutex::new(send))
     });

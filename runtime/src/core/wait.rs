@@ -14,6 +14,7 @@ use crate::core::budget;
 use crate::core::clock;
 use crate::core::context;
 use crate::core::monitor;
+use crate::core::quiescence;
 use crate::core::registry::{self, ThreadRecord, WaitTicket};
 use crate::core::stack;
 use crate::core::timeout::TimedOut;
@@ -154,6 +155,12 @@ impl Waiter {
         match (&self.token.record, &self.token.parker) {
             (Some(record), _) => self.wait_green(record),
             (None, Parker::Green(_)) => self.park_loop(true),
+            (None, Parker::Os(_)) if self.deadline.is_none() => {
+                // An OS thread in an untimed greenhub wait cannot act until it ends
+                // (core/quiescence.rs).
+                let _asleep = os_asleep(Some(self.on));
+                self.park_loop(false)
+            }
             (None, Parker::Os(_)) => self.park_loop(false),
         }
     }
@@ -231,6 +238,36 @@ impl Waiter {
             Ok(())
         }
     }
+}
+
+/// Notes the calling OS thread as asleep (core/quiescence.rs) and lets a parked monitor look
+/// again: the whole process may have fallen asleep only now, on the OS side.
+fn os_asleep(on: Option<WaitOn>) -> quiescence::OsWait {
+    let asleep = quiescence::OsWait::begin(on);
+    monitor::look_again();
+    asleep
+}
+
+/// Runs `f`, the calling OS thread's wait for work in a pool that acts only on behalf of a
+/// caller (a thread pool's thread parked until a call comes): while `f` runs, the thread
+/// counts as one that cannot wake a green thread by itself. Without it, a process with such a
+/// pool is never found "all asleep" (the deadlock check's last case), which is safe but
+/// blind.
+///
+/// `f` must only wait: a thread that sets an event or puts into a queue inside `f` would make
+/// the check report green threads as stuck that it was about to wake.
+///
+/// ```
+/// use std::sync::atomic::{AtomicBool, Ordering};
+///
+/// let work = AtomicBool::new(true);
+/// // A pool thread waits until a call comes (here one is already there).
+/// let found = greenhub::ext::idle_while(|| work.load(Ordering::Acquire));
+/// assert!(found);
+/// ```
+pub fn idle_while<R>(f: impl FnOnce() -> R) -> R {
+    let _idle = os_asleep(None);
+    f()
 }
 
 impl Drop for Waiter {

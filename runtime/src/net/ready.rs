@@ -23,6 +23,7 @@ use parking_lot::Mutex;
 
 use greenhub_snapshot::Interest;
 
+use crate::core::quiescence;
 use crate::core::report;
 use crate::core::token::Token;
 use crate::sync::select::{Arm, Key, Outcome, Select};
@@ -66,7 +67,11 @@ fn watcher() -> Result<&'static Watcher, &'static str> {
                 .get_or_init(|| {
                     std::thread::Builder::new()
                         .name("greenhub-ready".into())
-                        .spawn(move || w.run())
+                        .spawn(move || {
+                            // It wakes only waits on descriptors, which end by themselves.
+                            let _own = quiescence::own_thread();
+                            w.run()
+                        })
                         .map(drop)
                         .map_err(|e| e.to_string())
                 })

@@ -59,6 +59,7 @@ use greenhub_snapshot::attach::{
     REQUEST_TIMING_ON, Summary, Supervised, directory, peer_uid, socket_path,
 };
 
+use crate::core::quiescence;
 use crate::core::registry::registry;
 use parking_lot::Mutex;
 
@@ -100,7 +101,10 @@ fn try_start() -> io::Result<()> {
     unsafe { libc::atexit(remove_socket) };
     std::thread::Builder::new()
         .name("greenhub-attach".into())
-        .spawn(move || serve(listener))?;
+        .spawn(move || {
+            let _own = quiescence::own_thread();
+            serve(listener)
+        })?;
     Ok(())
 }
 
@@ -177,6 +181,7 @@ fn serve(listener: UnixListener) {
         let spawned = std::thread::Builder::new()
             .name("greenhub-attach-client".into())
             .spawn(move || {
+                let _own = quiescence::own_thread();
                 let _ = client(conn, &last_ms);
                 SLOTS.lock().retain(|s| s.id != id);
             });

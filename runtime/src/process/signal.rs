@@ -36,6 +36,7 @@ use thiserror::Error;
 use greenhub_snapshot::ObjectKind;
 
 use crate::core::flight;
+use crate::core::quiescence;
 use crate::core::report;
 use crate::core::timeout::TimedOut;
 use crate::core::token::Token;
@@ -470,7 +471,11 @@ fn hub() -> Result<&'static Hub, String> {
             .get_or_init(|| {
                 std::thread::Builder::new()
                     .name("greenhub-signals".into())
-                    .spawn(move || deliver(hub))
+                    .spawn(move || {
+                        // It feeds only the signal queues, whose waits end by themselves.
+                        let _own = quiescence::own_thread();
+                        deliver(hub)
+                    })
                     .map(drop)
                     .map_err(|e| e.to_string())
             })

@@ -65,6 +65,7 @@ fn init_scheduler() -> io::Result<()> {
 
     // timer thread
     thread::spawn(move || {
+        note_thread();
         // timer function
         let timer_event_handler = |c: Arc<AtomicOption<CoroutineImpl>>| {
             // just re-push the co to the visit list
@@ -84,6 +85,7 @@ fn init_scheduler() -> io::Result<()> {
     // io event loop thread
     for (id, core) in (0..workers).zip(core_ids.into_iter().cycle()) {
         thread::spawn(move || {
+            note_thread();
             if pin_cores {
                 core_affinity::set_for_current(core);
             }
@@ -91,6 +93,25 @@ fn init_scheduler() -> io::Result<()> {
         });
     }
     Ok(())
+}
+
+/// The kernel ids of the scheduler's own OS threads (its workers and its timer thread).
+static THREAD_IDS: Mutex<Vec<i32>> = Mutex::new(Vec::new());
+
+fn note_thread() {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: gettid has no preconditions.
+        let tid = unsafe { libc::gettid() };
+        THREAD_IDS.lock().unwrap_or_else(|e| e.into_inner()).push(tid);
+    }
+}
+
+/// The kernel thread ids (`gettid`) of the OS threads the scheduler runs: its workers and its
+/// timer thread, once they have started (Linux only; empty elsewhere). A runtime that asks
+/// which threads of its process might still act tells these apart from the program's own.
+pub fn scheduler_thread_ids() -> Vec<i32> {
+    THREAD_IDS.lock().unwrap_or_else(|e| e.into_inner()).clone()
 }
 
 #[inline]

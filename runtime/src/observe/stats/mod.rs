@@ -40,6 +40,7 @@ use greenhub_snapshot::{
     BlockedInfo, ObjectInfo, RuntimeInfo, Snapshot, ThreadState, Totals, WorkerInfo,
 };
 
+use crate::core::quiescence;
 use crate::core::report;
 use crate::observe::snapshot::{overview, snapshot};
 
@@ -71,6 +72,7 @@ pub(crate) fn start(addr: SocketAddr) {
     let spawned = std::thread::Builder::new()
         .name("greenhub-stats".into())
         .spawn(move || {
+            let _own = quiescence::own_thread();
             greenhub_stats_http::serve(listener, Limits::default(), answer, report::warn)
         });
     if let Err(e) = spawned {
