@@ -29,6 +29,24 @@ fn eventually(what: &str, mut done: impl FnMut() -> bool) {
     }
 }
 
+/// `n` green threads that each check out a connection and hold it until `release` is set.
+fn hold_connections(
+    pool: &SqlitePool,
+    n: usize,
+    release: &greenhub::Event<()>,
+) -> Vec<greenhub::GreenThread<()>> {
+    (0..n)
+        .map(|_| {
+            let (pool, release) = (pool.clone(), release.clone());
+            spawn(move || {
+                let conn = pool.get().unwrap();
+                release.wait().unwrap();
+                drop(conn);
+            })
+        })
+        .collect()
+}
+
 #[test]
 fn suspended_callers_wait_past_the_pool_timeout_and_all_succeed_on_resume() {
     let dir = tempfile::tempdir().unwrap();
@@ -601,16 +619,7 @@ fn a_pool_built_to_grow_serves_as_many_at_once_as_it_is_resized_to_and_no_more()
         assert_eq!(pool.state().max_size, 6);
         // Six holders at once, each with its own connection; a seventh waits.
         let release: greenhub::Event<()> = greenhub::Event::new();
-        let holders: Vec<_> = (0..6)
-            .map(|_| {
-                let (pool, release) = (pool.clone(), release.clone());
-                spawn(move || {
-                    let conn = pool.get().unwrap();
-                    release.wait().unwrap();
-                    drop(conn);
-                })
-            })
-            .collect();
+        let holders = hold_connections(&pool, 6, &release);
         eventually("six in use", || pool.state().in_use == 6);
         let late = {
             let pool = pool.clone();
@@ -688,16 +697,7 @@ fn a_resized_pool_serves_at_most_its_new_size_and_closes_what_is_beyond_it() {
     // close as they come back.
     pool.resize(4).unwrap();
     let release: greenhub::Event<()> = greenhub::Event::new();
-    let holders: Vec<_> = (0..4)
-        .map(|_| {
-            let (pool, release) = (pool.clone(), release.clone());
-            spawn(move || {
-                let conn = pool.get().unwrap();
-                release.wait().unwrap();
-                drop(conn);
-            })
-        })
-        .collect();
+    let holders = hold_connections(&pool, 4, &release);
     eventually("four in use", || pool.state().in_use == 4);
     let closed_before = pool.stats().closed.resized;
     pool.resize(1).unwrap();

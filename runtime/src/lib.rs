@@ -226,6 +226,7 @@ pub mod inspect {
     //! assert!(greenhub::inspect::format_run_info().contains("napper"));
     //! t.kill();
     //! ```
+    pub use crate::core::deadlock::on_deadlock;
     pub use crate::core::flight::SaveTraceError;
     pub use crate::core::sampler::ProfileError;
     pub use crate::observe::stacks::StackError;

@@ -7,9 +7,10 @@
 //! own threads would keep the process from ever being asleep, which is also why no other test
 //! of the repository can meet this case.
 //!
-//! The reports are read through a logger that puts each into a queue the main thread waits on
-//! (untimed: a timed wait ends by itself, which keeps the process awake). A watchdog thread
-//! ends the run if a report never comes; it counts as idle while it sleeps.
+//! The reports reach the main thread through `inspect::on_deadlock`, which puts each into a
+//! queue the main thread waits on (untimed: a timed wait ends by itself, which keeps the
+//! process awake). A watchdog thread ends the run if a report never comes; it counts as idle
+//! while it sleeps.
 
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -21,37 +22,25 @@ use greenhub::{Event, Mutex, Queue};
 /// as soon as it comes.
 const PATIENCE: Duration = Duration::from_secs(300);
 
-static REPORTS: OnceLock<Queue<String>> = OnceLock::new();
+static REPORTS: OnceLock<Queue<Deadlock>> = OnceLock::new();
 
-struct Reports;
-
-impl log::Log for Reports {
-    fn enabled(&self, _: &log::Metadata) -> bool {
-        true
-    }
-
-    fn log(&self, record: &log::Record) {
-        let text = record.args().to_string();
-        if text.contains("deadlock #") {
-            let _ = REPORTS.get().expect("made before the logger").put(text);
-        }
-    }
-
-    fn flush(&self) {}
-}
-
-/// The next deadlock reported, waited for by the main thread in a greenhub wait.
+/// The next deadlock reported, waited for by the main thread in a greenhub wait; it is in
+/// the snapshot by then.
 fn next_report() -> Deadlock {
-    let text = REPORTS
+    let d = REPORTS
         .get()
         .expect("made first")
         .get()
         .expect("the queue stays open");
-    let snap = greenhub::inspect::snapshot();
-    snap.deadlocks
-        .into_iter()
-        .find(|d| text.starts_with(&format!("greenhub: deadlock #{} ", d.seq)))
-        .unwrap_or_else(|| panic!("the report is not in the snapshot: {text}"))
+    assert!(
+        greenhub::inspect::snapshot()
+            .deadlocks
+            .iter()
+            .any(|listed| listed.seq == d.seq),
+        "the report is not in the snapshot: {}",
+        d.describe()
+    );
+    d
 }
 
 fn ids(d: &Deadlock) -> Vec<u64> {
@@ -62,8 +51,11 @@ fn ids(d: &Deadlock) -> Vec<u64> {
 
 /// The other deadlocks reported meanwhile: none is expected.
 fn assert_no_report(case: &str) {
-    if let Ok(text) = REPORTS.get().expect("made first").try_get() {
-        panic!("{case}: a deadlock was reported where a thread could still act:\n{text}");
+    if let Ok(d) = REPORTS.get().expect("made first").try_get() {
+        panic!(
+            "{case}: a deadlock was reported where a thread could still act:\n{}",
+            d.describe()
+        );
     }
     let snap = greenhub::inspect::snapshot();
     assert!(
@@ -197,9 +189,10 @@ fn main() {
         );
         std::process::exit(1);
     });
-    REPORTS.get_or_init(Queue::unbounded);
-    log::set_logger(&Reports).expect("the only logger");
-    log::set_max_level(log::LevelFilter::Error);
+    let reports = REPORTS.get_or_init(Queue::unbounded).clone();
+    greenhub::inspect::on_deadlock(move |d| {
+        let _ = reports.put(d.clone());
+    });
     let cases: [(&str, fn()); 5] = [
         (
             "a_mutex_and_a_queue_waiting_on_each_other",

@@ -88,11 +88,11 @@ fn sorted(mut v: Vec<u64>) -> Vec<u64> {
     v
 }
 
-#[test]
-fn two_mutexes_taken_in_opposite_orders_are_a_reported_cycle() {
-    common::capture_logs(log::LevelFilter::Warn);
-    let a = Arc::new(Mutex::new(0).named("accounts"));
-    let b = Arc::new(Mutex::new(0).named("ledger"));
+/// Two green threads that each take one mutex, meet, and then want the other's: a cycle.
+fn lock_in_opposite_orders(
+    a: &Arc<Mutex<i32>>,
+    b: &Arc<Mutex<i32>>,
+) -> (GreenThread<()>, GreenThread<()>) {
     let both = Arc::new(Meet::new(2));
     let spawn_one = |first: Arc<Mutex<i32>>, second: Arc<Mutex<i32>>| {
         let both = both.clone();
@@ -102,8 +102,18 @@ fn two_mutexes_taken_in_opposite_orders_are_a_reported_cycle() {
             let _two = second.lock().unwrap();
         })
     };
-    let t1 = spawn_one(a.clone(), b.clone());
-    let t2 = spawn_one(b.clone(), a.clone());
+    (
+        spawn_one(a.clone(), b.clone()),
+        spawn_one(b.clone(), a.clone()),
+    )
+}
+
+#[test]
+fn two_mutexes_taken_in_opposite_orders_are_a_reported_cycle() {
+    common::capture_logs(log::LevelFilter::Warn);
+    let a = Arc::new(Mutex::new(0).named("accounts"));
+    let b = Arc::new(Mutex::new(0).named("ledger"));
+    let (t1, t2) = lock_in_opposite_orders(&a, &b);
 
     let d = deadlock_of(t1.id());
     assert_eq!(d.kind, DeadlockKind::Cycle);
@@ -133,7 +143,7 @@ fn two_mutexes_taken_in_opposite_orders_are_a_reported_cycle() {
         "{stack:?}"
     );
     // Said once, in the log, naming both threads.
-    let said = common::logged(&format!("#{}", d.seq));
+    let said = common::logged(&format!("deadlock #{} (", d.seq));
     assert_eq!(said.len(), 1, "{said:?}");
     assert!(
         said[0].contains(&format!("thread #{}", t1.id())),
@@ -430,4 +440,48 @@ fn busy_locking_pooling_and_joining_is_never_called_a_deadlock() {
             .any(|l| mine.iter().any(|id| l.contains(&format!("thread #{id} ")))),
         "a false alarm was logged"
     );
+}
+
+/// A hook registered with `inspect::on_deadlock` hears of each deadlock once it is listed,
+/// with its threads; a hook that panics before it harms neither it nor later reports.
+#[test]
+fn deadlock_hooks_hear_of_each_deadlock_even_after_one_panics() {
+    common::capture_logs(log::LevelFilter::Warn);
+    greenhub::inspect::on_deadlock(|_| panic!("a hook that always panics"));
+    let heard: Arc<std::sync::Mutex<Vec<Deadlock>>> = Arc::default();
+    let ear = heard.clone();
+    greenhub::inspect::on_deadlock(move |d| ear.lock().unwrap().push(d.clone()));
+    for round in 0..2 {
+        let a = Arc::new(Mutex::new(round));
+        let b = Arc::new(Mutex::new(round));
+        let (t1, t2) = lock_in_opposite_orders(&a, &b);
+        let d = deadlock_of(t1.id());
+        let t0 = Instant::now();
+        loop {
+            let got = heard
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|h| h.seq == d.seq)
+                .cloned();
+            if let Some(h) = got {
+                assert_eq!(ids(&h), sorted(vec![t1.id(), t2.id()]), "round {round}");
+                assert_eq!(h.kind, DeadlockKind::Cycle);
+                break;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(60),
+                "round {round}: the hook never heard of deadlock #{}",
+                d.seq
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(
+            !common::logged("a deadlock hook panicked: a hook that always panics").is_empty(),
+            "the panicking hook is reported"
+        );
+        t2.kill();
+        assert!(t1.wait().is_ok());
+        await_no_deadlock_of(t1.id());
+    }
 }

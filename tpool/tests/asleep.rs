@@ -2,30 +2,10 @@
 //! acts only for a caller (`greenhub::ext::idle_while`), so the deadlock check's last case sees
 //! through it. Runs without the test harness, whose threads would keep the process awake.
 
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use greenhub::inspect::DeadlockKind;
 use greenhub::{Event, Queue};
-
-static REPORTS: OnceLock<Queue<String>> = OnceLock::new();
-
-struct Reports;
-
-impl log::Log for Reports {
-    fn enabled(&self, _: &log::Metadata) -> bool {
-        true
-    }
-
-    fn log(&self, record: &log::Record) {
-        let text = record.args().to_string();
-        if text.contains("deadlock #") {
-            let _ = REPORTS.get().expect("made before the logger").put(text);
-        }
-    }
-
-    fn flush(&self) {}
-}
 
 fn main() {
     if std::env::args().any(|a| a == "--list") {
@@ -40,9 +20,11 @@ fn main() {
         );
         std::process::exit(1);
     });
-    REPORTS.get_or_init(Queue::unbounded);
-    log::set_logger(&Reports).expect("the only logger");
-    log::set_max_level(log::LevelFilter::Error);
+    let reports: Queue<greenhub::inspect::Deadlock> = Queue::unbounded();
+    let feed = reports.clone();
+    greenhub::inspect::on_deadlock(move |d| {
+        let _ = feed.put(d.clone());
+    });
 
     // The pool's threads have served calls, from several green threads at once, and now wait
     // for more.
@@ -55,13 +37,7 @@ fn main() {
     // A waiter on an event nobody else holds: reported although the pool's threads live.
     let lost = Event::<u32>::new();
     let w = greenhub::spawn(move || lost.wait().map_err(|_| ()));
-    let text = REPORTS.get().unwrap().get().unwrap();
-    let snap = greenhub::inspect::snapshot();
-    let d = snap
-        .deadlocks
-        .iter()
-        .find(|d| text.starts_with(&format!("greenhub: deadlock #{} ", d.seq)))
-        .unwrap_or_else(|| panic!("the report is not in the snapshot: {text}"));
+    let d = reports.get().unwrap();
     assert_eq!(d.kind, DeadlockKind::Asleep, "{}", d.describe());
     assert_eq!(
         d.threads.iter().map(|t| t.id).collect::<Vec<_>>(),

@@ -50,7 +50,7 @@ use std::time::Instant;
 use greenhub_snapshot::{
     Deadlock, DeadlockKind, DeadlockedThread, HeldObject, ObjectKind, ThreadStack, WaitOn,
 };
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 
 use crate::core::alarm;
 use crate::core::clock;
@@ -187,12 +187,40 @@ impl NewDeadlock {
                 trace::deadlock(thread.id, self.found.seq);
             }
         }
-        let text = shown(&self.found, clock::coarse_ns(), clock::precise_ns()).describe();
-        // Listed before it is said: a reader woken by the log finds it in the snapshot.
+        let deadlock = shown(&self.found, clock::coarse_ns(), clock::precise_ns());
+        // Listed before it is said: a reader woken by the log or a hook finds it in the
+        // snapshot.
         CURRENT.lock().push(self.found);
-        report::error(&format!("greenhub: {text}"));
+        report::error(&format!("greenhub: {}", deadlock.describe()));
+        for hook in HOOKS.read().iter() {
+            if let Err(payload) =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| hook(&deadlock)))
+            {
+                report::error(&format!(
+                    "greenhub: a deadlock hook panicked: {}",
+                    report::payload_message(&*payload)
+                ));
+            }
+        }
         flight::incident("deadlock");
     }
+}
+
+/// A function told of every deadlock found ([`on_deadlock`]).
+type Hook = Box<dyn Fn(&Deadlock) + Send + Sync>;
+
+static HOOKS: RwLock<Vec<Hook>> = RwLock::new(Vec::new());
+
+/// Calls `hook` with every deadlock found from now on, once it is listed in the snapshot and
+/// logged: to page someone, count it in a metric of the program's own, save a trace, or, in a
+/// test, wake the test. It runs on greenhub's reports thread, one deadlock at a time; it must
+/// not block for long (later reports wait for it). A hook that panics is reported and kept.
+///
+/// ```
+/// greenhub::inspect::on_deadlock(|d| eprintln!("paging: {}", d.describe()));
+/// ```
+pub fn on_deadlock(hook: impl Fn(&Deadlock) + Send + Sync + 'static) {
+    HOOKS.write().push(Box::new(hook));
 }
 
 impl Detector {
