@@ -40,9 +40,19 @@ static QUIET: Mutex<Option<Quiet>> = Mutex::new(None);
 /// Numbers OS waits and idle spells.
 static SEQ: AtomicU64 = AtomicU64::new(1);
 
+/// The calling OS thread's kernel id, asked of the kernel once per thread (a pool thread
+/// notes itself asleep each time it parks for work).
 fn tid() -> i32 {
-    // SAFETY: gettid has no preconditions.
-    unsafe { libc::gettid() }
+    thread_local! {
+        static TID: std::cell::Cell<i32> = const { std::cell::Cell::new(0) };
+    }
+    TID.with(|t| {
+        if t.get() == 0 {
+            // SAFETY: gettid has no preconditions.
+            t.set(unsafe { libc::gettid() });
+        }
+        t.get()
+    })
 }
 
 fn with<R>(f: impl FnOnce(&mut Quiet) -> R) -> R {
