@@ -114,13 +114,14 @@ impl Drop for OsWait {
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) struct AsleepThread {
     pub tid: i32,
-    /// The number of its wait or idle spell (0 for a service thread).
+    /// The number of its wait or idle spell.
     pub seq: u64,
 }
 
-/// The process's OS threads other than `me` (the caller, the monitor), if none of them can
-/// act: each is a service thread, or in a greenhub wait on one of `kinds_fed_by_threads` or a
-/// join, or idle in a pool. `None` if any other thread exists, or the threads cannot be read.
+/// The process's OS threads in waits, if no thread but the caller (the monitor) can act: each
+/// other thread is a service thread (not listed), or in a greenhub wait on a join or on an
+/// object of a kind `fed_by_threads` accepts, or idle in a pool. `None` if any other thread
+/// exists, or the threads cannot be read.
 pub(crate) fn os_threads_asleep(
     fed_by_threads: impl Fn(ObjectKind) -> bool,
 ) -> Option<Vec<AsleepThread>> {
