@@ -40,6 +40,37 @@ fn greenhub_pool() -> greenhub_dbpool::PgPool {
         .expect("pool")
 }
 
+/// greenhub-pg's pool of `POOL` connections, all open.
+fn green_pool() -> greenhub_pg::Pool {
+    greenhub_pg::Pool::builder(&conninfo())
+        .expect("conninfo")
+        .max_size(POOL as usize)
+        .min_size(POOL as usize)
+        .build()
+        .expect("pool")
+}
+
+/// `tasks` green threads run `per` checked `SELECT 1`s each through greenhub-pg; their
+/// latencies.
+fn green_selects(pool: &greenhub_pg::Pool, tasks: u64, per: u64) -> Vec<u64> {
+    let hs: Vec<_> = (0..tasks)
+        .map(|_| {
+            let pool = pool.clone();
+            greenhub::spawn(move || {
+                (0..per)
+                    .map(|_| {
+                        let t = Instant::now();
+                        let row = pool.query_one("SELECT 1", &[]).expect("query");
+                        assert_eq!(row.get::<i32>(0).expect("an int4"), 1);
+                        t.elapsed().as_nanos() as u64
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    hs.into_iter().flat_map(|h| h.wait().unwrap()).collect()
+}
+
 /// An r2d2 pool of `POOL` connections, all open.
 type R2d2Pool = greenhub_dbpool::r2d2::Pool<greenhub_dbpool::PostgresConnectionManager<NoTls>>;
 
@@ -172,6 +203,13 @@ fn run(runtime: &str, workers: usize, n: u64) -> (Vec<u64>, u64) {
             greenhub_selects(&pool, TASKS, 10);
             let started = Instant::now();
             timed(greenhub_selects(&pool, TASKS, per), started)
+        }
+        "greenhub-pg" => {
+            start_greenhub(workers, None);
+            let pool = green_pool();
+            green_selects(&pool, TASKS, 10);
+            let started = Instant::now();
+            timed(green_selects(&pool, TASKS, per), started)
         }
         "r2d2 + postgres (64 OS threads)" => {
             let pool = r2d2_pool();

@@ -64,6 +64,7 @@ const ECHO_WHAT: &str = "clients send 64 bytes and read them back, N round trips
 /// Cases of the three database suites (same server, same pool size).
 const DB_CASES: &[(&str, u64)] = &[
     ("greenhub dbpool", 64_000),
+    ("greenhub-pg", 64_000),
     ("r2d2 + postgres (64 OS threads)", 64_000),
     ("r2d2 + postgres, query_typed_one (64 OS threads)", 64_000),
     ("deadpool-postgres (tokio)", 64_000),
@@ -78,7 +79,8 @@ const DB_WHAT: &str = "64 tasks run N `SELECT 1` queries in all through a pool o
     statement: two round trips; `query_typed_one` sends it unnamed with its types: one), \
     deadpool-postgres on tokio (fast recycling), with plain \
     `query_one` (two round trips) and with its opt-in `prepare_cached` (one); dbpool's \
-    `query_one` keeps prepared statements per connection by itself (one)";
+    `query_one` keeps prepared statements per connection by itself (one), and so does \
+    greenhub-pg, which speaks the protocol on the green threads' own sockets (no pool thread)";
 
 /// Cases of the two suites where half the callers abandon slow statements.
 const DB_ABANDON_CASES: &[(&str, u64)] = &[

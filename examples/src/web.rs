@@ -1,6 +1,8 @@
 //! The flagship: a database-backed web service on greenhub-http, in the shapes of eventlet's
 //! "db service" and the TechEmpower benchmarks. Every request runs in its connection's green
-//! thread; database calls park it while dbpool's threads run them.
+//! thread. PostgreSQL is spoken on green sockets (greenhub-pg): a query parks the green thread
+//! and nothing else. SQLite is a blocking library: its calls run on dbpool's threads while the
+//! green thread waits.
 //!
 //! - `GET /plaintext`: `Hello, World!`
 //! - `GET /json`: `{"message":"Hello, World!"}`
@@ -15,7 +17,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use greenhub_dbpool::{Param, PgManager, PgPool, Pool, SqliteConnectionManager, SqlitePool};
+use greenhub_dbpool::{Pool, SqliteConnectionManager, SqlitePool};
 use greenhub_http::ws::{self, Message};
 use greenhub_http::{Request, Response, response};
 use http::StatusCode;
@@ -39,14 +41,13 @@ pub enum Db {
     /// An embedded SQLite file.
     Sqlite(SqlitePool),
     /// A PostgreSQL server.
-    Postgres(PgPool),
+    Postgres(greenhub_pg::Pool),
 }
 
-type DbResult<T> = Result<T, greenhub_dbpool::Error>;
+/// What a database call of the service can fail with.
+pub type DbError = Box<dyn std::error::Error + Send + Sync>;
 
-fn sqlite(e: greenhub_dbpool::rusqlite::Error) -> greenhub_dbpool::Error {
-    greenhub_dbpool::Error::Database(e.into())
-}
+type DbResult<T> = Result<T, DbError>;
 
 impl Db {
     /// SQLite in `dir`, or PostgreSQL at `database_url`; the `world` table made and filled if
@@ -57,11 +58,10 @@ impl Db {
         connections: u32,
     ) -> Result<(Db, String), Box<dyn std::error::Error>> {
         if let Some(url) = database_url {
-            let manager = PgManager::new(url.parse()?, greenhub_dbpool::pg::NoTls);
-            let pool = Pool::builder()
+            let pool = greenhub_pg::Pool::builder(url)?
                 .name("web-pg")
-                .max_size(connections)
-                .build(manager)?;
+                .max_size(connections as usize)
+                .build()?;
             pool.batch_execute(&format!(
                 "CREATE TABLE IF NOT EXISTS world (id integer PRIMARY KEY, randomnumber integer NOT NULL);
                  INSERT INTO world (id, randomnumber)
@@ -105,20 +105,22 @@ impl Db {
                         })
                         .collect::<Result<Vec<_>, _>>()
                 })?
-                .map_err(sqlite),
-            Db::Postgres(pool) => ids
-                .into_iter()
-                .map(|id| {
-                    let row = pool.query_one(
-                        "SELECT id, randomnumber FROM world WHERE id = $1",
-                        vec![Box::new(id) as Param],
-                    )?;
-                    Ok(World {
-                        id: row.get(0),
-                        random_number: row.get(1),
+                .map_err(Into::into),
+            Db::Postgres(pool) => {
+                let mut c = pool.get()?;
+                ids.into_iter()
+                    .map(|id| {
+                        let row = c.query_one(
+                            "SELECT id, randomnumber FROM world WHERE id = $1",
+                            &[&id],
+                        )?;
+                        Ok(World {
+                            id: row.get(0)?,
+                            random_number: row.get(1)?,
+                        })
                     })
-                })
-                .collect(),
+                    .collect()
+            }
         }
     }
 
@@ -140,7 +142,7 @@ impl Db {
                     }
                     tx.commit()
                 })?
-                .map_err(sqlite),
+                .map_err(Into::into),
             Db::Postgres(pool) => {
                 let ids: Vec<i32> = rows.iter().map(|w| w.id).collect();
                 let numbers: Vec<i32> = rows.iter().map(|w| w.random_number).collect();
@@ -148,9 +150,10 @@ impl Db {
                     "UPDATE world SET randomnumber = v.r
                      FROM (SELECT unnest($1::int[]) AS id, unnest($2::int[]) AS r) AS v
                      WHERE world.id = v.id",
-                    vec![Box::new(ids) as Param, Box::new(numbers) as Param],
+                    &[&ids, &numbers],
                 )
                 .map(drop)
+                .map_err(Into::into)
             }
         }
     }
@@ -182,7 +185,7 @@ pub fn count(query: Option<&str>) -> usize {
         .clamp(1, 500)
 }
 
-fn db_error(e: greenhub_dbpool::Error) -> Response {
+fn db_error(e: DbError) -> Response {
     log::warn!("web: database call failed: {e}");
     response::text_status(
         StatusCode::SERVICE_UNAVAILABLE,
