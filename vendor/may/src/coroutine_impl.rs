@@ -20,7 +20,15 @@ use generator::{Generator, Gn};
 pub type EventResult = io::Error;
 
 pub struct EventSubscriber {
-    resource: *mut dyn EventSource,
+    resource: Resource,
+}
+
+/// What a yielding coroutine hands its worker: an event source on its stack (or static), or
+/// a park on a `ParkSlot` with everything it needs copied out of the parking frame, so that
+/// no reference into that frame is live while the coroutine may already run elsewhere.
+enum Resource {
+    Source(*mut dyn EventSource),
+    Park(crate::park_slot::DetachedPark),
 }
 
 // the EventSource is usually a heap obj that resides within the
@@ -29,12 +37,25 @@ unsafe impl Send for EventSubscriber {}
 
 impl EventSubscriber {
     pub fn new(r: *mut dyn EventSource) -> Self {
-        EventSubscriber { resource: r }
+        EventSubscriber {
+            resource: Resource::Source(r),
+        }
+    }
+
+    pub(crate) fn park(p: crate::park_slot::DetachedPark) -> Self {
+        EventSubscriber {
+            resource: Resource::Park(p),
+        }
     }
 
     pub fn subscribe(self, c: CoroutineImpl) {
-        let resource = unsafe { &mut *self.resource };
-        resource.subscribe(c);
+        match self.resource {
+            Resource::Source(r) => {
+                let resource = unsafe { &mut *r };
+                resource.subscribe(c);
+            }
+            Resource::Park(p) => p.subscribe(c),
+        }
     }
 }
 
@@ -270,9 +291,8 @@ impl Builder {
         let their_join = join.clone();
         let their_packet = packet.clone();
 
-        let subscriber = EventSubscriber {
-            resource: &DONE as &dyn EventSource as *const _ as *mut dyn EventSource,
-        };
+        let subscriber =
+            EventSubscriber::new(&DONE as &dyn EventSource as *const _ as *mut dyn EventSource);
 
         let closure = move || {
             // trigger the JoinHandler
@@ -400,9 +420,8 @@ impl Builder {
         let sched = get_scheduler();
         let id = self.id;
         let stack_size = self.stack_size.unwrap_or_else(|| config().get_stack_size());
-        let subscriber = EventSubscriber {
-            resource: &DONE as &dyn EventSource as *const _ as *mut dyn EventSource,
-        };
+        let subscriber =
+            EventSubscriber::new(&DONE as &dyn EventSource as *const _ as *mut dyn EventSource);
         let closure = move || {
             f();
             subscriber

@@ -11,20 +11,22 @@
 //! least one side sees the other, and whichever takes the coroutine out of the slot runs it.
 //!
 //! A waker on another thread can run the coroutine while the worker it left is still in
-//! `subscribe`, reading the flag. The coroutine does not wait for that: `subscribe` copies what
-//! it needs off the coroutine's stack before it publishes the coroutine, and reads only the
-//! slot (and what the condition points to) after. Two things wait instead, both rare: the next
+//! `subscribe`, reading the flag. The coroutine does not wait for that: the park it yields is
+//! a copy (the slot's address and the condition, by value), so `subscribe` holds no reference
+//! into the coroutine's stack, and it reads only the slot (and what the condition points to)
+//! once the coroutine is published. Two things wait instead, both rare: the next
 //! park on the same slot, so that two `subscribe`s never overlap, and dropping the slot. A
 //! coroutine that waited for `subscribe` on every return would stall for as long as that
 //! worker's OS thread stays preempted, which on busy cores is milliseconds.
 
 use std::fmt;
+use std::mem::MaybeUninit;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::coroutine_impl::{co_cancel_data, run_coroutine, CoroutineImpl, EventSource};
+use crate::coroutine_impl::{co_cancel_data, run_coroutine, CoroutineImpl, EventSubscriber};
 use crate::scheduler::get_scheduler;
 use crate::sync::AtomicOption;
-use crate::yield_now::{yield_now, yield_with};
+use crate::yield_now::{yield_now, yield_with_subscriber};
 
 /// Parks one coroutine at a time until [`ParkSlot::unpark`]; an unpark that comes first makes
 /// the next park return at once (as with `std::thread::park`).
@@ -53,9 +55,9 @@ pub struct ParkSlot {
     ready: AtomicBool,
     /// The parked coroutine, taken out by whoever runs it next.
     co: AtomicOption<CoroutineImpl>,
-    /// Set while `subscribe` still reads the park (the slot, and the condition on the
-    /// coroutine's stack) after publishing the coroutine: a waker on another thread may run
-    /// it meanwhile, and the park does not return before this is clear.
+    /// Set while `subscribe` still reads the slot (and what the condition reads) after
+    /// publishing the coroutine, which a waker on another thread may run meanwhile: the next
+    /// park on the slot and the slot's drop wait until it is clear.
     subscribing: AtomicBool,
 }
 
@@ -96,7 +98,7 @@ impl ParkSlot {
     /// # Safety
     ///
     /// `done` may run after this coroutine has resumed elsewhere and left the caller's frame
-    /// (see the module doc); it is `Copy`, copied off the stack before that. It must read
+    /// (see the module doc); it is `Copy` and at most two words, and travels by value. It must read
     /// only memory that lives as long as the slot: a closure over a reference to the slot's
     /// owner, never over the caller's locals (an `Arc` on the stack included).
     pub unsafe fn park_unless(&self, done: impl Fn() -> bool + Copy) {
@@ -111,7 +113,7 @@ impl ParkSlot {
         while self.subscribing.load(Ordering::Acquire) {
             yield_now();
         }
-        yield_with(&Parking { slot: self, done });
+        yield_with_subscriber(|| EventSubscriber::park(DetachedPark::new(self, done)));
         // The unpark that resumed us is consumed; a later one stays pending.
         self.ready.store(false, Ordering::Release);
     }
@@ -144,31 +146,73 @@ impl ParkSlot {
     }
 }
 
-/// One park on a slot, with the condition that ends it.
-struct Parking<'a, F: Fn() -> bool> {
-    slot: &'a ParkSlot,
-    done: F,
+/// The room a park's condition may take: two words (a closure over a reference or two).
+type ConditionBytes = MaybeUninit<[usize; 2]>;
+
+/// One park on a slot, with the condition that ends it, copied by value into the subscriber
+/// the coroutine yields: the worker's `subscribe` holds no reference into the parking frame,
+/// which may be gone as soon as the coroutine is in the slot.
+pub(crate) struct DetachedPark {
+    slot: *const ParkSlot,
+    condition: ConditionBytes,
+    /// Reads the condition's bytes back as its closure type and calls it.
+    check: unsafe fn(&ConditionBytes) -> bool,
 }
 
-impl<F: Fn() -> bool + Copy> EventSource for Parking<'_, F> {
-    fn subscribe(&mut self, co: CoroutineImpl) {
-        // Everything read from the coroutine (its stack, where `self` is, and its cancel
-        // data) is read before it is published: a waker may run it, and it may return from
-        // the park and end, as soon as it is in the slot. A cancel that comes after this
-        // check unparks the slot (the rule of `ParkSlot`), which the flag read below sees.
+/// Calls the condition stored in `bytes` as an `F`.
+///
+/// # Safety
+///
+/// `bytes` holds an `F` written by `DetachedPark::new`.
+unsafe fn check<F: Fn() -> bool + Copy>(bytes: &ConditionBytes) -> bool {
+    // SAFETY: `new` wrote an `F` at the start of the buffer, which is large and aligned
+    // enough (checked at compile time there); `F: Copy`, so reading it leaves no duplicate
+    // owner of anything.
+    let done: F = unsafe { std::ptr::read(bytes.as_ptr().cast::<F>()) };
+    done()
+}
+
+impl DetachedPark {
+    fn new<F: Fn() -> bool + Copy>(slot: &ParkSlot, done: F) -> DetachedPark {
+        const {
+            assert!(
+                std::mem::size_of::<F>() <= std::mem::size_of::<ConditionBytes>()
+                    && std::mem::align_of::<F>() <= std::mem::align_of::<ConditionBytes>(),
+                "a park's condition takes at most two words"
+            )
+        };
+        let mut condition = ConditionBytes::uninit();
+        // SAFETY: the buffer is large and aligned enough for an `F` (checked above).
+        unsafe { std::ptr::write(condition.as_mut_ptr().cast::<F>(), done) };
+        DetachedPark {
+            slot,
+            condition,
+            check: check::<F>,
+        }
+    }
+
+    pub(crate) fn subscribe(self, co: CoroutineImpl) {
+        // Only the coroutine's cancel data is read from the coroutine, before it is
+        // published: a waker may run it, and it may return from the park and end, as soon as
+        // it is in the slot. A cancel that comes after this check unparks the slot (the rule
+        // of `ParkSlot`), which the flag read below sees.
         if co_cancel_data(&co).is_canceled() {
             run_coroutine(co);
             return;
         }
-        let slot = self.slot;
-        let done = self.done;
+        // SAFETY: the slot outlives every `subscribe` on it: dropping it waits while
+        // `subscribing` is set, which is set before the coroutine is published (and so
+        // before its owner can let go of the slot) and cleared after the last access.
+        let slot = unsafe { &*self.slot };
         slot.subscribing.store(true, Ordering::Relaxed);
         // The store is a read-modify-write (`AtomicCell` swaps a value that needs dropping):
         // `subscribing` is set before any waker can take the coroutine.
         slot.co.store(co);
         // Pairs with the wakers: they set the flag (or the condition) and then take; here
         // the coroutine is stored and then both are read.
-        let resume = slot.ready.load(Ordering::SeqCst) || done();
+        // SAFETY: `condition` holds the `F` that `check` was made for; what it reads lives
+        // as long as the slot (the contract of `park_unless`).
+        let resume = slot.ready.load(Ordering::SeqCst) || unsafe { (self.check)(&self.condition) };
         let co = if resume { slot.co.take() } else { None };
         // The last access to the slot: from here it may be parked on again, or dropped.
         slot.subscribing.store(false, Ordering::Release);

@@ -39,6 +39,20 @@ pub fn yield_with<T: EventSource>(resource: &T) {
     cancel.clear();
 }
 
+/// Yields with a subscriber made by the caller (a detached park), with the default
+/// `yield_back`: the cancel checked before and after, as `yield_with` does.
+#[inline]
+pub(crate) fn yield_with_subscriber(es: impl FnOnce() -> EventSubscriber) {
+    let cancel = current_cancel_data();
+    if unlikely(cancel.is_canceled()) {
+        co_set_para(std::io::Error::other("Canceled"));
+        return cancel.check_cancel();
+    }
+    co_yield_with(es());
+    cancel.check_cancel();
+    cancel.clear();
+}
+
 #[inline]
 pub fn yield_with_io<T: EventSource>(resource: &T, is_coroutine: bool) {
     if likely(is_coroutine) {
