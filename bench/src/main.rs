@@ -308,7 +308,9 @@ const SUITES: &[Suite] = &[
                so polling for the next call or the result costs CPU without paying. The CPU \
                column is the CPU per call beyond that of the sleeps: each case runs as many \
                1 ms sleeps alone after its calls and subtracts their CPU (a sleep's wake-ups \
-               cost tens of µs of CPU each on this virtual machine)",
+               cost tens of µs of CPU each on this virtual machine). The last row is no pool: \
+               a plain OS thread hands each call to another through a mutex and condvars, \
+               both parked while idle; the least a hand-off that does not poll costs here",
         workers: 2,
         cases: &[
             ("greenhub tpool", 2_000),
@@ -316,6 +318,7 @@ const SUITES: &[Suite] = &[
             ("blocking crate", 2_000),
             ("gevent threadpool", 2_000),
             ("eventlet tpool", 2_000),
+            ("two OS threads, condvar (the floor)", 2_000),
         ],
         scale: 1.0,
         busy: 0,

@@ -773,6 +773,74 @@ async fn tokio_sleeps_alone(spacing: Option<Duration>, n: u64) -> Option<Duratio
 /// task sleeping `spacing` before each timed call: returns the `quantile` of the per-call
 /// latencies in ns, and reports the timed calls' CPU per call (with a spacing, beyond that of
 /// the same number of sleeps alone, measured after them).
+/// `n` calls handed from this thread to another OS thread and answered, each after `spacing`
+/// of sleep (`std::thread::sleep`); the latencies. Both threads park on condvars while idle.
+fn os_thread_handoffs(n: u64, spacing: Option<Duration>) -> Vec<u64> {
+    use std::sync::{Arc, Condvar, Mutex};
+    /// Calls asked and answered, and a job's value.
+    struct Line {
+        asked: u64,
+        answered: u64,
+        value: u64,
+    }
+    let shared = Arc::new((
+        Mutex::new(Line {
+            asked: 0,
+            answered: 0,
+            value: 0,
+        }),
+        Condvar::new(),
+        Condvar::new(),
+    ));
+    let other = shared.clone();
+    std::thread::spawn(move || {
+        let (line, ask, answer) = &*other;
+        let mut l = line.lock().unwrap();
+        loop {
+            while l.asked == l.answered {
+                l = ask.wait(l).unwrap();
+            }
+            l.value = std::hint::black_box(1);
+            l.answered = l.asked;
+            answer.notify_one();
+        }
+    });
+    let (line, ask, answer) = &*shared;
+    let call = || {
+        let mut l = line.lock().unwrap();
+        l.asked += 1;
+        ask.notify_one();
+        while l.answered != l.asked {
+            l = answer.wait(l).unwrap();
+        }
+        l.value
+    };
+    for _ in 0..1000 {
+        call();
+    }
+    let mut samples = Vec::with_capacity(n as usize);
+    let section = Section::start();
+    for _ in 0..n {
+        if let Some(pause) = spacing {
+            std::thread::sleep(pause);
+        }
+        let t = Instant::now();
+        let v = call();
+        samples.push(t.elapsed().as_nanos() as u64);
+        assert_eq!(v, 1);
+    }
+    let spent = section.spent();
+    let baseline = spacing.map(|pause| {
+        let alone = Section::start();
+        for _ in 0..n {
+            std::thread::sleep(pause);
+        }
+        alone.spent()
+    });
+    report_cpu(spent, baseline, n);
+    samples
+}
+
 pub fn tpool_rtt(
     runtime: &str,
     workers: usize,
@@ -812,6 +880,12 @@ pub fn tpool_rtt(
             })
             .wait()
             .unwrap();
+        }
+        "two OS threads, condvar (the floor)" => {
+            // No runtime: the caller hands the call to one other OS thread through a mutex
+            // and condvars, both parked while idle. What a hand-off to another thread and
+            // back costs on this machine when neither polls.
+            samples = os_thread_handoffs(n, spacing);
         }
         "tokio spawn_blocking" => {
             samples = tokio_rt(workers).block_on(async move {

@@ -96,6 +96,8 @@ pub struct Call<T> {
     state: Arc<CallState<T>>,
     pool: Arc<dyn Origin>,
     site: &'static Location<'static>,
+    /// A pool thread was awake (searching) when the call was queued.
+    awake: bool,
 }
 
 impl<T> std::fmt::Debug for Call<T> {
@@ -109,12 +111,20 @@ impl<T> std::fmt::Debug for Call<T> {
 }
 
 impl<T> Call<T> {
+    /// `awake`: whether a pool thread was awake to take the call when it was queued (only
+    /// then may the caller poll for the result; see [`Origin::admit_poll`]).
     pub(crate) fn new(
         state: Arc<CallState<T>>,
         pool: Arc<dyn Origin>,
         site: &'static Location<'static>,
+        awake: bool,
     ) -> Call<T> {
-        Call { state, pool, site }
+        Call {
+            state,
+            pool,
+            site,
+            awake,
+        }
     }
 
     /// Whether the result is there (the call ended).
@@ -141,7 +151,9 @@ impl<T> Call<T> {
             object: *crate::CALL_KIND,
             id: self.pool.id(),
         };
-        if self.pool.admit_poll() {
+        // A call that had to wake a parked thread answers no sooner than the OS runs that
+        // thread: a poll would spin through that whole wake-up.
+        if self.awake && self.pool.admit_poll() {
             let outcome = self.poll(deadline);
             self.pool.record_poll(outcome);
         }

@@ -362,7 +362,7 @@ impl Shared {
             Work::Retire => 0,
         };
         if self.queued.load(Ordering::Acquire) > others {
-            self.wake_one();
+            let _ = self.wake_one();
         }
     }
 
@@ -382,9 +382,14 @@ impl Shared {
     /// wake the next thread if it takes other work), wakes the last-parked thread, or starts a
     /// new one when none is parked. SeqCst with the decrement in `stop_searching`: a submitter
     /// that saw a searcher queued its call before the searcher's last look at the queue.
-    fn wake_one(self: &Arc<Self>) {
+    ///
+    /// Returns whether a thread was awake for the work (searching): its result can come
+    /// within a caller's poll. A thread woken from its park answers no sooner than the OS
+    /// wakes it, tens of microseconds on a virtual machine's idle core, which a poll would
+    /// spend spinning.
+    fn wake_one(self: &Arc<Self>) -> bool {
         if self.searching.load(Ordering::SeqCst) > 0 {
-            return;
+            return true;
         }
         self.searching.fetch_add(1, Ordering::SeqCst);
         let parked = self.parked.lock().pop();
@@ -399,6 +404,7 @@ impl Shared {
             // Nobody to count: the threads there are will find the work.
             self.searching.fetch_sub(1, Ordering::SeqCst);
         }
+        false
     }
 
     /// Wakes every parked thread (each counted as searching, as `wake_one` counts one).
@@ -768,7 +774,7 @@ impl Pool {
         if !may::coroutine::is_coroutine() {
             let state = CallState::new();
             state.complete(self.run_inline(f));
-            return Ok(Call::new(state, self.shared.clone(), site));
+            return Ok(Call::new(state, self.shared.clone(), site, false));
         }
         self.submit_from(site, f)
     }
@@ -803,9 +809,9 @@ impl Pool {
         shared.in_flight.fetch_add(1, Ordering::AcqRel);
         match shared.queue.put(Work::Call(Box::new(task))) {
             Ok(()) => {
-                shared.wake_one();
+                let awake = shared.wake_one();
                 shared.submitted.fetch_add(1, Ordering::Relaxed);
-                Ok(Call::new(state, shared.clone(), site))
+                Ok(Call::new(state, shared.clone(), site, awake))
             }
             Err(PutError::TimedOut(_)) => {
                 shared.queued.fetch_sub(1, Ordering::AcqRel);
@@ -854,7 +860,7 @@ impl Pool {
         shared.in_flight.fetch_add(1, Ordering::AcqRel);
         match shared.queue.try_put(Work::Call(Box::new(task))) {
             Ok(()) => {
-                shared.wake_one();
+                let _ = shared.wake_one();
                 shared.submitted.fetch_add(1, Ordering::Relaxed);
                 Ok(())
             }
