@@ -809,7 +809,12 @@ impl Pool {
         shared.in_flight.fetch_add(1, Ordering::AcqRel);
         match shared.queue.put(Work::Call(Box::new(task))) {
             Ok(()) => {
-                let awake = shared.wake_one();
+                // A caller may poll for its result if a pool thread was awake to take the
+                // call, or if pool threads' own polls pay (calls come back to back: a caller
+                // that polls here submits its next call while the thread still polls for it,
+                // which keeps both awake). Spaced calls wake a parked thread whose polls
+                // miss: their callers park instead of spinning through its wake-up.
+                let awake = shared.wake_one() || shared.thread_polls.is_open();
                 shared.submitted.fetch_add(1, Ordering::Relaxed);
                 Ok(Call::new(state, shared.clone(), site, awake))
             }

@@ -56,6 +56,11 @@ impl Gate {
         false
     }
 
+    /// Whether the next chance would poll (no skips owed), without using up a chance.
+    pub(crate) fn is_open(&self) -> bool {
+        self.skip.load(Ordering::Relaxed) == 0
+    }
+
     /// Records how a poll admitted by [`Gate::admit`] ended.
     pub(crate) fn record(&self, outcome: Outcome) {
         match outcome {
