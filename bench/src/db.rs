@@ -53,15 +53,28 @@ fn green_pool() -> greenhub_pg::Pool {
 /// `tasks` green threads run `per` checked `SELECT 1`s each through greenhub-pg; their
 /// latencies.
 fn green_selects(pool: &greenhub_pg::Pool, tasks: u64, per: u64) -> Vec<u64> {
+    let pool = pool.clone();
+    timed_green_threads(tasks, per, move || {
+        let row = pool.query_one("SELECT 1", &[]).expect("query");
+        row.get::<i32>(0).expect("an int4")
+    })
+}
+
+/// `tasks` green threads call `select` `per` times each, checking that it returns 1; the
+/// latencies of the calls.
+fn timed_green_threads(
+    tasks: u64,
+    per: u64,
+    select: impl Fn() -> i32 + Clone + Send + 'static,
+) -> Vec<u64> {
     let hs: Vec<_> = (0..tasks)
         .map(|_| {
-            let pool = pool.clone();
+            let select = select.clone();
             greenhub::spawn(move || {
                 (0..per)
                     .map(|_| {
                         let t = Instant::now();
-                        let row = pool.query_one("SELECT 1", &[]).expect("query");
-                        assert_eq!(row.get::<i32>(0).expect("an int4"), 1);
+                        assert_eq!(select(), 1);
                         t.elapsed().as_nanos() as u64
                     })
                     .collect::<Vec<_>>()
@@ -112,22 +125,12 @@ fn deadpool(workers: usize) -> (tokio::runtime::Runtime, deadpool_postgres::Pool
 
 /// `tasks` green threads run `per` checked `SELECT 1`s each; their latencies.
 fn greenhub_selects(pool: &greenhub_dbpool::PgPool, tasks: u64, per: u64) -> Vec<u64> {
-    let hs: Vec<_> = (0..tasks)
-        .map(|_| {
-            let pool = pool.clone();
-            greenhub::spawn(move || {
-                (0..per)
-                    .map(|_| {
-                        let t = Instant::now();
-                        let row = pool.query_one("SELECT 1", vec![]).expect("query");
-                        assert_eq!(row.get::<_, i32>(0), 1);
-                        t.elapsed().as_nanos() as u64
-                    })
-                    .collect::<Vec<_>>()
-            })
-        })
-        .collect();
-    hs.into_iter().flat_map(|h| h.wait().unwrap()).collect()
+    let pool = pool.clone();
+    timed_green_threads(tasks, per, move || {
+        pool.query_one("SELECT 1", vec![])
+            .expect("query")
+            .get::<_, i32>(0)
+    })
 }
 
 /// `tasks` OS threads run `per` checked `SELECT 1`s each, sent by `query`; their latencies.

@@ -830,15 +830,20 @@ fn os_thread_handoffs(n: u64, spacing: Option<Duration>) -> Vec<u64> {
         assert_eq!(v, 1);
     }
     let spent = section.spent();
-    let baseline = spacing.map(|pause| {
+    report_cpu(spent, sleeps_alone(spacing, n, std::thread::sleep), n);
+    samples
+}
+
+/// The CPU of `n` sleeps of `spacing` alone (none without spacing): what a spaced case
+/// subtracts from its calls' CPU.
+fn sleeps_alone(spacing: Option<Duration>, n: u64, sleep: impl Fn(Duration)) -> Option<Duration> {
+    spacing.map(|pause| {
         let alone = Section::start();
         for _ in 0..n {
-            std::thread::sleep(pause);
+            sleep(pause);
         }
         alone.spent()
-    });
-    report_cpu(spent, baseline, n);
-    samples
+    })
 }
 
 pub fn tpool_rtt(
@@ -868,13 +873,7 @@ pub fn tpool_rtt(
                     assert_eq!(v, 1);
                 }
                 let spent = section.spent();
-                let baseline = spacing.map(|pause| {
-                    let alone = Section::start();
-                    for _ in 0..n {
-                        greenhub::sleep(pause).unwrap();
-                    }
-                    alone.spent()
-                });
+                let baseline = sleeps_alone(spacing, n, |pause| greenhub::sleep(pause).unwrap());
                 report_cpu(spent, baseline, n);
                 samples
             })
