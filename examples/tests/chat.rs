@@ -95,6 +95,11 @@ fn churn(addr: std::net::SocketAddr, clients: usize, times: usize) -> Vec<String
                         let mut conn = TcpStream::connect(addr).unwrap();
                         let line = format!("churn-{c}-{k}");
                         conn.write_all(format!("{line}\n").as_bytes()).unwrap();
+                        // Leaves at once, but as a client that closes cleanly: a socket closed
+                        // with unread data (the others' lines) resets the connection, and a
+                        // reset discards what the server has not read yet, this line included.
+                        conn.shutdown(std::net::Shutdown::Write).unwrap();
+                        let _ = std::io::copy(&mut conn, &mut std::io::sink());
                         line
                     })
                     .collect::<Vec<_>>()
