@@ -96,8 +96,9 @@ pub struct Call<T> {
     state: Arc<CallState<T>>,
     pool: Arc<dyn Origin>,
     site: &'static Location<'static>,
-    /// A pool thread was awake (searching) when the call was queued.
-    awake: bool,
+    /// The caller may poll for the result: a pool thread was awake (searching) when the call
+    /// was queued, or pool threads' own polls pay (see `Pool::submit_from`).
+    may_poll: bool,
 }
 
 impl<T> std::fmt::Debug for Call<T> {
@@ -111,19 +112,19 @@ impl<T> std::fmt::Debug for Call<T> {
 }
 
 impl<T> Call<T> {
-    /// `awake`: whether a pool thread was awake to take the call when it was queued (only
-    /// then may the caller poll for the result; see [`Origin::admit_poll`]).
+    /// `may_poll`: whether the caller may poll for the result at all (a pool thread was awake
+    /// to take the call, or pool threads' polls pay); [`Origin::admit_poll`] decides the rest.
     pub(crate) fn new(
         state: Arc<CallState<T>>,
         pool: Arc<dyn Origin>,
         site: &'static Location<'static>,
-        awake: bool,
+        may_poll: bool,
     ) -> Call<T> {
         Call {
             state,
             pool,
             site,
-            awake,
+            may_poll,
         }
     }
 
@@ -153,7 +154,7 @@ impl<T> Call<T> {
         };
         // A call that had to wake a parked thread answers no sooner than the OS runs that
         // thread: a poll would spin through that whole wake-up.
-        if self.awake && self.pool.admit_poll() {
+        if self.may_poll && self.pool.admit_poll() {
             let outcome = self.poll(deadline);
             self.pool.record_poll(outcome);
         }

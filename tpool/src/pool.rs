@@ -814,9 +814,9 @@ impl Pool {
                 // that polls here submits its next call while the thread still polls for it,
                 // which keeps both awake). Spaced calls wake a parked thread whose polls
                 // miss: their callers park instead of spinning through its wake-up.
-                let awake = shared.wake_one() || shared.thread_polls.is_open();
+                let may_poll = shared.wake_one() || shared.thread_polls.is_open();
                 shared.submitted.fetch_add(1, Ordering::Relaxed);
-                Ok(Call::new(state, shared.clone(), site, awake))
+                Ok(Call::new(state, shared.clone(), site, may_poll))
             }
             Err(PutError::TimedOut(_)) => {
                 shared.queued.fetch_sub(1, Ordering::AcqRel);
