@@ -182,6 +182,52 @@ fn a_socket_read_timeout_bounds_each_read() {
     assert_eq!(r, Err(ErrorKind::TimedOut));
 }
 
+/// A socket keeps one deadline alarm for all its reads: each read must still end at its own
+/// deadline, whether it is shorter than an earlier read's (whose alarm is still pending) or
+/// longer (an earlier, shorter alarm comes up during it and must neither end it early nor be
+/// lost), after any number of reads answered in time.
+#[test]
+fn each_read_on_one_socket_ends_at_its_own_deadline() {
+    let addr = echo_server();
+    let r = spawn(move || {
+        for round in 0..4u64 {
+            let mut s = TcpStream::connect(addr).unwrap();
+            let answered = |s: &mut TcpStream, i: u32, timeout: Duration| {
+                s.set_read_timeout(Some(timeout)).unwrap();
+                s.write_all(&i.to_be_bytes()).unwrap();
+                let mut back = [0u8; 4];
+                s.read_exact(&mut back).unwrap();
+                assert_eq!(u32::from_be_bytes(back), i, "round {round}");
+            };
+            let silent = |s: &mut TcpStream, timeout: Duration| {
+                s.set_read_timeout(Some(timeout)).unwrap();
+                let t0 = Instant::now();
+                let mut byte = [0u8; 1];
+                let kind = s.read(&mut byte).map(|_| ()).map_err(|e| e.kind());
+                let took = t0.elapsed();
+                assert_eq!(kind, Err(ErrorKind::TimedOut), "round {round}, {timeout:?}");
+                assert!(took >= timeout, "round {round}: ended early, {took:?}");
+            };
+            let short = Duration::from_millis(20);
+            let long = Duration::from_secs(600);
+            // Many reads answered long before their deadlines, long and short in turn.
+            for i in 0..500u32 {
+                answered(&mut s, i, if i % 2 == 0 { long } else { short });
+            }
+            // Longer than the short alarm still pending from the last read.
+            silent(&mut s, Duration::from_millis(30 + 20 * round));
+            answered(&mut s, 1, short);
+            silent(&mut s, Duration::from_millis(150 + 50 * round));
+            // Shorter than the long alarm still pending from the last read.
+            answered(&mut s, 2, long);
+            silent(&mut s, Duration::from_millis(30));
+        }
+    });
+    // A read whose alarm was lost (or left for the 600 s one) would wait far longer than this.
+    let done = with_timeout(Duration::from_secs(120), || r.wait());
+    assert!(done.is_ok(), "{done:?}");
+}
+
 #[test]
 fn a_killed_reader_unwinds_and_leaves_no_descriptor_wait() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();

@@ -1,6 +1,6 @@
 //! The alarm thread: every deadline in the process, on one OS thread (`greenhub-alarm`).
 //!
-//! It serves three kinds of entries from one heap ordered by time:
+//! It serves four kinds of entries from one heap ordered by time:
 //!
 //! - **Timed waits.** A timed green wait parks *untimed* and sets an alarm here; at the
 //!   deadline this thread pokes the waiter through the same path as any other wake, and the
@@ -8,6 +8,10 @@
 //!   not used: it is resumed by `may`'s timer thread, which runs the coroutine on that thread,
 //!   and under load a sleeper was seen never to come back from it. The alarm holds the wait as
 //!   an [`Alarmed`] trait object, so this module knows nothing of tokens.
+//! - **Descriptor waits.** A green thread waiting for a socket is parked in `may`'s poller,
+//!   which no token reaches: each registered descriptor has one [`IoAlarm`], reused by all its
+//!   timed waits, that wakes the waiter out of the poller at its deadline. A wait takes the
+//!   heap's lock only when its deadline comes before the alarm's pending entry.
 //! - **Timers** ([`schedule`]): a job that runs here at its time unless [`cancel`]led first;
 //!   `call_after` and `spawn_after` are built on them. A pending timer is an entry, not a
 //!   sleeping green thread: a million pending timers cost a million small entries and no
@@ -16,7 +20,8 @@
 //!   as scheduling a coroutine on a global queue (`budget.rs`).
 //!
 //! Alarms of waits are not removed when the wait ends early; they are skipped when they come
-//! up, and swept out when they pile up, so a stream of waits answered long before their
+//! up (a descriptor's alarm is queued again for the deadline of the wait in progress, if it is
+//! later), and swept out when they pile up, so a stream of waits answered long before their
 //! timeouts keeps memory bounded. Cancelled timers are swept the same way.
 //!
 //! Everything that runs here must be short and must not block: it delays every other deadline.
@@ -25,12 +30,13 @@
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 use std::panic::Location;
-use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
+use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
+use crate::core::clock;
 use crate::core::quiescence;
 use crate::core::registry::{IdMap, TimerKind, registry};
 use crate::core::report;
@@ -44,22 +50,65 @@ pub(crate) trait Alarmed: Send + Sync {
     fn fire(&self);
 }
 
-/// The deadline of one descriptor wait: wakes the waiting green thread out of `may`'s poller,
-/// which no token reaches, unless the wait has ended (then `live` is false and the alarm is
-/// skipped).
+/// The deadline alarm of one registered descriptor, made on its first timed wait and reused by
+/// every later one: a wait publishes its deadline in it, and takes the heap's lock only when
+/// no entry of this alarm comes up at or before that deadline. A keep-alive connection whose
+/// every read waits until "now + idle timeout" so costs one heap entry per timeout, not one per
+/// read.
+///
+/// When an entry comes up, the alarm thread looks at the deadline of the wait in progress: past,
+/// it wakes the waiting green thread out of `may`'s poller (which no token reaches), and the
+/// waiter sees its deadline has passed; later, it queues the alarm again for then; no timed wait
+/// in progress, it drops the entry. A wake that reaches a wait begun since is spurious, and the
+/// I/O loop retries and waits again.
+///
+/// The rule that keeps every deadline covered: a wait stores its deadline and then reads when
+/// the alarm's entry comes up; the alarm thread marks the entry taken and then reads the
+/// deadline (both sequentially consistent), so either the wait sees no entry and queues one, or
+/// the alarm thread sees the new deadline.
 pub(crate) struct IoAlarm {
-    pub waker: may::io::WaitIoWaker,
-    pub live: AtomicBool,
+    waker: may::io::WaitIoWaker,
+    /// The deadline of the timed wait in progress (clock ns, at least 1); 0 while there is none.
+    deadline_ns: AtomicU64,
+    /// When this alarm's current heap entry comes up (clock ns); [`NOT_QUEUED`] without one.
+    /// Changed only under the heap's lock.
+    queued_ns: AtomicU64,
 }
 
-impl Alarmed for IoAlarm {
-    fn live(&self) -> bool {
-        self.live.load(AtomicOrdering::Acquire)
+const NOT_QUEUED: u64 = u64::MAX;
+
+impl IoAlarm {
+    /// The alarm of the descriptor `waker` wakes the waiter of.
+    pub(crate) fn new(waker: may::io::WaitIoWaker) -> IoAlarm {
+        IoAlarm {
+            waker,
+            deadline_ns: AtomicU64::new(0),
+            queued_ns: AtomicU64::new(NOT_QUEUED),
+        }
     }
 
-    fn fire(&self) {
-        if self.live() {
-            self.waker.wakeup();
+    /// A wait bounded by `at` begins.
+    #[inline]
+    pub(crate) fn begin(self: &Arc<Self>, at: Instant) {
+        let d = clock::instant_ns(at).max(1);
+        self.deadline_ns.store(d, AtomicOrdering::SeqCst);
+        if self.queued_ns.load(AtomicOrdering::SeqCst) > d {
+            self.queue(at, d);
+        }
+    }
+
+    /// The wait ends (however it ends, unwinding included).
+    #[inline]
+    pub(crate) fn end(&self) {
+        self.deadline_ns.store(0, AtomicOrdering::Release);
+    }
+
+    #[cold]
+    fn queue(self: &Arc<Self>, at: Instant, d: u64) {
+        let h = alarms().heap.lock();
+        if self.queued_ns.load(AtomicOrdering::Relaxed) > d {
+            self.queued_ns.store(d, AtomicOrdering::SeqCst);
+            push(h, at, Target::Io(self.clone(), d));
         }
     }
 }
@@ -68,6 +117,9 @@ type Job = Box<dyn FnOnce() + Send>;
 
 enum Target {
     Wait(Arc<dyn Alarmed>),
+    /// A descriptor's alarm, and when this entry of it comes up (clock ns): an entry that is
+    /// not the alarm's current one is stale, and skipped.
+    Io(Arc<IoAlarm>, u64),
     /// A timer, by id: its job is in [`Heap::timers`] while it is pending.
     Timer(u64),
 }
@@ -152,6 +204,10 @@ fn push(mut h: parking_lot::MutexGuard<'_, Heap>, at: Instant, target: Target) {
         let Heap { alarms, timers, .. } = &mut *h;
         alarms.retain(|alarm| match &alarm.target {
             Target::Wait(w) => w.live(),
+            // The current entry of an alarm whose descriptor is still registered.
+            Target::Io(a, at_ns) => {
+                Arc::strong_count(a) > 1 && a.queued_ns.load(AtomicOrdering::Relaxed) == *at_ns
+            }
             Target::Timer(id) => timers.contains_key(id),
         });
         h.sweep_at = (h.alarms.len() * 2).max(MIN_SWEEP);
@@ -230,6 +286,7 @@ pub(crate) fn soon(job: Job) {
 fn run() {
     let a = alarms();
     let mut due: Vec<Arc<dyn Alarmed>> = Vec::new();
+    let mut due_io: Vec<Arc<IoAlarm>> = Vec::new();
     let mut fired: Vec<(u64, Job)> = Vec::new();
     let mut jobs: Vec<Job> = Vec::new();
     loop {
@@ -243,6 +300,11 @@ fn run() {
                     let Some(alarm) = h.alarms.pop() else { break };
                     match alarm.target {
                         Target::Wait(w) => due.push(w),
+                        Target::Io(a, at_ns) => {
+                            if io_entry_due(&mut h.alarms, &a, at_ns, now) {
+                                due_io.push(a);
+                            }
+                        }
                         Target::Timer(id) => {
                             if let Some(job) = h.timers.remove(&id) {
                                 fired.push((id, job));
@@ -252,7 +314,7 @@ fn run() {
                 }
                 std::mem::swap(&mut jobs, &mut h.soon);
                 h.busy = !fired.is_empty() || !jobs.is_empty();
-                if !due.is_empty() || h.busy {
+                if !due.is_empty() || !due_io.is_empty() || h.busy {
                     break;
                 }
                 match h.alarms.peek().map(|first| first.at) {
@@ -268,6 +330,11 @@ fn run() {
         for wait in due.drain(..) {
             wait.fire();
         }
+        for alarm in due_io.drain(..) {
+            if alarm.deadline_ns.load(AtomicOrdering::Acquire) != 0 {
+                alarm.waker.wakeup();
+            }
+        }
         for (id, job) in fired.drain(..) {
             // Listed until its job has run: a `call_after` is never in neither the timers nor
             // the threads (what `run_until_idle` counts).
@@ -278,6 +345,34 @@ fn run() {
             run_job(job);
         }
     }
+}
+
+/// An entry of a descriptor's alarm has come up (under the heap's lock): whether the timed wait
+/// in progress is due, to be woken outside the lock. A wait with a later deadline has the alarm
+/// queued again for then; a stale entry, or one with no timed wait in progress, is dropped.
+fn io_entry_due(
+    alarms: &mut BinaryHeap<Alarm>,
+    a: &Arc<IoAlarm>,
+    at_ns: u64,
+    now: Instant,
+) -> bool {
+    if a.queued_ns.load(AtomicOrdering::Relaxed) != at_ns {
+        return false;
+    }
+    a.queued_ns.store(NOT_QUEUED, AtomicOrdering::SeqCst);
+    let d = a.deadline_ns.load(AtomicOrdering::SeqCst);
+    if d == 0 {
+        return false;
+    }
+    if d <= clock::instant_ns(now) {
+        return true;
+    }
+    a.queued_ns.store(d, AtomicOrdering::SeqCst);
+    alarms.push(Alarm {
+        at: clock::instant_at(d),
+        target: Target::Io(a.clone(), d),
+    });
+    false
 }
 
 /// A job that panics is a greenhub bug, but it must not stop every later deadline.

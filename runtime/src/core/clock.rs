@@ -87,6 +87,11 @@ pub(crate) fn instant_ns(at: Instant) -> u64 {
     at.saturating_duration_since(epoch().instant).as_nanos() as u64
 }
 
+/// The [`Instant`] `ns` nanoseconds after the epoch: the inverse of [`instant_ns`].
+pub(crate) fn instant_at(ns: u64) -> Instant {
+    epoch().instant + Duration::from_nanos(ns)
+}
+
 /// Time since the runtime's epoch.
 pub(crate) fn uptime() -> Duration {
     epoch().instant.elapsed()

@@ -2,8 +2,8 @@
 
 use std::marker::PhantomData;
 use std::mem::ManuallyDrop;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering, fence};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use greenhub_snapshot::{Interest, WaitOn};
@@ -291,8 +291,12 @@ impl Drop for Waiter {
 /// the descriptors of waiting threads from there): no table entry to add and remove around
 /// each wait. A wait shown as on something else (`on`), and an OS thread's, register the
 /// descriptor with an [`FdWatch`].
+///
+/// The deadline goes through the descriptor's `alarm`, made on its first timed wait and kept
+/// with its registration (see `alarm::IoAlarm`).
 pub(crate) fn wait_io<T: std::os::fd::AsRawFd>(
     io: &may::io::CoIo<T>,
+    alarm: &OnceLock<Arc<alarm::IoAlarm>>,
     interest: Interest,
     deadline: Option<Instant>,
     on: Option<WaitOn>,
@@ -301,14 +305,11 @@ pub(crate) fn wait_io<T: std::os::fd::AsRawFd>(
     use std::os::fd::AsRawFd;
     let fd = io.as_raw_fd();
     let alarm = deadline.map(|at| {
-        let a = Arc::new(alarm::IoAlarm {
-            waker: io.waker(),
-            live: AtomicBool::new(true),
-        });
-        alarm::set(at, a.clone());
+        let a = alarm.get_or_init(|| Arc::new(alarm::IoAlarm::new(io.waker())));
+        a.begin(at);
         a
     });
-    let _disarm = Disarm(alarm.as_deref());
+    let _end = EndAlarm(alarm.map(|a| &**a));
     context::with(|ctx| match ctx.record() {
         Some(record) => {
             check_kill(record);
@@ -333,13 +334,13 @@ pub(crate) fn wait_io<T: std::os::fd::AsRawFd>(
     });
 }
 
-/// Ends a descriptor wait's alarm however the wait ends, unwinding included.
-struct Disarm<'a>(Option<&'a alarm::IoAlarm>);
+/// Ends a descriptor wait's deadline in its alarm however the wait ends, unwinding included.
+struct EndAlarm<'a>(Option<&'a alarm::IoAlarm>);
 
-impl Drop for Disarm<'_> {
+impl Drop for EndAlarm<'_> {
     fn drop(&mut self) {
         if let Some(a) = self.0 {
-            a.live.store(false, Ordering::Release);
+            a.end();
         }
     }
 }

@@ -12,10 +12,12 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use may::io::CoIo;
 
+use crate::core::alarm::IoAlarm;
 use crate::core::report::{self, Throttle};
 use crate::core::timeout::{IsTimeout, TimedOut};
 use crate::core::wait::wait_io;
@@ -32,6 +34,8 @@ use greenhub_snapshot::{Interest, WaitOn};
 /// be reported again (a green thread waiting forever on data that has arrived).
 pub(crate) struct Registered<T: AsRawFd> {
     io: CoIo<Borrowed>,
+    /// The deadline alarm of its timed waits, made on the first one.
+    alarm: OnceLock<Arc<IoAlarm>>,
     inner: T,
 }
 
@@ -48,7 +52,11 @@ impl<T: AsRawFd> Registered<T> {
         // Registering starts `may`'s scheduler: greenhub's configuration must come first.
         start::runtime();
         let io = CoIo::new(Borrowed(inner.as_raw_fd())).map_err(io::Error::from)?;
-        Ok(Registered { io, inner })
+        Ok(Registered {
+            io,
+            alarm: OnceLock::new(),
+            inner,
+        })
     }
 
     pub(crate) fn get(&self) -> &T {
@@ -118,7 +126,7 @@ impl<T: AsRawFd> Registered<T> {
                 return Err(timed_out());
             }
             if may::coroutine::is_coroutine() {
-                wait_io(&self.io, interest, deadline, on);
+                wait_io(&self.io, &self.alarm, interest, deadline, on);
             } else {
                 poll(self.fd(), interest, deadline)?;
             }
@@ -247,7 +255,7 @@ pub fn trampoline(
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 break Ok(false);
             }
-            wait_io(&registered.io, interest, deadline, None);
+            wait_io(&registered.io, &registered.alarm, interest, deadline, None);
         };
         drop(registered);
         ready
