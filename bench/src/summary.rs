@@ -43,8 +43,8 @@ const MEDIAN: Pick = |(median, _)| Some(median);
 /// The CPU per operation.
 const CPU: Pick = |(_, cpu)| cpu;
 
-/// "greenhub G; may M (greenhub loses, 1.5x), tokio T (...)" for the runtimes present, over the
-/// figure `pick` takes.
+/// "GREENHUB G; may M (greenhub loses, 1.5x), tokio T (...)" for the runtimes present, over the
+/// figure `pick` takes; GREENHUB is the case named `greenhub` (greenhub's own row of the suite).
 fn compare(
     report: &Report,
     suite: &str,
@@ -53,7 +53,7 @@ fn compare(
     pick: Pick,
 ) -> Option<String> {
     let mine = pick(case(report, suite, greenhub)?)?;
-    let mut out = format!("greenhub {}", fmt_figure(mine));
+    let mut out = format!("{greenhub} {}", fmt_figure(mine));
     for other in others {
         if let Some(theirs) = case(report, suite, other).and_then(pick) {
             let _ = write!(
@@ -166,25 +166,27 @@ pub fn summary(report: &Report) -> String {
             cpu_row(report, suite, "greenhub", SEEDS_AND_PEERS),
         );
     }
+    // greenhub's own PostgreSQL client; dbpool (the driver on pool threads) is the row of the
+    // suites where callers abandon slow statements, which greenhub-pg does not run.
     let db_peers = &[
         "r2d2 + postgres, query_typed_one (64 OS threads)",
         "deadpool-postgres, prepare_cached (tokio)",
     ];
     add(
         "PostgreSQL `SELECT 1` through a pool of 8, one round trip each (µs per query)",
-        row(report, "db_select1", "greenhub dbpool", db_peers),
+        row(report, "db_select1", "greenhub-pg", db_peers),
     );
     add(
         "The same, client CPU (ns per query)",
-        cpu_row(report, "db_select1", "greenhub dbpool", db_peers),
+        cpu_row(report, "db_select1", "greenhub-pg", db_peers),
     );
     add(
         "The same, p50 latency (µs)",
-        row(report, "db_select1_p50", "greenhub dbpool", db_peers),
+        row(report, "db_select1_p50", "greenhub-pg", db_peers),
     );
     add(
         "The same, p99 latency (µs)",
-        row(report, "db_select1_p99", "greenhub dbpool", db_peers),
+        row(report, "db_select1_p99", "greenhub-pg", db_peers),
     );
     let abandon_peers = &[
         "r2d2 + postgres (64 OS threads)",

@@ -50,10 +50,15 @@ impl Stream {
     }
 }
 
-/// A socket with its two buffers.
+/// A socket with its buffers.
 pub(crate) struct Wire {
     stream: Stream,
+    /// Bytes read and not yet parsed. Parsed messages share its memory (a row's values are
+    /// slices of it), so it is only appended to, never written in place.
     read: BytesMut,
+    /// What one socket read lands in before it is appended to `read`: zeroed once, so that a
+    /// read costs a copy of what came rather than the zeroing of a whole chunk.
+    scratch: Box<[u8]>,
     /// Messages built and not yet sent; [`Wire::flush`] sends them in one write.
     pub out: BytesMut,
 }
@@ -72,6 +77,7 @@ impl Wire {
         Wire {
             stream,
             read: BytesMut::with_capacity(READ_CHUNK),
+            scratch: vec![0; READ_CHUNK].into_boxed_slice(),
             out: BytesMut::with_capacity(1024),
         }
     }
@@ -114,25 +120,16 @@ impl Wire {
 
     /// Reads once more from the socket into the read buffer.
     fn fill(&mut self) -> Result<(), Error> {
-        let start = self.read.len();
-        self.read.resize(start + READ_CHUNK, 0);
-        let got = self.stream.read(&mut self.read[start..]);
-        match got {
-            Ok(0) => {
-                self.read.truncate(start);
-                Err(Error::Io(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "the server closed the connection",
-                )))
-            }
+        match self.stream.read(&mut self.scratch) {
+            Ok(0) => Err(Error::Io(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the server closed the connection",
+            ))),
             Ok(n) => {
-                self.read.truncate(start + n);
+                self.read.extend_from_slice(&self.scratch[..n]);
                 Ok(())
             }
-            Err(e) => {
-                self.read.truncate(start);
-                Err(io_error(e))
-            }
+            Err(e) => Err(io_error(e)),
         }
     }
 }
