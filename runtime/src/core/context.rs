@@ -197,7 +197,7 @@ impl Context {
     }
 
     /// Keeps `token` for the next wait unless a token is kept already.
-    fn keep(&self, token: &mut Option<Arc<Token>>) {
+    pub(crate) fn keep(&self, token: &mut Option<Arc<Token>>) {
         let held = self.token.take();
         self.token.set(held.or_else(|| token.take()));
     }

@@ -98,6 +98,10 @@ fn fresh_token(ctx: &context::Context) -> Arc<Token> {
 pub struct Waiter {
     /// Given back to the context on drop.
     token: ManuallyDrop<Arc<Token>>,
+    /// The context of the green thread that waits, where the token goes back (null on an OS
+    /// thread). It is in the coroutine's local storage, which outlives this waiter on the
+    /// coroutine's stack and moves with it from worker to worker.
+    home: *const context::Context,
     on: WaitOn,
     deadline: Option<Instant>,
     _not_send: PhantomData<*const ()>,
@@ -115,13 +119,21 @@ impl Waiter {
     /// Like [`Waiter::new`] with an absolute deadline.
     #[inline]
     pub fn until(on: WaitOn, deadline: Option<Instant>) -> Waiter {
-        let (token, scope) = context::with(|c| (fresh_token(c), c.deadline.get()));
+        let (token, scope, home) = context::with(|c| {
+            let home = if may::coroutine::is_coroutine() {
+                c as *const context::Context
+            } else {
+                std::ptr::null()
+            };
+            (fresh_token(c), c.deadline.get(), home)
+        });
         let deadline = match (deadline, scope) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
         Waiter {
             token: ManuallyDrop::new(token),
+            home,
             on,
             deadline,
             _not_send: PhantomData,
@@ -277,7 +289,13 @@ impl Drop for Waiter {
         self.token.abandon();
         // SAFETY: the token is taken once, here, and not used after.
         let token = unsafe { ManuallyDrop::take(&mut self.token) };
-        context::keep_token(token);
+        if self.home.is_null() {
+            context::keep_token(token);
+        } else {
+            // SAFETY: `home` is the waiting green thread's context, alive while it runs (see
+            // the field); only that thread reaches it, and this is that thread.
+            unsafe { &*self.home }.keep(&mut Some(token));
+        }
     }
 }
 
