@@ -67,10 +67,10 @@ pub(crate) struct Inheritance {
 }
 
 impl Inheritance {
-    /// What the current thread hands a thread it spawns now.
-    pub(crate) fn capture() -> Inheritance {
+    /// What the thread whose context is `c` hands a thread it spawns now.
+    pub(crate) fn capture_in(c: &Context) -> Inheritance {
         Inheritance {
-            locals: inherited_locals(),
+            locals: inherited_locals_in(c),
             #[cfg(feature = "tracing")]
             span: tracing::Span::current(),
         }
@@ -143,22 +143,20 @@ pub(crate) struct LocalEntry {
     pub inherit: Option<Inherit>,
 }
 
-/// The current thread's inherited local values, copied for a child it spawns (nothing
-/// allocated when there are none).
-pub(crate) fn inherited_locals() -> Vec<LocalEntry> {
-    with(|c| {
-        c.locals
-            .borrow()
-            .iter()
-            .filter_map(|e| {
-                e.inherit.map(|copy| LocalEntry {
-                    key: e.key,
-                    value: copy(&*e.value),
-                    inherit: e.inherit,
-                })
+/// The inherited local values of the context `c`, copied for a child its thread spawns
+/// (nothing allocated when there are none).
+fn inherited_locals_in(c: &Context) -> Vec<LocalEntry> {
+    c.locals
+        .borrow()
+        .iter()
+        .filter_map(|e| {
+            e.inherit.map(|copy| LocalEntry {
+                key: e.key,
+                value: copy(&*e.value),
+                inherit: e.inherit,
             })
-            .collect()
-    })
+        })
+        .collect()
 }
 
 impl Drop for Context {

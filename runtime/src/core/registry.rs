@@ -71,8 +71,8 @@ pub(crate) struct ThreadRecord {
     /// Sampled time on a worker, added by the monitor thread.
     pub run_ns: AtomicU64,
     pub kill_requested: AtomicBool,
-    /// How to kill it by id: its handle's shared state, held weakly (set once at spawn).
-    pub killer: OnceLock<Weak<dyn Killer>>,
+    /// How to kill it by id: its handle's shared state, held weakly.
+    pub killer: Weak<dyn Killer>,
     /// The upper bound of a walk of its stack: the address of a local in its outermost greenhub
     /// frame, set by the thread as it starts (0 before). See core/stack.rs.
     pub stack_base: AtomicUsize,
@@ -177,16 +177,27 @@ pub(crate) struct StateView {
 
 const NO_DEADLINE: u64 = u64::MAX;
 
+/// What a green thread's record keeps for good from its spawn.
+pub(crate) struct Identity {
+    pub id: u64,
+    pub name: Option<Arc<str>>,
+    pub parent: Option<u64>,
+    /// See [`ThreadRecord::origin`].
+    pub origin: u64,
+    pub site: &'static Location<'static>,
+    pub stack_size: usize,
+}
+
 impl ThreadRecord {
-    pub(crate) fn new(
-        id: u64,
-        name: Option<Arc<str>>,
-        parent: Option<u64>,
-        origin: u64,
-        site: &'static Location<'static>,
-        stack_size: usize,
-        phase: Phase,
-    ) -> ThreadRecord {
+    pub(crate) fn new(identity: Identity, phase: Phase, killer: Weak<dyn Killer>) -> ThreadRecord {
+        let Identity {
+            id,
+            name,
+            parent,
+            origin,
+            site,
+            stack_size,
+        } = identity;
         let now = clock::coarse_ns();
         ThreadRecord {
             id,
@@ -199,7 +210,7 @@ impl ThreadRecord {
             switches: AtomicU64::new(0),
             run_ns: AtomicU64::new(0),
             kill_requested: AtomicBool::new(false),
-            killer: OnceLock::new(),
+            killer,
             stack_base: AtomicUsize::new(0),
             park_fp: AtomicUsize::new(0),
             park_sp: AtomicUsize::new(0),

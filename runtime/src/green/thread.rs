@@ -2,7 +2,7 @@
 
 use std::panic::{AssertUnwindSafe, Location, catch_unwind};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -14,7 +14,7 @@ use crate::core::config;
 use crate::core::context::{self, Inheritance, PanicReport};
 use crate::core::limits::{SpawnError, StackPermit};
 use crate::core::registry::{
-    Ending, Killer, Phase, ThreadRecord, TimerKind, os_thread_mark, registry,
+    Ending, Identity, Killer, Phase, ThreadRecord, TimerKind, os_thread_mark, registry,
 };
 use crate::core::report::payload_message;
 use crate::core::timeout::{IsTimeout, TimedOut};
@@ -123,11 +123,12 @@ struct JoinState<T> {
     handle_alive: bool,
     /// Set when a `wait` has taken the result.
     taken: bool,
+    /// The coroutine, once `may` has made it (what a kill cancels).
+    coroutine: Option<may::coroutine::Coroutine>,
 }
 
 struct Shared<T> {
     record: Arc<ThreadRecord>,
-    coroutine: OnceLock<may::coroutine::Coroutine>,
     /// The pending start timer of a `spawn_after` thread (0 when none).
     start_timer: AtomicU64,
     done: AtomicBool,
@@ -197,9 +198,8 @@ impl Builder {
     {
         let site = Location::caller();
         let stack = self.checked_stack_size()?;
-        let shared = self.create(site, context::current_id(), stack, Phase::Scheduled);
+        let (shared, inherited) = self.create(site, context::current_id(), stack, Phase::Scheduled);
         let starter = shared.clone();
-        let inherited = Inheritance::capture();
         let job = Box::new(move || {
             starter.start_timer.store(0, Ordering::Release);
             if let Err(source) = starter.clone().start(stack, f, inherited) {
@@ -229,8 +229,8 @@ impl Builder {
         T: Send + 'static,
     {
         let stack = self.checked_stack_size()?;
-        let shared = self.create(site, parent, stack, Phase::Running);
-        match shared.clone().start(stack, f, Inheritance::capture()) {
+        let (shared, inherited) = self.create(site, parent, stack, Phase::Running);
+        match shared.clone().start(stack, f, inherited) {
             Ok(()) => Ok(GreenThread { shared }),
             Err(e) => {
                 // Never started: it leaves no trace but the error.
@@ -260,34 +260,38 @@ impl Builder {
         parent: Option<u64>,
         stack: usize,
         phase: Phase,
-    ) -> Arc<Shared<T>> {
+    ) -> (Arc<Shared<T>>, Inheritance) {
         let reg = registry();
         // The line of spawns it belongs to: the spawning green thread's, or that of the parent
         // named for it (a timer's owner), or the spawning OS thread's own.
-        let me = if may::coroutine::is_coroutine() {
-            context::with(|c| c.record().map(|r| (r.id, r.origin)))
-        } else {
-            None
-        };
+        // One look at the spawner's context: who it is, and what it hands down.
+        let (me, inherited) = context::with(|c| {
+            (
+                c.record().map(|r| (r.id, r.origin)),
+                Inheritance::capture_in(c),
+            )
+        });
         let origin = match me {
             Some((id, origin)) if parent.is_none_or(|p| p == id) => origin,
             _ => parent
                 .and_then(|p| reg.thread(p))
                 .map_or_else(os_thread_mark, |r| r.origin),
         };
-        let record = Arc::new(ThreadRecord::new(
-            reg.next_id(),
-            self.name.map(Arc::from),
-            parent,
-            origin,
-            site,
-            stack,
-            phase,
-        ));
-        reg.insert_thread(record.clone());
-        let shared = Arc::new(Shared {
-            record,
-            coroutine: OnceLock::new(),
+        // The record names its thread's handle state as its killer from birth: the handle
+        // state is made around it.
+        let shared = Arc::new_cyclic(|me: &Weak<Shared<T>>| Shared {
+            record: Arc::new(ThreadRecord::new(
+                Identity {
+                    id: reg.next_id(),
+                    name: self.name.map(Arc::from),
+                    parent,
+                    origin,
+                    site,
+                    stack_size: stack,
+                },
+                phase,
+                me.clone() as Weak<dyn Killer>,
+            )),
             start_timer: AtomicU64::new(0),
             done: AtomicBool::new(false),
             join: Mutex::new(JoinState {
@@ -297,11 +301,11 @@ impl Builder {
                 links: Vec::new(),
                 handle_alive: true,
                 taken: false,
+                coroutine: None,
             }),
         });
-        let killer: Weak<dyn Killer> = Arc::downgrade(&shared) as Weak<dyn Killer>;
-        let _ = shared.record.killer.set(killer);
-        shared
+        reg.insert_thread(shared.record.clone());
+        (shared, inherited)
     }
 }
 
@@ -375,35 +379,17 @@ impl<T: Send + 'static> Shared<T> {
         let body = move || shared.run(f, permit, inherited);
         let builder =
             may::coroutine::Builder::new().stack_size(stack / std::mem::size_of::<usize>());
-        let spawned = context::capturing_panics(|| {
-            catch_unwind(AssertUnwindSafe(|| {
-                // SAFETY: `may` asks callers of `spawn` to keep thread-locals out of the
-                // coroutine and not to overflow its stack. greenhub's own code keeps no
-                // thread-local across a wait (core/context.rs); user code is warned in the
-                // crate docs, and the stack is the size the user chose, checked against
-                // greenhub's minimum.
-                unsafe { builder.spawn_detached(body) }
-            }))
-        });
-        let handle = match spawned {
-            Ok(Ok(handle)) => handle,
-            Ok(Err(e)) => {
-                return Err(SpawnError::StackAllocation {
-                    stack_size: stack,
-                    reason: e.to_string(),
-                });
-            }
-            Err(payload) => {
-                let reason = context::take_panic()
-                    .map(|p| p.message)
-                    .unwrap_or_else(|| payload_message(&*payload));
-                return Err(SpawnError::StackAllocation {
-                    stack_size: stack,
-                    reason,
-                });
-            }
-        };
-        let _ = self.coroutine.set(handle);
+        // SAFETY: `may` asks callers of `spawn` to keep thread-locals out of the coroutine and
+        // not to overflow its stack. greenhub's own code keeps no thread-local across a wait
+        // (core/context.rs); user code is warned in the crate docs, and the stack is the size
+        // the user chose, checked against greenhub's minimum. A stack that cannot be mapped
+        // comes back as an error.
+        let handle =
+            unsafe { builder.spawn_detached(body) }.map_err(|e| SpawnError::StackAllocation {
+                stack_size: stack,
+                reason: e.to_string(),
+            })?;
+        self.join.lock().coroutine = Some(handle);
         // A kill that came before the coroutine handle was stored could not cancel it.
         if self.record.kill_requested.load(Ordering::SeqCst) {
             self.cancel_coroutine();
@@ -448,7 +434,8 @@ impl<T: Send + 'static> Shared<T> {
     }
 
     fn cancel_coroutine(&self) {
-        if let Some(co) = self.coroutine.get()
+        let co = self.join.lock().coroutine.clone();
+        if let Some(co) = co
             && !self.done.load(Ordering::Acquire)
         {
             // SAFETY: cancelling makes the coroutine unwind (with `may`'s Cancel payload)
@@ -840,7 +827,7 @@ pub fn kill(id: u64) -> bool {
     let Some(record) = registry().thread(id) else {
         return false;
     };
-    match record.killer.get().and_then(Weak::upgrade) {
+    match record.killer.upgrade() {
         Some(k) => {
             k.kill();
             true

@@ -449,10 +449,7 @@ impl Act {
 
 /// Kills the live green thread `id` as its handle would; false if none is alive.
 fn kill(id: u64) -> bool {
-    match registry()
-        .thread(id)
-        .and_then(|r| r.killer.get().and_then(std::sync::Weak::upgrade))
-    {
+    match registry().thread(id).and_then(|r| r.killer.upgrade()) {
         Some(k) => {
             k.kill();
             true

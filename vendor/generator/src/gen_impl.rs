@@ -9,7 +9,7 @@ use crate::rt::{
     Context, ContextStack, Error, REF_ACTIVE, REF_CANCELLED, REF_IDLE, REF_STATE_MASK,
 };
 use crate::scope::Scope;
-use crate::stack::{overflow, Func, Stack, StackBox};
+use crate::stack::{overflow, Func, Stack, StackBox, StackError};
 
 use std::any::Any;
 use std::fmt;
@@ -354,6 +354,17 @@ impl<A: Any> Gn<A> {
         gen.init_context();
         gen.init_code(f);
         Generator { gen }
+    }
+
+    /// As [`Gn::new_opt`], but a stack that cannot be allocated is an error, not a panic.
+    pub fn try_new_opt<'a, T: Any, F>(size: usize, f: F) -> Result<Generator<'a, A, T>, StackError>
+    where
+        F: FnOnce() -> T + Send + 'a,
+    {
+        let mut gen = GeneratorImpl::<A, T>::new(Stack::try_new(size)?);
+        gen.init_context();
+        gen.init_code(f);
+        Ok(Generator { gen })
     }
 }
 

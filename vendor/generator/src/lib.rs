@@ -21,6 +21,7 @@ pub use crate::gen_impl::{Generator, Gn, LocalGenerator, DEFAULT_STACK_SIZE};
 pub use crate::rt::{get_local_data, is_generator, Error};
 pub use crate::scope::Scope;
 pub use crate::stack::shares_mappings as stacks_share_mappings;
+pub use crate::stack::StackError;
 pub use crate::yield_::{
     co_get_yield, co_set_para, co_yield_with, done, get_yield, yield_, yield_from, yield_with,
 };

@@ -1055,3 +1055,16 @@ fn test_into_raw_from_raw() {
     assert_eq!(g.next(), Some(5));
     assert!(g.is_done());
 }
+
+#[test]
+fn a_stack_that_cannot_be_allocated_is_an_error_not_a_panic() {
+    // A size in words whose byte count overflows.
+    let overflow = Gn::<()>::try_new_opt(usize::MAX / 4, || 1);
+    assert!(overflow.is_err());
+    // 128 TiB: more than a process's address space.
+    let too_large = Gn::<()>::try_new_opt(1 << 44, || 1);
+    assert!(too_large.is_err());
+    // A stack that fits still runs.
+    let mut g = Gn::<()>::try_new_opt(0x1000, || 7).unwrap();
+    assert_eq!(g.resume(), Some(7));
+}

@@ -389,7 +389,9 @@ impl Builder {
     ///
     /// # Errors
     ///
-    /// As [`Builder::spawn`].
+    /// A stack that cannot be allocated (address space or mappings exhausted, a size that
+    /// overflows) is returned as an error, where [`Builder::spawn`] panics: the caller
+    /// reports it without catching an unwind.
     ///
     /// # Safety
     ///
@@ -426,12 +428,17 @@ impl Builder {
             f();
             subscriber
         };
+        // A stack that cannot be allocated is the caller's error, not a panic.
+        let stack_error = |e: generator::StackError| match e {
+            generator::StackError::IoError(e) => e,
+            other => io::Error::new(io::ErrorKind::InvalidInput, other.to_string()),
+        };
         let mut co = if stack_size == config().get_stack_size() {
-            let mut co = sched.pool.get();
+            let mut co = sched.pool.try_get().map_err(stack_error)?;
             co.init_code(closure);
             co
         } else {
-            Gn::new_opt(stack_size, closure)
+            Gn::try_new_opt(stack_size, closure).map_err(stack_error)?
         };
         let handle = Coroutine::new(self.name, stack_size);
         let local = CoroutineLocal::new(handle.clone(), None);

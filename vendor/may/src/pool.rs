@@ -14,10 +14,15 @@ pub struct CoroutinePool {
 }
 
 impl CoroutinePool {
-    fn create_dummy_coroutine() -> CoroutineImpl {
-        Gn::new_opt(config().get_stack_size(), move || {
+    fn try_create_dummy_coroutine() -> Result<CoroutineImpl, generator::StackError> {
+        Gn::try_new_opt(config().get_stack_size(), move || {
             unreachable!("dummy coroutine should never be called");
         })
+    }
+
+    fn create_dummy_coroutine() -> CoroutineImpl {
+        Self::try_create_dummy_coroutine()
+            .unwrap_or_else(|e| panic!("failed to alloc sys stack: {e}"))
     }
 
     pub fn new() -> Self {
@@ -41,6 +46,20 @@ impl CoroutinePool {
             None => {
                 self.size.fetch_add(1, Ordering::AcqRel);
                 Self::create_dummy_coroutine()
+            }
+        }
+    }
+
+    /// As [`CoroutinePool::get`], but a new coroutine whose stack cannot be allocated is an
+    /// error, not a panic.
+    #[inline]
+    pub fn try_get(&self) -> Result<CoroutineImpl, generator::StackError> {
+        self.size.fetch_sub(1, Ordering::AcqRel);
+        match self.pool.pop() {
+            Some(co) => Ok(co),
+            None => {
+                self.size.fetch_add(1, Ordering::AcqRel);
+                Self::try_create_dummy_coroutine()
             }
         }
     }

@@ -68,3 +68,26 @@ fn a_detached_coroutine_is_cancelled_through_its_handle() {
     unsafe { co.cancel() };
     wait_for("the unwind", || unwound.load(Ordering::SeqCst) == 1);
 }
+
+#[test]
+fn a_stack_that_cannot_be_allocated_is_an_error() {
+    may::config().set_workers(2);
+    let ran = Arc::new(AtomicUsize::new(0));
+    let r = ran.clone();
+    // 128 TiB in words: more than a process's address space.
+    let spawned = unsafe {
+        Builder::new().stack_size(1 << 44).spawn_detached(move || {
+            r.fetch_add(1, Ordering::SeqCst);
+        })
+    };
+    assert!(spawned.is_err(), "spawned with a 128 TiB stack");
+    // The spawner is fine, and so is the next coroutine.
+    let r = ran.clone();
+    unsafe {
+        Builder::new().spawn_detached(move || {
+            r.fetch_add(1, Ordering::SeqCst);
+        })
+    }
+    .unwrap();
+    wait_for("the next coroutine", || ran.load(Ordering::SeqCst) == 1);
+}

@@ -618,15 +618,34 @@ impl Stack {
     /// [`get_used_size`](Self::get_used_size), which writes every word of the
     /// stack. An even size writes nothing: a new stack holds no memory until
     /// it runs, and its guard page is what catches an overflow.
+    ///
+    /// # Panics
+    ///
+    /// If the stack cannot be allocated; [`Stack::try_new`] returns the error instead.
     pub fn new(size: usize) -> Stack {
+        match Stack::try_new(size) {
+            Ok(stack) => stack,
+            Err(e) => panic!("failed to alloc sys stack: {e}"),
+        }
+    }
+
+    /// As [`Stack::new`], but a stack that cannot be allocated (its size overflows, the
+    /// address space or the mapping count is exhausted) is an error, not a panic: a runtime
+    /// spawning on behalf of its users reports it to the caller.
+    pub fn try_new(size: usize) -> Result<Stack, StackError> {
         let track_usage = (size & 1) != 0;
 
         let bytes = size
             .checked_mul(std::mem::size_of::<usize>())
-            .unwrap_or_else(|| panic!("requested stack size {size} words overflows usize"))
+            .ok_or_else(|| {
+                StackError::IoError(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("a stack of {size} words overflows usize"),
+                ))
+            })?
             .max(SysStack::min_size());
 
-        let buf = SysStack::allocate(bytes).expect("failed to alloc sys stack");
+        let buf = SysStack::allocate(bytes)?;
 
         let stk = Stack {
             mem: Rc::new(StackMem {
@@ -653,7 +672,7 @@ impl Stack {
             }
         }
 
-        stk
+        Ok(stk)
     }
 
     /// Estimate how many words of the stack were used.
