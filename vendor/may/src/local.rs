@@ -1,9 +1,8 @@
-use std::any::TypeId;
+use std::any::{Any, TypeId};
 use std::cell::{OnceCell, RefCell};
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::mem::{align_of, size_of, MaybeUninit};
-use std::ptr::{self, NonNull};
+use std::ptr::NonNull;
 use std::sync::Arc;
 
 use crate::coroutine_impl::Coroutine;
@@ -25,86 +24,17 @@ pub struct CoroutineLocal {
     runtime: OnceCell<RuntimeLocal>,
 }
 
-/// Words of room for the embedding runtime's value inside the local storage itself.
-const RUNTIME_LOCAL_WORDS: usize = 24;
-
-/// The embedding runtime's value, kept in the coroutine's local storage: inline when it fits
-/// in [`RUNTIME_LOCAL_WORDS`] words with at most a word's alignment (no allocation of its own
-/// per coroutine), else boxed. The value's type is kept beside it, so that an access compares
-/// two constants instead of calling `Any::type_id` through a vtable.
+// The value's type is kept beside it, so that an access compares two constants instead of
+// calling `Any::type_id` through the vtable.
+//
+// The value is boxed, not kept inline: the local storage is allocated by the spawning thread
+// and freed by the worker that ends the coroutine, and glibc frees a small chunk from another
+// thread without a lock (its fast bins) but a larger one under the allocating thread's arena
+// lock. With greenhub's context inline, spawning and joining 100,000 coroutines made ten times
+// the futex waits and used more CPU than with it boxed.
 struct RuntimeLocal {
     type_id: TypeId,
-    /// The value itself, or a `*mut T` from `Box::into_raw` when it does not fit.
-    data: MaybeUninit<[usize; RUNTIME_LOCAL_WORDS]>,
-    /// Drops the value in `data` (a `drop_runtime_value::<T>`).
-    drop: unsafe fn(*mut u8),
-}
-
-/// Whether a `T` is kept inline in a [`RuntimeLocal`].
-const fn fits_inline<T>() -> bool {
-    size_of::<T>() <= size_of::<[usize; RUNTIME_LOCAL_WORDS]>()
-        && align_of::<T>() <= align_of::<usize>()
-}
-
-/// Drops the `T` that `data` holds (see [`RuntimeLocal`]).
-///
-/// # Safety
-///
-/// `data` points at a [`RuntimeLocal`]'s data holding a live `T`, dropped at most once.
-unsafe fn drop_runtime_value<T>(data: *mut u8) {
-    unsafe {
-        if fits_inline::<T>() {
-            ptr::drop_in_place(data.cast::<T>());
-        } else {
-            drop(Box::from_raw(data.cast::<*mut T>().read()));
-        }
-    }
-}
-
-impl RuntimeLocal {
-    fn new<T: Default + 'static>() -> RuntimeLocal {
-        let mut data = MaybeUninit::<[usize; RUNTIME_LOCAL_WORDS]>::uninit();
-        let at = data.as_mut_ptr().cast::<u8>();
-        // SAFETY: a `T` that fits is written where it fits, aligned; otherwise a pointer is
-        // written at the start, which is aligned for it.
-        unsafe {
-            if fits_inline::<T>() {
-                at.cast::<T>().write(T::default());
-            } else {
-                at.cast::<*mut T>()
-                    .write(Box::into_raw(Box::new(T::default())));
-            }
-        }
-        RuntimeLocal {
-            type_id: TypeId::of::<T>(),
-            data,
-            drop: drop_runtime_value::<T>,
-        }
-    }
-
-    /// The value, as a `T`.
-    ///
-    /// # Safety
-    ///
-    /// It is a `T` (`type_id` is `T`'s).
-    unsafe fn get<T>(&self) -> &T {
-        let at = self.data.as_ptr().cast::<u8>();
-        // SAFETY: `new::<T>` stored it this way, and it lives until `self` drops.
-        unsafe {
-            if fits_inline::<T>() {
-                &*at.cast::<T>()
-            } else {
-                &*at.cast::<*mut T>().read()
-            }
-        }
-    }
-}
-
-impl Drop for RuntimeLocal {
-    fn drop(&mut self) {
-        // SAFETY: `data` holds the value `new` stored, dropped here once.
-        unsafe { (self.drop)(self.data.as_mut_ptr().cast()) }
-    }
+    value: Box<dyn Any>,
 }
 
 impl CoroutineLocal {
@@ -155,13 +85,16 @@ pub unsafe fn with_runtime_local<T: Default + 'static, R>(f: impl FnOnce(&T) -> 
     // SAFETY: the local storage lives as long as the running coroutine, and only the
     // coroutine itself reaches it.
     let slot = &unsafe { local.as_ref() }.runtime;
-    let local = slot.get_or_init(RuntimeLocal::new::<T>);
+    let local = slot.get_or_init(|| RuntimeLocal {
+        type_id: TypeId::of::<T>(),
+        value: Box::new(T::default()),
+    });
     assert!(
         local.type_id == TypeId::of::<T>(),
         "with_runtime_local: one type per program"
     );
     // SAFETY: the value is a `T`: its type id is `T`'s.
-    let value = unsafe { local.get::<T>() };
+    let value = unsafe { &*(&*local.value as *const dyn Any as *const T) };
     Some(f(value))
 }
 
