@@ -262,8 +262,6 @@ impl Builder {
         phase: Phase,
     ) -> (Arc<Shared<T>>, Inheritance) {
         let reg = registry();
-        // The line of spawns it belongs to: the spawning green thread's, or that of the parent
-        // named for it (a timer's owner), or the spawning OS thread's own.
         // One look at the spawner's context: who it is, and what it hands down.
         let (me, inherited) = context::with(|c| {
             (
@@ -271,6 +269,8 @@ impl Builder {
                 Inheritance::capture_in(c),
             )
         });
+        // The line of spawns it belongs to: the spawning green thread's, or that of the parent
+        // named for it (a timer's owner), or the spawning OS thread's own.
         let origin = match me {
             Some((id, origin)) if parent.is_none_or(|p| p == id) => origin,
             _ => parent
