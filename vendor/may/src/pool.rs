@@ -40,14 +40,8 @@ impl CoroutinePool {
     /// get a raw coroutine from the pool
     #[inline]
     pub fn get(&self) -> CoroutineImpl {
-        self.size.fetch_sub(1, Ordering::AcqRel);
-        match self.pool.pop() {
-            Some(co) => co,
-            None => {
-                self.size.fetch_add(1, Ordering::AcqRel);
-                Self::create_dummy_coroutine()
-            }
-        }
+        self.try_get()
+            .unwrap_or_else(|e| panic!("failed to alloc sys stack: {e}"))
     }
 
     /// As [`CoroutinePool::get`], but a new coroutine whose stack cannot be allocated is an
