@@ -2,9 +2,9 @@
 //!
 //! It owns the clock, the per-green-thread context, the wake [`token`](token::Token) and the
 //! [`Waiter`](wait::Waiter), wait lists, the alarm thread (every deadline and timer), the switch
-//! budget, the monitor, the graveyard, the registry of threads, timers, descriptors and objects,
-//! the wake inbox, the configuration, the stack budget, panic capture, the timed-out error,
-//! the runtime's started state, the barrier between the switch path and its watchers, and the
+//! budget, the monitor, the registry of threads, timers, descriptors and objects, the wake inbox,
+//! the configuration, the stack budget, panic capture, the timed-out error, the runtime's
+//! started state, the barrier between the switch path and its watchers, and the
 //! reading and naming of green threads' stacks.
 //!
 //! It may use `may`, `generator` and `greenhub-snapshot` (for the vocabulary of waits), and
@@ -21,7 +21,6 @@ pub mod config;
 pub(crate) mod context;
 pub(crate) mod deadlock;
 pub(crate) mod flight;
-pub(crate) mod graveyard;
 pub(crate) mod inbox;
 pub(crate) mod limits;
 pub(crate) mod monitor;

@@ -28,7 +28,7 @@
 //! directly with `may`'s own APIs are not bracketed by greenhub and look like running.
 //!
 //! An idle process stays idle. After [`QUIET_TICKS`] ticks in which no worker switched at all,
-//! the monitor sweeps the graveyard, stops publishing the clock (readers fall back to the
+//! the monitor stops publishing the clock (readers fall back to the
 //! coarse clock itself) and parks; the next green thread to run wakes it. The wake costs the
 //! switch one relaxed load of a flag that is false while anything runs: the monitor's side
 //! carries the ordering, with a process-wide memory barrier (`membarrier`) between raising the
@@ -53,7 +53,6 @@ use crate::core::barrier;
 use crate::core::clock;
 use crate::core::deadlock;
 use crate::core::flight;
-use crate::core::graveyard;
 use crate::core::quiescence;
 use crate::core::registry::{ThreadRecord, registry};
 use crate::core::report::{self, Throttle};
@@ -69,10 +68,6 @@ pub(crate) const TICK: Duration = Duration::from_millis(10);
 
 /// Ticks without a single switch after which the monitor parks.
 pub(crate) const QUIET_TICKS: u32 = 10;
-
-/// How long a parked monitor sleeps before it sweeps the graveyard once more (a thread that
-/// ended while the monitor was going to sleep may have left its handle there).
-const PARKED_SWEEP: Duration = Duration::from_secs(10);
 
 /// How long `may`'s workers wait in `epoll_wait` when nothing wakes them: the monitor's
 /// nudges (every tick while it is awake) take over the periodic look for work to steal.
@@ -257,7 +252,6 @@ fn any_running(slots: &[&'static WorkerSlot]) -> bool {
 /// Parks the monitor until a green thread runs (see the module's doc); returns at once if one
 /// does while it lies down.
 fn park_until_running() {
-    graveyard::sweep();
     clock::pause();
     barrier::raise(barrier::MONITOR_PARKED);
     let slots = slots::all();
@@ -267,8 +261,7 @@ fn park_until_running() {
         return;
     }
     while barrier::is_raised(barrier::MONITOR_PARKED) {
-        std::thread::park_timeout(PARKED_SWEEP);
-        graveyard::sweep();
+        std::thread::park();
     }
     clock::tick();
 }
@@ -347,7 +340,6 @@ fn run() {
         let max_blocking_time = max_blocking_time();
         std::thread::sleep(TICK);
         clock::tick();
-        graveyard::sweep();
         let slots = slots::all();
         let seen: Vec<u64> = slots.iter().map(|s| s.generation()).collect();
         quiet = if seen == generations && !any_running(&slots) {

@@ -20,7 +20,7 @@ use crate::core::report::payload_message;
 use crate::core::timeout::{IsTimeout, TimedOut};
 use crate::core::token::Token;
 use crate::core::wait::Waiter;
-use crate::core::{alarm, graveyard, monitor, report, stack, timing, trace};
+use crate::core::{alarm, monitor, report, stack, timing, trace};
 use crate::green::time::sleep;
 use crate::start;
 
@@ -373,7 +373,6 @@ impl<T: Send + 'static> Shared<T> {
         F: FnOnce() -> T + Send + 'static,
     {
         let rt = start::runtime();
-        graveyard::sweep_if_large();
         let permit = rt.budget.acquire(stack)?;
         let shared = self.clone();
         let body = move || shared.run(f, permit, inherited);
@@ -430,7 +429,6 @@ impl<T: Send + 'static> Shared<T> {
         });
         monitor::mark_idle();
         drop(permit);
-        graveyard::bury_current();
     }
 
     fn cancel_coroutine(&self) {

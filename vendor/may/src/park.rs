@@ -127,13 +127,6 @@ impl Park {
         }
     }
 
-    #[inline]
-    fn fast_wake_up(&self) {
-        if let Some(co) = self.wait_co.take() {
-            run_coroutine(co);
-        }
-    }
-
     /// park current coroutine with specified timeout
     /// if timeout happens, return Err(ParkError::Timeout)
     /// if cancellation detected, return Err(ParkError::Canceled)
@@ -207,16 +200,23 @@ impl EventSource for Park {
             .map(|dur| get_scheduler().add_timer(dur, self.wait_co.clone()));
         self.set_timeout_handle(timeout_handle);
 
-        let _g = self.delay_drop();
+        let guard = self.delay_drop();
 
         // register the coroutine
         self.wait_co.store(co);
 
         // re-check the state, only clear once after resume
         if self.state.load(Ordering::Acquire) {
-            // here may have recursive call for subscribe
-            // normally the recursion depth is not too deep
-            return self.fast_wake_up();
+            // The coroutine runs again at once, nested in this call (normally not deep). It
+            // may end and drop the last handle to itself, and with it this park, whose drop
+            // waits for the guard: so the guard goes first, and nothing after it reads the
+            // park.
+            let co = self.wait_co.take();
+            drop(guard);
+            if let Some(co) = co {
+                run_coroutine(co);
+            }
+            return;
         }
 
         // register the cancel data
