@@ -111,8 +111,8 @@ impl Scope {
                 known.extend(
                     reg.finished()
                         .iter()
-                        .filter(|(r, _, _)| r.origin == mark)
-                        .map(|(r, _, _)| r.id),
+                        .filter(|f| f.origin == mark)
+                        .map(|f| f.id),
                 );
                 (alive, known)
             }

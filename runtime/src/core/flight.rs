@@ -56,13 +56,16 @@ pub(crate) fn last(span: Duration) -> Trace {
     let reg = registry();
     let (live, _) = reg.live_threads();
     let finished = reg.finished();
-    let records = live.iter().chain(finished.iter().map(|(r, _, _)| r));
+    let records = live
+        .iter()
+        .map(|r| (r.id, &r.name, r.site))
+        .chain(finished.iter().map(|f| (f.id, &f.name, f.site)));
     let mut threads: Vec<TracedThread> = records
-        .filter(|r| ids.contains(&r.id))
-        .map(|r| TracedThread {
-            id: r.id,
-            name: r.name.as_deref().map(String::from),
-            spawn_site: r.site.to_string(),
+        .filter(|(id, _, _)| ids.contains(id))
+        .map(|(id, name, site)| TracedThread {
+            id,
+            name: name.as_deref().map(String::from),
+            spawn_site: site.to_string(),
         })
         .collect();
     threads.sort_by_key(|t| t.id);

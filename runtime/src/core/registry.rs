@@ -198,7 +198,9 @@ impl ThreadRecord {
             site,
             stack_size,
         } = identity;
-        let now = clock::coarse_ns();
+        // The monitor's published clock, as every state write reads it: bookkeeping for a
+        // human reader, on the spawn path.
+        let now = clock::ticked_ns();
         ThreadRecord {
             id,
             name,
@@ -347,10 +349,39 @@ pub(crate) enum Ending {
     NotStarted(Arc<str>),
 }
 
+/// A finished green thread as the history keeps it: a copy of what its record said, so that
+/// the history holds no record (a record is freed by whoever lets go of it last, usually its
+/// handle, never by the end of a thread spawned long after).
+#[derive(Clone)]
 pub(crate) struct Finished {
-    pub record: Arc<ThreadRecord>,
+    pub id: u64,
+    pub name: Option<Arc<str>>,
+    pub parent: Option<u64>,
+    /// See [`ThreadRecord::origin`].
+    pub origin: u64,
+    pub site: &'static Location<'static>,
+    pub created_ns: u64,
+    pub run_ns: u64,
+    pub switches: u64,
     pub ended_ns: u64,
     pub ending: Ending,
+}
+
+impl Finished {
+    fn of(record: &ThreadRecord, ended_ns: u64, ending: Ending) -> Finished {
+        Finished {
+            id: record.id,
+            name: record.name.clone(),
+            parent: record.parent,
+            origin: record.origin,
+            site: record.site,
+            created_ns: record.created_ns,
+            run_ns: record.run_ns.load(Ordering::Relaxed),
+            switches: record.switches.load(Ordering::Relaxed),
+            ended_ns,
+            ending,
+        }
+    }
 }
 
 /// Kinds of pending timers.
@@ -380,6 +411,11 @@ pub(crate) struct FdEntry {
 #[derive(Default)]
 struct ThreadShard {
     live: IdMap<Arc<ThreadRecord>>,
+    /// Threads of this shard ever inserted and ever finished: counted under the shard's lock
+    /// the spawn and the end take anyway, so that spawners and ending threads on different
+    /// workers never write one shared counter.
+    spawned: u64,
+    finished_count: u64,
     finished: VecDeque<Finished>,
     /// Switches of this shard's threads that have ended, moved here under the same lock as
     /// the thread leaves `live`, so that a snapshot counts every thread exactly once.
@@ -399,11 +435,9 @@ impl std::ops::Deref for Padded {
     }
 }
 
-/// Process-wide counters.
+/// Process-wide counters of rare events (spawns and ends are counted per shard).
 #[derive(Default)]
 pub(crate) struct Counters {
-    pub spawned: Padded,
-    pub finished: Padded,
     pub panicked: AtomicU64,
     pub killed: AtomicU64,
 }
@@ -498,19 +532,17 @@ impl Registry {
     }
 
     pub(crate) fn insert_thread(&self, record: Arc<ThreadRecord>) {
-        self.counters.spawned.fetch_add(1, Ordering::Relaxed);
         if trace::on() {
             trace::spawned(record.id, record.parent);
         }
         let mut shard = self.threads[Self::shard(record.id)].lock();
+        shard.spawned += 1;
         shard.live.insert(record.id, record);
     }
 
     /// Moves a thread from the live table to the bounded history.
     pub(crate) fn finish_thread(&self, id: u64, ending: Ending) {
         let c = &self.counters;
-        // Release: whoever sees this end also sees the spawns the thread made (`quiet`).
-        c.finished.fetch_add(1, Ordering::Release);
         match ending {
             Ending::Panicked(_) => c.panicked.fetch_add(1, Ordering::Relaxed),
             Ending::Killed => c.killed.fetch_add(1, Ordering::Relaxed),
@@ -524,18 +556,16 @@ impl Registry {
             };
             trace::ended(id, how);
         }
-        let ended_ns = clock::coarse_ns();
+        let ended_ns = clock::ticked_ns();
         let evicted = {
             let mut shard = self.threads[Self::shard(id)].lock();
             let Some(record) = shard.live.remove(&id) else {
                 return;
             };
-            shard.finished_switches += record.switches.load(Ordering::Relaxed);
-            shard.finished.push_back(Finished {
-                record,
-                ended_ns,
-                ending,
-            });
+            shard.finished_count += 1;
+            let finished = Finished::of(&record, ended_ns, ending);
+            shard.finished_switches += finished.switches;
+            shard.finished.push_back(finished);
             if shard.finished.len() > self.finished_per_shard {
                 shard.finished.pop_front()
             } else {
@@ -589,18 +619,12 @@ impl Registry {
     }
 
     /// The recently finished threads, oldest first.
-    pub(crate) fn finished(&self) -> Vec<(Arc<ThreadRecord>, u64, Ending)> {
+    pub(crate) fn finished(&self) -> Vec<Finished> {
         let mut out = Vec::new();
         for shard in self.threads.iter() {
-            let shard = shard.lock();
-            out.extend(
-                shard
-                    .finished
-                    .iter()
-                    .map(|f| (f.record.clone(), f.ended_ns, f.ending.clone())),
-            );
+            out.extend(shard.lock().finished.iter().cloned());
         }
-        out.sort_by_key(|(r, ended, _)| (*ended, r.id));
+        out.sort_by_key(|f| (f.ended_ns, f.id));
         out
     }
 
@@ -664,9 +688,20 @@ impl Registry {
         if self.pending_calls() > 0 {
             return false;
         }
-        let finished = self.counters.finished.load(Ordering::Acquire);
-        let spawned = self.counters.spawned.load(Ordering::Acquire);
+        // Every shard's ends first, then every shard's spawns: an end seen in the first pass
+        // came (through its shard's lock) before this pass's later locks, and so did every
+        // spawn its thread made, which the second pass therefore sees.
+        let finished: u64 = self.threads.iter().map(|s| s.lock().finished_count).sum();
+        let spawned: u64 = self.threads.iter().map(|s| s.lock().spawned).sum();
         spawned.saturating_sub(finished) <= me
+    }
+
+    /// Green threads ever spawned and ever finished (each shard read once, under its lock).
+    pub(crate) fn spawn_counts(&self) -> (u64, u64) {
+        self.threads.iter().fold((0, 0), |(spawned, finished), s| {
+            let s = s.lock();
+            (spawned + s.spawned, finished + s.finished_count)
+        })
     }
 
     /// The number of pending `call_after` timers (work still to come).

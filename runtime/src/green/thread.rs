@@ -401,15 +401,15 @@ impl<T: Send + 'static> Shared<T> {
     where
         F: FnOnce() -> T,
     {
-        let record = self.record.clone();
+        let record = &*self.record;
         let id = record.id;
         context::with(|c| {
-            let _ = c.record.set(record.clone());
-            inherited.install(c, &record);
+            let _ = c.record.set(self.record.clone());
+            inherited.install(c, record);
         });
-        stack::set_base(&record);
+        stack::set_base(record);
         record.set_running();
-        monitor::mark_running(&record);
+        monitor::mark_running(record);
         let result = if record.kill_requested.load(Ordering::SeqCst) {
             drop(f);
             Err(JoinError::Killed { id })
@@ -420,7 +420,7 @@ impl<T: Send + 'static> Shared<T> {
             }
         };
         if timing::on() {
-            timing::ends(&record);
+            timing::ends(record);
         }
         self.finish(result);
         context::with(|c| {

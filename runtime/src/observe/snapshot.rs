@@ -28,7 +28,9 @@ use greenhub_snapshot::*;
 
 use crate::core::inbox;
 use crate::core::monitor::Blocked;
-use crate::core::registry::{Ending, Phase, StateView, ThreadRecord, TimerKind, registry};
+use crate::core::registry::{
+    Ending, Finished, Phase, StateView, ThreadRecord, TimerKind, registry,
+};
 use crate::core::{clock, deadlock, monitor, runtime, timing, trace};
 use crate::observe::stacks;
 
@@ -151,7 +153,7 @@ fn take(lists: bool, with_stacks: bool) -> Snapshot {
     fds.sort_by_key(|f| (f.0, f.3));
     let finished: Vec<FinishedInfo> = finished
         .into_iter()
-        .map(|(r, ended_ns, ending)| finished_info(&r, ended_ns, ending, &at))
+        .map(|f| finished_info(f, &at))
         .collect();
     let timers: Vec<TimerInfo> = timers.into_iter().map(|t| timer_info(t, &at)).collect();
     let descriptors: Vec<DescriptorInfo> = fds
@@ -175,8 +177,7 @@ fn take(lists: bool, with_stacks: bool) -> Snapshot {
 
     let c = &reg.counters;
     totals.live = live;
-    totals.spawned = c.spawned.load(Ordering::Relaxed);
-    totals.finished = c.finished.load(Ordering::Relaxed);
+    (totals.spawned, totals.finished) = reg.spawn_counts();
     totals.panicked = c.panicked.load(Ordering::Relaxed);
     totals.killed = c.killed.load(Ordering::Relaxed);
     totals.switches = finished_switches + live_switches;
@@ -298,15 +299,15 @@ fn thread_info(
     }
 }
 
-fn finished_info(r: &ThreadRecord, ended_ns: u64, ending: Ending, at: &Now) -> FinishedInfo {
+fn finished_info(f: Finished, at: &Now) -> FinishedInfo {
     FinishedInfo {
-        id: r.id,
-        name: r.name.as_deref().map(String::from),
-        parent: r.parent,
-        spawn_site: r.site.to_string(),
-        lived_us: us(ended_ns.saturating_sub(r.created_ns)),
-        ended_ago_us: us(at.coarse.saturating_sub(ended_ns)),
-        outcome: match ending {
+        id: f.id,
+        name: f.name.as_deref().map(String::from),
+        parent: f.parent,
+        spawn_site: f.site.to_string(),
+        lived_us: us(f.ended_ns.saturating_sub(f.created_ns)),
+        ended_ago_us: us(at.coarse.saturating_sub(f.ended_ns)),
+        outcome: match f.ending {
             Ending::Returned => Outcome::Returned,
             Ending::Panicked(m) => Outcome::Panicked {
                 message: m.to_string(),
@@ -316,8 +317,8 @@ fn finished_info(r: &ThreadRecord, ended_ns: u64, ending: Ending, at: &Now) -> F
                 reason: m.to_string(),
             },
         },
-        run_time_us: us(r.run_ns.load(Ordering::Relaxed)),
-        switches: r.switches.load(Ordering::Relaxed),
+        run_time_us: us(f.run_ns),
+        switches: f.switches,
     }
 }
 
