@@ -16,6 +16,7 @@
 //! had when the runtime started (pool included) and a reserve for the rest of the program
 //! (thread stacks, allocator arenas, mapped files).
 
+use std::cell::Cell;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use thiserror::Error;
@@ -86,8 +87,60 @@ pub(crate) struct StackBudget {
     /// The user's `max_green_threads`.
     pub thread_limit: Option<usize>,
     default_stack: usize,
-    live_default: AtomicUsize,
-    live_custom: AtomicUsize,
+    live_default: Striped,
+    live_custom: Striped,
+}
+
+/// Stripes of a count, each on a cache line of its own.
+const STRIPES: usize = 8;
+
+#[derive(Default)]
+#[repr(align(128))]
+struct Stripe(AtomicUsize);
+
+/// A count of live stacks kept in stripes. Without a limit to check, a spawn adds to its OS
+/// thread's stripe and an end takes from its own, so that a spawner and the workers ending its
+/// threads do not write one cache line; a stripe alone may wrap below zero, and the wrapping
+/// sum of all is the count (a reader racing the writers may see an end before its spawn: the
+/// sum is clamped at 0). With a limit, every spawn must see every other, and all use stripe 0.
+#[derive(Default)]
+struct Striped([Stripe; STRIPES]);
+
+impl Striped {
+    fn add(&self, stripe: usize) {
+        self.0[stripe].0.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn sub(&self, stripe: usize) {
+        self.0[stripe].0.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    fn sum(&self) -> usize {
+        let sum = self.0.iter().fold(0usize, |sum, s| {
+            sum.wrapping_add(s.0.load(Ordering::Acquire))
+        });
+        (sum as isize).max(0) as usize
+    }
+}
+
+/// The calling OS thread's stripe, given out round-robin on first use. Not inlined, as every
+/// thread-local access of greenhub (ARCHITECTURE.md): a green thread moves between OS threads
+/// at its waits.
+#[inline(never)]
+fn stripe() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static STRIPE: Cell<usize> = const { Cell::new(usize::MAX) };
+    }
+    STRIPE
+        .try_with(|s| {
+            if s.get() == usize::MAX {
+                s.set(NEXT.fetch_add(1, Ordering::Relaxed) % STRIPES);
+            }
+            s.get()
+        })
+        // A thread that is exiting has lost its thread-locals: any stripe does.
+        .unwrap_or(0)
 }
 
 /// A stack the budget granted; gives it back when dropped.
@@ -103,7 +156,7 @@ impl Drop for StackPermit {
         } else {
             &self.budget.live_default
         };
-        counter.fetch_sub(1, Ordering::AcqRel);
+        counter.sub(self.budget.stripe());
     }
 }
 
@@ -140,8 +193,8 @@ impl StackBudget {
             map_limit,
             thread_limit,
             default_stack,
-            live_default: AtomicUsize::new(0),
-            live_custom: AtomicUsize::new(0),
+            live_default: Striped::default(),
+            live_custom: Striped::default(),
         }
     }
 
@@ -170,9 +223,19 @@ impl StackBudget {
         })
     }
 
+    /// Whether a spawn must check a limit (and so count in one stripe).
+    fn limited(&self) -> bool {
+        self.thread_limit.is_some() || self.map_limit.is_some()
+    }
+
+    /// The stripe the calling thread counts in.
+    fn stripe(&self) -> usize {
+        if self.limited() { 0 } else { stripe() }
+    }
+
     /// Live green threads holding a stack.
     pub(crate) fn live(&self) -> usize {
-        self.live_default.load(Ordering::Relaxed) + self.live_custom.load(Ordering::Relaxed)
+        self.live_default.sum() + self.live_custom.sum()
     }
 
     fn maps_needed(&self, default: usize, custom: usize) -> u64 {
@@ -187,13 +250,16 @@ impl StackBudget {
         } else {
             &self.live_default
         };
-        counter.fetch_add(1, Ordering::AcqRel);
+        counter.add(self.stripe());
         let permit = StackPermit {
             budget: self,
             custom,
         };
-        let default = self.live_default.load(Ordering::Acquire);
-        let custom_live = self.live_custom.load(Ordering::Acquire);
+        if !self.limited() {
+            return Ok(permit);
+        }
+        let default = self.live_default.sum();
+        let custom_live = self.live_custom.sum();
         let live = default + custom_live;
         if let Some(limit) = self.thread_limit
             && live > limit
