@@ -445,8 +445,12 @@ fn graceful_stop_under_steady_keep_alive_load_answers_every_request_sent() {
             ..Limits::default()
         });
         let addr = server.local_addr();
+        // Clients that have had their first answer: the stop comes after all have, so that
+        // none is still connecting (a client thread may start late on a busy machine).
+        let serving = Arc::new(AtomicUsize::new(0));
         let clients: Vec<_> = (0..16)
             .map(|i| {
+                let serving = serving.clone();
                 std::thread::spawn(move || {
                     let mut c = Client::connect(addr);
                     let mut answered = 0u64;
@@ -459,6 +463,9 @@ fn graceful_stop_under_steady_keep_alive_load_answers_every_request_sent() {
                         };
                         assert_eq!(a.text(), format!("path /n{i}-{answered}"));
                         answered += 1;
+                        if answered == 1 {
+                            serving.fetch_add(1, Ordering::SeqCst);
+                        }
                         if a.header("connection") == Some("close") {
                             return Ok(answered);
                         }
@@ -467,10 +474,10 @@ fn graceful_stop_under_steady_keep_alive_load_answers_every_request_sent() {
             })
             .collect();
         let t0 = Instant::now();
-        while server.requests() < 16 * 20 {
+        while serving.load(Ordering::SeqCst) < 16 || server.requests() < 16 * 20 {
             assert!(
                 t0.elapsed() < Duration::from_secs(30),
-                "round {round}: load never started"
+                "round {round}: not every client was served"
             );
             std::thread::sleep(Duration::from_millis(2));
         }

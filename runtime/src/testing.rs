@@ -111,8 +111,8 @@ impl Scope {
                 known.extend(
                     reg.finished()
                         .iter()
-                        .filter(|f| f.origin == mark)
-                        .map(|f| f.id),
+                        .filter(|f| f.identity.origin == mark)
+                        .map(|f| f.identity.id),
                 );
                 (alive, known)
             }

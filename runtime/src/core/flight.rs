@@ -56,10 +56,11 @@ pub(crate) fn last(span: Duration) -> Trace {
     let reg = registry();
     let (live, _) = reg.live_threads();
     let finished = reg.finished();
-    let records = live
-        .iter()
-        .map(|r| (r.id, &r.name, r.site))
-        .chain(finished.iter().map(|f| (f.id, &f.name, f.site)));
+    let records = live.iter().map(|r| (r.id, &r.name, r.site)).chain(
+        finished
+            .iter()
+            .map(|f| (f.identity.id, &f.identity.name, f.identity.site)),
+    );
     let mut threads: Vec<TracedThread> = records
         .filter(|(id, _, _)| ids.contains(id))
         .map(|(id, name, site)| TracedThread {

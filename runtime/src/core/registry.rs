@@ -178,6 +178,7 @@ pub(crate) struct StateView {
 const NO_DEADLINE: u64 = u64::MAX;
 
 /// What a green thread's record keeps for good from its spawn.
+#[derive(Clone)]
 pub(crate) struct Identity {
     pub id: u64,
     pub name: Option<Arc<str>>,
@@ -354,12 +355,7 @@ pub(crate) enum Ending {
 /// handle, never by the end of a thread spawned long after).
 #[derive(Clone)]
 pub(crate) struct Finished {
-    pub id: u64,
-    pub name: Option<Arc<str>>,
-    pub parent: Option<u64>,
-    /// See [`ThreadRecord::origin`].
-    pub origin: u64,
-    pub site: &'static Location<'static>,
+    pub identity: Identity,
     pub created_ns: u64,
     pub run_ns: u64,
     pub switches: u64,
@@ -370,11 +366,14 @@ pub(crate) struct Finished {
 impl Finished {
     fn of(record: &ThreadRecord, ended_ns: u64, ending: Ending) -> Finished {
         Finished {
-            id: record.id,
-            name: record.name.clone(),
-            parent: record.parent,
-            origin: record.origin,
-            site: record.site,
+            identity: Identity {
+                id: record.id,
+                name: record.name.clone(),
+                parent: record.parent,
+                origin: record.origin,
+                site: record.site,
+                stack_size: record.stack_size,
+            },
             created_ns: record.created_ns,
             run_ns: record.run_ns.load(Ordering::Relaxed),
             switches: record.switches.load(Ordering::Relaxed),
@@ -624,7 +623,7 @@ impl Registry {
         for shard in self.threads.iter() {
             out.extend(shard.lock().finished.iter().cloned());
         }
-        out.sort_by_key(|f| (f.ended_ns, f.id));
+        out.sort_by_key(|f| (f.ended_ns, f.identity.id));
         out
     }
 

@@ -301,10 +301,10 @@ fn thread_info(
 
 fn finished_info(f: Finished, at: &Now) -> FinishedInfo {
     FinishedInfo {
-        id: f.id,
-        name: f.name.as_deref().map(String::from),
-        parent: f.parent,
-        spawn_site: f.site.to_string(),
+        id: f.identity.id,
+        name: f.identity.name.as_deref().map(String::from),
+        parent: f.identity.parent,
+        spawn_site: f.identity.site.to_string(),
         lived_us: us(f.ended_ns.saturating_sub(f.created_ns)),
         ended_ago_us: us(at.coarse.saturating_sub(f.ended_ns)),
         outcome: match f.ending {
