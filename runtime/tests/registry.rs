@@ -423,3 +423,89 @@ fn run_info_names_the_object_a_thread_waits_on() {
     assert_eq!(named.wait().unwrap(), Ok(1));
     assert_eq!(unnamed.wait().unwrap(), Ok(2));
 }
+
+#[test]
+fn spawn_and_end_counts_and_live_stacks_add_up_while_threads_come_and_go_everywhere() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    const SPAWNERS: usize = 4;
+    const EACH: usize = 2_000;
+    let before = snapshot();
+    let done = Arc::new(AtomicBool::new(false));
+    // Spawns from plain OS threads, and from green threads on the workers (each thread spawns
+    // a child and waits for it): spawns and ends are counted on many threads at once.
+    let spawners: Vec<_> = (0..SPAWNERS)
+        .map(|_| {
+            std::thread::spawn(|| {
+                for round in 0..EACH / 100 {
+                    let batch: Vec<_> = (0..50)
+                        .map(|i| spawn(move || spawn(move || round * i).wait().unwrap()))
+                        .collect();
+                    for t in batch {
+                        t.wait().unwrap();
+                    }
+                }
+            })
+        })
+        .collect();
+    let watcher = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let mut last = (0, 0);
+            let mut live_before = 0;
+            let mut taken = 0u32;
+            while !done.load(Ordering::SeqCst) {
+                let s = snapshot();
+                let (spawned, finished) = (s.totals.spawned, s.totals.finished);
+                assert!(
+                    spawned >= last.0 && finished >= last.1,
+                    "totals went backwards: {last:?} -> {:?}",
+                    (spawned, finished)
+                );
+                // A snapshot reads the live stacks after its totals, so they are bounded by
+                // the spawns the next snapshot counts (a count that went below zero, or one
+                // never given back, shows as more).
+                assert!(
+                    live_before as u64 <= spawned,
+                    "{live_before} live stacks, then {spawned} spawns ever"
+                );
+                live_before = s.runtime.live_stacks;
+                last = (spawned, finished);
+                taken += 1;
+            }
+            taken
+        })
+    };
+    for s in spawners {
+        s.join().unwrap();
+    }
+    done.store(true, Ordering::SeqCst);
+    assert!(watcher.join().unwrap() > 0);
+    let after = snapshot();
+    let n = (SPAWNERS * EACH) as u64;
+    assert!(after.totals.spawned >= before.totals.spawned + n);
+    assert!(after.totals.finished >= before.totals.finished + n);
+    // Parked threads hold their stacks: the count sees at least these (other tests' threads
+    // may add to it).
+    let sleepers: Vec<_> = (0..100)
+        .map(|_| spawn(|| sleep(Duration::from_secs(60))))
+        .collect();
+    let s = snapshot_where(|s| s.runtime.live_stacks >= 100);
+    assert!(s.runtime.live_stacks >= 100, "{}", s.runtime.live_stacks);
+    for t in &sleepers {
+        t.kill();
+    }
+    for t in sleepers {
+        let _ = t.wait();
+    }
+    // Once every stack is given back, the count is no more than the threads still alive
+    // (other tests' included): none was counted twice or lost.
+    let s = snapshot_where(|s| s.runtime.live_stacks <= s.threads.len());
+    assert!(
+        s.runtime.live_stacks <= s.threads.len(),
+        "{} live stacks with {} threads alive",
+        s.runtime.live_stacks,
+        s.threads.len()
+    );
+}
