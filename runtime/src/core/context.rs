@@ -11,7 +11,7 @@ use std::cell::{Cell, OnceCell, RefCell};
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::core::registry::ThreadRecord;
+use crate::core::registry::{RecordRef, ThreadRecord};
 use crate::core::token::Token;
 
 /// A panic caught by greenhub's hook, kept until the thread's outcome is built.
@@ -25,7 +25,7 @@ pub(crate) struct PanicReport {
 #[derive(Default)]
 pub(crate) struct Context {
     /// Set once by the spawn wrapper; empty on OS threads and raw `may` coroutines.
-    pub record: OnceCell<Arc<ThreadRecord>>,
+    pub record: OnceCell<RecordRef>,
     /// The effective (earliest) deadline of the scopes the code runs in.
     pub deadline: Cell<Option<Instant>>,
     /// The panic hook stores here instead of printing, for code greenhub reports itself.
@@ -190,7 +190,7 @@ impl Drop for Context {
 }
 
 impl Context {
-    pub(crate) fn record(&self) -> Option<&Arc<ThreadRecord>> {
+    pub(crate) fn record(&self) -> Option<&RecordRef> {
         self.record.get()
     }
 
@@ -255,7 +255,7 @@ fn keep_os_token(token: &mut Option<Arc<Token>>) {
 }
 
 /// The current green thread's record, if the code runs in a greenhub green thread.
-pub(crate) fn current_record() -> Option<Arc<ThreadRecord>> {
+pub(crate) fn current_record() -> Option<RecordRef> {
     // An OS thread has no record: skip the lookup in its thread-local map.
     if !may::coroutine::is_coroutine() {
         return None;

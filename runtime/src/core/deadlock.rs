@@ -43,7 +43,6 @@
 //! It uses the registry, the tokens of waits, stacks and symbols, and the report functions.
 
 use std::collections::HashSet;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
@@ -57,7 +56,7 @@ use crate::core::clock;
 use crate::core::flight;
 use crate::core::inbox;
 use crate::core::quiescence::{self, AsleepThread};
-use crate::core::registry::{IdMap, ThreadRecord, registry};
+use crate::core::registry::{IdMap, RecordRef, ThreadRecord, registry};
 use crate::core::report;
 use crate::core::stack;
 use crate::core::symbols::fold;
@@ -143,7 +142,7 @@ fn shown(f: &Found, coarse_ns: u64, precise_ns: u64) -> Deadlock {
 /// A waiting thread that only other threads' progress can free.
 #[derive(Clone)]
 struct Stuck {
-    record: Arc<ThreadRecord>,
+    record: RecordRef,
     on: WaitOn,
     seq: u64,
     since_ns: u64,
@@ -525,7 +524,7 @@ fn describe(
         id: object.1,
         name: names.get(&object.1).cloned().flatten(),
     };
-    let records: Vec<Arc<ThreadRecord>> = group.iter().map(|id| stuck[id].record.clone()).collect();
+    let records: Vec<RecordRef> = group.iter().map(|id| stuck[id].record.clone()).collect();
     let mut stacks: Vec<Option<Vec<usize>>> = stack::read_parked(&records)
         .unwrap_or_default()
         .into_iter()

@@ -10,6 +10,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::panic::Location;
+use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering, fence};
 use std::sync::{Arc, OnceLock, Weak};
 
@@ -71,8 +72,6 @@ pub(crate) struct ThreadRecord {
     /// Sampled time on a worker, added by the monitor thread.
     pub run_ns: AtomicU64,
     pub kill_requested: AtomicBool,
-    /// How to kill it by id: its handle's shared state, held weakly.
-    pub killer: Weak<dyn Killer>,
     /// The upper bound of a walk of its stack: the address of a local in its outermost greenhub
     /// frame, set by the thread as it starts (0 before). See core/stack.rs.
     pub stack_base: AtomicUsize,
@@ -124,9 +123,55 @@ pub(crate) struct FrameAt {
     pub sp: usize,
 }
 
-/// Kills a green thread as its handle would (`green/thread.rs`), for a kill by id.
-pub(crate) trait Killer: Send + Sync {
+/// A green thread's handle state (`green/thread.rs`), which holds the thread's record inline:
+/// a spawn makes one allocation for both.
+pub(crate) trait Threaded: Send + Sync {
+    /// The thread's record, inside this state.
+    fn record(&self) -> &ThreadRecord;
+    /// Kills the thread as its handle would (a kill by id).
     fn kill(&self);
+}
+
+/// A counted reference to a green thread's record: it keeps the thread's handle state, where
+/// the record lives, alive.
+#[derive(Clone)]
+pub(crate) struct RecordRef {
+    owner: Arc<dyn Threaded>,
+    /// `owner.record()`, kept so that a read of the record costs no call through the vtable.
+    record: NonNull<ThreadRecord>,
+}
+
+// SAFETY: `record` points into `owner`, which is `Send + Sync` and lives as long as this
+// reference; `ThreadRecord` is `Sync`.
+unsafe impl Send for RecordRef {}
+// SAFETY: as for `Send`.
+unsafe impl Sync for RecordRef {}
+
+impl RecordRef {
+    /// A reference to the record inside `owner`.
+    pub(crate) fn new(owner: Arc<dyn Threaded>) -> RecordRef {
+        let record = NonNull::from(owner.record());
+        RecordRef { owner, record }
+    }
+
+    /// Kills the thread as its handle would.
+    pub(crate) fn kill(&self) {
+        self.owner.kill();
+    }
+
+    /// Whether both name the same thread's record.
+    pub(crate) fn same(a: &RecordRef, b: &RecordRef) -> bool {
+        a.record == b.record
+    }
+}
+
+impl std::ops::Deref for RecordRef {
+    type Target = ThreadRecord;
+    fn deref(&self) -> &ThreadRecord {
+        // SAFETY: `record` points into `owner`, an `Arc`'s content, which never moves and
+        // lives as long as this reference holds it.
+        unsafe { self.record.as_ref() }
+    }
 }
 
 /// The waker's side of a thread's wait, as the record keeps it (`core/token.rs` implements it).
@@ -190,7 +235,7 @@ pub(crate) struct Identity {
 }
 
 impl ThreadRecord {
-    pub(crate) fn new(identity: Identity, phase: Phase, killer: Weak<dyn Killer>) -> ThreadRecord {
+    pub(crate) fn new(identity: Identity, phase: Phase) -> ThreadRecord {
         let Identity {
             id,
             name,
@@ -213,7 +258,6 @@ impl ThreadRecord {
             switches: AtomicU64::new(0),
             run_ns: AtomicU64::new(0),
             kill_requested: AtomicBool::new(false),
-            killer,
             stack_base: AtomicUsize::new(0),
             park_fp: AtomicUsize::new(0),
             park_sp: AtomicUsize::new(0),
@@ -409,7 +453,7 @@ pub(crate) struct FdEntry {
 
 #[derive(Default)]
 struct ThreadShard {
-    live: IdMap<Arc<ThreadRecord>>,
+    live: IdMap<RecordRef>,
     /// Threads of this shard ever inserted and ever finished: counted under the shard's lock
     /// the spawn and the end take anyway, so that spawners and ending threads on different
     /// workers never write one shared counter.
@@ -530,7 +574,7 @@ impl Registry {
         (id as usize) % SHARDS
     }
 
-    pub(crate) fn insert_thread(&self, record: Arc<ThreadRecord>) {
+    pub(crate) fn insert_thread(&self, record: RecordRef) {
         if trace::on() {
             trace::spawned(record.id, record.parent);
         }
@@ -575,7 +619,7 @@ impl Registry {
         drop(evicted);
     }
 
-    pub(crate) fn thread(&self, id: u64) -> Option<Arc<ThreadRecord>> {
+    pub(crate) fn thread(&self, id: u64) -> Option<RecordRef> {
         self.threads[Self::shard(id)].lock().live.get(&id).cloned()
     }
 
@@ -587,7 +631,7 @@ impl Registry {
     /// The live threads, and the switches of the threads that have ended, read shard by
     /// shard under each shard's lock: a total made of both never counts a thread twice nor
     /// misses one, so it never goes backwards from one snapshot to the next.
-    pub(crate) fn live_threads(&self) -> (Vec<Arc<ThreadRecord>>, u64) {
+    pub(crate) fn live_threads(&self) -> (Vec<RecordRef>, u64) {
         let mut out = Vec::new();
         let mut finished_switches = 0;
         for shard in self.threads.iter() {
@@ -603,7 +647,7 @@ impl Registry {
     pub(crate) fn threads_where(
         &self,
         mut keep: impl FnMut(&StateView) -> bool,
-    ) -> Vec<(Arc<ThreadRecord>, StateView)> {
+    ) -> Vec<(RecordRef, StateView)> {
         let mut out = Vec::new();
         for shard in self.threads.iter() {
             let shard = shard.lock();

@@ -29,13 +29,13 @@
 //!
 //! It uses the registry's records and the barrier, nothing else.
 
+use std::sync::OnceLock;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, OnceLock};
 
 use parking_lot::Mutex;
 
 use crate::core::barrier;
-use crate::core::registry::{FrameAt, Phase, StateView, ThreadRecord};
+use crate::core::registry::{FrameAt, Phase, RecordRef, StateView, ThreadRecord};
 
 /// The most frames read from one stack.
 pub(crate) const MAX_FRAMES: usize = 128;
@@ -171,9 +171,7 @@ pub(crate) type Parked = (StateView, Vec<usize>);
 
 /// The stack of each of `records` that is parked in a wait (`None` for one that is running,
 /// runnable or not started when its turn comes), or why stacks cannot be read here.
-pub(crate) fn read_parked(
-    records: &[Arc<ThreadRecord>],
-) -> Result<Vec<Option<Parked>>, &'static str> {
+pub(crate) fn read_parked(records: &[RecordRef]) -> Result<Vec<Option<Parked>>, &'static str> {
     if let Some(why) = unsupported() {
         return Err(why);
     }

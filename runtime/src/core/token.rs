@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use crate::core::alarm::Alarmed;
 use crate::core::barrier;
 use crate::core::budget::{self, Deferred};
-use crate::core::registry::{ThreadRecord, WaitTicket};
+use crate::core::registry::{RecordRef, WaitTicket};
 use crate::core::slots;
 use crate::core::timing;
 use crate::core::trace;
@@ -42,7 +42,7 @@ pub struct Token {
     pub(crate) parker: Parker,
     /// The waiting green thread's record, kept here because the token is made once per thread
     /// and reused: a wait then needs no second lookup of the coroutine-local context.
-    pub(crate) record: Option<Arc<ThreadRecord>>,
+    pub(crate) record: Option<RecordRef>,
 }
 
 /// A token is a `std::task::Waker`: an async future's wake-up wakes the green thread (or OS
@@ -120,9 +120,9 @@ impl Token {
     /// Whether a context with `record` may reuse this token for a wait: the same green
     /// thread's record, or no record and the same way of parking (a coroutine outside
     /// greenhub's green threads, or this very OS thread).
-    pub(crate) fn belongs_to(&self, record: Option<&Arc<ThreadRecord>>) -> bool {
+    pub(crate) fn belongs_to(&self, record: Option<&RecordRef>) -> bool {
         match (&self.record, record) {
-            (Some(mine), Some(theirs)) => Arc::ptr_eq(mine, theirs),
+            (Some(mine), Some(theirs)) => RecordRef::same(mine, theirs),
             (None, None) => match &self.parker {
                 Parker::Green(_) => may::coroutine::is_coroutine(),
                 Parker::Os(t) => {

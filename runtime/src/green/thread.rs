@@ -1,8 +1,8 @@
 //! Green threads: spawning, waiting, killing, linking.
 
 use std::panic::{AssertUnwindSafe, Location, catch_unwind};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -14,7 +14,7 @@ use crate::core::config;
 use crate::core::context::{self, Inheritance, PanicReport};
 use crate::core::limits::{SpawnError, StackPermit};
 use crate::core::registry::{
-    Ending, Identity, Killer, Phase, ThreadRecord, TimerKind, os_thread_mark, registry,
+    Ending, Identity, Phase, RecordRef, ThreadRecord, Threaded, TimerKind, os_thread_mark, registry,
 };
 use crate::core::report::payload_message;
 use crate::core::timeout::{IsTimeout, TimedOut};
@@ -127,8 +127,9 @@ struct JoinState<T> {
     coroutine: Option<may::coroutine::Coroutine>,
 }
 
+/// A green thread's handle state, with its record inline: one allocation per thread.
 struct Shared<T> {
-    record: Arc<ThreadRecord>,
+    record: ThreadRecord,
     /// The pending start timer of a `spawn_after` thread (0 when none).
     start_timer: AtomicU64,
     done: AtomicBool,
@@ -277,10 +278,8 @@ impl Builder {
                 .and_then(|p| reg.thread(p))
                 .map_or_else(os_thread_mark, |r| r.origin),
         };
-        // The record names its thread's handle state as its killer from birth: the handle
-        // state is made around it.
-        let shared = Arc::new_cyclic(|me: &Weak<Shared<T>>| Shared {
-            record: Arc::new(ThreadRecord::new(
+        let shared = Arc::new(Shared {
+            record: ThreadRecord::new(
                 Identity {
                     id: reg.next_id(),
                     name: self.name.map(Arc::from),
@@ -290,8 +289,7 @@ impl Builder {
                     stack_size: stack,
                 },
                 phase,
-                me.clone() as Weak<dyn Killer>,
-            )),
+            ),
             start_timer: AtomicU64::new(0),
             done: AtomicBool::new(false),
             join: Mutex::new(JoinState {
@@ -304,7 +302,7 @@ impl Builder {
                 coroutine: None,
             }),
         });
-        reg.insert_thread(shared.record.clone());
+        reg.insert_thread(RecordRef::new(shared.clone()));
         (shared, inherited)
     }
 }
@@ -401,10 +399,10 @@ impl<T: Send + 'static> Shared<T> {
     where
         F: FnOnce() -> T,
     {
-        let record = &*self.record;
+        let record = &self.record;
         let id = record.id;
         context::with(|c| {
-            let _ = c.record.set(self.record.clone());
+            let _ = c.record.set(RecordRef::new(self.clone()));
             inherited.install(c, record);
         });
         stack::set_base(record);
@@ -804,7 +802,11 @@ pub(crate) trait EndWatch: Send + Sync {
     fn id(&self) -> u64;
 }
 
-impl<T: Send + 'static> Killer for Shared<T> {
+impl<T: Send + 'static> Threaded for Shared<T> {
+    fn record(&self) -> &ThreadRecord {
+        &self.record
+    }
+
     fn kill(&self) {
         Shared::kill(self);
     }
@@ -822,16 +824,7 @@ impl<T: Send + 'static> Killer for Shared<T> {
 /// assert!(!greenhub::thread::kill(t.id()), "it has ended");
 /// ```
 pub fn kill(id: u64) -> bool {
-    let Some(record) = registry().thread(id) else {
-        return false;
-    };
-    match record.killer.upgrade() {
-        Some(k) => {
-            k.kill();
-            true
-        }
-        None => false,
-    }
+    registry().thread(id).map(|r| r.kill()).is_some()
 }
 
 impl<T: Send + 'static> EndWatch for Shared<T> {
@@ -1019,7 +1012,7 @@ impl<T> std::fmt::Debug for GreenThread<T> {
 /// The calling green thread, as [`current`] returns it.
 #[derive(Clone)]
 pub struct Current {
-    record: Arc<ThreadRecord>,
+    record: RecordRef,
 }
 
 impl Current {

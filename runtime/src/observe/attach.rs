@@ -449,13 +449,7 @@ impl Act {
 
 /// Kills the live green thread `id` as its handle would; false if none is alive.
 fn kill(id: u64) -> bool {
-    match registry().thread(id).and_then(|r| r.killer.upgrade()) {
-        Some(k) => {
-            k.kill();
-            true
-        }
-        None => false,
-    }
+    registry().thread(id).map(|r| r.kill()).is_some()
 }
 
 /// `id` and every live green thread it spawned, their children included, parents first.

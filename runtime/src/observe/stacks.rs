@@ -3,11 +3,9 @@
 //! Symbols are resolved by the thread that asks (the attach channel's, the stats endpoint's or
 //! the caller's), never by a worker.
 
-use std::sync::Arc;
-
 use greenhub_snapshot::ThreadStack;
 
-use crate::core::registry::{StateView, ThreadRecord, registry};
+use crate::core::registry::{RecordRef, StateView, registry};
 use crate::core::stack;
 use crate::core::symbols::fold;
 
@@ -45,7 +43,7 @@ pub(crate) fn stack_of(id: u64) -> Result<ThreadStack, StackError> {
 /// The stacks of `records` with the state each was read in (each `None` when not parked), or
 /// why none can be read.
 pub(crate) fn stacks_of(
-    records: &[Arc<ThreadRecord>],
+    records: &[RecordRef],
 ) -> Result<Vec<Option<(StateView, ThreadStack)>>, &'static str> {
     let read = stack::read_parked(records)?;
     Ok(read
