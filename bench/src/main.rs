@@ -39,6 +39,10 @@ struct Suite {
     /// CPU-bound processes the harness runs beside each case (as many as it has cores would
     /// be a loaded machine).
     busy: usize,
+    /// The fewest rounds the suite runs, whatever `--rounds` says: for cheap figures whose
+    /// processes land in a fast or a slow mode by how the OS places their threads, where a
+    /// median of three decides nothing.
+    min_rounds: usize,
 }
 
 /// Cases of the two round-trip suites (median and 99th percentile).
@@ -130,7 +134,9 @@ const SUITES: &[Suite] = &[
         unit: "ns per task",
         what: "spawn N tasks that return their index from the main thread, then join them all \
                (2 workers; greenhub with its registry on; gevent and eventlet on their one \
-               Python thread, joinall and wait)",
+               Python thread, joinall and wait); at least 15 rounds: the spawner and two \
+               workers share two cores, and a process runs fast or slow by how the OS places \
+               them, for every runtime alike",
         workers: 2,
         cases: &[
             ("greenhub", 100_000),
@@ -142,6 +148,7 @@ const SUITES: &[Suite] = &[
         ],
         scale: 1.0,
         busy: 0,
+        min_rounds: 15,
     },
     Suite {
         id: "ping_pong_1",
@@ -170,6 +177,7 @@ const SUITES: &[Suite] = &[
         ],
         scale: 1.0,
         busy: 0,
+        min_rounds: 0,
     },
     Suite {
         id: "ping_pong_2",
@@ -187,6 +195,7 @@ const SUITES: &[Suite] = &[
         ],
         scale: 1.0,
         busy: 0,
+        min_rounds: 0,
     },
     Suite {
         id: "idle_memory",
@@ -208,6 +217,7 @@ const SUITES: &[Suite] = &[
         ],
         scale: 1024.0,
         busy: 0,
+        min_rounds: 0,
     },
     Suite {
         id: "idle_process",
@@ -228,6 +238,7 @@ const SUITES: &[Suite] = &[
         ],
         scale: 1.0,
         busy: 0,
+        min_rounds: 0,
     },
     Suite {
         id: "queue_4to1",
@@ -248,6 +259,7 @@ const SUITES: &[Suite] = &[
         ],
         scale: 1.0,
         busy: 0,
+        min_rounds: 0,
     },
     Suite {
         id: "semaphore",
@@ -260,6 +272,7 @@ const SUITES: &[Suite] = &[
         cases: &[("greenhub", 200_000), ("may", 200_000), ("tokio", 200_000)],
         scale: 1.0,
         busy: 0,
+        min_rounds: 0,
     },
     Suite {
         id: "tpool_rtt_p50",
@@ -270,6 +283,7 @@ const SUITES: &[Suite] = &[
         cases: TPOOL_RTT_CASES,
         scale: 1.0,
         busy: 0,
+        min_rounds: 0,
     },
     Suite {
         id: "block_on",
@@ -288,6 +302,7 @@ const SUITES: &[Suite] = &[
         ],
         scale: 1.0,
         busy: 0,
+        min_rounds: 0,
     },
     Suite {
         id: "tpool_rtt_p99",
@@ -298,6 +313,7 @@ const SUITES: &[Suite] = &[
         cases: TPOOL_RTT_CASES,
         scale: 1.0,
         busy: 0,
+        min_rounds: 0,
     },
     Suite {
         id: "tpool_spaced",
@@ -322,6 +338,7 @@ const SUITES: &[Suite] = &[
         ],
         scale: 1.0,
         busy: 0,
+        min_rounds: 0,
     },
     Suite {
         id: "tpool_busy_p99",
@@ -329,11 +346,13 @@ const SUITES: &[Suite] = &[
         unit: "ns per call (p99)",
         what: "the back-to-back round trips while two other processes keep both cores busy \
                (each a loop of arithmetic, started before the case and stopped after it; their \
-               CPU is not counted): a pool that polls takes CPU from the threads that answer",
+               CPU is not counted): a pool that polls takes CPU from the threads that answer; \
+               at least 9 rounds, as a case depends on where the OS puts the two busy processes",
         workers: 2,
         cases: TPOOL_RTT_CASES,
         scale: 1.0,
         busy: 2,
+        min_rounds: 9,
     },
     Suite {
         id: "tpool_throughput",
@@ -348,6 +367,7 @@ const SUITES: &[Suite] = &[
         ],
         scale: 1.0,
         busy: 0,
+        min_rounds: 0,
     },
     Suite {
         id: "echo_1",
@@ -358,6 +378,7 @@ const SUITES: &[Suite] = &[
         cases: &[("greenhub", 20_000), ("may", 20_000), ("tokio", 20_000)],
         scale: 1.0,
         busy: 0,
+        min_rounds: 0,
     },
     Suite {
         id: "echo_100",
@@ -368,6 +389,7 @@ const SUITES: &[Suite] = &[
         cases: &[("greenhub", 100_000), ("may", 100_000), ("tokio", 100_000)],
         scale: 1.0,
         busy: 0,
+        min_rounds: 0,
     },
     Suite {
         id: "echo_1000",
@@ -378,6 +400,7 @@ const SUITES: &[Suite] = &[
         cases: &[("greenhub", 100_000), ("may", 100_000), ("tokio", 100_000)],
         scale: 1.0,
         busy: 0,
+        min_rounds: 0,
     },
     Suite {
         id: "echo_remote_1",
@@ -394,6 +417,7 @@ const SUITES: &[Suite] = &[
         ],
         scale: 1.0,
         busy: 0,
+        min_rounds: 0,
     },
     Suite {
         id: "echo_remote_100",
@@ -404,6 +428,7 @@ const SUITES: &[Suite] = &[
         cases: ECHO_REMOTE_CASES,
         scale: 1.0,
         busy: 0,
+        min_rounds: 0,
     },
     Suite {
         id: "echo_remote_1000",
@@ -414,6 +439,7 @@ const SUITES: &[Suite] = &[
         cases: ECHO_REMOTE_CASES,
         scale: 1.0,
         busy: 0,
+        min_rounds: 0,
     },
     Suite {
         id: "proxy_1",
@@ -430,6 +456,7 @@ const SUITES: &[Suite] = &[
         ],
         scale: 1.0,
         busy: 0,
+        min_rounds: 0,
     },
     Suite {
         id: "proxy_100",
@@ -440,6 +467,7 @@ const SUITES: &[Suite] = &[
         cases: ECHO_REMOTE_CASES,
         scale: 1.0,
         busy: 0,
+        min_rounds: 0,
     },
     Suite {
         id: "proxy_1000",
@@ -450,6 +478,7 @@ const SUITES: &[Suite] = &[
         cases: ECHO_REMOTE_CASES,
         scale: 1.0,
         busy: 0,
+        min_rounds: 0,
     },
     Suite {
         id: "db_select1",
@@ -460,6 +489,7 @@ const SUITES: &[Suite] = &[
         cases: DB_CASES,
         scale: 1000.0,
         busy: 0,
+        min_rounds: 0,
     },
     Suite {
         id: "db_select1_p50",
@@ -471,6 +501,7 @@ const SUITES: &[Suite] = &[
         cases: DB_CASES,
         scale: 1000.0,
         busy: 0,
+        min_rounds: 0,
     },
     Suite {
         id: "db_select1_p99",
@@ -481,6 +512,7 @@ const SUITES: &[Suite] = &[
         cases: DB_CASES,
         scale: 1000.0,
         busy: 0,
+        min_rounds: 0,
     },
     Suite {
         id: "db_abandon",
@@ -491,6 +523,7 @@ const SUITES: &[Suite] = &[
         cases: DB_ABANDON_CASES,
         scale: 1000.0,
         busy: 0,
+        min_rounds: 0,
     },
     Suite {
         id: "db_abandon_p99",
@@ -502,6 +535,7 @@ const SUITES: &[Suite] = &[
         cases: DB_ABANDON_CASES,
         scale: 1000.0,
         busy: 0,
+        min_rounds: 0,
     },
     Suite {
         id: "snapshot_10k",
@@ -519,6 +553,7 @@ const SUITES: &[Suite] = &[
         ],
         scale: 1e6,
         busy: 0,
+        min_rounds: 0,
     },
     Suite {
         id: "snapshot_100k",
@@ -534,6 +569,7 @@ const SUITES: &[Suite] = &[
         ],
         scale: 1e6,
         busy: 0,
+        min_rounds: 0,
     },
     Suite {
         id: "snapshot_pause_10k",
@@ -551,6 +587,7 @@ const SUITES: &[Suite] = &[
         ],
         scale: 1e6,
         busy: 0,
+        min_rounds: 0,
     },
     Suite {
         id: "snapshot_pause_100k",
@@ -566,6 +603,7 @@ const SUITES: &[Suite] = &[
         ],
         scale: 1e6,
         busy: 0,
+        min_rounds: 0,
     },
     Suite {
         id: "inspector_attached",
@@ -581,6 +619,7 @@ const SUITES: &[Suite] = &[
         ],
         scale: 1.0,
         busy: 0,
+        min_rounds: 0,
     },
     Suite {
         id: "watched_memory",
@@ -594,6 +633,7 @@ const SUITES: &[Suite] = &[
         cases: &[("reads 1-100", 10_000), ("reads 100-500", 10_000)],
         scale: 1_048_576.0,
         busy: 0,
+        min_rounds: 0,
     },
     Suite {
         id: "tui_100k",
@@ -616,6 +656,7 @@ const SUITES: &[Suite] = &[
         ],
         scale: 1e6,
         busy: 0,
+        min_rounds: 0,
     },
 ];
 
@@ -956,8 +997,8 @@ fn markdown(report: &Report, baseline: Option<&Baseline>) -> String {
         md,
         "Produced by `cargo run --release -p greenhub-bench` on {}; do not edit by hand. \
          Each figure is measured in a fresh process; the runtimes of a table take turns in \
-         each of {} rounds (after a warm-up round), and the table shows the median with the \
-         min and max. Lower is better everywhere. Where the figure is a time per operation, \
+         each of {} rounds (more where a suite says so; after a warm-up round), and the table \
+         shows the median with the min and max. Lower is better everywhere. Where the figure is a time per operation, \
          the last column is the CPU time the measuring process spent per operation: all its \
          threads (workers, spinning pool threads, the runtime's own) over its whole run, set-up \
          included, divided by N; a runtime that is fast by burning more cores shows it there. \
@@ -1273,6 +1314,7 @@ fn main() {
         }
         let mut samples: Vec<Vec<f64>> = vec![Vec::new(); cases.len()];
         let mut cpu: Vec<Vec<f64>> = vec![Vec::new(); cases.len()];
+        let rounds = rounds.max(suite.min_rounds);
         for round in 0..rounds {
             for (i, (runtime, n)) in cases.iter().enumerate() {
                 match measure(suite, runtime, *n) {
