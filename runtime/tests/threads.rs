@@ -607,3 +607,38 @@ fn value_links_run_on_values_and_error_links_on_errors_only() {
         let _ = t.wait();
     }
 }
+
+/// A thread's value nobody can claim any more (its handle is gone) is dropped when the thread
+/// ends, or when the handle goes after the end: not kept for as long as anything still refers
+/// to the thread, such as an event that still lists a wait of it that timed out.
+#[test]
+fn an_unclaimed_value_is_dropped_at_the_end_even_while_an_event_lists_an_old_wait() {
+    for handle_outlives_thread in [false, true] {
+        for _ in 0..50 {
+            let event: Arc<greenhub::Event<()>> = Arc::new(greenhub::Event::new());
+            let drops = Arc::new(AtomicUsize::new(0));
+            let (e, d) = (event.clone(), drops.clone());
+            let t = spawn(move || {
+                // Times out; the event keeps the stale wait (and so a reference to this
+                // thread) in its list until it is set or its list is swept.
+                assert!(e.wait_timeout(Duration::from_millis(1)).is_err());
+                DropCounter(d)
+            });
+            if handle_outlives_thread {
+                t.wait_timeout(Duration::from_secs(30))
+                    .expect("the thread ends");
+            }
+            drop(t);
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while drops.load(Ordering::SeqCst) == 0 && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            assert_eq!(
+                drops.load(Ordering::SeqCst),
+                1,
+                "the value is dropped once the thread has ended and its handle is gone"
+            );
+            assert!(!event.is_set());
+        }
+    }
+}

@@ -467,7 +467,7 @@ impl<T: Send + 'static> Shared<T> {
     fn finish(&self, result: Result<T, JoinError>) {
         let id = self.record.id;
         let killed = matches!(result, Err(JoinError::Killed { .. }));
-        let (waiters, report) = loop {
+        let (waiters, report, unclaimed, coroutine) = loop {
             let links = {
                 let mut st = self.join.lock();
                 if st.links.is_empty() {
@@ -485,10 +485,24 @@ impl<T: Send + 'static> Shared<T> {
                     let report =
                         !st.handle_alive && matches!(result, Err(JoinError::Panicked { .. }));
                     let report = report.then(|| result.as_ref().err().cloned()).flatten();
-                    st.result = Some(result);
+                    // With the handle gone nobody can claim the value: it is dropped here, by
+                    // the thread itself, rather than by whoever lets go of the thread's state
+                    // last (a stale wait token, a snapshot on the monitor thread). The
+                    // coroutine's handle is of no more use either (nothing left to cancel).
+                    let unclaimed = if st.handle_alive {
+                        st.result = Some(result);
+                        None
+                    } else {
+                        Some(result)
+                    };
                     st.finished = true;
                     self.done.store(true, Ordering::Release);
-                    break (std::mem::take(&mut st.waiters), report);
+                    break (
+                        std::mem::take(&mut st.waiters),
+                        report,
+                        unclaimed,
+                        st.coroutine.take(),
+                    );
                 }
                 std::mem::take(&mut st.links)
             };
@@ -500,6 +514,8 @@ impl<T: Send + 'static> Shared<T> {
                 }
             }
         };
+        drop(coroutine);
+        drop(unclaimed);
         waiters.wake_all();
         if let Some(err) = report {
             report_unobserved(&self.record, &err);
@@ -985,14 +1001,18 @@ pub fn run_until_idle(timeout: Option<Duration>) -> Result<(), TimedOut> {
 
 impl<T> Drop for GreenThread<T> {
     fn drop(&mut self) {
-        let report = {
+        let (report, unclaimed) = {
             let mut st = self.shared.join.lock();
             st.handle_alive = false;
-            match &st.result {
+            let report = match &st.result {
                 Some(Err(e @ JoinError::Panicked { .. })) if st.finished => Some(e.clone()),
                 _ => None,
-            }
+            };
+            // Nobody can claim the value any more: dropped here, outside the lock (see
+            // `finish`).
+            (report, st.result.take())
         };
+        drop(unclaimed);
         if let Some(err) = report {
             report_unobserved(&self.shared.record, &err);
         }
