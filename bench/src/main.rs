@@ -998,10 +998,11 @@ fn markdown(report: &Report, baseline: Option<&Baseline>) -> String {
         "Produced by `cargo run --release -p greenhub-bench` on {}; do not edit by hand. \
          Each figure is measured in a fresh process; the runtimes of a table take turns in \
          each of {} rounds (more where a suite says so; after a warm-up round), and the table \
-         shows the median with the min and max. Lower is better everywhere. Where the figure is a time per operation, \
-         the last column is the CPU time the measuring process spent per operation: all its \
-         threads (workers, spinning pool threads, the runtime's own) over its whole run, set-up \
-         included, divided by N; a runtime that is fast by burning more cores shows it there. \
+         shows the median with the min and max. Lower is better everywhere. Where the figure \
+         is a time per operation, the last column is the CPU time the measuring process spent \
+         per operation: all its threads (workers, spinning pool threads, the runtime's own) \
+         over its whole run, set-up included, divided by N; a runtime that is fast by burning \
+         more cores shows it there. \
          Cases that time one section of their run count that section's CPU only (start and \
          warm-up left out, where an operation's CPU is small beside a process's start): the \
          thread-pool round trips, the idle process, and the echo servers with their clients \
