@@ -4,7 +4,9 @@
 
 mod common;
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use common::{is_child, run_child, text};
 use greenhub::{sleep, spawn, thread::Builder, thread::SpawnError};
@@ -265,4 +267,88 @@ fn a_stack_that_cannot_be_mapped_is_an_error_too() {
         "{}",
         text(&out)
     );
+}
+
+/// Waits until `check` holds, for at most a minute (the monitor acts on its own ticks).
+fn eventually(what: &str, check: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !check() {
+        assert!(Instant::now() < deadline, "never: {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Spawns `n` green threads that wait at a gate, opens it and joins them: `n` stacks in use
+/// at once, then released.
+fn burst(n: usize) {
+    let gate = greenhub::Event::<()>::new();
+    let threads: Vec<_> = (0..n)
+        .map(|_| {
+            let gate = gate.clone();
+            spawn(move || gate.wait().is_ok())
+        })
+        .collect();
+    gate.set(()).unwrap();
+    for t in threads {
+        assert!(t.wait().unwrap());
+    }
+}
+
+#[test]
+fn released_stacks_keep_their_pages_through_a_burst_and_give_them_back_by_age() {
+    let name = "released_stacks_keep_their_pages_through_a_burst_and_give_them_back_by_age";
+    if is_child(name) {
+        greenhub::Config::new()
+            .stack_size(64 * 1024)
+            .init()
+            .unwrap();
+        let default_limit = generator::DIRTY_STACK_BYTES;
+        // 4,000 stacks of 64 KiB: `may` keeps 1,000 of them in its pool, the rest are released
+        // (187 MiB, about three times the default limit).
+        let n = 4_000;
+        // A thread that keeps switching keeps the monitor awake.
+        let stop = Arc::new(AtomicBool::new(false));
+        let keeper = {
+            let stop = stop.clone();
+            spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    greenhub::yield_now();
+                }
+            })
+        };
+        let t0 = Instant::now();
+        burst(n);
+        let kept = generator::dirty_stack_bytes();
+        // The monitor gives back only stacks that stayed unused for a whole period of at
+        // least STACK_DECAY_TICKS ticks of 10 ms: judged only if less has passed.
+        if t0.elapsed() < Duration::from_millis(900) {
+            assert!(
+                kept > default_limit,
+                "released stacks beyond the default limit are kept through the burst: {kept}"
+            );
+        }
+        println!("kept={kept}");
+        // While the process runs, stacks nobody reuses are given back by age: all of them.
+        eventually("every released stack is given back", || {
+            generator::dirty_stack_bytes() == 0
+        });
+        // A second burst, then quiet: the monitor parks and gives back all but the default.
+        stop.store(true, Ordering::Relaxed);
+        keeper.wait().unwrap();
+        burst(n);
+        eventually("the released stacks shrink to the default limit", || {
+            generator::dirty_stack_bytes() <= default_limit
+        });
+        // And the stacks are reused: the next burst runs as the first did.
+        burst(n);
+        println!("done");
+        return;
+    }
+    if !generator::stacks_share_mappings() {
+        eprintln!("stacks do not share mappings on this kernel: nothing is kept");
+        return;
+    }
+    let out = run_child(name, &[], Duration::from_secs(300));
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("done"), "{}", text(&out));
 }

@@ -15,6 +15,16 @@
 //! size always maps its own. The budget is what the cap leaves after the mappings the process
 //! had when the runtime started (pool included) and a reserve for the rest of the program
 //! (thread stacks, allocator arenas, mapped files).
+//!
+//! Released stacks: where stacks share mappings, a released stack keeps its pages so that the
+//! next thread reuses it warm; past a limit of such stacks the oldest are discarded, and a
+//! discard interrupts every CPU the process runs on to flush its TLB. With the monitor running,
+//! the limit is [`RELEASED_STACK_LIMIT`] and the monitor gives pages back by age instead: every
+//! [`STACK_DECAY_TICKS`] ticks those of the stacks that nobody reused for a whole period, and,
+//! as it parks, all but the vendored crate's default limit (64 MiB of stacks). A burst of short
+//! threads then pays no discard while it runs. What is kept is bounded by the stacks the
+//! busiest moment had in use (a new thread takes a released stack before a fresh one), and is
+//! given back within two seconds of nobody reusing it.
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -22,6 +32,31 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use thiserror::Error;
 
 use crate::core::config;
+
+/// Bytes of released stacks (counted whole; they hold only the pages their threads touched)
+/// that keep their pages while the monitor gives them back by age.
+pub(crate) const RELEASED_STACK_LIMIT: usize = 1 << 30;
+
+/// How many monitor ticks a released stack may stay unused before the monitor gives its pages
+/// back (1 s at the monitor's tick).
+pub(crate) const STACK_DECAY_TICKS: u32 = 100;
+
+/// Raises the limit of released stacks that keep their pages: the monitor gives them back by
+/// age from now on ([`decay_released_stacks`], [`shrink_released_stacks`]).
+pub(crate) fn keep_released_stacks() {
+    generator::set_dirty_stack_limit(RELEASED_STACK_LIMIT);
+}
+
+/// Gives back the pages of the released stacks that nobody reused since the last call.
+pub(crate) fn decay_released_stacks() {
+    generator::decay_dirty_stacks();
+}
+
+/// Gives back the pages of released stacks beyond the vendored crate's default limit: what
+/// the monitor does as it parks, since nothing gives pages back by age while it sleeps.
+pub(crate) fn shrink_released_stacks() {
+    generator::shrink_dirty_stacks(generator::DIRTY_STACK_BYTES);
+}
 
 /// Why a green thread could not be created.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]

@@ -27,6 +27,9 @@
 //! A thread that is waiting has given its worker back, so it can never be reported. Waits done
 //! directly with `may`'s own APIs are not bracketed by greenhub and look like running.
 //!
+//! The monitor also gives back the pages of released stacks, by age (`core/limits.rs`): every
+//! [`STACK_DECAY_TICKS`] ticks, and as it parks.
+//!
 //! An idle process stays idle. After [`QUIET_TICKS`] ticks in which no worker switched at all,
 //! the monitor stops publishing the clock (readers fall back to the
 //! coarse clock itself) and parks; the next green thread to run wakes it. The wake costs the
@@ -53,6 +56,7 @@ use crate::core::barrier;
 use crate::core::clock;
 use crate::core::deadlock;
 use crate::core::flight;
+use crate::core::limits::{self, STACK_DECAY_TICKS};
 use crate::core::quiescence;
 use crate::core::registry::{ThreadRecord, registry};
 use crate::core::report::{self, Throttle};
@@ -336,6 +340,8 @@ fn run() {
     let mut quiet = 0;
     let mut detector = deadlock::Detector::default();
     let mut since_check = 0;
+    let mut since_decay = 0;
+    limits::keep_released_stacks();
     loop {
         let max_blocking_time = max_blocking_time();
         std::thread::sleep(TICK);
@@ -358,6 +364,8 @@ fn run() {
             }
             since_check = 0;
             quiet = 0;
+            limits::shrink_released_stacks();
+            since_decay = 0;
             park_until_running();
             // The parked time is nobody's run time.
             last = Instant::now();
@@ -370,6 +378,11 @@ fn run() {
             for found in detector.check() {
                 off_monitor(Box::new(move || found.publish()));
             }
+        }
+        since_decay += 1;
+        if since_decay >= STACK_DECAY_TICKS {
+            since_decay = 0;
+            limits::decay_released_stacks();
         }
         nudge_workers(workers);
         let now = Instant::now();

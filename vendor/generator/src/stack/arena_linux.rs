@@ -9,12 +9,18 @@
 //!
 //! Rules:
 //! - A released slot keeps its guard. The most recently released slots keep their pages
-//!   ("dirty", at most [`DIRTY_BYTES`] of slots in all) and are handed out first: short-lived
-//!   threads then reuse warm stacks, with neither a discard nor page faults. Beyond that bound
-//!   the oldest half of the size with the most dirty bytes are discarded together with `MADV_DONTNEED`
+//!   ("dirty", at most the dirty limit of slots in all: [`DIRTY_BYTES`] unless
+//!   [`set_dirty_limit`] says otherwise) and are handed out first: short-lived threads then
+//!   reuse warm stacks, with neither a discard nor page faults. Beyond that limit the oldest
+//!   half of the size with the most dirty bytes are discarded together with `MADV_DONTNEED`
 //!   (guard regions survive it), one call per run of adjacent slots: a discard flushes the TLB
 //!   of every CPU the process runs on, so it is paid once per batch, not once per stack. A
 //!   process that had many stacks gives the memory back but keeps the address space.
+//! - A runtime with a thread of its own to spare can give memory back by age instead, as
+//!   allocators decay their dirty pages: it raises the limit, calls [`decay`] periodically
+//!   (each call discards the slots that stayed dirty, unused, since the call before) and
+//!   [`shrink_dirty`] when its process goes quiet. A burst of threads then pays no discard
+//!   while it runs, nor the page faults of reusing discarded slots.
 //! - Chunks are never unmapped: their slots are reused by later stacks of the same size.
 //! - Where the kernel does not know the advice (before 6.13), [`allocate`] says so once and the
 //!   caller maps each stack on its own, as before.
@@ -23,7 +29,7 @@
 
 use std::io;
 use std::os::raw::c_void;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use super::{page_size, SysStack, MAP_STACK};
@@ -34,9 +40,12 @@ const MADV_GUARD_INSTALL: libc::c_int = 102;
 /// A chunk maps at least this many bytes (and at least one slot).
 const CHUNK_BYTES: usize = 4 << 20;
 
-/// Released slots kept with their pages, in bytes of slots of every size (what they can hold
-/// at most; a slot holds only the pages its stack touched).
-const DIRTY_BYTES: usize = 64 << 20;
+/// The default dirty limit: released slots kept with their pages, in bytes of slots of every
+/// size (what they can hold at most; a slot holds only the pages its stack touched).
+pub const DIRTY_BYTES: usize = 64 << 20;
+
+/// The dirty limit in force (see [`set_dirty_limit`]).
+static DIRTY_LIMIT: AtomicUsize = AtomicUsize::new(DIRTY_BYTES);
 
 const UNKNOWN: u8 = 0;
 const SUPPORTED: u8 = 1;
@@ -61,6 +70,9 @@ struct SizeClass {
     slot: usize,
     /// Released slots whose pages are kept, most recently released last.
     dirty: Vec<usize>,
+    /// How many of the first `dirty` slots were dirty already at the last [`decay`] and have
+    /// not been handed out since (slots are handed out from the end).
+    settled: usize,
     /// Slots that hold no memory.
     free: Vec<usize>,
 }
@@ -130,6 +142,7 @@ pub fn allocate(size: usize) -> io::Result<Option<SysStack>> {
                 classes.push(SizeClass {
                     slot: size,
                     dirty: Vec::new(),
+                    settled: 0,
                     free: Vec::new(),
                 });
                 classes.last_mut().expect("just pushed")
@@ -138,6 +151,7 @@ pub fn allocate(size: usize) -> io::Result<Option<SysStack>> {
         let reused = match class.dirty.pop() {
             Some(slot) => {
                 *dirty_bytes -= size;
+                class.settled = class.settled.min(class.dirty.len());
                 Some(slot)
             }
             None => class.free.pop(),
@@ -199,7 +213,7 @@ fn map_chunk(size: usize) -> io::Result<Vec<usize>> {
 }
 
 /// Gives a stack from [`allocate`] back: its slot is reused, first with its pages as they
-/// are; the oldest released slots beyond the dirty bound are discarded.
+/// are; the oldest released slots beyond the dirty limit are discarded.
 ///
 /// # Safety
 ///
@@ -208,7 +222,7 @@ pub unsafe fn release(stack: &SysStack) {
     let page = page_size();
     let slot = stack.bottom() as usize - page;
     let size = stack.len() + page;
-    let (mut batch, batch_size) = {
+    let (batch, batch_size) = {
         let mut slots = FREE.lock().unwrap_or_else(|e| e.into_inner());
         let Slots {
             classes,
@@ -219,24 +233,126 @@ pub unsafe fn release(stack: &SysStack) {
         };
         class.dirty.push(slot);
         *dirty_bytes += size;
-        if *dirty_bytes <= DIRTY_BYTES {
+        if *dirty_bytes <= DIRTY_LIMIT.load(Ordering::Relaxed) {
             return;
         }
-        // Over the bound: the size that holds the most gives up its oldest half (at least
+        // Over the limit: the size that holds the most gives up its oldest half (at least
         // one slot), so that the next discard is as far away.
         let Some(largest) = classes.iter_mut().max_by_key(|c| c.dirty_bytes()) else {
             return;
         };
         let older = largest.dirty.len().div_ceil(2);
-        let batch: Vec<usize> = largest.dirty.drain(..older).collect();
-        *dirty_bytes -= batch.len() * largest.slot;
-        (batch, largest.slot)
+        (take_oldest(largest, older, dirty_bytes), largest.slot)
     };
-    batch.sort_unstable();
-    discard(&batch, batch_size, page);
+    discard_batches(vec![(batch_size, batch)]);
+}
+
+/// Takes the `count` oldest dirty slots of `class` out of its dirty list (and out of the
+/// dirty bytes), to be discarded.
+fn take_oldest(class: &mut SizeClass, count: usize, dirty_bytes: &mut usize) -> Vec<usize> {
+    let count = count.min(class.dirty.len());
+    class.settled = class.settled.saturating_sub(count);
+    *dirty_bytes -= count * class.slot;
+    class.dirty.drain(..count).collect()
+}
+
+/// Discards batches of slots taken out of the dirty lists (each with its slot size), then
+/// makes them free slots of their size again.
+fn discard_batches(mut batches: Vec<(usize, Vec<usize>)>) {
+    batches.retain(|(_, batch)| !batch.is_empty());
+    if batches.is_empty() {
+        return;
+    }
+    let page = page_size();
+    for (size, batch) in &mut batches {
+        batch.sort_unstable();
+        // SAFETY: a slot out of a dirty list belongs to no stack, and to no other batch.
+        unsafe { discard(batch, *size, page) };
+    }
     let mut slots = FREE.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(class) = slots.classes.iter_mut().find(|c| c.slot == batch_size) {
-        class.free.extend(batch);
+    for (size, batch) in batches {
+        if let Some(class) = slots.classes.iter_mut().find(|c| c.slot == size) {
+            class.free.extend(batch);
+        }
+    }
+}
+
+/// Bytes of the released slots (of every size) that keep their pages.
+pub fn dirty_bytes() -> usize {
+    FREE.lock().unwrap_or_else(|e| e.into_inner()).dirty_bytes
+}
+
+/// Sets the dirty limit: how many bytes of released slots (of every size) keep their pages
+/// before the oldest are discarded as stacks are released. [`DIRTY_BYTES`] by default.
+pub fn set_dirty_limit(bytes: usize) {
+    DIRTY_LIMIT.store(bytes, Ordering::Relaxed);
+}
+
+/// Discards the dirty slots that were dirty already at the previous call and have not been
+/// handed out since: called once a period, it gives back the pages of the stacks nobody
+/// reused for a whole period. Returns the bytes of slots still dirty (0: nothing to come
+/// back for).
+pub fn decay() -> usize {
+    let (batches, left) = {
+        let mut slots = FREE.lock().unwrap_or_else(|e| e.into_inner());
+        let batches = slots.take_settled();
+        (batches, slots.dirty_bytes)
+    };
+    discard_batches(batches);
+    left
+}
+
+/// Discards the oldest dirty slots, from the size that holds the most first, until at most
+/// `keep` bytes of slots are dirty in all. Returns the bytes of slots still dirty.
+pub fn shrink_dirty(keep: usize) -> usize {
+    let (batches, left) = {
+        let mut slots = FREE.lock().unwrap_or_else(|e| e.into_inner());
+        let batches = slots.take_beyond(keep);
+        (batches, slots.dirty_bytes)
+    };
+    discard_batches(batches);
+    left
+}
+
+impl Slots {
+    /// Takes out of the dirty lists, to be discarded, the slots settled since the last call
+    /// (dirty then and not handed out since), and marks every slot dirty now as settled.
+    fn take_settled(&mut self) -> Vec<(usize, Vec<usize>)> {
+        let Slots {
+            classes,
+            dirty_bytes,
+        } = self;
+        classes
+            .iter_mut()
+            .map(|class| {
+                let settled = class.settled;
+                let batch = take_oldest(class, settled, dirty_bytes);
+                class.settled = class.dirty.len();
+                (class.slot, batch)
+            })
+            .collect()
+    }
+
+    /// Takes out of the dirty lists, to be discarded, the oldest slots of the size that holds
+    /// the most, again and again, until at most `keep` bytes of slots are dirty.
+    fn take_beyond(&mut self, keep: usize) -> Vec<(usize, Vec<usize>)> {
+        let Slots {
+            classes,
+            dirty_bytes,
+        } = self;
+        let mut batches = Vec::new();
+        while *dirty_bytes > keep {
+            let Some(largest) = classes.iter_mut().max_by_key(|c| c.dirty_bytes()) else {
+                break;
+            };
+            let over = (*dirty_bytes - keep).div_ceil(largest.slot);
+            let batch = take_oldest(largest, over, dirty_bytes);
+            if batch.is_empty() {
+                break;
+            }
+            batches.push((largest.slot, batch));
+        }
+        batches
     }
 }
 
@@ -270,6 +386,174 @@ unsafe fn discard(slots: &[usize], size: usize, page: usize) {
 mod tests {
     use super::*;
 
+    /// Serializes the tests here: [`decay`] and [`shrink_dirty`] act on every size class, so
+    /// they would discard the slots another test expects to keep their pages.
+    static SERIAL: Mutex<()> = Mutex::new(());
+
+    fn serial() -> std::sync::MutexGuard<'static, ()> {
+        SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Allocates `count` stacks of `size` bytes and writes a 7 at the bottom and the top of
+    /// each.
+    fn written(size: usize, count: usize) -> Vec<SysStack> {
+        (0..count)
+            .map(|_| {
+                let s = allocate(size).unwrap().unwrap();
+                // SAFETY: the stack is ours until it is released.
+                unsafe {
+                    s.bottom().cast::<u8>().write(7);
+                    s.top().cast::<u8>().sub(1).write(7);
+                }
+                s
+            })
+            .collect()
+    }
+
+    /// Whether the released stack that had `bottom` still holds the 7 written there (its
+    /// slot stays mapped: chunks are never unmapped).
+    fn kept(bottom: usize) -> bool {
+        // SAFETY: the slot is mapped; nothing else writes a slot of this test's size.
+        unsafe { (bottom as *const u8).read() == 7 }
+    }
+
+    #[test]
+    fn decay_discards_the_slots_left_unused_for_a_whole_period() {
+        let _serial = serial();
+        if !supported() {
+            return;
+        }
+        let page = page_size();
+        // A size no other test uses: the size class is this test's alone.
+        let size = 9 * page;
+        let stacks = written(size, 6);
+        let bottoms: Vec<usize> = stacks.iter().map(|s| s.bottom() as usize).collect();
+        // SAFETY: the stacks are ours and unused from here on.
+        unsafe {
+            for s in &stacks[..4] {
+                release(s);
+            }
+        }
+        decay();
+        assert!(
+            bottoms[..4].iter().all(|&b| kept(b)),
+            "a slot released during the period keeps its pages"
+        );
+        // One slot is handed out again (the last released), and two more are released.
+        let again = allocate(size).unwrap().unwrap();
+        assert_eq!(again.bottom() as usize, bottoms[3]);
+        // SAFETY: as above.
+        unsafe {
+            release(&stacks[4]);
+            release(&stacks[5]);
+        }
+        let left = decay();
+        for (i, &b) in bottoms.iter().enumerate() {
+            match i {
+                0..=2 => assert!(
+                    !kept(b),
+                    "slot {i}, unused for a whole period, is discarded"
+                ),
+                3 => assert!(kept(b), "the slot handed out again is not touched"),
+                _ => assert!(kept(b), "slot {i}, released during this period, is kept"),
+            }
+        }
+        if let Some(guarded) = is_guard(bottoms[0] - page) {
+            assert!(guarded, "the guard survives the discard");
+        }
+        assert!(left >= 2 * size, "the two kept slots count as dirty");
+        // The next period discards the last two, and every slot is handed out again.
+        decay();
+        assert!(!kept(bottoms[4]) && !kept(bottoms[5]));
+        // SAFETY: as above.
+        unsafe { release(&again) };
+        let all: Vec<SysStack> = (0..6).map(|_| allocate(size).unwrap().unwrap()).collect();
+        let mut got: Vec<usize> = all.iter().map(|s| s.bottom() as usize).collect();
+        got.sort_unstable();
+        let mut want = bottoms.clone();
+        want.sort_unstable();
+        assert_eq!(got, want, "no slot is lost or handed out twice");
+        // SAFETY: as above.
+        unsafe {
+            for s in &all {
+                release(s);
+            }
+        }
+    }
+
+    /// A size class with `dirty` slots (named by their order of release) and `settled` of
+    /// them settled.
+    fn class(slot: usize, dirty: &[usize], settled: usize) -> SizeClass {
+        SizeClass {
+            slot,
+            dirty: dirty.to_vec(),
+            settled,
+            free: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn shrinking_takes_the_oldest_of_the_size_that_holds_the_most_first() {
+        let mut slots = Slots {
+            classes: vec![class(10, &[1, 2, 3], 2), class(100, &[4, 5, 6, 7], 0)],
+            dirty_bytes: 3 * 10 + 4 * 100,
+        };
+        // 430 bytes down to 250: two of the large size (its oldest) go first.
+        let batches = slots.take_beyond(250);
+        assert_eq!(batches, vec![(100, vec![4, 5])]);
+        assert_eq!(slots.dirty_bytes, 230);
+        // Down to 30: the large size is then the largest until it is empty.
+        let batches = slots.take_beyond(30);
+        assert_eq!(batches, vec![(100, vec![6, 7])]);
+        // Down to 5: the small size gives up all three; its settled count follows.
+        assert_eq!(slots.take_beyond(5), vec![(10, vec![1, 2, 3])]);
+        assert_eq!((slots.dirty_bytes, slots.classes[0].settled), (0, 0));
+        assert!(slots.take_beyond(0).is_empty());
+    }
+
+    #[test]
+    fn decay_takes_what_stayed_settled_and_settles_the_rest() {
+        let mut slots = Slots {
+            classes: vec![class(10, &[1, 2, 3], 2), class(100, &[4], 0)],
+            dirty_bytes: 130,
+        };
+        assert_eq!(slots.take_settled(), vec![(10, vec![1, 2]), (100, vec![])]);
+        assert_eq!(slots.dirty_bytes, 110);
+        assert_eq!((slots.classes[0].settled, slots.classes[1].settled), (1, 1));
+        // A slot handed out lowers the settled count with the list; a new one is not settled.
+        slots.classes[1].dirty.pop();
+        slots.classes[1].settled = slots.classes[1].settled.min(slots.classes[1].dirty.len());
+        slots.classes[1].dirty.push(8);
+        assert_eq!(slots.take_settled(), vec![(10, vec![3]), (100, vec![])]);
+        assert_eq!(slots.take_settled(), vec![(10, vec![]), (100, vec![8])]);
+    }
+
+    #[test]
+    fn shrinking_to_nothing_discards_every_released_stack() {
+        let _serial = serial();
+        if !supported() {
+            return;
+        }
+        let page = page_size();
+        // A size no other test uses.
+        let size = 11 * page;
+        let stacks = written(size, 5);
+        let bottoms: Vec<usize> = stacks.iter().map(|s| s.bottom() as usize).collect();
+        // SAFETY: the stacks are ours and unused from here on.
+        unsafe {
+            for s in &stacks {
+                release(s);
+            }
+        }
+        assert!(bottoms.iter().all(|&b| kept(b)));
+        assert_eq!(shrink_dirty(0), 0, "nothing is left dirty");
+        assert!(bottoms.iter().all(|&b| !kept(b)), "every one is discarded");
+        let again = allocate(size).unwrap().unwrap();
+        assert!(bottoms.contains(&(again.bottom() as usize)), "and reused");
+        // SAFETY: as above.
+        unsafe { release(&again) };
+    }
+
     /// Whether the page at `addr` is a guard region, read from `/proc/self/pagemap`
     /// (bit 58, "pte is a guard region", Linux 6.14+). `None` where the kernel does not say.
     fn is_guard(addr: usize) -> Option<bool> {
@@ -284,6 +568,7 @@ mod tests {
 
     #[test]
     fn stacks_are_slots_with_guards_and_are_reused() {
+        let _serial = serial();
         if !supported() {
             return;
         }
@@ -317,6 +602,7 @@ mod tests {
 
     #[test]
     fn released_slots_beyond_the_dirty_bound_are_discarded_oldest_first() {
+        let _serial = serial();
         if !supported() {
             return;
         }

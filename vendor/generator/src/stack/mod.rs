@@ -547,6 +547,58 @@ pub fn shares_mappings() -> bool {
     return false;
 }
 
+/// The default limit of released stacks that keep their pages, in bytes of their slots (see
+/// [`set_dirty_limit`]).
+#[cfg(target_os = "linux")]
+pub const DIRTY_BYTES: usize = sys::arena::DIRTY_BYTES;
+/// The default limit of released stacks that keep their pages, in bytes of their slots (see
+/// [`set_dirty_limit`]).
+#[cfg(not(target_os = "linux"))]
+pub const DIRTY_BYTES: usize = 0;
+
+/// Where stacks share mappings ([`shares_mappings`]), a released stack keeps its pages, to be
+/// reused warm, until more than `bytes` of released stacks do; then the oldest are discarded.
+/// The default is [`DIRTY_BYTES`]. A runtime that raises it should give memory back by age
+/// with [`decay_dirty`] and [`shrink_dirty`]. Elsewhere this does nothing.
+pub fn set_dirty_limit(bytes: usize) {
+    #[cfg(target_os = "linux")]
+    sys::arena::set_dirty_limit(bytes);
+    #[cfg(not(target_os = "linux"))]
+    let _ = bytes;
+}
+
+/// Bytes of the released stacks (counted whole) that keep their pages: 0 where stacks do not
+/// share mappings.
+pub fn dirty_bytes() -> usize {
+    #[cfg(target_os = "linux")]
+    return sys::arena::dirty_bytes();
+    #[cfg(not(target_os = "linux"))]
+    return 0;
+}
+
+/// Discards the pages of the released stacks that were released already at the previous call
+/// and have not been reused since. Called once a period, it gives back what a burst of
+/// threads left after a whole period unused. Returns the bytes of released stacks that keep
+/// their pages (0: nothing left to give back).
+pub fn decay_dirty() -> usize {
+    #[cfg(target_os = "linux")]
+    return sys::arena::decay();
+    #[cfg(not(target_os = "linux"))]
+    return 0;
+}
+
+/// Discards the pages of the oldest released stacks until at most `keep` bytes of them keep
+/// their pages. Returns the bytes that still do.
+pub fn shrink_dirty(keep: usize) -> usize {
+    #[cfg(target_os = "linux")]
+    return sys::arena::shrink_dirty(keep);
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = keep;
+        0
+    }
+}
+
 /// Sentinel word used to mark the unused (bottom) part of a stack so that
 /// `Stack::get_used_size` can estimate how much of it has been touched.
 ///
