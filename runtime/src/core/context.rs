@@ -1,13 +1,26 @@
 //! Per-green-thread context: which registry record the running code belongs to, the deadline
 //! scopes it runs in, and the last panic it raised.
 //!
-//! A green thread's lives in `may`'s coroutine-local storage, never in a `thread_local!`: green
-//! threads migrate between OS threads at every wait, so a thread-local read before a wait and
-//! after it can belong to two different OS threads. A plain OS thread's context is a
-//! thread-local, which is sound there because an OS thread does not migrate.
+//! A green thread's context lives in its handle's state (`green/thread.rs`), allocated with
+//! it, and `may`'s coroutine-local storage points to it (`may::runtime_local`), never a
+//! `thread_local!`: green threads migrate between OS threads at every wait, so a thread-local
+//! read before a wait and after it can belong to two different OS threads. A coroutine that
+//! greenhub did not spawn gets a context of its own on first use. A plain OS thread's context
+//! is a thread-local, which is sound there because an OS thread does not migrate.
+//!
+//! Rules of a green thread's context:
+//! - Only its own thread reaches it (through `may`'s pointer), so its cells need no lock.
+//! - The pointer owns one reference to the state, given back when `may` drops the coroutine's
+//!   local storage; the context's `record` is that same reference seen as a record, and owns
+//!   nothing itself.
+//! - What it holds that refers to the state (the token kept for the next wait), or that the
+//!   thread's code put there (its local values), is let go of when the body ends: the state
+//!   outlives the thread for as long as its handle or a snapshot holds it.
 
 use std::any::Any;
 use std::cell::{Cell, OnceCell, RefCell};
+use std::mem::ManuallyDrop;
+use std::ptr::NonNull;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -24,12 +37,14 @@ pub(crate) struct PanicReport {
 
 #[derive(Default)]
 pub(crate) struct Context {
-    /// Set once by the spawn wrapper; empty on OS threads and raw `may` coroutines.
-    pub record: OnceCell<RecordRef>,
+    /// Set once as a green thread starts (see [`adopt`]); empty on OS threads and raw `may`
+    /// coroutines. Owns no reference: the context lives in the record's own state.
+    record: OnceCell<ManuallyDrop<RecordRef>>,
     /// The effective (earliest) deadline of the scopes the code runs in.
     pub deadline: Cell<Option<Instant>>,
-    /// The panic hook stores here instead of printing, for code greenhub reports itself.
-    pub panic: RefCell<Option<PanicReport>>,
+    /// The panic hook stores here instead of printing, for code greenhub reports itself
+    /// (boxed: rare, and the context is part of every thread's state).
+    pub panic: RefCell<Option<Box<PanicReport>>>,
     /// The token of this thread's last wait, back from its waiter and reused while nobody
     /// else holds it (empty while a wait holds it).
     pub token: Cell<Option<Arc<Token>>>,
@@ -159,20 +174,99 @@ fn inherited_locals_in(c: &Context) -> Vec<LocalEntry> {
         .collect()
 }
 
-impl Drop for Context {
-    /// `may` drops a coroutine's local storage when it destroys the coroutine. A green thread
-    /// whose storage goes while its body has not ended was torn down without unwinding: its
-    /// stack overflowed into the guard page. Whatever it held (a lock, a pool connection, a
-    /// stack permit) is lost with its frames and every joiner would wait forever, so the
-    /// process stops here, as Rust's own threads do on overflow, saying which thread and how
-    /// to give it more stack.
-    fn drop(&mut self) {
-        let Some(record) = self.record.get() else {
-            return;
-        };
+impl Context {
+    pub(crate) fn record(&self) -> Option<&RecordRef> {
+        self.record.get().map(|r| &**r)
+    }
+
+    /// What the thread lets go of as its body ends: the token kept for its next wait (it
+    /// refers to the thread's state, which holds this context) and its local values (the
+    /// thread's code put them there; they may hold its own handle).
+    pub(crate) fn end(&self) {
+        self.ended.set(true);
+        drop(self.token.take());
+        let locals = std::mem::take(&mut *self.locals.borrow_mut());
+        drop(locals);
+        drop(self.panic.borrow_mut().take());
+    }
+
+    /// Keeps `token` for the next wait unless a token is kept already or the thread has
+    /// ended (see [`Context::end`]).
+    pub(crate) fn keep(&self, token: &mut Option<Arc<Token>>) {
         if self.ended.get() {
             return;
         }
+        let held = self.token.take();
+        self.token.set(held.or_else(|| token.take()));
+    }
+
+    /// Whether the panic hook should hand panics to greenhub instead of printing them.
+    pub(crate) fn captures_panics(&self) -> bool {
+        self.record.get().is_some() || self.capture.get() > 0
+    }
+}
+
+thread_local! {
+    /// The context of code that runs on an OS thread, outside any coroutine.
+    static OS_CONTEXT: Context = Context::default();
+}
+
+/// A green thread's context, kept in its handle's state: only the thread itself reaches it,
+/// through `may`'s pointer, so its cells are never used from two threads at once.
+#[derive(Default)]
+#[repr(transparent)]
+pub(crate) struct Owned(Context);
+
+// SAFETY: the context is reached only by its own green thread (see `Owned`), which runs on
+// one worker at a time; what it holds is `Send` but for the `tracing` feature's entered span,
+// which the thread leaves before each wait and yield (`Resume::new` in core/wait.rs,
+// `yield_now`) and enters again after it, on the worker it resumes on.
+unsafe impl Send for Owned {}
+// SAFETY: as above: the state that holds it is shared, the context is not.
+unsafe impl Sync for Owned {}
+
+/// Makes `context` the current green thread's, and `record` its record: one reference to the
+/// state that holds both, handed over to `may`, which gives the context's pointer to `release`
+/// when it drops the coroutine's local storage; `release` lets go of that reference. Called
+/// once, in the thread, as it starts.
+///
+/// # Safety
+///
+/// `context` points into the state that `record` keeps alive, with a provenance that covers
+/// that whole state (so that `release` may step back from it to the state), and
+/// `release(context)` drops `record`'s reference exactly once.
+pub(crate) unsafe fn adopt(
+    context: NonNull<Owned>,
+    record: RecordRef,
+    release: unsafe fn(NonNull<()>),
+) {
+    // SAFETY: alive as long as `record`'s reference, which `may` holds from here on.
+    let c = unsafe { &context.as_ref().0 };
+    let _ = c.record.set(ManuallyDrop::new(record));
+    // SAFETY: the caller keeps the context alive until `release`.
+    let set = unsafe { may::set_runtime_local(context.cast(), release) };
+    debug_assert!(
+        set,
+        "a green thread adopts its context once, in its coroutine"
+    );
+}
+
+/// Checks the context of a green thread whose coroutine's local storage `may` drops, from
+/// the pointer [`adopt`] gave it: aborts if the thread's body never ended: its stack overflowed
+/// into the guard page and it was torn down without unwinding. Whatever it held (a lock, a
+/// pool connection, a stack permit) is lost with its frames and every joiner would wait
+/// forever, so the process stops here, as Rust's own threads do on overflow, saying which
+/// thread and how to give it more stack.
+///
+/// # Safety
+///
+/// `pointer` is the one `adopt` gave `may`, and the context is still alive.
+pub(crate) unsafe fn check_released(pointer: NonNull<()>) {
+    // SAFETY: as the caller says.
+    let c = unsafe { pointer.cast::<Context>().as_ref() };
+    if !c.ended.get()
+        && let Some(record) = c.record()
+    {
         let name = record
             .name
             .as_deref()
@@ -189,45 +283,39 @@ impl Drop for Context {
     }
 }
 
-impl Context {
-    pub(crate) fn record(&self) -> Option<&RecordRef> {
-        self.record.get()
-    }
-
-    /// Keeps `token` for the next wait unless a token is kept already.
-    pub(crate) fn keep(&self, token: &mut Option<Arc<Token>>) {
-        let held = self.token.take();
-        self.token.set(held.or_else(|| token.take()));
-    }
-
-    /// Whether the panic hook should hand panics to greenhub instead of printing them.
-    pub(crate) fn captures_panics(&self) -> bool {
-        self.record.get().is_some() || self.capture.get() > 0
-    }
-}
-
-thread_local! {
-    /// The context of code that runs on an OS thread, outside any coroutine.
-    static OS_CONTEXT: Context = Context::default();
-}
-
 /// Runs `f` with the current green thread's (or OS thread's) context.
 ///
-/// A coroutine's context is `may`'s runtime slot of its local storage (no map lookup); an
-/// OS thread's is a thread-local.
+/// A coroutine's context is the one `may`'s local storage points to (no map lookup); an OS
+/// thread's is a thread-local.
 #[inline]
 pub(crate) fn with<R>(f: impl FnOnce(&Context) -> R) -> R {
-    let mut f = Some(f);
-    // SAFETY: a context moves with its green thread from worker to worker. What it holds is
-    // `Send` but for the `tracing` feature's entered span, which the thread leaves before each
-    // wait and yield (`Resume::new` in core/wait.rs, `yield_now`) and enters again after it,
-    // on the worker it resumes on.
-    let in_coroutine =
-        unsafe { may::with_runtime_local(|c: &Context| (f.take().expect("runs once"))(c)) };
-    if let Some(r) = in_coroutine {
-        return r;
+    if let Some(c) = may::runtime_local() {
+        // SAFETY: greenhub sets every coroutine's pointer to a context that lives until `may`
+        // drops the coroutine's local storage (`adopt`, `with_other`), and only the coroutine
+        // itself reaches it.
+        return f(unsafe { c.cast::<Context>().as_ref() });
     }
-    with_os(|c| (f.take().expect("runs once"))(c))
+    with_other(f)
+}
+
+/// [`with`] on an OS thread, or in a coroutine greenhub did not spawn (a raw `may` one), which
+/// gets a context of its own on first use. Not inlined, as `with_os`.
+#[inline(never)]
+fn with_other<R>(f: impl FnOnce(&Context) -> R) -> R {
+    if !may::coroutine::is_coroutine() {
+        return with_os(f);
+    }
+    /// Frees a raw coroutine's context.
+    unsafe fn release(c: NonNull<()>) {
+        // SAFETY: made by `Box::leak` below, handed to `may` once.
+        drop(unsafe { Box::from_raw(c.cast::<Context>().as_ptr()) });
+    }
+    let c = NonNull::from(Box::leak(Box::<Context>::default()));
+    // SAFETY: the box lives until `release`, which frees it once.
+    let set = unsafe { may::set_runtime_local(c.cast(), release) };
+    debug_assert!(set, "a raw coroutine's context is made once");
+    // SAFETY: just made, alive until `may` releases it.
+    f(unsafe { c.as_ref() })
 }
 
 /// The OS thread's context. Not inlined, as every thread-local access of greenhub (see
@@ -241,10 +329,11 @@ fn with_os<R>(f: impl FnOnce(&Context) -> R) -> R {
 /// if the context already holds one, or is gone (an OS thread's, while the thread exits).
 pub(crate) fn keep_token(token: Arc<Token>) {
     let mut token = Some(token);
-    // SAFETY: as in `with`: the token is `Send`.
-    let kept = unsafe { may::with_runtime_local(|c: &Context| c.keep(&mut token)) };
-    if kept.is_none() {
-        keep_os_token(&mut token);
+    match may::runtime_local() {
+        // SAFETY: as in `with`.
+        Some(c) => unsafe { c.cast::<Context>().as_ref() }.keep(&mut token),
+        None if may::coroutine::is_coroutine() => with_other(|c| c.keep(&mut token)),
+        None => keep_os_token(&mut token),
     }
 }
 
@@ -288,7 +377,13 @@ pub(crate) fn capturing_panics<R>(f: impl FnOnce() -> R) -> R {
 
 /// Takes the panic the hook stored, if any.
 pub(crate) fn take_panic() -> Option<PanicReport> {
-    with(|c| c.panic.try_borrow_mut().ok().and_then(|mut p| p.take()))
+    with(|c| {
+        c.panic
+            .try_borrow_mut()
+            .ok()
+            .and_then(|mut p| p.take())
+            .map(|p| *p)
+    })
 }
 
 /// Runs `f` outside every deadline scope (they apply again once it returns), for a crate that

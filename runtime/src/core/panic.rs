@@ -38,14 +38,14 @@ fn install() {
             let backtrace = std::backtrace::Backtrace::capture();
             let backtrace = (backtrace.status() == std::backtrace::BacktraceStatus::Captured)
                 .then(|| Arc::new(backtrace));
-            *slot = Some(PanicReport {
+            *slot = Some(Box::new(PanicReport {
                 message: payload_message(info.payload()),
                 location: info
                     .location()
                     .map(|l| l.to_string())
                     .unwrap_or_else(|| "<unknown>".into()),
                 backtrace,
-            });
+            }));
             true
         });
         if !captured {

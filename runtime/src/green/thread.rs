@@ -1,6 +1,7 @@
 //! Green threads: spawning, waiting, killing, linking.
 
 use std::panic::{AssertUnwindSafe, Location, catch_unwind};
+use std::ptr::NonNull;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -127,9 +128,12 @@ struct JoinState<T> {
     coroutine: Option<may::coroutine::Coroutine>,
 }
 
-/// A green thread's handle state, with its record inline: one allocation per thread.
+/// A green thread's handle state, with its record and its context inline: one allocation
+/// per thread.
 struct Shared<T> {
     record: ThreadRecord,
+    /// Reached only by the thread itself, through `may`'s pointer (core/context.rs).
+    context: context::Owned,
     /// The pending start timer of a `spawn_after` thread (0 when none).
     start_timer: AtomicU64,
     done: AtomicBool,
@@ -290,6 +294,7 @@ impl Builder {
                 },
                 phase,
             ),
+            context: context::Owned::default(),
             start_timer: AtomicU64::new(0),
             done: AtomicBool::new(false),
             join: Mutex::new(JoinState {
@@ -401,10 +406,16 @@ impl<T: Send + 'static> Shared<T> {
     {
         let record = &self.record;
         let id = record.id;
-        context::with(|c| {
-            let _ = c.record.set(RecordRef::new(self.clone()));
-            inherited.install(c, record);
-        });
+        // A pointer to the context made from the state's own pointer: `release_context`
+        // steps back from it to the state.
+        let state = Arc::as_ptr(&self);
+        // SAFETY: a field of the live state `self` points to.
+        let context =
+            unsafe { NonNull::new_unchecked(std::ptr::addr_of!((*state).context).cast_mut()) };
+        // SAFETY: the context lives in the state the reference handed over keeps alive, and
+        // `release_context` lets go of that reference once.
+        unsafe { context::adopt(context, RecordRef::new(self.clone()), release_context::<T>) };
+        context::with(|c| inherited.install(c, record));
         stack::set_base(record);
         record.set_running();
         monitor::mark_running(record);
@@ -423,7 +434,7 @@ impl<T: Send + 'static> Shared<T> {
         self.finish(result);
         context::with(|c| {
             context::end_span(c);
-            c.ended.set(true);
+            c.end();
         });
         monitor::mark_idle();
         drop(permit);
@@ -520,6 +531,30 @@ impl<T: Send + 'static> Shared<T> {
         if let Some(err) = report {
             report_unobserved(&self.record, &err);
         }
+    }
+}
+
+/// Lets go of the reference to a green thread's state that its context's pointer in `may`
+/// held (see `context::adopt`), as `may` drops the coroutine's local storage.
+///
+/// # Safety
+///
+/// `pointer` points to the context inside a live `Shared<T>`, for which `adopt` was given one
+/// reference; called once.
+unsafe fn release_context<T: Send + 'static>(pointer: NonNull<()>) {
+    // SAFETY: as the caller says; a thread that never ended stops the process here.
+    unsafe { context::check_released(pointer) };
+    let offset = std::mem::offset_of!(Shared<T>, context);
+    // SAFETY: the context is the `context` field of a `Shared<T>` that `adopt`'s reference
+    // keeps alive: stepping back by the field's offset gives that state, and the record the
+    // context was adopted with owns no reference of its own (it is the same one).
+    unsafe {
+        let shared = pointer
+            .as_ptr()
+            .cast::<u8>()
+            .sub(offset)
+            .cast::<Shared<T>>();
+        drop(Arc::from_raw(shared));
     }
 }
 

@@ -52,7 +52,7 @@ pub mod net;
 pub mod os;
 pub mod sync;
 pub use crate::config::{config, Config};
-pub use crate::local::{with_runtime_local, LocalKey};
+pub use crate::local::{runtime_local, set_runtime_local, LocalKey};
 pub use crate::scheduler::scheduler_thread_ids;
 // re-export may_queue
 pub use may_queue as queue;

@@ -1,5 +1,5 @@
-use std::any::{Any, TypeId};
-use std::cell::{OnceCell, RefCell};
+use std::any::TypeId;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::ptr::NonNull;
@@ -20,21 +20,31 @@ pub struct CoroutineLocal {
     join: Option<Arc<Join>>,
     // real local data hash map
     local_data: LocalMap,
-    // the embedding runtime's value (see `with_runtime_local`)
-    runtime: OnceCell<RuntimeLocal>,
+    // the embedding runtime's value (see `set_runtime_local`)
+    runtime: Cell<Option<RuntimeLocal>>,
 }
 
-// The value's type is kept beside it, so that an access compares two constants instead of
-// calling `Any::type_id` through the vtable.
-//
-// The value is boxed, not kept inline: the local storage is allocated by the spawning thread
-// and freed by the worker that ends the coroutine, and glibc frees a small chunk from another
-// thread without a lock (its fast bins) but a larger one under the allocating thread's arena
-// lock. With greenhub's context inline, spawning and joining 100,000 coroutines made ten times
-// the futex waits and used more CPU than with it boxed.
+// A pointer, not a value: the runtime keeps the value where it likes (greenhub: in its
+// thread's state, allocated with it). The local storage stays small: it is allocated by the
+// spawning thread and freed by the worker that ends the coroutine, and glibc frees a small
+// chunk from another thread without a lock (its fast bins) but a larger one under the
+// allocating thread's arena lock.
+#[derive(Clone, Copy)]
 struct RuntimeLocal {
-    type_id: TypeId,
-    value: Box<dyn Any>,
+    value: NonNull<()>,
+    release: unsafe fn(NonNull<()>),
+}
+
+impl Drop for CoroutineLocal {
+    fn drop(&mut self) {
+        // The map's values first, then the runtime's: the runtime's value outlives every
+        // other local of its coroutine.
+        self.local_data.borrow_mut().clear();
+        if let Some(runtime) = self.runtime.take() {
+            // SAFETY: `set_runtime_local`'s caller made `release` sound to call once, here.
+            unsafe { (runtime.release)(runtime.value) };
+        }
+    }
 }
 
 impl CoroutineLocal {
@@ -44,7 +54,7 @@ impl CoroutineLocal {
             co,
             join,
             local_data: RefCell::new(HashMap::default()),
-            runtime: OnceCell::new(),
+            runtime: Cell::new(None),
         })
     }
 
@@ -65,37 +75,44 @@ pub fn get_co_local_data() -> Option<NonNull<CoroutineLocal>> {
     NonNull::new(ptr.cast())
 }
 
-/// Runs `f` with the current coroutine's runtime value, made with `T::default()` on first
-/// use; `None` outside a coroutine.
+/// The current coroutine's runtime value, as [`set_runtime_local`] set it: `None` on a plain
+/// thread, and in a coroutine whose value is not set.
 ///
-/// A runtime built on `may` keeps its per-coroutine state here: one value per coroutine,
-/// reached without the hash map of [`LocalKey`] (no hashing on each access, no map to
-/// allocate), dropped with the coroutine's local storage. One type per program: a value of
-/// another type than the first one asked for makes this panic.
-///
-/// # Safety
-///
-/// The value moves between OS threads with its coroutine, and is dropped by the worker that
-/// destroys the coroutine: using it from whichever thread the coroutine runs on must be sound
-/// (what `Send` says; it is not required, so that a runtime may keep a value that is tied to
-/// an OS thread while its coroutine runs, if it lets go of it before every switch).
+/// A runtime built on `may` keeps its per-coroutine state there: reached without the hash
+/// map of [`LocalKey`] (no hashing on each access, no map to allocate), kept where the runtime
+/// likes, let go of when the coroutine's local storage is dropped.
 #[inline]
-pub unsafe fn with_runtime_local<T: Default + 'static, R>(f: impl FnOnce(&T) -> R) -> Option<R> {
+pub fn runtime_local() -> Option<NonNull<()>> {
     let local = get_co_local_data()?;
     // SAFETY: the local storage lives as long as the running coroutine, and only the
     // coroutine itself reaches it.
+    unsafe { local.as_ref() }.runtime.get().map(|r| r.value)
+}
+
+/// Sets the current coroutine's runtime value to `value`, and `release` as what lets go of
+/// it: `release(value)` is called once, when the coroutine's local storage is dropped (by the
+/// worker that destroys the coroutine, after its other locals). Returns `false`, and does
+/// nothing, on a plain thread or when the coroutine's value is set already.
+///
+/// # Safety
+///
+/// `value` must stay valid for [`runtime_local`]'s callers until `release` is called, and
+/// calling `release(value)` from whichever worker drops the coroutine must be sound: the
+/// value moves between OS threads with its coroutine (what `Send` says; it is not required,
+/// so that a runtime may keep a value that is tied to an OS thread while its coroutine runs,
+/// if it lets go of that before every switch).
+#[inline]
+pub unsafe fn set_runtime_local(value: NonNull<()>, release: unsafe fn(NonNull<()>)) -> bool {
+    let Some(local) = get_co_local_data() else {
+        return false;
+    };
+    // SAFETY: as in `runtime_local`.
     let slot = &unsafe { local.as_ref() }.runtime;
-    let local = slot.get_or_init(|| RuntimeLocal {
-        type_id: TypeId::of::<T>(),
-        value: Box::new(T::default()),
-    });
-    assert!(
-        local.type_id == TypeId::of::<T>(),
-        "with_runtime_local: one type per program"
-    );
-    // SAFETY: the value is a `T`: its type id is `T`'s.
-    let value = unsafe { &*(&*local.value as *const dyn Any as *const T) };
-    Some(f(value))
+    if slot.get().is_some() {
+        return false;
+    }
+    slot.set(Some(RuntimeLocal { value, release }));
+    true
 }
 
 #[inline]
