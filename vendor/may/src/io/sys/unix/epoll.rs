@@ -38,7 +38,10 @@ pub type SysEvent = EpollEvent;
 //   parked, and does not block if there is anything: the waker sees it asleep or it sees the
 //   flag (both sides SeqCst). A busy worker looks before it sleeps; meanwhile a parked worker
 //   is woken to take what was queued to it (idle workers take from any global queue), or,
-//   with none parked, the leader. `leader_evfd` is written once until the leader drains it.
+//   with none parked, the leader. `leader_evfd` is written once until the leader drains it,
+//   and a parked worker's eventfd once per park: the first waker claims the wake (`woken`,
+//   cleared before the worker marks itself parked), the others leave it to that write, since
+//   a woken worker looks at its flag and every queue before it sleeps again.
 // - Event data deleted from the epoll is released only by a leader, before it polls: the
 //   events of the previous poll were all handled by the leader that made it, before it let
 //   go. It is freed by worker `fd % workers`, whose timer handler may still point to it.
@@ -50,6 +53,8 @@ struct WorkerSelector {
     park: Epoll,
     evfd: EventFd,
     parked: AtomicBool,
+    /// A write to `evfd` is on its way for the current park.
+    woken: AtomicBool,
     wake_pending: AtomicBool,
     #[cfg(feature = "io_timeout")]
     timer_list: TimerList,
@@ -68,6 +73,7 @@ impl WorkerSelector {
             park,
             evfd,
             parked: AtomicBool::new(false),
+            woken: AtomicBool::new(false),
             wake_pending: AtomicBool::new(false),
             #[cfg(feature = "io_timeout")]
             timer_list: TimerList::new(),
@@ -193,6 +199,8 @@ impl Selector {
             }
             polled?;
         } else {
+            // Before `parked`: a waker that sees this park sees it unclaimed.
+            me.woken.store(false, Ordering::SeqCst);
             me.parked.store(true, Ordering::SeqCst);
             let timeout = if self.has_work(scheduler, id) {
                 EpollTimeout::ZERO
@@ -306,9 +314,16 @@ impl Selector {
             .map(|back| (id + n - back) % n)
             .find(|&w| self.vec[w].parked.load(Ordering::SeqCst));
         if let Some(w) = parked {
-            self.write_wake(&self.vec[w].evfd, w);
+            self.wake_parked(w);
         }
         parked.is_some()
+    }
+
+    /// Wakes worker `w`, seen parked, unless another waker has claimed this park's wake.
+    fn wake_parked(&self, w: usize) {
+        if !self.vec[w].woken.swap(true, Ordering::SeqCst) {
+            self.write_wake(&self.vec[w].evfd, w);
+        }
     }
 
     /// Wakes the leader from its poll (once until it drains the kick).
@@ -330,7 +345,7 @@ impl Selector {
         if leader == id {
             self.kick_leader(id);
         } else if self.vec[id].parked.load(Ordering::SeqCst) {
-            self.write_wake(&self.vec[id].evfd, id);
+            self.wake_parked(id);
         } else if !self.wake_one_parked(id) && leader != NO_LEADER {
             // `id` is busy and nobody is parked: the leader, idle in its poll, takes what was
             // queued to `id` (idle workers take from any global queue).
