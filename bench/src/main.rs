@@ -151,6 +151,28 @@ const SUITES: &[Suite] = &[
         min_rounds: 15,
     },
     Suite {
+        id: "burst",
+        title: "Bursts: spawn, wait at a gate, join",
+        unit: "ns per task",
+        what: "five bursts in one process: 20,000 tasks spawned from the main thread, each \
+               waiting at a gate (each runtime's own one-shot event: greenhub's Event, may's \
+               SyncFlag, a tokio watch channel, gevent's and eventlet's Event) and returning \
+               its index once the main thread opens it; then the main thread joins them all \
+               (2 workers). eventlet's spawn-then-joinall, with every task alive at once: a \
+               runtime that maps a stack per task pays for them once per burst",
+        workers: 2,
+        cases: &[
+            ("greenhub", 100_000),
+            ("may", 100_000),
+            ("tokio", 100_000),
+            ("gevent", 100_000),
+            ("eventlet", 100_000),
+        ],
+        scale: 1.0,
+        busy: 0,
+        min_rounds: 0,
+    },
+    Suite {
         id: "ping_pong_1",
         title: "Ping-pong switch, one worker",
         unit: "ns per round trip",
@@ -734,6 +756,7 @@ fn child(args: &[String]) {
     let n: u64 = n.parse().expect("n");
     let figure = match suite.as_str() {
         "spawn_join" => runtimes::spawn_join(runtime, workers, n),
+        "burst" => runtimes::burst(runtime, workers, n),
         "ping_pong_1" | "ping_pong_2" => runtimes::ping_pong(runtime, workers, n),
         "idle_memory" => runtimes::idle_memory(runtime, n),
         "idle_process" => runtimes::idle_process(runtime, workers, n),
@@ -795,7 +818,7 @@ fn children_cpu() -> std::time::Duration {
 /// (issue 18).
 fn may_aim(suite: &str) -> f64 {
     match suite {
-        "spawn_join" => 1.15,
+        "spawn_join" | "burst" => 1.15,
         "ping_pong_1" | "ping_pong_2" => 1.2,
         _ => 1.05,
     }

@@ -238,6 +238,84 @@ pub fn spawn_join(runtime: &str, workers: usize, n: u64) -> f64 {
     elapsed.as_nanos() as f64 / n as f64
 }
 
+// ---------------------------------------------------------------- burst
+
+/// Bursts of `BURST` tasks, spawned from the main thread, that each wait at a gate (each
+/// runtime's own one-shot event) and return their index once it opens; the main thread opens
+/// it and joins them all, `n / BURST` times in one process. ns per task.
+pub fn burst(runtime: &str, workers: usize, n: u64) -> f64 {
+    const BURST: u64 = 20_000;
+    let bursts = (n / BURST).max(1);
+    let want = BURST * (BURST - 1) / 2;
+    let t0;
+    match runtime {
+        "greenhub" => {
+            start_greenhub(workers, None);
+            greenhub::spawn(|| ()).wait().unwrap();
+            t0 = Instant::now();
+            for _ in 0..bursts {
+                let gate = greenhub::Event::<()>::new();
+                let hs: Vec<_> = (0..BURST)
+                    .map(|i| {
+                        let gate = gate.clone();
+                        greenhub::spawn(move || gate.wait().map(|()| i))
+                    })
+                    .collect();
+                gate.set(()).unwrap();
+                let sum: u64 = hs.into_iter().map(|h| h.wait().unwrap().unwrap()).sum();
+                assert_eq!(sum, want, "lost or duplicated results");
+            }
+        }
+        "may" => {
+            start_may(workers);
+            may_spawn(|| ()).join().unwrap();
+            t0 = Instant::now();
+            for _ in 0..bursts {
+                let gate = Arc::new(may::sync::SyncFlag::new());
+                let hs: Vec<_> = (0..BURST)
+                    .map(|i| {
+                        let gate = gate.clone();
+                        may_spawn(move || {
+                            gate.wait();
+                            i
+                        })
+                    })
+                    .collect();
+                gate.fire();
+                let sum: u64 = hs.into_iter().map(|h| h.join().unwrap()).sum();
+                assert_eq!(sum, want, "lost or duplicated results");
+            }
+        }
+        "tokio" => {
+            let rt = tokio_rt(workers);
+            rt.block_on(async { tokio::spawn(async {}).await.unwrap() });
+            t0 = Instant::now();
+            for _ in 0..bursts {
+                let (open, gate) = tokio::sync::watch::channel(false);
+                let hs: Vec<_> = (0..BURST)
+                    .map(|i| {
+                        let mut gate = gate.clone();
+                        rt.spawn(
+                            async move { gate.wait_for(|open| *open).await.map(|_| i).unwrap() },
+                        )
+                    })
+                    .collect();
+                open.send(true).unwrap();
+                let sum = rt.block_on(async move {
+                    let mut s = 0;
+                    for h in hs {
+                        s += h.await.unwrap();
+                    }
+                    s
+                });
+                assert_eq!(sum, want, "lost or duplicated results");
+            }
+        }
+        other => panic!("unknown runtime {other}"),
+    }
+    t0.elapsed().as_nanos() as f64 / (bursts * BURST) as f64
+}
+
 // ---------------------------------------------------------------- ping-pong
 
 /// Two parties hand a turn back and forth; each waits (parks) until it is its turn.

@@ -20,6 +20,7 @@ if library == "gevent":
         return [t.value for t in tasks]
 
     Semaphore = gevent.lock.Semaphore
+    from gevent.event import Event
 
     def pool_call(f):
         return gevent.get_hub().threadpool.apply(f)
@@ -29,6 +30,7 @@ if library == "gevent":
 
 elif library == "eventlet":
     import eventlet
+    import eventlet.event
     import eventlet.semaphore
     from eventlet import tpool
 
@@ -39,6 +41,18 @@ elif library == "eventlet":
 
     Semaphore = eventlet.semaphore.Semaphore
     pool_call = tpool.execute
+
+    class Event:
+        """eventlet's Event sends once; a gate is opened with `set`, as gevent's."""
+
+        def __init__(self):
+            self._event = eventlet.event.Event()
+
+        def wait(self):
+            return self._event.wait()
+
+        def set(self):
+            self._event.send(None)
 
     def kill(tasks):
         for t in tasks:
@@ -66,6 +80,26 @@ def spawn_join():
     dt = time.perf_counter_ns() - t0
     assert sum(values) == n * (n - 1) // 2, "lost results"
     return dt / n
+
+
+def burst():
+    """Bursts of 20,000 tasks that wait at a gate and return their index once the main task
+    opens it, then are joined."""
+    size = 20_000
+    bursts = max(n // size, 1)
+    t0 = time.perf_counter_ns()
+    for _ in range(bursts):
+        gate = Event()
+
+        def task(i):
+            gate.wait()
+            return i
+
+        tasks = [spawn(task, i) for i in range(size)]
+        gate.set()
+        values = join(tasks)
+        assert sum(values) == size * (size - 1) // 2, "lost results"
+    return (time.perf_counter_ns() - t0) / (bursts * size)
 
 
 def ping_pong():
@@ -291,6 +325,7 @@ def proxy(conns):
 
 cases = {
     "spawn_join": spawn_join,
+    "burst": burst,
     "ping_pong_1": ping_pong,
     "idle_memory": idle_memory,
     "idle_process": idle_process,

@@ -112,6 +112,10 @@ pub fn summary(report: &Report) -> String {
         row(report, "spawn_join", "greenhub", SEEDS_AND_PEERS),
     );
     add(
+        "Bursts of 20,000 tasks waiting at a gate, then joined (ns per task)",
+        row(report, "burst", "greenhub", SEEDS_AND_PEERS),
+    );
+    add(
         "Memory per sleeping task (KiB)",
         row(report, "idle_memory", "greenhub", SEEDS_AND_PEERS),
     );
