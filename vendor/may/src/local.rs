@@ -39,7 +39,8 @@ impl Drop for CoroutineLocal {
     fn drop(&mut self) {
         // The map's values first, then the runtime's: the runtime's value outlives every
         // other local of its coroutine.
-        self.local_data.borrow_mut().clear();
+        // No borrow held while they drop: a value's drop may reach the locals of its thread.
+        self.local_data.get_mut().clear();
         if let Some(runtime) = self.runtime.take() {
             // SAFETY: `set_runtime_local`'s caller made `release` sound to call once, here.
             unsafe { (runtime.release)(runtime.value) };
