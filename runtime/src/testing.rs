@@ -119,7 +119,7 @@ impl Scope {
             Scope::Below(me) => {
                 let mut children: HashMap<u64, Vec<u64>> = HashMap::new();
                 for r in &live {
-                    if let Some(p) = r.parent {
+                    if let Some(p) = r.parent() {
                         children.entry(p).or_default().push(r.id);
                     }
                 }

@@ -52,7 +52,7 @@ pub(crate) struct Context {
     /// published.
     pub ended: Cell<bool>,
     /// The thread's local values (`green/local.rs`), few enough to search in order.
-    pub locals: RefCell<Vec<LocalEntry>>,
+    pub locals: RefCell<Locals>,
     /// Non-zero while greenhub captures the panics of code it runs for a caller that
     /// reports them itself (`catch_panic`, a stack that cannot be mapped).
     pub capture: Cell<u32>,
@@ -94,7 +94,7 @@ impl Inheritance {
     /// Installs it in the new thread's context, in the new thread.
     pub(crate) fn install(self, c: &Context, record: &ThreadRecord) {
         if !self.locals.is_empty() {
-            *c.locals.borrow_mut() = self.locals;
+            *c.locals.borrow_mut() = Locals::from(self.locals);
         }
         #[cfg(feature = "tracing")]
         {
@@ -156,6 +156,46 @@ pub(crate) struct LocalEntry {
     pub key: usize,
     pub value: Box<dyn Any + Send>,
     pub inherit: Option<Inherit>,
+}
+
+/// A thread's local values. Most threads have none, so they are kept out of line: a pointer
+/// in every thread's context rather than a vector.
+#[derive(Default)]
+#[expect(
+    clippy::box_collection,
+    reason = "one word in every thread's state where a vector takes three"
+)]
+pub(crate) struct Locals(Option<Box<Vec<LocalEntry>>>);
+
+impl Locals {
+    pub(crate) fn push(&mut self, entry: LocalEntry) {
+        self.0.get_or_insert_default().push(entry);
+    }
+
+    /// Removes the `i`th value, the last one taking its place.
+    pub(crate) fn swap_remove(&mut self, i: usize) -> Option<LocalEntry> {
+        let list = self.0.as_mut()?;
+        (i < list.len()).then(|| list.swap_remove(i))
+    }
+}
+
+impl From<Vec<LocalEntry>> for Locals {
+    fn from(list: Vec<LocalEntry>) -> Locals {
+        Locals((!list.is_empty()).then(|| Box::new(list)))
+    }
+}
+
+impl std::ops::Deref for Locals {
+    type Target = [LocalEntry];
+    fn deref(&self) -> &[LocalEntry] {
+        self.0.as_deref().map_or(&[], Vec::as_slice)
+    }
+}
+
+impl std::ops::DerefMut for Locals {
+    fn deref_mut(&mut self) -> &mut [LocalEntry] {
+        self.0.as_deref_mut().map_or(&mut [], Vec::as_mut_slice)
+    }
 }
 
 /// The inherited local values of the context `c`, copied for a child its thread spawns
@@ -277,7 +317,9 @@ pub(crate) unsafe fn check_released(pointer: NonNull<()>) {
             "greenhub: green thread #{}{name}, spawned at {}, has overflowed its stack of {} \
              bytes; aborting. Give it more with Builder::stack_size, or all threads more with \
              GREENHUB_STACK_SIZE (debug builds need several times the stack of release builds).",
-            record.id, record.site, record.stack_size
+            record.id,
+            record.site,
+            record.stack_size()
         );
         std::process::abort();
     }

@@ -9,9 +9,10 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
+use std::num::NonZeroU64;
 use std::panic::Location;
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering, fence};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU8, AtomicU64, AtomicUsize, Ordering, fence};
 use std::sync::{Arc, OnceLock, Weak};
 
 use parking_lot::Mutex;
@@ -56,17 +57,18 @@ pub(crate) enum Phase {
 }
 
 /// One green thread's entry. Identity fields are immutable; the state is a seqlock written only
-/// by the thread itself.
+/// by the thread itself. Part of every thread's state: its fields are as narrow as their values
+/// allow (the parent as a non-zero id, the stack size in 32 bits).
 pub(crate) struct ThreadRecord {
     pub id: u64,
     pub name: Option<Arc<str>>,
-    pub parent: Option<u64>,
+    parent: Option<NonZeroU64>,
     /// The OS thread whose code began its line of spawns ([`os_thread_mark`]), inherited from
     /// parent to child: what a leak check of that OS thread's spawns looks for.
     pub origin: u64,
     pub site: &'static Location<'static>,
     pub created_ns: u64,
-    pub stack_size: usize,
+    stack_size: u32,
     /// Number of times this thread gave up its worker (waits and yields).
     pub switches: AtomicU64,
     /// Sampled time on a worker, added by the monitor thread.
@@ -81,8 +83,9 @@ pub(crate) struct ThreadRecord {
     pub park_sp: AtomicUsize,
     /// A stack reader's claim on the thread (core/stack.rs).
     pub read_gate: AtomicU8,
-    /// Its times, once timing has seen it (core/timing.rs).
-    pub times: OnceLock<Box<Times>>,
+    /// Its times, once timing has seen it (core/timing.rs): null before, then a `Box<Times>`
+    /// of its own, freed with the record.
+    times: AtomicPtr<Times>,
     /// The token of its current (or last) wait, for a reader that must know whether a wait the
     /// record shows has been woken already (`core/deadlock.rs`). Set when the thread makes a new
     /// token, which most waits do not (`core/wait.rs`).
@@ -250,11 +253,13 @@ impl ThreadRecord {
         ThreadRecord {
             id,
             name,
-            parent,
+            // Ids start at 1.
+            parent: parent.and_then(NonZeroU64::new),
             origin,
             site,
             created_ns: now,
-            stack_size,
+            // At most `config::MAX_STACK_SIZE`.
+            stack_size: u32::try_from(stack_size).unwrap_or(u32::MAX),
             switches: AtomicU64::new(0),
             run_ns: AtomicU64::new(0),
             kill_requested: AtomicBool::new(false),
@@ -262,7 +267,7 @@ impl ThreadRecord {
             park_fp: AtomicUsize::new(0),
             park_sp: AtomicUsize::new(0),
             read_gate: AtomicU8::new(0),
-            times: OnceLock::new(),
+            times: AtomicPtr::new(std::ptr::null_mut()),
             token: Mutex::new(Weak::<NoTicket>::new() as Weak<dyn WaitTicket>),
             seq: AtomicU64::new(0),
             phase: AtomicU8::new(phase as u8),
@@ -272,6 +277,45 @@ impl ThreadRecord {
             since_ns: AtomicU64::new(now),
             deadline_ns: AtomicU64::new(NO_DEADLINE),
         }
+    }
+
+    /// Its times, if timing has seen it.
+    pub(crate) fn times(&self) -> Option<&Times> {
+        // SAFETY: null or a box of this record's, freed only by its drop.
+        unsafe { self.times.load(Ordering::Acquire).as_ref() }
+    }
+
+    /// Its times, made now if timing had not seen it yet.
+    pub(crate) fn times_or_new(&self) -> &Times {
+        if let Some(times) = self.times() {
+            return times;
+        }
+        let new = Box::into_raw(Box::<Times>::default());
+        let times = match self.times.compare_exchange(
+            std::ptr::null_mut(),
+            new,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
+            Ok(_) => new,
+            Err(first) => {
+                // SAFETY: `new` was made above and never shared.
+                drop(unsafe { Box::from_raw(new) });
+                first
+            }
+        };
+        // SAFETY: a box of this record's, freed only by its drop.
+        unsafe { &*times }
+    }
+
+    /// The id of the green thread that spawned it, if any.
+    pub(crate) fn parent(&self) -> Option<u64> {
+        self.parent.map(NonZeroU64::get)
+    }
+
+    /// Its stack's size in bytes.
+    pub(crate) fn stack_size(&self) -> usize {
+        self.stack_size as usize
     }
 
     /// Owner-only: records the start of a wait made in the frame `at` (which lives until the
@@ -358,6 +402,16 @@ impl ThreadRecord {
     }
 }
 
+impl Drop for ThreadRecord {
+    fn drop(&mut self) {
+        let times = *self.times.get_mut();
+        if !times.is_null() {
+            // SAFETY: made by `times_or_new` from a box, freed only here.
+            drop(unsafe { Box::from_raw(times) });
+        }
+    }
+}
+
 /// A wait's target in the three words of a record's state.
 #[inline]
 fn encode(on: WaitOn) -> (u8, u64, u64) {
@@ -413,10 +467,10 @@ impl Finished {
             identity: Identity {
                 id: record.id,
                 name: record.name.clone(),
-                parent: record.parent,
+                parent: record.parent(),
                 origin: record.origin,
                 site: record.site,
-                stack_size: record.stack_size,
+                stack_size: record.stack_size(),
             },
             created_ns: record.created_ns,
             run_ns: record.run_ns.load(Ordering::Relaxed),
@@ -576,7 +630,7 @@ impl Registry {
 
     pub(crate) fn insert_thread(&self, record: RecordRef) {
         if trace::on() {
-            trace::spawned(record.id, record.parent);
+            trace::spawned(record.id, record.parent());
         }
         let mut shard = self.threads[Self::shard(record.id)].lock();
         shard.spawned += 1;

@@ -163,7 +163,7 @@ pub(crate) fn set_running(record: &ThreadRecord) {
     let s = slot();
     s.stack_base
         .store(record.stack_base.load(Ordering::Relaxed), Ordering::Relaxed);
-    s.stack_size.store(record.stack_size, Ordering::Relaxed);
+    s.stack_size.store(record.stack_size(), Ordering::Relaxed);
     compiler_fence(Ordering::SeqCst);
     s.current.store(record.id, Ordering::Relaxed);
     bump(s);

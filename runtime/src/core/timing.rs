@@ -131,7 +131,7 @@ fn current(mark: u64) -> u64 {
 }
 
 fn times(record: &ThreadRecord) -> &Times {
-    record.times.get_or_init(Box::default)
+    record.times_or_new()
 }
 
 /// The thread of `record` begins a wait on `on` (called on it).

@@ -124,7 +124,7 @@ impl<T: Send + 'static> Local<T> {
         let old = context::with(|c| {
             let mut locals = c.locals.borrow_mut();
             let i = locals.iter().position(|e| e.key == key)?;
-            Some(locals.swap_remove(i).value)
+            locals.swap_remove(i).map(|e| e.value)
         });
         old.and_then(|v| v.downcast::<T>().ok()).map(|v| *v)
     }

@@ -87,12 +87,25 @@ impl IsTimeout for JoinError {
 
 type Link<T> = Box<dyn FnOnce(Result<&T, &JoinError>) + Send>;
 
+/// A thread's outcome as its state keeps it: the error boxed, since every thread's state has
+/// room for an outcome and few threads fail.
+type Outcome<T> = Result<T, Box<JoinError>>;
+
+/// The outcome as the link callbacks see it.
+fn lent<T>(outcome: &Outcome<T>) -> Result<&T, &JoinError> {
+    outcome.as_ref().map_err(|e| &**e)
+}
+
 /// The tokens of the threads waiting for the end. Almost always one, kept inline so that a
-/// join does not allocate.
+/// join does not allocate; more go in a list made when needed.
 #[derive(Default)]
 struct Waiters {
     first: Option<Arc<Token>>,
-    more: Vec<Arc<Token>>,
+    #[expect(
+        clippy::box_collection,
+        reason = "one word in every thread's state where a vector takes three"
+    )]
+    more: Option<Box<Vec<Arc<Token>>>>,
 }
 
 impl Waiters {
@@ -101,26 +114,39 @@ impl Waiters {
         if self.first.as_ref().is_some_and(|t| !t.is_waiting()) {
             self.first = None;
         }
-        self.more.retain(|t| t.is_waiting());
+        if let Some(more) = &mut self.more {
+            more.retain(|t| t.is_waiting());
+        }
         match self.first {
             None => self.first = Some(token),
-            Some(_) => self.more.push(token),
+            Some(_) => self.more.get_or_insert_default().push(token),
         }
     }
 
     fn wake_all(self) {
-        for t in self.first.into_iter().chain(self.more) {
+        for t in self
+            .first
+            .into_iter()
+            .chain(self.more.into_iter().flat_map(|m| *m))
+        {
             t.wake();
         }
     }
 }
 
+/// The join side of a handle's state. Part of every thread's state, so kept small: what most
+/// threads never have (a failure, a second waiter, a link) is boxed.
 struct JoinState<T> {
     /// `Some` once the thread has ended, until `wait` takes it.
-    result: Option<Result<T, JoinError>>,
+    result: Option<Outcome<T>>,
     finished: bool,
     waiters: Waiters,
-    links: Vec<Link<T>>,
+    /// The link callbacks not run yet (`None` when there are none).
+    #[expect(
+        clippy::box_collection,
+        reason = "one word in every thread's state where a vector takes three"
+    )]
+    links: Option<Box<Vec<Link<T>>>>,
     handle_alive: bool,
     /// Set when a `wait` has taken the result.
     taken: bool,
@@ -301,7 +327,7 @@ impl Builder {
                 result: None,
                 finished: false,
                 waiters: Waiters::default(),
-                links: Vec::new(),
+                links: None,
                 handle_alive: true,
                 taken: false,
                 coroutine: None,
@@ -481,7 +507,7 @@ impl<T: Send + 'static> Shared<T> {
         let (waiters, report, unclaimed, coroutine) = loop {
             let links = {
                 let mut st = self.join.lock();
-                if st.links.is_empty() {
+                if st.links.is_none() {
                     let ending = match &result {
                         Ok(_) => Ending::Returned,
                         Err(JoinError::Panicked { message, .. }) => {
@@ -501,7 +527,7 @@ impl<T: Send + 'static> Shared<T> {
                     // last (a stale wait token, a snapshot on the monitor thread). The
                     // coroutine's handle is of no more use either (nothing left to cancel).
                     let unclaimed = if st.handle_alive {
-                        st.result = Some(result);
+                        st.result = Some(result.map_err(Box::new));
                         None
                     } else {
                         Some(result)
@@ -515,7 +541,7 @@ impl<T: Send + 'static> Shared<T> {
                         st.coroutine.take(),
                     );
                 }
-                std::mem::take(&mut st.links)
+                st.links.take().map_or_else(Vec::new, |links| *links)
             };
             if killed {
                 run_links_after_kill(id, links);
@@ -673,7 +699,7 @@ impl<T: Send + 'static> GreenThread<T> {
                 if st.finished {
                     if let Some(result) = st.result.take() {
                         st.taken = true;
-                        return result;
+                        return result.map_err(|e| *e);
                     }
                     if st.taken {
                         return Err(JoinError::AlreadyJoined { id });
@@ -746,7 +772,7 @@ impl<T: Send + 'static> GreenThread<T> {
         // Not ended yet: the thread runs it. Ended, but the result is lent to a concurrent
         // `link` call: that call runs it when it gives the result back.
         let Some(result) = st.result.take().filter(|_| st.finished) else {
-            st.links.push(Box::new(f));
+            st.links.get_or_insert_default().push(Box::new(f));
             return;
         };
         let mut links: Vec<Link<T>> = vec![Box::new(f)];
@@ -754,10 +780,10 @@ impl<T: Send + 'static> GreenThread<T> {
             // The result is lent out of the lock so that the callbacks may wait.
             drop(st);
             for link in links {
-                run_link(id, link, result.as_ref());
+                run_link(id, link, lent(&result));
             }
             st = self.shared.join.lock();
-            links = std::mem::take(&mut st.links);
+            links = st.links.take().map_or_else(Vec::new, |links| *links);
             if links.is_empty() {
                 st.result = Some(result);
                 // A `wait` that came while the result was lent out waits for it.
@@ -1040,7 +1066,9 @@ impl<T> Drop for GreenThread<T> {
             let mut st = self.shared.join.lock();
             st.handle_alive = false;
             let report = match &st.result {
-                Some(Err(e @ JoinError::Panicked { .. })) if st.finished => Some(e.clone()),
+                Some(Err(e)) if st.finished && matches!(**e, JoinError::Panicked { .. }) => {
+                    Some(JoinError::clone(e))
+                }
                 _ => None,
             };
             // Nobody can claim the value any more: dropped here, outside the lock (see
@@ -1083,7 +1111,7 @@ impl Current {
 
     /// The id of the green thread that spawned it (`None` if an OS thread did).
     pub fn parent(&self) -> Option<u64> {
-        self.record.parent
+        self.record.parent()
     }
 
     /// Where it was spawned.

@@ -457,7 +457,7 @@ fn descendants(id: u64) -> Vec<u64> {
     let (live, _) = registry().live_threads();
     let mut children: std::collections::HashMap<u64, Vec<u64>> = std::collections::HashMap::new();
     for r in &live {
-        if let Some(p) = r.parent {
+        if let Some(p) = r.parent() {
             children.entry(p).or_default().push(r.id);
         }
     }

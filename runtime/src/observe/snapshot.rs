@@ -269,7 +269,7 @@ fn thread_info(
     ThreadInfo {
         id: r.id,
         name: r.name.as_deref().map(String::from),
-        parent: r.parent,
+        parent: r.parent(),
         spawn_site: r.site.to_string(),
         age_us: us(at.coarse.saturating_sub(r.created_ns)),
         state,
@@ -286,10 +286,10 @@ fn thread_info(
         deadline_in_us: view.deadline_ns.map(|d| signed_us(d, at.precise)),
         run_time_us: us(r.run_ns.load(Ordering::Relaxed)),
         switches: r.switches.load(Ordering::Relaxed),
-        stack_size: r.stack_size,
+        stack_size: r.stack_size(),
         kill_requested: r.kill_requested.load(Ordering::Relaxed),
         stack: None,
-        times: r.times.get().filter(|_| timing::on()).map(|t| ThreadTimes {
+        times: r.times().filter(|_| timing::on()).map(|t| ThreadTimes {
             running_ns: t.running_ns.load(Ordering::Relaxed),
             waiting_ns: t.waiting_ns.load(Ordering::Relaxed),
             runnable_ns: t.runnable_ns.load(Ordering::Relaxed),
