@@ -316,6 +316,67 @@ fn a_panicking_link_does_not_disturb_the_outcome() {
 }
 
 #[test]
+fn every_waiter_of_one_thread_wakes_at_its_end_and_one_takes_the_value() {
+    for round in 0..200u64 {
+        let gate: greenhub::Event<()> = greenhub::Event::new();
+        let t = {
+            let gate = gate.clone();
+            Arc::new(spawn(move || {
+                gate.wait().unwrap();
+                round
+            }))
+        };
+        // Several green threads and an OS thread wait on the one handle at once, some after
+        // a wait of theirs timed out (its token stays listed until the next waiter comes).
+        let waiters: Vec<_> = (0..6)
+            .map(|i| {
+                let t = t.clone();
+                spawn(move || {
+                    if i % 2 == 0 {
+                        assert!(t.wait_timeout(Duration::from_millis(1)).is_err());
+                    }
+                    t.wait_timeout(Duration::from_secs(60)).is_ok()
+                })
+            })
+            .collect();
+        let os = {
+            let t = t.clone();
+            std::thread::spawn(move || t.wait_timeout(Duration::from_secs(60)).is_ok())
+        };
+        // Most waiters list themselves before the end (the others find it ended).
+        std::thread::sleep(Duration::from_millis(2));
+        gate.set(()).unwrap();
+        for w in waiters {
+            assert!(w.wait().unwrap(), "a waiter of round {round} was not woken");
+        }
+        assert!(
+            os.join().unwrap(),
+            "the OS thread of round {round} was not woken"
+        );
+        let takers: Vec<_> = (0..3)
+            .map(|_| {
+                let t = t.clone();
+                spawn(move || t.wait())
+            })
+            .collect();
+        let results: Vec<_> = takers.into_iter().map(|w| w.wait().unwrap()).collect();
+        let values: Vec<_> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
+        assert_eq!(
+            values,
+            vec![&round],
+            "the value of round {round} was lost or doubled"
+        );
+        assert_eq!(
+            results
+                .iter()
+                .filter(|r| matches!(r, Err(JoinError::AlreadyJoined { .. })))
+                .count(),
+            2
+        );
+    }
+}
+
+#[test]
 fn links_stress_every_callback_exactly_once() {
     let count = Arc::new(AtomicUsize::new(0));
     let n = 2000;
