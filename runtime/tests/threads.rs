@@ -328,13 +328,16 @@ fn every_waiter_of_one_thread_wakes_at_its_end_and_one_takes_the_value() {
         };
         // Several green threads and an OS thread wait on the one handle at once, some after
         // a wait of theirs timed out (its token stays listed until the next waiter comes).
+        let ready = Arc::new(AtomicUsize::new(0));
         let waiters: Vec<_> = (0..6)
             .map(|i| {
-                let t = t.clone();
+                let (t, ready) = (t.clone(), ready.clone());
                 spawn(move || {
                     if i % 2 == 0 {
+                        // The gate opens only once every waiter is past this line.
                         assert!(t.wait_timeout(Duration::from_millis(1)).is_err());
                     }
+                    ready.fetch_add(1, Ordering::SeqCst);
                     t.wait_timeout(Duration::from_secs(60)).is_ok()
                 })
             })
@@ -343,6 +346,14 @@ fn every_waiter_of_one_thread_wakes_at_its_end_and_one_takes_the_value() {
             let t = t.clone();
             std::thread::spawn(move || t.wait_timeout(Duration::from_secs(60)).is_ok())
         };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while ready.load(Ordering::SeqCst) < 6 {
+            assert!(
+                Instant::now() < deadline,
+                "the waiters of round {round} never started"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
         // Most waiters list themselves before the end (the others find it ended).
         std::thread::sleep(Duration::from_millis(2));
         gate.set(()).unwrap();
