@@ -109,6 +109,161 @@ fn descriptors_reused_at_once_still_wake_their_readers() {
     assert_eq!(done, 200 * 30);
 }
 
+/// A read that returned less than it asked for lets the next read wait for readiness
+/// without asking the kernel first. Whatever arrives afterwards must still reach it: while
+/// the reader is between reads (the event comes before it waits), while it waits, in pieces
+/// larger than its buffer (a full read leaves data queued and must not count as drained),
+/// the end of the stream arriving with the last data, and through many connections at once.
+#[test]
+fn reads_after_a_short_read_see_everything_that_arrives() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    const CONNS: u32 = 40;
+    const PIECES: u32 = 150;
+    // The writer of each connection: a piece of 1 to 300 bytes each time its reader asks,
+    // then one more piece at once or after a pause, so the reader's next read finds the data
+    // already there, arriving while it waits, or arriving as it starts to wait.
+    spawn(move || {
+        for _ in 0..CONNS {
+            let (mut conn, _) = listener.accept().unwrap();
+            spawn(move || {
+                let mut ask = [0u8; 4];
+                loop {
+                    if conn.read_exact(&mut ask).is_err() {
+                        return;
+                    }
+                    let i = u32::from_be_bytes(ask);
+                    if i == u32::MAX {
+                        // The last words and the end of the stream arrive together.
+                        conn.write_all(b"bye").unwrap();
+                        return;
+                    }
+                    let len = (i * 37 % 300 + 1) as usize;
+                    let piece: Vec<u8> = (0..len).map(|k| (i as usize + k) as u8).collect();
+                    conn.write_all(&piece).unwrap();
+                    match i % 3 {
+                        0 => {}
+                        1 => greenhub::yield_now(),
+                        _ => greenhub::sleep(Duration::from_millis(1)).unwrap(),
+                    }
+                    conn.write_all(&piece).unwrap();
+                }
+            });
+        }
+    });
+    let readers: Vec<_> = (0..CONNS)
+        .map(|c| {
+            spawn(move || {
+                // No read timeout: a read that waits on past its data would end at its
+                // deadline and then find the data, hiding the lost wake-up.
+                let mut s = TcpStream::connect(addr).unwrap();
+                let mut buf = [0u8; 64];
+                let mut bytes = 0usize;
+                for i in 0..PIECES {
+                    s.write_all(&i.to_be_bytes()).unwrap();
+                    let len = (i * 37 % 300 + 1) as usize;
+                    let want: Vec<u8> = (0..len).map(|k| (i as usize + k) as u8).collect();
+                    let mut got = Vec::with_capacity(2 * len);
+                    while got.len() < 2 * len {
+                        let room = buf.len().min(2 * len - got.len());
+                        match s.read(&mut buf[..room]) {
+                            Ok(0) => panic!("connection {c}, piece {i}: the writer hung up"),
+                            Ok(n) => got.extend_from_slice(&buf[..n]),
+                            Err(e) => panic!("connection {c}, piece {i}: {e}"),
+                        }
+                        if i % 4 == 0 {
+                            // Between reads: the second piece may arrive and be reported now.
+                            greenhub::yield_now();
+                        }
+                    }
+                    assert_eq!(&got[..len], &want[..], "connection {c}, piece {i}");
+                    assert_eq!(&got[len..], &want[..], "connection {c}, piece {i}");
+                    bytes += got.len();
+                }
+                s.write_all(&u32::MAX.to_be_bytes()).unwrap();
+                let mut last = Vec::new();
+                s.read_to_end(&mut last)
+                    .unwrap_or_else(|e| panic!("connection {c}: no end of stream ({e})"));
+                assert_eq!(last, b"bye", "connection {c}");
+                bytes
+            })
+        })
+        .collect();
+    let want: usize = (0..PIECES).map(|i| 2 * (i * 37 % 300 + 1) as usize).sum();
+    // A reader whose wake-up was lost waits far longer than this.
+    let done = with_timeout(Duration::from_secs(120), || {
+        readers.into_iter().map(|r| r.wait()).collect::<Vec<_>>()
+    });
+    for (c, r) in done.into_iter().enumerate() {
+        match r {
+            Ok(bytes) => assert_eq!(bytes, want, "connection {c}"),
+            Err(e) => panic!("connection {c}: {e} (a wake-up lost, if it timed out)"),
+        }
+    }
+}
+
+/// After a short read, the next read's wait is a wait like any other: shown in the
+/// registry, ended by its deadline (and the read after it still gets what comes later), and
+/// ended by a kill.
+#[test]
+fn the_wait_after_a_short_read_is_recorded_bounded_and_killable() {
+    use greenhub::Event;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let go_on = Arc::new(Event::<()>::new());
+    let last_read = Arc::new(AtomicBool::new(false));
+    let peer_go_on = go_on.clone();
+    let _peer = spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        conn.write_all(b"hello").unwrap();
+        // The reader's second read times out; then one more message, and silence.
+        if peer_go_on.wait().is_ok() {
+            conn.write_all(b"again").unwrap();
+        }
+        greenhub::sleep(Duration::from_secs(30)).ok();
+        drop(conn);
+    });
+    let last = last_read.clone();
+    let reader = spawn(move || {
+        let mut s = TcpStream::connect(addr).unwrap();
+        let mut buf = [0u8; 64];
+        assert_eq!(s.read(&mut buf).unwrap(), 5, "the first read is short");
+        let t0 = Instant::now();
+        let kind =
+            with_timeout(Duration::from_millis(40), || s.read(&mut buf)).map_err(|e| e.kind());
+        assert_eq!(kind, Err(ErrorKind::TimedOut), "nothing was sent");
+        assert!(t0.elapsed() >= Duration::from_millis(40), "ended early");
+        go_on.set(()).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let n = s.read(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"again");
+        // Short again: this read waits until it is killed.
+        last.store(true, Ordering::SeqCst);
+        let r = s.read(&mut buf);
+        panic!("the peer is silent, yet the read ended: {r:?}");
+    });
+    let id = reader.id();
+    wait_until("the reader waits on its socket after a short read", || {
+        last_read.load(Ordering::SeqCst)
+            && snapshot().descriptors.iter().any(|d| d.owner == Some(id))
+            && snapshot().threads.iter().any(|t| {
+                t.id == id
+                    && matches!(
+                        t.waiting_on,
+                        Some(WaitOn::Fd {
+                            interest: Interest::Read,
+                            ..
+                        })
+                    )
+            })
+    });
+    reader.kill();
+    assert!(matches!(reader.wait(), Err(JoinError::Killed { .. })));
+    assert!(!snapshot().descriptors.iter().any(|d| d.owner == Some(id)));
+}
+
 #[test]
 fn a_read_waits_in_the_registry_and_ends_at_the_deadline() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();

@@ -312,13 +312,17 @@ impl Drop for Waiter {
 ///
 /// The deadline goes through the descriptor's `alarm`, made on its first timed wait and kept
 /// with its registration (see `alarm::IoAlarm`).
+///
+/// Returns the poller's event bits collected since the previous wait on `io` ended (epoll's
+/// `EPOLLIN`, `EPOLLRDHUP`...; each wait clears them as it returns), or a wake-up of the
+/// alarm's.
 pub(crate) fn wait_io<T: std::os::fd::AsRawFd>(
     io: &may::io::CoIo<T>,
     alarm: &OnceLock<Arc<alarm::IoAlarm>>,
     interest: Interest,
     deadline: Option<Instant>,
     on: Option<WaitOn>,
-) {
+) -> usize {
     use may::io::WaitIo;
     use std::os::fd::AsRawFd;
     let fd = io.as_raw_fd();
@@ -343,13 +347,13 @@ pub(crate) fn wait_io<T: std::os::fd::AsRawFd>(
             }
             monitor::mark_idle();
             let _resume = Resume::new(record);
-            io.wait_io();
+            io.wait_io()
         }
         None => {
             let _watch = FdWatch::new(fd, interest);
-            io.wait_io();
+            io.wait_io()
         }
-    });
+    })
 }
 
 /// Ends a descriptor wait's deadline in its alarm however the wait ends, unwinding included.

@@ -12,6 +12,7 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -36,6 +37,11 @@ pub(crate) struct Registered<T: AsRawFd> {
     io: CoIo<Borrowed>,
     /// The deadline alarm of its timed waits, made on the first one.
     alarm: OnceLock<Arc<IoAlarm>>,
+    /// The last read of this stream took everything that had arrived (see
+    /// [`Registered::read`]).
+    drained: AtomicBool,
+    /// A wait on it saw the peer's end of the stream, a hang-up or an error.
+    closed: AtomicBool,
     inner: T,
 }
 
@@ -55,6 +61,8 @@ impl<T: AsRawFd> Registered<T> {
         Ok(Registered {
             io,
             alarm: OnceLock::new(),
+            drained: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
             inner,
         })
     }
@@ -107,6 +115,69 @@ impl<T: AsRawFd> Registered<T> {
         self.io_as(interest, timeout, None, op)
     }
 
+    /// A read from a TCP stream: `op` reads at most `len` bytes. [`Registered::io`], except
+    /// that a read of a green thread that returned less than it asked for marks the stream
+    /// drained, and the next read then waits for readiness before it asks the kernel, unless
+    /// an event came since. A TCP read returns less than asked only once the receive queue
+    /// is empty, and whatever arrives later raises an event (the poller is edge-triggered and
+    /// records every event in the descriptor's flag, waited on or not), so the `recv` that
+    /// would report `WouldBlock` is skipped: a connection that answers requests makes one
+    /// `recv` per request instead of two. The end of the stream does not raise an event of
+    /// its own once reported: after a wait saw it (or a hang-up, or an error) every read asks
+    /// the kernel. After the wait the read is tried as usual, so a wait that ends for another
+    /// reason (a deadline, a write event) costs one `recv`; past its deadline a read is always
+    /// tried. Not for datagrams (a short one leaves others queued), nor Unix streams (a read
+    /// stops short at a message with credentials or descriptors).
+    pub(crate) fn read(
+        &self,
+        len: usize,
+        timeout: Option<Duration>,
+        mut op: impl FnMut(&T) -> io::Result<usize>,
+    ) -> io::Result<usize> {
+        if !may::coroutine::is_coroutine() {
+            return self.io(Interest::Read, timeout, op);
+        }
+        let deadline = earliest(deadline(), timeout);
+        if self.drained.swap(false, Ordering::Relaxed)
+            && !self.closed.load(Ordering::Relaxed)
+            && !self.event_since_wait()
+            && deadline.is_none_or(|d| Instant::now() < d)
+        {
+            self.wait(Interest::Read, deadline, None);
+        }
+        loop {
+            match op(&self.inner) {
+                Ok(n) if n > 0 && n < len => {
+                    self.drained.store(true, Ordering::Relaxed);
+                    return Ok(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                other => return other,
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Err(timed_out());
+            }
+            self.wait(Interest::Read, deadline, None);
+        }
+    }
+
+    /// Whether the poller reported an event for the descriptor since the last wait on it
+    /// ended (each wait clears the flag as it returns).
+    fn event_since_wait(&self) -> bool {
+        use may::io::AsIoData;
+        self.io.as_io_data().io_flag.load(Ordering::Acquire) != 0
+    }
+
+    /// A green thread's wait for readiness, which keeps in `closed` whether the events it
+    /// collected include the end of the stream, a hang-up or an error.
+    fn wait(&self, interest: Interest, deadline: Option<Instant>, on: Option<WaitOn>) {
+        let events = wait_io(&self.io, &self.alarm, interest, deadline, on);
+        let ends = (libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) as usize;
+        if events & ends != 0 {
+            self.closed.store(true, Ordering::Relaxed);
+        }
+    }
+
     /// [`Registered::io`], the wait shown in the registry as a wait `on` an object (a child
     /// process, say) rather than on the descriptor.
     pub(crate) fn io_as<R>(
@@ -126,7 +197,7 @@ impl<T: AsRawFd> Registered<T> {
                 return Err(timed_out());
             }
             if may::coroutine::is_coroutine() {
-                wait_io(&self.io, &self.alarm, interest, deadline, on);
+                self.wait(interest, deadline, on);
             } else {
                 poll(self.fd(), interest, deadline)?;
             }
@@ -255,7 +326,7 @@ pub fn trampoline(
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 break Ok(false);
             }
-            wait_io(&registered.io, &registered.alarm, interest, deadline, None);
+            registered.wait(interest, deadline, None);
         };
         drop(registered);
         ready

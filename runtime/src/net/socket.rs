@@ -351,7 +351,7 @@ impl Read for &TcpStream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let mut s = self.inner.get();
         self.inner
-            .io(Interest::Read, self.read_timeout.get(), |_| s.read(buf))
+            .read(buf.len(), self.read_timeout.get(), |_| s.read(buf))
     }
 }
 
