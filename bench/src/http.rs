@@ -485,7 +485,10 @@ pub fn run(root: &Path, rounds: usize, secs: u64) -> Result<Report, String> {
     unsafe { std::env::set_var(crate::db::PG_ENV, &pg.conninfo) };
     let mut rows: Vec<Row> = Vec::new();
     for round in 0..=rounds {
-        for server in SERVERS {
+        // Each round starts with a different server, so that none always runs first (right
+        // after the database's set-up or the previous suite) or last.
+        let order = SERVERS.iter().cycle().skip(round % SERVERS.len());
+        for server in order.take(SERVERS.len()) {
             if server.contains("wsgi") && python.is_none() {
                 continue;
             }
@@ -560,7 +563,8 @@ pub fn markdown(report: &Report) -> String {
          pool of 16 connections with cached prepared statements on both sides; before each \
          load one answer is checked by hand and a run with socket errors or non-2xx answers \
          fails the suite. wrk runs {} s per figure with one thread, on the same two cores as \
-         the server (so a server that needs less CPU leaves more to wrk); medians over the \
+         the server (so a server that needs less CPU leaves more to wrk); the servers take \
+         turns within a round, each round starting with the next one; medians over the \
          rounds. Higher req/s is better; lower latency and CPU are better.\n",
         report.seconds_per_run
     );
