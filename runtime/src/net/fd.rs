@@ -134,10 +134,10 @@ impl<T: AsRawFd> Registered<T> {
         timeout: Option<Duration>,
         mut op: impl FnMut(&T) -> io::Result<usize>,
     ) -> io::Result<usize> {
-        if !may::coroutine::is_coroutine() {
-            return self.io(Interest::Read, timeout, op);
-        }
         let deadline = earliest(deadline(), timeout);
+        if !may::coroutine::is_coroutine() {
+            return self.retry(Interest::Read, deadline, None, op);
+        }
         if self.drained.swap(false, Ordering::Relaxed)
             && !self.closed.load(Ordering::Relaxed)
             && !self.event_since_wait()
@@ -145,20 +145,13 @@ impl<T: AsRawFd> Registered<T> {
         {
             self.wait(Interest::Read, deadline, None);
         }
-        loop {
-            match op(&self.inner) {
-                Ok(n) if n > 0 && n < len => {
-                    self.drained.store(true, Ordering::Relaxed);
-                    return Ok(n);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                other => return other,
+        self.retry(Interest::Read, deadline, None, |inner| {
+            let read = op(inner);
+            if read.as_ref().is_ok_and(|&n| n > 0 && n < len) {
+                self.drained.store(true, Ordering::Relaxed);
             }
-            if deadline.is_some_and(|d| Instant::now() >= d) {
-                return Err(timed_out());
-            }
-            self.wait(Interest::Read, deadline, None);
-        }
+            read
+        })
     }
 
     /// Whether the poller reported an event for the descriptor since the last wait on it
@@ -185,9 +178,20 @@ impl<T: AsRawFd> Registered<T> {
         interest: Interest,
         timeout: Option<Duration>,
         on: Option<WaitOn>,
+        op: impl FnMut(&T) -> io::Result<R>,
+    ) -> io::Result<R> {
+        self.retry(interest, earliest(deadline(), timeout), on, op)
+    }
+
+    /// Runs `op` until it does not report `WouldBlock`, waiting for readiness in between, or
+    /// until `deadline` (then `ErrorKind::TimedOut`, though the operation is always tried once).
+    fn retry<R>(
+        &self,
+        interest: Interest,
+        deadline: Option<Instant>,
+        on: Option<WaitOn>,
         mut op: impl FnMut(&T) -> io::Result<R>,
     ) -> io::Result<R> {
-        let deadline = earliest(deadline(), timeout);
         loop {
             match op(&self.inner) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
