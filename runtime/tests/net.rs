@@ -114,6 +114,12 @@ fn descriptors_reused_at_once_still_wake_their_readers() {
 /// the reader is between reads (the event comes before it waits), while it waits, in pieces
 /// larger than its buffer (a full read leaves data queued and must not count as drained),
 /// the end of the stream arriving with the last data, and through many connections at once.
+/// Piece `i` of a connection in the test below: 1 to 300 bytes, each its own pattern.
+fn piece(i: u32) -> Vec<u8> {
+    let len = (i * 37 % 300 + 1) as usize;
+    (0..len).map(|k| (i as usize + k) as u8).collect()
+}
+
 #[test]
 fn reads_after_a_short_read_see_everything_that_arrives() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -138,8 +144,7 @@ fn reads_after_a_short_read_see_everything_that_arrives() {
                         conn.write_all(b"bye").unwrap();
                         return;
                     }
-                    let len = (i * 37 % 300 + 1) as usize;
-                    let piece: Vec<u8> = (0..len).map(|k| (i as usize + k) as u8).collect();
+                    let piece = piece(i);
                     conn.write_all(&piece).unwrap();
                     match i % 3 {
                         0 => {}
@@ -161,8 +166,8 @@ fn reads_after_a_short_read_see_everything_that_arrives() {
                 let mut bytes = 0usize;
                 for i in 0..PIECES {
                     s.write_all(&i.to_be_bytes()).unwrap();
-                    let len = (i * 37 % 300 + 1) as usize;
-                    let want: Vec<u8> = (0..len).map(|k| (i as usize + k) as u8).collect();
+                    let want = piece(i);
+                    let len = want.len();
                     let mut got = Vec::with_capacity(2 * len);
                     while got.len() < 2 * len {
                         let room = buf.len().min(2 * len - got.len());
@@ -189,7 +194,7 @@ fn reads_after_a_short_read_see_everything_that_arrives() {
             })
         })
         .collect();
-    let want: usize = (0..PIECES).map(|i| 2 * (i * 37 % 300 + 1) as usize).sum();
+    let want: usize = (0..PIECES).map(|i| 2 * piece(i).len()).sum();
     // A reader whose wake-up was lost waits far longer than this.
     let done = with_timeout(Duration::from_secs(120), || {
         readers.into_iter().map(|r| r.wait()).collect::<Vec<_>>()
