@@ -565,16 +565,17 @@ pub fn markdown(report: &Report) -> String {
          fails the suite. wrk runs {} s per figure with one thread, on the same two cores as \
          the server (so a server that needs less CPU leaves more to wrk); the servers take \
          turns within a round, each round starting with the next one; medians over the \
-         rounds. Higher req/s is better; lower latency and CPU are better.\n",
+         rounds, and the range of req/s beside them (a gap between two servers smaller than \
+         their ranges is the machine's noise, not a difference). Higher req/s is better; lower latency and CPU are better.\n",
         report.seconds_per_run
     );
     for endpoint in ENDPOINTS {
         let _ = writeln!(md, "\n### `{endpoint}`\n");
         let _ = writeln!(
             md,
-            "| server | connections | req/s | p50 (µs) | p99 (µs) | server CPU per request (µs) | req/s vs greenhub-http |"
+            "| server | connections | req/s | req/s min–max | p50 (µs) | p99 (µs) | server CPU per request (µs) | req/s vs greenhub-http |"
         );
-        let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|");
+        let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|");
         for &c in CONNECTIONS {
             let base = report
                 .rows
@@ -593,12 +594,17 @@ pub fn markdown(report: &Report) -> String {
                     .filter(|b| *b > 0.0)
                     .map(|b| format!("{:.2}x", rps / b))
                     .unwrap_or_default();
+                let (lo, hi) = r.runs.iter().fold((f64::INFINITY, 0.0f64), |(lo, hi), x| {
+                    (lo.min(x.rps), hi.max(x.rps))
+                });
                 let _ = writeln!(
                     md,
-                    "| {} | {} | {:.0} | {:.0} | {:.0} | {:.1} | {} |",
+                    "| {} | {} | {:.0} | {:.0}–{:.0} | {:.0} | {:.0} | {:.1} | {} |",
                     r.server,
                     c,
                     rps,
+                    lo,
+                    hi,
                     median_of(r.runs.iter().map(|x| x.p50_us)),
                     median_of(r.runs.iter().map(|x| x.p99_us)),
                     median_of(r.runs.iter().map(|x| x.cpu_us_per_request)),

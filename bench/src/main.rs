@@ -2,8 +2,8 @@
 //!
 //! Every figure is measured in a fresh child process (this binary, run with `--child`), so that
 //! each runtime gets its own configuration and none inherits another's threads or memory. The
-//! runtimes of a suite take turns within each round, so that a noisy moment of the shared
-//! machine hits all of them alike. After a warm-up round that is thrown away, each figure is
+//! runtimes of a suite take turns within each round, each round starting with the next one,
+//! so that a noisy moment of the shared machine hits all of them alike. After a warm-up round that is thrown away, each figure is
 //! the median of the rounds, shown with its min and max. The harness writes `BENCHMARKS.md`
 //! and `bench/results.json` at the workspace root.
 
@@ -63,7 +63,15 @@ const TPOOL_RTT_WHAT: &str = "one task calls a trivial function through the thre
 
 const ECHO_WHAT: &str = "clients send 64 bytes and read them back, N round trips in all \
     over the connections, against an echo server (a task per connection) in the same process \
-    on loopback (2 workers); wall time per round trip";
+    on loopback (2 workers); wall time per round trip; at least 7 rounds, as the rows differ \
+    by less than the machine's noise";
+
+/// The rounds of the HTTP suite, whatever `--rounds` says: its rows are close, and a round
+/// takes minutes.
+const HTTP_ROUNDS: usize = 5;
+
+/// The fewest rounds of the echo suites: their rows are close, and each costs a second.
+const ECHO_ROUNDS: usize = 7;
 
 /// Cases of the three database suites (same server, same pool size).
 const DB_CASES: &[(&str, u64)] = &[
@@ -107,7 +115,8 @@ const ECHO_REMOTE_WHAT: &str = "the echo server alone in its process (a task per
     connection; 2 workers, eventlet and gevent on their one thread), its clients in another: \
     one tokio thread that opens the connections, then sends 64 bytes on each and checks what \
     comes back, N round trips in all; the client's wall time per round trip. The CPU column is \
-    the server's CPU per round trip (its timed run only), the figure to compare";
+    the server's CPU per round trip (its timed run only), the figure to compare; at least 7 \
+    rounds";
 
 const PROXY_WHAT: &str = "a proxy alone in its process (a task per client connection, each \
     with its own connection to the backend; 2 workers, eventlet and gevent on their one \
@@ -344,11 +353,13 @@ const SUITES: &[Suite] = &[
         what: "as the round trips above, with the task sleeping 1 ms before each call (each \
                runtime's own sleep): the pool's threads and the caller are idle between calls, \
                so polling for the next call or the result costs CPU without paying. The CPU \
-               column is the CPU per call beyond that of the sleeps: each case runs as many \
-               1 ms sleeps alone after its calls and subtracts their CPU (a sleep's wake-ups \
-               cost tens of µs of CPU each on this virtual machine). The last row is no pool: \
-               a plain OS thread hands each call to another through a mutex and condvars, \
-               both parked while idle; the least a hand-off that does not poll costs here",
+               column is the CPU per call beyond that of the sleeps: each block of 100 calls is \
+               followed by 100 1 ms sleeps alone, whose CPU is subtracted (a sleep's wake-ups \
+               cost tens of µs of CPU each on this virtual machine, and what a wake-up costs \
+               drifts with where the OS puts the threads). The last row is no pool: a plain OS \
+               thread hands each call to another through a mutex and condvars, both parked \
+               while idle; the least a hand-off that does not poll costs here; at least 7 \
+               rounds",
         workers: 2,
         cases: &[
             ("greenhub tpool", 2_000),
@@ -360,7 +371,7 @@ const SUITES: &[Suite] = &[
         ],
         scale: 1.0,
         busy: 0,
-        min_rounds: 0,
+        min_rounds: 7,
     },
     Suite {
         id: "tpool_busy_p99",
@@ -400,7 +411,7 @@ const SUITES: &[Suite] = &[
         cases: &[("greenhub", 20_000), ("may", 20_000), ("tokio", 20_000)],
         scale: 1.0,
         busy: 0,
-        min_rounds: 0,
+        min_rounds: ECHO_ROUNDS,
     },
     Suite {
         id: "echo_100",
@@ -411,7 +422,7 @@ const SUITES: &[Suite] = &[
         cases: &[("greenhub", 100_000), ("may", 100_000), ("tokio", 100_000)],
         scale: 1.0,
         busy: 0,
-        min_rounds: 0,
+        min_rounds: ECHO_ROUNDS,
     },
     Suite {
         id: "echo_1000",
@@ -422,7 +433,7 @@ const SUITES: &[Suite] = &[
         cases: &[("greenhub", 100_000), ("may", 100_000), ("tokio", 100_000)],
         scale: 1.0,
         busy: 0,
-        min_rounds: 0,
+        min_rounds: ECHO_ROUNDS,
     },
     Suite {
         id: "echo_remote_1",
@@ -439,7 +450,7 @@ const SUITES: &[Suite] = &[
         ],
         scale: 1.0,
         busy: 0,
-        min_rounds: 0,
+        min_rounds: ECHO_ROUNDS,
     },
     Suite {
         id: "echo_remote_100",
@@ -450,7 +461,7 @@ const SUITES: &[Suite] = &[
         cases: ECHO_REMOTE_CASES,
         scale: 1.0,
         busy: 0,
-        min_rounds: 0,
+        min_rounds: ECHO_ROUNDS,
     },
     Suite {
         id: "echo_remote_1000",
@@ -461,7 +472,7 @@ const SUITES: &[Suite] = &[
         cases: ECHO_REMOTE_CASES,
         scale: 1.0,
         busy: 0,
-        min_rounds: 0,
+        min_rounds: ECHO_ROUNDS,
     },
     Suite {
         id: "proxy_1",
@@ -1020,8 +1031,8 @@ fn markdown(report: &Report, baseline: Option<&Baseline>) -> String {
         md,
         "Produced by `cargo run --release -p greenhub-bench` on {}; do not edit by hand. \
          Each figure is measured in a fresh process; the runtimes of a table take turns in \
-         each of {} rounds (more where a suite says so; after a warm-up round), and the table \
-         shows the median with the min and max. Lower is better everywhere. Where the figure \
+         each of {} rounds (more where a suite says so; after a warm-up round), each round \
+         starting with the next runtime, and the table shows the median with the min and max. Lower is better everywhere. Where the figure \
          is a time per operation, the last column is the CPU time the measuring process spent \
          per operation: all its threads (workers, spinning pool threads, the runtime's own) \
          over its whole run, set-up included, divided by N; a runtime that is fast by burning \
@@ -1340,7 +1351,11 @@ fn main() {
         let mut cpu: Vec<Vec<f64>> = vec![Vec::new(); cases.len()];
         let rounds = rounds.max(suite.min_rounds);
         for round in 0..rounds {
-            for (i, (runtime, n)) in cases.iter().enumerate() {
+            // Each round starts with the next runtime, so that none always runs first (right
+            // after the previous suite) or last.
+            for k in 0..cases.len() {
+                let i = (round + k) % cases.len();
+                let (runtime, n) = &cases[i];
                 match measure(suite, runtime, *n) {
                     Ok((v, c)) => {
                         samples[i].push(v);
@@ -1382,7 +1397,7 @@ fn main() {
     }
     let root = root();
     let http_report = if wanted("http") {
-        match http::run(&root, rounds.min(3), 5) {
+        match http::run(&root, HTTP_ROUNDS, 5) {
             Ok(r) => Some(r),
             Err(e) => {
                 eprintln!("http: {e}");

@@ -837,20 +837,85 @@ pub fn semaphore(runtime: &str, workers: usize, n: u64) -> f64 {
     elapsed.as_nanos() as f64 / n as f64
 }
 
-/// The CPU of `n` tokio sleeps of `spacing` alone, if there is a spacing.
-async fn tokio_sleeps_alone(spacing: Option<Duration>, n: u64) -> Option<Duration> {
-    let pause = spacing?;
-    let alone = Section::start();
-    for _ in 0..n {
-        tokio::time::sleep(pause).await;
+/// How many calls make one block of a spaced case, and how many sleeps alone follow each.
+const SPACED_BLOCK: u64 = 100;
+
+/// The timed calls of a round-trip case: `n` calls of `call` (which checks its answer),
+/// `spacing` of `sleep` before each, and their latencies in ns. Reports the calls' CPU per
+/// call; with a spacing, beyond that of the sleeps: each block of [`SPACED_BLOCK`] calls is
+/// followed by as many sleeps alone, and the sleeps' CPU is subtracted, so that a change in
+/// the machine's state during the run (where the OS puts the threads, a neighbour's load)
+/// falls on the calls and on the sleeps alike.
+fn timed_calls(
+    n: u64,
+    spacing: Option<Duration>,
+    mut sleep: impl FnMut(Duration),
+    mut call: impl FnMut(),
+) -> Vec<u64> {
+    let mut samples = Vec::with_capacity(n as usize);
+    let (mut calls, mut sleeps) = (Duration::ZERO, Duration::ZERO);
+    while (samples.len() as u64) < n {
+        let block = match spacing {
+            Some(_) => SPACED_BLOCK.min(n - samples.len() as u64),
+            None => n,
+        };
+        let section = Section::start();
+        for _ in 0..block {
+            if let Some(pause) = spacing {
+                sleep(pause);
+            }
+            let t = Instant::now();
+            call();
+            samples.push(t.elapsed().as_nanos() as u64);
+        }
+        calls += section.spent();
+        if let Some(pause) = spacing {
+            let alone = Section::start();
+            for _ in 0..block {
+                sleep(pause);
+            }
+            sleeps += alone.spent();
+        }
     }
-    Some(alone.spent())
+    report_cpu(calls, spacing.map(|_| sleeps), n);
+    samples
 }
 
-/// Sequential round trips of a trivial call through a thread pool, from one task, with the
-/// task sleeping `spacing` before each timed call: returns the `quantile` of the per-call
-/// latencies in ns, and reports the timed calls' CPU per call (with a spacing, beyond that of
-/// the same number of sleeps alone, measured after them).
+/// [`timed_calls`] for a tokio task: tokio's sleep, an awaited call.
+async fn tokio_timed_calls(
+    n: u64,
+    spacing: Option<Duration>,
+    mut call: impl AsyncFnMut(),
+) -> Vec<u64> {
+    let mut samples = Vec::with_capacity(n as usize);
+    let (mut calls, mut sleeps) = (Duration::ZERO, Duration::ZERO);
+    while (samples.len() as u64) < n {
+        let block = match spacing {
+            Some(_) => SPACED_BLOCK.min(n - samples.len() as u64),
+            None => n,
+        };
+        let section = Section::start();
+        for _ in 0..block {
+            if let Some(pause) = spacing {
+                tokio::time::sleep(pause).await;
+            }
+            let t = Instant::now();
+            call().await;
+            samples.push(t.elapsed().as_nanos() as u64);
+        }
+        calls += section.spent();
+        if let Some(pause) = spacing {
+            let alone = Section::start();
+            for _ in 0..block {
+                tokio::time::sleep(pause).await;
+            }
+            sleeps += alone.spent();
+        }
+    }
+    report_cpu(calls, spacing.map(|_| sleeps), n);
+    samples
+}
+
 /// `n` calls handed from this thread to another OS thread and answered, each after `spacing`
 /// of sleep (`std::thread::sleep`); the latencies. Both threads park on condvars while idle.
 fn os_thread_handoffs(n: u64, spacing: Option<Duration>) -> Vec<u64> {
@@ -896,34 +961,12 @@ fn os_thread_handoffs(n: u64, spacing: Option<Duration>) -> Vec<u64> {
     for _ in 0..1000 {
         call();
     }
-    let mut samples = Vec::with_capacity(n as usize);
-    let section = Section::start();
-    for _ in 0..n {
-        if let Some(pause) = spacing {
-            std::thread::sleep(pause);
-        }
-        let t = Instant::now();
-        let v = call();
-        samples.push(t.elapsed().as_nanos() as u64);
-        assert_eq!(v, 1);
-    }
-    let spent = section.spent();
-    report_cpu(spent, sleeps_alone(spacing, n, std::thread::sleep), n);
-    samples
+    timed_calls(n, spacing, std::thread::sleep, || assert_eq!(call(), 1))
 }
 
-/// The CPU of `n` sleeps of `spacing` alone (none without spacing): what a spaced case
-/// subtracts from its calls' CPU.
-fn sleeps_alone(spacing: Option<Duration>, n: u64, sleep: impl Fn(Duration)) -> Option<Duration> {
-    spacing.map(|pause| {
-        let alone = Section::start();
-        for _ in 0..n {
-            sleep(pause);
-        }
-        alone.spent()
-    })
-}
-
+/// Sequential round trips of a trivial call through a thread pool, from one task, with the
+/// task sleeping `spacing` before each timed call: returns the `quantile` of the per-call
+/// latencies in ns, and reports the timed calls' CPU per call (see [`timed_calls`]).
 pub fn tpool_rtt(
     runtime: &str,
     workers: usize,
@@ -931,84 +974,60 @@ pub fn tpool_rtt(
     quantile: f64,
     spacing: Option<Duration>,
 ) -> f64 {
-    let mut samples: Vec<u64> = Vec::with_capacity(n as usize);
-    match runtime {
+    let mut samples = match runtime {
         "greenhub tpool" => {
             start_greenhub(workers, None);
-            samples = greenhub::spawn(move || {
+            greenhub::spawn(move || {
                 // Warm-up: threads started, hub running.
                 for _ in 0..1000 {
                     greenhub_tpool::execute(|| ()).unwrap();
                 }
-                let section = Section::start();
-                for _ in 0..n {
-                    if let Some(pause) = spacing {
-                        greenhub::sleep(pause).unwrap();
-                    }
-                    let t = Instant::now();
-                    let v = greenhub_tpool::execute(|| std::hint::black_box(1)).unwrap();
-                    samples.push(t.elapsed().as_nanos() as u64);
-                    assert_eq!(v, 1);
-                }
-                let spent = section.spent();
-                let baseline = sleeps_alone(spacing, n, |pause| greenhub::sleep(pause).unwrap());
-                report_cpu(spent, baseline, n);
-                samples
+                timed_calls(
+                    n,
+                    spacing,
+                    |pause| greenhub::sleep(pause).unwrap(),
+                    || {
+                        let v = greenhub_tpool::execute(|| std::hint::black_box(1)).unwrap();
+                        assert_eq!(v, 1);
+                    },
+                )
             })
             .wait()
-            .unwrap();
+            .unwrap()
         }
         "two OS threads, condvar (the floor)" => {
             // No runtime: the caller hands the call to one other OS thread through a mutex
             // and condvars, both parked while idle. What a hand-off to another thread and
             // back costs on this machine when neither polls.
-            samples = os_thread_handoffs(n, spacing);
+            os_thread_handoffs(n, spacing)
         }
-        "tokio spawn_blocking" => {
-            samples = tokio_rt(workers).block_on(async move {
-                for _ in 0..1000 {
-                    tokio::task::spawn_blocking(|| ()).await.unwrap();
-                }
-                let section = Section::start();
-                for _ in 0..n {
-                    if let Some(pause) = spacing {
-                        tokio::time::sleep(pause).await;
-                    }
-                    let t = Instant::now();
-                    let v = tokio::task::spawn_blocking(|| std::hint::black_box(1))
-                        .await
-                        .unwrap();
-                    samples.push(t.elapsed().as_nanos() as u64);
-                    assert_eq!(v, 1);
-                }
-                let spent = section.spent();
-                report_cpu(spent, tokio_sleeps_alone(spacing, n).await, n);
-                samples
-            });
-        }
+        "tokio spawn_blocking" => tokio_rt(workers).block_on(async move {
+            for _ in 0..1000 {
+                tokio::task::spawn_blocking(|| ()).await.unwrap();
+            }
+            tokio_timed_calls(n, spacing, async || {
+                let v = tokio::task::spawn_blocking(|| std::hint::black_box(1))
+                    .await
+                    .unwrap();
+                assert_eq!(v, 1);
+            })
+            .await
+        }),
         "blocking crate" => {
             // Driven by tokio's scheduler: the pool and the wake path are the blocking crate's.
-            samples = tokio_rt(workers).block_on(async move {
+            tokio_rt(workers).block_on(async move {
                 for _ in 0..1000 {
                     blocking::unblock(|| ()).await;
                 }
-                let section = Section::start();
-                for _ in 0..n {
-                    if let Some(pause) = spacing {
-                        tokio::time::sleep(pause).await;
-                    }
-                    let t = Instant::now();
+                tokio_timed_calls(n, spacing, async || {
                     let v = blocking::unblock(|| std::hint::black_box(1)).await;
-                    samples.push(t.elapsed().as_nanos() as u64);
                     assert_eq!(v, 1);
-                }
-                let spent = section.spent();
-                report_cpu(spent, tokio_sleeps_alone(spacing, n).await, n);
-                samples
-            });
+                })
+                .await
+            })
         }
         other => panic!("unknown runtime {other}"),
-    }
+    };
     samples.sort_unstable();
     let i = ((samples.len() as f64 - 1.0) * quantile).round() as usize;
     samples[i] as f64
