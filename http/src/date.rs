@@ -2,7 +2,7 @@
 //! connection) and the access log's `[10/Oct/2000:13:55:36 +0000]`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::HeaderValue;
 use parking_lot::RwLock;
@@ -11,21 +11,37 @@ use parking_lot::RwLock;
 pub(crate) fn header() -> HeaderValue {
     static SECOND: AtomicU64 = AtomicU64::new(u64::MAX);
     static VALUE: RwLock<Option<HeaderValue>> = RwLock::new(None);
-    let now = SystemTime::now();
-    let secs = now
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let secs = coarse_unix_secs();
     if SECOND.load(Ordering::Acquire) == secs
         && let Some(v) = VALUE.read().as_ref()
     {
         return v.clone();
     }
+    let now = UNIX_EPOCH + Duration::from_secs(secs);
     let v = HeaderValue::from_str(&httpdate::fmt_http_date(now))
         .expect("an HTTP date is a valid header value");
     *VALUE.write() = Some(v.clone());
     SECOND.store(secs, Ordering::Release);
     v
+}
+
+/// The seconds since the Unix epoch from the kernel's coarse wall clock: a load of what the
+/// kernel updates every tick (1 to 4 ms), without the hardware clock read of
+/// `SystemTime::now` that every response would otherwise pay. A header of whole seconds
+/// needs no more.
+fn coarse_unix_secs() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec and CLOCK_REALTIME_COARSE exists on every
+    // Linux kernel greenhub supports.
+    if unsafe { libc::clock_gettime(libc::CLOCK_REALTIME_COARSE, &mut ts) } != 0 {
+        return SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+    }
+    u64::try_from(ts.tv_sec).unwrap_or(0)
 }
 
 /// Common Log Format's time, in UTC: `10/Oct/2000:13:55:36 +0000`.
@@ -80,5 +96,23 @@ mod tests {
             assert_eq!(clf, want);
         }
         assert_eq!(header().to_str().unwrap().len(), 29);
+    }
+
+    #[test]
+    fn the_date_header_is_the_wall_clock_to_the_second() {
+        for _ in 0..5 {
+            let before = SystemTime::now();
+            let value = header();
+            let after = SystemTime::now();
+            let at = httpdate::parse_http_date(value.to_str().unwrap()).unwrap();
+            // Whole seconds, and the coarse clock may lag the precise one by a tick.
+            let floor = |t: SystemTime| t.duration_since(UNIX_EPOCH).unwrap().as_secs();
+            let secs = floor(at);
+            assert!(
+                secs + 1 >= floor(before) && secs <= floor(after),
+                "{value:?} outside {before:?}..{after:?}"
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
     }
 }

@@ -351,7 +351,11 @@ fn answer<S: Stream>(
         decoder: Decoder::new(framing),
         limit: limits.body,
         read: 0,
-        deadline: limits.body_timeout.map(|t| Instant::now() + t),
+        // A request without a body has nothing to time (and its clock read is saved).
+        deadline: match framing {
+            Framing::Empty | Framing::Length(0) => None,
+            _ => limits.body_timeout.map(|t| Instant::now() + t),
+        },
         send_continue: expects_continue && framing != Framing::Empty,
     };
     let outcome = {

@@ -134,18 +134,18 @@ impl<T: AsRawFd> Registered<T> {
         timeout: Option<Duration>,
         mut op: impl FnMut(&T) -> io::Result<usize>,
     ) -> io::Result<usize> {
-        let deadline = earliest(deadline(), timeout);
+        let mut limit = Limit::new(timeout);
         if !may::coroutine::is_coroutine() {
-            return self.retry(Interest::Read, deadline, None, op);
+            return self.retry(Interest::Read, limit, None, op);
         }
         if self.drained.swap(false, Ordering::Relaxed)
             && !self.closed.load(Ordering::Relaxed)
             && !self.event_since_wait()
-            && deadline.is_none_or(|d| Instant::now() < d)
+            && let Some(until) = limit.left()
         {
-            self.wait(Interest::Read, deadline, None);
+            self.wait(Interest::Read, until, None);
         }
-        self.retry(Interest::Read, deadline, None, |inner| {
+        self.retry(Interest::Read, limit, None, |inner| {
             let read = op(inner);
             if read.as_ref().is_ok_and(|&n| n > 0 && n < len) {
                 self.drained.store(true, Ordering::Relaxed);
@@ -180,15 +180,16 @@ impl<T: AsRawFd> Registered<T> {
         on: Option<WaitOn>,
         op: impl FnMut(&T) -> io::Result<R>,
     ) -> io::Result<R> {
-        self.retry(interest, earliest(deadline(), timeout), on, op)
+        self.retry(interest, Limit::new(timeout), on, op)
     }
 
     /// Runs `op` until it does not report `WouldBlock`, waiting for readiness in between, or
-    /// until `deadline` (then `ErrorKind::TimedOut`, though the operation is always tried once).
+    /// until `limit` passes (then `ErrorKind::TimedOut`, though the operation is always tried
+    /// once).
     fn retry<R>(
         &self,
         interest: Interest,
-        deadline: Option<Instant>,
+        mut limit: Limit,
         on: Option<WaitOn>,
         mut op: impl FnMut(&T) -> io::Result<R>,
     ) -> io::Result<R> {
@@ -197,24 +198,65 @@ impl<T: AsRawFd> Registered<T> {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 other => return other,
             }
-            if deadline.is_some_and(|d| Instant::now() >= d) {
+            let Some(until) = limit.left() else {
                 return Err(timed_out());
-            }
+            };
             if may::coroutine::is_coroutine() {
-                self.wait(interest, deadline, on);
+                self.wait(interest, until, on);
             } else {
-                poll(self.fd(), interest, deadline)?;
+                poll(self.fd(), interest, until)?;
             }
         }
     }
 }
 
-/// The earlier of a scope's deadline and a timeout from now.
-pub(crate) fn earliest(scope: Option<Instant>, timeout: Option<Duration>) -> Option<Instant> {
-    match (scope, timeout.and_then(|t| Instant::now().checked_add(t))) {
+/// When a socket operation gives up: the enclosing scope's deadline, and the socket's own
+/// timeout, which counts from the operation's first wait. An operation that does not wait
+/// (the common case: the data or the buffer space is there) never reads the clock.
+#[derive(Clone, Copy)]
+struct Limit {
+    /// The deadline known so far: the scope's, and once resolved the timeout's too.
+    until: Option<Instant>,
+    /// The socket's timeout, until the first wait folds it into `until`.
+    timeout: Option<Duration>,
+}
+
+impl Limit {
+    fn new(timeout: Option<Duration>) -> Limit {
+        Limit {
+            until: deadline(),
+            timeout,
+        }
+    }
+
+    /// Before a wait: `None` if the limit has passed, else the deadline the wait keeps to
+    /// (`Some(None)`: none). Reads the clock only when there is a limit.
+    fn left(&mut self) -> Option<Option<Instant>> {
+        if self.until.is_none() && self.timeout.is_none() {
+            return Some(None);
+        }
+        let now = Instant::now();
+        if let Some(timeout) = self.timeout.take() {
+            self.until = earliest_of(self.until, now.checked_add(timeout));
+        }
+        match self.until {
+            Some(d) if now >= d => None,
+            until => Some(until),
+        }
+    }
+}
+
+/// The earlier of two optional deadlines (none: no limit).
+fn earliest_of(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     }
+}
+
+/// The earlier of a scope's deadline and a timeout from now.
+pub(crate) fn earliest(scope: Option<Instant>, timeout: Option<Duration>) -> Option<Instant> {
+    earliest_of(scope, timeout.and_then(|t| Instant::now().checked_add(t)))
 }
 
 /// Errors that retrying at once cannot cure: the process or system is out of descriptors or
