@@ -19,7 +19,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// The servers, in the order they take turns.
 pub const SERVERS: &[&str] = &[
@@ -34,7 +34,7 @@ const ENDPOINTS: &[&str] = &["/plaintext", "/json", "/db"];
 const CONNECTIONS: &[u32] = &[1, 64, 256];
 
 /// One run of wrk against one server.
-#[derive(Clone, Copy, Debug, Serialize)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
 pub struct Run {
     pub rps: f64,
     pub p50_us: f64,
@@ -43,7 +43,7 @@ pub struct Run {
 }
 
 /// The runs of one (server, endpoint, connections).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Row {
     pub server: String,
     pub endpoint: String,
@@ -52,7 +52,7 @@ pub struct Row {
 }
 
 /// What the suite measured, and what it could not.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Report {
     pub seconds_per_run: u64,
     pub rows: Vec<Row>,
@@ -420,7 +420,7 @@ pub(crate) fn require_wrk() -> Result<(), String> {
 
 /// What wrk printed: rate, latency percentiles, requests, and requests that failed (socket
 /// errors of every kind and non-2xx answers).
-#[derive(Clone, Copy, Debug, Serialize)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
 pub(crate) struct WrkOutput {
     pub rps: f64,
     pub p50_us: f64,
@@ -584,11 +584,14 @@ pub fn markdown(report: &Report) -> String {
                     r.server == "greenhub-http" && r.endpoint == *endpoint && r.connections == c
                 })
                 .map(|r| median_of(r.runs.iter().map(|x| x.rps)));
-            for r in report
+            // In the suite's order of servers, whichever started the first round.
+            let mut rows: Vec<&Row> = report
                 .rows
                 .iter()
                 .filter(|r| r.endpoint == *endpoint && r.connections == c)
-            {
+                .collect();
+            rows.sort_by_key(|r| SERVERS.iter().position(|s| *s == r.server));
+            for r in rows {
                 let rps = median_of(r.runs.iter().map(|x| x.rps));
                 let rel = base
                     .filter(|b| *b > 0.0)

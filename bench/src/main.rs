@@ -24,7 +24,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// One benchmark: the same work on several runtimes.
 struct Suite {
@@ -693,7 +693,7 @@ const SUITES: &[Suite] = &[
     },
 ];
 
-#[derive(Serialize)]
+#[derive(Serialize, Deserialize)]
 struct CaseResult {
     runtime: String,
     n: u64,
@@ -703,13 +703,13 @@ struct CaseResult {
     max: f64,
     /// CPU time (user and system, all threads) of the measuring process per operation, in
     /// nanoseconds: its whole run divided by N, set-up included; per round, and the median.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     cpu_ns_per_op: Vec<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     cpu_ns_per_op_median: Option<f64>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, Deserialize)]
 struct SuiteResult {
     id: String,
     title: String,
@@ -718,20 +718,20 @@ struct SuiteResult {
     cases: Vec<CaseResult>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, Deserialize)]
 struct Report {
     /// What this run measured, if the caller said (`--label`).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     label: Option<String>,
     date: String,
     machine: BTreeMap<String, String>,
     rounds: usize,
     suites: Vec<SuiteResult>,
     /// The HTTP servers under wrk (`http.rs`), if that suite ran.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     http: Option<http::Report>,
     /// Reloads under load (`reload.rs`), if that suite ran.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     reload: Option<reload::Report>,
 }
 
@@ -1242,6 +1242,7 @@ fn main() {
     let mut json_out: Option<PathBuf> = None;
     let mut label: Option<String> = None;
     let mut baseline: Option<Baseline> = None;
+    let mut render: Option<PathBuf> = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -1255,6 +1256,13 @@ fn main() {
             "--no-write" => write = false,
             "--json" => json_out = it.next().map(PathBuf::from),
             "--label" => label = it.next().cloned(),
+            "--render" => {
+                let Some(path) = it.next() else {
+                    eprintln!("--render needs the path of a results file");
+                    std::process::exit(2);
+                };
+                render = Some(PathBuf::from(path));
+            }
             "--baseline" => {
                 let Some(path) = it.next() else {
                     eprintln!("--baseline needs the path of a results file");
@@ -1271,10 +1279,12 @@ fn main() {
             "-h" | "--help" => {
                 println!(
                     "usage: greenhub-bench [--quick | --rounds N] [--suite ID[,ID...]] [--no-write]\n\
-                     \x20      [--json PATH] [--label TEXT] [--baseline PATH]\n\
+                     \x20      [--json PATH] [--label TEXT] [--baseline PATH] [--render PATH]\n\
                      --json writes this run's results to PATH (also for some suites only);\n\
                      --label names this run in its results (what was measured: a commit, a change);\n\
                      --baseline shows a results file's medians beside this run's, as \"before\"\n\
+                     --render measures nothing: it writes BENCHMARKS.md and README's summary from\n\
+                     a results file (a run's bench/results.json), as that run wrote them\n\
                      suites: {}, idle_connections, http, reload",
                     SUITES.iter().map(|s| s.id).collect::<Vec<_>>().join(", ")
                 );
@@ -1285,6 +1295,23 @@ fn main() {
                 std::process::exit(2);
             }
         }
+    }
+    if let Some(path) = render {
+        let report = std::fs::read_to_string(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|text| serde_json::from_str::<Report>(&text).map_err(|e| e.to_string()))
+            .unwrap_or_else(|e| {
+                eprintln!("--render {}: {e}", path.display());
+                std::process::exit(2);
+            });
+        publish(
+            &report,
+            baseline.as_ref(),
+            json_out.as_deref(),
+            write,
+            Output::Rendered,
+        );
+        return;
     }
     let map_count = std::fs::read_to_string("/proc/sys/vm/max_map_count")
         .ok()
@@ -1427,42 +1454,162 @@ fn main() {
         http: http_report,
         reload: reload_report,
     };
-    let md = markdown(&report, baseline.as_ref());
+    publish(
+        &report,
+        baseline.as_ref(),
+        json_out.as_deref(),
+        write,
+        if only.is_some() {
+            Output::SomeSuites
+        } else {
+            Output::Run
+        },
+    );
+}
+
+/// Where a report comes from, which decides what [`publish`] writes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Output {
+    /// A run of every suite: all its files.
+    Run,
+    /// A run of some suites: none (it would leave the others out).
+    SomeSuites,
+    /// A results file rendered again: BENCHMARKS.md and README's summary, not the results
+    /// file it came from.
+    Rendered,
+}
+
+/// Prints a report as Markdown and writes it out: to `json_out` if given, and unless `write`
+/// is off, to BENCHMARKS.md, bench/results.json and README's summary as `output` allows.
+fn publish(
+    report: &Report,
+    baseline: Option<&Baseline>,
+    json_out: Option<&std::path::Path>,
+    write: bool,
+    output: Output,
+) {
+    let root = root();
+    let md = markdown(report, baseline);
     println!("{md}");
-    if let Some(path) = &json_out {
+    if let Some(path) = json_out {
         std::fs::write(
             path,
-            serde_json::to_string_pretty(&report).expect("serialize"),
+            serde_json::to_string_pretty(report).expect("serialize"),
         )
         .unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
     }
     if write {
-        let only_some = only.is_some();
-        if only_some {
+        if output == Output::SomeSuites {
             eprintln!(
                 "(one suite only: BENCHMARKS.md is not rewritten; use --no-write to silence this)"
             );
         } else {
             std::fs::write(root.join("BENCHMARKS.md"), md).expect("write BENCHMARKS.md");
-            std::fs::write(
-                root.join("bench/results.json"),
-                serde_json::to_string_pretty(&report).expect("serialize"),
-            )
-            .expect("write bench/results.json");
+            if output == Output::Run {
+                std::fs::write(
+                    root.join("bench/results.json"),
+                    serde_json::to_string_pretty(report).expect("serialize"),
+                )
+                .expect("write bench/results.json");
+            }
             let readme_path = root.join("README.md");
             let readme = std::fs::read_to_string(&readme_path).expect("read README.md");
-            match summary::into_readme(&readme, &summary::summary(&report)) {
+            match summary::into_readme(&readme, &summary::summary(report)) {
                 Some(new) => {
                     std::fs::write(&readme_path, new).expect("write README.md");
-                    eprintln!("wrote BENCHMARKS.md, bench/results.json and README's summary");
+                    eprintln!("wrote BENCHMARKS.md and README's summary");
                 }
                 None => eprintln!(
-                    "wrote BENCHMARKS.md and bench/results.json; README has no summary markers \
-                     ({} ... {})",
+                    "wrote BENCHMARKS.md; README has no summary markers ({} ... {})",
                     summary::START,
                     summary::END
                 ),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(rps: f64) -> http::Run {
+        http::Run {
+            rps,
+            p50_us: 100.0,
+            p99_us: 900.0,
+            cpu_us_per_request: 7.25,
+        }
+    }
+
+    /// A run whose HTTP rows were recorded with axum's round first, as a rotated round
+    /// records them.
+    fn report() -> Report {
+        let row = |server: &str, rps: f64| http::Row {
+            server: server.into(),
+            endpoint: "/plaintext".into(),
+            connections: 64,
+            runs: vec![run(rps), run(rps * 1.1)],
+        };
+        Report {
+            label: Some("abc1234".into()),
+            date: "2026-12-03 07:01 UTC".into(),
+            machine: BTreeMap::from([("cores".to_string(), "2".to_string())]),
+            rounds: 3,
+            suites: vec![SuiteResult {
+                id: "spawn_join".into(),
+                title: "Spawn + join".into(),
+                unit: "ns per task".into(),
+                what: "spawn and join".into(),
+                cases: vec![CaseResult {
+                    runtime: "greenhub".into(),
+                    n: 100_000,
+                    samples: vec![857.25, 900.5, 801.125],
+                    median: 857.25,
+                    min: 801.125,
+                    max: 900.5,
+                    cpu_ns_per_op: vec![1661.5],
+                    cpu_ns_per_op_median: Some(1661.5),
+                }],
+            }],
+            http: Some(http::Report {
+                seconds_per_run: 5,
+                rows: vec![
+                    row("axum (tokio)", 120_000.0),
+                    row("greenhub-http", 110_000.0),
+                ],
+                skipped: vec![],
+            }),
+            reload: None,
+        }
+    }
+
+    #[test]
+    fn a_rendered_results_file_reads_as_the_run_that_wrote_it() {
+        let measured = report();
+        let json = serde_json::to_string_pretty(&measured).unwrap();
+        let read: Report = serde_json::from_str(&json).unwrap();
+        assert_eq!(markdown(&read, None), markdown(&measured, None));
+        assert_eq!(
+            summary::summary(&read),
+            summary::summary(&measured),
+            "README's summary"
+        );
+    }
+
+    #[test]
+    fn http_rows_keep_the_servers_order_whichever_ran_first() {
+        let md = markdown(&report(), None);
+        let at = |server: &str| {
+            md.find(&format!("| {server} | 64 |"))
+                .unwrap_or_else(|| panic!("no row of {server}"))
+        };
+        assert!(at("greenhub-http") < at("axum (tokio)"), "{md}");
+        // Each row compares itself with greenhub-http's median, wherever that row was recorded.
+        assert!(
+            md.contains("| axum (tokio) | 64 | 126000 | 120000–132000 |"),
+            "{md}"
+        );
+        assert!(md.contains("| 1.09x |"), "{md}");
     }
 }

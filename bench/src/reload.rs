@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Workers per server.
 const WORKERS: usize = 2;
@@ -38,7 +38,7 @@ impl Load {
 pub type Run = crate::http::WrkOutput;
 
 /// What happens to the server during a run.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Load {
     /// Nothing.
     Steady,
@@ -49,7 +49,7 @@ pub enum Load {
 }
 
 /// The runs of one (server, load).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Row {
     pub server: String,
     pub load: Load,
@@ -57,7 +57,7 @@ pub struct Row {
 }
 
 /// What the suite measured.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Report {
     pub seconds_per_run: u64,
     pub reloads_per_run: u32,

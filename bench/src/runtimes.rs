@@ -846,45 +846,10 @@ const SPACED_BLOCK: u64 = 100;
 /// followed by as many sleeps alone, and the sleeps' CPU is subtracted, so that a change in
 /// the machine's state during the run (where the OS puts the threads, a neighbour's load)
 /// falls on the calls and on the sleeps alike.
-fn timed_calls(
+async fn timed_calls(
     n: u64,
     spacing: Option<Duration>,
-    mut sleep: impl FnMut(Duration),
-    mut call: impl FnMut(),
-) -> Vec<u64> {
-    let mut samples = Vec::with_capacity(n as usize);
-    let (mut calls, mut sleeps) = (Duration::ZERO, Duration::ZERO);
-    while (samples.len() as u64) < n {
-        let block = match spacing {
-            Some(_) => SPACED_BLOCK.min(n - samples.len() as u64),
-            None => n,
-        };
-        let section = Section::start();
-        for _ in 0..block {
-            if let Some(pause) = spacing {
-                sleep(pause);
-            }
-            let t = Instant::now();
-            call();
-            samples.push(t.elapsed().as_nanos() as u64);
-        }
-        calls += section.spent();
-        if let Some(pause) = spacing {
-            let alone = Section::start();
-            for _ in 0..block {
-                sleep(pause);
-            }
-            sleeps += alone.spent();
-        }
-    }
-    report_cpu(calls, spacing.map(|_| sleeps), n);
-    samples
-}
-
-/// [`timed_calls`] for a tokio task: tokio's sleep, an awaited call.
-async fn tokio_timed_calls(
-    n: u64,
-    spacing: Option<Duration>,
+    mut sleep: impl AsyncFnMut(Duration),
     mut call: impl AsyncFnMut(),
 ) -> Vec<u64> {
     let mut samples = Vec::with_capacity(n as usize);
@@ -897,7 +862,7 @@ async fn tokio_timed_calls(
         let section = Section::start();
         for _ in 0..block {
             if let Some(pause) = spacing {
-                tokio::time::sleep(pause).await;
+                sleep(pause).await;
             }
             let t = Instant::now();
             call().await;
@@ -907,13 +872,30 @@ async fn tokio_timed_calls(
         if let Some(pause) = spacing {
             let alone = Section::start();
             for _ in 0..block {
-                tokio::time::sleep(pause).await;
+                sleep(pause).await;
             }
             sleeps += alone.spent();
         }
     }
     report_cpu(calls, spacing.map(|_| sleeps), n);
     samples
+}
+
+/// [`timed_calls`] where sleeping and calling block the thread (a green thread, an OS
+/// thread): the future never waits, so one poll runs it to the end.
+fn blocking_timed_calls(
+    n: u64,
+    spacing: Option<Duration>,
+    mut sleep: impl FnMut(Duration),
+    mut call: impl FnMut(),
+) -> Vec<u64> {
+    let calls = timed_calls(n, spacing, async |pause| sleep(pause), async || call());
+    let mut calls = std::pin::pin!(calls);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match calls.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(samples) => samples,
+        std::task::Poll::Pending => unreachable!("blocking calls never leave the future pending"),
+    }
 }
 
 /// `n` calls handed from this thread to another OS thread and answered, each after `spacing`
@@ -961,7 +943,7 @@ fn os_thread_handoffs(n: u64, spacing: Option<Duration>) -> Vec<u64> {
     for _ in 0..1000 {
         call();
     }
-    timed_calls(n, spacing, std::thread::sleep, || assert_eq!(call(), 1))
+    blocking_timed_calls(n, spacing, std::thread::sleep, || assert_eq!(call(), 1))
 }
 
 /// Sequential round trips of a trivial call through a thread pool, from one task, with the
@@ -982,7 +964,7 @@ pub fn tpool_rtt(
                 for _ in 0..1000 {
                     greenhub_tpool::execute(|| ()).unwrap();
                 }
-                timed_calls(
+                blocking_timed_calls(
                     n,
                     spacing,
                     |pause| greenhub::sleep(pause).unwrap(),
@@ -1005,12 +987,17 @@ pub fn tpool_rtt(
             for _ in 0..1000 {
                 tokio::task::spawn_blocking(|| ()).await.unwrap();
             }
-            tokio_timed_calls(n, spacing, async || {
-                let v = tokio::task::spawn_blocking(|| std::hint::black_box(1))
-                    .await
-                    .unwrap();
-                assert_eq!(v, 1);
-            })
+            timed_calls(
+                n,
+                spacing,
+                async |pause| tokio::time::sleep(pause).await,
+                async || {
+                    let v = tokio::task::spawn_blocking(|| std::hint::black_box(1))
+                        .await
+                        .unwrap();
+                    assert_eq!(v, 1);
+                },
+            )
             .await
         }),
         "blocking crate" => {
@@ -1019,10 +1006,15 @@ pub fn tpool_rtt(
                 for _ in 0..1000 {
                     blocking::unblock(|| ()).await;
                 }
-                tokio_timed_calls(n, spacing, async || {
-                    let v = blocking::unblock(|| std::hint::black_box(1)).await;
-                    assert_eq!(v, 1);
-                })
+                timed_calls(
+                    n,
+                    spacing,
+                    async |pause| tokio::time::sleep(pause).await,
+                    async || {
+                        let v = blocking::unblock(|| std::hint::black_box(1)).await;
+                        assert_eq!(v, 1);
+                    },
+                )
                 .await
             })
         }

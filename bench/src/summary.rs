@@ -90,9 +90,10 @@ pub fn summary(report: &Report) -> String {
     let mut md = String::new();
     let _ = writeln!(
         md,
-        "From the harness's run of {} ({} rounds, medians, {} cores; lower is better; \
-         \"greenhub wins, 2x\" means the other side's figure is twice greenhub's). Tables and \
-         what each case does: [BENCHMARKS.md](BENCHMARKS.md).\n",
+        "From the harness's run of {} (at least {} rounds, more where a table says so; \
+         medians, {} cores; lower is better; \"greenhub wins, 2x\" means the other side's \
+         figure is twice greenhub's). Tables and what each case does: \
+         [BENCHMARKS.md](BENCHMARKS.md).\n",
         report.date,
         report.rounds,
         report.machine.get("cores").map_or("?", |c| c.as_str())
