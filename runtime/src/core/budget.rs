@@ -17,9 +17,11 @@
 //! finisher, then the deferred threads in theirs, so a single worker keeps eventlet's
 //! round-robin order.
 //!
-//! The evidence that resets the streak is a green thread coming back from a global queue: an
-//! ordinary server sees it all the time (every timer, every wake from tpool), and a pure local
-//! streak pays one drain per streak.
+//! The evidence that resets the streak is the worker's queue running dry: a new round of its
+//! event loop (it runs its queue until empty before it polls and takes its global queue in),
+//! or a green thread coming back from a global queue. A server whose green threads wake each
+//! other between socket waits (a pool handing its connections on) sees it all the time, and
+//! a pure local streak pays one drain per streak.
 //!
 //! The worker's state is a `thread_local!`, read and written within calls that do not wait, so
 //! a green thread cannot move to another worker in between.
@@ -104,6 +106,8 @@ struct Streak {
     switches: Cell<u32>,
     /// When the worker last showed that its local queue had run dry (0: not yet).
     since: Cell<u64>,
+    /// The worker's event-loop rounds at the last check (`may::coroutine::worker_rounds`).
+    rounds: Cell<u64>,
     drain: RefCell<Option<Arc<Drain>>>,
 }
 
@@ -113,6 +117,7 @@ thread_local! {
             draining: Cell::new(false),
             switches: Cell::new(0),
             since: Cell::new(0),
+            rounds: Cell::new(0),
             drain: RefCell::new(None),
         }
     };
@@ -157,7 +162,11 @@ fn open_drain(s: &Streak) -> Option<Arc<Drain>> {
 fn check_streak(s: &Streak) -> Option<Arc<Drain>> {
     let now = clock::coarse_ns();
     let since = s.since.get();
-    if since == 0 {
+    // A new round of the worker's event loop means its queue ran dry and it looked outside
+    // since the last check: whatever waited there has been taken in.
+    let rounds = may::coroutine::worker_rounds();
+    if since == 0 || rounds != s.rounds.get() {
+        s.rounds.set(rounds);
         s.since.set(now);
         return None;
     }

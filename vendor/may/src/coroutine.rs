@@ -6,7 +6,7 @@ pub use crate::coroutine_impl::{
 pub use crate::join::JoinHandle;
 pub use crate::park::ParkError;
 pub use crate::park_slot::{ParkSlot, Suspended};
+pub use crate::scheduler::{start_scheduler, worker_rounds};
 pub use crate::scoped::scope;
-pub use crate::scheduler::start_scheduler;
 pub use crate::sleep::sleep;
 pub use crate::yield_now::yield_now;

@@ -30,6 +30,26 @@ cfg_if::cfg_if! {
 // thread id, only workers are normal ones
 thread_local! { pub static WORKER_ID: Cell<usize> = const { Cell::new(usize::MAX) }; }
 
+// Rounds of this worker's event loop: each begins when its run queue is empty.
+thread_local! { static ROUNDS: Cell<u64> = const { Cell::new(0) }; }
+
+/// How many times the current worker has run out of coroutines to run and looked outside:
+/// polled its descriptors and taken in what other threads queued to it. A worker runs its
+/// queue until it is empty before it looks, so a change in this count means the queue ran
+/// dry in between. 0 on a thread that is not a worker.
+///
+/// Never inlined: a coroutine can move between workers, and the count must be the one of
+/// the worker that runs the call.
+#[inline(never)]
+pub fn worker_rounds() -> u64 {
+    ROUNDS.get()
+}
+
+/// Counts a round of the current worker's event loop.
+pub(crate) fn count_round() {
+    ROUNDS.set(ROUNDS.get().wrapping_add(1));
+}
+
 // here we use Arc<AtomicOption<>> for that in the select implementation
 // other event may try to consume the coroutine while timer thread consume it
 type TimerData = Arc<AtomicOption<CoroutineImpl>>;
@@ -103,7 +123,10 @@ fn note_thread() {
     {
         // SAFETY: gettid has no preconditions.
         let tid = unsafe { libc::gettid() };
-        THREAD_IDS.lock().unwrap_or_else(|e| e.into_inner()).push(tid);
+        THREAD_IDS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(tid);
     }
 }
 

@@ -1,7 +1,7 @@
 use std::io;
 
 use super::sys::{Selector, SysEvent};
-use crate::scheduler::{get_scheduler, WORKER_ID};
+use crate::scheduler::{count_round, get_scheduler, WORKER_ID};
 
 const IO_POLLS_MAX: usize = 1024;
 
@@ -31,6 +31,7 @@ impl EventLoop {
         let timeout_ns = 1_000_000_000; // 1s
 
         loop {
+            count_round();
             next_expire = match selector.select(scheduler, id, &mut events_buf, next_expire) {
                 Ok(t) => t.or(Some(timeout_ns)),
                 Err(e) => {
