@@ -212,8 +212,8 @@ impl<T: AsRawFd> Registered<T> {
 
 /// When a socket operation gives up: the enclosing scope's deadline, and the socket's own
 /// timeout, which counts from the operation's first wait. An operation that does not wait
-/// (the common case: the data or the buffer space is there) never reads the clock.
-#[derive(Clone, Copy)]
+/// (the common case: the data or the buffer space is there) never reads the clock. Moved,
+/// not copied, into each step of one operation: a copy would resolve the timeout again.
 struct Limit {
     /// The deadline known so far: the scope's, and once resolved the timeout's too.
     until: Option<Instant>,
