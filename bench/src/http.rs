@@ -12,6 +12,10 @@
 //! by hand; a run with socket errors or non-2xx answers fails the suite. The figures: requests
 //! per second, the latency percentiles wrk reports, and the server's CPU time per request
 //! (from /proc, over the run).
+//!
+//! All the servers run for the whole suite and take turns back to back within each cell (an
+//! endpoint at a number of connections), so that each round pairs them under the same state
+//! of the machine; servers are compared by the median of those per-round ratios.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
@@ -483,54 +487,66 @@ pub fn run(root: &Path, rounds: usize, secs: u64) -> Result<Report, String> {
     let pg = greenhub_pgtest::Pg::start();
     // SAFETY: the harness's main thread is its only thread (servers are child processes).
     unsafe { std::env::set_var(crate::db::PG_ENV, &pg.conninfo) };
+    // Every server runs for the whole suite, and the servers of one cell (endpoint and
+    // connections) take turns back to back: what drifts on the machine over minutes (the
+    // database's state, the neighbours of a virtual machine) reaches every server of a cell
+    // alike, so a round's ratio between two servers is a fair pair.
+    let mut servers: Vec<(&str, Running)> = Vec::new();
+    for server in SERVERS {
+        if server.contains("wsgi") && python.is_none() {
+            continue;
+        }
+        servers.push((server, start(server, python.as_deref(), &app)?));
+    }
     let mut rows: Vec<Row> = Vec::new();
     for round in 0..=rounds {
-        // Each round starts with a different server, so that none always runs first (right
-        // after the database's set-up or the previous suite) or last.
-        let order = SERVERS.iter().cycle().skip(round % SERVERS.len());
-        for server in order.take(SERVERS.len()) {
-            if server.contains("wsgi") && python.is_none() {
-                continue;
-            }
-            let running = start(server, python.as_deref(), &app)?;
-            for endpoint in ENDPOINTS {
-                if *endpoint == "/db" && !serves_db(server) {
+        let cells = ENDPOINTS
+            .iter()
+            .flat_map(|e| CONNECTIONS.iter().map(move |&c| (*e, c)));
+        for (cell, (endpoint, c)) in cells.enumerate() {
+            let serving: Vec<&(&str, Running)> = servers
+                .iter()
+                .filter(|(s, _)| endpoint != "/db" || serves_db(s))
+                .collect();
+            // Each cell of each round starts with another server, so that none always runs
+            // first (right after the previous cell's heaviest load) or last.
+            let first = (round + cell) % serving.len();
+            for k in 0..serving.len() {
+                let (server, running) = serving[(first + k) % serving.len()];
+                check_answer(server, running.addr, endpoint)?;
+                let before = cpu_us(running.child.id());
+                let (rps, p50, p99, total) = wrk(running.addr, endpoint, c, secs)?;
+                let cpu = cpu_us(running.child.id()) - before;
+                let run = Run {
+                    rps,
+                    p50_us: p50,
+                    p99_us: p99,
+                    cpu_us_per_request: cpu / total.max(1) as f64,
+                };
+                eprintln!(
+                    "http: round {round}/{rounds} {server} {endpoint} c={c}: {rps:.0} req/s, p50 {p50:.0} us, p99 {p99:.0} us, {:.1} us CPU/req",
+                    run.cpu_us_per_request
+                );
+                // Round 0 warms up and is thrown away.
+                if round == 0 {
                     continue;
                 }
-                check_answer(server, running.addr, endpoint)?;
-                for &c in CONNECTIONS {
-                    let before = cpu_us(running.child.id());
-                    let (rps, p50, p99, total) = wrk(running.addr, endpoint, c, secs)?;
-                    let cpu = cpu_us(running.child.id()) - before;
-                    let run = Run {
-                        rps,
-                        p50_us: p50,
-                        p99_us: p99,
-                        cpu_us_per_request: cpu / total.max(1) as f64,
-                    };
-                    eprintln!(
-                        "http: round {round}/{rounds} {server} {endpoint} c={c}: {rps:.0} req/s, p50 {p50:.0} us, p99 {p99:.0} us, {:.1} us CPU/req",
-                        run.cpu_us_per_request
-                    );
-                    // Round 0 warms up and is thrown away.
-                    if round == 0 {
-                        continue;
-                    }
-                    match rows.iter_mut().find(|r| {
-                        r.server == *server && r.endpoint == *endpoint && r.connections == c
-                    }) {
-                        Some(r) => r.runs.push(run),
-                        None => rows.push(Row {
-                            server: server.to_string(),
-                            endpoint: endpoint.to_string(),
-                            connections: c,
-                            runs: vec![run],
-                        }),
-                    }
+                match rows
+                    .iter_mut()
+                    .find(|r| r.server == *server && r.endpoint == endpoint && r.connections == c)
+                {
+                    Some(r) => r.runs.push(run),
+                    None => rows.push(Row {
+                        server: server.to_string(),
+                        endpoint: endpoint.to_string(),
+                        connections: c,
+                        runs: vec![run],
+                    }),
                 }
             }
         }
     }
+    drop(servers);
     skipped.push(
         "/db on may_minihttp, gevent and eventlet: not measured (no pool of the same shape \
          on them here)"
@@ -551,6 +567,36 @@ pub(crate) fn median_of(v: impl Iterator<Item = f64>) -> f64 {
     crate::median(&v)
 }
 
+/// `server`'s requests/s over greenhub-http's in one cell, round by round (each round ran the
+/// two back to back): the median of those ratios, and their lowest and highest. `None` if
+/// either has no runs there.
+pub(crate) fn paired_ratio(
+    report: &Report,
+    server: &str,
+    endpoint: &str,
+    connections: u32,
+) -> Option<(f64, f64, f64)> {
+    let runs = |s: &str| {
+        report
+            .rows
+            .iter()
+            .find(|r| r.server == s && r.endpoint == endpoint && r.connections == connections)
+            .map(|r| &r.runs)
+    };
+    let ratios: Vec<f64> = runs(server)?
+        .iter()
+        .zip(runs("greenhub-http")?)
+        .map(|(theirs, mine)| theirs.rps / mine.rps)
+        .filter(|q| q.is_finite() && *q > 0.0)
+        .collect();
+    if ratios.is_empty() {
+        return None;
+    }
+    let lo = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = ratios.iter().copied().fold(0.0, f64::max);
+    Some((crate::median(&ratios), lo, hi))
+}
+
 /// The suite as Markdown: a table per endpoint.
 pub fn markdown(report: &Report) -> String {
     use std::fmt::Write as _;
@@ -565,25 +611,22 @@ pub fn markdown(report: &Report) -> String {
          fails the suite. wrk runs {} s per figure with one thread, on the same two cores as \
          the server (so a server that needs less CPU leaves more to wrk); the servers take \
          turns within a round, each round starting with the next one; medians over the \
-         rounds, and the range of req/s beside them (a gap between two servers smaller than \
-         their ranges is the machine's noise, not a difference). Higher req/s is better; lower latency and CPU are better.\n",
+         rounds, and the range of req/s beside them. Every server runs throughout, and the \
+         servers of one row group (endpoint and connections) take turns back to back, each \
+         round starting with another: the last column divides each round's req/s by \
+         greenhub-http's in the same round and gives the median of those ratios and their \
+         range (a range that spans 1.00x is the machine's noise, not a difference). Higher \
+         req/s is better; lower latency and CPU are better.\n",
         report.seconds_per_run
     );
     for endpoint in ENDPOINTS {
         let _ = writeln!(md, "\n### `{endpoint}`\n");
         let _ = writeln!(
             md,
-            "| server | connections | req/s | req/s min–max | p50 (µs) | p99 (µs) | server CPU per request (µs) | req/s vs greenhub-http |"
+            "| server | connections | req/s | req/s min–max | p50 (µs) | p99 (µs) | server CPU per request (µs) | req/s vs greenhub-http, round by round (median, min–max) |"
         );
         let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|");
         for &c in CONNECTIONS {
-            let base = report
-                .rows
-                .iter()
-                .find(|r| {
-                    r.server == "greenhub-http" && r.endpoint == *endpoint && r.connections == c
-                })
-                .map(|r| median_of(r.runs.iter().map(|x| x.rps)));
             // In the suite's order of servers, whichever started the first round.
             let mut rows: Vec<&Row> = report
                 .rows
@@ -593,10 +636,13 @@ pub fn markdown(report: &Report) -> String {
             rows.sort_by_key(|r| SERVERS.iter().position(|s| *s == r.server));
             for r in rows {
                 let rps = median_of(r.runs.iter().map(|x| x.rps));
-                let rel = base
-                    .filter(|b| *b > 0.0)
-                    .map(|b| format!("{:.2}x", rps / b))
-                    .unwrap_or_default();
+                let rel = if r.server == "greenhub-http" {
+                    "1.00x".to_string()
+                } else {
+                    paired_ratio(report, &r.server, endpoint, c)
+                        .map(|(q, lo, hi)| format!("{q:.2}x ({lo:.2}–{hi:.2}x)"))
+                        .unwrap_or_default()
+                };
                 let (lo, hi) = r.runs.iter().fold((f64::INFINITY, 0.0f64), |(lo, hi), x| {
                     (lo.min(x.rps), hi.max(x.rps))
                 });

@@ -1605,11 +1605,37 @@ mod tests {
                 .unwrap_or_else(|| panic!("no row of {server}"))
         };
         assert!(at("greenhub-http") < at("axum (tokio)"), "{md}");
-        // Each row compares itself with greenhub-http's median, wherever that row was recorded.
         assert!(
             md.contains("| axum (tokio) | 64 | 126000 | 120000–132000 |"),
             "{md}"
         );
-        assert!(md.contains("| 1.09x |"), "{md}");
+        assert!(md.contains("| 1.09x (1.09–1.09x) |"), "{md}");
+    }
+
+    #[test]
+    fn servers_are_compared_round_by_round_not_median_to_median() {
+        // Medians level (150,000 each), but axum won two rounds of three by about 7-10%.
+        let row = |server: &str, rps: [f64; 3]| http::Row {
+            server: server.into(),
+            endpoint: "/db".into(),
+            connections: 64,
+            runs: rps.iter().map(|&r| run(r)).collect(),
+        };
+        let mut r = report();
+        r.http = Some(http::Report {
+            seconds_per_run: 5,
+            rows: vec![
+                row("greenhub-http", [100_000.0, 200_000.0, 150_000.0]),
+                row("axum (tokio)", [110_000.0, 150_000.0, 160_000.0]),
+            ],
+            skipped: vec![],
+        });
+        let md = markdown(&r, None);
+        assert!(md.contains("| 1.07x (0.75–1.10x) |"), "{md}");
+        let said = summary::summary(&r);
+        assert!(
+            said.contains("greenhub loses, 1.07x; by round 0.75x to 1.10x"),
+            "{said}"
+        );
     }
 }

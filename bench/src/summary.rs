@@ -236,11 +236,19 @@ pub fn summary(report: &Report) -> String {
                 "eventlet.wsgi",
             ] {
                 if let Some((theirs, their_p99, their_cpu)) = rps(server) {
-                    // Higher is better for requests/s: compared the other way round.
+                    // Compared round by round (the two ran back to back); higher is better
+                    // for requests/s, so the ratio is a cost the other way round.
+                    let pair = crate::http::paired_ratio(http, server, endpoint, conns)
+                        .map(|(q, lo, hi)| {
+                            format!(
+                                "{}; by round {lo:.2}x to {hi:.2}x greenhub's rate",
+                                against(q, 1.0)
+                            )
+                        })
+                        .unwrap_or_default();
                     let _ = write!(
                         text,
-                        "; {server} {theirs:.0} ({}; p99 {} µs, CPU {} µs)",
-                        against(1.0 / mine, 1.0 / theirs),
+                        "; {server} {theirs:.0} ({pair}; p99 {} µs, CPU {} µs)",
                         fmt_figure(their_p99),
                         fmt_figure(their_cpu)
                     );
