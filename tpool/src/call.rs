@@ -24,6 +24,16 @@ enum Slot<T> {
     Abandoned,
 }
 
+/// How a finished call wakes a caller that parked for it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Wake {
+    /// Through greenhub's inbox, with the other wakes from OS threads that come meanwhile
+    /// (one eventfd write for the lot).
+    Batched,
+    /// At once, through `may`'s queue for wakes from outside.
+    Direct,
+}
+
 pub(crate) struct CallState<T> {
     slot: Mutex<Slot<T>>,
     /// Set once the outcome is in the slot: polled without the lock by a spinning caller.
@@ -40,7 +50,7 @@ impl<T> CallState<T> {
 
     /// From the pool thread (or a shutdown): delivers the outcome, or drops it here if the
     /// caller has gone. Returns whether the caller was still there.
-    pub(crate) fn complete(&self, outcome: Result<T, Error>) -> bool {
+    pub(crate) fn complete(&self, outcome: Result<T, Error>, wake: Wake) -> bool {
         let mut slot = self.slot.lock();
         match std::mem::replace(&mut *slot, Slot::Taken) {
             Slot::Pending(token) => {
@@ -48,7 +58,12 @@ impl<T> CallState<T> {
                 self.done.store(true, Ordering::Release);
                 drop(slot);
                 if let Some(token) = token {
-                    greenhub::ext::wake_batched(token);
+                    match wake {
+                        Wake::Batched => greenhub::ext::wake_batched(token),
+                        Wake::Direct => {
+                            token.wake();
+                        }
+                    }
                 }
                 true
             }

@@ -17,7 +17,7 @@ use greenhub::{Queue, queue::GetError, queue::PutError};
 use parking_lot::Mutex;
 
 use crate::Error;
-use crate::call::{Call, CallState, Origin};
+use crate::call::{Call, CallState, Origin, Wake};
 use crate::spin::{Gate, Look, Outcome, Window};
 use crate::stats::{Book, PoolStats, RunningCall};
 
@@ -48,7 +48,8 @@ fn watch_forks() {
 }
 
 pub(crate) trait Job: Send {
-    fn run(self: Box<Self>, ledger: &Mutex<Ledger>);
+    /// Runs the call; `in_flight` is the pool's count of calls in flight, this one included.
+    fn run(self: Box<Self>, ledger: &Mutex<Ledger>, in_flight: &AtomicUsize);
     fn cancel(self: Box<Self>, error: Error);
 }
 
@@ -71,7 +72,7 @@ where
     T: Send + 'static,
     F: FnOnce() -> T + Send + 'static,
 {
-    fn run(self: Box<Self>, ledger: &Mutex<Ledger>) {
+    fn run(self: Box<Self>, ledger: &Mutex<Ledger>, in_flight: &AtomicUsize) {
         let Task {
             f,
             state,
@@ -96,11 +97,18 @@ where
             l.book
                 .record(site, started - queued_at, ran, outcome.is_err());
         }
-        state.complete(outcome);
+        // A call that ends with no other in flight has nothing to be batched with: its caller
+        // is woken directly, one hop fewer than through the inbox.
+        let wake = if in_flight.load(Ordering::Acquire) <= 1 {
+            Wake::Direct
+        } else {
+            Wake::Batched
+        };
+        state.complete(outcome, wake);
     }
 
     fn cancel(self: Box<Self>, error: Error) {
-        self.state.complete(Err(error));
+        self.state.complete(Err(error), Wake::Batched);
     }
 }
 
@@ -277,7 +285,7 @@ impl Shared {
                         continue;
                     }
                     self.busy.fetch_add(1, Ordering::AcqRel);
-                    job.run(&ledger);
+                    job.run(&ledger, &self.in_flight);
                     self.busy.fetch_sub(1, Ordering::AcqRel);
                     self.in_flight.fetch_sub(1, Ordering::AcqRel);
                 }
@@ -773,7 +781,7 @@ impl Pool {
     {
         if !may::coroutine::is_coroutine() {
             let state = CallState::new();
-            state.complete(self.run_inline(f));
+            state.complete(self.run_inline(f), Wake::Batched);
             return Ok(Call::new(state, self.shared.clone(), site, false));
         }
         self.submit_from(site, f)
