@@ -28,12 +28,10 @@ fn posted() -> u64 {
     greenhub::inspect::snapshot().runtime.inbox.posted
 }
 
-/// A call that returns `value` once `open` is set, from a green thread; the test opens it
-/// once the caller is parked on it.
-fn parked_call(pool: &Pool, value: u64) -> greenhub::GreenThread<u64> {
-    let open = Arc::new(AtomicBool::new(false));
+/// A green thread whose pool call returns `value` once `open` is set.
+fn call_until(pool: &Pool, value: u64, open: &Arc<AtomicBool>) -> greenhub::GreenThread<u64> {
     let (p, o) = (pool.clone(), open.clone());
-    let caller = spawn(move || {
+    spawn(move || {
         p.execute(move || {
             while !o.load(Ordering::SeqCst) {
                 std::thread::sleep(Duration::from_micros(200));
@@ -41,7 +39,13 @@ fn parked_call(pool: &Pool, value: u64) -> greenhub::GreenThread<u64> {
             value
         })
         .unwrap()
-    });
+    })
+}
+
+/// A call whose caller is parked on it before it may end.
+fn parked_call(pool: &Pool, value: u64) -> greenhub::GreenThread<u64> {
+    let open = Arc::new(AtomicBool::new(false));
+    let caller = call_until(pool, value, &open);
     until_parked(1);
     open.store(true, Ordering::SeqCst);
     caller
@@ -63,29 +67,11 @@ fn a_lone_call_wakes_its_caller_directly_and_one_among_others_through_the_inbox(
 
     // With another call held in flight, the one that ends first is batched.
     let held = Arc::new(AtomicBool::new(false));
-    let (p, h) = (pool.clone(), held.clone());
-    let long = spawn(move || {
-        p.execute(move || {
-            while !h.load(Ordering::SeqCst) {
-                std::thread::sleep(Duration::from_micros(200));
-            }
-            7u64
-        })
-        .unwrap()
-    });
+    let long = call_until(&pool, 7, &held);
     until_parked(1);
     let before = posted();
     let open = Arc::new(AtomicBool::new(false));
-    let (p, o) = (pool.clone(), open.clone());
-    let short = spawn(move || {
-        p.execute(move || {
-            while !o.load(Ordering::SeqCst) {
-                std::thread::sleep(Duration::from_micros(200));
-            }
-            8u64
-        })
-        .unwrap()
-    });
+    let short = call_until(&pool, 8, &open);
     until_parked(2);
     open.store(true, Ordering::SeqCst);
     assert_eq!(short.wait().unwrap(), 8);
