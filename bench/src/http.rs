@@ -583,18 +583,8 @@ pub(crate) fn paired_ratio(
             .find(|r| r.server == s && r.endpoint == endpoint && r.connections == connections)
             .map(|r| &r.runs)
     };
-    let ratios: Vec<f64> = runs(server)?
-        .iter()
-        .zip(runs("greenhub-http")?)
-        .map(|(theirs, mine)| theirs.rps / mine.rps)
-        .filter(|q| q.is_finite() && *q > 0.0)
-        .collect();
-    if ratios.is_empty() {
-        return None;
-    }
-    let lo = ratios.iter().copied().fold(f64::INFINITY, f64::min);
-    let hi = ratios.iter().copied().fold(0.0, f64::max);
-    Some((crate::median(&ratios), lo, hi))
+    let rps = |s: &str| runs(s).map(|r| r.iter().map(|run| run.rps).collect::<Vec<f64>>());
+    crate::round_by_round(&rps(server)?, &rps("greenhub-http")?)
 }
 
 /// The suite as Markdown: a table per endpoint.

@@ -931,6 +931,28 @@ fn measure_figure(suite: &Suite, runtime: &str, n: u64) -> Result<(f64, Option<f
         .ok_or_else(|| format!("{} / {runtime}: no figure in the output", suite.id))
 }
 
+/// `mine` over `theirs` round by round (both sides measured in each round, one after the
+/// other): the median of the per-round ratios, the lowest and the highest; none when the
+/// rounds do not pair up. Paired rounds keep a drift of the machine's speed out of the ratio,
+/// which a ratio of medians taken at different moments carries.
+fn round_by_round(mine: &[f64], theirs: &[f64]) -> Option<(f64, f64, f64)> {
+    if mine.len() != theirs.len() || mine.is_empty() {
+        return None;
+    }
+    let ratios: Vec<f64> = mine
+        .iter()
+        .zip(theirs)
+        .map(|(a, b)| a / b)
+        .filter(|q| q.is_finite() && *q > 0.0)
+        .collect();
+    if ratios.is_empty() {
+        return None;
+    }
+    let lo = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = ratios.iter().copied().fold(0.0, f64::max);
+    Some((median(&ratios), lo, hi))
+}
+
 fn median(v: &[f64]) -> f64 {
     let mut s = v.to_vec();
     s.sort_by(|a, b| a.total_cmp(b));
@@ -1149,19 +1171,21 @@ fn markdown(report: &Report, baseline: Option<&Baseline>) -> String {
                 rel
             );
         }
-        if let (Some(g), Some(m)) = (
-            base,
-            suite
-                .cases
-                .iter()
-                .find(|c| c.runtime == "may")
-                .map(|c| c.median),
-        ) && suite.unit.starts_with("ns")
+        let greenhub = suite.cases.iter().find(|c| c.runtime == "greenhub");
+        let may = suite.cases.iter().find(|c| c.runtime == "may");
+        if let (Some(g), Some(m)) = (greenhub, may)
+            && suite.unit.starts_with("ns")
+            && let Some(wall) = round_by_round(&g.samples, &m.samples)
         {
+            let cpu = round_by_round(&g.cpu_ns_per_op, &m.cpu_ns_per_op)
+                .map(|(q, lo, hi)| format!(", CPU **{q:.2}** ({lo:.2}–{hi:.2})"))
+                .unwrap_or_default();
+            let (q, lo, hi) = wall;
             let _ = writeln!(
                 md,
-                "\ngreenhub / bare may: **{:.2}** (the cost of greenhub's bookkeeping; the aim is at most {:.2}).",
-                g / m,
+                "\ngreenhub / bare may, round by round (the median of the rounds' ratios, and \
+                 their range): wall **{q:.2}** ({lo:.2}–{hi:.2}){cpu}. The cost of greenhub's \
+                 bookkeeping; the aim is at most {:.2}.",
                 may_aim(&suite.id)
             );
         }
@@ -1637,5 +1661,41 @@ mod tests {
             said.contains("greenhub loses, 1.07x; by round 0.75x to 1.10x"),
             "{said}"
         );
+    }
+
+    #[test]
+    fn greenhub_is_held_to_bare_may_round_by_round() {
+        // Medians level (wall 1000 each), but greenhub was slower in two rounds of three, and
+        // its CPU higher in every round.
+        let case = |runtime: &str, samples: [f64; 3], cpu: [f64; 3]| CaseResult {
+            runtime: runtime.into(),
+            n: 100_000,
+            samples: samples.to_vec(),
+            median: median(&samples),
+            min: samples.iter().copied().fold(f64::INFINITY, f64::min),
+            max: samples.iter().copied().fold(0.0, f64::max),
+            cpu_ns_per_op: cpu.to_vec(),
+            cpu_ns_per_op_median: Some(median(&cpu)),
+        };
+        let mut r = report();
+        r.suites = vec![SuiteResult {
+            id: "echo_remote_1000".into(),
+            title: "Echo".into(),
+            unit: "ns per round trip".into(),
+            what: "echo".into(),
+            cases: vec![
+                case("greenhub", [1100.0, 1000.0, 900.0], [660.0, 640.0, 500.0]),
+                case("may", [1000.0, 950.0, 1000.0], [600.0, 600.0, 480.0]),
+            ],
+        }];
+        let md = markdown(&r, None);
+        assert!(
+            md.contains("wall **1.05** (0.90–1.10), CPU **1.07** (1.04–1.10)"),
+            "{md}"
+        );
+        assert!(md.contains("the aim is at most 1.05"), "{md}");
+        // Rounds that do not pair up give no ratio rather than a wrong one.
+        r.suites[0].cases[1].samples.pop();
+        assert!(!markdown(&r, None).contains("greenhub / bare may"));
     }
 }

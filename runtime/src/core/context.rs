@@ -35,27 +35,30 @@ pub(crate) struct PanicReport {
     pub backtrace: Option<Arc<std::backtrace::Backtrace>>,
 }
 
+/// Laid out in declaration order (`repr(C)`): what every wait reads or writes comes first,
+/// right after the hot tail of the thread's record (see `ThreadRecord`).
 #[derive(Default)]
+#[repr(C)]
 pub(crate) struct Context {
     /// Set once as a green thread starts (see [`adopt`]); empty on OS threads and raw `may`
     /// coroutines. Owns no reference: the context lives in the record's own state.
     record: OnceCell<ManuallyDrop<RecordRef>>,
     /// The effective (earliest) deadline of the scopes the code runs in.
     pub deadline: Cell<Option<Instant>>,
-    /// The panic hook stores here instead of printing, for code greenhub reports itself
-    /// (boxed: rare, and the context is part of every thread's state).
-    pub panic: RefCell<Option<Box<PanicReport>>>,
     /// The token of this thread's last wait, back from its waiter and reused while nobody
     /// else holds it (empty while a wait holds it).
     pub token: Cell<Option<Arc<Token>>>,
     /// Set by the spawn wrapper when the body has returned (or unwound) and its outcome is
     /// published.
     pub ended: Cell<bool>,
-    /// The thread's local values (`green/local.rs`), few enough to search in order.
-    pub locals: RefCell<Locals>,
     /// Non-zero while greenhub captures the panics of code it runs for a caller that
     /// reports them itself (`catch_panic`, a stack that cannot be mapped).
     pub capture: Cell<u32>,
+    /// The panic hook stores here instead of printing, for code greenhub reports itself
+    /// (boxed: rare, and the context is part of every thread's state).
+    pub panic: RefCell<Option<Box<PanicReport>>>,
+    /// The thread's local values (`green/local.rs`), few enough to search in order.
+    pub locals: RefCell<Locals>,
     /// The thread's span, entered while it runs and left while it waits.
     #[cfg(feature = "tracing")]
     pub span: RefCell<ThreadSpan>,

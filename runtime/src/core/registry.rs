@@ -59,8 +59,14 @@ pub(crate) enum Phase {
 /// One green thread's entry. Identity fields are immutable; the state is a seqlock written only
 /// by the thread itself. Part of every thread's state: its fields are as narrow as their values
 /// allow (the parent as a non-zero id, the stack size in 32 bits).
+///
+/// Laid out in declaration order (`repr(C)`): the fields every wait and every resumption
+/// touch come last, 88 contiguous bytes that run on into the hot head of the thread's context
+/// (`green/thread.rs` places the context right after the record). A server with thousands of
+/// connections resumes a thread whose state has left the cache since its last wait, and each
+/// cache line that resumption touches is a miss.
+#[repr(C)]
 pub(crate) struct ThreadRecord {
-    pub id: u64,
     pub name: Option<Arc<str>>,
     parent: Option<NonZeroU64>,
     /// The OS thread whose code began its line of spawns ([`os_thread_mark`]), inherited from
@@ -68,21 +74,8 @@ pub(crate) struct ThreadRecord {
     pub origin: u64,
     pub site: &'static Location<'static>,
     pub created_ns: u64,
-    stack_size: u32,
-    /// Number of times this thread gave up its worker (waits and yields).
-    pub switches: AtomicU64,
     /// Sampled time on a worker, added by the monitor thread.
     pub run_ns: AtomicU64,
-    pub kill_requested: AtomicBool,
-    /// The upper bound of a walk of its stack: the address of a local in its outermost greenhub
-    /// frame, set by the thread as it starts (0 before). See core/stack.rs.
-    pub stack_base: AtomicUsize,
-    /// The frame the thread waits in (owner-written with each wait; see core/stack.rs).
-    pub park_fp: AtomicUsize,
-    /// The stack pointer in that frame: the lower bound of a walk.
-    pub park_sp: AtomicUsize,
-    /// A stack reader's claim on the thread (core/stack.rs).
-    pub read_gate: AtomicU8,
     /// Its times, once timing has seen it (core/timing.rs): null before, then a `Box<Times>`
     /// of its own, freed with the record.
     times: AtomicPtr<Times>,
@@ -90,13 +83,28 @@ pub(crate) struct ThreadRecord {
     /// record shows has been woken already (`core/deadlock.rs`). Set when the thread makes a new
     /// token, which most waits do not (`core/wait.rs`).
     pub token: Mutex<Weak<dyn WaitTicket>>,
+    /// A stack reader's claim on the thread (core/stack.rs).
+    pub read_gate: AtomicU8,
+    // The hot part: read or written by every wait and every resumption.
+    pub id: u64,
+    /// The upper bound of a walk of its stack: the address of a local in its outermost greenhub
+    /// frame, set by the thread as it starts (0 before). See core/stack.rs.
+    pub stack_base: AtomicUsize,
+    /// Number of times this thread gave up its worker (waits and yields).
+    pub switches: AtomicU64,
+    /// The frame the thread waits in (owner-written with each wait; see core/stack.rs).
+    pub park_fp: AtomicUsize,
+    /// The stack pointer in that frame: the lower bound of a walk.
+    pub park_sp: AtomicUsize,
     seq: AtomicU64,
-    phase: AtomicU8,
-    wait_kind: AtomicU8,
     wait_a: AtomicU64,
     wait_b: AtomicU64,
     since_ns: AtomicU64,
     deadline_ns: AtomicU64,
+    stack_size: u32,
+    phase: AtomicU8,
+    wait_kind: AtomicU8,
+    pub kill_requested: AtomicBool,
 }
 
 /// A green thread's times while timing is on (`core/timing.rs` writes them), made the first time

@@ -155,7 +155,9 @@ struct JoinState<T> {
 }
 
 /// A green thread's handle state, with its record and its context inline: one allocation
-/// per thread.
+/// per thread. Laid out in declaration order (`repr(C)`), the context right after the record:
+/// the record's hot tail and the context's hot head are one run of bytes (see `ThreadRecord`).
+#[repr(C)]
 struct Shared<T> {
     record: ThreadRecord,
     /// Reached only by the thread itself, through `may`'s pointer (core/context.rs).

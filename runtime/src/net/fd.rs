@@ -138,7 +138,13 @@ impl<T: AsRawFd> Registered<T> {
         if !may::coroutine::is_coroutine() {
             return self.retry(Interest::Read, limit, None, op);
         }
-        if self.drained.swap(false, Ordering::Relaxed)
+        // A load, and a store only when set: most reads find the flag clear, and an exchange
+        // would cost a locked instruction on every one.
+        let drained = self.drained.load(Ordering::Relaxed);
+        if drained {
+            self.drained.store(false, Ordering::Relaxed);
+        }
+        if drained
             && !self.closed.load(Ordering::Relaxed)
             && !self.event_since_wait()
             && let Some(until) = limit.left()
@@ -212,26 +218,35 @@ impl<T: AsRawFd> Registered<T> {
 
 /// When a socket operation gives up: the enclosing scope's deadline, and the socket's own
 /// timeout, which counts from the operation's first wait. An operation that does not wait
-/// (the common case: the data or the buffer space is there) never reads the clock. Moved,
-/// not copied, into each step of one operation: a copy would resolve the timeout again.
+/// (the common case: the data or the buffer space is there) neither reads the clock nor
+/// looks at its green thread's context. Moved, not copied, into each step of one operation:
+/// a copy would resolve the timeout again.
 struct Limit {
-    /// The deadline known so far: the scope's, and once resolved the timeout's too.
+    /// The deadline known so far: the scope's once looked up, and once resolved the
+    /// timeout's too.
     until: Option<Instant>,
     /// The socket's timeout, until the first wait folds it into `until`.
     timeout: Option<Duration>,
+    /// Whether `until` holds the scope's deadline yet (looked up at the first wait).
+    scoped: bool,
 }
 
 impl Limit {
     fn new(timeout: Option<Duration>) -> Limit {
         Limit {
-            until: deadline(),
+            until: None,
             timeout,
+            scoped: false,
         }
     }
 
     /// Before a wait: `None` if the limit has passed, else the deadline the wait keeps to
     /// (`Some(None)`: none). Reads the clock only when there is a limit.
     fn left(&mut self) -> Option<Option<Instant>> {
+        if !self.scoped {
+            self.scoped = true;
+            self.until = deadline();
+        }
         if self.until.is_none() && self.timeout.is_none() {
             return Some(None);
         }
