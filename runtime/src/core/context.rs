@@ -397,6 +397,15 @@ pub(crate) fn current_record() -> Option<RecordRef> {
     with(|c| c.record().cloned())
 }
 
+/// The id and the name of the current green thread, if any, without taking a reference to
+/// its state.
+pub(crate) fn current_identity() -> Option<(u64, Option<Arc<str>>)> {
+    if !may::coroutine::is_coroutine() {
+        return None;
+    }
+    with(|c| c.record().map(|r| (r.id, r.name.clone())))
+}
+
 /// The id of the current green thread, if any.
 pub(crate) fn current_id() -> Option<u64> {
     if !may::coroutine::is_coroutine() {

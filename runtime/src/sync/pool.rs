@@ -288,7 +288,8 @@ impl<T: Send + 'static> PoolBuilder<T> {
         for _ in 0..min {
             let item = inner.make()?;
             inner.state.lock().live += 1;
-            inner.put_back(item, Instant::now());
+            let now = Instant::now();
+            inner.put_back(item, now, now);
         }
         Ok(Pool { inner })
     }
@@ -463,7 +464,9 @@ impl<T: Send + 'static> Inner<T> {
             item: matches!(grant, Grant::Item(_)),
             done: false,
         };
-        let (item, created) = match grant {
+        // One reading of the clock for the hand-out: the idle item's age, and the checkout's
+        // wait and start.
+        let (item, created, now) = match grant {
             Grant::Item(mut idle) => {
                 let now = Instant::now();
                 let expired = self
@@ -486,7 +489,13 @@ impl<T: Send + 'static> Inner<T> {
                     self.discard(idle.item);
                     return Ok(None);
                 }
-                (idle.item, idle.created)
+                // A validation talks to the item's server: the checkout starts after it.
+                let now = if self.settings.validate.is_some() {
+                    Instant::now()
+                } else {
+                    now
+                };
+                (idle.item, idle.created, now)
             }
             Grant::Create => {
                 let made = match deadline {
@@ -496,7 +505,10 @@ impl<T: Send + 'static> Inner<T> {
                     None => self.make(),
                 };
                 match made {
-                    Ok(item) => (item, Instant::now()),
+                    Ok(item) => {
+                        let now = Instant::now();
+                        (item, now, now)
+                    }
                     Err(e) => {
                         held.done = true;
                         drop(held);
@@ -507,7 +519,7 @@ impl<T: Send + 'static> Inner<T> {
             }
         };
         held.done = true;
-        let id = self.book_checkout(site, asked);
+        let id = self.book_checkout(site, asked, now);
         let leak_timer = self.settings.leak_threshold.map(|threshold| {
             let weak = Arc::downgrade(self);
             call_after(threshold, move || {
@@ -539,11 +551,11 @@ impl<T: Send + 'static> Inner<T> {
     }
 
     /// An item is back: to the first waiter, or idle; discarded if the pool has shrunk.
-    fn put_back(&self, item: T, created: Instant) {
+    fn put_back(&self, item: T, created: Instant, returned: Instant) {
         let idle = Idle {
             item,
             created,
-            returned: Instant::now(),
+            returned,
         };
         let mut st = self.state.lock();
         if st.live > st.max {
@@ -579,36 +591,39 @@ impl<T: Send + 'static> Inner<T> {
     /// Gives a grant back: the item to the next waiter or idle, the room freed.
     fn give_back(&self, grant: Grant<T>) {
         match grant {
-            Grant::Item(idle) => self.put_back(idle.item, idle.created),
+            Grant::Item(idle) => self.put_back(idle.item, idle.created, idle.returned),
             Grant::Create => self.free_place(),
         }
     }
 
-    fn book_checkout(&self, site: &'static Location<'static>, asked: Instant) -> u64 {
+    /// Books a checkout handed out at `now` to the current green thread (if any), asked for
+    /// at `asked`.
+    fn book_checkout(&self, site: &'static Location<'static>, asked: Instant, now: Instant) -> u64 {
         let id = self.next_checkout.fetch_add(1, Ordering::Relaxed);
-        let record = context::current_record();
+        let (holder, holder_name) = context::current_identity().unzip();
         let mut book = self.book.lock();
         book.checkouts += 1;
-        book.wait_us += asked.elapsed().as_micros() as u64;
+        book.wait_us += now.saturating_duration_since(asked).as_micros() as u64;
         book.current.insert(
             id,
             Checkout {
-                holder: record.as_ref().map(|r| r.id),
-                holder_name: record.and_then(|r| r.name.clone()),
+                holder,
+                holder_name: holder_name.flatten(),
                 site,
-                since: Instant::now(),
+                since: now,
                 leaked: false,
             },
         );
         id
     }
 
-    fn checked_in(&self, id: u64) {
+    /// Books the end of checkout `id`, at `now`.
+    fn checked_in(&self, id: u64, now: Instant) {
         let mut book = self.book.lock();
         let Some(c) = book.current.remove(&id) else {
             return;
         };
-        book.held_us += c.since.elapsed().as_micros() as u64;
+        book.held_us += now.saturating_duration_since(c.since).as_micros() as u64;
         if c.leaked {
             drop(book);
             report::warn(&format!(
@@ -819,7 +834,7 @@ impl<T: Send + 'static> Pooled<T> {
             .item
             .take()
             .expect("a pooled item is present until dropped");
-        self.finish();
+        self.finish(Instant::now());
         self.pool.discard(item);
     }
 
@@ -829,16 +844,17 @@ impl<T: Send + 'static> Pooled<T> {
             .item
             .take()
             .expect("a pooled item is present until dropped");
-        self.finish();
+        self.finish(Instant::now());
         self.pool.free_place();
         item
     }
 
-    fn finish(&mut self) {
+    /// Ends the checkout's booking (at `now`) and its leak timer.
+    fn finish(&mut self, now: Instant) {
         if let Some(t) = self.leak_timer.take() {
             t.cancel();
         }
-        self.pool.checked_in(self.checkout);
+        self.pool.checked_in(self.checkout, now);
     }
 }
 
@@ -865,7 +881,9 @@ impl<T: Send + 'static> Drop for Pooled<T> {
         let Some(mut item) = self.item.take() else {
             return;
         };
-        self.finish();
+        // One reading of the clock: the end of the checkout and the item's return.
+        let now = Instant::now();
+        self.finish(now);
         let keep = !std::thread::panicking()
             && self
                 .pool
@@ -874,7 +892,7 @@ impl<T: Send + 'static> Drop for Pooled<T> {
                 .as_ref()
                 .is_none_or(|ok| ok(&mut item));
         if keep {
-            self.pool.put_back(item, self.created);
+            self.pool.put_back(item, self.created, now);
         } else {
             self.pool.discard(item);
         }
