@@ -2,6 +2,8 @@
 //! the hub's counters are this test's, and on one worker, which the test holds while the
 //! completions arrive: however busy the machine, they all land before the hub can drain).
 
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -46,14 +48,7 @@ fn a_burst_of_completions_costs_far_fewer_signals_than_wakes() {
     let holder = {
         let (submitted, done) = (submitted.clone(), done.clone());
         spawn(move || {
-            let parked = || {
-                greenhub::inspect::snapshot()
-                    .threads
-                    .iter()
-                    .filter(|t| t.state == greenhub::inspect::ThreadState::Waiting)
-                    .count()
-            };
-            while submitted.load(Ordering::SeqCst) < CALLERS || parked() < CALLERS {
+            while submitted.load(Ordering::SeqCst) < CALLERS || common::parked() < CALLERS {
                 greenhub::sleep(Duration::from_millis(1)).unwrap();
             }
             open.store(true, Ordering::SeqCst);

@@ -3,6 +3,8 @@
 //! coroutine switch and a read. Alone in its process, so that the inbox's counters are this
 //! test's.
 
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -12,14 +14,7 @@ use greenhub_tpool::Pool;
 
 /// Waits until `n` green threads are parked.
 fn until_parked(n: usize) {
-    let parked = || {
-        greenhub::inspect::snapshot()
-            .threads
-            .iter()
-            .filter(|t| t.state == greenhub::inspect::ThreadState::Waiting)
-            .count()
-    };
-    while parked() < n {
+    while common::parked() < n {
         std::thread::sleep(Duration::from_millis(1));
     }
 }
