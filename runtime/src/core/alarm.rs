@@ -24,16 +24,21 @@
 //! later), and swept out when they pile up, so a stream of waits answered long before their
 //! timeouts keeps memory bounded. Cancelled timers are swept the same way.
 //!
+//! The thread sleeps on a timer descriptor that whoever queues an earlier entry re-arms, so it
+//! wakes once per deadline, at its time (see [`Clock`]).
+//!
 //! Everything that runs here must be short and must not block: it delays every other deadline.
 //! This module uses only the registry (for timers) and `report` (for its own errors).
 
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 use std::panic::Location;
-use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering as AtomicOrdering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use nix::sys::time::TimeSpec;
+use nix::sys::timerfd::{ClockId, Expiration, TimerFd, TimerFlags, TimerSetTimeFlags};
 use parking_lot::{Condvar, Mutex};
 
 use crate::core::clock;
@@ -157,11 +162,127 @@ struct Heap {
     soon: Vec<Job>,
     /// Set while the alarm thread runs jobs it has taken out (fired timers, `soon` jobs).
     busy: bool,
+    /// When the timer descriptor expires next, `None` if it is disarmed ([`Clock`]).
+    armed: Option<Instant>,
 }
 
 struct Alarms {
     heap: Mutex<Heap>,
-    wake: Condvar,
+    /// What the alarm thread sleeps on (see [`Clock`]).
+    clock: Clock,
+}
+
+/// How the alarm thread sleeps until its next entry, and how it is woken earlier.
+///
+/// With a timer descriptor (the rule): the thread blocks reading it, and whoever queues an
+/// entry earlier than the one it is armed for re-arms it, under the heap's lock; the thread
+/// wakes once, at the earliest time, instead of once to learn of the entry and again at its
+/// time. Re-arming takes a system call and wakes nobody. [`Heap::armed`] is what it is
+/// armed for, kept under the lock by both sides: the thread arms it for the earliest entry
+/// before it lets the lock go, so an entry queued later is either seen by the thread or
+/// arms the descriptor itself.
+///
+/// Without one (the process had no descriptor left when the thread started), a condition
+/// variable: each earlier entry notifies the thread.
+enum Clock {
+    Timer(TimerFd),
+    Condvar(Condvar),
+}
+
+/// Set in the child of a `fork()`: the timer descriptor is shared with the parent, whose
+/// alarm thread it times, and the child has no alarm thread; the child never arms it.
+static FORKED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn after_fork_in_child() {
+    FORKED.store(true, AtomicOrdering::Relaxed);
+}
+
+impl Clock {
+    fn new() -> Clock {
+        match TimerFd::new(ClockId::CLOCK_MONOTONIC, TimerFlags::TFD_CLOEXEC) {
+            Ok(fd) => {
+                // SAFETY: registers a handler that only stores to an atomic.
+                unsafe { libc::pthread_atfork(None, None, Some(after_fork_in_child)) };
+                Clock::Timer(fd)
+            }
+            Err(e) => {
+                report::error(&format!(
+                    "greenhub: no timer descriptor for the alarm thread ({e}); it is woken \
+                     through a condition variable instead"
+                ));
+                Clock::Condvar(Condvar::new())
+            }
+        }
+    }
+
+    /// Makes the thread look at the heap by `at` (under the heap's lock): re-arms the timer
+    /// if `at` comes before what it is armed for; notifies the condition variable if `at` is
+    /// the heap's earliest entry (`earliest`), after the lock is let go by the caller.
+    /// Returns whether the caller must notify.
+    fn bring_forward(&self, h: &mut Heap, at: Instant, earliest: bool) -> bool {
+        match self {
+            Clock::Timer(fd) => {
+                if h.armed.is_none_or(|armed| at < armed) && !FORKED.load(AtomicOrdering::Relaxed) {
+                    arm(fd, at);
+                    h.armed = Some(at);
+                }
+                false
+            }
+            Clock::Condvar(_) => earliest,
+        }
+    }
+
+    fn notify(&self) {
+        if let Clock::Condvar(c) = self {
+            c.notify_one();
+        }
+    }
+
+    /// The thread's sleep until `until` (forever with `None`), or until woken.
+    fn sleep(&self, h: &mut parking_lot::MutexGuard<'_, Heap>, until: Option<Instant>) {
+        match self {
+            Clock::Timer(fd) => {
+                if h.armed != until {
+                    match until {
+                        Some(at) => arm(fd, at),
+                        None => {
+                            let _ = fd.unset();
+                        }
+                    }
+                    h.armed = until;
+                }
+                parking_lot::MutexGuard::unlocked(h, || {
+                    // An expiry, or an error (none is expected of a timer descriptor's
+                    // read): either way the thread looks at the heap again.
+                    let _ = fd.wait();
+                });
+                // Expired, so disarmed (a setter that came since armed it for an entry
+                // already due, which the thread takes now): the next sleep arms it again.
+                h.armed = None;
+            }
+            Clock::Condvar(c) => match until {
+                Some(at) => {
+                    c.wait_until(h, at);
+                }
+                None => c.wait(h),
+            },
+        }
+    }
+}
+
+/// Arms `fd` to expire at `at` (at once if `at` has passed: a zero expiry would disarm it).
+fn arm(fd: &TimerFd, at: Instant) {
+    let left = at
+        .saturating_duration_since(Instant::now())
+        .max(Duration::from_nanos(1));
+    if let Err(e) = fd.set(
+        Expiration::OneShot(TimeSpec::from_duration(left)),
+        TimerSetTimeFlags::empty(),
+    ) {
+        report::error(&format!(
+            "greenhub: cannot arm the alarm thread's timer: {e}"
+        ));
+    }
 }
 
 static ALARMS: OnceLock<Alarms> = OnceLock::new();
@@ -188,8 +309,9 @@ fn alarms() -> &'static Alarms {
                 timers: IdMap::default(),
                 soon: Vec::new(),
                 busy: false,
+                armed: None,
             }),
-            wake: Condvar::new(),
+            clock: Clock::new(),
         }
     })
 }
@@ -214,9 +336,11 @@ fn push(mut h: parking_lot::MutexGuard<'_, Heap>, at: Instant, target: Target) {
     }
     let earliest = h.alarms.peek().is_none_or(|first| at < first.at);
     h.alarms.push(Alarm { at, target });
+    let clock = &alarms().clock;
+    let notify = clock.bring_forward(&mut h, at, earliest);
     drop(h);
-    if earliest {
-        alarms().wake.notify_one();
+    if notify {
+        clock.notify();
     }
 }
 
@@ -275,11 +399,11 @@ pub(crate) fn soon(job: Job) {
     let a = alarms();
     let mut h = a.heap.lock();
     h.soon.push(job);
-    let first = h.soon.len() == 1;
+    // A later job finds the thread already woken by the first one.
+    let notify = h.soon.len() == 1 && a.clock.bring_forward(&mut h, Instant::now(), true);
     drop(h);
-    // A later job finds the thread already notified by the first one.
-    if first {
-        a.wake.notify_one();
+    if notify {
+        a.clock.notify();
     }
 }
 
@@ -317,12 +441,8 @@ fn run() {
                 if !due.is_empty() || !due_io.is_empty() || h.busy {
                     break;
                 }
-                match h.alarms.peek().map(|first| first.at) {
-                    Some(at) => {
-                        a.wake.wait_until(&mut h, at);
-                    }
-                    None => a.wake.wait(&mut h),
-                }
+                let next = h.alarms.peek().map(|first| first.at);
+                a.clock.sleep(&mut h, next);
             }
         }
         // Outside the lock: unparking schedules coroutines, and the last handle to a finished

@@ -39,8 +39,10 @@
 //! worker sees the flag. Without `membarrier` the monitor never parks. `may`'s workers poll
 //! their descriptors with a long timeout ([`start`] sets it once the monitor thread runs,
 //! and leaves `may`'s 10 ms when it cannot start that thread), and while the monitor is
-//! awake it nudges each worker every tick so that an idle worker still looks for work to
-//! steal from a busy one as often as before.
+//! awake it nudges each worker at every tick that finds coroutines queued on some worker, so
+//! that an idle worker still looks for work to steal from a busy one as often as before; a
+//! tick that finds every queue empty nudges nobody (a green thread that sleeps in a loop
+//! keeps the monitor awake, and must not wake the idle workers too).
 
 use std::collections::VecDeque;
 use std::panic::Location;
@@ -74,7 +76,7 @@ pub(crate) const TICK: Duration = Duration::from_millis(10);
 pub(crate) const QUIET_TICKS: u32 = 10;
 
 /// How long `may`'s workers wait in `epoll_wait` when nothing wakes them: the monitor's
-/// nudges (every tick while it is awake) take over the periodic look for work to steal.
+/// nudges (at each tick that finds work queued to steal) take over the periodic look for it.
 pub(crate) const WORKER_POLL: Duration = Duration::from_secs(60);
 
 /// The monitor thread, for the wake.
@@ -283,6 +285,11 @@ fn nudge_workers(workers: usize) {
     // Before the runtime has started, the workers may not exist yet (and a start that fails
     // for want of descriptors leaves none): a nudge would try to start them.
     if CANNOT_NUDGE.load(Ordering::Relaxed) || crate::core::runtime::get_if_started().is_none() {
+        return;
+    }
+    // Nothing queued to steal: a nudge would only wake idle workers to find nothing. Work
+    // queued after this look waits for the next tick, as it would for the next nudge.
+    if !may::has_stealable_work() {
         return;
     }
     let pending = NUDGED.get_or_init(|| (0..workers).map(|_| AtomicBool::new(false)).collect());

@@ -24,6 +24,10 @@ impl<T> Clone for Steal<T> {
 }
 
 impl<T> Steal<T> {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     pub fn steal_into(&self, target: &Local<T>) -> Option<T> {
         loop {
             match self.0.steal_batch_and_pop(&target.0) {

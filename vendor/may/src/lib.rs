@@ -53,6 +53,6 @@ pub mod os;
 pub mod sync;
 pub use crate::config::{config, Config};
 pub use crate::local::{runtime_local, set_runtime_local, LocalKey};
-pub use crate::scheduler::scheduler_thread_ids;
+pub use crate::scheduler::{has_stealable_work, scheduler_thread_ids};
 // re-export may_queue
 pub use may_queue as queue;

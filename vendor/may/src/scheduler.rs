@@ -130,6 +130,12 @@ fn note_thread() {
     }
 }
 
+/// Whether some worker has coroutines queued that an idle worker could steal (racy: a hint
+/// for a runtime deciding whether to wake idle workers). Starts the scheduler if it has not.
+pub fn has_stealable_work() -> bool {
+    get_scheduler().has_stealable()
+}
+
 /// The kernel thread ids (`gettid`) of the OS threads the scheduler runs: its workers and its
 /// timer thread, once they have started (Linux only; empty elsewhere). A runtime that asks
 /// which threads of its process might still act tells these apart from the program's own.
@@ -361,6 +367,15 @@ impl Scheduler {
         global.queue.push(co);
         // signal one waiting thread if any
         self.get_selector().wakeup(thread_id);
+    }
+
+    /// Whether some worker's local queue holds coroutines another worker could steal. Any
+    /// thread may ask; the answer may be stale by the time it is read.
+    pub fn has_stealable(&self) -> bool {
+        #[cfg(feature = "work_steal")]
+        return self.stealers.iter().any(|s| !s.is_empty());
+        #[cfg(not(feature = "work_steal"))]
+        return false;
     }
 
     /// Whether worker `id` has coroutines in its local queue. Called by that worker only.

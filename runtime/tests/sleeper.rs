@@ -1,0 +1,86 @@
+//! A green thread that sleeps in a loop costs the process one wake-up of the alarm thread and
+//! one of a worker per sleep: the alarm thread's timer is re-armed for the earlier deadline,
+//! not woken to learn of it, and the monitor, awake because something switches, nudges no
+//! idle worker while no queue holds work to steal. Each sleep still lasts at least its
+//! duration. Alone in its binary: it counts the wake-ups of the process's threads.
+
+use std::time::{Duration, Instant};
+
+use greenhub::Config;
+
+/// Voluntary context switches (the thread blocked) of thread `tid` of this process.
+fn blocked(tid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/self/task/{tid}/status"))
+        .unwrap_or_else(|e| panic!("thread {tid}: {e}"));
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("a count of voluntary switches")
+}
+
+/// The id of this process's thread named `name` (the kernel keeps 15 bytes of a name).
+fn thread_named(name: &str) -> i32 {
+    for entry in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+        let comm = comm.trim();
+        if !comm.is_empty() && name.starts_with(comm) {
+            return entry.file_name().to_string_lossy().parse().unwrap();
+        }
+    }
+    panic!("no thread named {name}");
+}
+
+#[test]
+fn a_sleeping_loop_wakes_the_alarm_thread_and_a_worker_once_a_sleep() {
+    Config::new().workers(2).attach(false).init().unwrap();
+    const SLEEPS: u32 = 100;
+    const NAP: Duration = Duration::from_millis(10);
+    // Warm: the alarm thread exists and the workers have run.
+    greenhub::spawn(|| {
+        for _ in 0..5 {
+            greenhub::sleep(NAP).unwrap();
+        }
+    })
+    .wait()
+    .unwrap();
+    let alarm = thread_named("greenhub-alarm");
+    let workers = may::scheduler_thread_ids();
+    assert!(workers.len() >= 2, "{workers:?}");
+    let count = || {
+        (
+            blocked(alarm),
+            workers.iter().map(|&t| blocked(t)).sum::<u64>(),
+        )
+    };
+
+    let (alarm_before, workers_before) = count();
+    let short = greenhub::spawn(|| {
+        (0..SLEEPS)
+            .filter(|_| {
+                let t = Instant::now();
+                greenhub::sleep(NAP).unwrap();
+                t.elapsed() < NAP
+            })
+            .count()
+    })
+    .wait()
+    .unwrap();
+    let (alarm_after, workers_after) = count();
+    assert_eq!(short, 0, "every sleep lasts at least its duration");
+
+    // One block per sleep each; the slack is for a lock met busy now and then. Before: the
+    // alarm thread blocked twice a sleep (once to learn of the new deadline), and the idle
+    // worker was nudged at every tick (10 ms), three blocks a sleep for the two workers.
+    let per_sleep = |n: u64| n as f64 / f64::from(SLEEPS);
+    let alarm_blocks = per_sleep(alarm_after - alarm_before);
+    let worker_blocks = per_sleep(workers_after - workers_before);
+    assert!(
+        alarm_blocks <= 1.5,
+        "the alarm thread blocked {alarm_blocks} times a sleep"
+    );
+    assert!(
+        worker_blocks <= 1.5,
+        "the workers blocked {worker_blocks} times a sleep"
+    );
+}
