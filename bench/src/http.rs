@@ -567,24 +567,24 @@ pub(crate) fn median_of(v: impl Iterator<Item = f64>) -> f64 {
     crate::median(&v)
 }
 
-/// `server`'s requests/s over greenhub-http's in one cell, round by round (each round ran the
-/// two back to back): the median of those ratios, and their lowest and highest. `None` if
-/// either has no runs there.
+/// `server`'s `figure` (requests/s, a latency) over greenhub-http's in one cell, round by
+/// round (each round ran the two back to back): the median of those ratios, and their lowest
+/// and highest. `None` if either has no runs there.
 pub(crate) fn paired_ratio(
     report: &Report,
     server: &str,
     endpoint: &str,
     connections: u32,
+    figure: fn(&Run) -> f64,
 ) -> Option<(f64, f64, f64)> {
     let runs = |s: &str| {
         report
             .rows
             .iter()
             .find(|r| r.server == s && r.endpoint == endpoint && r.connections == connections)
-            .map(|r| &r.runs)
+            .map(|r| r.runs.iter().map(figure).collect::<Vec<f64>>())
     };
-    let rps = |s: &str| runs(s).map(|r| r.iter().map(|run| run.rps).collect::<Vec<f64>>());
-    crate::round_by_round(&rps(server)?, &rps("greenhub-http")?)
+    crate::round_by_round(&runs(server)?, &runs("greenhub-http")?)
 }
 
 /// The suite as Markdown: a table per endpoint.
@@ -605,17 +605,18 @@ pub fn markdown(report: &Report) -> String {
          servers of one row group (endpoint and connections) take turns back to back, each \
          round starting with another: the last column divides each round's req/s by \
          greenhub-http's in the same round and gives the median of those ratios and their \
-         range (a range that spans 1.00x is the machine's noise, not a difference). Higher \
-         req/s is better; lower latency and CPU are better.\n",
+         range (a range that spans 1.00x is the machine's noise, not a difference), and the \
+         column before it does the same with the p99 latencies. Higher req/s is better; lower \
+         latency and CPU are better.\n",
         report.seconds_per_run
     );
     for endpoint in ENDPOINTS {
         let _ = writeln!(md, "\n### `{endpoint}`\n");
         let _ = writeln!(
             md,
-            "| server | connections | req/s | req/s min–max | p50 (µs) | p99 (µs) | server CPU per request (µs) | req/s vs greenhub-http, round by round (median, min–max) |"
+            "| server | connections | req/s | req/s min–max | p50 (µs) | p99 (µs) | server CPU per request (µs) | p99 vs greenhub-http, round by round (median, min–max) | req/s vs greenhub-http, round by round (median, min–max) |"
         );
-        let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|");
+        let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---:|");
         for &c in CONNECTIONS {
             // In the suite's order of servers, whichever started the first round.
             let mut rows: Vec<&Row> = report
@@ -626,19 +627,21 @@ pub fn markdown(report: &Report) -> String {
             rows.sort_by_key(|r| SERVERS.iter().position(|s| *s == r.server));
             for r in rows {
                 let rps = median_of(r.runs.iter().map(|x| x.rps));
-                let rel = if r.server == "greenhub-http" {
-                    "1.00x".to_string()
-                } else {
-                    paired_ratio(report, &r.server, endpoint, c)
-                        .map(|(q, lo, hi)| format!("{q:.2}x ({lo:.2}–{hi:.2}x)"))
-                        .unwrap_or_default()
+                let rel = |figure: fn(&Run) -> f64| {
+                    if r.server == "greenhub-http" {
+                        "1.00x".to_string()
+                    } else {
+                        paired_ratio(report, &r.server, endpoint, c, figure)
+                            .map(|(q, lo, hi)| format!("{q:.2}x ({lo:.2}–{hi:.2}x)"))
+                            .unwrap_or_default()
+                    }
                 };
                 let (lo, hi) = r.runs.iter().fold((f64::INFINITY, 0.0f64), |(lo, hi), x| {
                     (lo.min(x.rps), hi.max(x.rps))
                 });
                 let _ = writeln!(
                     md,
-                    "| {} | {} | {:.0} | {:.0}–{:.0} | {:.0} | {:.0} | {:.1} | {} |",
+                    "| {} | {} | {:.0} | {:.0}–{:.0} | {:.0} | {:.0} | {:.1} | {} | {} |",
                     r.server,
                     c,
                     rps,
@@ -647,7 +650,8 @@ pub fn markdown(report: &Report) -> String {
                     median_of(r.runs.iter().map(|x| x.p50_us)),
                     median_of(r.runs.iter().map(|x| x.p99_us)),
                     median_of(r.runs.iter().map(|x| x.cpu_us_per_request)),
-                    rel
+                    rel(|run| run.p99_us),
+                    rel(|run| run.rps)
                 );
             }
         }

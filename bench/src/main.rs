@@ -1664,6 +1664,43 @@ mod tests {
     }
 
     #[test]
+    fn p99_latencies_are_compared_round_by_round_too() {
+        // By medians greenhub's p99 is the higher (1,500 against 1,400 µs), but axum's was
+        // higher in two rounds of three.
+        let row = |server: &str, p99: [f64; 3]| http::Row {
+            server: server.into(),
+            endpoint: "/plaintext".into(),
+            connections: 64,
+            runs: p99
+                .iter()
+                .map(|&p| http::Run {
+                    p99_us: p,
+                    ..run(100_000.0)
+                })
+                .collect(),
+        };
+        let mut r = report();
+        r.http = Some(http::Report {
+            seconds_per_run: 5,
+            rows: vec![
+                row("greenhub-http", [1000.0, 2000.0, 1500.0]),
+                row("axum (tokio)", [1100.0, 1400.0, 1600.0]),
+            ],
+            skipped: vec![],
+        });
+        let md = markdown(&r, None);
+        assert!(
+            md.contains("| 1.07x (0.70–1.10x) | 1.00x (1.00–1.00x) |"),
+            "{md}"
+        );
+        let said = summary::summary(&r);
+        assert!(
+            said.contains("p99 1400 µs, by round 1.07x greenhub's (0.70x to 1.10x)"),
+            "{said}"
+        );
+    }
+
+    #[test]
     fn greenhub_is_held_to_bare_may_round_by_round() {
         // Medians level (wall 1000 each), but greenhub was slower in two rounds of three, and
         // its CPU higher in every round.

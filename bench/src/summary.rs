@@ -238,7 +238,7 @@ pub fn summary(report: &Report) -> String {
                 if let Some((theirs, their_p99, their_cpu)) = rps(server) {
                     // Compared round by round (the two ran back to back); higher is better
                     // for requests/s, so the ratio is a cost the other way round.
-                    let pair = crate::http::paired_ratio(http, server, endpoint, conns)
+                    let pair = crate::http::paired_ratio(http, server, endpoint, conns, |r| r.rps)
                         .map(|(q, lo, hi)| {
                             format!(
                                 "{}; by round {lo:.2}x to {hi:.2}x greenhub's rate",
@@ -246,9 +246,16 @@ pub fn summary(report: &Report) -> String {
                             )
                         })
                         .unwrap_or_default();
+                    // Lower is better for a latency: the ratio reads as it is.
+                    let p99_pair =
+                        crate::http::paired_ratio(http, server, endpoint, conns, |r| r.p99_us)
+                            .map(|(q, lo, hi)| {
+                                format!(", by round {q:.2}x greenhub's ({lo:.2}x to {hi:.2}x)")
+                            })
+                            .unwrap_or_default();
                     let _ = write!(
                         text,
-                        "; {server} {theirs:.0} ({pair}; p99 {} µs, CPU {} µs)",
+                        "; {server} {theirs:.0} ({pair}; p99 {} µs{p99_pair}, CPU {} µs)",
                         fmt_figure(their_p99),
                         fmt_figure(their_cpu)
                     );
