@@ -1,9 +1,9 @@
-//! The alarm thread: every deadline in the process, on one OS thread (`greenhub-alarm`).
+//! The alarms: every deadline in the process, in one heap ordered by time.
 //!
-//! It serves four kinds of entries from one heap ordered by time:
+//! It holds four kinds of entries:
 //!
 //! - **Timed waits.** A timed green wait parks *untimed* and sets an alarm here; at the
-//!   deadline this thread pokes the waiter through the same path as any other wake, and the
+//!   deadline the alarm pokes the waiter through the same path as any other wake, and the
 //!   waiter decides by its token whether it was woken or timed out. `may`'s own timed park is
 //!   not used: it is resumed by `may`'s timer thread, which runs the coroutine on that thread,
 //!   and under load a sleeper was seen never to come back from it. The alarm holds the wait as
@@ -12,22 +12,26 @@
 //!   which no token reaches: each registered descriptor has one [`IoAlarm`], reused by all its
 //!   timed waits, that wakes the waiter out of the poller at its deadline. A wait takes the
 //!   heap's lock only when its deadline comes before the alarm's pending entry.
-//! - **Timers** ([`schedule`]): a job that runs here at its time unless [`cancel`]led first;
+//! - **Timers** ([`schedule`]): a job that runs at its time unless [`cancel`]led first;
 //!   `call_after` and `spawn_after` are built on them. A pending timer is an entry, not a
 //!   sleeping green thread: a million pending timers cost a million small entries and no
 //!   stacks. Timers show in the registry while pending.
 //! - **Jobs** ([`soon`]): anything that must happen off the workers as soon as possible, such
-//!   as scheduling a coroutine on a global queue (`budget.rs`).
+//!   as scheduling a coroutine on a global queue (`budget.rs`). They run on the alarm thread
+//!   (`greenhub-alarm`).
+//!
+//! Once the runtime has started, the heap is served by `may`'s workers: its timer descriptor
+//! is in their poll, and the due entries are fired by the worker that finds it ready, so a
+//! sleep wakes only the worker that runs the sleeper next. Before that, the alarm thread
+//! serves it (see [`Alarms`]).
 //!
 //! Alarms of waits are not removed when the wait ends early; they are skipped when they come
 //! up (a descriptor's alarm is queued again for the deadline of the wait in progress, if it is
 //! later), and swept out when they pile up, so a stream of waits answered long before their
 //! timeouts keeps memory bounded. Cancelled timers are swept the same way.
 //!
-//! The thread sleeps on a timer descriptor that whoever queues an earlier entry re-arms, so it
-//! wakes once per deadline, at its time (see [`Clock`]).
-//!
-//! Everything that runs here must be short and must not block: it delays every other deadline.
+//! Everything that runs when an entry comes up or as a job must be short and must not block:
+//! it delays every other deadline, and the green threads of the worker it runs on.
 //! This module uses only the registry (for timers) and `report` (for its own errors).
 
 use std::cmp::Ordering;
@@ -40,6 +44,7 @@ use std::time::{Duration, Instant};
 use nix::sys::time::TimeSpec;
 use nix::sys::timerfd::{ClockId, Expiration, TimerFd, TimerFlags, TimerSetTimeFlags};
 use parking_lot::{Condvar, Mutex};
+use std::os::fd::AsFd;
 
 use crate::core::clock;
 use crate::core::quiescence;
@@ -160,95 +165,91 @@ struct Heap {
     /// The jobs of pending timers, by timer id.
     timers: IdMap<Job>,
     soon: Vec<Job>,
-    /// Set while the alarm thread runs jobs it has taken out (fired timers, `soon` jobs).
-    busy: bool,
-    /// When the timer descriptor expires next, `None` if it is disarmed ([`Clock`]).
+    /// How many takers (the alarm thread, a worker serving the timer) run jobs they have taken
+    /// out (fired timers, `soon` jobs) now.
+    busy: u32,
+    /// When the timer descriptor expires next, `None` if it is disarmed.
     armed: Option<Instant>,
 }
 
+/// Who serves the heap, and how they sleep until its next entry and are woken earlier.
+///
+/// - **The workers' poll** (the rule once the runtime has started): the timer descriptor is in
+///   `may`'s epoll, and the worker that finds it ready takes the due entries and fires them on
+///   its own thread ([`serve_poll_timer`]). A sleep wakes one thread, the worker that runs the
+///   sleeper next, at its time: no alarm thread between. The alarm thread only runs `soon`
+///   jobs, woken through the condition variable. While every worker runs green threads, an
+///   entry waits for the next poll, as the readiness of a descriptor does.
+/// - **The alarm thread on the descriptor** (the heap was used before the runtime started):
+///   the thread blocks reading it.
+/// - **The alarm thread on the condition variable** (no descriptor could be made: the process
+///   had none free): each earlier entry notifies it.
+///
+/// With a descriptor, whoever queues an entry earlier than the time it is armed for re-arms
+/// it, under the heap's lock; a system call that wakes nobody. [`Heap::armed`] is that time,
+/// kept under the lock by every side: whoever serves the heap arms it for the earliest entry
+/// left before it lets the lock go, so an entry queued later is either seen by the server or
+/// arms the descriptor itself.
 struct Alarms {
     heap: Mutex<Heap>,
-    /// What the alarm thread sleeps on (see [`Clock`]).
-    clock: Clock,
-}
-
-/// How the alarm thread sleeps until its next entry, and how it is woken earlier.
-///
-/// With a timer descriptor (the rule): the thread blocks reading it, and whoever queues an
-/// entry earlier than the one it is armed for re-arms it, under the heap's lock; the thread
-/// wakes once, at the earliest time, instead of once to learn of the entry and again at its
-/// time. Re-arming takes a system call and wakes nobody. [`Heap::armed`] is what it is
-/// armed for, kept under the lock by both sides: the thread arms it for the earliest entry
-/// before it lets the lock go, so an entry queued later is either seen by the thread or
-/// arms the descriptor itself.
-///
-/// Without one (the process had no descriptor left when the thread started), a condition
-/// variable: each earlier entry notifies the thread.
-enum Clock {
-    Timer(TimerFd),
-    Condvar(Condvar),
+    timer: Option<TimerFd>,
+    /// The workers' poll serves the heap: the timer descriptor is in `may`'s epoll.
+    polled: bool,
+    /// Wakes the alarm thread: for `soon` jobs, and for every earlier entry without a timer.
+    wake: Condvar,
 }
 
 /// Set in the child of a `fork()`: the timer descriptor is shared with the parent, whose
-/// alarm thread it times, and the child has no alarm thread; the child never arms it.
+/// alarms it times, and nothing in the child serves the heap; the child never arms it.
 static FORKED: AtomicBool = AtomicBool::new(false);
 
 extern "C" fn after_fork_in_child() {
     FORKED.store(true, AtomicOrdering::Relaxed);
 }
 
-impl Clock {
-    fn new() -> Clock {
-        match TimerFd::new(ClockId::CLOCK_MONOTONIC, TimerFlags::TFD_CLOEXEC) {
-            Ok(fd) => {
-                // SAFETY: registers a handler that only stores to an atomic.
-                unsafe { libc::pthread_atfork(None, None, Some(after_fork_in_child)) };
-                Clock::Timer(fd)
-            }
-            Err(e) => {
-                report::error(&format!(
-                    "greenhub: no timer descriptor for the alarm thread ({e}); it is woken \
-                     through a condition variable instead"
-                ));
-                Clock::Condvar(Condvar::new())
-            }
+/// The alarm thread's timer descriptor, or `None` (said once) if none can be made.
+fn timer_descriptor() -> Option<TimerFd> {
+    match TimerFd::new(ClockId::CLOCK_MONOTONIC, TimerFlags::TFD_CLOEXEC) {
+        Ok(fd) => {
+            // SAFETY: registers a handler that only stores to an atomic.
+            unsafe { libc::pthread_atfork(None, None, Some(after_fork_in_child)) };
+            Some(fd)
+        }
+        Err(e) => {
+            report::error(&format!(
+                "greenhub: no timer descriptor for the alarms ({e}); the alarm thread serves \
+                 them, woken through a condition variable"
+            ));
+            None
         }
     }
+}
 
-    /// Makes the thread look at the heap by `at` (under the heap's lock): re-arms the timer
-    /// if `at` comes before what it is armed for; notifies the condition variable if `at` is
-    /// the heap's earliest entry (`earliest`), after the lock is let go by the caller.
-    /// Returns whether the caller must notify.
+impl Alarms {
+    /// Makes the heap's server look at it by `at` (under the heap's lock): re-arms the timer
+    /// if `at` comes before what it is armed for. Without a timer, returns whether the caller
+    /// must notify the alarm thread (after letting the lock go): if `at` is the heap's
+    /// earliest entry (`earliest`).
     fn bring_forward(&self, h: &mut Heap, at: Instant, earliest: bool) -> bool {
-        match self {
-            Clock::Timer(fd) => {
+        match &self.timer {
+            Some(fd) => {
                 if h.armed.is_none_or(|armed| at < armed) && !FORKED.load(AtomicOrdering::Relaxed) {
-                    arm(fd, at);
+                    arm(fd, Some(at));
                     h.armed = Some(at);
                 }
                 false
             }
-            Clock::Condvar(_) => earliest,
+            None => earliest,
         }
     }
 
-    fn notify(&self) {
-        if let Clock::Condvar(c) = self {
-            c.notify_one();
-        }
-    }
-
-    /// The thread's sleep until `until` (forever with `None`), or until woken.
+    /// The alarm thread's sleep: until woken for `soon` jobs when the poll serves the
+    /// heap; else until the heap's entry at `until` (forever with `None`) or an earlier one.
     fn sleep(&self, h: &mut parking_lot::MutexGuard<'_, Heap>, until: Option<Instant>) {
-        match self {
-            Clock::Timer(fd) => {
+        match &self.timer {
+            Some(fd) if !self.polled => {
                 if h.armed != until {
-                    match until {
-                        Some(at) => arm(fd, at),
-                        None => {
-                            let _ = fd.unset();
-                        }
-                    }
+                    arm(fd, until);
                     h.armed = until;
                 }
                 parking_lot::MutexGuard::unlocked(h, || {
@@ -260,60 +261,87 @@ impl Clock {
                 // already due, which the thread takes now): the next sleep arms it again.
                 h.armed = None;
             }
-            Clock::Condvar(c) => match until {
-                Some(at) => {
-                    c.wait_until(h, at);
+            _ => match until {
+                Some(at) if !self.polled => {
+                    self.wake.wait_until(h, at);
                 }
-                None => c.wait(h),
+                _ => self.wake.wait(h),
             },
         }
     }
 }
 
-/// Arms `fd` to expire at `at` (at once if `at` has passed: a zero expiry would disarm it).
-fn arm(fd: &TimerFd, at: Instant) {
-    let left = at
-        .saturating_duration_since(Instant::now())
-        .max(Duration::from_nanos(1));
-    if let Err(e) = fd.set(
-        Expiration::OneShot(TimeSpec::from_duration(left)),
-        TimerSetTimeFlags::empty(),
-    ) {
-        report::error(&format!(
-            "greenhub: cannot arm the alarm thread's timer: {e}"
-        ));
+/// Arms `fd` to expire at `at` (at once if `at` has passed: a zero expiry would disarm it),
+/// or disarms it. Either clears an expiry not read yet.
+fn arm(fd: &TimerFd, at: Option<Instant>) {
+    let set = match at {
+        Some(at) => {
+            let left = at
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_nanos(1));
+            fd.set(
+                Expiration::OneShot(TimeSpec::from_duration(left)),
+                TimerSetTimeFlags::empty(),
+            )
+        }
+        None => fd.unset(),
+    };
+    if let Err(e) = set {
+        report::error(&format!("greenhub: cannot set the alarms' timer: {e}"));
     }
 }
 
 static ALARMS: OnceLock<Alarms> = OnceLock::new();
 
 fn alarms() -> &'static Alarms {
-    ALARMS.get_or_init(|| {
-        let spawned = std::thread::Builder::new()
-            .name("greenhub-alarm".into())
-            .spawn(|| {
-                // Its timers are counted apart: a pending one means the process may act.
-                let _own = quiescence::own_thread();
-                run()
-            });
-        if let Err(e) = spawned {
-            report::error(&format!(
-                "greenhub: cannot start the alarm thread ({e}); timed green waits will not \
-                 time out and timers will not fire"
-            ));
-        }
-        Alarms {
-            heap: Mutex::new(Heap {
-                alarms: BinaryHeap::new(),
-                sweep_at: MIN_SWEEP,
-                timers: IdMap::default(),
-                soon: Vec::new(),
-                busy: false,
-                armed: None,
-            }),
-            clock: Clock::new(),
-        }
-    })
+    ALARMS.get_or_init(|| make(false))
+}
+
+/// Makes the heap served by the workers' poll, unless it is in use already (then its alarm
+/// thread keeps serving it). Called once `may`'s scheduler runs.
+pub(crate) fn start_on_poll() {
+    let _ = ALARMS.get_or_init(|| make(true));
+}
+
+fn make(on_poll: bool) -> Alarms {
+    let timer = timer_descriptor();
+    let polled = on_poll
+        && timer.as_ref().is_some_and(|fd| {
+            may::add_poll_timer(fd.as_fd(), serve_poll_timer)
+                .map_err(|e| {
+                    report::error(&format!(
+                        "greenhub: the workers cannot poll the alarms' timer ({e}); the \
+                         alarm thread serves it"
+                    ))
+                })
+                .is_ok()
+        });
+    let spawned = std::thread::Builder::new()
+        .name("greenhub-alarm".into())
+        .spawn(|| {
+            // Its timers are counted apart: a pending one means the process may act.
+            let _own = quiescence::own_thread();
+            run()
+        });
+    if let Err(e) = spawned {
+        report::error(&format!(
+            "greenhub: cannot start the alarm thread ({e}); timed green waits will not \
+             time out and timers will not fire"
+        ));
+    }
+    Alarms {
+        heap: Mutex::new(Heap {
+            alarms: BinaryHeap::new(),
+            sweep_at: MIN_SWEEP,
+            timers: IdMap::default(),
+            soon: Vec::new(),
+            busy: 0,
+            armed: None,
+        }),
+        timer,
+        polled,
+        wake: Condvar::new(),
+    }
 }
 
 /// Fires `wait` at `at` if it still waits then.
@@ -336,17 +364,18 @@ fn push(mut h: parking_lot::MutexGuard<'_, Heap>, at: Instant, target: Target) {
     }
     let earliest = h.alarms.peek().is_none_or(|first| at < first.at);
     h.alarms.push(Alarm { at, target });
-    let clock = &alarms().clock;
-    let notify = clock.bring_forward(&mut h, at, earliest);
+    let a = alarms();
+    let notify = a.bring_forward(&mut h, at, earliest);
     drop(h);
     if notify {
-        clock.notify();
+        a.wake.notify_one();
     }
 }
 
-/// Runs `job` on the alarm thread after `delay`, unless [`cancel`]led first; returns the
-/// timer's id. The timer shows in the registry (as `kind`, owned by `owner`, set at `site`)
-/// while it is pending. The job must be short: it usually spawns a green thread.
+/// Runs `job` after `delay`, unless [`cancel`]led first; returns the timer's id. The job runs
+/// where the heap is served (a worker, between its green threads, or the alarm thread). The
+/// timer shows in the registry (as `kind`, owned by `owner`, set at `site`) while it is
+/// pending. The job must be short: it usually spawns a green thread.
 pub(crate) fn schedule(
     delay: Duration,
     kind: TimerKind,
@@ -385,12 +414,12 @@ pub(crate) fn is_pending(id: u64) -> bool {
         .is_some_and(|a| a.heap.lock().timers.contains_key(&id))
 }
 
-/// Whether no timer is pending and no job waits to run: the alarm thread will only end
-/// waits at their deadlines.
+/// Whether no timer is pending and no job waits to run: the heap will only end waits at
+/// their deadlines.
 pub(crate) fn idle() -> bool {
     ALARMS.get().is_none_or(|a| {
         let h = a.heap.lock();
-        h.timers.is_empty() && h.soon.is_empty() && !h.busy
+        h.timers.is_empty() && h.soon.is_empty() && h.busy == 0
     })
 }
 
@@ -400,69 +429,125 @@ pub(crate) fn soon(job: Job) {
     let mut h = a.heap.lock();
     h.soon.push(job);
     // A later job finds the thread already woken by the first one.
-    let notify = h.soon.len() == 1 && a.clock.bring_forward(&mut h, Instant::now(), true);
+    let first = h.soon.len() == 1;
+    let notify = first
+        && match &a.timer {
+            Some(_) if !a.polled => a.bring_forward(&mut h, Instant::now(), true),
+            _ => true,
+        };
     drop(h);
     if notify {
-        a.clock.notify();
+        a.wake.notify_one();
     }
 }
 
-fn run() {
-    let a = alarms();
-    let mut due: Vec<Arc<dyn Alarmed>> = Vec::new();
-    let mut due_io: Vec<Arc<IoAlarm>> = Vec::new();
-    let mut fired: Vec<(u64, Job)> = Vec::new();
-    let mut jobs: Vec<Job> = Vec::new();
-    loop {
-        {
-            let mut h = a.heap.lock();
-            // The jobs taken last time have run.
-            h.busy = false;
-            loop {
-                let now = Instant::now();
-                while h.alarms.peek().is_some_and(|first| first.at <= now) {
-                    let Some(alarm) = h.alarms.pop() else { break };
-                    match alarm.target {
-                        Target::Wait(w) => due.push(w),
-                        Target::Io(a, at_ns) => {
-                            if io_entry_due(&mut h.alarms, &a, at_ns, now) {
-                                due_io.push(a);
-                            }
-                        }
-                        Target::Timer(id) => {
-                            if let Some(job) = h.timers.remove(&id) {
-                                fired.push((id, job));
-                            }
-                        }
+/// The entries that came up, taken out of the heap to be fired outside its lock.
+#[derive(Default)]
+struct Due {
+    waits: Vec<Arc<dyn Alarmed>>,
+    io: Vec<Arc<IoAlarm>>,
+    timers: Vec<(u64, Job)>,
+}
+
+impl Due {
+    /// Takes the entries due at `now` (under the heap's lock).
+    fn take(&mut self, h: &mut Heap, now: Instant) {
+        while h.alarms.peek().is_some_and(|first| first.at <= now) {
+            let Some(alarm) = h.alarms.pop() else { break };
+            match alarm.target {
+                Target::Wait(w) => self.waits.push(w),
+                Target::Io(a, at_ns) => {
+                    if io_entry_due(&mut h.alarms, &a, at_ns, now) {
+                        self.io.push(a);
                     }
                 }
-                std::mem::swap(&mut jobs, &mut h.soon);
-                h.busy = !fired.is_empty() || !jobs.is_empty();
-                if !due.is_empty() || !due_io.is_empty() || h.busy {
-                    break;
+                Target::Timer(id) => {
+                    if let Some(job) = h.timers.remove(&id) {
+                        self.timers.push((id, job));
+                    }
                 }
-                let next = h.alarms.peek().map(|first| first.at);
-                a.clock.sleep(&mut h, next);
             }
         }
-        // Outside the lock: unparking schedules coroutines, and the last handle to a finished
-        // one may be dropped here.
-        for wait in due.drain(..) {
+    }
+
+    fn is_empty(&self) -> bool {
+        self.waits.is_empty() && self.io.is_empty() && self.timers.is_empty()
+    }
+
+    /// Fires what was taken (outside the heap's lock: unparking schedules coroutines, and the
+    /// last handle to a finished one may be dropped here). Returns how many.
+    fn fire(&mut self) -> usize {
+        let n = self.waits.len() + self.io.len() + self.timers.len();
+        for wait in self.waits.drain(..) {
             wait.fire();
         }
-        for alarm in due_io.drain(..) {
+        for alarm in self.io.drain(..) {
             if alarm.deadline_ns.load(AtomicOrdering::Acquire) != 0 {
                 alarm.waker.wakeup();
             }
         }
-        for (id, job) in fired.drain(..) {
+        for (id, job) in self.timers.drain(..) {
             // Listed until its job has run: a `call_after` is never in neither the timers nor
             // the threads (what `run_until_idle` counts).
             run_job(job);
             registry().remove_timer(id);
         }
+        n
+    }
+}
+
+/// The hook `may`'s poll calls on the worker that finds the timer descriptor ready: fires
+/// the due entries there (what they wake is queued on that worker) and arms the descriptor
+/// for the next one (which clears the expiry). Returns how many entries it fired.
+fn serve_poll_timer() -> usize {
+    let Some(a) = ALARMS.get() else { return 0 };
+    let Some(fd) = &a.timer else { return 0 };
+    let mut due = Due::default();
+    let jobs = {
+        let mut h = a.heap.lock();
+        due.take(&mut h, Instant::now());
+        let next = h.alarms.peek().map(|first| first.at);
+        arm(fd, next);
+        h.armed = next;
+        let jobs = !due.timers.is_empty();
+        h.busy += u32::from(jobs);
+        jobs
+    };
+    let fired = due.fire();
+    if jobs {
+        a.heap.lock().busy -= 1;
+    }
+    fired
+}
+
+fn run() {
+    let a = alarms();
+    let mut due = Due::default();
+    let mut jobs: Vec<Job> = Vec::new();
+    loop {
+        let took_jobs = {
+            let mut h = a.heap.lock();
+            loop {
+                if !a.polled {
+                    due.take(&mut h, Instant::now());
+                }
+                std::mem::swap(&mut jobs, &mut h.soon);
+                if !due.is_empty() || !jobs.is_empty() {
+                    break;
+                }
+                let next = h.alarms.peek().map(|first| first.at);
+                a.sleep(&mut h, next);
+            }
+            let took = !due.timers.is_empty() || !jobs.is_empty();
+            h.busy += u32::from(took);
+            took
+        };
+        due.fire();
         for job in jobs.drain(..) {
             run_job(job);
+        }
+        if took_jobs {
+            a.heap.lock().busy -= 1;
         }
     }
 }

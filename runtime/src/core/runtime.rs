@@ -9,7 +9,7 @@ use parking_lot::{Mutex, MutexGuard};
 
 use crate::core::config::{self, Config, ConfigError};
 use crate::core::limits::StackBudget;
-use crate::core::{clock, monitor, panic, registry, report, trace};
+use crate::core::{alarm, clock, monitor, panic, registry, report, trace};
 
 pub(crate) struct Runtime {
     pub config: Config,
@@ -55,6 +55,9 @@ pub(crate) fn start_core(config: Config) -> Result<&'static Runtime, ConfigError
     // Started here rather than on the first spawn, so that a lack of descriptors is an error
     // of `init` and the descriptors are taken before the program uses them up.
     may::coroutine::start_scheduler().map_err(|e| ConfigError::Start(e.to_string()))?;
+    // The workers' poll serves the deadlines from now on (unless something used them
+    // before: then the alarm thread keeps serving them).
+    alarm::start_on_poll();
     trace::set(settings.flight_recorder);
     Ok(RUNTIME.get_or_init(|| Runtime { config, budget }))
 }

@@ -53,6 +53,8 @@ pub mod os;
 pub mod sync;
 pub use crate::config::{config, Config};
 pub use crate::local::{runtime_local, set_runtime_local, LocalKey};
+#[cfg(target_os = "linux")]
+pub use crate::scheduler::add_poll_timer;
 pub use crate::scheduler::{has_stealable_work, scheduler_thread_ids};
 // re-export may_queue
 pub use may_queue as queue;

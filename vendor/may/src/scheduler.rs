@@ -130,6 +130,15 @@ fn note_thread() {
     }
 }
 
+/// Adds a timer descriptor to the workers' poll (Linux): the worker that finds it ready calls
+/// `hook` on its own thread, and the coroutines the hook makes ready are queued on that
+/// worker. The hook must clear the descriptor (re-arm or disarm it) and returns how many
+/// coroutines it made ready. One per process; starts the scheduler if it has not.
+#[cfg(target_os = "linux")]
+pub fn add_poll_timer(fd: std::os::fd::BorrowedFd<'_>, hook: fn() -> usize) -> io::Result<()> {
+    get_scheduler().get_selector().add_poll_timer(fd, hook)
+}
+
 /// Whether some worker has coroutines queued that an idle worker could steal (racy: a hint
 /// for a runtime deciding whether to wake idle workers). Starts the scheduler if it has not.
 pub fn has_stealable_work() -> bool {

@@ -49,6 +49,9 @@ pub type SysEvent = EpollEvent;
 //   touches them here. A ready coroutine whose wait has a timer (`EventData::timed`) taken
 //   by another worker is forwarded to that worker, which removes the timer and runs it.
 // - An interrupted poll is an empty one.
+// - A runtime may add one timer descriptor (`add_poll_timer`): the leader that finds it ready
+//   calls its hook after it gives the leadership up, and the coroutines the hook makes ready
+//   are queued on that worker like those of its poll. The hook clears the descriptor.
 struct WorkerSelector {
     park: Epoll,
     evfd: EventFd,
@@ -89,6 +92,9 @@ impl WorkerSelector {
 const NO_LEADER: usize = usize::MAX;
 /// The epoll data of `leader_evfd`; descriptors' data are `EventData` addresses.
 const LEADER_WAKE: u64 = 0;
+/// The epoll data of the runtime's timer descriptor (`Selector::add_poll_timer`): never an
+/// `EventData` address, which is aligned.
+const POLL_TIMER: u64 = 1;
 
 pub(crate) struct Selector {
     shared: Epoll,
@@ -96,6 +102,9 @@ pub(crate) struct Selector {
     /// A write to `leader_evfd` has not been drained yet: later kicks need no write.
     leader_kicked: AtomicBool,
     leader: AtomicUsize,
+    /// What the leader calls when the runtime's timer descriptor is ready: it returns how
+    /// many coroutines it made ready.
+    poll_timer: std::sync::OnceLock<fn() -> usize>,
     free_ev: Queue<Arc<EventData>>,
     // 128 should be fine for max io threads
     vec: SmallVec<[WorkerSelector; 128]>,
@@ -130,6 +139,7 @@ impl Selector {
             leader_evfd,
             leader_kicked: AtomicBool::new(false),
             leader: AtomicUsize::new(NO_LEADER),
+            poll_timer: std::sync::OnceLock::new(),
             free_ev: Queue::new(),
             vec: SmallVec::new(),
         };
@@ -171,7 +181,12 @@ impl Selector {
             self.release_deleted();
             let polled = interrupted_is_zero(self.shared.wait(events, timeout));
             let mut taken = SmallVec::<[CoroutineImpl; 16]>::new();
+            let mut timer_ready = false;
             for event in &events[..*polled.as_ref().unwrap_or(&0)] {
+                if event.data() == POLL_TIMER {
+                    timer_ready = true;
+                    continue;
+                }
                 if event.data() == LEADER_WAKE {
                     // Drained, then cleared: a read takes every write made before it, so a
                     // clear first would let a kick between the two be read and forgotten
@@ -187,7 +202,12 @@ impl Selector {
                 }
             }
             self.leader.store(NO_LEADER, Ordering::SeqCst);
-            let more_than_one = taken.len() > 1;
+            // Called with `WORKER_ID` set: what it wakes is queued on this worker.
+            let timed_out = match self.poll_timer.get() {
+                Some(hook) if timer_ready => hook(),
+                _ => 0,
+            };
+            let more_than_one = taken.len() + timed_out > 1;
             for co in taken {
                 #[cfg(feature = "work_steal")]
                 scheduler.schedule_with_id(co, id);
@@ -233,6 +253,18 @@ impl Selector {
         #[cfg(not(feature = "io_timeout"))]
         let next_expire = None;
         Ok(next_expire)
+    }
+
+    /// Adds the runtime's timer descriptor to the poll: the leader that finds it ready calls
+    /// `hook`, which must clear it (re-arm or disarm it) and returns how many coroutines it
+    /// made ready. One descriptor at most.
+    pub fn add_poll_timer(&self, fd: BorrowedFd<'_>, hook: fn() -> usize) -> io::Result<()> {
+        self.poll_timer
+            .set(hook)
+            .map_err(|_| io::Error::new(io::ErrorKind::AlreadyExists, "a poll timer is set"))?;
+        self.shared
+            .add(fd, EpollEvent::new(EpollFlags::EPOLLIN, POLL_TIMER))
+            .map_err(from_nix_error)
     }
 
     /// Whether worker `id` has something to do without waiting: a wake it has not seen, or
