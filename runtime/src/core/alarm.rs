@@ -207,7 +207,7 @@ extern "C" fn after_fork_in_child() {
     FORKED.store(true, AtomicOrdering::Relaxed);
 }
 
-/// The alarm thread's timer descriptor, or `None` (said once) if none can be made.
+/// The alarms' timer descriptor, or `None` (said once) if none can be made.
 fn timer_descriptor() -> Option<TimerFd> {
     match TimerFd::new(ClockId::CLOCK_MONOTONIC, TimerFlags::TFD_CLOEXEC) {
         Ok(fd) => {

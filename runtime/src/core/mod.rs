@@ -1,7 +1,7 @@
 //! The core: what every green wait is made of, and the services that run under all of them.
 //!
 //! It owns the clock, the per-green-thread context, the wake [`token`](token::Token) and the
-//! [`Waiter`](wait::Waiter), wait lists, the alarm thread (every deadline and timer), the switch
+//! [`Waiter`](wait::Waiter), wait lists, the alarms (every deadline and timer), the switch
 //! budget, the monitor, the registry of threads, timers, descriptors and objects, the wake inbox,
 //! the configuration, the stack budget, panic capture, the timed-out error, the runtime's
 //! started state, the barrier between the switch path and its watchers, and the

@@ -151,8 +151,8 @@ impl Token {
     }
 
     /// Unparks the waiter without waking it (its token stays waiting), so that it looks at
-    /// its deadline and its kill flag again: what the alarm thread does when a timed wait
-    /// expires, and a kill.
+    /// its deadline and its kill flag again: what an alarm does when a timed wait expires, and
+    /// a kill.
     pub(crate) fn poke(&self) {
         if self.is_waiting() {
             match &self.parker {

@@ -212,7 +212,7 @@ impl Waiter {
                         return self.give_up();
                     }
                     if green {
-                        // Parks untimed; the alarm thread unparks it at the deadline (see
+                        // Parks untimed; its alarm unparks it at the deadline (see
                         // alarm.rs for why not `may`'s timed park). Spurious returns loop.
                         if !alarm_set {
                             alarm::set(deadline, Arc::clone(&*self.token) as _);
