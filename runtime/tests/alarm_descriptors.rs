@@ -42,16 +42,20 @@ fn deadlines_end_on_time_without_a_timer_descriptor() {
         "the alarms fell back to their thread"
     );
 
+    // Bounded waits throughout: a fallback that fires nothing fails here instead of hanging.
+    const BOUND: Duration = Duration::from_secs(120);
     let nap = Duration::from_millis(20);
-    let (slept, scoped) = greenhub::spawn(move || {
+    let (tx, rx) = std::sync::mpsc::channel();
+    greenhub::spawn(move || {
         let t = Instant::now();
         greenhub::sleep(nap).unwrap();
         let slept = t.elapsed();
         let scoped = greenhub::with_timeout(nap, || greenhub::sleep(Duration::from_secs(600)));
-        (slept, scoped)
-    })
-    .wait()
-    .unwrap();
+        tx.send((slept, scoped)).unwrap();
+    });
+    let (slept, scoped) = rx
+        .recv_timeout(BOUND)
+        .expect("the sleep and the scope ended");
     assert!(slept >= nap, "{slept:?}");
     assert_eq!(
         scoped,
@@ -61,6 +65,5 @@ fn deadlines_end_on_time_without_a_timer_descriptor() {
 
     let (tx, rx) = std::sync::mpsc::channel();
     let _timer = greenhub::call_after(nap, move || tx.send(()).unwrap());
-    rx.recv_timeout(Duration::from_secs(600))
-        .expect("the timer fired");
+    rx.recv_timeout(BOUND).expect("the timer fired");
 }

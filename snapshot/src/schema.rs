@@ -551,7 +551,8 @@ pub struct BlockedInfo {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cause: Option<BlockedCause>,
     /// Of `duration_us`, the time the worker spent on a CPU (the rest it slept in the kernel
-    /// or waited for a CPU), when known.
+    /// or waited for a CPU), when known. Counted from the monitor's first look at the run,
+    /// which comes later than its start when the monitor dozed as it began.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_cpu_us: Option<u64>,
     /// Where the green thread was when the report opened: the stack the worker was running,

@@ -22,9 +22,14 @@ pub(crate) const TIMING: u32 = 2;
 /// The flight recorder is on: runs, waits and wakes are recorded (`core/trace.rs`).
 pub(crate) const TRACE: u32 = 4;
 
+/// The monitor dozes (looks less often while the workers are idle at its looks): a green
+/// thread that starts running notes when in its worker's slot, and wakes the monitor if work
+/// is queued that an idle worker could steal (`core/monitor.rs`).
+pub(crate) const MONITOR_DOZING: u32 = 16;
+
 /// One reader of parked stacks is at work (counted in these units above the other bits): a
 /// green thread that starts running passes its record's read gate (`core/stack.rs`).
-pub(crate) const STACK_READER: u32 = 8;
+pub(crate) const STACK_READER: u32 = 32;
 
 static FLAGS: AtomicU32 = AtomicU32::new(0);
 

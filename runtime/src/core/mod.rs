@@ -20,6 +20,7 @@ pub(crate) mod clock;
 pub mod config;
 pub(crate) mod context;
 pub(crate) mod deadlock;
+pub(crate) mod doze;
 pub(crate) mod flight;
 pub(crate) mod inbox;
 pub(crate) mod limits;

@@ -43,6 +43,16 @@
 //! that an idle worker still looks for work to steal from a busy one as often as before; a
 //! tick that finds every queue empty nudges nobody (a green thread that sleeps in a loop
 //! keeps the monitor awake, and must not wake the idle workers too).
+//!
+//! A lightly loaded process is watched lightly. A look that finds no worker running and no
+//! work queued to steal lets the monitor doze (`core/doze.rs`): its next look comes after
+//! [`DOZE`] (at most `max_blocking_time`) instead of a tick, with the clock unpublished as
+//! when parked. Meanwhile each green thread that starts running notes its start in its
+//! worker's slot (a clock read), so a run the monitor first finds long is counted from that
+//! start and reported on time; its CPU account covers what the monitor watched, at least a
+//! tick of it. Work queued to steal wakes the monitor, whose look nudges the workers. A look
+//! that finds a worker running returns to ticking. Sleepers, timers and spaced requests wake
+//! the process as often as they must, and the monitor a fifth as often as a tick would.
 
 use std::collections::VecDeque;
 use std::panic::Location;
@@ -57,6 +67,7 @@ use greenhub_snapshot::{BlockedCause, ThreadStack};
 use crate::core::barrier;
 use crate::core::clock;
 use crate::core::deadlock;
+use crate::core::doze::{self, DOZE};
 use crate::core::flight;
 use crate::core::limits::{self, STACK_DECAY_TICKS};
 use crate::core::quiescence;
@@ -100,6 +111,9 @@ pub(crate) fn mark_running(record: &ThreadRecord) {
 fn attend(flags: u32, record: &ThreadRecord) {
     if flags & barrier::MONITOR_PARKED != 0 {
         wake_parked();
+    }
+    if flags & barrier::MONITOR_DOZING != 0 {
+        doze::runs();
     }
     if flags >= barrier::STACK_READER {
         stack::pass_read_gate(record);
@@ -181,8 +195,12 @@ pub(crate) fn workers() -> Vec<(usize, i32, u64)> {
 struct Watch {
     thread: u64,
     generation: u64,
+    /// When the run began: the worker's note if the monitor dozed when it did, else the
+    /// monitor's first look at it.
     since: Instant,
-    /// The worker's CPU time when the watch began.
+    /// The monitor's first look at the run, where the CPU account starts.
+    seen: Instant,
+    /// The worker's CPU time at that first look.
     on_cpu: Option<Duration>,
     report: Option<u64>,
 }
@@ -339,6 +357,7 @@ pub(crate) fn set_max_blocking_time(limit: Option<Duration>) {
 
 fn run() {
     let _ = MONITOR.set(std::thread::current());
+    doze::set_monitor();
     let can_park = barrier::available();
     let workers = may::config().get_workers();
     let mut watches: Vec<Option<Watch>> = Vec::new();
@@ -348,15 +367,22 @@ fn run() {
     let mut detector = deadlock::Detector::default();
     let mut since_check = 0;
     let mut since_decay = 0;
+    let mut dozing = false;
     limits::keep_released_stacks();
     loop {
         let max_blocking_time = max_blocking_time();
-        std::thread::sleep(TICK);
+        if dozing {
+            doze::sleep(DOZE.min(max_blocking_time.unwrap_or(DOZE)).max(TICK));
+        } else {
+            std::thread::sleep(TICK);
+        }
         clock::tick();
+        // The periods below count in ticks: a doze counts for the ticks it lasted.
+        let ticks = (last.elapsed().as_nanos() / TICK.as_nanos()).clamp(1, 1_000) as u32;
         let slots = slots::all();
         let seen: Vec<u64> = slots.iter().map(|s| s.generation()).collect();
         quiet = if seen == generations && !any_running(&slots) {
-            quiet + 1
+            quiet + ticks
         } else {
             0
         };
@@ -376,9 +402,10 @@ fn run() {
             park_until_running();
             // The parked time is nobody's run time.
             last = Instant::now();
+            dozing = false;
             continue;
         }
-        since_check += 1;
+        since_check += ticks;
         // The thread count (for the interval) is read only once the shortest one has passed.
         if since_check >= deadlock::CHECK_TICKS && since_check >= check_every() {
             since_check = 0;
@@ -386,7 +413,7 @@ fn run() {
                 off_monitor(Box::new(move || found.publish()));
             }
         }
-        since_decay += 1;
+        since_decay += ticks;
         if since_decay >= STACK_DECAY_TICKS {
             since_decay = 0;
             limits::decay_released_stacks();
@@ -399,13 +426,6 @@ fn run() {
         for (slot, watch) in slots.iter().zip(watches.iter_mut()) {
             let generation = slot.generation();
             let thread = slot.current();
-            if thread != 0
-                && let Some(record) = registry().thread(thread)
-            {
-                record
-                    .run_ns
-                    .fetch_add(tick.as_nanos() as u64, Ordering::Relaxed);
-            }
             let same = watch
                 .as_ref()
                 .is_some_and(|w| w.thread == thread && w.generation == generation);
@@ -414,26 +434,57 @@ fn run() {
                     close(&w, now);
                 }
                 if thread != 0 {
+                    // A run that began while the monitor dozed has its start noted.
+                    let since = slot
+                        .started(generation)
+                        .map(clock::instant_at)
+                        .filter(|at| *at < now)
+                        .unwrap_or(now);
                     *watch = Some(Watch {
                         thread,
                         generation,
-                        since: now,
+                        since,
+                        seen: now,
                         on_cpu: slot.on_cpu(),
                         report: None,
                     });
                 }
+            }
+            if thread != 0
+                && let Some(record) = registry().thread(thread)
+            {
+                // Sampled: the tick's length, or the part of it a run noted to begin within it
+                // covers.
+                let run = match watch.as_ref() {
+                    Some(w) if !same && w.since < w.seen => tick.min(now - w.since),
+                    _ => tick,
+                };
+                record
+                    .run_ns
+                    .fetch_add(run.as_nanos() as u64, Ordering::Relaxed);
+            }
+            if !same {
                 continue;
             }
             let Some(w) = watch.as_mut() else { continue };
-            // Counted from the first tick that saw it: never early, at most one tick late.
+            // Counted from the run's start when the worker noted it, else from the first tick
+            // that saw it: never early, at most one tick late (one doze while dozing).
             let busy = now - w.since;
             let Some(limit) = max_blocking_time else {
                 continue;
             };
-            if w.report.is_none() && busy < limit {
+            let observed = now - w.seen;
+            // The CPU account covers what the monitor watched: a run found already long is
+            // judged on at least one tick of it, against thresholds scaled to that stretch.
+            let backdated = w.since < w.seen;
+            if w.report.is_none() && (busy < limit || (backdated && observed < TICK)) {
                 continue;
             }
-            let spent = Spent::of(busy, limit, w.on_cpu, slot);
+            let spent = if backdated {
+                Spent::of(observed, limit.min(observed / 2), w.on_cpu, slot)
+            } else {
+                Spent::of(busy, limit, w.on_cpu, slot)
+            };
             match w.report {
                 Some(seq) => update(seq, busy, spent),
                 // Held past the limit by the OS, not by its green thread: said as such, once
@@ -442,6 +493,10 @@ fn run() {
                 None => w.report = Some(open(slot, w.thread, busy, spent)),
             }
         }
+        // Doze while no worker ran at this look and nothing waits to be stolen: runs are
+        // short and sparse (a sleeper's loop, a lightly loaded server), and a look every
+        // TICK would cost more than the work it watches.
+        dozing = watches.iter().all(Option::is_none) && !may::has_stealable_work();
     }
 }
 

@@ -31,6 +31,10 @@ pub(crate) struct WorkerSlot {
     stack_base: AtomicUsize,
     stack_size: AtomicUsize,
     generation: AtomicU64,
+    /// While the monitor dozes: when a run began (precise nanoseconds since the epoch), and
+    /// the generation of that run (see [`WorkerSlot::note_start`]).
+    start_ns: AtomicU64,
+    start_generation: AtomicU64,
     /// The worker's CPU clock.
     cpu_clock: Option<libc::clockid_t>,
     /// `/proc/self/task/<tid>/stat`, opened once, for the worker's scheduler state.
@@ -46,6 +50,26 @@ impl WorkerSlot {
     /// Changes at every switch of the worker.
     pub(crate) fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
+    }
+
+    /// Notes that the run of the current generation begins at `ns` (precise nanoseconds since
+    /// the epoch). The worker calls it as a green thread starts running while the monitor
+    /// dozes, so that the monitor's first look at a long run knows when it began.
+    pub(crate) fn note_start(&self, ns: u64) {
+        self.start_ns.store(ns, Ordering::Relaxed);
+        self.start_generation
+            .store(self.generation.load(Ordering::Relaxed), Ordering::Release);
+    }
+
+    /// When the run of `generation` began, if the worker noted it. A pair torn by a newer
+    /// run's note only gives a later start, for a run that has ended already.
+    pub(crate) fn started(&self, generation: u64) -> Option<u64> {
+        if self.start_generation.load(Ordering::Acquire) != generation {
+            return None;
+        }
+        let ns = self.start_ns.load(Ordering::Relaxed);
+        std::sync::atomic::fence(Ordering::Acquire);
+        (self.start_generation.load(Ordering::Relaxed) == generation).then_some(ns)
     }
 
     /// The green thread the worker runs and its stack's base and size, for code running on
@@ -139,6 +163,8 @@ fn register() -> &'static WorkerSlot {
         stack_base: AtomicUsize::new(0),
         stack_size: AtomicUsize::new(0),
         generation: AtomicU64::new(0),
+        start_ns: AtomicU64::new(0),
+        start_generation: AtomicU64::new(u64::MAX),
         cpu_clock,
         stat: std::fs::File::open(format!("/proc/self/task/{tid}/stat")).ok(),
     }));

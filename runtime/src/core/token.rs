@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use crate::core::alarm::Alarmed;
 use crate::core::barrier;
 use crate::core::budget::{self, Deferred};
+use crate::core::doze;
 use crate::core::registry::{RecordRef, WaitTicket};
 use crate::core::slots;
 use crate::core::timing;
@@ -87,7 +88,10 @@ impl Token {
             .is_ok()
         {
             match &self.parker {
-                Parker::Green(slot) => self.unpark_green(slot),
+                Parker::Green(slot) => {
+                    self.unpark_green(slot);
+                    doze::queued(flags);
+                }
                 Parker::Os(t) => t.unpark(),
             }
             true

@@ -21,7 +21,7 @@ use crate::core::report::payload_message;
 use crate::core::timeout::{IsTimeout, TimedOut};
 use crate::core::token::Token;
 use crate::core::wait::Waiter;
-use crate::core::{alarm, monitor, report, stack, timing, trace};
+use crate::core::{alarm, barrier, doze, monitor, report, stack, timing, trace};
 use crate::green::time::sleep;
 use crate::start;
 
@@ -420,6 +420,7 @@ impl<T: Send + 'static> Shared<T> {
                 reason: e.to_string(),
             })?;
         self.join.lock().coroutine = Some(handle);
+        doze::queued(barrier::flags());
         // A kill that came before the coroutine handle was stored could not cancel it.
         if self.record.kill_requested.load(Ordering::SeqCst) {
             self.cancel_coroutine();
