@@ -10,30 +10,11 @@ use std::time::{Duration, Instant};
 use greenhub::Config;
 use greenhub::inspect::{BlockedCause, BlockedInfo, snapshot};
 
+mod common;
+use common::{blocked, thread_named};
+
 /// The monitor's tick while it watches closely.
 const TICK: Duration = Duration::from_millis(10);
-
-/// The id of this process's thread named `name` (the kernel keeps 15 bytes of a name).
-fn thread_named(name: &str) -> i32 {
-    for entry in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
-        let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
-        let comm = comm.trim();
-        if !comm.is_empty() && name.starts_with(comm) {
-            return entry.file_name().to_string_lossy().parse().unwrap();
-        }
-    }
-    panic!("no thread named {name}");
-}
-
-/// Voluntary context switches (the thread blocked) of thread `tid` of this process.
-fn blocked(tid: i32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/self/task/{tid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
-        .and_then(|v| v.trim().parse().ok())
-        .expect("a count of voluntary switches")
-}
 
 /// The system call thread `tid` is blocked in, if any.
 fn syscall(tid: i32) -> Option<i64> {
@@ -51,20 +32,27 @@ fn until_it_dozes(monitor: i32) {
     }
 }
 
-/// The closed report on green thread `id`.
-fn closed_report(id: u64) -> BlockedInfo {
+/// Waits for the closed report on green thread `id`, which held its worker for `held`, and
+/// checks it counts the whole of that and names `cause`.
+fn reported_whole(id: u64, held: Duration, cause: BlockedCause) {
     let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
+    let report: BlockedInfo = loop {
         if let Some(b) = snapshot()
             .blocked
             .into_iter()
             .find(|b| b.thread == id && !b.ongoing)
         {
-            return b;
+            break b;
         }
         assert!(Instant::now() < deadline, "no closed report on #{id}");
         std::thread::sleep(Duration::from_millis(5));
-    }
+    };
+    assert!(
+        report.duration_us + 1_000 >= held.as_micros() as u64,
+        "held its worker {held:?}, reported {} µs",
+        report.duration_us
+    );
+    assert_eq!(report.cause, Some(cause), "{report:?}");
 }
 
 #[test]
@@ -112,14 +100,7 @@ fn a_sleeping_loop_lets_the_monitor_doze_and_a_worker_blocked_meanwhile_is_count
         start.elapsed()
     });
     let id = hog.id();
-    let held = hog.wait().unwrap();
-    let report = closed_report(id);
-    assert!(
-        report.duration_us + 1_000 >= held.as_micros() as u64,
-        "held its worker {held:?}, reported {} µs",
-        report.duration_us
-    );
-    assert_eq!(report.cause, Some(BlockedCause::Blocking), "{report:?}");
+    reported_whole(id, hog.wait().unwrap(), BlockedCause::Blocking);
 
     // A loop that computes, begun while the monitor dozes: judged on what the monitor watched
     // of it (on a CPU), not taken for a worker the OS kept off its CPU.
@@ -133,14 +114,7 @@ fn a_sleeping_loop_lets_the_monitor_doze_and_a_worker_blocked_meanwhile_is_count
         start.elapsed()
     });
     let id = spinner.id();
-    let held = spinner.wait().unwrap();
-    let report = closed_report(id);
-    assert!(
-        report.duration_us + 1_000 >= held.as_micros() as u64,
-        "held its worker {held:?}, reported {} µs",
-        report.duration_us
-    );
-    assert_eq!(report.cause, Some(BlockedCause::Computing), "{report:?}");
+    reported_whole(id, spinner.wait().unwrap(), BlockedCause::Computing);
 
     stop.store(true, Ordering::Relaxed);
     assert!(sleeper.wait().unwrap() > 100, "the sleeper slept on");

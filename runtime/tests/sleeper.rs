@@ -8,28 +8,8 @@ use std::time::{Duration, Instant};
 
 use greenhub::Config;
 
-/// Voluntary context switches (the thread blocked) of thread `tid` of this process.
-fn blocked(tid: i32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/self/task/{tid}/status"))
-        .unwrap_or_else(|e| panic!("thread {tid}: {e}"));
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
-        .and_then(|v| v.trim().parse().ok())
-        .expect("a count of voluntary switches")
-}
-
-/// The id of this process's thread named `name` (the kernel keeps 15 bytes of a name).
-fn thread_named(name: &str) -> i32 {
-    for entry in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
-        let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
-        let comm = comm.trim();
-        if !comm.is_empty() && name.starts_with(comm) {
-            return entry.file_name().to_string_lossy().parse().unwrap();
-        }
-    }
-    panic!("no thread named {name}");
-}
+mod common;
+use common::{blocked, thread_named};
 
 #[test]
 fn a_sleeping_loop_wakes_one_worker_once_a_sleep_and_not_the_alarm_thread() {

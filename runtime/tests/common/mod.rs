@@ -188,3 +188,26 @@ pub fn use_up_descriptors() -> Vec<std::os::fd::OwnedFd> {
     hoard.push(probe);
     hoard
 }
+
+/// The id of this process's thread named `name` (the kernel keeps 15 bytes of a name).
+pub fn thread_named(name: &str) -> i32 {
+    for entry in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+        let comm = comm.trim();
+        if !comm.is_empty() && name.starts_with(comm) {
+            return entry.file_name().to_string_lossy().parse().unwrap();
+        }
+    }
+    panic!("no thread named {name}");
+}
+
+/// Voluntary context switches (the thread blocked) of thread `tid` of this process.
+pub fn blocked(tid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/self/task/{tid}/status"))
+        .unwrap_or_else(|e| panic!("thread {tid}: {e}"));
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("a count of voluntary switches")
+}
