@@ -432,14 +432,18 @@ impl Selector {
 
     #[inline]
     pub fn del_fd(&self, io_data: &IoData) {
+        // Only a wait that set an I/O timer has one to mark (see `EventData::take_timer`):
+        // a close must not borrow the timer cell while a wake on another thread may.
         #[cfg(feature = "io_timeout")]
-        if let Some(h) = io_data.timer.borrow_mut().take() {
-            unsafe {
-                // mark the timer as removed if any, this only happened
-                // when cancel an IO. what if the timer expired at the same time?
-                // because we run this func in the user space, so the timer handler
-                // will not got the coroutine
-                h.with_mut_data(|value| value.data.event_data = std::ptr::null_mut());
+        if io_data.timed.load(Ordering::Acquire) {
+            if let Some(h) = io_data.timer.borrow_mut().take() {
+                unsafe {
+                    // mark the timer as removed if any, this only happened
+                    // when cancel an IO. what if the timer expired at the same time?
+                    // because we run this func in the user space, so the timer handler
+                    // will not got the coroutine
+                    h.with_mut_data(|value| value.data.event_data = std::ptr::null_mut());
+                }
             }
         }
 

@@ -156,21 +156,32 @@ impl EventData {
             None => return, // it's already take by selector
         };
 
-        // it's safe to remove the timer since we are running the timer_list in the same thread
+        // The timer cell is touched only when a wait set an I/O timer: a wake from any thread
+        // (a waker, a subscribe that finds the event already there) may race with the
+        // descriptor's close on another, and a `RefCell` must not be borrowed by two threads
+        // at once. Waits without a `may` I/O timer (greenhub's: its own alarms bound them)
+        // never borrow it.
         #[cfg(feature = "io_timeout")]
-        self.timed.store(false, Ordering::Relaxed);
-        #[cfg(feature = "io_timeout")]
-        self.timer.borrow_mut().take().map(|h| {
+        self.take_timer();
+
+        // schedule the coroutine
+        get_scheduler().schedule(co);
+    }
+
+    /// Removes this wait's I/O timer, if it set one, so that the timer does not cancel it.
+    #[cfg(feature = "io_timeout")]
+    fn take_timer(&self) {
+        if !self.timed.swap(false, Ordering::AcqRel) {
+            return;
+        }
+        if let Some(h) = self.timer.borrow_mut().take() {
             unsafe {
                 // tell the timer function not to cancel the io
                 // it's not always true that you can really remove the timer entry
                 h.with_mut_data(|value| value.data.event_data = std::ptr::null_mut());
             }
-            h.remove()
-        });
-
-        // schedule the coroutine
-        get_scheduler().schedule(co);
+            h.remove();
+        }
     }
 
     /// used by local re-schedule that in `subscribe`
@@ -181,18 +192,13 @@ impl EventData {
             None => return, // it's already take by selector
         };
 
-        // it's safe to remove the timer since we are running the timer_list in the same thread
+        // The timer cell is touched only when a wait set an I/O timer: a wake from any thread
+        // (a waker, a subscribe that finds the event already there) may race with the
+        // descriptor's close on another, and a `RefCell` must not be borrowed by two threads
+        // at once. Waits without a `may` I/O timer (greenhub's: its own alarms bound them)
+        // never borrow it.
         #[cfg(feature = "io_timeout")]
-        self.timed.store(false, Ordering::Relaxed);
-        #[cfg(feature = "io_timeout")]
-        self.timer.borrow_mut().take().map(|h| {
-            unsafe {
-                // tell the timer function not to cancel the io
-                // it's not always true that you can really remove the timer entry
-                h.with_mut_data(|value| value.data.event_data = std::ptr::null_mut());
-            }
-            h.remove()
-        });
+        self.take_timer();
 
         // run the coroutine
         run_coroutine(co);
